@@ -1,0 +1,58 @@
+//! `unrooted`: the administration and debugging command of the unrooted Nix store.
+//!
+//! Each verb lives in its own module and does the same thing, byte for byte, as the
+//! Nix 2.8 command named in its help. Errors are reported as one line on stderr with
+//! a non-zero exit status; nothing here panics on bad input.
+
+mod drv;
+mod hash;
+mod nar;
+mod store_path;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// unrooted: a Nix-compatible store and build daemon that never runs as root.
+///
+/// The verbs below work on Nix's file formats directly and need no daemon. Each one
+/// mirrors a Nix 2.8 command and prints exactly what it prints, so they can be used in
+/// scripts in place of (or to check) the Nix tools.
+#[derive(Parser)]
+#[command(name = "unrooted", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack, unpack and list NAR archives (Nix's file-tree serialisation).
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
+    /// Hash a file tree or a single file, as `nix-hash` does.
+    #[command(subcommand)]
+    Hash(hash::HashCommand),
+    /// Print the store path that adding a file or tree to a store would give.
+    StorePath(store_path::StorePathArgs),
+    /// Inspect and check derivation (.drv) files.
+    #[command(subcommand)]
+    Drv(drv::DrvCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Nar(cmd) => nar::run(cmd),
+        Command::Hash(cmd) => hash::run(cmd),
+        Command::StorePath(args) => store_path::run(args),
+        Command::Drv(cmd) => drv::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("unrooted: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

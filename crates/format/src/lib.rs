@@ -11,7 +11,13 @@
 
 pub mod base32;
 pub mod content_address;
+pub mod derivation;
+pub mod export;
 pub mod hash;
+pub mod nar;
+pub mod narinfo;
+pub mod refscan;
+pub mod signature;
 pub mod store_path;
 
 pub use content_address::{ContentAddress, FileIngestionMethod};

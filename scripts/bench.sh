@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs unrooted's benchmark against the real Nix 2.8 tools in one run on this machine.
+# Extra arguments go to unrooted-bench (see --help), e.g. --size-mib 256 --runs 5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench
+exec target/release/unrooted-bench --unrooted target/release/unrooted "$@"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what unrooted's demo, tests and benchmark need on a fresh Debian machine:
+# a Rust toolchain (if none), Debian's Nix 2.8 client (nix-bin) to compare against, and
+# the unprivileged users the integration tests run the daemon and clients as.
+# Idempotent; needs root (or sudo) only for apt-get and useradd.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+command -v nix-store >/dev/null || need_apt+=(nix-bin)
+command -v gcc >/dev/null || need_apt+=(build-essential)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    # Debian 12's rustc is too old for the dependencies; rustup gives a current one.
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+for comp in rustfmt clippy; do
+  cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$comp"
+done
+
+# The integration tests run the daemon as one unprivileged user and clients as another.
+for user in unrooted-test-daemon unrooted-test-client; do
+  id "$user" >/dev/null 2>&1 || as_root useradd --system --create-home --shell /usr/sbin/nologin "$user"
+done

@@ -451,10 +451,9 @@ impl Partial {
                     self.references.insert(base_name("References", r)?);
                 }
             }
-            "Deriver" => {
-                if value != "unknown-deriver" {
-                    self.deriver = Some(base_name("Deriver", value)?);
-                }
+            // `unknown-deriver` (written by old Nix) means none: it falls to `_`.
+            "Deriver" if value != "unknown-deriver" => {
+                self.deriver = Some(base_name("Deriver", value)?);
             }
             "System" => self.system = value.to_owned(),
             "Sig" => {

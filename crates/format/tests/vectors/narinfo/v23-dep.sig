@@ -1,0 +1,1 @@
+test-key-1:vQjUf0yr0yq8n//vhkB44hjWF53oXydz5eSMK2Z/9m404Y1vgeQflOFwcZiprsl+bij4Le/rgc97cs2t2c9gBQ==

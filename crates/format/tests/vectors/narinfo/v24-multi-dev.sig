@@ -1,0 +1,1 @@
+test-key-1:rXd4rmLe8tS8ZNuyu6RQYb/uCtrxWEO5jRyZTsyDv2a5ntLsX9beq3zX7NE48h0gRr9Y88qwSMsrcEuDaYZQCw==

@@ -1,0 +1,258 @@
+//! Serialising a file tree on disk: `nix-store --dump`.
+//!
+//! The walk goes through directory handles: each entry is opened relative to its
+//! parent's descriptor with `O_NOFOLLOW`, so a symlink is always recorded as a symlink
+//! and never followed, and renaming a directory above the one being read cannot
+//! redirect the walk. The file type comes from `getdents` where the filesystem
+//! provides it and is confirmed by `fstat` on the opened descriptor, which is also
+//! where size and the executable bit are read.
+//!
+//! This is the hot path of NAR hashing, so the walk reuses its buffers: one read
+//! buffer for all files, one `getdents` buffer, and one name arena per directory
+//! depth. Small files and tokens are coalesced by [`NarWriter`] into large writes.
+
+use std::ffi::{CStr, OsStr};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, RawDir, CWD};
+
+use super::error::NarError;
+use super::writer::NarWriter;
+
+/// Read buffer for file contents: large enough that a hasher sees big updates and a
+/// large file takes few `read` calls, small enough to stay in the L2 cache.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Buffer for `getdents`.
+const DIRENT_BUFFER: usize = 64 * 1024;
+
+/// Writes the NAR serialisation of `path` to `out`, exactly as `nix-store --dump path`
+/// does; returns the archive's size in bytes.
+///
+/// `path` itself is not followed if it is a symlink. Directory entries are sorted by
+/// their raw bytes; a file is executable in the archive iff its owner-execute bit is
+/// set. Devices, fifos and sockets are refused with an error naming them.
+pub fn dump_path<W: Write>(path: &Path, out: &mut W) -> Result<u64, NarError> {
+    let mut dumper = Dumper {
+        writer: NarWriter::new(out),
+        root: path,
+        rel: Vec::new(),
+        buf: vec![0; READ_BUFFER],
+        dirent_buf: Vec::with_capacity(DIRENT_BUFFER),
+        scratch: Vec::new(),
+    };
+    let st = rustix::fs::statat(CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| dumper.error(e))?;
+    dumper.node(
+        CWD,
+        path.as_os_str(),
+        FileType::from_raw_mode(st.st_mode),
+        0,
+    )?;
+    let (_, size) = dumper.writer.finish()?;
+    Ok(size)
+}
+
+/// One directory's entries: names in an arena (each NUL-terminated, so they can be
+/// passed to `openat` without copying) and their types.
+#[derive(Default)]
+struct Listing {
+    names: Vec<u8>,
+    entries: Vec<(usize, usize, FileType)>,
+}
+
+impl Listing {
+    /// The name of entry `i` without its NUL.
+    fn name(&self, i: usize) -> &[u8] {
+        let (start, len, _) = self.entries[i];
+        &self.names[start..start + len]
+    }
+}
+
+struct Dumper<'p, W: Write> {
+    writer: NarWriter<W>,
+    root: &'p Path,
+    /// The path of the current entry relative to `root` (`/a/b`), for error messages.
+    rel: Vec<u8>,
+    buf: Vec<u8>,
+    dirent_buf: Vec<u8>,
+    /// Listings by depth, reused from one directory to the next.
+    scratch: Vec<Listing>,
+}
+
+/// Where a node is: a directory handle and a name in it, or (for the root) the
+/// current directory and the path given.
+trait NameArg: rustix::path::Arg + Copy {}
+impl NameArg for &CStr {}
+impl NameArg for &OsStr {}
+
+impl<W: Write> Dumper<'_, W> {
+    /// The on-disk path of the current entry.
+    fn current_path(&self) -> PathBuf {
+        let mut p = self.root.as_os_str().to_owned();
+        p.push(OsStr::from_bytes(&self.rel));
+        PathBuf::from(p)
+    }
+
+    fn error(&self, e: impl Into<io::Error>) -> NarError {
+        NarError::Dump {
+            path: self.current_path(),
+            source: e.into(),
+        }
+    }
+
+    fn node<Fd: AsFd, N: NameArg>(
+        &mut self,
+        dir: Fd,
+        name: N,
+        kind: FileType,
+        depth: usize,
+    ) -> Result<(), NarError> {
+        match kind {
+            FileType::RegularFile => {
+                // O_NONBLOCK: if the file was swapped for a fifo since it was listed,
+                // opening must not hang; fstat below then refuses it.
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.error(e))?;
+                self.regular(fd)
+            }
+            FileType::Directory => {
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.error(e))?;
+                self.directory(fd, depth)
+            }
+            FileType::Symlink => {
+                let target =
+                    rustix::fs::readlinkat(dir, name, Vec::new()).map_err(|e| self.error(e))?;
+                self.writer.symlink(target.as_bytes())
+            }
+            FileType::Unknown => {
+                let st = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| self.error(e))?;
+                match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Unknown => Err(self.unsupported(FileType::Unknown)),
+                    known => self.node(dir, name, known, depth),
+                }
+            }
+            other => Err(self.unsupported(other)),
+        }
+    }
+
+    fn unsupported(&self, kind: FileType) -> NarError {
+        NarError::UnsupportedFileType {
+            path: self.current_path(),
+            kind: match kind {
+                FileType::Fifo => "fifo",
+                FileType::Socket => "socket",
+                FileType::CharacterDevice => "character device",
+                FileType::BlockDevice => "block device",
+                _ => "unknown",
+            },
+        }
+    }
+
+    fn regular(&mut self, fd: OwnedFd) -> Result<(), NarError> {
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.error(e))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(self.unsupported(kind));
+        }
+        let executable = st.st_mode & 0o100 != 0;
+        let size = st.st_size as u64;
+        self.writer.begin_regular(executable, size)?;
+        let mut left = size;
+        while left > 0 {
+            let want = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match rustix::io::read(&fd, &mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(NarError::FileChanged {
+                        path: self.current_path(),
+                    })
+                }
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(self.error(e)),
+            };
+            self.writer.contents(&self.buf[..n])?;
+            left -= n as u64;
+        }
+        self.writer.end_regular()
+    }
+
+    fn directory(&mut self, fd: OwnedFd, depth: usize) -> Result<(), NarError> {
+        if self.scratch.len() <= depth {
+            self.scratch.resize_with(depth + 1, Listing::default);
+        }
+        let mut listing = std::mem::take(&mut self.scratch[depth]);
+        listing.names.clear();
+        listing.entries.clear();
+        self.list(&fd, &mut listing)?;
+        let names = &listing.names;
+        listing
+            .entries
+            .sort_unstable_by(|a, b| names[a.0..a.0 + a.1].cmp(&names[b.0..b.0 + b.1]));
+
+        self.writer.directory()?;
+        for i in 0..listing.entries.len() {
+            let (start, len, kind) = listing.entries[i];
+            let name = listing.name(i);
+            let rel_len = self.rel.len();
+            self.rel.push(b'/');
+            self.rel.extend_from_slice(name);
+            self.writer.entry(name)?;
+            let cname = CStr::from_bytes_with_nul(&listing.names[start..start + len + 1])
+                .map_err(|_| self.error(io::Error::from(io::ErrorKind::InvalidData)))?;
+            self.node(&fd, cname, kind, depth + 1)?;
+            self.rel.truncate(rel_len);
+        }
+        self.writer.end_directory()?;
+        self.scratch[depth] = listing;
+        Ok(())
+    }
+
+    /// Reads all entries of `fd` except `.` and `..` into `listing`.
+    fn list(&mut self, fd: &OwnedFd, listing: &mut Listing) -> Result<(), NarError> {
+        let mut buf = std::mem::take(&mut self.dirent_buf);
+        buf.clear();
+        let mut dir = RawDir::new(fd, buf.spare_capacity_mut());
+        let mut failure = None;
+        while let Some(entry) = dir.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let name = entry.file_name().to_bytes_with_nul();
+            if name == b".\0" || name == b"..\0" {
+                continue;
+            }
+            listing
+                .entries
+                .push((listing.names.len(), name.len() - 1, entry.file_type()));
+            listing.names.extend_from_slice(name);
+        }
+        self.dirent_buf = buf;
+        if let Some(e) = failure {
+            return Err(self.error(e));
+        }
+        Ok(())
+    }
+}

@@ -309,7 +309,8 @@ impl<R: Read> Parser<R> {
         match kind {
             0 => self.regular(v)?,
             1 => self.symlink(v)?,
-            _ => self.directory(v, depth)?,
+            // A directory's entry list ends with the `)` that closes the node.
+            _ => return self.directory(v, depth),
         }
         self.expect(token::CLOSE, "')' closing the node")
     }

@@ -115,7 +115,11 @@ fn outputs(args: OutputsArgs) -> anyhow::Result<ExitCode> {
     let load_dir = dir.clone();
     let mut hasher = DrvHasher::new(dir.clone(), move |p: &StorePath| {
         let file = inputs_dir.join(p.to_base_name());
-        read_drv(&load_dir, &file, name_from_drv_path(p).unwrap_or(p.name().as_str()))
+        read_drv(
+            &load_dir,
+            &file,
+            name_from_drv_path(p).unwrap_or(p.name().as_str()),
+        )
     });
     let paths = hasher
         .output_paths(&drv)
@@ -148,8 +152,8 @@ fn outputs(args: OutputsArgs) -> anyhow::Result<ExitCode> {
 /// Reads and parses a `.drv` file given on the command line, taking the derivation
 /// name from its file name; also returns its store path when it lies in `dir`.
 fn read_file(dir: &StoreDir, file: &Path) -> anyhow::Result<(Derivation, Option<StorePath>)> {
-    let absolute = std::path::absolute(file)
-        .with_context(|| format!("resolving {}", file.display()))?;
+    let absolute =
+        std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
     let in_store = absolute.to_str().and_then(|s| dir.parse_path(s).ok());
     let base = file
         .file_name()
@@ -162,7 +166,12 @@ fn read_file(dir: &StoreDir, file: &Path) -> anyhow::Result<(Derivation, Option<
             .and_then(|p| name_from_drv_path(&p).map(str::to_owned))
             .or_else(|| base.strip_suffix(DRV_EXTENSION).map(str::to_owned)),
     }
-    .ok_or_else(|| anyhow!("{}: a derivation file name must end in .drv", file.display()))?;
+    .ok_or_else(|| {
+        anyhow!(
+            "{}: a derivation file name must end in .drv",
+            file.display()
+        )
+    })?;
     Ok((read_drv(dir, file, &name)?, in_store))
 }
 

@@ -109,7 +109,9 @@ fn load_from(dir: &StoreDir) -> impl FnMut(&StorePath) -> Result<Derivation, std
 
 #[test]
 fn nix_instantiate_agrees() {
-    let Some(instantiate) = nix_tool("nix-instantiate") else { return };
+    let Some(instantiate) = nix_tool("nix-instantiate") else {
+        return;
+    };
     let Some(nix) = nix_tool("nix") else { return };
     let env = NixEnv::new();
     let expr = env.root().join("drvs.nix");
@@ -122,7 +124,12 @@ fn nix_instantiate_agrees() {
     for attr in ATTRS {
         let out = env
             .command(&instantiate)
-            .args(["--extra-experimental-features", "ca-derivations", "-A", attr])
+            .args([
+                "--extra-experimental-features",
+                "ca-derivations",
+                "-A",
+                attr,
+            ])
             .arg(&expr)
             .output()
             .unwrap();
@@ -140,8 +147,16 @@ fn nix_instantiate_agrees() {
         let drv = Derivation::parse(&dir, &bytes, name)
             .unwrap_or_else(|e| panic!("{attr}: parsing {path}: {e}"));
         assert_eq!(drv.to_aterm(&dir), bytes, "{attr}: round trip");
-        assert_eq!(dir.display(&drv.drv_path(&dir).unwrap()), *path, "{attr}: .drv path");
-        assert_eq!(hasher.check_outputs(&drv).unwrap(), vec![], "{attr}: outputs");
+        assert_eq!(
+            dir.display(&drv.drv_path(&dir).unwrap()),
+            *path,
+            "{attr}: .drv path"
+        );
+        assert_eq!(
+            hasher.check_outputs(&drv).unwrap(),
+            vec![],
+            "{attr}: outputs"
+        );
 
         let ty = drv.derivation_type().unwrap();
         let paths = hasher.output_paths(&drv).unwrap();
@@ -177,11 +192,20 @@ fn nix_instantiate_agrees() {
 
     let unrooted = env!("CARGO_BIN_EXE_unrooted");
     let show = |program: &Path, args: &[&str], paths: &[&str]| {
-        let out = env.command(program).args(args).args(paths).output().unwrap();
+        let out = env
+            .command(program)
+            .args(args)
+            .args(paths)
+            .output()
+            .unwrap();
         expect_success(&format!("{} {args:?}", program.display()), &out);
         out.stdout
     };
-    let nix_args = ["--extra-experimental-features", "nix-command ca-derivations", "show-derivation"];
+    let nix_args = [
+        "--extra-experimental-features",
+        "nix-command ca-derivations",
+        "show-derivation",
+    ];
     for (attr, path) in &drv_paths {
         let theirs = show(&nix, &nix_args, &[path]);
         let ours = show(Path::new(unrooted), &["drv", "show"], &[path]);
@@ -212,7 +236,11 @@ fn nix_instantiate_agrees() {
                 format!("{o} {p}\n")
             })
             .collect();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "{attr}: drv outputs");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            expected,
+            "{attr}: drv outputs"
+        );
     }
     // All at once: one object, keys in Nix's order.
     let all: Vec<&str> = drv_paths.values().map(String::as_str).collect();

@@ -35,20 +35,32 @@ fn outputs() -> impl Strategy<Value = BTreeMap<String, DerivationOutput>> {
             store_path("").prop_map(DerivationOutput::InputAddressed),
             1..4
         ),
-        (store_path(""), method(), algo(), prop::collection::vec(any::<u8>(), 64)).prop_map(
-            |(path, method, algo, bytes)| {
+        (
+            store_path(""),
+            method(),
+            algo(),
+            prop::collection::vec(any::<u8>(), 64)
+        )
+            .prop_map(|(path, method, algo, bytes)| {
                 let hash = Hash::from_digest(algo, &bytes[..algo.size()]).unwrap();
-                BTreeMap::from([("out".to_owned(), DerivationOutput::Fixed { path, method, hash })])
-            }
-        ),
-        (method(), algo(), prop::collection::btree_set(output_name(), 1..3)).prop_map(
-            |(method, algo, names)| names
+                BTreeMap::from([(
+                    "out".to_owned(),
+                    DerivationOutput::Fixed { path, method, hash },
+                )])
+            }),
+        (
+            method(),
+            algo(),
+            prop::collection::btree_set(output_name(), 1..3)
+        )
+            .prop_map(|(method, algo, names)| names
                 .into_iter()
                 .map(|n| (n, DerivationOutput::Floating { method, algo }))
-                .collect()
-        ),
-        prop::collection::btree_set(output_name(), 1..3)
-            .prop_map(|names| names.into_iter().map(|n| (n, DerivationOutput::Deferred)).collect()),
+                .collect()),
+        prop::collection::btree_set(output_name(), 1..3).prop_map(|names| names
+            .into_iter()
+            .map(|n| (n, DerivationOutput::Deferred))
+            .collect()),
         (method(), algo()).prop_map(|(method, algo)| BTreeMap::from([(
             "out".to_owned(),
             DerivationOutput::Impure { method, algo }
@@ -78,7 +90,10 @@ fn derivation() -> impl Strategy<Value = Derivation> {
         ),
         prop::collection::btree_set(store_path(""), 0..3),
         // `system` is written raw: Nix could not read back a quote or backslash.
-        prop::collection::vec(any::<u8>().prop_filter("raw", |b| *b != b'"' && *b != b'\\'), 0..16),
+        prop::collection::vec(
+            any::<u8>().prop_filter("raw", |b| *b != b'"' && *b != b'\\'),
+            0..16,
+        ),
         odd_bytes(),
         prop::collection::vec(odd_bytes(), 0..4),
         prop::collection::btree_map(odd_bytes(), odd_bytes(), 0..6),

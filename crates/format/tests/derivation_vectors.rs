@@ -70,7 +70,11 @@ fn every_vector_round_trips_names_itself_and_checks_out() {
     for base in names {
         let (path, drv, bytes) = vector(&base);
         assert_eq!(drv.to_aterm(&dir), bytes, "{base}: print(parse) differs");
-        assert_eq!(drv.drv_path(&dir).unwrap(), path, "{base}: computed .drv path");
+        assert_eq!(
+            drv.drv_path(&dir).unwrap(),
+            path,
+            "{base}: computed .drv path"
+        );
         assert_eq!(h.check_outputs(&drv).unwrap(), vec![], "{base}: outputs");
         let json_twin = fs::read(vector_dir().join(format!("{base}.json"))).unwrap();
         let ours = json::show_derivations(&dir, [(&path, &drv)]);
@@ -134,7 +138,10 @@ fn v14_in_another_store_dir() {
     h.fill_output_paths(&mut drv).unwrap();
     let out = "/tmp/nixspec/store/81v65b2f5zy0zy29rv0a01bbl7116gww-simple";
     assert_eq!(drv.env[b"out".as_slice()], out.as_bytes());
-    assert_eq!(drv.outputs["out"].path().map(|p| s2.display(p)).unwrap(), out);
+    assert_eq!(
+        drv.outputs["out"].path().map(|p| s2.display(p)).unwrap(),
+        out
+    );
     assert_eq!(
         s2.display(&drv.drv_path(&s2).unwrap()),
         "/tmp/nixspec/store/gxc0q731db674jf8lkv348l3pvv8csx4-simple.drv"
@@ -221,7 +228,10 @@ fn v19_dependency_chain() {
         "vzii67nm006ckrlh2z9q7hpy8y69cmfx-dep"
     );
     assert_eq!(
-        hex(&h.path_hash(&StorePath::from_base_name(FOD_FLAT).unwrap()).unwrap().hashes["out"]),
+        hex(&h
+            .path_hash(&StorePath::from_base_name(FOD_FLAT).unwrap())
+            .unwrap()
+            .hashes["out"]),
         "88e2340556ebca28ae63f8f2233a88b8292358ca9dbe7802dbbbc6bc4e514ed2"
     );
     drop(h);
@@ -245,7 +255,10 @@ fn v19_tampered_output_is_reported() {
     drv.outputs
         .insert("out".into(), DerivationOutput::InputAddressed(wrong));
     let mismatches = hasher().check_outputs(&drv).unwrap();
-    let lines: Vec<String> = mismatches.iter().map(|m| m.describe(&nix_store())).collect();
+    let lines: Vec<String> = mismatches
+        .iter()
+        .map(|m| m.describe(&nix_store()))
+        .collect();
     assert_eq!(
         lines,
         ["output 'out' has path '/nix/store/nww3hczmw8rjr933hvxdx5l25xs6xm0l-dep', should be '/nix/store/vzii67nm006ckrlh2z9q7hpy8y69cmfx-dep'"]
@@ -261,7 +274,10 @@ fn v19_missing_input_is_an_error() {
         Err::<Derivation, _>(std::io::Error::from(std::io::ErrorKind::NotFound))
     });
     let err = h.output_paths(&drv).unwrap_err().to_string();
-    assert!(err.starts_with("loading input derivation '/nix/store/"), "{err}");
+    assert!(
+        err.starts_with("loading input derivation '/nix/store/"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -313,8 +329,14 @@ fn v22_content_addressed_and_deferred() {
         "/0lmyb5nvfl8al7yg3j6w99qddvi1160rjvrbf5xfcn8j53ifgf1v"
     );
     let (_, ia, _) = vector(IA_ON_CA);
-    assert_eq!(ia.derivation_type(), Ok(DerivationType::DeferredInputAddressed));
-    assert_eq!(h.hash_modulo(&ia, true).unwrap().kind, DrvHashKind::Deferred);
+    assert_eq!(
+        ia.derivation_type(),
+        Ok(DerivationType::DeferredInputAddressed)
+    );
+    assert_eq!(
+        h.hash_modulo(&ia, true).unwrap().kind,
+        DrvHashKind::Deferred
+    );
     assert_eq!(h.output_paths(&ia).unwrap()["out"], None);
     assert_eq!(h.output_paths(&ca).unwrap()["out"], None);
 }
@@ -332,72 +354,191 @@ fn negative_vectors_give_the_named_error() {
     };
     use ParseError as E;
     check("truncated", &|e| matches!(e, E::UnexpectedEnd { .. }));
-    check("empty", &|e| matches!(e, E::UnexpectedEnd { offset: 0, .. }));
+    check("empty", &|e| {
+        matches!(e, E::UnexpectedEnd { offset: 0, .. })
+    });
     check("not-derive", &|e| {
-        matches!(e, E::Expected { field: Field::Structure, offset: 5, .. })
+        matches!(
+            e,
+            E::Expected {
+                field: Field::Structure,
+                offset: 5,
+                ..
+            }
+        )
     });
     check("unterminated-string", &|e| {
-        matches!(e, E::UnexpectedEnd { field: Field::OutputName, offset: 13 })
+        matches!(
+            e,
+            E::UnexpectedEnd {
+                field: Field::OutputName,
+                offset: 13
+            }
+        )
     });
     check("bad-escape-at-end", &|e| {
-        matches!(e, E::UnexpectedEnd { field: Field::EnvValue, .. })
+        matches!(
+            e,
+            E::UnexpectedEnd {
+                field: Field::EnvValue,
+                ..
+            }
+        )
     });
     check("needless-escape", &|e| {
-        matches!(e, E::NonCanonicalEscape { field: Field::Builder, offset: 103 })
+        matches!(
+            e,
+            E::NonCanonicalEscape {
+                field: Field::Builder,
+                offset: 103
+            }
+        )
     });
     check("raw-newline-in-arg", &|e| {
-        matches!(e, E::NonCanonicalEscape { field: Field::Arg, .. })
+        matches!(
+            e,
+            E::NonCanonicalEscape {
+                field: Field::Arg,
+                ..
+            }
+        )
     });
     check("backslash-in-system", &|e| {
-        matches!(e, E::BackslashInRawString { field: Field::System, .. })
+        matches!(
+            e,
+            E::BackslashInRawString {
+                field: Field::System,
+                ..
+            }
+        )
     });
     check("relative-output-path", &|e| {
-        matches!(e, E::PathNotAbsolute { field: Field::OutputPath, offset: 15, .. })
+        matches!(
+            e,
+            E::PathNotAbsolute {
+                field: Field::OutputPath,
+                offset: 15,
+                ..
+            }
+        )
     });
     check("output-outside-store", &|e| {
         matches!(
             e,
-            E::StorePath { field: Field::OutputPath, source: StorePathError::NotInStore { .. }, .. }
+            E::StorePath {
+                field: Field::OutputPath,
+                source: StorePathError::NotInStore { .. },
+                ..
+            }
         )
     });
     check("bad-hash-part", &|e| {
-        matches!(e, E::StorePath { source: StorePathError::HashPart { .. }, .. })
+        matches!(
+            e,
+            E::StorePath {
+                source: StorePathError::HashPart { .. },
+                ..
+            }
+        )
     });
     check("output-tuple-three-fields", &|e| {
-        matches!(e, E::Expected { field: Field::OutputHashAlgo, .. })
+        matches!(
+            e,
+            E::Expected {
+                field: Field::OutputHashAlgo,
+                ..
+            }
+        )
     });
-    check("output-hash-without-algo", &|e| matches!(e, E::OutputTuple { .. }));
-    check("floating-with-path", &|e| matches!(e, E::OutputTuple { .. }));
+    check("output-hash-without-algo", &|e| {
+        matches!(e, E::OutputTuple { .. })
+    });
+    check("floating-with-path", &|e| {
+        matches!(e, E::OutputTuple { .. })
+    });
     check("bad-hash-algo", &|e| matches!(e, E::HashAlgo { .. }));
-    check("fixed-hash-uppercase", &|e| matches!(e, E::OutputHash { .. }));
-    check("fixed-hash-wrong-length", &|e| matches!(e, E::OutputHash { .. }));
+    check("fixed-hash-uppercase", &|e| {
+        matches!(e, E::OutputHash { .. })
+    });
+    check("fixed-hash-wrong-length", &|e| {
+        matches!(e, E::OutputHash { .. })
+    });
     check("unsorted-env", &|e| {
-        matches!(e, E::Unsorted { field: Field::EnvKey, .. })
+        matches!(
+            e,
+            E::Unsorted {
+                field: Field::EnvKey,
+                ..
+            }
+        )
     });
     check("duplicate-env", &|e| {
-        matches!(e, E::Duplicate { field: Field::EnvKey, .. })
+        matches!(
+            e,
+            E::Duplicate {
+                field: Field::EnvKey,
+                ..
+            }
+        )
     });
     check("duplicate-output", &|e| {
-        matches!(e, E::Duplicate { field: Field::OutputName, .. })
+        matches!(
+            e,
+            E::Duplicate {
+                field: Field::OutputName,
+                ..
+            }
+        )
     });
     check("missing-comma", &|e| {
-        matches!(e, E::Expected { field: Field::Arg, .. })
+        matches!(
+            e,
+            E::Expected {
+                field: Field::Arg,
+                ..
+            }
+        )
     });
     check("leading-comma", &|e| {
-        matches!(e, E::Expected { field: Field::Arg, .. })
+        matches!(
+            e,
+            E::Expected {
+                field: Field::Arg,
+                ..
+            }
+        )
     });
     check("trailing-newline", &|e| {
         matches!(e, E::TrailingBytes { offset: 263 })
     });
     check("non-utf8-output-name", &|e| {
-        matches!(e, E::Utf8 { field: Field::OutputName, .. })
+        matches!(
+            e,
+            E::Utf8 {
+                field: Field::OutputName,
+                ..
+            }
+        )
     });
     check("too-many-outputs", &|e| {
-        matches!(e, E::TooMany { field: Field::OutputName, max: 1024, .. })
+        matches!(
+            e,
+            E::TooMany {
+                field: Field::OutputName,
+                max: 1024,
+                ..
+            }
+        )
     });
     let files = fs::read_dir(&invalid)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "drv"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "drv")
+        })
         .count();
     assert_eq!(seen, files, "every negative vector has an expectation");
 }
@@ -413,15 +554,26 @@ fn limits_bound_size_counts_and_strings() {
     };
     assert_eq!(
         aterm::parse(&dir, &bytes, "simple", &limits(|l| l.max_size = 100)),
-        Err(ParseError::TooLarge { size: 263, max: 100 })
+        Err(ParseError::TooLarge {
+            size: 263,
+            max: 100
+        })
     );
     assert!(matches!(
         aterm::parse(&dir, &bytes, "simple", &limits(|l| l.max_args = 1)),
-        Err(ParseError::TooMany { field: Field::Arg, max: 1, .. })
+        Err(ParseError::TooMany {
+            field: Field::Arg,
+            max: 1,
+            ..
+        })
     ));
     assert!(matches!(
         aterm::parse(&dir, &bytes, "simple", &limits(|l| l.max_env = 3)),
-        Err(ParseError::TooMany { field: Field::EnvKey, max: 3, .. })
+        Err(ParseError::TooMany {
+            field: Field::EnvKey,
+            max: 3,
+            ..
+        })
     ));
     assert!(matches!(
         aterm::parse(&dir, &bytes, "simple", &limits(|l| l.max_string = 10)),
@@ -438,7 +590,9 @@ fn output_types_must_not_mix() {
     let (_, simple, _) = vector(SIMPLE);
     let (_, flat, _) = vector(FOD_FLAT);
     let mut mixed = simple.clone();
-    mixed.outputs.insert("dev".into(), DerivationOutput::Deferred);
+    mixed
+        .outputs
+        .insert("dev".into(), DerivationOutput::Deferred);
     assert!(mixed.derivation_type().is_err());
     let mut two_fixed = flat.clone();
     two_fixed

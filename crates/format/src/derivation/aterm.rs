@@ -305,7 +305,12 @@ impl Parser<'_> {
         let builder = self.escaped_string(Field::Builder)?;
         self.expect(b",[", Field::Structure)?;
         let mut args = Vec::new();
-        while self.list_continues(args.is_empty(), Field::Arg, args.len(), self.limits.max_args)? {
+        while self.list_continues(
+            args.is_empty(),
+            Field::Arg,
+            args.len(),
+            self.limits.max_args,
+        )? {
             args.push(self.escaped_string(Field::Arg)?);
         }
         self.expect(b",[", Field::Structure)?;
@@ -388,7 +393,9 @@ impl Parser<'_> {
         }
         if hash.is_empty() {
             if !path.is_empty() {
-                return Err(bad("a floating content-addressed output cannot have a path"));
+                return Err(bad(
+                    "a floating content-addressed output cannot have a path",
+                ));
             }
             return Ok(DerivationOutput::Floating { method, algo });
         }
@@ -638,7 +645,12 @@ impl Parser<'_> {
     }
 }
 
-fn check_order(last: Option<&str>, next: &str, field: Field, offset: usize) -> Result<(), ParseError> {
+fn check_order(
+    last: Option<&str>,
+    next: &str,
+    field: Field,
+    offset: usize,
+) -> Result<(), ParseError> {
     match last {
         Some(l) if l == next => Err(ParseError::Duplicate { field, offset }),
         Some(l) if l > next => Err(ParseError::Unsorted { field, offset }),
@@ -753,8 +765,7 @@ fn write(
         out.push(b'(');
         escaped(out, key);
         out.push(b',');
-        let masked = mask
-            && std::str::from_utf8(key).is_ok_and(|k| drv.outputs.contains_key(k));
+        let masked = mask && std::str::from_utf8(key).is_ok_and(|k| drv.outputs.contains_key(k));
         escaped(out, if masked { b"" } else { value });
         out.push(b')');
     }

@@ -141,7 +141,9 @@ impl OutputMismatch {
                     "environment variable '{output}' is '{}', should be '{expected}'",
                     String::from_utf8_lossy(w)
                 ),
-                None => format!("environment variable '{output}' is missing, should be '{expected}'"),
+                None => {
+                    format!("environment variable '{output}' is missing, should be '{expected}'")
+                }
             },
         }
     }
@@ -155,7 +157,10 @@ impl fmt::Display for OutputMismatch {
                 output,
                 written,
                 expected,
-            } => write!(f, "output '{output}' has path '{written}', should be '{expected}'"),
+            } => write!(
+                f,
+                "output '{output}' has path '{written}', should be '{expected}'"
+            ),
             Self::EnvVar {
                 output, expected, ..
             } => write!(f, "environment variable '{output}' should be '{expected}'"),
@@ -191,7 +196,11 @@ where
     }
 
     /// `hashDerivationModulo(drv, mask)`. Inputs are always hashed unmasked.
-    pub fn hash_modulo(&mut self, drv: &Derivation, mask: bool) -> Result<DrvHash, HashModuloError> {
+    pub fn hash_modulo(
+        &mut self,
+        drv: &Derivation,
+        mask: bool,
+    ) -> Result<DrvHash, HashModuloError> {
         for input in drv.input_drvs.keys() {
             self.ensure(input)?;
         }
@@ -255,8 +264,10 @@ where
         let paths = self.output_paths(drv)?;
         for (name, path) in paths {
             let Some(path) = path else { continue };
-            drv.env
-                .insert(name.clone().into_bytes(), self.dir.display(&path).into_bytes());
+            drv.env.insert(
+                name.clone().into_bytes(),
+                self.dir.display(&path).into_bytes(),
+            );
             if let Some(output) = drv.outputs.get_mut(&name) {
                 match output {
                     DerivationOutput::Deferred | DerivationOutput::InputAddressed(_) => {
@@ -471,13 +482,13 @@ where
                 kind = DrvHashKind::Deferred;
             }
             for output in outputs {
-                let h = res
-                    .hashes
-                    .get(output)
-                    .ok_or_else(|| HashModuloError::MissingInputOutput {
-                        path: self.dir.display(path),
-                        output: output.clone(),
-                    })?;
+                let h =
+                    res.hashes
+                        .get(output)
+                        .ok_or_else(|| HashModuloError::MissingInputOutput {
+                            path: self.dir.display(path),
+                            output: output.clone(),
+                        })?;
                 inputs
                     .entry(data_encoding::HEXLOWER.encode(h))
                     .or_default()
@@ -493,7 +504,10 @@ where
 /// `hashPlaceholder(output)`: the string a floating output's env var holds until the
 /// build knows its path, `/` + base32(sha256("nix-output:" + output)).
 pub fn hash_placeholder(output: &str) -> String {
-    format!("/{}", base32::encode(&sha256(format!("nix-output:{output}").as_bytes())))
+    format!(
+        "/{}",
+        base32::encode(&sha256(format!("nix-output:{output}").as_bytes()))
+    )
 }
 
 /// `downstreamPlaceholder`: how a derivation refers to output `output` of the

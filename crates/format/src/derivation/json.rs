@@ -55,11 +55,7 @@ fn derivation(dir: &StoreDir, drv: &Derivation) -> Value {
         .iter()
         .map(|(name, o)| (name.clone().into_bytes(), output(dir, o)))
         .collect();
-    let input_srcs = drv
-        .input_srcs
-        .iter()
-        .map(|p| s(dir.display(p)))
-        .collect();
+    let input_srcs = drv.input_srcs.iter().map(|p| s(dir.display(p))).collect();
     let input_drvs = drv
         .input_drvs
         .iter()
@@ -102,11 +98,17 @@ fn output(dir: &StoreDir, o: &DerivationOutput) -> Value {
             attrs.push((b"hash".to_vec(), s(hash.to_base16())));
         }
         DerivationOutput::Floating { method, algo } => {
-            attrs.push((b"hashAlgo".to_vec(), s(format!("{}{algo}", method.prefix()))));
+            attrs.push((
+                b"hashAlgo".to_vec(),
+                s(format!("{}{algo}", method.prefix())),
+            ));
         }
         DerivationOutput::Deferred => {}
         DerivationOutput::Impure { method, algo } => {
-            attrs.push((b"hashAlgo".to_vec(), s(format!("{}{algo}", method.prefix()))));
+            attrs.push((
+                b"hashAlgo".to_vec(),
+                s(format!("{}{algo}", method.prefix())),
+            ));
             attrs.push((b"impure".to_vec(), Value::Bool(true)));
         }
     }

@@ -604,3 +604,54 @@ fn output_types_must_not_mix() {
     assert!(bad_name.drv_path(&nix_store()).is_err());
     assert!(hasher().output_paths(&bad_name).is_err());
 }
+
+/// A synthetic input-addressed derivation `n` depending on `next`.
+fn chain_link(n: u64, next: Option<StorePath>) -> Derivation {
+    let (_, mut drv, _) = vector(SIMPLE);
+    drv.name = format!("link{n}");
+    drv.input_drvs.clear();
+    if let Some(next) = next {
+        drv.input_drvs.insert(next, ["out".to_owned()].into());
+    }
+    drv
+}
+
+fn link_path(n: u64) -> StorePath {
+    let name = unrooted_format::StorePathName::new(&format!("link{n}.drv")).unwrap();
+    let digest = unrooted_format::hash::sha256(&n.to_le_bytes());
+    nix_store().make_text_path(&name, &digest, &Default::default())
+}
+
+fn link_index(p: &StorePath) -> u64 {
+    let name = name_from_drv_path(p).unwrap();
+    name.trim_start_matches("link").parse().unwrap()
+}
+
+#[test]
+fn hostile_loader_cycle_is_an_error() {
+    // link0 -> link1 -> link2 -> link0
+    let mut h = DrvHasher::new(nix_store(), |p: &StorePath| {
+        let n = link_index(p);
+        Ok::<_, std::io::Error>(chain_link(n, Some(link_path((n + 1) % 3))))
+    });
+    let err = h.hash_modulo(&chain_link(9, Some(link_path(0))), true);
+    assert!(
+        matches!(
+            err,
+            Err(unrooted_format::derivation::HashModuloError::Cycle { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn deep_input_chain_does_not_overflow_the_stack() {
+    const DEPTH: u64 = 20_000;
+    let mut h = DrvHasher::new(nix_store(), |p: &StorePath| {
+        let n = link_index(p);
+        Ok::<_, std::io::Error>(chain_link(n, (n < DEPTH).then(|| link_path(n + 1))))
+    });
+    let top = chain_link(0, Some(link_path(1)));
+    let paths = h.output_paths(&top).unwrap();
+    assert!(paths["out"].is_some());
+}

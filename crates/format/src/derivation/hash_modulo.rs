@@ -234,7 +234,7 @@ where
         match ty {
             DerivationType::Fixed => {
                 for (name, output) in &drv.outputs {
-                    paths.insert(name.clone(), Some(self.fixed_path(drv, name, output)?));
+                    paths.insert(name.clone(), self.fixed_path(drv, name, output)?);
                 }
             }
             DerivationType::InputAddressed | DerivationType::DeferredInputAddressed => {
@@ -306,7 +306,10 @@ where
                     let h = hdm.hashes.get(name).copied().unwrap_or_default();
                     (written, self.output_path(drv, name, &h)?)
                 }
-                DerivationOutput::Fixed { path, .. } => (path, self.fixed_path(drv, name, output)?),
+                DerivationOutput::Fixed { path, .. } => match self.fixed_path(drv, name, output)? {
+                    Some(expected) => (path, expected),
+                    None => continue,
+                },
                 _ => continue,
             };
             if *written != expected {
@@ -344,23 +347,25 @@ where
             })
     }
 
+    /// The path of a fixed output, or `None` if `out` is not one.
     fn fixed_path(
         &self,
         drv: &Derivation,
         output: &str,
         out: &DerivationOutput,
-    ) -> Result<StorePath, HashModuloError> {
+    ) -> Result<Option<StorePath>, HashModuloError> {
+        let DerivationOutput::Fixed { method, hash, .. } = out else {
+            return Ok(None);
+        };
         let err = |source| HashModuloError::OutputPath {
             name: drv.name.clone(),
             output: output.to_owned(),
             source,
         };
-        let DerivationOutput::Fixed { method, hash, .. } = out else {
-            return Err(err(StorePathError::EmptyName));
-        };
         let name = StorePathName::new(&output_path_name(&drv.name, output)).map_err(err)?;
         self.dir
             .make_fixed_output_path(*method, hash, &name, &BTreeSet::new(), false)
+            .map(Some)
             .map_err(err)
     }
 
@@ -442,7 +447,9 @@ where
                 let mut hashes = BTreeMap::new();
                 for (name, output) in &drv.outputs {
                     let path = self.fixed_path(drv, name, output)?;
-                    if let DerivationOutput::Fixed { method, hash, .. } = output {
+                    if let (Some(path), DerivationOutput::Fixed { method, hash, .. }) =
+                        (path, output)
+                    {
                         let text = format!(
                             "fixed:out:{}{}:{}:{}",
                             method.prefix(),

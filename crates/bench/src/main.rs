@@ -61,7 +61,11 @@ fn generate(root: &Path, concat: &Path, size_mib: u64) -> anyhow::Result<()> {
     }
     fs::create_dir_all(root.join("large"))?;
     for i in 0..LARGE_FILES {
-        write_random_file(&root.join(format!("large/big{i}")), &mut rng, large_size as usize);
+        write_random_file(
+            &root.join(format!("large/big{i}")),
+            &mut rng,
+            large_size as usize,
+        );
     }
     // The hashing floor: the same bytes in one file, hashed by coreutils.
     let mut out = fs::File::create(concat)?;
@@ -120,8 +124,12 @@ fn median(script: &str, runs: usize) -> anyhow::Result<(Duration, String)> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let unrooted = fs::canonicalize(&args.unrooted)
-        .with_context(|| format!("{} (build it with cargo build --release)", args.unrooted.display()))?;
+    let unrooted = fs::canonicalize(&args.unrooted).with_context(|| {
+        format!(
+            "{} (build it with cargo build --release)",
+            args.unrooted.display()
+        )
+    })?;
     let tree = args.dir.join("tree");
     let concat = args.dir.join("concat.bin");
     fs::create_dir_all(&args.dir)?;
@@ -130,12 +138,27 @@ fn main() -> anyhow::Result<()> {
     let u = unrooted.display();
     let t = tree.display();
     let c = concat.display();
-    println!("## NAR serialisation + SHA-256 of a {} MiB tree", args.size_mib);
+    println!(
+        "## NAR serialisation + SHA-256 of a {} MiB tree",
+        args.size_mib
+    );
     let cases = [
-        ("unrooted hash path --type sha256", format!("{u} hash path --type sha256 {t}")),
-        ("nix-hash --type sha256", format!("nix-hash --type sha256 {t}")),
-        ("nix-store --dump | sha256sum", format!("nix-store --dump {t} | sha256sum")),
-        ("unrooted nar pack | sha256sum", format!("{u} nar pack {t} | sha256sum")),
+        (
+            "unrooted hash path --type sha256",
+            format!("{u} hash path --type sha256 {t}"),
+        ),
+        (
+            "nix-hash --type sha256",
+            format!("nix-hash --type sha256 {t}"),
+        ),
+        (
+            "nix-store --dump | sha256sum",
+            format!("nix-store --dump {t} | sha256sum"),
+        ),
+        (
+            "unrooted nar pack | sha256sum",
+            format!("{u} nar pack {t} | sha256sum"),
+        ),
         ("sha256sum (one file, same bytes)", format!("sha256sum {c}")),
     ];
     let mut results = Vec::new();
@@ -154,8 +177,17 @@ fn main() -> anyhow::Result<()> {
         bail!("unrooted took no measurable time");
     }
     println!();
-    println!("nix-hash / unrooted                  {:>8.2}x  (goal >= 2)", results[1] / results[0]);
-    println!("nix-store --dump|sha256sum / unrooted {:>7.2}x", results[2] / results[0]);
-    println!("unrooted / sha256sum floor           {:>8.2}x  (goal <= 1.3)", results[0] / results[4]);
+    println!(
+        "nix-hash / unrooted                  {:>8.2}x  (goal >= 2)",
+        results[1] / results[0]
+    );
+    println!(
+        "nix-store --dump|sha256sum / unrooted {:>7.2}x",
+        results[2] / results[0]
+    );
+    println!(
+        "unrooted / sha256sum floor           {:>8.2}x  (goal <= 1.3)",
+        results[0] / results[4]
+    );
     Ok(())
 }

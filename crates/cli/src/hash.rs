@@ -52,7 +52,8 @@ pub struct HashArgs {
 }
 
 fn parse_algo(text: &str) -> Result<HashAlgo, String> {
-    text.parse().map_err(|e: unrooted_format::hash::HashError| e.to_string())
+    text.parse()
+        .map_err(|e: unrooted_format::hash::HashError| e.to_string())
 }
 
 impl HashArgs {
@@ -108,7 +109,8 @@ pub fn hash_path(path: &Path, algo: HashAlgo) -> anyhow::Result<Hash> {
 
 /// The hash of the bytes of the file at `path`.
 pub fn hash_file(path: &Path, algo: HashAlgo) -> anyhow::Result<Hash> {
-    let mut file = File::open(path).with_context(|| format!("opening file '{}'", path.display()))?;
+    let mut file =
+        File::open(path).with_context(|| format!("opening file '{}'", path.display()))?;
     let mut hasher = Hasher::new(algo);
     let mut buf = vec![0u8; 1 << 20];
     loop {

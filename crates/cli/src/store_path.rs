@@ -20,7 +20,12 @@ use crate::hash::{hash_file, hash_path};
 pub struct StorePathArgs {
     /// The store directory the path would be added to (default: $NIX_STORE_DIR, else
     /// /nix/store). The same content gets a different path in each store.
-    #[arg(long, value_name = "DIR", env = "NIX_STORE_DIR", default_value = "/nix/store")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "NIX_STORE_DIR",
+        default_value = "/nix/store"
+    )]
     store_dir: String,
     /// Compute the path of `nix-store --add-fixed ALGO PATH`: a fixed-output path
     /// hashed with ALGO over the file's bytes (or its NAR with --recursive).
@@ -36,7 +41,8 @@ pub struct StorePathArgs {
 }
 
 fn parse_algo(text: &str) -> Result<HashAlgo, String> {
-    text.parse().map_err(|e: unrooted_format::hash::HashError| e.to_string())
+    text.parse()
+        .map_err(|e: unrooted_format::hash::HashError| e.to_string())
 }
 
 /// Runs `store-path`.
@@ -50,11 +56,17 @@ pub fn run(args: StorePathArgs) -> anyhow::Result<ExitCode> {
         let name = StorePathName::new(base)
             .with_context(|| format!("'{}' cannot be a store path name", path.display()))?;
         let (method, hash) = match args.fixed {
-            None => (FileIngestionMethod::Recursive, hash_path(path, HashAlgo::Sha256)?),
-            Some(algo) if args.recursive => (FileIngestionMethod::Recursive, hash_path(path, algo)?),
+            None => (
+                FileIngestionMethod::Recursive,
+                hash_path(path, HashAlgo::Sha256)?,
+            ),
+            Some(algo) if args.recursive => {
+                (FileIngestionMethod::Recursive, hash_path(path, algo)?)
+            }
             Some(algo) => (FileIngestionMethod::Flat, hash_file(path, algo)?),
         };
-        let store_path = dir.make_fixed_output_path(method, &hash, &name, &BTreeSet::new(), false)?;
+        let store_path =
+            dir.make_fixed_output_path(method, &hash, &name, &BTreeSet::new(), false)?;
         println!("{}", dir.display(&store_path));
     }
     Ok(ExitCode::SUCCESS)

@@ -20,7 +20,9 @@ fn stdout_of(cmd: &mut Command) -> String {
 
 /// The vector inputs (hello.txt, tree/) shipped with the formats crate.
 fn vector_input(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../format/tests/vectors/inputs").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../format/tests/vectors/inputs")
+        .join(name)
 }
 
 /// Trees with every shape the NAR format has, plus a single large file.
@@ -45,7 +47,9 @@ fn fixtures(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn hash_path_matches_nix_hash_for_every_algorithm_and_encoding() {
-    let Some(nix_hash) = nix_tool("nix-hash") else { return };
+    let Some(nix_hash) = nix_tool("nix-hash") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mut paths = fixtures(tmp.path());
     paths.push(vector_input("tree"));
@@ -63,7 +67,11 @@ fn hash_path_matches_nix_hash_for_every_algorithm_and_encoding() {
             }
             ours.args(&paths);
             theirs.args(&paths);
-            assert_eq!(stdout_of(&mut ours), stdout_of(&mut theirs), "{algo} base32={base32}");
+            assert_eq!(
+                stdout_of(&mut ours),
+                stdout_of(&mut theirs),
+                "{algo} base32={base32}"
+            );
             compared += paths.len();
         }
     }
@@ -72,24 +80,43 @@ fn hash_path_matches_nix_hash_for_every_algorithm_and_encoding() {
 
 #[test]
 fn hash_file_matches_nix_hash_flat() {
-    let Some(nix_hash) = nix_tool("nix-hash") else { return };
+    let Some(nix_hash) = nix_tool("nix-hash") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = fixtures(tmp.path())
         .into_iter()
         .filter(|p| p.is_file())
         .chain([vector_input("hello.txt")])
         .collect();
-    assert_eq!(files.len(), 4, "big.bin, empty, toplink (followed), hello.txt");
+    assert_eq!(
+        files.len(),
+        4,
+        "big.bin, empty, toplink (followed), hello.txt"
+    );
     for algo in ["md5", "sha1", "sha256", "sha512"] {
         for (flag, nix_flag) in [("--base16", None), ("--base32", Some("--base32"))] {
-            let ours = stdout_of(unrooted().args(["hash", "file", "--type", algo, flag]).args(&files));
+            let ours = stdout_of(
+                unrooted()
+                    .args(["hash", "file", "--type", algo, flag])
+                    .args(&files),
+            );
             let mut theirs = Command::new(&nix_hash);
-            theirs.args(["--flat", "--type", algo]).args(nix_flag).args(&files);
+            theirs
+                .args(["--flat", "--type", algo])
+                .args(nix_flag)
+                .args(&files);
             assert_eq!(ours, stdout_of(&mut theirs), "{algo} {flag}");
         }
-        let ours = stdout_of(unrooted().args(["hash", "file", "--truncate", "--type", algo]).args(&files));
+        let ours = stdout_of(
+            unrooted()
+                .args(["hash", "file", "--truncate", "--type", algo])
+                .args(&files),
+        );
         let mut theirs = Command::new(&nix_hash);
-        theirs.args(["--flat", "--truncate", "--type", algo]).args(&files);
+        theirs
+            .args(["--flat", "--truncate", "--type", algo])
+            .args(&files);
         assert_eq!(ours, stdout_of(&mut theirs), "{algo} --truncate");
     }
 }
@@ -101,8 +128,15 @@ fn sri_and_base64_match_the_spec_vectors() {
     assert_eq!(sri, "sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM=\n");
     let b64 = stdout_of(unrooted().args(["hash", "path", "--base64"]).arg(&hello));
     assert_eq!(b64, "HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM=\n");
-    let tree = stdout_of(unrooted().args(["hash", "path", "--base32"]).arg(vector_input("tree")));
-    assert_eq!(tree, "11js7lj3n1m2z7kchzgack60xdix5aj0ar0dg36zzjmgvifiqvla\n");
+    let tree = stdout_of(
+        unrooted()
+            .args(["hash", "path", "--base32"])
+            .arg(vector_input("tree")),
+    );
+    assert_eq!(
+        tree,
+        "11js7lj3n1m2z7kchzgack60xdix5aj0ar0dg36zzjmgvifiqvla\n"
+    );
 }
 
 fn add_to_store(env: &NixEnv, args: &[&OsStr]) -> String {
@@ -121,21 +155,36 @@ fn store_path_matches_nix_store_add_in_a_private_store() {
     paths.retain(|p| p.file_name() != Some(OsStr::new("toplink")));
     let mut compared = 0;
     for path in &paths {
-        let ours = stdout_of(unrooted().arg("store-path").arg("--store-dir").arg(&store).arg(path));
+        let ours = stdout_of(
+            unrooted()
+                .arg("store-path")
+                .arg("--store-dir")
+                .arg(&store)
+                .arg(path),
+        );
         let theirs = add_to_store(&env, &[OsStr::new("--add"), path.as_os_str()]);
         assert_eq!(ours, theirs, "--add {}", path.display());
         compared += 1;
         for algo in ["sha1", "sha256", "sha512"] {
             let mut args = vec![OsStr::new("--add-fixed"), OsStr::new(algo)];
             let mut ours_cmd = unrooted();
-            ours_cmd.arg("store-path").arg("--store-dir").arg(&store).args(["--fixed", algo]);
+            ours_cmd
+                .arg("store-path")
+                .arg("--store-dir")
+                .arg(&store)
+                .args(["--fixed", algo]);
             if path.is_dir() {
                 args.push(OsStr::new("--recursive"));
                 ours_cmd.arg("--recursive");
             }
             args.push(path.as_os_str());
             let theirs = add_to_store(&env, &args);
-            assert_eq!(stdout_of(ours_cmd.arg(path)), theirs, "--add-fixed {algo} {}", path.display());
+            assert_eq!(
+                stdout_of(ours_cmd.arg(path)),
+                theirs,
+                "--add-fixed {algo} {}",
+                path.display()
+            );
             compared += 1;
         }
     }
@@ -156,19 +205,35 @@ fn bad_input_gives_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let bad_name = tmp.path().join("bad name");
     fs::write(&bad_name, b"x").unwrap();
-    let out = unrooted().args(["store-path", "--store-dir", "/nix/store"]).arg(&bad_name).output().unwrap();
+    let out = unrooted()
+        .args(["store-path", "--store-dir", "/nix/store"])
+        .arg(&bad_name)
+        .output()
+        .unwrap();
     expect_one_line_error(&out, "forbidden character ' '");
 
     let missing = tmp.path().join("missing");
-    let out = unrooted().args(["hash", "file"]).arg(&missing).output().unwrap();
+    let out = unrooted()
+        .args(["hash", "file"])
+        .arg(&missing)
+        .output()
+        .unwrap();
     expect_one_line_error(&out, "missing");
 
     let fifo = tmp.path().join("fifo");
     let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(status.success());
-    let out = unrooted().args(["hash", "path"]).arg(&fifo).output().unwrap();
+    let out = unrooted()
+        .args(["hash", "path"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
     expect_one_line_error(&out, "fifo");
 
-    let out = unrooted().args(["store-path", "--store-dir", "relative/store"]).arg(&missing).output().unwrap();
+    let out = unrooted()
+        .args(["store-path", "--store-dir", "relative/store"])
+        .arg(&missing)
+        .output()
+        .unwrap();
     expect_one_line_error(&out, "relative/store");
 }

@@ -143,7 +143,10 @@ mod tests {
         let bad = b"0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c7e";
         assert!(matches!(
             decode(bad, 32),
-            Err(Base32Error::Character { byte: b'e', position: 51 })
+            Err(Base32Error::Character {
+                byte: b'e',
+                position: 51
+            })
         ));
     }
 

@@ -382,8 +382,14 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(Hash::parse_any(&h.to_prefixed_base32(), None).unwrap(), h);
-        assert_eq!(Hash::parse_any(&h.to_base16(), Some(HashAlgo::Sha256)).unwrap(), h);
-        assert_eq!(Hash::parse_any(&h.to_base64(), Some(HashAlgo::Sha256)).unwrap(), h);
+        assert_eq!(
+            Hash::parse_any(&h.to_base16(), Some(HashAlgo::Sha256)).unwrap(),
+            h
+        );
+        assert_eq!(
+            Hash::parse_any(&h.to_base64(), Some(HashAlgo::Sha256)).unwrap(),
+            h
+        );
         assert!(matches!(
             Hash::parse_any(sri, Some(HashAlgo::Sha1)),
             Err(HashError::AlgoMismatch { .. })

@@ -26,7 +26,9 @@ pub const MAX_NAME_LEN: usize = 211;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StorePathError {
     /// The store directory is not an absolute, canonical path.
-    #[error("store directory '{dir}' must be an absolute path without '.', '..' or a trailing '/'")]
+    #[error(
+        "store directory '{dir}' must be an absolute path without '.', '..' or a trailing '/'"
+    )]
     StoreDir {
         /// The offending directory.
         dir: String,
@@ -418,7 +420,13 @@ mod tests {
     #[test]
     fn store_dir_is_canonical() {
         assert!(StoreDir::new("/nix/store").is_ok());
-        for bad in ["nix/store", "/", "/nix/store/", "/nix//store", "/nix/../store"] {
+        for bad in [
+            "nix/store",
+            "/",
+            "/nix/store/",
+            "/nix//store",
+            "/nix/../store",
+        ] {
             assert!(StoreDir::new(bad).is_err(), "{bad}");
         }
     }
@@ -428,7 +436,9 @@ mod tests {
         let dir = StoreDir::new("/nix/store").unwrap();
         let p = "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt";
         assert_eq!(dir.display(&dir.parse_path(p).unwrap()), p);
-        assert!(dir.parse_path("/nix/storex/i9pmrzmpshapij2kin22pff6fc2adavx-a").is_err());
+        assert!(dir
+            .parse_path("/nix/storex/i9pmrzmpshapij2kin22pff6fc2adavx-a")
+            .is_err());
         assert!(dir.parse_path(&format!("{p}/bin")).is_err());
         let inside = format!("{p}/bin/sh");
         let (sp, rest) = dir.parse_path_prefix(&inside).unwrap();

@@ -10,12 +10,15 @@ use unrooted_format::hash::{sha256, Hash, HashAlgo, HashError};
 use unrooted_format::{ContentAddress, StoreDir, StorePathName};
 
 fn vector_file(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/hash").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors/hash")
+        .join(name);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 fn rows(text: &str) -> impl Iterator<Item = &str> {
-    text.lines().filter(|l| !l.is_empty() && !l.starts_with('#'))
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 #[test]
@@ -28,7 +31,12 @@ fn encodings_match_nix() {
         let hash = Hash::parse_bare(cols[2], algo).unwrap();
         assert_eq!(hash.to_base16(), cols[2], "{row}");
         assert_eq!(hash.to_base32(), cols[3], "{}: base32", cols[0]);
-        assert_eq!(Hash::parse_bare(cols[3], algo).unwrap(), hash, "{}", cols[0]);
+        assert_eq!(
+            Hash::parse_bare(cols[3], algo).unwrap(),
+            hash,
+            "{}",
+            cols[0]
+        );
         assert_eq!(
             base32::decode(cols[3].as_bytes(), algo.size()).unwrap(),
             hash.digest()
@@ -50,7 +58,10 @@ fn digests_of_empty_input_match_v1_to_v4() {
     for (algo, b16) in [
         (HashAlgo::Md5, "d41d8cd98f00b204e9800998ecf8427e"),
         (HashAlgo::Sha1, "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
-        (HashAlgo::Sha256, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        (
+            HashAlgo::Sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
     ] {
         assert_eq!(algo.digest(b"").to_base16(), b16);
     }
@@ -77,9 +88,16 @@ fn invalid_hashes_are_refused_with_the_right_error() {
         };
         // A base32 digest that overflows is reported as a base-32 encoding error
         // naming the whole text, as Nix's "invalid base-32 hash".
-        let expected = if cols[0] == "overflow" { "encoding" } else { cols[0] };
+        let expected = if cols[0] == "overflow" {
+            "encoding"
+        } else {
+            cols[0]
+        };
         assert_eq!(kind, expected, "{row}: {err}");
-        assert!(err.to_string().contains(cols[2]) || kind == "unknown-algo", "{err}");
+        assert!(
+            err.to_string().contains(cols[2]) || kind == "unknown-algo",
+            "{err}"
+        );
         checked += 1;
     }
     assert_eq!(checked, 9);
@@ -97,7 +115,10 @@ fn store_paths_from_content_addresses_match_nix() {
         let refs: BTreeSet<_> = if cols[4] == "-" {
             BTreeSet::new()
         } else {
-            cols[4].split(',').map(|p| dir.parse_path(p).unwrap()).collect()
+            cols[4]
+                .split(',')
+                .map(|p| dir.parse_path(p).unwrap())
+                .collect()
         };
         let path = ca.store_path(&dir, &name, &refs, false).unwrap();
         assert_eq!(dir.display(&path), cols[5], "{}", cols[0]);
@@ -118,7 +139,10 @@ fn text_paths_from_contents_match_nix() {
         let refs: BTreeSet<_> = if cols[3] == "-" {
             BTreeSet::new()
         } else {
-            cols[3].split(',').map(|p| dir.parse_path(p).unwrap()).collect()
+            cols[3]
+                .split(',')
+                .map(|p| dir.parse_path(p).unwrap())
+                .collect()
         };
         let path = dir.make_text_path(&name, &sha256(contents.as_bytes()), &refs);
         assert_eq!(dir.display(&path), cols[4]);
@@ -150,7 +174,10 @@ fn fingerprint_and_fold_match_v9() {
     );
     let folded = unrooted_format::store_path::compress_hash(&digest, 20);
     assert_eq!(
-        folded.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        folded
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
         "7daba60473c6b92b848d53c87815d4b7fe5c6f8a"
     );
 }
@@ -163,10 +190,14 @@ fn references_are_refused_where_nix_refuses_them() {
         .parse_path("/nix/store/5nw3di7akby6ah73vh1qa8ig75zm49h5-builder.sh")
         .unwrap();
     let refs = BTreeSet::from([r]);
-    let flat = ContentAddress::parse("fixed:sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq")
-        .unwrap();
+    let flat =
+        ContentAddress::parse("fixed:sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq")
+            .unwrap();
     assert!(flat.store_path(&dir, &name, &refs, false).is_err());
-    let text = ContentAddress::parse("text:sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq")
-        .unwrap();
-    assert!(text.store_path(&dir, &name, &BTreeSet::new(), true).is_err());
+    let text =
+        ContentAddress::parse("text:sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq")
+            .unwrap();
+    assert!(text
+        .store_path(&dir, &name, &BTreeSet::new(), true)
+        .is_err());
 }

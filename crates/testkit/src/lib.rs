@@ -138,8 +138,21 @@ impl Rng {
 
 /// Names that stress byte ordering and escaping in NAR listings.
 const ODD_NAMES: &[&str] = &[
-    ".x", "1", "A-b", "B", "_", "a", "é", "with space", "tab\there", "new\nline", "quote\"",
-    "back\\slash", "%percent", "ünï", "z",
+    ".x",
+    "1",
+    "A-b",
+    "B",
+    "_",
+    "a",
+    "é",
+    "with space",
+    "tab\there",
+    "new\nline",
+    "quote\"",
+    "back\\slash",
+    "%percent",
+    "ünï",
+    "z",
 ];
 
 /// Generates a tree under `dir` (which must not exist) with `files` entries spread over
@@ -153,7 +166,11 @@ pub fn generate_tree(dir: &Path, seed: u64, files: usize, large_size: usize) {
     for i in 0..files {
         let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
         let name = if rng.below(4) == 0 {
-            format!("{}{}", ODD_NAMES[rng.below(ODD_NAMES.len() as u64) as usize], i)
+            format!(
+                "{}{}",
+                ODD_NAMES[rng.below(ODD_NAMES.len() as u64) as usize],
+                i
+            )
         } else {
             format!("f{i}")
         };
@@ -204,3 +221,5 @@ pub fn write_random_file(path: &Path, rng: &mut Rng, size: usize) {
         left -= n;
     }
 }
+
+pub mod daemon;

@@ -1,0 +1,267 @@
+//! A daemon under test: `unrooted daemon` started as an unprivileged user on a private
+//! store, and the real Nix client run as another unprivileged user against it.
+//!
+//! Tests run as root only to set this up (create the users, hand the store to the
+//! daemon's user, drop privileges with `setpriv`); nothing of the daemon or the client
+//! runs as root.
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::in_ci;
+
+/// The user the daemon runs as in tests.
+pub const DAEMON_USER: &str = "unrooted-test-daemon";
+/// The user the Nix client runs as in tests.
+pub const CLIENT_USER: &str = "unrooted-test-client";
+
+/// A system user's uid and primary gid, creating the user when running as root.
+pub fn test_user(name: &str) -> Option<(u32, u32)> {
+    let lookup = || {
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, name]).output().ok()?;
+            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        };
+        Some((id("-u")?, id("-g")?))
+    };
+    if let Some(ids) = lookup() {
+        return Some(ids);
+    }
+    if is_root() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .status()
+            .ok()?;
+        if status.success() {
+            return lookup();
+        }
+    }
+    None
+}
+
+/// Whether this process is root (the only case in which users can be switched).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// Whether daemon tests can run here; under `CI=true` they must.
+pub fn can_run_daemon_tests() -> bool {
+    let ok = is_root() && test_user(DAEMON_USER).is_some() && test_user(CLIENT_USER).is_some();
+    if !ok {
+        assert!(
+            !in_ci(),
+            "daemon tests need root to create {DAEMON_USER}/{CLIENT_USER} and switch to them, but CI=true"
+        );
+        eprintln!("skipping: daemon tests need root (to set up the unprivileged users)");
+    }
+    ok
+}
+
+/// A running daemon on a private store, with the paths clients need.
+pub struct TestDaemon {
+    root: tempfile::TempDir,
+    child: Option<Child>,
+    /// The daemon's uid.
+    pub daemon_uid: u32,
+    /// The client's uid.
+    pub client_uid: u32,
+    client_gid: u32,
+    daemon_gid: u32,
+    unrooted: PathBuf,
+    extra_conf: String,
+}
+
+impl TestDaemon {
+    /// Prepares a private store owned by the daemon user (the daemon is not started;
+    /// call [`TestDaemon::start`]). `nix_conf` is appended to the daemon's `nix.conf`.
+    pub fn new(unrooted: &Path, nix_conf: &str) -> Self {
+        let (daemon_uid, daemon_gid) = test_user(DAEMON_USER).expect("daemon test user");
+        let (client_uid, client_gid) = test_user(CLIENT_USER).expect("client test user");
+        let root = tempfile::Builder::new()
+            .prefix("unrooted-daemon-")
+            .tempdir()
+            .expect("temporary directory");
+        // Every user must be able to reach the store (it is world-readable, as /nix/store).
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod root");
+        for (dir, owner) in [
+            ("store", daemon_uid),
+            ("state", daemon_uid),
+            ("log", daemon_uid),
+            ("conf", daemon_uid),
+            ("client-home", client_uid),
+        ] {
+            let p = root.path().join(dir);
+            fs::create_dir(&p).expect("mkdir");
+            let gid = if owner == daemon_uid {
+                daemon_gid
+            } else {
+                client_gid
+            };
+            chown(&p, Some(owner), Some(gid)).expect("chown");
+            let mode = if dir == "client-home" { 0o700 } else { 0o755 };
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        let mut daemon = Self {
+            root,
+            child: None,
+            daemon_uid,
+            client_uid,
+            client_gid,
+            daemon_gid,
+            unrooted: unrooted.to_path_buf(),
+            extra_conf: nix_conf.to_owned(),
+        };
+        daemon.write_conf();
+        daemon
+    }
+
+    fn write_conf(&mut self) {
+        let conf = format!("sandbox = false\nsubstituters =\n{}\n", self.extra_conf);
+        let path = self.root.path().join("conf/nix.conf");
+        fs::write(&path, conf).expect("nix.conf");
+        chown(&path, Some(self.daemon_uid), Some(self.daemon_gid)).expect("chown nix.conf");
+    }
+
+    /// The temporary root.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.path().join("store")
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// The daemon socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("state/daemon-socket/socket")
+    }
+
+    /// The client user's home directory (mode 0700, unreadable to the daemon).
+    pub fn client_home(&self) -> PathBuf {
+        self.root.path().join("client-home")
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        let r = self.root.path();
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("NIX_STORE_DIR", r.join("store"))
+            .env("NIX_STATE_DIR", r.join("state"))
+            .env("NIX_LOG_DIR", r.join("log"))
+            .env("NIX_CONF_DIR", r.join("conf"))
+            .env("NIX_DAEMON_SOCKET_PATH", self.socket());
+    }
+
+    /// Starts the daemon as the daemon user and waits for its socket.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", self.daemon_uid))
+            .arg(format!("--regid={}", self.daemon_gid))
+            .args(["--init-groups", "--inh-caps=-all", "--"])
+            .arg(&self.unrooted)
+            .arg("daemon");
+        self.env(&mut cmd);
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.root.path().join("daemon.log")).expect("log file"));
+        let socket = self.socket();
+        let _ = fs::remove_file(&socket);
+        self.child = Some(cmd.spawn().expect("starting the daemon"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("the daemon exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not create {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Kills the daemon with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A command run as the client user against the daemon (`NIX_REMOTE=daemon`).
+    pub fn client(&self, program: &str) -> Command {
+        self.as_user(
+            program,
+            self.client_uid,
+            self.client_gid,
+            &self.client_home(),
+        )
+    }
+
+    /// A command run as the daemon user in local mode (no daemon), e.g. to check the
+    /// store with `nix-store --verify` as its owner.
+    pub fn owner_local(&self, program: &str) -> Command {
+        let mut cmd = self.as_user(program, self.daemon_uid, self.daemon_gid, &self.state_dir());
+        cmd.env("NIX_REMOTE", "local");
+        cmd
+    }
+
+    fn as_user(&self, program: &str, uid: u32, gid: u32, home: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .args(["--init-groups", "--inh-caps=-all", "--"])
+            .arg(program);
+        self.env(&mut cmd);
+        cmd.env("HOME", home)
+            .env("USER", "")
+            .env("NIX_REMOTE", "daemon");
+        cmd
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill();
+        // The store is read-only by design; make it deletable for the temp dir's cleanup.
+        let _ = Command::new("chmod")
+            .args(["-R", "u+w"])
+            .arg(self.root.path())
+            .status();
+    }
+}

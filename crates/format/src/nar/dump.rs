@@ -16,10 +16,12 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use rustix::fs::{FileType, Mode, OFlags, RawDir, CWD};
 
 use super::error::NarError;
+use super::path::NarPath;
 use super::writer::NarWriter;
 
 /// Read buffer for file contents: large enough that a hasher sees big updates and a
@@ -35,25 +37,115 @@ const DIRENT_BUFFER: usize = 64 * 1024;
 /// `path` itself is not followed if it is a symlink. Directory entries are sorted by
 /// their raw bytes; a file is executable in the archive iff its owner-execute bit is
 /// set. Devices, fifos and sockets are refused with an error naming them.
+///
+/// For a directory or a large file the walk runs on a second thread and hands the
+/// archive to this one in chunks, so reading the tree (system calls, copies) overlaps
+/// with whatever `out` does with the bytes, typically hashing; `out` itself never
+/// leaves the calling thread.
 pub fn dump_path<W: Write>(path: &Path, out: &mut W) -> Result<u64, NarError> {
-    let mut dumper = Dumper {
-        writer: NarWriter::new(out),
-        root: path,
-        rel: Vec::new(),
-        buf: vec![0; READ_BUFFER],
-        dirent_buf: Vec::with_capacity(DIRENT_BUFFER),
-        scratch: Vec::new(),
+    let st = rustix::fs::statat(CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+        NarError::Dump {
+            path: path.to_path_buf(),
+            source: e.into(),
+        }
+    })?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let pipelined = match kind {
+        FileType::Directory => true,
+        FileType::RegularFile => st.st_size as u64 >= PIPELINE_MIN_FILE,
+        _ => false,
     };
-    let st = rustix::fs::statat(CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| dumper.error(e))?;
-    dumper.node(
-        CWD,
-        path.as_os_str(),
-        FileType::from_raw_mode(st.st_mode),
-        0,
-    )?;
-    let (_, size) = dumper.writer.finish()?;
-    Ok(size)
+    if !pipelined {
+        return Dumper::new(NarWriter::new(out), path).run(kind);
+    }
+    let (chunks, received) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let walker = scope.spawn(move || {
+            let sink = ChunkSink {
+                chunks,
+                recycled,
+                chunk: Vec::with_capacity(CHUNK),
+            };
+            Dumper::new(NarWriter::new(sink), path).run(kind)
+        });
+        let mut failure = None;
+        for mut chunk in received {
+            if let Err(source) = out.write_all(&chunk) {
+                // Dropping the receiver (by leaving the loop) stops the walker at
+                // its next chunk.
+                failure = Some(source);
+                break;
+            }
+            chunk.clear();
+            // The walker may have finished already; then the chunk is simply freed.
+            let _ = recycle.send(chunk);
+        }
+        let walked = match walker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match failure {
+            Some(source) => Err(NarError::Write {
+                path: NarPath::root(),
+                source,
+            }),
+            None => walked,
+        }
+    })
+}
+
+/// Smallest single file worth a second thread.
+const PIPELINE_MIN_FILE: u64 = 4 * 1024 * 1024;
+
+/// Size of the chunks the walker hands over.
+const CHUNK: usize = 256 * 1024;
+
+/// Chunks queued between walker and consumer; bounds memory to a few MiB.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// The walker's end of the pipeline: fills chunks and sends them when full, reusing
+/// the chunks the consumer sends back.
+struct ChunkSink {
+    chunks: mpsc::SyncSender<Vec<u8>>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> io::Result<()> {
+        let next = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.chunk, next);
+        self.chunks
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the NAR consumer stopped"))
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = (CHUNK - self.chunk.len()).min(rest.len());
+            self.chunk.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.chunk.len() == CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
 }
 
 /// One directory's entries: names in an arena (each NUL-terminated, so they can be
@@ -89,7 +181,25 @@ trait NameArg: rustix::path::Arg + Copy {}
 impl NameArg for &CStr {}
 impl NameArg for &OsStr {}
 
-impl<W: Write> Dumper<'_, W> {
+impl<'p, W: Write> Dumper<'p, W> {
+    fn new(writer: NarWriter<W>, root: &'p Path) -> Self {
+        Self {
+            writer,
+            root,
+            rel: Vec::new(),
+            buf: vec![0; READ_BUFFER],
+            dirent_buf: Vec::with_capacity(DIRENT_BUFFER),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Dumps the root, of type `kind`, and finishes the archive.
+    fn run(mut self, kind: FileType) -> Result<u64, NarError> {
+        self.node(CWD, self.root.as_os_str(), kind, 0)?;
+        let (_, size) = self.writer.finish()?;
+        Ok(size)
+    }
+
     /// The on-disk path of the current entry.
     fn current_path(&self) -> PathBuf {
         let mut p = self.root.as_os_str().to_owned();

@@ -32,7 +32,8 @@
 //!
 //! The byte tokens below are the only place the grammar's strings are spelled out;
 //! [`reader`] and [`writer`] are the one parser and the one serialiser, and everything
-//! else ([`dump`], [`restore`], [`listing`], the export format) is built on them.
+//! else ([`dump`](mod@dump), [`restore`](mod@restore), [`listing`], the export format) is built
+//! on them.
 
 pub mod dump;
 pub mod listing;

@@ -35,7 +35,7 @@ pub trait NarVisitor {
     }
 
     /// A symlink; `target` is non-empty, without NUL and at most
-    /// [`MAX_TARGET_LEN`](super::MAX_TARGET_LEN) bytes.
+    /// [`MAX_TARGET_LEN`] bytes.
     fn symlink(&mut self, path: &NarPath, target: &[u8]) -> Result<(), NarError> {
         let _ = (path, target);
         Ok(())

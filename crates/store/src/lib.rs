@@ -1,1 +1,32 @@
-//! Work in progress.
+//! The local store on disk: adding, registering, querying, verifying and optimising
+//! store paths, in a layout and database the real Nix 2.8 tools can share.
+//!
+//! [`LocalStore`] owns every filesystem effect on the store directory and its state
+//! directory: it creates the layout on first open, receives new paths into a private
+//! temporary area, checks them (NAR hash and size, content address, signatures),
+//! resets their metadata, moves them into place and registers them (through
+//! `unrooted-db`), with per-path locks compatible with Nix's. It never needs root.
+//!
+//! The API is synchronous: the daemon runs one thread per client connection, and
+//! everything here is blocking file and SQLite I/O that an async runtime would only
+//! wrap in `spawn_blocking`; a `LocalStore` is `Sync` and shared by those threads.
+
+mod add;
+pub mod canonicalise;
+mod config;
+mod error;
+mod layout;
+mod lock;
+mod optimise;
+mod store;
+mod tmp;
+mod verify;
+
+pub use add::CheckSigs;
+pub use config::{LocalStoreConfig, DEFAULT_RESERVED_SPACE};
+pub use error::StoreError;
+pub use optimise::OptimiseStats;
+pub use store::LocalStore;
+pub use tmp::TEMP_PREFIX;
+pub use unrooted_db::{DbOptions, ValidPathInfo};
+pub use verify::VerifyMessage;

@@ -1,0 +1,101 @@
+//! Per-path locks, compatible with Nix's `PathLocks`.
+//!
+//! Two adders of the same path — threads of this process, or other processes,
+//! including real Nix tools sharing the store — must not both write it. Nix locks
+//! `<real path>.lock` with `flock`; we do the same so that the two interoperate. A
+//! lock file that its last holder deleted is marked by one byte written into it after
+//! the unlink: a waiter that then gets the lock sees a non-empty file, knows it holds
+//! a lock nobody else can see, and starts over (Nix's protocol, byte for byte).
+//!
+//! Within this process an in-memory mutex per path is taken first, so threads queue
+//! in memory instead of each opening the lock file; `flock` alone would also work
+//! (each open is a separate lock), but the map keeps the number of descriptors down
+//! when many connections add the same path.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::StoreError;
+
+/// The in-process half of path locking: the set of lock files held by some thread.
+#[derive(Debug, Default)]
+pub(crate) struct LockMap {
+    held: Mutex<HashSet<PathBuf>>,
+    released: Condvar,
+}
+
+/// A held lock on one path; released (and its lock file deleted, as Nix does once a
+/// path is finished) on drop.
+pub(crate) struct PathLock<'a> {
+    map: &'a LockMap,
+    key: PathBuf,
+    file: Option<File>,
+}
+
+impl LockMap {
+    /// Locks `target` (a path in the real store directory) by locking
+    /// `<target>.lock`, waiting as long as another holder needs.
+    pub(crate) fn lock(&self, target: &Path) -> Result<PathLock<'_>, StoreError> {
+        let mut lock_path = target.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            while held.contains(&lock_path) {
+                held = self
+                    .released
+                    .wait(held)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            held.insert(lock_path.clone());
+        }
+        // From here on the drop of `lock` releases the in-process claim, also when
+        // taking the file lock fails.
+        let mut lock = PathLock {
+            map: self,
+            key: lock_path,
+            file: None,
+        };
+        let err = |source| StoreError::Lock {
+            path: lock.key.clone(),
+            source,
+        };
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&lock.key)
+                .map_err(err)?;
+            flock(&file, FlockOperation::LockExclusive).map_err(|e| err(e.into()))?;
+            let stale = file.metadata().map_err(err)?.size() != 0;
+            if !stale {
+                lock.file = Some(file);
+                return Ok(lock);
+            }
+            tracing::debug!(path = %lock.key.display(), "lock file became stale, retrying");
+        }
+    }
+}
+
+impl Drop for PathLock<'_> {
+    fn drop(&mut self) {
+        if let Some(mut file) = self.file.take() {
+            // Unlink first, then mark the file stale for anyone already waiting on it;
+            // removing the file is only tidying, so failures are ignored as in Nix.
+            let _ = std::fs::remove_file(&self.key);
+            let _ = file.write_all(b"d");
+        }
+        let mut held = self.map.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.remove(&self.key);
+        self.map.released.notify_all();
+    }
+}

@@ -1,0 +1,215 @@
+//! [`LocalStore`]: opening a store, and everything that only reads it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use unrooted_db::{Database, DbError, ValidPathInfo};
+use unrooted_format::nar;
+use unrooted_format::{StoreDir, StorePath};
+
+use crate::config::LocalStoreConfig;
+use crate::error::StoreError;
+use crate::layout::{create_layout, take_big_lock};
+use crate::lock::LockMap;
+use crate::tmp::TempArea;
+
+/// A Nix store on local disk, shared by all threads of a process.
+///
+/// Every method takes `&self`; the database connection sits behind a mutex held only
+/// for the duration of one query or one registration, and path locks serialise
+/// adders of the same path (also across processes, through Nix's `.lock` files).
+#[derive(Debug)]
+pub struct LocalStore {
+    pub(crate) config: LocalStoreConfig,
+    pub(crate) db: Mutex<Database>,
+    pub(crate) locks: LockMap,
+    pub(crate) tmp: TempArea,
+    _big_lock: File,
+}
+
+impl LocalStore {
+    /// Opens the store described by `config`, creating the directories, lock files
+    /// and database a new store needs, and removing temporary leftovers of earlier
+    /// store instances that died (never anything else).
+    pub fn open(config: LocalStoreConfig) -> Result<Self, StoreError> {
+        create_layout(&config)?;
+        let big_lock = take_big_lock(&config.state_dir)?;
+        let db = Database::open(
+            &config.state_dir.join("db"),
+            config.store_dir.clone(),
+            config.db,
+        )?;
+        let tmp = TempArea::create(&config.real_store_dir)?;
+        Ok(Self {
+            config,
+            db: Mutex::new(db),
+            locks: LockMap::default(),
+            tmp,
+            _big_lock: big_lock,
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &LocalStoreConfig {
+        &self.config
+    }
+
+    /// The store directory paths are named in.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.config.store_dir
+    }
+
+    /// Where `path` is on disk.
+    pub fn real_path(&self, path: &StorePath) -> PathBuf {
+        self.config.real_store_dir.join(path.to_base_name())
+    }
+
+    /// The full path of `path` as Nix prints it.
+    pub fn print_path(&self, path: &StorePath) -> String {
+        self.config.store_dir.display(path)
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Database> {
+        // A panic while holding the connection cannot leave a transaction open (it is
+        // rolled back on drop), so a poisoned lock is still a usable connection.
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `path` is valid.
+    pub fn is_valid_path(&self, path: &StorePath) -> Result<bool, StoreError> {
+        Ok(self.db().is_valid(path)?)
+    }
+
+    /// The subset of `paths` that is valid.
+    pub fn query_valid_paths(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let db = self.db();
+        let mut out = BTreeSet::new();
+        for p in paths {
+            if db.is_valid(p)? {
+                out.insert(p.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record of `path`, or `None` if it is not valid.
+    pub fn query_path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, StoreError> {
+        Ok(self.db().path_info(path)?)
+    }
+
+    /// The references of `path`; empty if not valid.
+    pub fn query_references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().references(path)?)
+    }
+
+    /// The valid paths referring to `path`; empty if not valid.
+    pub fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().referrers(path)?)
+    }
+
+    /// The recorded deriver of a valid path (`None` if unknown); fails if `path` is
+    /// not valid.
+    pub fn query_deriver(&self, path: &StorePath) -> Result<Option<StorePath>, StoreError> {
+        match self.db().path_info(path)? {
+            Some(info) => Ok(info.deriver),
+            None => Err(StoreError::NotValid {
+                path: self.print_path(path),
+            }),
+        }
+    }
+
+    /// The valid `.drv`s that name `path` as an output.
+    pub fn query_valid_derivers(
+        &self,
+        path: &StorePath,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().valid_derivers(path)?)
+    }
+
+    /// Output name → path of a valid derivation, for outputs whose path is known
+    /// before building; fails with "path '…' is not valid" for an invalid `drv`.
+    pub fn query_derivation_output_map(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<String, StorePath>, StoreError> {
+        self.db().derivation_outputs(drv).map_err(|e| match e {
+            DbError::NotValid { path } => StoreError::NotValid { path },
+            other => other.into(),
+        })
+    }
+
+    /// The valid path with this 32-character hash part, if any.
+    pub fn query_path_from_hash_part(
+        &self,
+        hash_part: &str,
+    ) -> Result<Option<StorePath>, StoreError> {
+        self.db()
+            .path_from_hash_part(hash_part)
+            .map_err(|e| match e {
+                DbError::InvalidHashPart { hash_part } => StoreError::InvalidHashPart { hash_part },
+                other => other.into(),
+            })
+    }
+
+    /// Every valid path.
+    pub fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().all_valid_paths()?)
+    }
+
+    /// The closure of `paths` under references (`nix-store -qR`): the paths
+    /// themselves and everything they refer to, directly or not. Every path must be
+    /// valid.
+    pub fn query_closure(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let db = self.db();
+        let mut seen: BTreeSet<StorePath> = BTreeSet::new();
+        let mut queue: VecDeque<StorePath> = paths.iter().cloned().collect();
+        while let Some(p) = queue.pop_front() {
+            if seen.contains(&p) {
+                continue;
+            }
+            let Some(info) = db.path_info(&p)? else {
+                return Err(StoreError::NotValid {
+                    path: self.print_path(&p),
+                });
+            };
+            queue.extend(info.references.into_iter().filter(|r| !seen.contains(r)));
+            seen.insert(p);
+        }
+        Ok(seen)
+    }
+
+    /// Adds signatures to a valid path (`nix store sign`, AddSignatures). The caller
+    /// decides who may do this; signatures are not checked here, as in Nix.
+    pub fn add_signatures(
+        &self,
+        path: &StorePath,
+        sigs: impl IntoIterator<Item = String>,
+    ) -> Result<(), StoreError> {
+        self.db().add_signatures(path, sigs).map_err(|e| match e {
+            DbError::NotValid { path } => StoreError::NotValid { path },
+            other => other.into(),
+        })
+    }
+
+    /// Writes the NAR of a valid path to `out` (NarFromPath, `nix-store --dump`);
+    /// returns its size.
+    pub fn dump_path(&self, path: &StorePath, out: &mut dyn Write) -> Result<u64, StoreError> {
+        if !self.is_valid_path(path)? {
+            return Err(StoreError::NotValid {
+                path: self.print_path(path),
+            });
+        }
+        let real = self.real_path(path);
+        nar::dump_path(&real, &mut &mut *out)
+            .map_err(|source| StoreError::Dump { path: real, source })
+    }
+}

@@ -17,8 +17,8 @@ use unrooted_protocol::stderr::{
 };
 use unrooted_protocol::wire::{self, FramedReader, FramedWriter, Limits};
 use unrooted_protocol::{
-    read_request, BodyKind, ProtocolError, ProtocolVersion, Request, StderrWriter, UnkeyedValidPathInfo,
-    ValidPathInfo,
+    read_request, BodyKind, ProtocolError, ProtocolVersion, Request, StderrWriter,
+    UnkeyedValidPathInfo, ValidPathInfo,
 };
 
 const NAR_HASH: &str = "34ca3ac63094d1d5751f741101692a78f95eedf10744b088129fc324dfd0f603";
@@ -53,7 +53,13 @@ fn server_hello(minor: u8) -> ServerHello {
 fn a1_server_handshake_reproduces_the_daemon() {
     let client = vector("a1-handshake-client.hex");
     let mut out = Vec::new();
-    let hello = server_handshake(&mut &client[..], &mut out, &server_hello(34), &Limits::default()).unwrap();
+    let hello = server_handshake(
+        &mut &client[..],
+        &mut out,
+        &server_hello(34),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(hello.version, ProtocolVersion::NIX_2_8);
     assert_eq!(hello.client_version, ProtocolVersion::NIX_2_8);
     assert!(hello.features.is_empty());
@@ -66,7 +72,13 @@ fn a1_server_handshake_reproduces_the_daemon() {
 fn a1_server_announcing_1_37_negotiates_down_to_the_client() {
     let client = vector("a1-handshake-client.hex");
     let mut out = Vec::new();
-    let hello = server_handshake(&mut &client[..], &mut out, &server_hello(37), &Limits::default()).unwrap();
+    let hello = server_handshake(
+        &mut &client[..],
+        &mut out,
+        &server_hello(37),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(hello.version, ProtocolVersion::new(1, 34));
     // Same bytes except our version word; no trust flag at 1.34.
     let mut expected = vector("a1-handshake-server.hex");
@@ -80,12 +92,21 @@ fn a1_client_handshake_reproduces_the_client() {
     let server = vector("a1-handshake-server.hex");
     let mut out = Vec::new();
     let mut r = &server[..];
-    let info = client_handshake(&mut r, &mut out, ProtocolVersion::NIX_2_8, &BTreeSet::new(), &Limits::default())
-        .unwrap();
+    let info = client_handshake(
+        &mut r,
+        &mut out,
+        ProtocolVersion::NIX_2_8,
+        &BTreeSet::new(),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(out, vector("a1-handshake-client.hex"));
     assert_eq!(info.daemon_version.as_deref(), Some("2.8.0"));
     assert_eq!(info.trust, None);
-    assert_eq!(StderrMessage::read(&mut r, &cx(34)).unwrap(), StderrMessage::Last);
+    assert_eq!(
+        StderrMessage::read(&mut r, &cx(34)).unwrap(),
+        StderrMessage::Last
+    );
     assert!(r.is_empty());
 }
 
@@ -116,7 +137,9 @@ fn a2_set_options() {
     req.write(&mut out, &cx(34)).unwrap();
     assert_eq!(out, bytes);
     let mut reply = Vec::new();
-    StderrWriter::new(&mut reply, ProtocolVersion::NIX_2_8).last().unwrap();
+    StderrWriter::new(&mut reply, ProtocolVersion::NIX_2_8)
+        .last()
+        .unwrap();
     assert_eq!(reply, vector("a2-set-options-reply.hex"));
 }
 
@@ -157,7 +180,11 @@ fn a3_add_to_store_with_framed_body() {
         hash: nar_hash,
     };
     let name = StorePathName::new("hello.txt").unwrap();
-    assert_eq!(ca.store_path(&store_dir(), &name, &BTreeSet::new(), false).unwrap(), hello());
+    assert_eq!(
+        ca.store_path(&store_dir(), &name, &BTreeSet::new(), false)
+            .unwrap(),
+        hello()
+    );
 
     // Encoding: header + one frame + terminator.
     let mut out = Vec::new();
@@ -186,7 +213,12 @@ fn a3_add_to_store_with_framed_body() {
 fn a4_is_valid_path_and_query_path_info() {
     let cx = cx(34);
     for (req_file, reply_file, p, valid) in [
-        ("a4-is-valid-path-valid-request.hex", "a4-is-valid-path-valid-reply.hex", hello(), true),
+        (
+            "a4-is-valid-path-valid-request.hex",
+            "a4-is-valid-path-valid-reply.hex",
+            hello(),
+            true,
+        ),
         (
             "a4-is-valid-path-invalid-request.hex",
             "a4-is-valid-path-invalid-reply.hex",
@@ -226,7 +258,10 @@ fn a4_is_valid_path_and_query_path_info() {
         let expected = vector(file);
         assert_eq!(reply, expected, "{file}");
         let mut r = &expected[8..];
-        assert_eq!(read_query_path_info_reply(&mut r, &cx).unwrap().as_ref(), info);
+        assert_eq!(
+            read_query_path_info_reply(&mut r, &cx).unwrap().as_ref(),
+            info
+        );
         assert!(r.is_empty());
     }
 }
@@ -264,7 +299,13 @@ fn a5_traces_are_sent_at_1_26_and_dropped_before() {
     let mut new = Vec::new();
     write_error(&mut new, ProtocolVersion::new(1, 26), &err).unwrap();
     let back = StderrMessage::read(&mut &new[..], &cx(26)).unwrap();
-    assert_eq!(back, StderrMessage::Error(DaemonError { exit_status: 1, ..err.clone() }));
+    assert_eq!(
+        back,
+        StderrMessage::Error(DaemonError {
+            exit_status: 1,
+            ..err.clone()
+        })
+    );
     let mut old = Vec::new();
     write_error(&mut old, ProtocolVersion::new(1, 25), &err).unwrap();
     let StderrMessage::Error(e) = StderrMessage::read(&mut &old[..], &cx(25)).unwrap() else {
@@ -281,7 +322,13 @@ fn a5_old_client_gets_no_version_string() {
         wire::write_u64(&mut client, w).unwrap();
     }
     let mut out = Vec::new();
-    let hello = server_handshake(&mut &client[..], &mut out, &server_hello(34), &Limits::default()).unwrap();
+    let hello = server_handshake(
+        &mut &client[..],
+        &mut out,
+        &server_hello(34),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(hello.version, ProtocolVersion::new(1, 21));
     StderrWriter::new(&mut out, hello.version).last().unwrap();
     assert_eq!(out[16..], vector("a5-error-old-handshake-tail.hex")[..]);
@@ -294,13 +341,21 @@ fn a5_non_store_path_is_a_recoverable_invalid_argument() {
     let err = read_request(&mut r, &cx(34)).unwrap_err();
     assert!(r.is_empty(), "the whole request was consumed");
     assert!(err.is_recoverable());
-    assert_eq!(err.client_message(), "path '/etc/passwd' is not in the Nix store");
+    assert_eq!(
+        err.client_message(),
+        "path '/etc/passwd' is not in the Nix store"
+    );
     assert!(matches!(&err, ProtocolError::InvalidArgument { source, .. }
         if matches!(**source, ProtocolError::NotInStore { .. })));
     let mut out = Vec::new();
     write_error(&mut out, ProtocolVersion::NIX_2_8, &DaemonError::from(&err)).unwrap();
     let back = StderrMessage::read(&mut &out[..], &cx(34)).unwrap();
-    assert_eq!(back, StderrMessage::Error(DaemonError::new("path '/etc/passwd' is not in the Nix store")));
+    assert_eq!(
+        back,
+        StderrMessage::Error(DaemonError::new(
+            "path '/etc/passwd' is not in the Nix store"
+        ))
+    );
 }
 
 #[test]
@@ -325,12 +380,18 @@ fn a6_activity_messages() {
         kind: ResultType::BUILD_LOG_LINE,
         fields: vec![Field::String(b"building trivial".to_vec())],
     };
-    for (msg, file) in [(start, "a6-start-activity.hex"), (result, "a6-result-build-log-line.hex")] {
+    for (msg, file) in [
+        (start, "a6-start-activity.hex"),
+        (result, "a6-result-build-log-line.hex"),
+    ] {
         let mut out = Vec::new();
         msg.write(&mut out, ProtocolVersion::NIX_2_8).unwrap();
         let expected = vector(file);
         assert_eq!(out, expected, "{file}");
-        assert_eq!(StderrMessage::read(&mut &expected[..], &cx(34)).unwrap(), msg);
+        assert_eq!(
+            StderrMessage::read(&mut &expected[..], &cx(34)).unwrap(),
+            msg
+        );
     }
 }
 
@@ -355,8 +416,17 @@ fn log_lines_are_filtered_by_verbosity_but_activities_are_not() {
     log.stop_activity(id).unwrap();
     let cx = cx(34);
     let mut r = &out[..];
-    assert_eq!(StderrMessage::read(&mut r, &cx).unwrap(), StderrMessage::Next(b"shown\n".to_vec()));
-    assert!(matches!(StderrMessage::read(&mut r, &cx).unwrap(), StderrMessage::StartActivity { .. }));
-    assert_eq!(StderrMessage::read(&mut r, &cx).unwrap(), StderrMessage::StopActivity(id));
+    assert_eq!(
+        StderrMessage::read(&mut r, &cx).unwrap(),
+        StderrMessage::Next(b"shown\n".to_vec())
+    );
+    assert!(matches!(
+        StderrMessage::read(&mut r, &cx).unwrap(),
+        StderrMessage::StartActivity { .. }
+    ));
+    assert_eq!(
+        StderrMessage::read(&mut r, &cx).unwrap(),
+        StderrMessage::StopActivity(id)
+    );
     assert!(r.is_empty());
 }

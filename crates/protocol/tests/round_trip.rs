@@ -12,13 +12,13 @@ use unrooted_protocol::build_result::dummy_drv_hash;
 use unrooted_protocol::path_info::SubstitutablePathInfo;
 use unrooted_protocol::reply::{self, GcResult, MissingInfo, RealisationReply};
 use unrooted_protocol::request::{
-    AddToStoreNar, BasicDerivation, BuildMode, ClientSettings, ContentAddressMethod, DerivationOutputWire, GcAction,
-    GcOptions,
+    AddToStoreNar, BasicDerivation, BuildMode, ClientSettings, ContentAddressMethod,
+    DerivationOutputWire, GcAction, GcOptions,
 };
 use unrooted_protocol::stderr::Verbosity;
 use unrooted_protocol::{
-    read_request, BuildResult, BuildStatus, DerivedPath, DrvOutput, KeyedBuildResult, OutputsSpec, ProtocolError,
-    Realisation, Request, UnkeyedValidPathInfo, ValidPathInfo, WireContext,
+    read_request, BuildResult, BuildStatus, DerivedPath, DrvOutput, KeyedBuildResult, OutputsSpec,
+    ProtocolError, Realisation, Request, UnkeyedValidPathInfo, ValidPathInfo, WireContext,
 };
 
 const VERSIONS: [u8; 14] = [21, 22, 23, 25, 26, 27, 28, 29, 30, 31, 34, 35, 37, 38];
@@ -101,7 +101,9 @@ fn samples() -> Vec<Request> {
         ..ClientSettings::default()
     };
     settings.overrides.insert("sandbox".into(), "false".into());
-    settings.overrides.insert("substituters".into(), "https://a https://b".into());
+    settings
+        .overrides
+        .insert("substituters".into(), "https://a https://b".into());
     vec![
         Request::IsValidPath(p()),
         Request::HasSubstitutes(p()),
@@ -167,7 +169,9 @@ fn samples() -> Vec<Request> {
         Request::QueryDerivationOutputNames(drv()),
         Request::QueryPathFromHashPart("79mr059vryxmkssnrikjr8v8ic6mmk57".into()),
         Request::QuerySubstitutablePathInfos(
-            [(p(), path_info().info.ca), (dep(), None)].into_iter().collect(),
+            [(p(), path_info().info.ca), (dep(), None)]
+                .into_iter()
+                .collect(),
         ),
         Request::QueryValidPaths {
             paths: [p(), dep()].into(),
@@ -206,7 +210,11 @@ fn samples() -> Vec<Request> {
                 platform: b"x86_64-linux".to_vec(),
                 builder: b"/bin/sh".to_vec(),
                 args: vec![b"-c".to_vec(), b"echo hi > $out".to_vec()],
-                env: [(b"out".to_vec(), b"/x".to_vec()), (b"a".to_vec(), vec![0xff, 0])].into(),
+                env: [
+                    (b"out".to_vec(), b"/x".to_vec()),
+                    (b"a".to_vec(), vec![0xff, 0]),
+                ]
+                .into(),
             },
             mode: BuildMode::Repair,
         },
@@ -333,10 +341,22 @@ fn encodings_really_differ_where_the_table_says() {
     let find = |op| s.iter().find(|r| r.opcode() == op).unwrap();
     use unrooted_protocol::Opcode as O;
     assert_ne!(size(find(O::AddToStore), 24), size(find(O::AddToStore), 25));
-    assert_ne!(size(find(O::QueryValidPaths), 26), size(find(O::QueryValidPaths), 27));
-    assert_ne!(size(find(O::QuerySubstitutablePathInfos), 21), size(find(O::QuerySubstitutablePathInfos), 22));
-    assert_ne!(size(find(O::RegisterDrvOutput), 30), size(find(O::RegisterDrvOutput), 31));
-    assert_ne!(size(find(O::QueryMissing), 29), size(find(O::QueryMissing), 30));
+    assert_ne!(
+        size(find(O::QueryValidPaths), 26),
+        size(find(O::QueryValidPaths), 27)
+    );
+    assert_ne!(
+        size(find(O::QuerySubstitutablePathInfos), 21),
+        size(find(O::QuerySubstitutablePathInfos), 22)
+    );
+    assert_ne!(
+        size(find(O::RegisterDrvOutput), 30),
+        size(find(O::RegisterDrvOutput), 31)
+    );
+    assert_ne!(
+        size(find(O::QueryMissing), 29),
+        size(find(O::QueryMissing), 30)
+    );
     // The legacy AddToStore sends `fixed = 0` for recursive sha256, like old clients.
     let legacy = size(find(O::AddToStore), 21);
     assert_eq!(&legacy[32..40], &0u64.to_le_bytes());
@@ -347,15 +367,36 @@ fn bodies_per_version() {
     use unrooted_protocol::request::body_of;
     use unrooted_protocol::{BodyKind, Opcode, ProtocolVersion};
     let v = |m| ProtocolVersion::new(1, m);
-    assert_eq!(body_of(Opcode::AddToStore, v(24)), Some(BodyKind::UnframedNar));
+    assert_eq!(
+        body_of(Opcode::AddToStore, v(24)),
+        Some(BodyKind::UnframedNar)
+    );
     assert_eq!(body_of(Opcode::AddToStore, v(25)), Some(BodyKind::Framed));
-    assert_eq!(body_of(Opcode::AddToStoreNar, v(20)), Some(BodyKind::UnframedNar));
-    assert_eq!(body_of(Opcode::AddToStoreNar, v(21)), Some(BodyKind::PulledWithStderrRead));
-    assert_eq!(body_of(Opcode::AddToStoreNar, v(22)), Some(BodyKind::PulledWithStderrRead));
-    assert_eq!(body_of(Opcode::AddToStoreNar, v(23)), Some(BodyKind::Framed));
-    assert_eq!(body_of(Opcode::AddMultipleToStore, v(34)), Some(BodyKind::Framed));
+    assert_eq!(
+        body_of(Opcode::AddToStoreNar, v(20)),
+        Some(BodyKind::UnframedNar)
+    );
+    assert_eq!(
+        body_of(Opcode::AddToStoreNar, v(21)),
+        Some(BodyKind::PulledWithStderrRead)
+    );
+    assert_eq!(
+        body_of(Opcode::AddToStoreNar, v(22)),
+        Some(BodyKind::PulledWithStderrRead)
+    );
+    assert_eq!(
+        body_of(Opcode::AddToStoreNar, v(23)),
+        Some(BodyKind::Framed)
+    );
+    assert_eq!(
+        body_of(Opcode::AddMultipleToStore, v(34)),
+        Some(BodyKind::Framed)
+    );
     assert_eq!(body_of(Opcode::AddBuildLog, v(34)), Some(BodyKind::Framed));
-    assert_eq!(body_of(Opcode::ImportPaths, v(21)), Some(BodyKind::PulledWithStderrRead));
+    assert_eq!(
+        body_of(Opcode::ImportPaths, v(21)),
+        Some(BodyKind::PulledWithStderrRead)
+    );
     assert_eq!(body_of(Opcode::IsValidPath, v(38)), None);
 }
 
@@ -410,7 +451,11 @@ where
 fn build_results_by_version() {
     for minor in [27, 28, 29, 34, 37, 38] {
         let cx = cx(minor);
-        let got = round(&cx, |b| build_result().write(b, &cx).unwrap(), |r| BuildResult::read(r, &cx));
+        let got = round(
+            &cx,
+            |b| build_result().write(b, &cx).unwrap(),
+            |r| BuildResult::read(r, &cx),
+        );
         assert_eq!(got, build_result_at(minor), "at 1.{minor}");
         let keyed: Vec<KeyedBuildResult> = derived_paths()
             .into_iter()
@@ -440,7 +485,10 @@ fn realisation_json_is_nix_shaped() {
         "{\"dependentRealisations\":{},\"id\":\"sha256:236c7e2899f5ff7ea0e4dc8d5e3b8a4e6a3d7e1f0b3c2a1d9e8f7a6b5c4dd6f3!out\",\
          \"outPath\":\"f19jpi3n2qbp4317m2mms1x8943j6h3n-trivial2\",\"signatures\":[]}"
     );
-    assert_eq!(Realisation::from_json(&realisation().to_json()).unwrap(), realisation());
+    assert_eq!(
+        Realisation::from_json(&realisation().to_json()).unwrap(),
+        realisation()
+    );
 }
 
 #[test]
@@ -448,7 +496,11 @@ fn replies_round_trip() {
     for minor in [21, 25, 34, 37, 38] {
         let cx = cx(minor);
         let info = path_info();
-        let got = round(&cx, |b| info.write(b, &cx, cx.version).unwrap(), |r| ValidPathInfo::read(r, &cx));
+        let got = round(
+            &cx,
+            |b| info.write(b, &cx, cx.version).unwrap(),
+            |r| ValidPathInfo::read(r, &cx),
+        );
         assert_eq!(got, info);
         let got = round(
             &cx,
@@ -464,23 +516,45 @@ fn replies_round_trip() {
             download_size: 5,
             nar_size: 6,
         };
-        assert_eq!(round(&cx, |b| missing.write(b, &cx).unwrap(), |r| MissingInfo::read(r, &cx)), missing);
+        assert_eq!(
+            round(
+                &cx,
+                |b| missing.write(b, &cx).unwrap(),
+                |r| MissingInfo::read(r, &cx)
+            ),
+            missing
+        );
 
         let gc = GcResult {
             paths: ["/tmp/nixproto/store/a".to_owned()].into(),
             bytes_freed: 77,
         };
-        assert_eq!(round(&cx, |b| gc.write(b).unwrap(), |r| GcResult::read(r, &cx)), gc);
-
-        let roots = vec![("/home/u/result".to_owned(), hello()), ("{temp:42}".to_owned(), dep())];
         assert_eq!(
-            round(&cx, |b| reply::write_roots(b, &cx, &roots).unwrap(), |r| reply::read_roots(r, &cx)),
+            round(&cx, |b| gc.write(b).unwrap(), |r| GcResult::read(r, &cx)),
+            gc
+        );
+
+        let roots = vec![
+            ("/home/u/result".to_owned(), hello()),
+            ("{temp:42}".to_owned(), dep()),
+        ];
+        assert_eq!(
+            round(
+                &cx,
+                |b| reply::write_roots(b, &cx, &roots).unwrap(),
+                |r| reply::read_roots(r, &cx)
+            ),
             roots
         );
 
-        let outs: BTreeMap<String, Option<_>> = [("out".to_owned(), Some(dep())), ("ca".to_owned(), None)].into();
+        let outs: BTreeMap<String, Option<_>> =
+            [("out".to_owned(), Some(dep())), ("ca".to_owned(), None)].into();
         assert_eq!(
-            round(&cx, |b| reply::write_output_map(b, &cx, &outs).unwrap(), |r| reply::read_output_map(r, &cx)),
+            round(
+                &cx,
+                |b| reply::write_output_map(b, &cx, &outs).unwrap(),
+                |r| reply::read_output_map(r, &cx)
+            ),
             outs
         );
 

@@ -61,9 +61,9 @@ impl Drop for Received {
 enum Extra {
     None,
     /// The content hash of a recursive path with another algorithm than SHA-256.
-    Plain(Hasher),
+    Plain(Box<Hasher>),
     /// The content hash of a recursive path modulo its own hash part.
-    Modulo(HashModuloSink),
+    Modulo(Box<HashModuloSink>),
 }
 
 /// Passes a stream through while hashing it with SHA-256 (the NAR hash), counting
@@ -175,7 +175,7 @@ impl LocalStore {
                 .map(|_| ())
                 .map_err(|source| StoreError::Restore {
                     path: path_text.clone(),
-                    source,
+                    source: Box::new(source),
                 })
         };
         if !repair && self.is_valid_path(&info.path)? {
@@ -191,17 +191,17 @@ impl LocalStore {
             Some(ContentAddress::Fixed {
                 method: FileIngestionMethod::Recursive,
                 hash,
-            }) => Extra::Modulo(HashModuloSink::new(
+            }) => Extra::Modulo(Box::new(HashModuloSink::new(
                 hash.algo(),
                 hash_part_bytes(&info.path),
-            )),
+            ))),
             _ => Extra::None,
         };
         let received = self.received("nar");
         let mut tee = Tee::new(nar, extra);
         nar::restore(&mut tee, &received.tmp).map_err(|source| StoreError::Restore {
             path: path_text.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let Tee {
             nar: nar_hasher,
@@ -213,8 +213,8 @@ impl LocalStore {
         if actual != info.nar_hash {
             return Err(StoreError::HashMismatch {
                 path: path_text,
-                expected: info.nar_hash,
-                actual,
+                expected: Box::new(info.nar_hash),
+                actual: Box::new(actual),
             });
         }
         if size != info.nar_size {
@@ -230,7 +230,7 @@ impl LocalStore {
                     method: FileIngestionMethod::Recursive,
                     hash,
                 } => match extra {
-                    Extra::Modulo(m) => (*hash, Some(m.finish().hash)),
+                    Extra::Modulo(m) => (*hash, Some((*m).finish().hash)),
                     _ => (*hash, None),
                 },
                 ContentAddress::Fixed { hash, .. } | ContentAddress::Text(hash) => (
@@ -241,8 +241,8 @@ impl LocalStore {
             if actual != Some(expected) {
                 return Err(StoreError::CaHashMismatch {
                     path: path_text,
-                    expected,
-                    actual: actual.unwrap_or(Hash::zero(expected.algo())),
+                    expected: Box::new(expected),
+                    actual: Box::new(actual.unwrap_or(Hash::zero(expected.algo()))),
                 });
             }
         }
@@ -278,16 +278,16 @@ impl LocalStore {
                 let extra = if algo == HashAlgo::Sha256 {
                     Extra::None
                 } else {
-                    Extra::Plain(Hasher::new(algo))
+                    Extra::Plain(Box::new(Hasher::new(algo)))
                 };
                 let mut tee = Tee::new(content, extra);
                 nar::restore(&mut tee, &received.tmp).map_err(|source| StoreError::Restore {
                     path: name.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 let nar_hash = tee.nar.finish();
                 let ca_hash = match tee.extra {
-                    Extra::Plain(h) => h.finish(),
+                    Extra::Plain(h) => (*h).finish(),
                     _ => nar_hash,
                 };
                 (nar_hash, tee.size, ca_hash)
@@ -411,9 +411,12 @@ impl LocalStore {
                 hasher: Hasher::new(HashAlgo::Sha256),
                 size: 0,
             };
-            let Some(record) = reader
-                .next_record(&mut sink)
-                .map_err(|source| StoreError::Import { source })?
+            let Some(record) =
+                reader
+                    .next_record(&mut sink)
+                    .map_err(|source| StoreError::Import {
+                        source: Box::new(source),
+                    })?
             else {
                 break;
             };
@@ -439,7 +442,7 @@ impl LocalStore {
         };
         nar::dump_path(path, &mut sink).map_err(|source| StoreError::Dump {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         Ok((sink.hasher.finish(), sink.size))
     }
@@ -487,7 +490,7 @@ impl LocalStore {
         let drv =
             Derivation::parse(dir, bytes, name).map_err(|source| StoreError::ParseDerivation {
                 path: path_text.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let real_store = self.config.real_store_dir.clone();
         let load = |p: &StorePath| -> Result<Derivation, Box<dyn StdError + Send + Sync>> {
@@ -501,12 +504,12 @@ impl LocalStore {
                 .check_outputs(&drv)
                 .map_err(|source| StoreError::HashDerivation {
                     path: path_text.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         if let Some(mismatch) = mismatches.into_iter().next() {
             return Err(StoreError::IncorrectDerivationOutputs {
                 path: path_text,
-                mismatch,
+                mismatch: Box::new(mismatch),
             });
         }
         let derivation_outputs: BTreeMap<String, StorePath> = drv

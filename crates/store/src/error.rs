@@ -77,7 +77,7 @@ pub enum StoreError {
         path: String,
         /// The NAR failure.
         #[source]
-        source: NarError,
+        source: Box<NarError>,
     },
     /// Reading the contents of a path being added.
     #[error("receiving the contents of '{name}'")]
@@ -95,7 +95,7 @@ pub enum StoreError {
         path: PathBuf,
         /// The NAR failure.
         #[source]
-        source: NarError,
+        source: Box<NarError>,
     },
     /// The NAR received does not hash to the NAR hash claimed.
     #[error(
@@ -107,9 +107,9 @@ pub enum StoreError {
         /// The path.
         path: String,
         /// The claimed NAR hash.
-        expected: Hash,
+        expected: Box<Hash>,
         /// The NAR hash of what arrived.
-        actual: Hash,
+        actual: Box<Hash>,
     },
     /// The NAR received is not as long as claimed.
     #[error(
@@ -133,9 +133,9 @@ pub enum StoreError {
         /// The path.
         path: String,
         /// The claimed content hash.
-        expected: Hash,
+        expected: Box<Hash>,
         /// The content hash of what arrived.
-        actual: Hash,
+        actual: Box<Hash>,
     },
     /// A `ca` claim that does not give the path's own name.
     #[error("cannot add path '{path}' to the Nix store because it claims to be content-addressed but isn't")]
@@ -200,7 +200,7 @@ pub enum StoreError {
         path: String,
         /// Why.
         #[source]
-        source: ParseError,
+        source: Box<ParseError>,
     },
     /// Reading a `.drv` from the store (an input of one being added).
     #[error("reading derivation '{path}'")]
@@ -218,7 +218,7 @@ pub enum StoreError {
         path: String,
         /// Why.
         #[source]
-        source: HashModuloError,
+        source: Box<HashModuloError>,
     },
     /// A `.drv` names output paths that do not follow from its contents.
     #[error("derivation '{path}' has incorrect outputs: {mismatch}")]
@@ -226,14 +226,14 @@ pub enum StoreError {
         /// The `.drv` path.
         path: String,
         /// The first difference.
-        mismatch: OutputMismatch,
+        mismatch: Box<OutputMismatch>,
     },
     /// Reading an export stream (`nix-store --export`).
     #[error("importing paths from an export stream")]
     Import {
         /// Why.
         #[source]
-        source: ExportError,
+        source: Box<ExportError>,
     },
     /// A path that must be valid is not.
     #[error("path '{path}' is not valid")]

@@ -209,7 +209,9 @@ impl LocalStore {
             });
         }
         let real = self.real_path(path);
-        nar::dump_path(&real, &mut &mut *out)
-            .map_err(|source| StoreError::Dump { path: real, source })
+        nar::dump_path(&real, &mut &mut *out).map_err(|source| StoreError::Dump {
+            path: real,
+            source: Box::new(source),
+        })
     }
 }

@@ -116,9 +116,11 @@ fn sweep(store: &Path) -> Result<(), StoreError> {
             continue;
         }
         let path = entry.path();
-        match open_dir(&path) {
+        // Not a directory (or vanished): still ours by its name, and nobody can hold
+        // a lock on it. A directory is kept locked while it is deleted.
+        let _held = match open_dir(&path) {
             Ok(dir) => match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => {}
+                Ok(()) => Some(dir),
                 // A live store instance owns it.
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK => continue,
                 Err(e) => {
@@ -128,10 +130,8 @@ fn sweep(store: &Path) -> Result<(), StoreError> {
                     })
                 }
             },
-            // Not a directory (or vanished): still ours by its name, and nobody can
-            // hold a lock on it.
-            Err(_) => {}
-        }
+            Err(_) => None,
+        };
         tracing::info!(path = %path.display(), "removing temporary leftover of an earlier run");
         delete_tree(&path).map_err(|e| match e {
             StoreError::Delete { path, source } => StoreError::RemoveTemporary { path, source },

@@ -259,7 +259,12 @@ fn a_store_written_here_passes_nix_verify() {
             .hash_part()
     ))
     .unwrap();
-    let stream = export_stream(&store, &src, &imported_path, &[text.path.clone()]);
+    let stream = export_stream(
+        &store,
+        &src,
+        &imported_path,
+        std::slice::from_ref(&text.path),
+    );
     let imported = store
         .import_paths(&mut &stream[..], CheckSigs::DontCheck)
         .unwrap();

@@ -4,6 +4,7 @@
 //! Nix 2.8 command named in its help. Errors are reported as one line on stderr with
 //! a non-zero exit status; nothing here panics on bad input.
 
+mod daemon;
 mod drv;
 mod hash;
 mod nar;
@@ -35,6 +36,13 @@ enum Command {
     Hash(hash::HashCommand),
     /// Print the store path that adding a file or tree to a store would give.
     StorePath(store_path::StorePathArgs),
+    /// Serve the store to the Nix clients of this machine, as an unprivileged user.
+    ///
+    /// Reads the configuration as Nix does (NIX_STORE_DIR, NIX_STATE_DIR, NIX_LOG_DIR,
+    /// NIX_CONF_DIR/nix.conf, NIX_DAEMON_SOCKET_PATH) and listens on the daemon
+    /// socket, or on the socket systemd passes (LISTEN_FDS). Clients set
+    /// NIX_REMOTE=daemon. Refuses to run as root.
+    Daemon(daemon::DaemonArgs),
     /// Inspect and check derivation (.drv) files.
     #[command(subcommand)]
     Drv(drv::DrvCommand),
@@ -47,6 +55,7 @@ fn main() -> ExitCode {
         Command::Hash(cmd) => hash::run(cmd),
         Command::StorePath(args) => store_path::run(args),
         Command::Drv(cmd) => drv::run(cmd),
+        Command::Daemon(args) => daemon::run(args),
     };
     match result {
         Ok(code) => code,

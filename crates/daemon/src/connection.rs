@@ -1,0 +1,214 @@
+//! One client connection: authorisation, the handshake, then requests until the
+//! client hangs up.
+//!
+//! A request's failure is reported to the client as one `STDERR_ERROR` and the
+//! session goes on when the stream position is still known (the request was read to
+//! its end, framed bodies drained); otherwise one error is sent and the connection is
+//! closed, since nothing further on it could be parsed reliably.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufReader, BufWriter};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use unrooted_format::signature::TrustedKeys;
+use unrooted_format::StorePath;
+use unrooted_protocol::handshake::{ServerHello, TrustedFlag};
+use unrooted_protocol::request::ClientSettings;
+use unrooted_protocol::{
+    read_request, server_handshake, BodyKind, DaemonError as WireError, FramedReader,
+    ProtocolError, ProtocolVersion, StderrWriter, WireContext,
+};
+use unrooted_store::{LocalStore, LocalStoreConfig};
+
+use crate::config::Config;
+use crate::ops::{self, OpError};
+use crate::trust::{self, Peer};
+use crate::DaemonError;
+
+/// The version string the handshake reports (shown by `nix store ping`).
+pub(crate) const DAEMON_VERSION: &str = concat!("unrooted ", env!("CARGO_PKG_VERSION"));
+
+/// What all connections share.
+pub(crate) struct DaemonState {
+    /// The configuration.
+    pub config: Config,
+    /// The store.
+    pub store: LocalStore,
+    /// The daemon's own uid (the store owner).
+    pub own_uid: u32,
+    /// Temporary roots of open connections, by connection id: paths clients are using,
+    /// which the collector must keep.
+    pub temp_roots: Mutex<HashMap<u64, BTreeSet<StorePath>>>,
+    next_connection: AtomicU64,
+}
+
+impl DaemonState {
+    /// Opens the store the configuration names.
+    pub fn open(config: Config, own_uid: u32) -> Result<Self, DaemonError> {
+        let l = &config.locations;
+        let mut store_config = LocalStoreConfig::new(
+            l.store_dir.clone(),
+            l.store_dir.as_str().into(),
+            l.state_dir.clone(),
+            l.log_dir.clone(),
+        );
+        let keys = config.settings.trusted_public_keys.join(" ");
+        store_config.trusted_public_keys = TrustedKeys::parse(&keys).unwrap_or_else(|e| {
+            tracing::warn!("ignoring trusted-public-keys: {e}");
+            TrustedKeys::new()
+        });
+        store_config.require_sigs = config.settings.require_sigs;
+        let store = LocalStore::open(store_config).map_err(|source| DaemonError::Store {
+            store_dir: l.store_dir.to_string(),
+            source: Box::new(source),
+        })?;
+        Ok(Self {
+            config,
+            store,
+            own_uid,
+            temp_roots: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+        })
+    }
+}
+
+/// The state of one session.
+pub(crate) struct Session<'a> {
+    /// What all connections share.
+    pub state: &'a DaemonState,
+    /// Who is connected.
+    pub peer: Peer,
+    /// Whether the peer is in `trusted-users`.
+    pub trusted: bool,
+    /// The negotiated protocol version and store directory.
+    pub cx: WireContext,
+    /// The client's settings from SetOptions, already filtered by trust.
+    pub settings: ClientSettings,
+    /// This connection's id in [`DaemonState::temp_roots`].
+    pub id: u64,
+}
+
+impl Session<'_> {
+    /// Keeps `path` alive until the connection closes.
+    pub fn add_temp_root(&self, path: &StorePath) {
+        let mut roots = self
+            .state
+            .temp_roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        roots.entry(self.id).or_default().insert(path.clone());
+    }
+}
+
+/// Serves one connection to its end. Errors end only this connection.
+pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
+    let peer = match Peer::of_socket(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    let s = &state.config.settings;
+    let trusted = match trust::authorize(
+        &peer,
+        &s.allowed_users,
+        &s.trusted_users,
+        &s.build_users_group,
+        state.own_uid,
+        trust::system_group_members,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            // Closed without a word, as Nix does: the client reports the closed socket.
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    let id = state.next_connection.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(user = %peer.user, pid = peer.pid, trusted, "connection {id} accepted");
+    if let Err(e) = run(state, stream, peer, trusted, id) {
+        tracing::debug!("connection {id} ended: {e}");
+    }
+    let mut roots = state.temp_roots.lock().unwrap_or_else(|e| e.into_inner());
+    roots.remove(&id);
+}
+
+fn run(
+    state: &DaemonState,
+    stream: UnixStream,
+    peer: Peer,
+    trusted: bool,
+    id: u64,
+) -> Result<(), ProtocolError> {
+    let read_half = stream.try_clone().map_err(|source| ProtocolError::Read {
+        field: "connection",
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(64 << 10, read_half);
+    let writer = BufWriter::with_capacity(64 << 10, stream);
+    let mut out = StderrWriter::new(writer, ProtocolVersion::MIN_SUPPORTED);
+    let hello = ServerHello {
+        version: ProtocolVersion::RECOMMENDED,
+        daemon_version: DAEMON_VERSION.to_owned(),
+        trust: if trusted {
+            TrustedFlag::Trusted
+        } else {
+            TrustedFlag::NotTrusted
+        },
+        features: BTreeSet::new(),
+    };
+    let store_dir = state.config.locations.store_dir.clone();
+    let limits = WireContext::new(ProtocolVersion::MIN_SUPPORTED, store_dir.clone()).limits;
+    let client = server_handshake(&mut reader, out.get_mut(), &hello, &limits)?;
+    let version = client.version;
+    out = StderrWriter::new(out.into_inner(), version);
+    out.last()?;
+    out.flush()?;
+    let mut session = Session {
+        state,
+        peer,
+        trusted,
+        cx: WireContext::new(version, store_dir),
+        settings: ClientSettings::default(),
+        id,
+    };
+    loop {
+        let request = match read_request(&mut reader, &session.cx) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_recoverable() => {
+                if e.body_to_drain() == Some(BodyKind::Framed) {
+                    FramedReader::new(&mut reader, session.cx.limits.max_frame)
+                        .drain()
+                        .map_err(|source| ProtocolError::Read {
+                            field: "framed body",
+                            source,
+                        })?;
+                }
+                out.error(&WireError::from(&e))?;
+                continue;
+            }
+            Err(e) => {
+                // The stream position is unknown: say why once, then hang up.
+                let _ = out.error(&WireError::from(&e));
+                return Err(e);
+            }
+        };
+        let op = request.opcode();
+        match ops::perform(&mut session, request, &mut reader, &mut out) {
+            Ok(()) => {}
+            Err(OpError::Client(msg)) => {
+                tracing::debug!("{op:?} failed: {msg}");
+                out.error(&WireError::new(msg))?;
+            }
+            Err(OpError::Fatal(e)) => {
+                let _ = out.error(&WireError::from(&e));
+                return Err(e);
+            }
+        }
+        out.flush()?;
+    }
+}

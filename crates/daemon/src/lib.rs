@@ -1,0 +1,88 @@
+//! The unrooted daemon: it serves the Nix worker protocol on a Unix socket, as an
+//! ordinary user, for every user of the machine.
+//!
+//! It composes the lower layers and reimplements none of them: configuration and
+//! trust live here, the wire format in `unrooted-protocol`, every effect on the store
+//! in `unrooted-store`. Connections are served by one thread each (see [`server`]),
+//! so this crate is synchronous like the layers it composes.
+
+pub mod config;
+mod connection;
+mod ops;
+pub mod server;
+pub mod trust;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use config::Config;
+
+/// Why the daemon could not start.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// Started as root without `--allow-root`.
+    #[error("refusing to run as root: unrooted is meant to run as an unprivileged store owner (pass --allow-root to override)")]
+    Root,
+    /// The configuration is invalid.
+    #[error("loading the configuration")]
+    Config(#[from] config::ConfigError),
+    /// The store could not be opened.
+    #[error("opening the store {store_dir}")]
+    Store {
+        /// The store directory.
+        store_dir: String,
+        /// The cause (boxed: store errors are large and this one happens once).
+        #[source]
+        source: Box<unrooted_store::StoreError>,
+    },
+    /// The socket could not be set up.
+    #[error("setting up the daemon socket")]
+    Server(#[from] server::ServerError),
+    /// Accepting connections failed for good.
+    #[error("serving connections")]
+    Serve(#[source] std::io::Error),
+}
+
+/// How the daemon was asked to run.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Run even when the effective uid is 0.
+    pub allow_root: bool,
+    /// The most connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            allow_root: false,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Loads the configuration from the environment, opens the store and serves until
+/// killed.
+pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
+    let own_uid = rustix::process::geteuid().as_raw();
+    if own_uid == 0 && !options.allow_root {
+        return Err(DaemonError::Root);
+    }
+    let config = Config::load(|k| std::env::var(k).ok())?;
+    for name in &config.settings.unknown {
+        tracing::warn!("unknown setting '{name}' in the configuration is ignored");
+    }
+    let state = connection::DaemonState::open(config, own_uid)?;
+    let listener = server::listen(&state.config.locations.socket_path)?;
+    tracing::info!(
+        "serving the store {} on {} as uid {own_uid}",
+        state.config.locations.store_dir,
+        state.config.locations.socket_path.display()
+    );
+    let state = Arc::new(state);
+    server::serve(listener, options.max_connections, move |stream| {
+        connection::handle(&state, stream)
+    })
+    .map_err(DaemonError::Serve)
+}

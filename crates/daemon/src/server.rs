@@ -1,0 +1,152 @@
+//! The socket server: one listening Unix socket (bound here, or handed over by
+//! systemd through `LISTEN_FDS`), one thread per connection, a bound on connections.
+//!
+//! Threads, not async: every operation ends in blocking SQLite and file system work,
+//! connections are few (one per running Nix command), and a thread per connection
+//! keeps one slow or dead client from ever blocking another without any care about
+//! blocking inside an executor.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The socket's directory could not be created.
+    #[error("creating the socket directory {path}")]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A stale socket could not be removed.
+    #[error("removing the stale socket {path}")]
+    RemoveStale {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding the socket failed.
+    #[error("binding the socket {path}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's mode could not be set.
+    #[error("making the socket {path} accessible to every user")]
+    Chmod {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// systemd passed something unusable in `LISTEN_FDS`.
+    #[error("taking the socket passed by systemd (LISTEN_FDS)")]
+    Activation(#[source] io::Error),
+}
+
+/// Gets the listening socket: the one systemd passed (`LISTEN_FDS`), or a fresh one
+/// bound at `path`, mode 0666 so every user can connect (who may actually use the
+/// daemon is decided per connection from the peer's credentials).
+pub fn listen(path: &Path) -> Result<UnixListener, ServerError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        if let Some(listener) = fds.take_unix_listener(0).map_err(ServerError::Activation)? {
+            return Ok(listener);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| ServerError::SocketDir {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::RemoveStale {
+                path: path.into(),
+                source,
+            })
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.into(),
+        source,
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(|source| {
+        ServerError::Chmod {
+            path: path.into(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Accepts connections forever, running `handle` on a thread of its own for each,
+/// with at most `max_connections` at once (further clients are closed at once, with
+/// a log line, rather than queued without bound).
+pub fn serve<F>(listener: UnixListener, max_connections: usize, handle: F) -> io::Result<()>
+where
+    F: Fn(UnixStream) + Send + Sync + 'static,
+{
+    let handle = Arc::new(handle);
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Running out of fds or memory is transient: report and keep serving.
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.load(Ordering::Acquire) >= max_connections {
+            tracing::warn!("refusing a connection: {max_connections} connections are open");
+            drop(stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        // The guard travels into the thread; if the thread cannot start, the closure
+        // and the guard are dropped here, so the count cannot leak either way.
+        let guard = Release(Arc::clone(&active));
+        let handle = Arc::clone(&handle);
+        let spawned = std::thread::Builder::new()
+            .name("connection".into())
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let _guard = guard;
+                handle(stream);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("starting a connection thread: {e}");
+        }
+    }
+}
+
+/// Gives back a connection slot when dropped, even if the handler panicked.
+struct Release(Arc<AtomicUsize>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

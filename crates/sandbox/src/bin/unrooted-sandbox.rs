@@ -1,0 +1,169 @@
+//! `unrooted-sandbox`: the sandbox helper (`helper`, started by the daemon with a plan on
+//! stdin) and a debugging verb (`run`) that runs one command in a sandbox built from
+//! arguments; the integration tests drive the sandbox through it.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use unrooted_sandbox::{
+    helper_main, nix_base_env, remove_tree, BuildStatus, Sandbox, SandboxPath, SandboxSpec,
+};
+
+const USAGE: &str = "usage: unrooted-sandbox helper
+       unrooted-sandbox run --store-dir DIR --build-dir DIR [--input PATH]... \\
+           [--sandbox-path TARGET=SOURCE[?]]... [--network] [--env NAME=VALUE]... \\
+           [--cores N] [--work-dir DIR] [--keep-root] [--remove-build-dir] [--leak-fd] \\
+           -- BUILDER [ARGS]...";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    match args.next().as_deref().and_then(|a| a.to_str()) {
+        Some("helper") => helper_main(),
+        Some("run") => match run(args.collect()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("unrooted-sandbox: {e}");
+                let mut source = std::error::Error::source(&*e);
+                while let Some(s) = source {
+                    eprintln!("  caused by: {s}");
+                    source = s.source();
+                }
+                ExitCode::from(125)
+            }
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct RunArgs {
+    store_dir: Option<PathBuf>,
+    build_dir: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
+    sandbox_paths: Vec<SandboxPath>,
+    network: bool,
+    env: Vec<(OsString, OsString)>,
+    cores: u32,
+    work_dir: PathBuf,
+    keep_root: bool,
+    remove_build_dir: bool,
+    leak_fd: bool,
+    command: Vec<OsString>,
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
+    let mut r = RunArgs {
+        store_dir: None,
+        build_dir: None,
+        inputs: Vec::new(),
+        sandbox_paths: Vec::new(),
+        network: false,
+        env: Vec::new(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        work_dir: std::env::temp_dir(),
+        keep_root: false,
+        remove_build_dir: false,
+        leak_fd: false,
+        command: Vec::new(),
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{arg:?} needs a value\n{USAGE}"))
+        };
+        match arg.to_str() {
+            Some("--store-dir") => r.store_dir = Some(value()?.into()),
+            Some("--build-dir") => r.build_dir = Some(value()?.into()),
+            Some("--input") => r.inputs.push(value()?.into()),
+            Some("--sandbox-path") => r.sandbox_paths.push(SandboxPath::parse(&value()?)?),
+            Some("--network") => r.network = true,
+            Some("--env") => {
+                let v = value()?;
+                let b = v.as_bytes();
+                let i = b
+                    .iter()
+                    .position(|&c| c == b'=')
+                    .ok_or("--env wants NAME=VALUE")?;
+                r.env.push((
+                    std::ffi::OsStr::from_bytes(&b[..i]).to_owned(),
+                    std::ffi::OsStr::from_bytes(&b[i + 1..]).to_owned(),
+                ));
+            }
+            Some("--cores") => r.cores = value()?.to_str().ok_or("--cores")?.parse()?,
+            Some("--work-dir") => r.work_dir = value()?.into(),
+            Some("--keep-root") => r.keep_root = true,
+            Some("--remove-build-dir") => r.remove_build_dir = true,
+            Some("--leak-fd") => r.leak_fd = true,
+            Some("--") => {
+                r.command = it.collect();
+                break;
+            }
+            _ => return Err(format!("unexpected argument {arg:?}\n{USAGE}").into()),
+        }
+    }
+    Ok(r)
+}
+
+fn run(args: Vec<OsString>) -> AnyResult<ExitCode> {
+    let a = parse(args)?;
+    let store_dir = a.store_dir.ok_or("--store-dir is required")?;
+    let build_dir = a.build_dir.ok_or("--build-dir is required")?;
+    let (builder, builder_args) = a.command.split_first().ok_or("no command given")?;
+
+    // A daemon-private parent (0700) for the fresh root, as the daemon will have.
+    let parent = a.work_dir.join(format!(
+        "unrooted-sandbox-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&parent)?;
+    let root = parent.join("root");
+    std::fs::DirBuilder::new().mode(0o700).create(&root)?;
+
+    let mut spec = SandboxSpec::new(root, store_dir.clone(), build_dir.clone(), builder.into());
+    spec.inputs = a.inputs;
+    spec.sandbox_paths = a.sandbox_paths;
+    spec.network = a.network;
+    spec.args = builder_args.to_vec();
+    spec.env = nix_base_env(&store_dir, &spec.sandbox_build_dir, a.cores);
+    spec.env.extend(a.env);
+
+    // A descriptor the builder must not see (the battery's EBADF row): not
+    // close-on-exec, so only the sandbox's own closing keeps it out.
+    let _leaked = if a.leak_fd {
+        let f = std::fs::File::open("/dev/zero")?;
+        let fd = rustix::io::fcntl_dupfd_cloexec(&f, 7)?;
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
+        Some(fd)
+    } else {
+        None
+    };
+
+    let helper = std::env::current_exe()?;
+    let sandbox = Sandbox::new(helper, vec!["helper".into()]);
+    let stdout = std::io::stdout();
+    let result = sandbox.run(&spec, stdout.as_fd());
+    if !a.keep_root {
+        remove_tree(&parent)?;
+    } else {
+        eprintln!("unrooted-sandbox: kept {}", parent.display());
+    }
+    if a.remove_build_dir {
+        remove_tree(&build_dir)?;
+    }
+    Ok(match result? {
+        BuildStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        BuildStatus::Signaled(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+    })
+}

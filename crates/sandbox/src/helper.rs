@@ -1,0 +1,256 @@
+//! The helper process: started by the daemon with a socket on stdin and the log on
+//! stdout/stderr, it reads one [`Plan`], clones the sandboxed child into new
+//! namespaces, writes the child's id maps from outside, relays whether the builder
+//! started, and stays as the builder's waiter until it ends.
+//!
+//! It is single-threaded from `main` to exit, which is what makes `clone` and the
+//! child's setup (allocation, std I/O) sound; the daemon, being multi-threaded, could
+//! do neither after `fork`.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{Pid, Signal, WaitOptions};
+
+use crate::error::Step;
+use crate::plan::{IdMapMethod, IdMaps};
+use crate::setup;
+use crate::sys::{self, Cloned};
+use crate::wire::{self, Report};
+
+/// The helper's entry point: call it from a binary's `main` (the crate's
+/// `unrooted-sandbox helper`, or a hidden verb of the daemon's own binary). Exits 0 after
+/// reporting the builder's end, 1 after reporting a setup failure, 2 when it cannot even
+/// talk to the daemon.
+pub fn helper_main() -> ! {
+    let Ok(sock) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        std::process::exit(2)
+    };
+    let mut sock = std::fs::File::from(sock);
+    let code = match run(&mut sock) {
+        Ok(report) => {
+            let _ = sock.write_all(&report.encode());
+            0
+        }
+        Err(report) => {
+            let _ = sock.write_all(&report.encode());
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Counts this process's threads (`Threads:` in `/proc/self/status`).
+fn thread_count() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
+    let plan = wire::read_plan(sock).map_err(|e| Report::Failed {
+        step: Step::ReadingPlan,
+        path: None,
+        errno: errno_of(&e),
+    })?;
+    // clone() below is only sound in a single-threaded process.
+    if thread_count() != Some(1) {
+        return Err(Report::Failed {
+            step: Step::CreatingNamespaces,
+            path: None,
+            errno: libc::EDEADLK,
+        });
+    }
+
+    let pipe = |step| {
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| Report::Failed {
+            step,
+            path: None,
+            errno: e.raw_os_error(),
+        })
+    };
+    let (go_r, go_w) = pipe(Step::WaitingForIdMaps)?;
+    let (err_r, err_w) = pipe(Step::ExecutingBuilder)?;
+
+    let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    if plan.namespaces.net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if plan.namespaces.ipc {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    if plan.namespaces.uts {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    let pid = match sys::clone_into_namespaces(flags) {
+        Ok(Cloned::Child) => {
+            drop(go_w);
+            drop(err_r);
+            setup::run_child(&plan, go_r, err_w)
+        }
+        Ok(Cloned::Parent(pid)) => pid,
+        Err(e) => {
+            return Err(Report::Failed {
+                step: Step::CreatingNamespaces,
+                path: None,
+                errno: errno_of(&e),
+            })
+        }
+    };
+    drop(go_r);
+    drop(err_w);
+    let child = Pid::from_raw(pid as i32).expect("clone returned a positive pid");
+
+    if let Err(report) = write_id_maps(pid, &plan.id_maps) {
+        let _ = rustix::process::kill_process(child, Signal::KILL);
+        let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
+        return Err(report);
+    }
+    if rustix::io::write(&go_w, b"g").is_err() {
+        // The child is gone; its status says why.
+        return wait_for(child, None);
+    }
+    drop(go_w);
+
+    // The error pipe is close-on-exec: EOF with nothing read means the builder runs.
+    let mut err = std::fs::File::from(err_r);
+    let mut buf = Vec::new();
+    let _ = (&mut err).take(8192).read_to_end(&mut buf);
+    if !buf.is_empty() {
+        let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
+        let report = Report::read(&mut buf.as_slice())
+            .ok()
+            .flatten()
+            .unwrap_or(Report::Failed {
+                step: Step::ExecutingBuilder,
+                path: None,
+                errno: libc::EPROTO,
+            });
+        return Err(report);
+    }
+    sock.write_all(&Report::Started { pid }.encode())
+        .map_err(|e| Report::Failed {
+            step: Step::ExecutingBuilder,
+            path: None,
+            errno: errno_of(&e),
+        })?;
+    wait_for(child, Some(sock))
+}
+
+/// Writes the child's `setgroups`, `uid_map` and `gid_map` from outside its namespace.
+fn write_id_maps(pid: u32, ids: &IdMaps) -> Result<(), Report> {
+    let proc_file = |name: &str| std::path::PathBuf::from(format!("/proc/{pid}/{name}"));
+    match &ids.method {
+        IdMapMethod::Direct => {
+            // An unprivileged writer must deny setgroups before writing a gid map.
+            for (step, file, text) in [
+                (Step::WritingSetgroups, "setgroups", "deny".to_owned()),
+                (
+                    Step::WritingUidMap,
+                    "uid_map",
+                    IdMaps::map_text(&ids.uid_map),
+                ),
+                (
+                    Step::WritingGidMap,
+                    "gid_map",
+                    IdMaps::map_text(&ids.gid_map),
+                ),
+            ] {
+                let path = proc_file(file);
+                std::fs::write(&path, text).map_err(|e| Report::Failed {
+                    step,
+                    path: Some(path),
+                    errno: errno_of(&e),
+                })?;
+            }
+        }
+        IdMapMethod::NewIdMap {
+            newuidmap,
+            newgidmap,
+        } => {
+            for (tool, map) in [(newuidmap, &ids.uid_map), (newgidmap, &ids.gid_map)] {
+                let mut cmd = Command::new(tool);
+                cmd.arg(pid.to_string());
+                for e in map {
+                    cmd.args([
+                        e.inner.to_string(),
+                        e.outer.to_string(),
+                        e.count.to_string(),
+                    ]);
+                }
+                let fail = |errno| Report::Failed {
+                    step: Step::RunningNewIdMap,
+                    path: Some(tool.clone()),
+                    errno,
+                };
+                let status = cmd.status().map_err(|e| fail(errno_of(&e)))?;
+                if !status.success() {
+                    return Err(fail(libc::EPERM));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the sandbox's init. While waiting, a hang-up or any byte from the daemon
+/// kills it: a daemon that dies or drops the build must not leave it running.
+fn wait_for(child: Pid, sock: Option<&mut std::fs::File>) -> Result<Report, Report> {
+    if let (Some(sock), Ok(pidfd)) = (
+        sock,
+        rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()),
+    ) {
+        watch(&pidfd, sock, child);
+    }
+    loop {
+        match rustix::process::waitpid(Some(child), WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return Ok(Report::Exited { code });
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    return Ok(Report::Signaled { signal });
+                }
+            }
+            Ok(None) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(Report::Failed {
+                    step: Step::ExecutingBuilder,
+                    path: None,
+                    errno: e.raw_os_error(),
+                })
+            }
+        }
+    }
+}
+
+fn watch(pidfd: &OwnedFd, sock: &std::fs::File, child: Pid) {
+    loop {
+        let mut fds = [
+            PollFd::new(pidfd, PollFlags::IN),
+            PollFd::new(sock, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        if !fds[0].revents().is_empty() {
+            return;
+        }
+        if !fds[1].revents().is_empty() {
+            let _ = rustix::process::kill_process(child, Signal::KILL);
+            return;
+        }
+    }
+}

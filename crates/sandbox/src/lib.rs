@@ -1,0 +1,40 @@
+//! The rootless build sandbox: a builder runs in new user, mount, PID, IPC, UTS and
+//! network namespaces, as uid 1000 / gid 100 mapped to the daemon's own ids, in a fresh
+//! root laid out as Nix 2.8's sandbox (`/build`, generated `/etc`, a minimal `/dev`, a
+//! new `/proc`, the store dir holding only the read-only input closure), with its mounts
+//! locked by a nested user namespace, no capabilities, no inherited descriptors and
+//! Nix's seccomp filter. What to do is a pure [`Plan`] (unit-tested without privileges);
+//! applying it is one executor in a separate **helper process**, and the only unsafe
+//! code is the `sys` module. The crate is synchronous. Why a helper: the daemon is
+//! multi-threaded, and after `fork` a multi-threaded process may only make
+//! async-signal-safe calls until `exec`, while the setup needs allocation, file I/O and
+//! a second process outside the namespaces to write the id maps. So the daemon starts
+//! the helper with an ordinary spawn (fork+exec, sound anywhere) and sends it the plan;
+//! the helper, single-threaded, `clone`s the child into the namespaces (making it PID 1
+//! at once), writes its maps from outside, relays setup failures as typed errors naming
+//! the step, and stays as the builder's waiter; killing the helper kills the sandbox.
+//! Unprivileged user namespaces are required: without them spawning fails with
+//! [`SandboxError::UserNamespacesUnavailable`] saying how to enable them, never by
+//! running unsandboxed.
+#![deny(unsafe_code)]
+
+mod cleanup;
+mod error;
+mod helper;
+mod plan;
+pub mod seccomp;
+mod setup;
+mod spawn;
+mod sys;
+mod userns;
+pub mod wire;
+
+pub use cleanup::remove_tree;
+pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
+pub use helper::helper_main;
+pub use plan::{
+    etc_passwd, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan,
+    SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS,
+};
+pub use spawn::{BuildStatus, Sandbox, SandboxChild};
+pub use userns::{check_user_namespaces, reason_from_settings, UsernsReason, UsernsUnavailable};

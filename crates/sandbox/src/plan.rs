@@ -1,0 +1,805 @@
+//! The pure sandbox plan: which namespaces, which id maps, and the ordered list of
+//! filesystem operations that build the builder's root (Nix 2.8's layout, spec
+//! `store-formats.md` §4.10 and `sandbox.md`). Nothing here touches the system; the
+//! executor in the helper applies a [`Plan`] in order.
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::PlanError;
+
+/// `/etc/passwd` in the sandbox, Nix 2.8's bytes with the home field = the sandbox build
+/// dir.
+pub fn etc_passwd(sandbox_build_dir: &Path) -> Vec<u8> {
+    let home = sandbox_build_dir.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for (user, uid, gid, desc, home) in [
+        ("root", 0, 0, "Nix build user", home),
+        ("nixbld", BUILDER_UID, BUILDER_GID, "Nix build user", home),
+        ("nobody", 65534, 65534, "Nobody", b"/".as_slice()),
+    ] {
+        out.extend_from_slice(format!("{user}:x:{uid}:{gid}:{desc}:").as_bytes());
+        out.extend_from_slice(home);
+        out.extend_from_slice(b":/noshell\n");
+    }
+    out
+}
+
+/// `/etc/group` in the sandbox (Nix 2.8's bytes).
+pub const ETC_GROUP: &[u8] = b"root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n";
+
+/// `/etc/hosts` for sandboxed (non-fixed-output) builds (Nix 2.8's bytes).
+pub const ETC_HOSTS: &[u8] = b"127.0.0.1 localhost\n::1 localhost\n";
+
+/// The builder's uid inside the sandbox (Nix's `nixbld`).
+pub const BUILDER_UID: u32 = 1000;
+/// The builder's gid inside the sandbox.
+pub const BUILDER_GID: u32 = 100;
+
+/// The host devices bound into `/dev` (Nix 2.8's list; `kvm` is added on request).
+pub const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
+
+/// Which namespaces the sandbox gets. User, mount and PID are always new; a plan without
+/// them is refused by the executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespaces {
+    /// A new network namespace (false only for fixed-output derivations).
+    pub net: bool,
+    /// A new IPC namespace.
+    pub ipc: bool,
+    /// A new UTS namespace (hostname `localhost`).
+    pub uts: bool,
+}
+
+/// One line of a uid or gid map: `inner outer count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMapEntry {
+    /// First id inside the namespace.
+    pub inner: u32,
+    /// First id outside.
+    pub outer: u32,
+    /// How many ids.
+    pub count: u32,
+}
+
+/// How the helper writes the maps of the sandbox's user namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdMapMethod {
+    /// Write `/proc/<pid>/{setgroups,uid_map,gid_map}` directly: only one id each, with
+    /// `setgroups` = `deny` (what an unprivileged process may do).
+    Direct,
+    /// Run the setuid `newuidmap`/`newgidmap` with ranges from `/etc/subuid` and
+    /// `/etc/subgid` (several ids; `setgroups` stays allowed).
+    NewIdMap {
+        /// Path of `newuidmap`.
+        newuidmap: PathBuf,
+        /// Path of `newgidmap`.
+        newgidmap: PathBuf,
+    },
+}
+
+/// The id maps of the sandbox's user namespace and the identity the builder runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMaps {
+    /// uid map lines.
+    pub uid_map: Vec<IdMapEntry>,
+    /// gid map lines.
+    pub gid_map: Vec<IdMapEntry>,
+    /// How they are written.
+    pub method: IdMapMethod,
+    /// The builder's uid inside (the nested namespace maps it to itself).
+    pub builder_uid: u32,
+    /// The builder's gid inside.
+    pub builder_gid: u32,
+}
+
+impl IdMaps {
+    /// Nix's rootless mapping: inner 1000 → `host_uid`, inner 100 → `host_gid`.
+    pub fn single(host_uid: u32, host_gid: u32) -> Self {
+        IdMaps {
+            uid_map: vec![IdMapEntry {
+                inner: BUILDER_UID,
+                outer: host_uid,
+                count: 1,
+            }],
+            gid_map: vec![IdMapEntry {
+                inner: BUILDER_GID,
+                outer: host_gid,
+                count: 1,
+            }],
+            method: IdMapMethod::Direct,
+            builder_uid: BUILDER_UID,
+            builder_gid: BUILDER_GID,
+        }
+    }
+
+    /// The text written to `uid_map` or `gid_map`.
+    pub fn map_text(entries: &[IdMapEntry]) -> String {
+        entries
+            .iter()
+            .map(|e| format!("{} {} {}\n", e.inner, e.outer, e.count))
+            .collect()
+    }
+}
+
+/// One filesystem operation in the new root. Paths named `path`/`target`/`link` are
+/// absolute paths *inside* the sandbox; the executor prefixes the host root. Applied in
+/// order by one function, so the list is the whole description of the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOp {
+    /// Create a directory (its parent exists) and set its mode exactly.
+    Mkdir {
+        /// Sandbox path.
+        path: PathBuf,
+        /// Mode, umask ignored.
+        mode: u32,
+    },
+    /// Create a file with these bytes and mode.
+    WriteFile {
+        /// Sandbox path.
+        path: PathBuf,
+        /// Contents.
+        contents: Vec<u8>,
+        /// Mode.
+        mode: u32,
+    },
+    /// Create a symlink `link` → `target`.
+    Symlink {
+        /// What the link points to (verbatim).
+        target: PathBuf,
+        /// Sandbox path of the link.
+        link: PathBuf,
+    },
+    /// Bind `source` (a host path) at `target`: a directory recursively, a file or device
+    /// as itself, a symlink recreated as a symlink. The mount point is created here.
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Sandbox path.
+        target: PathBuf,
+        /// Remount read-only afterwards, keeping the locked flags (nosuid, nodev, noexec),
+        /// submounts included.
+        read_only: bool,
+        /// A missing source is skipped instead of failing (`?` in `sandbox-paths`).
+        optional: bool,
+    },
+    /// Mount a new procfs (of the sandbox's PID namespace) on an existing directory.
+    Proc {
+        /// Sandbox path.
+        target: PathBuf,
+    },
+    /// Mount a tmpfs on an existing directory.
+    Tmpfs {
+        /// Sandbox path.
+        target: PathBuf,
+        /// Kernel mount data, e.g. `size=50%`.
+        options: String,
+    },
+    /// Mount a new devpts instance on an existing directory.
+    Devpts {
+        /// Sandbox path.
+        target: PathBuf,
+    },
+}
+
+/// What to execute once the sandbox is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    /// The builder's path inside the sandbox.
+    pub program: PathBuf,
+    /// argv, argv\[0\] included.
+    pub argv: Vec<OsString>,
+    /// The complete environment (nothing is inherited).
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+}
+
+/// Everything the executor does, decided in advance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Optional namespaces (user, mount and PID are always new).
+    pub namespaces: Namespaces,
+    /// Id maps of the user namespace.
+    pub id_maps: IdMaps,
+    /// Host path of the new root: an existing empty directory, owned by the daemon
+    /// user inside a daemon-private parent, on the store's filesystem so outputs can be
+    /// renamed into the store.
+    pub root: PathBuf,
+    /// Mode of the root once populated (0555: `mkdir /x` gives EACCES, not EROFS).
+    pub root_mode: u32,
+    /// The layout, applied in order.
+    pub mounts: Vec<MountOp>,
+    /// Hostname.
+    pub hostname: OsString,
+    /// NIS domain name.
+    pub domainname: OsString,
+    /// The builder.
+    pub exec: Exec,
+}
+
+/// One `sandbox-paths` entry: `target=source` or `path`, with `?` = optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPath {
+    /// Where it appears in the sandbox.
+    pub target: PathBuf,
+    /// The host path.
+    pub source: PathBuf,
+    /// A missing source is skipped.
+    pub optional: bool,
+}
+
+impl SandboxPath {
+    /// Parses Nix's syntax: `/bin/sh=/nix/store/…-bash/bin/bash`, `/dev/kvm?`, `/etc`.
+    pub fn parse(entry: &OsStr) -> Result<SandboxPath, PlanError> {
+        let bad = || PlanError::InvalidSandboxPath {
+            entry: entry.to_owned(),
+        };
+        let mut bytes = entry.as_bytes();
+        let optional = bytes.last() == Some(&b'?');
+        if optional {
+            bytes = &bytes[..bytes.len() - 1];
+        }
+        if bytes.is_empty() {
+            return Err(bad());
+        }
+        let (target, source) = match bytes.iter().position(|&b| b == b'=') {
+            Some(i) => (&bytes[..i], &bytes[i + 1..]),
+            None => (bytes, bytes),
+        };
+        if target.is_empty() || source.is_empty() {
+            return Err(bad());
+        }
+        Ok(SandboxPath {
+            target: PathBuf::from(OsStr::from_bytes(target)),
+            source: PathBuf::from(OsStr::from_bytes(source)),
+            optional,
+        })
+    }
+}
+
+/// What a build needs from the sandbox; [`Plan::new`] turns it into a [`Plan`].
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Host path of the fresh, empty root directory (see [`Plan::root`]).
+    pub root: PathBuf,
+    /// The store directory (`/nix/store`), the same path inside and outside.
+    pub store_dir: PathBuf,
+    /// The host build directory (mode 0700 inside a daemon-only parent).
+    pub host_build_dir: PathBuf,
+    /// Where the build directory appears (`sandbox-build-dir`, default `/build`).
+    pub sandbox_build_dir: PathBuf,
+    /// The input closure: store paths bound read-only.
+    pub inputs: Vec<PathBuf>,
+    /// `sandbox-paths` and `extra-sandbox-paths`, bound read-only.
+    pub sandbox_paths: Vec<SandboxPath>,
+    /// Share the host network (fixed-output derivations); otherwise only loopback.
+    pub network: bool,
+    /// The daemon's uid, which the builder's uid 1000 maps to.
+    pub host_uid: u32,
+    /// The daemon's gid, which gid 100 maps to.
+    pub host_gid: u32,
+    /// The builder's path inside the sandbox.
+    pub builder: PathBuf,
+    /// Arguments after argv\[0\] (which is the builder's basename, as in Nix).
+    pub args: Vec<OsString>,
+    /// The complete environment (see [`nix_base_env`]).
+    pub env: Vec<(OsString, OsString)>,
+    /// `/dev/shm` size (`sandbox-dev-shm-size`, default `50%`).
+    pub dev_shm_size: String,
+    /// Bind `/dev/kvm` when present (the `kvm` system feature).
+    pub kvm: bool,
+}
+
+impl SandboxSpec {
+    /// A spec with Nix's defaults: `/build`, no inputs or sandbox-paths, no network, an
+    /// empty environment, `/dev/shm` at 50%, no kvm.
+    pub fn new(
+        root: PathBuf,
+        store_dir: PathBuf,
+        host_build_dir: PathBuf,
+        builder: PathBuf,
+    ) -> Self {
+        SandboxSpec {
+            root,
+            store_dir,
+            host_build_dir,
+            sandbox_build_dir: PathBuf::from("/build"),
+            inputs: Vec::new(),
+            sandbox_paths: Vec::new(),
+            network: false,
+            host_uid: rustix::process::getuid().as_raw(),
+            host_gid: rustix::process::getgid().as_raw(),
+            builder,
+            args: Vec::new(),
+            env: Vec::new(),
+            dev_shm_size: "50%".to_owned(),
+            kvm: false,
+        }
+    }
+}
+
+/// The environment Nix gives every builder before the derivation's own variables
+/// (`store-formats.md` §4.9): `PATH`, `HOME`, `NIX_STORE`, `NIX_BUILD_CORES`, the six
+/// build-dir variables, `NIX_LOG_FD` and `TERM`.
+pub fn nix_base_env(
+    store_dir: &Path,
+    sandbox_build_dir: &Path,
+    cores: u32,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), "/path-not-set".into()),
+        ("HOME".into(), "/homeless-shelter".into()),
+        ("NIX_STORE".into(), store_dir.as_os_str().to_owned()),
+        ("NIX_BUILD_CORES".into(), cores.to_string().into()),
+    ];
+    for var in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
+        env.push((var.into(), sandbox_build_dir.as_os_str().to_owned()));
+    }
+    env.push(("NIX_LOG_FD".into(), "2".into()));
+    env.push(("TERM".into(), "xterm-256color".into()));
+    env
+}
+
+/// Checks that `path` is absolute with only normal components (no `.`, `..`, `//`
+/// games), since the executor joins it under the root.
+fn check_sandbox_path(path: &Path) -> Result<(), PlanError> {
+    if !path.is_absolute() {
+        return Err(PlanError::NotAbsolute {
+            path: path.to_path_buf(),
+        });
+    }
+    let normal = path
+        .components()
+        .skip(1)
+        .all(|c| matches!(c, Component::Normal(_)));
+    // `components()` hides a trailing slash and repeated slashes; the byte form must be
+    // canonical too so that two spellings cannot name one mount point.
+    let bytes = path.as_os_str().as_bytes();
+    let canonical =
+        !bytes.windows(2).any(|w| w == b"//") && (bytes.len() == 1 || !bytes.ends_with(b"/"));
+    if normal && canonical {
+        Ok(())
+    } else {
+        Err(PlanError::NotNormal {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Collects the operations, creating each missing ancestor directory once.
+struct Layout {
+    ops: Vec<MountOp>,
+    dirs: BTreeSet<PathBuf>,
+    targets: BTreeSet<PathBuf>,
+}
+
+impl Layout {
+    fn mkdir(&mut self, path: &Path, mode: u32) {
+        if path == Path::new("/") || self.dirs.contains(path) {
+            return;
+        }
+        if let Some(parent) = path.parent() {
+            self.mkdir(parent, 0o755);
+        }
+        self.dirs.insert(path.to_path_buf());
+        self.ops.push(MountOp::Mkdir {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+
+    fn claim(&mut self, target: &Path) -> Result<(), PlanError> {
+        check_sandbox_path(target)?;
+        if !self.targets.insert(target.to_path_buf()) || self.dirs.contains(target) {
+            return Err(PlanError::Duplicate {
+                path: target.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+        optional: bool,
+    ) -> Result<(), PlanError> {
+        self.claim(target)?;
+        if !source.is_absolute() {
+            return Err(PlanError::NotAbsolute {
+                path: source.to_path_buf(),
+            });
+        }
+        if let Some(parent) = target.parent() {
+            self.mkdir(parent, 0o755);
+        }
+        self.ops.push(MountOp::Bind {
+            source: source.to_path_buf(),
+            target: target.to_path_buf(),
+            read_only,
+            optional,
+        });
+        Ok(())
+    }
+
+    fn file(&mut self, path: &Path, contents: &[u8]) -> Result<(), PlanError> {
+        self.claim(path)?;
+        self.ops.push(MountOp::WriteFile {
+            path: path.to_path_buf(),
+            contents: contents.to_vec(),
+            mode: 0o444,
+        });
+        Ok(())
+    }
+
+    fn symlink(&mut self, target: &str, link: &str) -> Result<(), PlanError> {
+        self.claim(Path::new(link))?;
+        self.ops.push(MountOp::Symlink {
+            target: target.into(),
+            link: link.into(),
+        });
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// The layout of Nix 2.8's sandbox (`store-formats.md` §4.10) for this spec.
+    pub fn new(spec: &SandboxSpec) -> Result<Plan, PlanError> {
+        for p in [&spec.root, &spec.host_build_dir] {
+            if !p.is_absolute() {
+                return Err(PlanError::NotAbsolute { path: p.clone() });
+            }
+        }
+        check_sandbox_path(&spec.store_dir)?;
+        check_sandbox_path(&spec.sandbox_build_dir)?;
+        check_sandbox_path(&spec.builder)?;
+        let mut l = Layout {
+            ops: Vec::new(),
+            dirs: BTreeSet::new(),
+            targets: BTreeSet::new(),
+        };
+
+        // The build directory first: it is the one writable place besides /tmp and
+        // the store dir.
+        l.bind(&spec.host_build_dir, &spec.sandbox_build_dir, false, false)?;
+        l.mkdir(Path::new("/tmp"), 0o1777);
+
+        l.mkdir(Path::new("/etc"), 0o555);
+        l.file(
+            Path::new("/etc/passwd"),
+            &etc_passwd(&spec.sandbox_build_dir),
+        )?;
+        l.file(Path::new("/etc/group"), ETC_GROUP)?;
+        if !spec.network {
+            l.file(Path::new("/etc/hosts"), ETC_HOSTS)?;
+        }
+
+        let dev_in_sandbox_paths = spec
+            .sandbox_paths
+            .iter()
+            .any(|p| p.target == Path::new("/dev"));
+        // As in Nix: a `/dev` sandbox path replaces the whole minimal /dev.
+        if !dev_in_sandbox_paths {
+            l.mkdir(Path::new("/dev"), 0o755);
+            for dev in DEVICES {
+                let p = Path::new("/dev").join(dev);
+                l.bind(&p, &p, false, false)?;
+            }
+            if spec.kvm {
+                l.bind(Path::new("/dev/kvm"), Path::new("/dev/kvm"), false, true)?;
+            }
+            l.mkdir(Path::new("/dev/shm"), 0o1777);
+            l.ops.push(MountOp::Tmpfs {
+                target: "/dev/shm".into(),
+                options: format!("size={}", spec.dev_shm_size),
+            });
+            l.mkdir(Path::new("/dev/pts"), 0o755);
+            l.ops.push(MountOp::Devpts {
+                target: "/dev/pts".into(),
+            });
+            l.symlink("/proc/self/fd", "/dev/fd")?;
+            l.symlink("/proc/self/fd/0", "/dev/stdin")?;
+            l.symlink("/proc/self/fd/1", "/dev/stdout")?;
+            l.symlink("/proc/self/fd/2", "/dev/stderr")?;
+            l.symlink("/dev/pts/ptmx", "/dev/ptmx")?;
+        }
+
+        l.mkdir(Path::new("/proc"), 0o555);
+        l.ops.push(MountOp::Proc {
+            target: "/proc".into(),
+        });
+
+        // The store dir holds only the closure; outputs are created in it (1775, as Nix).
+        l.mkdir(&spec.store_dir, 0o1775);
+        let mut inputs: Vec<&PathBuf> = spec.inputs.iter().collect();
+        inputs.sort();
+        inputs.dedup();
+        for input in inputs {
+            check_sandbox_path(input)?;
+            if input.parent() != Some(spec.store_dir.as_path()) {
+                return Err(PlanError::InputOutsideStore {
+                    path: input.clone(),
+                    store_dir: spec.store_dir.clone(),
+                });
+            }
+            l.bind(input, input, true, false)?;
+        }
+        for sp in &spec.sandbox_paths {
+            // A store path already in the closure is bound once.
+            if sp.source == sp.target && spec.inputs.contains(&sp.target) {
+                continue;
+            }
+            l.bind(&sp.source, &sp.target, true, sp.optional)?;
+        }
+
+        let basename = spec
+            .builder
+            .file_name()
+            .map(OsStr::to_owned)
+            .unwrap_or_else(|| spec.builder.as_os_str().to_owned());
+        let mut argv = vec![basename];
+        argv.extend(spec.args.iter().cloned());
+
+        Ok(Plan {
+            namespaces: Namespaces {
+                net: !spec.network,
+                ipc: true,
+                uts: true,
+            },
+            id_maps: IdMaps::single(spec.host_uid, spec.host_gid),
+            root: spec.root.clone(),
+            root_mode: 0o555,
+            mounts: l.ops,
+            hostname: "localhost".into(),
+            domainname: "(none)".into(),
+            exec: Exec {
+                program: spec.builder.clone(),
+                argv,
+                env: spec.env.clone(),
+                cwd: spec.sandbox_build_dir.clone(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        let mut s = SandboxSpec::new(
+            "/var/lib/unrooted/chroots/x".into(),
+            "/nix/store".into(),
+            "/var/lib/unrooted/builds/x".into(),
+            "/nix/store/aaaa-busybox/bin/sh".into(),
+        );
+        s.host_uid = 1234;
+        s.host_gid = 567;
+        s.inputs = vec![
+            "/nix/store/aaaa-busybox".into(),
+            "/nix/store/bbbb-src.tar".into(),
+        ];
+        s.args = vec!["-e".into(), "builder.sh".into()];
+        s
+    }
+
+    #[test]
+    fn passwd_group_hosts_are_nix_bytes() {
+        assert_eq!(
+            etc_passwd(Path::new("/build")),
+            b"root:x:0:0:Nix build user:/build:/noshell\n\
+              nixbld:x:1000:100:Nix build user:/build:/noshell\n\
+              nobody:x:65534:65534:Nobody:/:/noshell\n"
+        );
+        assert_eq!(ETC_GROUP, b"root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n");
+        assert_eq!(ETC_HOSTS, b"127.0.0.1 localhost\n::1 localhost\n");
+    }
+
+    #[test]
+    fn id_maps_are_nix_rootless() {
+        let plan = Plan::new(&spec()).unwrap();
+        assert_eq!(IdMaps::map_text(&plan.id_maps.uid_map), "1000 1234 1\n");
+        assert_eq!(IdMaps::map_text(&plan.id_maps.gid_map), "100 567 1\n");
+        assert_eq!(plan.id_maps.method, IdMapMethod::Direct);
+        assert!(plan.namespaces.net && plan.namespaces.ipc && plan.namespaces.uts);
+        assert_eq!(plan.hostname, "localhost");
+        assert_eq!(plan.domainname, "(none)");
+        assert_eq!(plan.root_mode, 0o555);
+    }
+
+    #[test]
+    fn exec_uses_basename_as_argv0_and_build_dir_as_cwd() {
+        let plan = Plan::new(&spec()).unwrap();
+        assert_eq!(plan.exec.argv, ["sh", "-e", "builder.sh"]);
+        assert_eq!(plan.exec.cwd, Path::new("/build"));
+    }
+
+    #[test]
+    fn layout_in_order() {
+        let plan = Plan::new(&spec()).unwrap();
+        let show: Vec<String> = plan
+            .mounts
+            .iter()
+            .map(|op| match op {
+                MountOp::Mkdir { path, mode } => format!("mkdir {} {mode:o}", path.display()),
+                MountOp::WriteFile { path, mode, .. } => {
+                    format!("file {} {mode:o}", path.display())
+                }
+                MountOp::Symlink { target, link } => {
+                    format!("symlink {} -> {}", link.display(), target.display())
+                }
+                MountOp::Bind {
+                    source,
+                    target,
+                    read_only,
+                    optional,
+                } => format!(
+                    "bind {} {}{}{}",
+                    source.display(),
+                    target.display(),
+                    if *read_only { " ro" } else { "" },
+                    if *optional { " optional" } else { "" }
+                ),
+                MountOp::Proc { target } => format!("proc {}", target.display()),
+                MountOp::Tmpfs { target, options } => {
+                    format!("tmpfs {} {options}", target.display())
+                }
+                MountOp::Devpts { target } => format!("devpts {}", target.display()),
+            })
+            .collect();
+        assert_eq!(
+            show,
+            [
+                "bind /var/lib/unrooted/builds/x /build",
+                "mkdir /tmp 1777",
+                "mkdir /etc 555",
+                "file /etc/passwd 444",
+                "file /etc/group 444",
+                "file /etc/hosts 444",
+                "mkdir /dev 755",
+                "bind /dev/full /dev/full",
+                "bind /dev/null /dev/null",
+                "bind /dev/random /dev/random",
+                "bind /dev/tty /dev/tty",
+                "bind /dev/urandom /dev/urandom",
+                "bind /dev/zero /dev/zero",
+                "mkdir /dev/shm 1777",
+                "tmpfs /dev/shm size=50%",
+                "mkdir /dev/pts 755",
+                "devpts /dev/pts",
+                "symlink /dev/fd -> /proc/self/fd",
+                "symlink /dev/stdin -> /proc/self/fd/0",
+                "symlink /dev/stdout -> /proc/self/fd/1",
+                "symlink /dev/stderr -> /proc/self/fd/2",
+                "symlink /dev/ptmx -> /dev/pts/ptmx",
+                "mkdir /proc 555",
+                "mkdir /nix 755",
+                "mkdir /nix/store 1775",
+                "bind /nix/store/aaaa-busybox /nix/store/aaaa-busybox ro",
+                "bind /nix/store/bbbb-src.tar /nix/store/bbbb-src.tar ro",
+            ]
+        );
+    }
+
+    #[test]
+    fn network_builds_get_no_private_hosts_and_share_the_netns() {
+        let mut s = spec();
+        s.network = true;
+        let plan = Plan::new(&s).unwrap();
+        assert!(!plan.namespaces.net);
+        assert!(!plan.mounts.iter().any(
+            |op| matches!(op, MountOp::WriteFile { path, .. } if path == Path::new("/etc/hosts"))
+        ));
+    }
+
+    #[test]
+    fn sandbox_paths_parse_and_bind_read_only() {
+        let p = SandboxPath::parse(OsStr::new("/bin/sh=/nix/store/cccc-bash/bin/bash")).unwrap();
+        assert_eq!(p.target, Path::new("/bin/sh"));
+        assert_eq!(p.source, Path::new("/nix/store/cccc-bash/bin/bash"));
+        assert!(!p.optional);
+        let p = SandboxPath::parse(OsStr::new("/dev/kvm?")).unwrap();
+        assert_eq!(
+            (p.target.as_path(), p.optional),
+            (Path::new("/dev/kvm"), true)
+        );
+        assert_eq!(p.source, Path::new("/dev/kvm"));
+        for bad in ["", "?", "=/x", "/x="] {
+            assert!(SandboxPath::parse(OsStr::new(bad)).is_err(), "{bad}");
+        }
+
+        let mut s = spec();
+        s.sandbox_paths = vec![
+            SandboxPath::parse(OsStr::new("/usr/bin/env=/bin/env?")).unwrap(),
+            SandboxPath::parse(OsStr::new("/nix/store/aaaa-busybox")).unwrap(),
+        ];
+        let plan = Plan::new(&s).unwrap();
+        let tail: Vec<&MountOp> = plan.mounts.iter().rev().take(3).collect();
+        assert_eq!(
+            tail[0],
+            &MountOp::Bind {
+                source: "/bin/env".into(),
+                target: "/usr/bin/env".into(),
+                read_only: true,
+                optional: true
+            }
+        );
+        assert_eq!(
+            tail[1],
+            &MountOp::Mkdir {
+                path: "/usr/bin".into(),
+                mode: 0o755
+            }
+        );
+    }
+
+    #[test]
+    fn dev_sandbox_path_replaces_minimal_dev() {
+        let mut s = spec();
+        s.sandbox_paths = vec![SandboxPath::parse(OsStr::new("/dev")).unwrap()];
+        let plan = Plan::new(&s).unwrap();
+        assert!(!plan
+            .mounts
+            .iter()
+            .any(|op| matches!(op, MountOp::Devpts { .. })));
+    }
+
+    #[test]
+    fn rejects_unsafe_paths() {
+        let mut s = spec();
+        s.inputs.push("/nix/store/../../etc".into());
+        assert!(matches!(Plan::new(&s), Err(PlanError::NotNormal { .. })));
+        let mut s = spec();
+        s.inputs.push("/etc/shadow".into());
+        assert!(matches!(
+            Plan::new(&s),
+            Err(PlanError::InputOutsideStore { .. })
+        ));
+        let mut s = spec();
+        s.inputs.push("/nix/store/aaaa-busybox/bin".into());
+        assert!(matches!(
+            Plan::new(&s),
+            Err(PlanError::InputOutsideStore { .. })
+        ));
+        let mut s = spec();
+        s.sandbox_paths = vec![SandboxPath::parse(OsStr::new("/build=/tmp")).unwrap()];
+        assert!(matches!(Plan::new(&s), Err(PlanError::Duplicate { .. })));
+        let mut s = spec();
+        s.sandbox_paths = vec![SandboxPath::parse(OsStr::new("relative=/tmp")).unwrap()];
+        assert!(matches!(Plan::new(&s), Err(PlanError::NotAbsolute { .. })));
+        let mut s = spec();
+        s.store_dir = "/nix//store".into();
+        assert!(matches!(Plan::new(&s), Err(PlanError::NotNormal { .. })));
+    }
+
+    #[test]
+    fn base_env_is_nix() {
+        let env = nix_base_env(Path::new("/nix/store"), Path::new("/build"), 4);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "NIX_STORE",
+                "NIX_BUILD_CORES",
+                "NIX_BUILD_TOP",
+                "TMPDIR",
+                "TEMPDIR",
+                "TMP",
+                "TEMP",
+                "PWD",
+                "NIX_LOG_FD",
+                "TERM"
+            ]
+        );
+        assert_eq!(env[0].1, "/path-not-set");
+        assert_eq!(env[1].1, "/homeless-shelter");
+        assert_eq!(env[3].1, "4");
+        assert_eq!(env[11].1, "xterm-256color");
+    }
+}

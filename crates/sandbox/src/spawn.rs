@@ -1,0 +1,225 @@
+//! The daemon's side: start the helper with a plan, learn whether the builder started,
+//! wait for it or kill it.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::error::{MountLockOutcome, SandboxError, Step};
+use crate::plan::{Plan, SandboxSpec};
+use crate::userns;
+use crate::wire::{self, Report};
+
+/// How to start the sandbox helper (a binary whose `main` calls
+/// [`crate::helper_main`]).
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    program: PathBuf,
+    args: Vec<OsString>,
+}
+
+/// How a sandboxed builder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// It (the sandbox's init) was killed by this signal.
+    Signaled(i32),
+}
+
+impl BuildStatus {
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == BuildStatus::Exited(0)
+    }
+}
+
+/// A running sandboxed builder.
+#[derive(Debug)]
+pub struct SandboxChild {
+    helper: Child,
+    sock: UnixStream,
+    pid: u32,
+    status: Option<BuildStatus>,
+}
+
+impl Sandbox {
+    /// A sandbox started through `program args… ` (e.g. the daemon's own executable
+    /// with a hidden verb, or `unrooted-sandbox helper`).
+    pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>) -> Self {
+        Sandbox {
+            program: program.into(),
+            args,
+        }
+    }
+
+    /// Starts the builder described by `plan`, its stdout and stderr on `log`. Returns
+    /// once it has been executed inside the finished sandbox, or with the step that
+    /// failed.
+    pub fn spawn(&self, plan: &Plan, log: BorrowedFd<'_>) -> Result<SandboxChild, SandboxError> {
+        let helper_io = |source| SandboxError::HelperIo { source };
+        let (mut ours, theirs) = UnixStream::pair().map_err(helper_io)?;
+        let out = log.try_clone_to_owned().map_err(helper_io)?;
+        let err = log.try_clone_to_owned().map_err(helper_io)?;
+        let mut helper = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env_clear()
+            .spawn()
+            .map_err(|source| SandboxError::SpawningHelper {
+                helper: self.program.clone(),
+                source,
+            })?;
+        let started = wire::write_plan(&mut ours, plan)
+            .and_then(|()| Report::read(&mut ours))
+            .map_err(helper_io);
+        let report = match started {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = helper.kill();
+                let _ = helper.wait();
+                return Err(e);
+            }
+        };
+        match report {
+            Some(Report::Started { pid }) => Ok(SandboxChild {
+                helper,
+                sock: ours,
+                pid,
+                status: None,
+            }),
+            other => {
+                let _ = helper.wait();
+                Err(setup_error(other))
+            }
+        }
+    }
+
+    /// Plans, spawns and waits: the whole life of a one-off sandboxed command (the
+    /// debugging verb). The caller owns `spec.root` and the build directory.
+    pub fn run(
+        &self,
+        spec: &SandboxSpec,
+        log: BorrowedFd<'_>,
+    ) -> Result<BuildStatus, SandboxError> {
+        let plan = Plan::new(spec)?;
+        self.spawn(&plan, log)?.wait()
+    }
+}
+
+/// Turns a helper's failure report into the typed error; namespace failures become
+/// [`SandboxError::UserNamespacesUnavailable`] with the reason.
+fn setup_error(report: Option<Report>) -> SandboxError {
+    match report {
+        Some(Report::Failed { step, path, errno }) => {
+            let userns_step = matches!(
+                step,
+                Step::CreatingNamespaces
+                    | Step::WritingSetgroups
+                    | Step::WritingUidMap
+                    | Step::WritingGidMap
+            );
+            if step == Step::CreatingNamespaces && errno != libc::EDEADLK {
+                return userns::explain_clone_failure(errno).into();
+            }
+            if userns_step {
+                // AppArmor lets the namespace be created but without capabilities, so
+                // the refusal shows up as a failed map write.
+                if let Err(unavailable) = userns::check_user_namespaces() {
+                    return unavailable.into();
+                }
+            }
+            SandboxError::Setup {
+                step,
+                path,
+                source: io::Error::from_raw_os_error(errno),
+            }
+        }
+        Some(Report::NotLocked { errno }) => SandboxError::MountsNotLocked {
+            outcome: if errno == 0 {
+                MountLockOutcome::Unmounted
+            } else {
+                MountLockOutcome::Errno(errno)
+            },
+        },
+        Some(_) => SandboxError::HelperProtocol {
+            what: "expected a start or failure report",
+        },
+        None => SandboxError::HelperProtocol {
+            what: "the helper exited without a report",
+        },
+    }
+}
+
+impl SandboxChild {
+    /// The host pid of the sandbox's init (the builder itself, PID 1 inside).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The host pid of the helper waiting for the builder.
+    pub fn helper_pid(&self) -> u32 {
+        self.helper.id()
+    }
+
+    /// Waits for the builder to end.
+    pub fn wait(&mut self) -> Result<BuildStatus, SandboxError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let report = Report::read(&mut self.sock);
+        let helper = self
+            .helper
+            .wait()
+            .map_err(|source| SandboxError::HelperIo { source })?;
+        let status = match report {
+            Ok(Some(Report::Exited { code })) => BuildStatus::Exited(code),
+            Ok(Some(Report::Signaled { signal })) => BuildStatus::Signaled(signal),
+            // The helper was killed (by `kill`), which killed the sandbox with it.
+            Ok(None) | Err(_) => {
+                use std::os::unix::process::ExitStatusExt;
+                match helper.signal() {
+                    Some(sig) => BuildStatus::Signaled(sig),
+                    None => {
+                        return Err(SandboxError::HelperProtocol {
+                            what: "the helper exited without the builder's status",
+                        })
+                    }
+                }
+            }
+            Ok(Some(_)) => {
+                return Err(SandboxError::HelperProtocol {
+                    what: "expected the builder's exit status",
+                })
+            }
+        };
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    /// Kills the builder and everything in its PID namespace. Killing the helper sends
+    /// the sandbox's init its parent-death signal (SIGKILL), and the init's death ends
+    /// the namespace; the helper is our unreaped child, so its pid cannot be reused.
+    pub fn kill(&mut self) -> Result<(), SandboxError> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        self.helper
+            .kill()
+            .map_err(|source| SandboxError::HelperIo { source })
+    }
+}
+
+impl Drop for SandboxChild {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill();
+            let _ = self.helper.wait();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The only unsafe code of the workspace: the few kernel calls rustix does not wrap
+//! safely. Each is small, takes checked arguments, and says why it is sound.
+//!
+//! Everything here runs in the single-threaded helper process or its cloned child,
+//! never in the multi-threaded daemon.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::seccomp::BpfInsn;
+
+/// Which side of [`clone_into_namespaces`] we are on.
+pub(crate) enum Cloned {
+    /// In the new child (PID 1 of its PID namespace).
+    Child,
+    /// In the caller; the child's pid.
+    Parent(u32),
+}
+
+/// `clone(flags | SIGCHLD)` without a new stack: like `fork`, but the child starts in
+/// the new namespaces, so it is PID 1 of the new PID namespace from its first
+/// instruction (`unshare(CLONE_NEWPID)` would only apply to a later child).
+///
+/// Must only be called from a single-threaded process (the helper): the child gets a
+/// copy of this thread alone, so no lock held by another thread can be inherited.
+pub(crate) fn clone_into_namespaces(flags: libc::c_int) -> io::Result<Cloned> {
+    // SAFETY: raw clone with a null stack behaves like fork: the child continues on a
+    // copy of the caller's stack. The helper is single-threaded when it calls this
+    // (documented above and asserted by `helper::run` reading /proc/self/stat's thread
+    // count), so the child inherits no lock held by another thread, and glibc caches
+    // no pid since 2.25. The remaining arguments (parent_tid, child_tid, tls) are unused
+    // without CLONE_*SETTID/CLONE_SETTLS and may be null.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Cloned::Child),
+        pid => Ok(Cloned::Parent(pid as u32)),
+    }
+}
+
+/// `unshare(CLONE_NEWUSER | CLONE_NEWNS)` for the nested namespace that locks the
+/// mounts.
+pub(crate) fn unshare_user_and_mount() -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: the unsafety of unshare_unsafe concerns CLONE_FILES, which makes other
+    // threads' descriptors invalid; these flags do not include it, and the sandboxed
+    // child has a single thread anyway.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }
+        .map_err(io::Error::from)
+}
+
+/// Installs a seccomp filter for this thread (its children inherit it).
+/// `PR_SET_NO_NEW_PRIVS` must be set first, as an unprivileged process cannot install
+/// one otherwise.
+pub(crate) fn install_seccomp_filter(prog: &[BpfInsn]) -> io::Result<()> {
+    let filters: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let len = u16::try_from(filters.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp filter too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: filters.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: fprog points at `len` initialised sock_filter values in `filters`, which
+    // outlives the call; the kernel copies the program and does not keep the pointer.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets `IFF_UP` on `lo` in the current network namespace.
+pub(crate) fn loopback_up() -> io::Result<()> {
+    use rustix::net::{socket, AddressFamily, SocketType};
+    let sock = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
+    // SAFETY: ifreq is a plain C struct for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name and writes ifru_flags within
+    // the ifreq we own; the socket fd is open for the duration of the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the flags member of the union is the
+    // initialised one.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    // SAFETY: as for SIOCGIFFLAGS; SIOCSIFFLAGS only reads the ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from 3 up close-on-exec (`close_range(3, ~0U,
+/// CLOSE_RANGE_CLOEXEC)`): no daemon descriptor reaches the builder, while the helper's
+/// error pipe stays usable until the `execve` that closes it.
+pub(crate) fn cloexec_from_3() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags; it
+    // closes nothing, so no Rust owner of a descriptor is invalidated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ends the cloned child without running the parent's exit handlers or flushing its
+/// copies of the parent's buffers.
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,542 @@
+//! The fixed vocabulary between the daemon and the sandbox helper, and between the
+//! helper and its sandboxed child.
+//!
+//! The daemon sends one frame: `u64` length, then the encoded [`Plan`]. The helper
+//! answers with [`Report`]s: `Started` once the builder has been executed (or `Failed` /
+//! `NotLocked` instead), then `Exited`/`Signaled` when it ends. Every integer is little
+//! endian; strings are `u32` length + bytes; every length is bounded, and anything odd is
+//! an error, never a panic.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use crate::error::Step;
+use crate::plan::{Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan};
+
+const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-1\n";
+/// The largest plan frame accepted (a closure of 100 000 paths is far below this).
+pub const MAX_PLAN_BYTES: u64 = 64 << 20;
+const MAX_ITEMS: u32 = 1 << 20;
+
+/// Encodes values into a buffer.
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bool(&mut self, v: bool) {
+        self.u8(u8::from(v));
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        // Plans are built by the daemon from bounded inputs; a 4 GiB field is a bug.
+        self.u32(u32::try_from(b.len()).expect("sandbox plan field under 4 GiB"));
+        self.0.extend_from_slice(b);
+    }
+    fn os(&mut self, s: &std::ffi::OsStr) {
+        self.bytes(s.as_bytes());
+    }
+    fn len(&mut self, n: usize) {
+        self.u32(u32::try_from(n).expect("sandbox plan list under 4G entries"));
+    }
+}
+
+/// Decodes values from a buffer, refusing anything malformed.
+struct Dec<'a>(&'a [u8]);
+
+type DecResult<T> = Result<T, &'static str>;
+
+impl Dec<'_> {
+    fn take(&mut self, n: usize) -> DecResult<&[u8]> {
+        if self.0.len() < n {
+            return Err("truncated");
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> DecResult<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> DecResult<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn i32(&mut self) -> DecResult<i32> {
+        Ok(self.u32()? as i32)
+    }
+    fn bool(&mut self) -> DecResult<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err("bad boolean"),
+        }
+    }
+    fn bytes(&mut self) -> DecResult<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn os(&mut self) -> DecResult<OsString> {
+        Ok(OsString::from_vec(self.bytes()?))
+    }
+    fn path(&mut self) -> DecResult<PathBuf> {
+        Ok(PathBuf::from(self.os()?))
+    }
+    fn len(&mut self) -> DecResult<usize> {
+        let n = self.u32()?;
+        if n > MAX_ITEMS {
+            return Err("list too long");
+        }
+        Ok(n as usize)
+    }
+    fn end(&self) -> DecResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err("trailing bytes")
+        }
+    }
+}
+
+fn enc_map(e: &mut Enc, map: &[IdMapEntry]) {
+    e.len(map.len());
+    for m in map {
+        e.u32(m.inner);
+        e.u32(m.outer);
+        e.u32(m.count);
+    }
+}
+
+fn dec_map(d: &mut Dec) -> DecResult<Vec<IdMapEntry>> {
+    let n = d.len()?;
+    let mut v = Vec::with_capacity(n.min(340));
+    for _ in 0..n {
+        v.push(IdMapEntry {
+            inner: d.u32()?,
+            outer: d.u32()?,
+            count: d.u32()?,
+        });
+    }
+    Ok(v)
+}
+
+/// Encodes a plan (without the frame length).
+pub fn encode_plan(plan: &Plan) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.0.extend_from_slice(PLAN_MAGIC);
+    e.bool(plan.namespaces.net);
+    e.bool(plan.namespaces.ipc);
+    e.bool(plan.namespaces.uts);
+    enc_map(&mut e, &plan.id_maps.uid_map);
+    enc_map(&mut e, &plan.id_maps.gid_map);
+    match &plan.id_maps.method {
+        IdMapMethod::Direct => e.u8(0),
+        IdMapMethod::NewIdMap {
+            newuidmap,
+            newgidmap,
+        } => {
+            e.u8(1);
+            e.os(newuidmap.as_os_str());
+            e.os(newgidmap.as_os_str());
+        }
+    }
+    e.u32(plan.id_maps.builder_uid);
+    e.u32(plan.id_maps.builder_gid);
+    e.os(plan.root.as_os_str());
+    e.u32(plan.root_mode);
+    e.len(plan.mounts.len());
+    for op in &plan.mounts {
+        match op {
+            MountOp::Mkdir { path, mode } => {
+                e.u8(1);
+                e.os(path.as_os_str());
+                e.u32(*mode);
+            }
+            MountOp::WriteFile {
+                path,
+                contents,
+                mode,
+            } => {
+                e.u8(2);
+                e.os(path.as_os_str());
+                e.bytes(contents);
+                e.u32(*mode);
+            }
+            MountOp::Symlink { target, link } => {
+                e.u8(3);
+                e.os(target.as_os_str());
+                e.os(link.as_os_str());
+            }
+            MountOp::Bind {
+                source,
+                target,
+                read_only,
+                optional,
+            } => {
+                e.u8(4);
+                e.os(source.as_os_str());
+                e.os(target.as_os_str());
+                e.bool(*read_only);
+                e.bool(*optional);
+            }
+            MountOp::Proc { target } => {
+                e.u8(5);
+                e.os(target.as_os_str());
+            }
+            MountOp::Tmpfs { target, options } => {
+                e.u8(6);
+                e.os(target.as_os_str());
+                e.bytes(options.as_bytes());
+            }
+            MountOp::Devpts { target } => {
+                e.u8(7);
+                e.os(target.as_os_str());
+            }
+        }
+    }
+    e.os(&plan.hostname);
+    e.os(&plan.domainname);
+    e.os(plan.exec.program.as_os_str());
+    e.len(plan.exec.argv.len());
+    for a in &plan.exec.argv {
+        e.os(a);
+    }
+    e.len(plan.exec.env.len());
+    for (k, v) in &plan.exec.env {
+        e.os(k);
+        e.os(v);
+    }
+    e.os(plan.exec.cwd.as_os_str());
+    e.0
+}
+
+/// Decodes a plan; the error says what was malformed.
+pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
+    let mut d = Dec(bytes);
+    if d.take(PLAN_MAGIC.len())? != PLAN_MAGIC {
+        return Err("not a sandbox plan");
+    }
+    let namespaces = Namespaces {
+        net: d.bool()?,
+        ipc: d.bool()?,
+        uts: d.bool()?,
+    };
+    let uid_map = dec_map(&mut d)?;
+    let gid_map = dec_map(&mut d)?;
+    let method = match d.u8()? {
+        0 => IdMapMethod::Direct,
+        1 => IdMapMethod::NewIdMap {
+            newuidmap: d.path()?,
+            newgidmap: d.path()?,
+        },
+        _ => return Err("bad id map method"),
+    };
+    let id_maps = IdMaps {
+        uid_map,
+        gid_map,
+        method,
+        builder_uid: d.u32()?,
+        builder_gid: d.u32()?,
+    };
+    let root = d.path()?;
+    let root_mode = d.u32()?;
+    let n = d.len()?;
+    let mut mounts = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        mounts.push(match d.u8()? {
+            1 => MountOp::Mkdir {
+                path: d.path()?,
+                mode: d.u32()?,
+            },
+            2 => MountOp::WriteFile {
+                path: d.path()?,
+                contents: d.bytes()?,
+                mode: d.u32()?,
+            },
+            3 => MountOp::Symlink {
+                target: d.path()?,
+                link: d.path()?,
+            },
+            4 => MountOp::Bind {
+                source: d.path()?,
+                target: d.path()?,
+                read_only: d.bool()?,
+                optional: d.bool()?,
+            },
+            5 => MountOp::Proc { target: d.path()? },
+            6 => MountOp::Tmpfs {
+                target: d.path()?,
+                options: String::from_utf8(d.bytes()?).map_err(|_| "tmpfs options not UTF-8")?,
+            },
+            7 => MountOp::Devpts { target: d.path()? },
+            _ => return Err("bad mount operation"),
+        });
+    }
+    let hostname = d.os()?;
+    let domainname = d.os()?;
+    let program = d.path()?;
+    let n = d.len()?;
+    let mut argv = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        argv.push(d.os()?);
+    }
+    let n = d.len()?;
+    let mut env = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        env.push((d.os()?, d.os()?));
+    }
+    let cwd = d.path()?;
+    d.end()?;
+    Ok(Plan {
+        namespaces,
+        id_maps,
+        root,
+        root_mode,
+        mounts,
+        hostname,
+        domainname,
+        exec: Exec {
+            program,
+            argv,
+            env,
+            cwd,
+        },
+    })
+}
+
+/// Writes a plan frame.
+pub fn write_plan(w: &mut impl Write, plan: &Plan) -> io::Result<()> {
+    let body = encode_plan(plan);
+    w.write_all(&(body.len() as u64).to_le_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// Reads a plan frame.
+pub fn read_plan(r: &mut impl Read) -> io::Result<Plan> {
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_PLAN_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sandbox plan too large",
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    decode_plan(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))
+}
+
+/// What the helper (or the sandboxed child, before exec) reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The builder runs; `pid` is the sandbox init's pid in the helper's namespace.
+    Started {
+        /// Host pid.
+        pid: u32,
+    },
+    /// A setup step failed.
+    Failed {
+        /// Which.
+        step: Step,
+        /// On what.
+        path: Option<PathBuf>,
+        /// The errno.
+        errno: i32,
+    },
+    /// `umount("/proc")` did not give EINVAL; `errno` 0 means it succeeded.
+    NotLocked {
+        /// What it gave instead.
+        errno: i32,
+    },
+    /// The builder exited with this code.
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// The builder was killed by this signal.
+    Signaled {
+        /// Signal number.
+        signal: i32,
+    },
+}
+
+/// The largest report (a failure with a path).
+const MAX_REPORT_BYTES: u32 = 8192;
+
+impl Report {
+    /// Encodes as `u32` length + body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        match self {
+            Report::Started { pid } => {
+                e.u8(b'S');
+                e.u32(*pid);
+            }
+            Report::Failed { step, path, errno } => {
+                e.u8(b'F');
+                e.u8(step.code());
+                match path {
+                    Some(p) => {
+                        e.bool(true);
+                        // A path too long for a report is cut: it only names the place.
+                        let b = p.as_os_str().as_bytes();
+                        e.bytes(&b[..b.len().min(4096)]);
+                    }
+                    None => e.bool(false),
+                }
+                e.u32(*errno as u32);
+            }
+            Report::NotLocked { errno } => {
+                e.u8(b'L');
+                e.u32(*errno as u32);
+            }
+            Report::Exited { code } => {
+                e.u8(b'X');
+                e.u32(*code as u32);
+            }
+            Report::Signaled { signal } => {
+                e.u8(b'K');
+                e.u32(*signal as u32);
+            }
+        }
+        let mut out = (e.0.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&e.0);
+        out
+    }
+
+    /// Decodes one report body.
+    pub fn decode(body: &[u8]) -> Result<Report, &'static str> {
+        let mut d = Dec(body);
+        let r = match d.u8()? {
+            b'S' => Report::Started { pid: d.u32()? },
+            b'F' => {
+                let step = Step::from_code(d.u8()?).ok_or("unknown step")?;
+                let path = if d.bool()? { Some(d.path()?) } else { None };
+                Report::Failed {
+                    step,
+                    path,
+                    errno: d.i32()?,
+                }
+            }
+            b'L' => Report::NotLocked { errno: d.i32()? },
+            b'X' => Report::Exited { code: d.i32()? },
+            b'K' => Report::Signaled { signal: d.i32()? },
+            _ => return Err("unknown report"),
+        };
+        d.end()?;
+        Ok(r)
+    }
+
+    /// Reads one report; `Ok(None)` at a clean end of stream.
+    pub fn read(r: &mut impl Read) -> io::Result<Option<Report>> {
+        let mut len = [0u8; 4];
+        match r.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_le_bytes(len);
+        if len > MAX_REPORT_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "report too large",
+            ));
+        }
+        let mut body = vec![0u8; len as usize];
+        r.read_exact(&mut body)?;
+        Report::decode(&body)
+            .map(Some)
+            .map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{SandboxPath, SandboxSpec};
+
+    fn plan() -> Plan {
+        let mut s = SandboxSpec::new(
+            "/r".into(),
+            "/nix/store".into(),
+            "/b".into(),
+            "/nix/store/aaaa-x/bin/sh".into(),
+        );
+        s.inputs = vec!["/nix/store/aaaa-x".into()];
+        s.sandbox_paths = vec![SandboxPath::parse("/bin/sh=/x?".as_ref()).unwrap()];
+        s.env = vec![("A".into(), OsString::from_vec(vec![0xff, b'=', 0]))];
+        s.args = vec!["-c".into(), "echo hi".into()];
+        let mut p = Plan::new(&s).unwrap();
+        p.id_maps.method = IdMapMethod::NewIdMap {
+            newuidmap: "/usr/bin/newuidmap".into(),
+            newgidmap: "/usr/bin/newgidmap".into(),
+        };
+        p
+    }
+
+    #[test]
+    fn plan_round_trips() {
+        let p = plan();
+        let mut buf = Vec::new();
+        write_plan(&mut buf, &p).unwrap();
+        assert_eq!(read_plan(&mut buf.as_slice()).unwrap(), p);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let body = encode_plan(&plan());
+        for n in 0..body.len() {
+            assert!(decode_plan(&body[..n]).is_err(), "{n}");
+        }
+        let mut extra = body.clone();
+        extra.push(0);
+        assert_eq!(decode_plan(&extra), Err("trailing bytes"));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let mut buf = (MAX_PLAN_BYTES + 1).to_le_bytes().to_vec();
+        buf.extend_from_slice(&[0; 16]);
+        assert!(read_plan(&mut buf.as_slice()).is_err());
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        let reports = [
+            Report::Started { pid: 4242 },
+            Report::Failed {
+                step: Step::RemountingReadOnly,
+                path: Some("/nix/store/x".into()),
+                errno: 1,
+            },
+            Report::Failed {
+                step: Step::WritingUidMap,
+                path: None,
+                errno: 13,
+            },
+            Report::NotLocked { errno: 0 },
+            Report::Exited { code: 3 },
+            Report::Signaled { signal: 9 },
+        ];
+        let mut buf = Vec::new();
+        for r in &reports {
+            buf.extend(r.encode());
+        }
+        let mut rd = buf.as_slice();
+        for r in &reports {
+            assert_eq!(Report::read(&mut rd).unwrap().as_ref(), Some(r));
+        }
+        assert_eq!(Report::read(&mut rd).unwrap(), None);
+        assert!(Report::decode(b"Z").is_err());
+        assert!(Report::decode(b"F\xff\x00\x00\x00\x00\x00").is_err());
+    }
+}

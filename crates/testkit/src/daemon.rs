@@ -102,13 +102,16 @@ impl TestDaemon {
             ("log", daemon_uid),
             ("conf", daemon_uid),
             ("client-home", client_uid),
+            ("inputs", 0),
         ] {
             let p = root.path().join(dir);
             fs::create_dir(&p).expect("mkdir");
             let gid = if owner == daemon_uid {
                 daemon_gid
-            } else {
+            } else if owner == client_uid {
                 client_gid
+            } else {
+                0
             };
             chown(&p, Some(owner), Some(gid)).expect("chown");
             let mode = if dir == "client-home" { 0o700 } else { 0o755 };
@@ -129,7 +132,10 @@ impl TestDaemon {
     }
 
     fn write_conf(&mut self) {
-        let conf = format!("sandbox = false\nsubstituters =\n{}\n", self.extra_conf);
+        let conf = format!(
+            "sandbox = false\nsubstituters =\nexperimental-features = nix-command\n{}\n",
+            self.extra_conf
+        );
         let path = self.root.path().join("conf/nix.conf");
         fs::write(&path, conf).expect("nix.conf");
         chown(&path, Some(self.daemon_uid), Some(self.daemon_gid)).expect("chown nix.conf");
@@ -158,6 +164,95 @@ impl TestDaemon {
     /// The client user's home directory (mode 0700, unreadable to the daemon).
     pub fn client_home(&self) -> PathBuf {
         self.root.path().join("client-home")
+    }
+
+    /// A directory (mode 0755, owned by the test) for files every user may read, such
+    /// as the inputs of `nix-store --add`.
+    pub fn inputs(&self) -> PathBuf {
+        self.root.path().join("inputs")
+    }
+
+    /// Runs a client command (see [`TestDaemon::client`]) and returns its stdout,
+    /// panicking with its stderr and the daemon's log when it fails.
+    pub fn client_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self.client(program).args(args).output().expect("spawning");
+        self.expect_ok(&format!("{program} {}", args.join(" ")), &out)
+    }
+
+    /// Runs a client command that must fail and returns its stderr.
+    pub fn client_err(&self, program: &str, args: &[&str]) -> String {
+        let out = self.client(program).args(args).output().expect("spawning");
+        assert!(
+            !out.status.success(),
+            "{program} {} succeeded but should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs a command as the store owner in local mode (see
+    /// [`TestDaemon::owner_local`]) and returns its stdout, panicking on failure.
+    pub fn owner_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self
+            .owner_local(program)
+            .args(args)
+            .output()
+            .expect("spawning");
+        self.expect_ok(&format!("(local) {program} {}", args.join(" ")), &out)
+    }
+
+    /// Checks that `out` succeeded and returns its stdout.
+    pub fn expect_ok(&self, what: &str, out: &std::process::Output) -> String {
+        assert!(
+            out.status.success(),
+            "{what} failed ({}):\n{}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Asserts that `nix-store --verify --check-contents`, run by the store owner in
+    /// local mode (without the daemon), finds the store clean.
+    pub fn assert_store_clean(&self) {
+        let out = self
+            .owner_local("nix-store")
+            .args(["--verify", "--check-contents"])
+            .output()
+            .expect("spawning nix-store --verify");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("error") && !stderr.contains("warning"),
+            "nix-store --verify --check-contents found problems ({}): {stderr}",
+            out.status
+        );
+    }
+
+    /// The valid paths as Nix sees them in local mode, sorted, one per element.
+    pub fn valid_paths_local(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .owner_ok("nix", &["path-info", "--all"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Lines of `/proc/<daemon pid>/status` starting with `key` (e.g. `CapEff`), with
+    /// the key removed; the daemon is the process `setpriv` execs into, so the pid is
+    /// the child's.
+    pub fn proc_status(&self, key: &str) -> String {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+            .unwrap_or_else(|| panic!("{key} missing from /proc status"))
+            .trim()
+            .to_owned()
     }
 
     fn env(&self, cmd: &mut Command) {

@@ -202,6 +202,37 @@ impl SandboxChild {
         Ok(status)
     }
 
+    /// Waits at most `timeout` for the builder to end; `Ok(None)` if it still runs.
+    pub fn wait_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<BuildStatus>, SandboxError> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ts = Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            // The helper's final report (or its death) makes the socket readable.
+            let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+            match poll(&mut fds, Some(&ts)) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return self.wait().map(Some),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(SandboxError::HelperIo {
+                        source: io::Error::from(e),
+                    })
+                }
+            }
+        }
+    }
+
     /// Kills the builder and everything in its PID namespace. Killing the helper sends
     /// the sandbox's init its parent-death signal (SIGKILL), and the init's death ends
     /// the namespace; the helper is our unreaped child, so its pid cannot be reused.

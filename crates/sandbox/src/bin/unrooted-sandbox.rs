@@ -17,12 +17,42 @@ const USAGE: &str = "usage: unrooted-sandbox helper
        unrooted-sandbox run --store-dir DIR --build-dir DIR [--input PATH]... \\
            [--sandbox-path TARGET=SOURCE[?]]... [--network] [--env NAME=VALUE]... \\
            [--cores N] [--work-dir DIR] [--keep-root] [--remove-build-dir] [--leak-fd] \\
-           -- BUILDER [ARGS]...";
+           [--timeout-ms N] -- BUILDER [ARGS]...
+       unrooted-sandbox probe setxattr|lsetxattr|fsetxattr PATH";
+
+/// Runs one system call the shell cannot make and prints `ok` or `errno=N`, so tests
+/// check the exact errno a builder gets.
+fn probe(args: Vec<OsString>) -> ExitCode {
+    use rustix::fs::XattrFlags;
+    let (Some(op), Some(path)) = (args.first().and_then(|a| a.to_str()), args.get(1)) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let path = std::path::Path::new(path);
+    let (name, value) = ("user.unrooted", b"1".as_slice());
+    let result = match op {
+        "setxattr" => rustix::fs::setxattr(path, name, value, XattrFlags::empty()),
+        "lsetxattr" => rustix::fs::lsetxattr(path, name, value, XattrFlags::empty()),
+        "fsetxattr" => std::fs::File::open(path)
+            .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
+            .and_then(|f| rustix::fs::fsetxattr(&f, name, value, XattrFlags::empty())),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => println!("ok"),
+        Err(e) => println!("errno={}", e.raw_os_error()),
+    }
+    ExitCode::SUCCESS
+}
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     match args.next().as_deref().and_then(|a| a.to_str()) {
         Some("helper") => helper_main(),
+        Some("probe") => probe(args.collect()),
         Some("run") => match run(args.collect()) {
             Ok(code) => code,
             Err(e) => {
@@ -54,6 +84,7 @@ struct RunArgs {
     keep_root: bool,
     remove_build_dir: bool,
     leak_fd: bool,
+    timeout: Option<std::time::Duration>,
     command: Vec<OsString>,
 }
 
@@ -72,6 +103,7 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
         keep_root: false,
         remove_build_dir: false,
         leak_fd: false,
+        timeout: None,
         command: Vec::new(),
     };
     let mut it = args.into_iter();
@@ -103,6 +135,10 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
             Some("--keep-root") => r.keep_root = true,
             Some("--remove-build-dir") => r.remove_build_dir = true,
             Some("--leak-fd") => r.leak_fd = true,
+            Some("--timeout-ms") => {
+                let ms: u64 = value()?.to_str().ok_or("--timeout-ms")?.parse()?;
+                r.timeout = Some(std::time::Duration::from_millis(ms));
+            }
             Some("--") => {
                 r.command = it.collect();
                 break;
@@ -153,7 +189,7 @@ fn run(args: Vec<OsString>) -> AnyResult<ExitCode> {
     let helper = std::env::current_exe()?;
     let sandbox = Sandbox::new(helper, vec!["helper".into()]);
     let stdout = std::io::stdout();
-    let result = sandbox.run(&spec, stdout.as_fd());
+    let result = run_with_timeout(&sandbox, &spec, stdout.as_fd(), a.timeout);
     if !a.keep_root {
         remove_tree(&parent)?;
     } else {
@@ -166,4 +202,25 @@ fn run(args: Vec<OsString>) -> AnyResult<ExitCode> {
         BuildStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
         BuildStatus::Signaled(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
     })
+}
+
+/// Runs the builder, killing it (and its whole PID namespace) after `timeout`.
+fn run_with_timeout(
+    sandbox: &Sandbox,
+    spec: &SandboxSpec,
+    log: std::os::fd::BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> Result<BuildStatus, unrooted_sandbox::SandboxError> {
+    let Some(timeout) = timeout else {
+        return sandbox.run(spec, log);
+    };
+    let plan = unrooted_sandbox::Plan::new(spec)?;
+    let mut child = sandbox.spawn(&plan, log)?;
+    match child.wait_timeout(timeout)? {
+        Some(status) => Ok(status),
+        None => {
+            child.kill()?;
+            child.wait()
+        }
+    }
 }

@@ -47,3 +47,46 @@ step unrooted drv show "$(basename "$drv")"
 step unrooted drv outputs "$(basename "$drv")" "   (recomputed from its inputs)"
 "$U" drv outputs "$drv"
 printf '\nEvery pair above printed the same thing: unrooted reads and writes Nix 2.8 formats byte for byte.\n'
+
+# The daemon: one unprivileged user serves the store, another uses it with the
+# unchanged Nix client. Root is needed only to create the two users and switch to them.
+if [ "$(id -u)" != 0 ]; then
+  echo "(skipping the daemon part: it needs root to switch to the demo users; run with sudo)"
+  exit 0
+fi
+D=unrooted-test-daemon C=unrooted-test-client
+store="$work/daemon"
+mkdir -p "$store"/{store,state,log,conf} "$store/home"
+chmod 755 "$work" "$store"
+chown "$D:" "$store"/{store,state,log,conf}
+chown "$C:" "$store/home"
+printf 'sandbox = false\nsubstituters =\n' > "$store/conf/nix.conf"
+denv=(env -i PATH=/usr/bin:/bin NIX_STORE_DIR="$store/store" NIX_STATE_DIR="$store/state"
+      NIX_LOG_DIR="$store/log" NIX_CONF_DIR="$store/conf")
+setpriv --reuid="$D" --regid="$D" --init-groups --inh-caps=-all -- "${denv[@]}" RUST_LOG=info "$U" daemon \
+  2> "$store/daemon.log" &
+daemon_pid=$!
+trap 'kill $daemon_pid 2>/dev/null; chmod -R u+w "$work"; rm -rf "$work"' EXIT
+for _ in $(seq 100); do [ -S "$store/state/daemon-socket/socket" ] && break; sleep 0.1; done
+as_client() {
+  setpriv --reuid="$C" --regid="$C" --init-groups --inh-caps=-all -- "${denv[@]}" HOME="$store/home" \
+    NIX_REMOTE=daemon "$@"
+}
+step "unrooted daemon   (running as $D, uid $(id -u $D); capabilities: $(grep CapEff /proc/$daemon_pid/status | cut -f2))"
+as_client nix --extra-experimental-features nix-command store ping
+cp -r "$work/src" "$store/home/src" && chown -R "$C:" "$store/home/src"
+step "as $C: nix-store --add src"
+p=$(as_client nix-store --add "$store/home/src")
+echo "$p"
+step "as $C: nix-instantiate demo.nix   (the .drv files are added through the daemon)"
+cp "$work/demo.nix" "$store/home/" && chown "$C:" "$store/home/demo.nix"
+d=$(as_client nix-instantiate "$store/home/demo.nix" 2>/dev/null)
+echo "$d"
+step "as $C: nix-store -q --tree" "$(basename "$d")"
+as_client nix-store -q --tree "$d"
+step "as $C: nix path-info --json -S" "$(basename "$p")"
+as_client nix --extra-experimental-features nix-command path-info --json -S "$p"; echo
+step "as $D (the store owner), local mode: nix-store --verify --check-contents"
+setpriv --reuid="$D" --regid="$D" --init-groups -- "${denv[@]}" NIX_REMOTE=local nix-store --verify --check-contents
+ls -ld "$store/store" "$p"
+printf '\nThe store belongs to %s and is read-only for everyone else; the client (%s) added to it only through the daemon.\n' "$D" "$C"

@@ -82,9 +82,16 @@ fn store_commands() {
     let before = d.valid_paths_local();
     d.start();
 
+    let dep = lines(&d.client_ok("nix-store", &["-q", "--references", &top]))
+        .into_iter()
+        .find(|p| p.ends_with("-dep"))
+        .expect("top refers to dep");
+    assert_eq!(
+        d.client_ok("nix-store", &["-q", "--referrers", &dep]),
+        d.owner_ok("nix-store", &["-q", "--referrers", &dep])
+    );
     for q in [
         "--references",
-        "--referrers",
         "--requisites",
         "--deriver",
         "--hash",
@@ -95,13 +102,160 @@ fn store_commands() {
         let via_daemon = d.client_ok("nix-store", &["-q", q, &top]);
         let local = d.owner_ok("nix-store", &["-q", q, &top]);
         assert_eq!(via_daemon, local, "nix-store -q {q}");
-        eprintln!("{q}: {via_daemon}");
     }
     let json = d.client_ok("nix", &["path-info", "--json", "-r", "-S", &top]);
     assert_eq!(
         json,
         d.owner_ok("nix", &["path-info", "--json", "-r", "-S", &top])
     );
-    eprintln!("{json}");
+    assert!(json.contains("\"closureSize\":504"), "{json}");
     assert_eq!(before, d.valid_paths_local());
+
+    // --dump and --export: the bytes Nix produces in local mode.
+    let dump = d
+        .client("nix-store")
+        .args(["--dump", &top])
+        .output()
+        .unwrap();
+    d.expect_ok("nix-store --dump", &dump);
+    let local_dump = d
+        .owner_local("nix-store")
+        .args(["--dump", &top])
+        .output()
+        .unwrap();
+    assert_eq!(dump.stdout, local_dump.stdout);
+    let closure = lines(&d.client_ok("nix-store", &["-q", "--requisites", &top]));
+    let mut export_args = vec!["--export"];
+    export_args.extend(closure.iter().map(String::as_str));
+    let export = d.client("nix-store").args(&export_args).output().unwrap();
+    d.expect_ok("nix-store --export", &export);
+    let local_export = d
+        .owner_local("nix-store")
+        .args(&export_args)
+        .output()
+        .unwrap();
+    assert_eq!(export.stdout, local_export.stdout);
+
+    // Adding: the paths Nix gives in local mode for the same content.
+    let hello = d.inputs().join("hello.txt");
+    let hello = hello.to_str().unwrap();
+    let tree = d.inputs().join("tree");
+    let tree = tree.to_str().unwrap();
+    let adds: [&[&str]; 4] = [
+        &["--add", hello, tree],
+        &["--add-fixed", "sha256", hello],
+        &["--add-fixed", "sha1", hello],
+        &["--add-fixed", "--recursive", "sha512", tree],
+    ];
+    let mut added = Vec::new();
+    for args in adds {
+        let via_daemon = lines(&d.client_ok("nix-store", args));
+        added.extend(via_daemon.iter().cloned());
+        let after = d.valid_paths_local();
+        assert_eq!(
+            lines(&d.owner_ok("nix-store", args)),
+            via_daemon,
+            "{args:?}"
+        );
+        assert_eq!(
+            d.valid_paths_local(),
+            after,
+            "local mode added another path"
+        );
+        // Adding again is idempotent.
+        assert_eq!(lines(&d.client_ok("nix-store", args)), via_daemon);
+    }
+    assert_eq!(added.len(), 5);
+    assert_eq!(
+        d.client_ok("nix-store", &["-q", "--hash", &added[0]])
+            .trim(),
+        "sha256:00zns3gj9hwz2a4b0i07y7nmxybq59lh24bl3xsxblcl6333mjil",
+        "the narHash of the spec's hello.txt vector"
+    );
+
+    // Optimise: identical files end up as one inode.
+    let optimise = d.client("nix-store").arg("--optimise").output().unwrap();
+    d.expect_ok("nix-store --optimise", &optimise);
+    assert!(
+        String::from_utf8_lossy(&optimise.stderr).contains("freed by hard-linking"),
+        "{}",
+        String::from_utf8_lossy(&optimise.stderr)
+    );
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(&added[0]),
+        ino(&added[2]),
+        "hello.txt copies not linked"
+    );
+
+    let verify = d
+        .client("nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    d.expect_ok("nix-store --verify --check-contents", &verify);
+    d.assert_store_clean();
+
+    // Import into an empty store at the same place; the client is not trusted, so
+    // that store does not require signatures.
+    let queries = ["--hash", "--references", "--deriver", "--size", "--tree"];
+    let expected: Vec<String> = queries
+        .iter()
+        .map(|q| d.client_ok("nix-store", &["-q", q, &top]))
+        .collect();
+    let cache = format!("file://{}/cache", d.client_home().display());
+    d.client_ok("nix", &["copy", "--to", &cache, &top]);
+    let narinfos = fs::read_dir(d.client_home().join("cache"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".narinfo")
+        })
+        .count();
+    assert_eq!(narinfos, 3);
+
+    d.reset_store();
+    d.set_conf("require-sigs = false");
+    d.start();
+    assert_eq!(d.valid_paths_local(), Vec::<String>::new());
+    let export_file = d.inputs().join("closure.nar-export");
+    fs::write(&export_file, &export.stdout).unwrap();
+    let imported = d
+        .client("nix-store")
+        .arg("--import")
+        .stdin(fs::File::open(&export_file).unwrap())
+        .output()
+        .unwrap();
+    let mut imported = lines(&d.expect_ok("nix-store --import", &imported));
+    imported.sort();
+    let mut sorted_closure = closure.clone();
+    sorted_closure.sort();
+    assert_eq!(imported, sorted_closure);
+    assert_eq!(d.valid_paths_local(), sorted_closure);
+    for (q, want) in queries.iter().zip(&expected) {
+        assert_eq!(
+            &d.client_ok("nix-store", &["-q", q, &top]),
+            want,
+            "{q} after import"
+        );
+    }
+    d.assert_store_clean();
+
+    // nix copy from the file:// cache into an empty store.
+    d.reset_store();
+    d.start();
+    d.client_ok("nix", &["copy", "--no-check-sigs", "--from", &cache, &top]);
+    assert_eq!(d.valid_paths_local(), sorted_closure);
+    for (q, want) in queries.iter().zip(&expected) {
+        assert_eq!(
+            &d.client_ok("nix-store", &["-q", q, &top]),
+            want,
+            "{q} after nix copy"
+        );
+    }
+    d.assert_store_clean();
 }

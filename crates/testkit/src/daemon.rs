@@ -141,6 +141,28 @@ impl TestDaemon {
         chown(&path, Some(self.daemon_uid), Some(self.daemon_gid)).expect("chown nix.conf");
     }
 
+    /// Replaces the text appended to the daemon's `nix.conf` (read when it starts).
+    pub fn set_conf(&mut self, nix_conf: &str) {
+        self.extra_conf = nix_conf.to_owned();
+        self.write_conf();
+    }
+
+    /// Stops the daemon and replaces the store, state and logs with empty ones at the
+    /// same locations (the store directory, hence every path, stays the same), so a
+    /// test can import what it exported into a store that lacks it. The client's home
+    /// and the inputs are kept.
+    pub fn reset_store(&mut self) {
+        self.kill();
+        for dir in ["store", "state", "log"] {
+            let p = self.root.path().join(dir);
+            let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&p).status();
+            fs::remove_dir_all(&p).expect("removing the old store");
+            fs::create_dir(&p).expect("mkdir");
+            chown(&p, Some(self.daemon_uid), Some(self.daemon_gid)).expect("chown");
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+
     /// The temporary root.
     pub fn root(&self) -> &Path {
         self.root.path()

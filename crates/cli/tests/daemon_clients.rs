@@ -259,3 +259,204 @@ fn store_commands() {
     }
     d.assert_store_clean();
 }
+
+#[test]
+fn profiles_roots_and_instantiate() {
+    let Some(mut d) = prepared() else { return };
+    let expr = write_inputs(&d);
+    // Only the daemon and clients touch this store until the profiles are checked:
+    // Nix 2.8 in local mode resets the per-user directories to 0755 (see below).
+    d.start();
+    let i = d.inputs();
+    let other = d.client_ok("nix-store", &["--add", i.join("tree").to_str().unwrap()]);
+    let other = other.trim().to_owned();
+    let dep = d.client_ok(
+        "nix-store",
+        &["--add", i.join("hello.txt").to_str().unwrap()],
+    );
+    let dep = dep.trim();
+
+    // Profiles in the client's home: generations, rollback, switching.
+    let home = d.client_home();
+    let profile = home.join("profile");
+    let profile = profile.to_str().unwrap();
+    d.client_ok("nix-env", &["-p", profile, "--set", &other]);
+    d.client_ok("nix-env", &["-p", profile, "--set", dep]);
+    let generations = d.client_ok("nix-env", &["-p", profile, "--list-generations"]);
+    assert_eq!(generations.lines().count(), 2, "{generations}");
+    assert!(
+        generations.lines().nth(1).unwrap().contains("(current)"),
+        "{generations}"
+    );
+    assert_eq!(
+        fs::read_link(&profile).unwrap().to_str().unwrap(),
+        "profile-2-link"
+    );
+    assert_eq!(
+        fs::read_link(home.join("profile-2-link"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        dep
+    );
+    d.client_ok("nix-env", &["-p", profile, "--rollback"]);
+    assert_eq!(
+        fs::read_link(&profile).unwrap().to_str().unwrap(),
+        "profile-1-link"
+    );
+    d.client_ok("nix-env", &["-p", profile, "--switch-generation", "2"]);
+    assert_eq!(
+        fs::read_link(&profile).unwrap().to_str().unwrap(),
+        "profile-2-link"
+    );
+    let auto: Vec<String> = fs::read_dir(d.state_dir().join("gcroots/auto"))
+        .unwrap()
+        .map(|e| {
+            fs::read_link(e.unwrap().path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for g in ["profile-1-link", "profile-2-link"] {
+        let link = home.join(g).to_string_lossy().into_owned();
+        assert!(
+            auto.contains(&link),
+            "{link} not an indirect root: {auto:?}"
+        );
+    }
+
+    // The default profile (~/.nix-profile → profiles/per-user/<user>/profile). Nix
+    // 2.8's daemon made per-user/<user> (as root, chowned to the user); ours never
+    // does, and the 2.8 client does not create it either: the user creates it once
+    // in the sticky, world-writable per-user directory.
+    let per_user = d.state_dir().join("profiles/per-user");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&per_user).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+    assert_eq!(
+        fs::metadata(d.state_dir().join("gcroots/per-user"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    let err = d.client_err("nix-env", &["--set", &other]);
+    assert!(err.contains("per-user/unrooted-test-client"), "{err}");
+    let mine = per_user.join("unrooted-test-client");
+    d.client_ok("mkdir", &[mine.to_str().unwrap()]);
+    d.client_ok("nix-env", &["--set", &other]);
+    d.client_ok("nix-env", &["--set", dep]);
+    d.client_ok("nix-env", &["--rollback"]);
+    assert_eq!(
+        fs::read_link(mine.join("profile"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "profile-1-link"
+    );
+    assert_eq!(
+        fs::read_link(mine.join("profile-1-link"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        other
+    );
+    assert_eq!(
+        fs::read_link(home.join(".nix-profile")).unwrap(),
+        mine.join("profile")
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::symlink_metadata(mine.join("profile-1-link"))
+            .unwrap()
+            .uid(),
+        d.client_uid
+    );
+    let gens = d.client_ok("nix-env", &["--list-generations"]);
+    assert_eq!(gens.lines().count(), 2, "{gens}");
+    // Installing needs the user environment built (builtin:buildenv): not yet.
+    let err = d.client_err("nix-env", &["-i", &other]);
+    assert!(
+        err.contains("user-environment.drv' failed: building is not available yet"),
+        "{err}"
+    );
+
+    // An indirect root made by nix-store --add-root.
+    let root = home.join("my-root");
+    let root = root.to_str().unwrap();
+    let realised = d.client_ok(
+        "nix-store",
+        &["--add-root", root, "--indirect", "-r", &other],
+    );
+    assert_eq!(realised.trim(), root);
+    assert_eq!(fs::read_link(root).unwrap().to_str().unwrap(), other);
+    let auto_root = d
+        .state_dir()
+        .join("gcroots/auto")
+        .join(unrooted_auto_root_name(root));
+    assert_eq!(fs::read_link(auto_root).unwrap().to_str().unwrap(), root);
+    // A root the client cannot make itself is refused by the file system, not made
+    // by the daemon for it.
+    let outside = d.state_dir().join("gcroots/mine");
+    let err = d.client_err(
+        "nix-store",
+        &["--add-root", outside.to_str().unwrap(), "-r", &other],
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(fs::symlink_metadata(&outside).is_err());
+    // nix-instantiate with dependencies: the .drv paths Nix computes in local mode.
+    let before = d.valid_paths_local();
+    let drvs = lines(&d.client_ok("nix-instantiate", &[&expr, "-A", "top", "-A", "other"]));
+    assert_eq!(drvs.len(), 2);
+    let after = d.valid_paths_local();
+    assert_eq!(
+        lines(&d.owner_ok("nix-instantiate", &[&expr, "-A", "top", "-A", "other"])),
+        drvs
+    );
+    assert_eq!(
+        d.valid_paths_local(),
+        after,
+        "local mode made other derivations"
+    );
+    let new: Vec<&String> = after.iter().filter(|p| !before.contains(p)).collect();
+    let names: Vec<&str> = new.iter().map(|p| &p[p.len() - 8..]).collect();
+    assert_eq!(new.len(), 5, "{new:?}");
+    for (drv, name) in drvs.iter().zip(["-top.drv", "ther.drv"]) {
+        assert!(
+            drv.ends_with(name) && new.contains(&drv),
+            "{drv}: {names:?}"
+        );
+    }
+    assert_eq!(
+        d.client_ok("nix-store", &["-q", "--requisites", &drvs[0]]),
+        d.owner_ok("nix-store", &["-q", "--requisites", &drvs[0]])
+    );
+
+    // Nix 2.8 in local mode (run above by the store owner) chmods the per-user
+    // directories back to 0755, as it does when it runs as root.
+    let mode = fs::metadata(&per_user).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o755,
+        "Nix 2.8 local mode left profiles/per-user alone"
+    );
+    d.assert_store_clean();
+}
+
+/// The name Nix gives the indirect root for `link`: base-32 of its SHA-1, computed
+/// with `nix-hash` so it does not come from the code under test.
+fn unrooted_auto_root_name(link: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf %s \"$1\" | sha1sum | cut -c1-40", "sh", link])
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    let out = std::process::Command::new("nix-hash")
+        .args(["--type", "sha1", "--to-base32", hex.trim()])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -107,8 +107,7 @@ fn open_dir_forcing(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Own
 /// Unlinks every non-directory entry of `dir` and returns the first subdirectory's
 /// name, or `None` when the directory is empty.
 fn empty_files_find_subdir(dir: &OwnedFd) -> rustix::io::Result<Option<OsString>> {
-    let mut entries = rfs::Dir::read_from(dir)?;
-    while let Some(entry) = entries.next() {
+    for entry in rfs::Dir::read_from(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {

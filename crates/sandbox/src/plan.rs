@@ -677,6 +677,7 @@ mod tests {
                 "symlink /dev/stderr -> /proc/self/fd/2",
                 "symlink /dev/ptmx -> /dev/pts/ptmx",
                 "mkdir /proc 555",
+                "proc /proc",
                 "mkdir /nix 755",
                 "mkdir /nix/store 1775",
                 "bind /nix/store/aaaa-busybox /nix/store/aaaa-busybox ro",

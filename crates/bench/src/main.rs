@@ -1,18 +1,25 @@
 //! `unrooted-bench`: times unrooted against the real Nix 2.8 tools on the same input,
 //! in one run on one machine, and prints the ratios the issues set as goals.
 //!
-//! Each command is run once to warm the page cache, then `--runs` times; the median
-//! wall time is reported. Workloads are added here as the daemon grows.
+//! Workloads:
+//! - `nar` ([`nar`]): NAR serialisation + SHA-256 of a generated tree, against
+//!   `nix-hash`, `nix-store --dump | sha256sum` and `sha256sum`;
+//! - `daemon` ([`daemon`]): `unrooted daemon` (unprivileged) against `nix-daemon` 2.8
+//!   (as root): query round trips, `nix-store --add`, small adds, peak memory.
+//!
+//! Commands are run once to warm the page cache, then `--runs` times; the median wall
+//! time is reported.
+
+mod daemon;
+mod mem;
+mod nar;
+mod util;
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use clap::Parser;
-use unrooted_testkit::{write_random_file, Rng};
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
 
 /// Benchmark unrooted against Nix 2.8 on the same machine.
 #[derive(Parser)]
@@ -20,6 +27,9 @@ struct Args {
     /// Where the generated input lives (kept between runs; regenerated if the size changes).
     #[arg(long, default_value = "/tmp/unrooted-bench")]
     dir: PathBuf,
+    /// Run only this workload (default: all of them).
+    #[arg(long, value_enum)]
+    only: Option<Workload>,
     /// Total bytes of file contents in the NAR workload's tree, in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
@@ -29,97 +39,30 @@ struct Args {
     /// The `unrooted` binary to measure.
     #[arg(long, default_value = "target/release/unrooted")]
     unrooted: PathBuf,
+    /// The `nix-daemon` to compare the daemon with (run as root when the bench is).
+    #[arg(long, default_value = "/usr/bin/nix-daemon")]
+    nix_daemon: PathBuf,
+    /// Size of the tree the daemon workload gives to `nix-store --add`, in MiB.
+    #[arg(long, default_value_t = 200)]
+    add_size_mib: u64,
+    /// Small paths the daemon workload adds one by one.
+    #[arg(long, default_value_t = 2000)]
+    small_paths: usize,
+    /// Seconds each query measurement of the daemon workload lasts.
+    #[arg(long, default_value_t = 1.5)]
+    query_secs: f64,
+    /// Concurrent connections in the concurrent query measurements.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
 }
 
-/// Small files per directory in the generated tree.
-const FILES_PER_DIR: u64 = 200;
-/// The share of the bytes held by the few large files.
-const LARGE_FILES: u64 = 6;
-
-/// Generates `root` (a tree) and `concat` (one file of all its contents) once.
-fn generate(root: &Path, concat: &Path, size_mib: u64) -> anyhow::Result<()> {
-    let stamp = root.with_extension("size");
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(&size_mib.to_string()) {
-        return Ok(());
-    }
-    let _ = fs::remove_dir_all(root);
-    fs::create_dir_all(root)?;
-    let total = size_mib << 20;
-    // Half the bytes in many small files (the per-file cost), half in a few large ones
-    // (the streaming and hashing cost).
-    let large_size = total / 2 / LARGE_FILES;
-    let mut rng = Rng::new(42);
-    let mut small_left = total - large_size * LARGE_FILES;
-    let mut n = 0u64;
-    while small_left > 0 {
-        let dir = root.join(format!("d{:04}", n / FILES_PER_DIR));
-        fs::create_dir_all(&dir)?;
-        let size = (rng.below(16 << 10) + 1).min(small_left);
-        write_random_file(&dir.join(format!("f{n}")), &mut rng, size as usize);
-        small_left -= size;
-        n += 1;
-    }
-    fs::create_dir_all(root.join("large"))?;
-    for i in 0..LARGE_FILES {
-        write_random_file(
-            &root.join(format!("large/big{i}")),
-            &mut rng,
-            large_size as usize,
-        );
-    }
-    // The hashing floor: the same bytes in one file, hashed by coreutils.
-    let mut out = fs::File::create(concat)?;
-    concat_files(root, &mut out)?;
-    fs::write(&stamp, size_mib.to_string())?;
-    eprintln!("generated {n} small files and {LARGE_FILES} large ones ({size_mib} MiB)");
-    Ok(())
-}
-
-fn concat_files(dir: &Path, out: &mut fs::File) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        if e.file_type()?.is_dir() {
-            concat_files(&e.path(), out)?;
-        } else {
-            out.write_all(&fs::read(e.path())?)?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs a shell pipeline, returning its wall time and first line of output.
-fn time(script: &str) -> anyhow::Result<(Duration, String)> {
-    let start = Instant::now();
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {script}"))?;
-    let elapsed = start.elapsed();
-    if !out.status.success() {
-        bail!("{script} failed: {}", out.status);
-    }
-    let first = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    Ok((elapsed, first))
-}
-
-fn median(script: &str, runs: usize) -> anyhow::Result<(Duration, String)> {
-    let (_, warm) = time(script)?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let (t, out) = time(script)?;
-        if out != warm {
-            bail!("{script} printed {out}, then {warm}");
-        }
-        times.push(t);
-    }
-    times.sort();
-    Ok((times[times.len() / 2], warm))
+/// A workload to run alone.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// NAR serialisation + SHA-256 of a tree.
+    Nar,
+    /// The daemons: queries, imports, small adds, memory.
+    Daemon,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,64 +73,26 @@ fn main() -> anyhow::Result<()> {
             args.unrooted.display()
         )
     })?;
-    let tree = args.dir.join("tree");
-    let concat = args.dir.join("concat.bin");
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     fs::create_dir_all(&args.dir)?;
-    generate(&tree, &concat, args.size_mib)?;
-
-    let u = unrooted.display();
-    let t = tree.display();
-    let c = concat.display();
-    println!(
-        "## NAR serialisation + SHA-256 of a {} MiB tree",
-        args.size_mib
-    );
-    let cases = [
-        (
-            "unrooted hash path --type sha256",
-            format!("{u} hash path --type sha256 {t}"),
-        ),
-        (
-            "nix-hash --type sha256",
-            format!("nix-hash --type sha256 {t}"),
-        ),
-        (
-            "nix-store --dump | sha256sum",
-            format!("nix-store --dump {t} | sha256sum"),
-        ),
-        (
-            "unrooted nar pack | sha256sum",
-            format!("{u} nar pack {t} | sha256sum"),
-        ),
-        ("sha256sum (one file, same bytes)", format!("sha256sum {c}")),
-    ];
-    let mut results = Vec::new();
-    let mut digests = Vec::new();
-    for (label, script) in &cases {
-        let (t, out) = median(script, args.runs)?;
-        println!("{label:<36} {:>8.3} s   {out}", t.as_secs_f64());
-        results.push(t.as_secs_f64());
-        digests.push(out);
+    let runs = |w: Workload| args.only.is_none() || args.only == Some(w);
+    if runs(Workload::Nar) {
+        nar::run(&unrooted, &args.dir, args.size_mib, args.runs)?;
     }
-    // The four NAR hashes must agree, or the fastest is not doing the same work.
-    if digests[..4].iter().any(|d| *d != digests[0]) {
-        bail!("the NAR hashes differ: {:?}", &digests[..4]);
+    if runs(Workload::Daemon) {
+        if runs(Workload::Nar) {
+            println!();
+        }
+        daemon::run(&daemon::Options {
+            unrooted,
+            nix_daemon: args.nix_daemon,
+            dir: args.dir,
+            add_size_mib: args.add_size_mib,
+            runs: args.runs,
+            small_paths: args.small_paths,
+            query_secs: args.query_secs,
+            connections: args.connections,
+        })?;
     }
-    if results[0] == 0.0 {
-        bail!("unrooted took no measurable time");
-    }
-    println!();
-    println!(
-        "nix-hash / unrooted                  {:>8.2}x  (goal >= 2)",
-        results[1] / results[0]
-    );
-    println!(
-        "nix-store --dump|sha256sum / unrooted {:>7.2}x",
-        results[2] / results[0]
-    );
-    println!(
-        "unrooted / sha256sum floor           {:>8.2}x  (goal <= 1.3)",
-        results[0] / results[4]
-    );
     Ok(())
 }

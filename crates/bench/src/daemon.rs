@@ -1,0 +1,655 @@
+//! The daemon workloads: `unrooted daemon` (as an unprivileged user) and the real
+//! `nix-daemon` 2.8 (as root, as Nix is normally deployed) on two private stores,
+//! driven by the same clients in the same run.
+//!
+//! - IsValidPath and QueryPathInfo round trips over one connection and over several
+//!   concurrent ones, through the protocol crate's client at protocol 1.34 (Nix 2.8's)
+//!   for both daemons, so both speak the same protocol;
+//! - `nix-store --add` of a generated tree with the real client, against the hashing
+//!   floor (NAR serialisation + SHA-256 of the same tree, warm cache);
+//! - many small paths added one by one over one connection;
+//! - the peak memory of each daemon's process tree during all of the above.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufReader, BufWriter};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use unrooted_format::{StoreDir, StorePath, StorePathName};
+use unrooted_protocol::client::Client;
+use unrooted_protocol::request::{ClientSettings, ContentAddressMethod};
+use unrooted_protocol::ProtocolVersion;
+use unrooted_testkit::daemon::{test_user, DAEMON_USER};
+
+use crate::mem::{self, Peak, Sampler};
+use crate::nar::generate;
+use crate::util::{median, median_of, time_command};
+
+/// What the daemon workloads need from the command line.
+pub struct Options {
+    /// The `unrooted` binary.
+    pub unrooted: PathBuf,
+    /// The `nix-daemon` binary.
+    pub nix_daemon: PathBuf,
+    /// Where generated input lives between runs.
+    pub dir: PathBuf,
+    /// Size of the tree given to `nix-store --add`, in MiB.
+    pub add_size_mib: u64,
+    /// Timed runs of `nix-store --add` (after one warm-up run).
+    pub runs: usize,
+    /// Small paths added one by one.
+    pub small_paths: usize,
+    /// Seconds each query measurement lasts.
+    pub query_secs: f64,
+    /// Concurrent connections in the concurrent query measurements.
+    pub connections: usize,
+}
+
+/// The goals the issue sets.
+const GOAL_QUERIES: f64 = 3.0;
+const GOAL_IMPORT: f64 = 1.5;
+const GOAL_MEMORY: f64 = 0.5;
+
+type Conn = Client<BufReader<UnixStream>, BufWriter<UnixStream>>;
+
+/// A daemon on its own private store under the benchmark's temporary root.
+struct Daemon {
+    label: &'static str,
+    root: PathBuf,
+    store_dir: StoreDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Prepares `root` (store, state, log and conf directories owned by `owner`, a
+    /// `nix.conf` with `extra_conf`), starts `program` there as `owner` (through
+    /// `setpriv` when that is another user) and waits for its socket.
+    fn start(
+        label: &'static str,
+        root: PathBuf,
+        program: &[&Path],
+        owner: Option<(u32, u32)>,
+        extra_conf: &str,
+    ) -> anyhow::Result<Self> {
+        for dir in ["", "store", "state", "log", "conf", "client-home"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p)?;
+            // Every user must be able to reach the store (world-readable, as /nix/store).
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+            if let (Some((uid, gid)), false) = (owner, dir.is_empty() || dir == "client-home") {
+                chown(&p, Some(uid), Some(gid))?;
+            }
+        }
+        let conf = root.join("conf/nix.conf");
+        fs::write(
+            &conf,
+            format!("sandbox = false\nsubstituters =\n{extra_conf}"),
+        )?;
+        if let Some((uid, gid)) = owner {
+            chown(&conf, Some(uid), Some(gid))?;
+        }
+        let store = root.join("store");
+        let store_dir = StoreDir::new(store.to_str().context("non-UTF-8 temporary directory")?)?;
+        let mut d = Self {
+            label,
+            root,
+            store_dir,
+            child: None,
+        };
+        let mut cmd = match owner {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--init-groups", "--inh-caps=-all", "--"])
+                    .args(program);
+                c
+            }
+            None => {
+                let mut c = Command::new(program[0]);
+                c.args(&program[1..]);
+                c
+            }
+        };
+        d.env(&mut cmd);
+        cmd.env("HOME", d.root.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(d.root.join("daemon.log"))?);
+        d.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting {label}: {cmd:?}"))?,
+        );
+        let socket = d.socket();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{label} exited with {status}: {}", d.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{label} did not create {}: {}",
+                socket.display(),
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root.join("state/daemon-socket/socket")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The environment that points Nix (daemon or client) at this store.
+    fn env(&self, cmd: &mut Command) {
+        let r = &self.root;
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("NIX_STORE_DIR", r.join("store"))
+            .env("NIX_STATE_DIR", r.join("state"))
+            .env("NIX_LOG_DIR", r.join("log"))
+            .env("NIX_CONF_DIR", r.join("conf"))
+            .env("NIX_DAEMON_SOCKET_PATH", self.socket());
+    }
+
+    /// A real Nix client (run as the benchmark's user) talking to this daemon.
+    fn nix_client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        self.env(&mut cmd);
+        cmd.env("HOME", self.root.join("client-home"))
+            .env("NIX_REMOTE", "daemon");
+        cmd
+    }
+
+    /// A new connection after the handshake and SetOptions, as `nix-store` opens one.
+    fn connect(&self) -> anyhow::Result<Conn> {
+        let s = UnixStream::connect(self.socket())
+            .with_context(|| format!("connecting to {}", self.label))?;
+        let r = BufReader::new(s.try_clone()?);
+        let w = BufWriter::new(s);
+        let mut c = Client::handshake(r, w, self.store_dir.clone(), ProtocolVersion::NIX_2_8)
+            .with_context(|| format!("handshake with {}", self.label))?;
+        c.set_options(&ClientSettings::default())?;
+        Ok(c)
+    }
+
+    /// Kills the daemon and its connection processes (nix-daemon forks one per
+    /// connection), children first so none is re-parented and left behind.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            for pid in mem::descendants(child.id()) {
+                kill(pid);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kill(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Both daemons, stopped before their temporary root is removed.
+struct Daemons {
+    list: Vec<Daemon>,
+    tmp: tempfile::TempDir,
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for d in &mut self.list {
+            d.kill();
+        }
+        // Store objects are read-only by design; without root they can only be
+        // removed once made writable again.
+        let _ = Command::new("chmod")
+            .args(["-R", "u+w"])
+            .arg(self.tmp.path())
+            .status();
+    }
+}
+
+/// Renames a tree for one run and back afterwards (also on error), so each run adds a
+/// path the daemon does not have yet while the generated tree is kept between runs.
+struct Renamed {
+    from: PathBuf,
+    to: PathBuf,
+}
+
+impl Renamed {
+    fn new(from: &Path, to: PathBuf) -> anyhow::Result<Self> {
+        fs::rename(from, &to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+        Ok(Self {
+            from: from.to_path_buf(),
+            to,
+        })
+    }
+}
+
+impl Drop for Renamed {
+    fn drop(&mut self) {
+        let _ = fs::rename(&self.to, &self.from);
+    }
+}
+
+/// Runs the daemon workloads and prints their tables.
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    // Generate the input before any daemon runs, so that is not sampled or timed.
+    let add_dir = opts.dir.join("add");
+    fs::create_dir_all(&add_dir)?;
+    let tree = add_dir.join("tree");
+    let concat = add_dir.join("concat.bin");
+    generate(&tree, &concat, opts.add_size_mib)?;
+
+    let root_user = rustix::process::geteuid().is_root();
+    let owner = if root_user {
+        Some(test_user(DAEMON_USER).with_context(|| format!("creating the user {DAEMON_USER}"))?)
+    } else {
+        None
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("unrooted-bench-daemons-")
+        .tempdir()?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
+    let mut daemons = Daemons {
+        list: Vec::new(),
+        tmp,
+    };
+    let unrooted = Daemon::start(
+        "unrooted",
+        daemons.tmp.path().join("unrooted"),
+        &[&opts.unrooted, Path::new("daemon")],
+        owner,
+        "",
+    )?;
+    daemons.list.push(unrooted);
+    let nix = Daemon::start(
+        "nix-daemon",
+        daemons.tmp.path().join("nix-daemon"),
+        &[&opts.nix_daemon],
+        None,
+        "build-users-group =\n",
+    )?;
+    daemons.list.push(nix);
+
+    let version = Command::new(&opts.nix_daemon)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("## Daemons: unrooted daemon vs {version}, same machine, same run");
+    if root_user {
+        println!(
+            "unrooted runs as {DAEMON_USER} (setpriv, no capabilities); nix-daemon runs as root"
+        );
+    } else {
+        println!(
+            "NOT ROOT: both daemons run as the current user (uid {}), unlike a real deployment",
+            rustix::process::geteuid().as_raw()
+        );
+    }
+    println!(
+        "queries through unrooted-protocol's client at protocol {} for both; stores under {}",
+        ProtocolVersion::NIX_2_8,
+        daemons.tmp.path().display()
+    );
+    println!();
+
+    let sampler = Sampler::start(daemons.list.iter().map(Daemon::pid).collect(), "idle");
+    std::thread::sleep(Duration::from_millis(100));
+    let result = workloads(opts, &daemons.list, &sampler, &tree, &concat);
+    let hwm: Vec<Option<u64>> = daemons
+        .list
+        .iter()
+        .map(|d| mem::status_field(d.pid(), "VmHWM:"))
+        .collect();
+    let (phases, peaks) = sampler.finish();
+    if let Err(e) = result {
+        for d in &daemons.list {
+            eprintln!("--- {} log (tail) ---", d.label);
+            let log = d.log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        return Err(e);
+    }
+    print_memory(&daemons.list, &phases, &peaks, &hwm);
+    for d in &daemons.list {
+        let errors = d
+            .log()
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("error:"))
+            .count();
+        if errors > 0 {
+            println!("note: {} logged {errors} error lines (see above)", d.label);
+            for l in d
+                .log()
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("error:"))
+                .take(5)
+            {
+                println!("  {l}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One row: a figure per daemon (higher is better) and the unrooted / nix-daemon ratio.
+fn row(label: &str, unit: &str, u: f64, n: f64, goal: Option<f64>) {
+    let ratio = u / n;
+    let goal = match goal {
+        Some(g) => format!(">= {g}x  {}", if ratio >= g { "met" } else { "NOT MET" }),
+        None => String::new(),
+    };
+    println!("{label:<38} {unit:<8} {u:>11.0} {n:>11.0} {ratio:>8.2}x  {goal}");
+}
+
+fn header() {
+    println!(
+        "{:<38} {:<8} {:>11} {:>11} {:>9}  goal",
+        "workload", "unit", "unrooted", "nix-daemon", "unr/nix"
+    );
+}
+
+fn workloads(
+    opts: &Options,
+    daemons: &[Daemon],
+    sampler: &Sampler,
+    tree: &Path,
+    concat: &Path,
+) -> anyhow::Result<()> {
+    sampler.phase("queries");
+    header();
+    let mut targets = Vec::new();
+    for d in daemons {
+        let mut c = d.connect()?;
+        let info = c.add_to_store(
+            StorePathName::new("bench-query-target")?,
+            ContentAddressMethod::Text,
+            BTreeSet::new(),
+            &mut &b"the path the query workloads ask about\n"[..],
+        )?;
+        targets.push(info.path);
+    }
+    let dur = Duration::from_secs_f64(opts.query_secs);
+    for op in [Query::IsValidPath, Query::QueryPathInfo] {
+        for conns in [1, opts.connections] {
+            let rates = daemons
+                .iter()
+                .zip(&targets)
+                .map(|(d, t)| query_rate(d, t, conns, dur, op))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let plural = if conns == 1 { "" } else { "s" };
+            row(
+                &format!("{op:?}, {conns} connection{plural}"),
+                "ops/s",
+                rates[0],
+                rates[1],
+                Some(GOAL_QUERIES),
+            );
+        }
+    }
+
+    sampler.phase("small paths");
+    let rates = daemons
+        .iter()
+        .map(|d| small_paths(d, opts.small_paths))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    row(
+        &format!("{} small paths, one by one", opts.small_paths),
+        "paths/s",
+        rates[0],
+        rates[1],
+        None,
+    );
+
+    sampler.phase("nix-store --add");
+    let times = add_tree(opts, daemons, tree)?;
+    let mib = opts.add_size_mib as f64;
+    row(
+        &format!("nix-store --add, {} MiB tree", opts.add_size_mib),
+        "MiB/s",
+        mib / times[0],
+        mib / times[1],
+        None,
+    );
+
+    // The floor is measured while the daemons idle, after the imports, so the tree is
+    // in the page cache for it as it was for them.
+    sampler.phase("idle");
+    let (floor, _) = median(
+        &format!(
+            "{} hash path --type sha256 {}",
+            opts.unrooted.display(),
+            tree.display()
+        ),
+        opts.runs,
+    )?;
+    let (sha, _) = median(&format!("sha256sum {}", concat.display()), opts.runs)?;
+    let floor = floor.as_secs_f64();
+    println!();
+    println!(
+        "hashing floor: unrooted hash path --type sha256 {floor:.3} s ({:.0} MiB/s); sha256sum of the same bytes {:.3} s ({:.0} MiB/s)",
+        mib / floor,
+        sha.as_secs_f64(),
+        mib / sha.as_secs_f64()
+    );
+    println!(
+        "nix-store --add time: unrooted {:.3} s, nix-daemon {:.3} s (median of {})",
+        times[0], times[1], opts.runs
+    );
+    let u = times[0] / floor;
+    println!(
+        "import / hashing floor: unrooted {u:.2}x (goal <= {GOAL_IMPORT}x, {}), nix-daemon {:.2}x",
+        if u <= GOAL_IMPORT { "met" } else { "NOT MET" },
+        times[1] / floor
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Query {
+    IsValidPath,
+    QueryPathInfo,
+}
+
+/// Round trips per second of `op` on `target` over `conns` concurrent connections,
+/// each running for `dur` from a common start.
+fn query_rate(
+    d: &Daemon,
+    target: &StorePath,
+    conns: usize,
+    dur: Duration,
+    op: Query,
+) -> anyhow::Result<f64> {
+    // Connect before starting any thread, so a failed connection cannot leave the
+    // others waiting at the barrier.
+    let clients = (0..conns)
+        .map(|_| d.connect())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let barrier = Barrier::new(conns);
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| {
+                let barrier = &barrier;
+                s.spawn(move || -> anyhow::Result<(u64, Duration)> {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut ops = 0u64;
+                    while start.elapsed() < dur {
+                        // Reading the clock costs little next to a round trip, but
+                        // batches keep it out of the measurement entirely.
+                        for _ in 0..16 {
+                            let ok = match op {
+                                Query::IsValidPath => c.is_valid_path(target)?,
+                                Query::QueryPathInfo => c.query_path_info(target)?.is_some(),
+                            };
+                            ensure!(ok, "{} does not know {target:?}", d.label);
+                        }
+                        ops += 16;
+                    }
+                    Ok((ops, start.elapsed()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("query thread panicked"))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let ops: u64 = results.iter().map(|r| r.0).sum();
+    let secs = results
+        .iter()
+        .map(|r| r.1)
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64();
+    Ok(ops as f64 / secs)
+}
+
+/// Adds `n` small text paths with distinct contents over one connection; paths/s.
+fn small_paths(d: &Daemon, n: usize) -> anyhow::Result<f64> {
+    let mut c = d.connect()?;
+    let start = Instant::now();
+    for i in 0..n {
+        let name = StorePathName::new(&format!("small-{i}"))?;
+        let text = format!("small path {i}\n");
+        let info = c
+            .add_to_store(
+                name,
+                ContentAddressMethod::Text,
+                BTreeSet::new(),
+                &mut text.as_bytes(),
+            )
+            .with_context(|| format!("adding small path {i} to {}", d.label))?;
+        ensure!(
+            info.info.nar_size > 0,
+            "{} returned an empty path info",
+            d.label
+        );
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Median seconds of `nix-store --add` of `tree` through each daemon. Every run adds the
+/// tree under a new name, so every run is a real import; one warm-up run comes first,
+/// and the daemons take turns going first.
+fn add_tree(opts: &Options, daemons: &[Daemon], tree: &Path) -> anyhow::Result<Vec<f64>> {
+    let mut times = vec![Vec::new(); daemons.len()];
+    let mut nar_hashes = Vec::new();
+    for run in 0..=opts.runs {
+        let renamed = Renamed::new(tree, tree.with_file_name(format!("bench-add-{run}")))?;
+        let mut order: Vec<usize> = (0..daemons.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let d = &daemons[i];
+            let (t, out) = time_command(d.nix_client("nix-store").arg("--add").arg(&renamed.to))
+                .with_context(|| format!("nix-store --add through {}", d.label))?;
+            let path = d
+                .store_dir
+                .parse_path(&out)
+                .with_context(|| format!("nix-store --add through {} printed {out:?}", d.label))?;
+            if run > 0 {
+                times[i].push(t);
+            }
+            if run == opts.runs {
+                let info = d
+                    .connect()?
+                    .query_path_info(&path)?
+                    .with_context(|| format!("{} lost {out}", d.label))?;
+                nar_hashes.push(info.nar_hash);
+            }
+        }
+    }
+    // Both daemons must have stored the same contents, or they did different work.
+    ensure!(
+        nar_hashes.windows(2).all(|w| w[0] == w[1]),
+        "the daemons recorded different NAR hashes for the same tree: {nar_hashes:?}"
+    );
+    Ok(times
+        .iter_mut()
+        .map(|t| median_of(t).as_secs_f64())
+        .collect())
+}
+
+fn print_memory(
+    daemons: &[Daemon],
+    phases: &[(String, Vec<Peak>)],
+    peaks: &[Peak],
+    hwm: &[Option<u64>],
+) {
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!();
+    println!("peak memory of each daemon's process tree, sampled every 10 ms (MiB):");
+    println!(
+        "{:<38} {:>14} {:>14} {:>9}  goal",
+        "", "unrooted", "nix-daemon", "unr/nix"
+    );
+    let ratio = |u: u64, n: u64| u as f64 / n as f64;
+    let r = ratio(peaks[0].rss_kib, peaks[1].rss_kib);
+    println!(
+        "{:<38} {:>14.1} {:>14.1} {:>8.2}x  <= {GOAL_MEMORY}x  {}",
+        "peak sum of VmRSS, all workloads",
+        mib(peaks[0].rss_kib),
+        mib(peaks[1].rss_kib),
+        r,
+        if r <= GOAL_MEMORY { "met" } else { "NOT MET" }
+    );
+    println!(
+        "{:<38} {:>14.1} {:>14.1} {:>8.2}x",
+        "peak sum of PSS, all workloads",
+        mib(peaks[0].pss_kib),
+        mib(peaks[1].pss_kib),
+        ratio(peaks[0].pss_kib, peaks[1].pss_kib)
+    );
+    for (name, p) in phases {
+        println!(
+            "{:<38} {:>14} {:>14}",
+            format!("  peak VmRSS during {name} (procs)"),
+            format!("{:.1} ({})", mib(p[0].rss_kib), p[0].processes),
+            format!("{:.1} ({})", mib(p[1].rss_kib), p[1].processes),
+        );
+    }
+    let show = |h: Option<u64>| h.map_or("?".to_owned(), |k| format!("{:.1}", mib(k)));
+    println!(
+        "VmHWM of the main process: {} {} MiB, {} {} MiB (nix-daemon's connection processes are separate)",
+        daemons[0].label,
+        show(hwm[0]),
+        daemons[1].label,
+        show(hwm[1])
+    );
+}

@@ -1,0 +1,191 @@
+//! Trust: what an untrusted client (an ordinary user, not in `trusted-users`) is
+//! refused, that each refusal is a clear error and leaves the store untouched, and
+//! that trusted keys, trusted users and `allowed-users` work as in Nix 2.8.
+
+use std::fs;
+
+use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
+
+const EXPR: &str = r#"
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+in rec {
+  dep = mk "dep" "echo dep > $out";
+  top = mk "top" "echo ${dep} ${./src.txt} > $out";
+}
+"#;
+
+fn lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn untrusted_clients() {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-store").is_none() {
+        return;
+    }
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let i = d.inputs();
+    fs::write(i.join("src.txt"), "source\n").unwrap();
+    fs::write(i.join("expr.nix"), EXPR).unwrap();
+    let expr = i.join("expr.nix").to_string_lossy().into_owned();
+    let top = d.owner_ok("nix-build", &[&expr, "-A", "top", "--no-out-link"]);
+    let top = top.trim().to_owned();
+    // A signing key; the owner signs the closure in local mode.
+    let (sk, pk) = (i.join("sk"), i.join("pk"));
+    let keygen = std::process::Command::new("nix-store")
+        .args(["--generate-binary-cache-key", "test-key-1"])
+        .args([&sk, &pk])
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&sk, fs::Permissions::from_mode(0o644)).unwrap();
+    d.owner_ok(
+        "nix",
+        &["store", "sign", "-r", "-k", sk.to_str().unwrap(), &top],
+    );
+    let pk = fs::read_to_string(&pk).unwrap();
+    d.start();
+    let closure = lines(&d.client_ok("nix-store", &["-q", "--requisites", &top]));
+    let src = closure
+        .iter()
+        .find(|p| p.ends_with("-src.txt"))
+        .unwrap()
+        .clone();
+    let hashes = d.client_ok("nix-store", &["-q", "--hash", &top]);
+    let mut export_args = vec!["--export".to_owned()];
+    export_args.extend(closure.iter().cloned());
+    let export = d.client("nix-store").args(&export_args).output().unwrap();
+    d.expect_ok("nix-store --export", &export);
+    let export_file = i.join("closure.export");
+    fs::write(&export_file, &export.stdout).unwrap();
+    let cache = format!("file://{}/cache", d.client_home().display());
+    d.client_ok("nix", &["copy", "--to", &cache, &top]);
+
+    // Repairs are refused, and change nothing.
+    let err = d.client_err("nix-store", &["--verify", "--check-contents", "--repair"]);
+    assert!(
+        err.contains("you are not privileged to repair paths"),
+        "{err}"
+    );
+    let err = d.client_err("nix-store", &["--realise", "--repair", &src]);
+    assert!(
+        err.contains("repairing is not allowed because you are not in 'trusted-users'"),
+        "{err}"
+    );
+
+    // An empty store that requires signatures and trusts no key.
+    d.reset_store();
+    d.start();
+    let empty: Vec<String> = Vec::new();
+    let import = |d: &TestDaemon, extra: &[&str]| {
+        d.client("nix-store")
+            .args(extra)
+            .arg("--import")
+            .stdin(fs::File::open(&export_file).unwrap())
+            .output()
+            .unwrap()
+    };
+    for extra in [&[][..], &["--option", "require-sigs", "false"][..]] {
+        let out = import(&d, extra);
+        assert!(
+            !out.status.success(),
+            "untrusted import with {extra:?} succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("because it lacks a signature by a trusted key"),
+            "{err}"
+        );
+        assert_eq!(
+            d.valid_paths_local(),
+            empty,
+            "a refused import changed the store"
+        );
+    }
+    // A substituter that is not trusted is dropped with Nix's warning.
+    let out = d
+        .client("nix-store")
+        .args(["--option", "substituters", &cache, "-q", "--hash", &src])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("ignoring untrusted substituter '{cache}'")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Signed, but by a key this store does not trust.
+    let err = d.client_err("nix", &["copy", "--from", &cache, &top]);
+    assert!(
+        err.contains("because it lacks a signature by a trusted key"),
+        "{err}"
+    );
+    let err = d.client_err("nix", &["copy", "--no-check-sigs", "--from", &cache, &top]);
+    assert!(
+        err.contains("because it lacks a signature by a trusted key"),
+        "{err}"
+    );
+    assert_eq!(d.valid_paths_local(), empty);
+    // Content-addressed and checking out: accepted without a signature.
+    d.client_ok("nix", &["copy", "--no-check-sigs", "--from", &cache, &src]);
+    assert_eq!(d.valid_paths_local(), vec![src.clone()]);
+    d.assert_store_clean();
+
+    // Trusting the key admits the signed closure.
+    d.reset_store();
+    d.set_conf(&format!("trusted-public-keys = {pk}"));
+    d.start();
+    d.client_ok("nix", &["copy", "--from", &cache, &top]);
+    assert_eq!(d.valid_paths_local(), closure);
+    assert_eq!(d.client_ok("nix-store", &["-q", "--hash", &top]), hashes);
+    d.assert_store_clean();
+
+    // A trusted user may import unsigned paths.
+    d.reset_store();
+    d.set_conf(&format!(
+        "trusted-users = {}",
+        unrooted_testkit::daemon::CLIENT_USER
+    ));
+    d.start();
+    let out = import(&d, &[]);
+    d.expect_ok("trusted nix-store --import", &out);
+    assert_eq!(d.valid_paths_local(), closure);
+    d.assert_store_clean();
+}
+
+#[test]
+fn allowed_users_refusal() {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-store").is_none() {
+        return;
+    }
+    let mut d = TestDaemon::new(
+        env!("CARGO_BIN_EXE_unrooted").as_ref(),
+        "allowed-users = root @nosuchgroup",
+    );
+    fs::write(d.inputs().join("f"), "f\n").unwrap();
+    d.start();
+    let f = d.inputs().join("f");
+    let err = d.client_err("nix-store", &["--add", f.to_str().unwrap()]);
+    assert!(
+        err.contains("cannot open connection to remote store 'daemon'"),
+        "{err}"
+    );
+    let err = d.client_err("nix", &["store", "ping"]);
+    assert!(
+        err.contains("cannot open connection to remote store 'daemon'"),
+        "{err}"
+    );
+    assert!(
+        d.log()
+            .contains("user 'unrooted-test-client' is not allowed to connect to the Nix daemon"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.valid_paths_local(), Vec::<String>::new());
+}

@@ -1,0 +1,131 @@
+//! `unrooted sandbox-run`: run one command in a build sandbox made from arguments, to
+//! see what a builder would see; and the hidden `sandbox-helper` verb, the
+//! single-threaded process that sets a sandbox up (see the `unrooted-sandbox` crate).
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use unrooted_sandbox::{nix_base_env, remove_tree, BuildStatus, Sandbox, SandboxPath, SandboxSpec};
+
+/// The hidden verb the sandbox re-executes this binary with.
+pub const HELPER_VERB: &str = "sandbox-helper";
+
+/// Options of `unrooted sandbox-run`.
+#[derive(Args)]
+pub struct SandboxArgs {
+    /// The store directory as the builder sees it (inputs must be directly inside).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "NIX_STORE_DIR",
+        default_value = "/nix/store"
+    )]
+    store_dir: PathBuf,
+    /// A store path to bind read-only (repeatable): the builder's input closure.
+    #[arg(long = "input", value_name = "PATH")]
+    inputs: Vec<PathBuf>,
+    /// An extra `sandbox-paths` entry, `TARGET=SOURCE` or `PATH`, `?` = optional
+    /// (repeatable); bound read-only.
+    #[arg(long = "sandbox-path", value_name = "ENTRY")]
+    sandbox_paths: Vec<OsString>,
+    /// The host build directory, bound at /build (created 0700 if missing).
+    #[arg(long, value_name = "DIR")]
+    build_dir: PathBuf,
+    /// A path the command is expected to create in the store dir; after the run it is
+    /// reported if it exists in the sandbox root (which is then kept).
+    #[arg(long = "output", value_name = "PATH")]
+    outputs: Vec<PathBuf>,
+    /// Share the host network, as fixed-output derivations do (default: loopback only).
+    #[arg(long)]
+    network: bool,
+    /// An extra environment variable NAME=VALUE (repeatable), after Nix's own.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Where to make the private parent of the sandbox root (default: $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Keep the sandbox root afterwards and print where it is.
+    #[arg(long)]
+    keep_root: bool,
+    /// The builder (a path inside the sandbox) and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Runs the hidden helper verb; never returns.
+pub fn helper() -> ! {
+    unrooted_sandbox::helper_main()
+}
+
+/// Runs the command in a sandbox; the exit code is the builder's (128+N for signal N).
+pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    let (builder, builder_args) = args.command.split_first().context("no command given")?;
+    if !args.build_dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&args.build_dir)
+            .with_context(|| format!("creating {}", args.build_dir.display()))?;
+    }
+    let work_dir = args.work_dir.unwrap_or_else(std::env::temp_dir);
+    // The root lives in a 0700 parent only this user can enter, as under the daemon.
+    let parent = work_dir.join(format!("unrooted-sandbox-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&parent)
+        .with_context(|| format!("creating {}", parent.display()))?;
+    let root = parent.join("root");
+    std::fs::DirBuilder::new().mode(0o700).create(&root)?;
+
+    let mut spec = SandboxSpec::new(
+        root.clone(),
+        args.store_dir.clone(),
+        args.build_dir.clone(),
+        builder.into(),
+    );
+    spec.inputs = args.inputs;
+    spec.sandbox_paths = args
+        .sandbox_paths
+        .iter()
+        .map(|e| SandboxPath::parse(e))
+        .collect::<Result<_, _>>()?;
+    spec.network = args.network;
+    spec.args = builder_args.to_vec();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    spec.env = nix_base_env(&args.store_dir, &spec.sandbox_build_dir, cores);
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').context("--env wants NAME=VALUE")?;
+        spec.env.push((k.into(), v.into()));
+    }
+
+    let sandbox = Sandbox::new(
+        std::env::current_exe().context("finding this executable")?,
+        vec![HELPER_VERB.into()],
+    );
+    let stdout = std::io::stdout();
+    let result = sandbox.run(&spec, stdout.as_fd());
+
+    let mut keep = args.keep_root;
+    for out in &args.outputs {
+        let inside = root.join(out.strip_prefix("/").unwrap_or(out));
+        if inside.symlink_metadata().is_ok() {
+            eprintln!("output {} created at {}", out.display(), inside.display());
+            keep = true;
+        } else {
+            eprintln!("output {} was not created", out.display());
+        }
+    }
+    if keep {
+        eprintln!("sandbox root kept at {}", root.display());
+    } else {
+        remove_tree(&parent)?;
+    }
+    Ok(match result? {
+        BuildStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        BuildStatus::Signaled(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+    })
+}

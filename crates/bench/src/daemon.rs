@@ -164,7 +164,9 @@ impl Daemon {
             .env("NIX_STATE_DIR", r.join("state"))
             .env("NIX_LOG_DIR", r.join("log"))
             .env("NIX_CONF_DIR", r.join("conf"))
-            .env("NIX_DAEMON_SOCKET_PATH", self.socket());
+            .env("NIX_DAEMON_SOCKET_PATH", self.socket())
+            // The logs go to files, read by people and by this benchmark.
+            .env("NO_COLOR", "1");
     }
 
     /// A real Nix client (run as the benchmark's user) talking to this daemon.
@@ -332,6 +334,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .map(|d| mem::status_field(d.pid(), "VmHWM:"))
         .collect();
     let (phases, peaks) = sampler.finish();
+    // The stores go away with the temporary root; the logs are kept for a look later.
+    let logs = opts.dir.join("daemon-logs");
+    fs::create_dir_all(&logs)?;
+    for d in &daemons.list {
+        let _ = fs::copy(
+            d.root.join("daemon.log"),
+            logs.join(format!("{}.log", d.label)),
+        );
+    }
     if let Err(e) = result {
         for d in &daemons.list {
             eprintln!("--- {} log (tail) ---", d.label);
@@ -345,24 +356,26 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     print_memory(&daemons.list, &phases, &peaks, &hwm);
     for d in &daemons.list {
-        let errors = d
-            .log()
-            .lines()
-            .filter(|l| l.contains("ERROR") || l.contains("error:"))
-            .count();
+        let errors = d.log().lines().filter(|l| is_error_line(l)).count();
         if errors > 0 {
-            println!("note: {} logged {errors} error lines (see above)", d.label);
-            for l in d
-                .log()
-                .lines()
-                .filter(|l| l.contains("ERROR") || l.contains("error:"))
-                .take(5)
-            {
+            println!(
+                "note: {} logged {errors} error or warning lines (all in {}), e.g.:",
+                d.label,
+                logs.join(format!("{}.log", d.label)).display()
+            );
+            for l in d.log().lines().filter(|l| is_error_line(l)).take(5) {
                 println!("  {l}");
             }
         }
     }
     Ok(())
+}
+
+/// Whether a daemon log line reports an error or a warning.
+fn is_error_line(l: &str) -> bool {
+    ["ERROR", "WARN", "error:", "warning:"]
+        .iter()
+        .any(|w| l.contains(w))
 }
 
 /// One row: a figure per daemon (higher is better) and the unrooted / nix-daemon ratio.
@@ -447,7 +460,7 @@ fn workloads(
 
     // The floor is measured while the daemons idle, after the imports, so the tree is
     // in the page cache for it as it was for them.
-    sampler.phase("idle");
+    sampler.phase("hashing floor");
     let (floor, _) = median(
         &format!(
             "{} hash path --type sha256 {}",
@@ -457,6 +470,12 @@ fn workloads(
         opts.runs,
     )?;
     let (sha, _) = median(&format!("sha256sum {}", concat.display()), opts.runs)?;
+    // The real client serialises the tree itself before the daemon sees a byte; its
+    // share bounds what any daemon can reach.
+    let (dump, _) = median(
+        &format!("nix-store --dump {} > /dev/null", tree.display()),
+        opts.runs,
+    )?;
     let floor = floor.as_secs_f64();
     println!();
     println!(
@@ -464,6 +483,11 @@ fn workloads(
         mib / floor,
         sha.as_secs_f64(),
         mib / sha.as_secs_f64()
+    );
+    println!(
+        "the client's share: nix-store --dump > /dev/null {:.3} s ({:.0} MiB/s)",
+        dump.as_secs_f64(),
+        mib / dump.as_secs_f64()
     );
     println!(
         "nix-store --add time: unrooted {:.3} s, nix-daemon {:.3} s (median of {})",
@@ -639,7 +663,7 @@ fn print_memory(
     for (name, p) in phases {
         println!(
             "{:<38} {:>14} {:>14}",
-            format!("  peak VmRSS during {name} (procs)"),
+            format!("  VmRSS in phase {name:?} (procs)"),
             format!("{:.1} ({})", mib(p[0].rss_kib), p[0].processes),
             format!("{:.1} ({})", mib(p[1].rss_kib), p[1].processes),
         );

@@ -75,12 +75,12 @@ fn main() -> anyhow::Result<()> {
     })?;
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     fs::create_dir_all(&args.dir)?;
-    let runs = |w: Workload| args.only.is_none() || args.only == Some(w);
-    if runs(Workload::Nar) {
+    let selected = |w: Workload| args.only.is_none() || args.only == Some(w);
+    if selected(Workload::Nar) {
         nar::run(&unrooted, &args.dir, args.size_mib, args.runs)?;
     }
-    if runs(Workload::Daemon) {
-        if runs(Workload::Nar) {
+    if selected(Workload::Daemon) {
+        if selected(Workload::Nar) {
             println!();
         }
         daemon::run(&daemon::Options {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs unrooted's benchmark against the real Nix 2.8 tools in one run on this machine.
-# Extra arguments go to unrooted-bench (see --help), e.g. --size-mib 256 --runs 5.
+# Extra arguments go to unrooted-bench (see --help), e.g. --only daemon, or
+# --size-mib 256 --runs 5. The daemon workload runs nix-daemon as root and unrooted as
+# the unprivileged user unrooted-test-daemon, so run this as root for real figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh

@@ -640,13 +640,13 @@ fn print_memory(
     println!();
     println!("peak memory of each daemon's process tree, sampled every 10 ms (MiB):");
     println!(
-        "{:<38} {:>14} {:>14} {:>9}  goal",
+        "{:<44} {:>10} {:>11} {:>9}  goal",
         "", "unrooted", "nix-daemon", "unr/nix"
     );
     let ratio = |u: u64, n: u64| u as f64 / n as f64;
     let r = ratio(peaks[0].rss_kib, peaks[1].rss_kib);
     println!(
-        "{:<38} {:>14.1} {:>14.1} {:>8.2}x  <= {GOAL_MEMORY}x  {}",
+        "{:<44} {:>10.1} {:>11.1} {:>8.2}x  <= {GOAL_MEMORY}x  {}",
         "peak sum of VmRSS, all workloads",
         mib(peaks[0].rss_kib),
         mib(peaks[1].rss_kib),
@@ -654,7 +654,7 @@ fn print_memory(
         if r <= GOAL_MEMORY { "met" } else { "NOT MET" }
     );
     println!(
-        "{:<38} {:>14.1} {:>14.1} {:>8.2}x",
+        "{:<44} {:>10.1} {:>11.1} {:>8.2}x",
         "peak sum of PSS, all workloads",
         mib(peaks[0].pss_kib),
         mib(peaks[1].pss_kib),
@@ -662,7 +662,7 @@ fn print_memory(
     );
     for (name, p) in phases {
         println!(
-            "{:<38} {:>14} {:>14}",
+            "{:<44} {:>10} {:>11}",
             format!("  VmRSS in phase {name:?} (procs)"),
             format!("{:.1} ({})", mib(p[0].rss_kib), p[0].processes),
             format!("{:.1} ({})", mib(p[1].rss_kib), p[1].processes),

@@ -8,6 +8,7 @@ mod daemon;
 mod drv;
 mod hash;
 mod nar;
+mod sandbox;
 mod store_path;
 
 use std::process::ExitCode;
@@ -43,6 +44,11 @@ enum Command {
     /// socket, or on the socket systemd passes (LISTEN_FDS). Clients set
     /// NIX_REMOTE=daemon. Refuses to run as root.
     Daemon(daemon::DaemonArgs),
+    /// Run a command in a build sandbox made from arguments (a debugging verb).
+    SandboxRun(sandbox::SandboxArgs),
+    /// The sandbox's setup helper (internal; started by the sandbox itself).
+    #[command(name = "sandbox-helper", hide = true)]
+    SandboxHelper,
     /// Inspect and check derivation (.drv) files.
     #[command(subcommand)]
     Drv(drv::DrvCommand),
@@ -56,6 +62,8 @@ fn main() -> ExitCode {
         Command::StorePath(args) => store_path::run(args),
         Command::Drv(cmd) => drv::run(cmd),
         Command::Daemon(args) => daemon::run(args),
+        Command::SandboxRun(args) => sandbox::run(args),
+        Command::SandboxHelper => sandbox::helper(),
     };
     match result {
         Ok(code) => code,

@@ -86,6 +86,52 @@ impl LockMap {
     }
 }
 
+impl LockMap {
+    /// Locks `target` like [`LockMap::lock`] but without waiting: `None` when a
+    /// thread of this process or another process holds it (an add or a build is
+    /// writing the path), so the collector can skip the path instead of stalling.
+    pub(crate) fn try_lock(&self, target: &Path) -> Result<Option<PathLock<'_>>, StoreError> {
+        let mut lock_path = target.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if !held.insert(lock_path.clone()) {
+                return Ok(None);
+            }
+        }
+        let mut lock = PathLock {
+            map: self,
+            key: lock_path,
+            file: None,
+        };
+        let err = |source| StoreError::Lock {
+            path: lock.key.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock.key)
+            .map_err(err)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(None),
+            Err(e) => return Err(err(e.into())),
+        }
+        // A stale file (its holder deleted it after we opened it) is a lock nobody
+        // else can see; report "busy" and let the caller come back later.
+        if file.metadata().map_err(err)?.size() != 0 {
+            return Ok(None);
+        }
+        lock.file = Some(file);
+        Ok(Some(lock))
+    }
+}
+
 impl Drop for PathLock<'_> {
     fn drop(&mut self) {
         if let Some(mut file) = self.file.take() {

@@ -1,0 +1,497 @@
+//! The collection itself: roots, liveness, and deletion in a crash-safe order.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+use unrooted_format::StorePath;
+use unrooted_roots::{Limits, Scan, Strictness};
+use unrooted_store::{DeleteOutcome, LocalStore};
+
+use crate::error::GcError;
+use crate::roots::{ask_helper, top_level, HelperAnswer, Walk};
+use crate::temp_roots::{read_temp_roots_files, TempRoots};
+
+/// Where the roots the daemon cannot read come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootsHelper {
+    /// Our helper (`unrooted-find-roots`) at this socket: it resolves indirect,
+    /// per-user and runtime roots as root, so roots the daemon cannot read count
+    /// as resolved when it answers completely.
+    Socket(PathBuf),
+    /// Upstream Nix's roots daemon (`nix store roots-daemon`, Nix ≥ 2.34) at this
+    /// socket: runtime roots only, so a root the daemon cannot read still refuses
+    /// the collection.
+    RuntimeOnlySocket(PathBuf),
+    /// No helper, by the administrator's explicit choice (single-user setups): other
+    /// users' runtime roots are not seen. Roots the daemon cannot read still refuse
+    /// the collection.
+    None,
+}
+
+/// The daemon's collector settings.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// `keep-outputs` (default false): a live `.drv` keeps its valid outputs.
+    pub keep_outputs: bool,
+    /// `keep-derivations` (default true): a live path keeps its valid deriver.
+    pub keep_derivations: bool,
+    /// The roots helper.
+    pub roots_helper: RootsHelper,
+    /// The `/proc` scanned for the daemon's own runtime roots (`/proc`).
+    pub proc_dir: PathBuf,
+}
+
+impl GcConfig {
+    /// Nix's defaults with this helper.
+    pub fn new(roots_helper: RootsHelper) -> Self {
+        Self {
+            keep_outputs: false,
+            keep_derivations: true,
+            roots_helper,
+            proc_dir: PathBuf::from("/proc"),
+        }
+    }
+
+    /// The helper socket's default place, `<state>/gc-roots-socket/socket`.
+    pub fn default_helper_socket(state_dir: &Path) -> PathBuf {
+        state_dir.join("gc-roots-socket/socket")
+    }
+}
+
+/// What CollectGarbage asks for (worker protocol action codes 0–3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcAction {
+    /// `--print-live`: the live paths, nothing deleted.
+    ReturnLive,
+    /// `--print-dead`: the dead paths, nothing deleted.
+    ReturnDead,
+    /// `--gc`: delete every dead path.
+    DeleteDead,
+    /// `--delete`: delete these paths, which must be dead.
+    DeleteSpecific(BTreeSet<StorePath>),
+}
+
+/// A CollectGarbage request.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// What to do.
+    pub action: GcAction,
+    /// `ignore-liveness`: always refused.
+    pub ignore_liveness: bool,
+    /// Stop deleting once this many bytes are freed (`u64::MAX`: no limit).
+    pub max_freed: u64,
+}
+
+/// What a collection returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcResult {
+    /// Live, dead or deleted paths as the action says, printed, sorted.
+    pub paths: BTreeSet<String>,
+    /// Bytes freed (deleted paths, invalid leftovers, pruned `.links`).
+    pub bytes_freed: u64,
+}
+
+/// A collector over one store, created per request.
+pub struct Collector<'a> {
+    store: &'a LocalStore,
+    config: GcConfig,
+    temp_roots: &'a TempRoots,
+}
+
+/// All roots: store path → how it is rooted (link, `{temp:…}`, `{censored}`).
+type Roots = BTreeMap<StorePath, BTreeSet<String>>;
+
+/// Paths invalidated per database transaction when no `max_freed` is given.
+const BATCH: usize = 256;
+
+impl<'a> Collector<'a> {
+    /// A collector for `store` with the daemon's settings and temporary roots.
+    pub fn new(store: &'a LocalStore, config: GcConfig, temp_roots: &'a TempRoots) -> Self {
+        Self {
+            store,
+            config,
+            temp_roots,
+        }
+    }
+
+    /// The roots as FindRoots lists them: link (or `{temp:<owner>}`, `{censored}`)
+    /// and valid store path. With `censor`, everything not under the state directory
+    /// (temporary, runtime and helper roots) shows as `{censored}`.
+    pub fn find_roots(&self, censor: bool) -> Result<Vec<(String, StorePath)>, GcError> {
+        let roots = self.gather_roots(censor, &mut |_| {}, false)?;
+        let mut out = Vec::new();
+        for (path, links) in roots {
+            if self.store.is_valid_path(&path)? {
+                out.extend(links.into_iter().map(|l| (l, path.clone())));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every root; with `strict`, fails when a root cannot be resolved.
+    fn gather_roots(
+        &self,
+        censor: bool,
+        log: &mut dyn FnMut(&str),
+        strict: bool,
+    ) -> Result<Roots, GcError> {
+        let state = &self.store.config().state_dir;
+        let store_dir = self.store.store_dir();
+        let mut walk = Walk::new(store_dir, state, log);
+        walk.walk(&state.join("gcroots"), 0)?;
+        walk.walk(&state.join("profiles"), 0)?;
+        let found = walk.found;
+        let mut roots = found.roots;
+        let hidden = |label: String| {
+            if censor {
+                "{censored}".to_owned()
+            } else {
+                label
+            }
+        };
+        for (path, owners) in self.temp_roots.snapshot() {
+            for o in owners {
+                roots
+                    .entry(path.clone())
+                    .or_default()
+                    .insert(hidden(format!("{{temp:{o}}}")));
+            }
+        }
+        for path in read_temp_roots_files(state, store_dir)? {
+            roots
+                .entry(path)
+                .or_default()
+                .insert(hidden("{temp:nix}".to_owned()));
+        }
+        let mut scan = Scan::new(Path::new(store_dir.as_str()), Limits::default());
+        scan.scan_runtime(&self.config.proc_dir, Strictness::Lenient);
+        for item in &scan.roots {
+            if let Some(p) = top_level(store_dir, item) {
+                roots
+                    .entry(p)
+                    .or_default()
+                    .insert(hidden("{runtime}".to_owned()));
+            }
+        }
+        let (socket, resolves_unreadable) = match &self.config.roots_helper {
+            RootsHelper::Socket(s) => (Some(s), true),
+            RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
+            RootsHelper::None => (None, false),
+        };
+        if let Some(socket) = socket {
+            match ask_helper(socket, store_dir) {
+                Ok(HelperAnswer::Roots(paths)) => {
+                    for p in paths {
+                        roots.entry(p).or_default().insert("{censored}".to_owned());
+                    }
+                }
+                Ok(HelperAnswer::Incomplete(message)) if strict => {
+                    return Err(GcError::HelperIncomplete {
+                        socket: socket.clone(),
+                        message,
+                    })
+                }
+                Err(e) if strict => return Err(e),
+                Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
+            }
+        }
+        if strict && !resolves_unreadable {
+            if let Some(u) = found.unresolved.into_iter().next() {
+                return Err(GcError::UnresolvedRoot {
+                    link: u.link,
+                    source: u.source,
+                });
+            }
+        }
+        Ok(roots)
+    }
+
+    /// The closure of `roots` under references, plus derivers (`keep_derivations`)
+    /// and outputs of live derivations (`keep_outputs`), restricted to valid paths.
+    fn live_set(
+        &self,
+        roots: impl IntoIterator<Item = StorePath>,
+    ) -> Result<BTreeSet<StorePath>, GcError> {
+        let mut live = BTreeSet::new();
+        let mut queue: VecDeque<StorePath> = roots.into_iter().collect();
+        while let Some(p) = queue.pop_front() {
+            if live.contains(&p) {
+                continue;
+            }
+            let Some(info) = self.store.query_path_info(&p)? else {
+                continue;
+            };
+            live.insert(p.clone());
+            queue.extend(info.references.into_iter().filter(|r| !live.contains(r)));
+            if self.config.keep_derivations {
+                queue.extend(info.deriver.filter(|d| !live.contains(d)));
+            }
+            if self.config.keep_outputs && p.is_derivation() {
+                let outputs = self.store.query_derivation_output_map(&p)?;
+                queue.extend(outputs.into_values().filter(|o| !live.contains(o)));
+            }
+        }
+        Ok(live)
+    }
+
+    /// Runs a CollectGarbage request; `log` receives Nix's progress lines.
+    pub fn collect(
+        &self,
+        options: &GcOptions,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<GcResult, GcError> {
+        if options.ignore_liveness {
+            return Err(GcError::IgnoreLiveness);
+        }
+        let state = self.store.config().state_dir.clone();
+        let lock_path = state.join("gc.lock");
+        let lock_err = |source| GcError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        // Exclusive for the whole run: one collection at a time, ours or Nix's, and
+        // Nix tools that add temporary roots wait for (or talk to) the running one.
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
+
+        let deleting = matches!(
+            options.action,
+            GcAction::DeleteDead | GcAction::DeleteSpecific(_)
+        );
+        if deleting {
+            self.store.remove_reserved_space()?;
+        }
+        log("finding garbage collector roots...");
+        let roots = self.gather_roots(false, log, options.action != GcAction::ReturnLive)?;
+        let live = self.live_set(roots.keys().cloned())?;
+        let mut result = GcResult::default();
+        let print = |p: &StorePath| self.store.print_path(p);
+        let dead: Vec<StorePath> = match &options.action {
+            GcAction::ReturnLive => {
+                result.paths = live.iter().map(print).collect();
+                return Ok(result);
+            }
+            GcAction::ReturnDead => {
+                let all = self.store.query_all_valid_paths()?;
+                result.paths = all.difference(&live).map(print).collect();
+                return Ok(result);
+            }
+            GcAction::DeleteDead => {
+                let all = self.store.query_all_valid_paths()?;
+                all.difference(&live).cloned().collect()
+            }
+            GcAction::DeleteSpecific(paths) => {
+                if let Some(p) = paths.iter().find(|p| live.contains(*p)) {
+                    return Err(GcError::StillAlive { path: print(p) });
+                }
+                let valid = self.store.query_valid_paths(paths)?;
+                valid.into_iter().collect()
+            }
+        };
+        let order = self.referrers_first(&dead)?;
+        log("deleting garbage...");
+        let specific = matches!(options.action, GcAction::DeleteSpecific(_));
+        let batch = if options.max_freed == u64::MAX {
+            BATCH
+        } else {
+            1
+        };
+        let mut limit_reached = false;
+        for chunk in order.chunks(batch) {
+            let deleted = self.delete_batch(chunk, specific, log, &mut result)?;
+            if specific && deleted < chunk.len() {
+                // A requested path is in use: `delete_batch` said by whom.
+                break;
+            }
+            if result.bytes_freed >= options.max_freed {
+                limit_reached = true;
+                break;
+            }
+        }
+        if options.action == GcAction::DeleteDead && !limit_reached {
+            self.delete_leftovers(&roots, log, &mut result)?;
+        }
+        log("deleting unused links...");
+        let links = self.store.prune_links()?;
+        result.bytes_freed += links.bytes_freed;
+        log(&format!(
+            "note: currently hard linking saves {:.2} MiB",
+            links.bytes_saved.max(0) as f64 / (1024.0 * 1024.0)
+        ));
+        drop(lock);
+        Ok(result)
+    }
+
+    /// `paths` ordered so that every path comes before the paths it refers to.
+    fn referrers_first(&self, paths: &[StorePath]) -> Result<Vec<StorePath>, GcError> {
+        let set: BTreeSet<&StorePath> = paths.iter().collect();
+        let mut refs: BTreeMap<&StorePath, Vec<StorePath>> = BTreeMap::new();
+        for p in paths {
+            let r = self.store.query_references(p)?;
+            refs.insert(
+                p,
+                r.into_iter()
+                    .filter(|r| r != p && set.contains(r))
+                    .collect(),
+            );
+        }
+        // Iterative post-order over references: a path is emitted after all it
+        // refers to; reversed, referrers come first.
+        let mut done: BTreeSet<&StorePath> = BTreeSet::new();
+        let mut post = Vec::with_capacity(paths.len());
+        for start in paths {
+            if done.contains(start) {
+                continue;
+            }
+            let mut stack: Vec<(&StorePath, usize)> = vec![(start, 0)];
+            done.insert(start);
+            while let Some((node, i)) = stack.pop() {
+                let children = &refs[node];
+                if let Some(child) = children.get(i) {
+                    stack.push((node, i + 1));
+                    let child = set.get(child).copied().unwrap_or(node);
+                    if done.insert(child) {
+                        stack.push((child, 0));
+                    }
+                } else {
+                    post.push(node.clone());
+                }
+            }
+        }
+        post.reverse();
+        Ok(post)
+    }
+
+    /// The final check, invalidation and deletion of one batch; returns how many
+    /// paths were deleted.
+    fn delete_batch(
+        &self,
+        chunk: &[StorePath],
+        specific: bool,
+        log: &mut dyn FnMut(&str),
+        result: &mut GcResult,
+    ) -> Result<usize, GcError> {
+        let state_dir = &self.store.config().state_dir;
+        let nix_temp = read_temp_roots_files(state_dir, self.store.store_dir())?;
+        let mut blocker: Option<(StorePath, StorePath)> = None;
+        let mut store_error = None;
+        let accepted = {
+            let in_batch: BTreeSet<&StorePath> = chunk.iter().collect();
+            self.temp_roots.begin_deletion(chunk, |c, _| {
+                if nix_temp.contains(c) {
+                    return true;
+                }
+                // A path is deleted only when nothing valid outside this batch refers
+                // to it: a referrer that appeared since the liveness pass (a new path
+                // added by a client) or that was kept keeps it alive.
+                match self.store.query_referrers(c) {
+                    Ok(refs) => match refs.into_iter().find(|r| r != c && !in_batch.contains(r)) {
+                        Some(r) => {
+                            blocker.get_or_insert((c.clone(), r));
+                            true
+                        }
+                        None => false,
+                    },
+                    Err(e) => {
+                        store_error.get_or_insert(e);
+                        true
+                    }
+                }
+            })
+        };
+        // From here every accepted path must leave the pending state, whatever fails.
+        let outcome = self.invalidate_and_delete(&accepted, log, result);
+        self.temp_roots.finish_deletion(&accepted);
+        if let Some(e) = store_error {
+            return Err(e.into());
+        }
+        if specific {
+            if let Some((path, referrer)) = blocker {
+                return Err(GcError::Referenced {
+                    path: self.store.print_path(&path),
+                    referrer: self.store.print_path(&referrer),
+                });
+            }
+        }
+        outcome
+    }
+
+    fn invalidate_and_delete(
+        &self,
+        accepted: &[StorePath],
+        log: &mut dyn FnMut(&str),
+        result: &mut GcResult,
+    ) -> Result<usize, GcError> {
+        let accepted = if accepted.is_empty() {
+            return Ok(0);
+        } else if self.store.invalidate_paths(accepted).is_ok() {
+            accepted.to_vec()
+        } else {
+            // A referrer appeared between the check and the transaction (the database
+            // refuses to drop a referenced row): go one by one, keeping those.
+            let mut ok = Vec::new();
+            for p in accepted {
+                if self.store.invalidate_paths(std::slice::from_ref(p)).is_ok() {
+                    ok.push(p.clone());
+                }
+            }
+            ok
+        };
+        for p in &accepted {
+            let printed = self.store.print_path(p);
+            log(&format!("deleting '{printed}'"));
+            if let DeleteOutcome::Deleted { bytes } = self.store.delete_invalid_path(p)? {
+                result.bytes_freed += bytes;
+            }
+            result.paths.insert(printed);
+        }
+        Ok(accepted.len())
+    }
+
+    /// Deletes entries of the store directory that are not valid paths: leftovers
+    /// of crashes (including collections killed between invalidation and deletion)
+    /// and stale lock files. Rooted names and names whose lock is held are kept.
+    fn delete_leftovers(
+        &self,
+        roots: &Roots,
+        log: &mut dyn FnMut(&str),
+        result: &mut GcResult,
+    ) -> Result<(), GcError> {
+        let store_dir = self.store.store_dir();
+        for name in self.store.store_entries()? {
+            let Some(text) = name.to_str() else {
+                continue;
+            };
+            let path = StorePath::from_base_name(text).ok();
+            if let Some(p) = &path {
+                if roots.contains_key(p) || self.store.is_valid_path(p)? {
+                    continue;
+                }
+            }
+            let pending: Vec<StorePath> = path.iter().cloned().collect();
+            let accepted = self.temp_roots.begin_deletion(&pending, |_, _| false);
+            if accepted.len() != pending.len() {
+                continue;
+            }
+            let outcome = self.store.delete_garbage_entry(&name);
+            self.temp_roots.finish_deletion(&accepted);
+            if let DeleteOutcome::Deleted { bytes } = outcome? {
+                if path.is_some() {
+                    log(&format!("deleting '{}/{text}'", store_dir.as_str()));
+                }
+                result.bytes_freed += bytes;
+            }
+        }
+        Ok(())
+    }
+}

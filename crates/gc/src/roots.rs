@@ -1,0 +1,290 @@
+//! Finding roots: the walk of `<state>/gcroots` and `<state>/profiles` the daemon
+//! does itself, the question to the roots helper, and root registration.
+//!
+//! The walk follows Nix's `findRoots`: directories are entered (never through a
+//! symlink), a symlink into the store is a direct root, a symlink elsewhere is an
+//! indirect root whose target is read once more (chains are not followed), and a
+//! regular file named like a store path is a root. What differs is what happens
+//! when something cannot be read: Nix logs "cannot read potential root" and goes
+//! on; here it is recorded as *unresolved*, and the collector refuses to delete
+//! unless the helper, which reads as root, answered for it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use unrooted_format::{HashAlgo, Hasher, StoreDir, StorePath};
+
+use crate::error::GcError;
+
+/// Deepest directory nesting walked below `gcroots` or `profiles`.
+const MAX_DEPTH: usize = 64;
+/// Most entries walked; more makes the walk unresolved (users can write per-user).
+const MAX_ENTRIES: u64 = 1_000_000;
+/// Longest the helper may take to answer.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest helper answer read (about a million roots).
+const MAX_HELPER_ANSWER: u64 = 256 << 20;
+
+/// The top-level store path `text` names or lies inside, if it is in `store_dir`.
+pub(crate) fn top_level(store_dir: &StoreDir, text: &[u8]) -> Option<StorePath> {
+    let rest = text
+        .strip_prefix(store_dir.as_str().as_bytes())?
+        .strip_prefix(b"/")?;
+    let base = rest.split(|&b| b == b'/').next()?;
+    StorePath::from_base_name(std::str::from_utf8(base).ok()?).ok()
+}
+
+/// A root the daemon could not read.
+#[derive(Debug)]
+pub(crate) struct Unresolved {
+    pub(crate) link: PathBuf,
+    pub(crate) source: io::Error,
+}
+
+/// What the daemon's own walk found.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    /// Store path → the links rooting it.
+    pub(crate) roots: BTreeMap<StorePath, BTreeSet<String>>,
+    pub(crate) unresolved: Vec<Unresolved>,
+}
+
+pub(crate) struct Walk<'a> {
+    pub(crate) store_dir: &'a StoreDir,
+    pub(crate) auto_dir: PathBuf,
+    pub(crate) found: Found,
+    pub(crate) log: &'a mut dyn FnMut(&str),
+    entries: u64,
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(
+        store_dir: &'a StoreDir,
+        state_dir: &Path,
+        log: &'a mut dyn FnMut(&str),
+    ) -> Self {
+        Self {
+            store_dir,
+            auto_dir: state_dir.join("gcroots/auto"),
+            found: Found::default(),
+            log,
+            entries: 0,
+        }
+    }
+
+    fn unresolved(&mut self, link: &Path, source: io::Error) {
+        self.found.unresolved.push(Unresolved {
+            link: link.to_owned(),
+            source,
+        });
+    }
+
+    fn root(&mut self, link: &Path, target: &[u8]) -> bool {
+        match top_level(self.store_dir, target) {
+            Some(p) => {
+                let link = link.to_string_lossy().into_owned();
+                self.found.roots.entry(p).or_default().insert(link);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn walk(&mut self, path: &Path, depth: usize) -> Result<(), GcError> {
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES || depth > MAX_DEPTH {
+            let e = io::Error::other("too many entries or too deeply nested");
+            self.unresolved(path, e);
+            return Ok(());
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if leads_nowhere(&e) => return Ok(()),
+            Err(e) => {
+                self.unresolved(path, e);
+                return Ok(());
+            }
+        };
+        if meta.file_type().is_symlink() {
+            return self.link(path);
+        }
+        if meta.is_file() {
+            let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+            let full = [self.store_dir.as_str().as_bytes(), b"/", name].concat();
+            self.root(path, &full);
+            return Ok(());
+        }
+        if !meta.is_dir() {
+            return Ok(());
+        }
+        let entries = match fs::read_dir(path) {
+            Ok(r) => r,
+            Err(e) if leads_nowhere(&e) => return Ok(()),
+            Err(e) => {
+                self.unresolved(path, e);
+                return Ok(());
+            }
+        };
+        for entry in entries {
+            match entry {
+                Ok(entry) => self.walk(&entry.path(), depth + 1)?,
+                Err(e) => {
+                    self.unresolved(path, e);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn link(&mut self, path: &Path) -> Result<(), GcError> {
+        let target = match fs::read_link(path) {
+            Ok(t) => t,
+            Err(e) if leads_nowhere(&e) => return Ok(()),
+            Err(e) => {
+                self.unresolved(path, e);
+                return Ok(());
+            }
+        };
+        if self.root(path, target.as_os_str().as_bytes()) {
+            return Ok(());
+        }
+        let inner = path.parent().unwrap_or(Path::new("/")).join(&target);
+        match fs::symlink_metadata(&inner) {
+            Ok(m) if m.file_type().is_symlink() => {}
+            Ok(_) => return Ok(()),
+            Err(e) if leads_nowhere(&e) => {
+                if path.starts_with(&self.auto_dir) {
+                    (self.log)(&format!(
+                        "removing stale link from '{}' to '{}'",
+                        path.display(),
+                        inner.display()
+                    ));
+                    match fs::remove_file(path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(GcError::RemoveStaleLink {
+                                path: path.to_owned(),
+                                source: e,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                self.unresolved(&inner, e);
+                return Ok(());
+            }
+        }
+        match fs::read_link(&inner) {
+            Ok(t) => {
+                self.root(&inner, t.as_os_str().as_bytes());
+            }
+            Err(e) if leads_nowhere(&e) => {}
+            Err(e) => self.unresolved(&inner, e),
+        }
+        Ok(())
+    }
+}
+
+/// ENOENT, ENOTDIR, ELOOP: the path resolves to nothing, so it roots nothing (a
+/// symlink loop planted by a user included).
+fn leads_nowhere(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+        || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// What the helper said: roots, or the first error item of an incomplete scan.
+pub(crate) enum HelperAnswer {
+    Roots(BTreeSet<StorePath>),
+    Incomplete(String),
+}
+
+/// Asks the roots helper at `socket`: one connection, no request, NUL-terminated
+/// items until EOF. Items are absolute paths (roots; those outside our store are
+/// ignored, those inside a store path count for its top-level path) or, from our
+/// helper, error reports that do not start with `/`.
+pub(crate) fn ask_helper(socket: &Path, store_dir: &StoreDir) -> Result<HelperAnswer, GcError> {
+    let err = |source| GcError::AskHelper {
+        socket: socket.to_owned(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(err)?;
+    stream.set_read_timeout(Some(HELPER_TIMEOUT)).map_err(err)?;
+    let mut bytes = Vec::new();
+    (&stream)
+        .take(MAX_HELPER_ANSWER + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_HELPER_ANSWER {
+        return Err(err(io::Error::other("answer too large")));
+    }
+    parse_helper_answer(&bytes, store_dir).map_err(err)
+}
+
+/// Parses the helper's bytes (exposed to the crate's tests through `ask_helper`).
+pub(crate) fn parse_helper_answer(bytes: &[u8], store_dir: &StoreDir) -> io::Result<HelperAnswer> {
+    if !bytes.is_empty() && !bytes.ends_with(b"\0") {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "answer cut short (last item not NUL-terminated)",
+        ));
+    }
+    let mut roots = BTreeSet::new();
+    for item in bytes.split(|&b| b == 0).filter(|i| !i.is_empty()) {
+        if !item.starts_with(b"/") {
+            return Ok(HelperAnswer::Incomplete(
+                String::from_utf8_lossy(item).into_owned(),
+            ));
+        }
+        if let Some(p) = top_level(store_dir, item) {
+            roots.insert(p);
+        }
+    }
+    Ok(HelperAnswer::Roots(roots))
+}
+
+/// The name of the `gcroots/auto` link for an indirect root at `link`: Nix base-32
+/// of the SHA-1 of its absolute path.
+pub fn indirect_root_name(link: &Path) -> String {
+    let mut h = Hasher::new(HashAlgo::Sha1);
+    h.update(link.as_os_str().as_bytes());
+    h.finish().to_base32()
+}
+
+/// Registers the client-made symlink `link` (absolute) as an indirect root
+/// (AddIndirectRoot; AddPermRoot after making the link): creates
+/// `<state>/gcroots/auto/<name>` → `link` atomically (a temporary link renamed into
+/// place), replacing an older one.
+pub fn add_indirect_root(state_dir: &Path, link: &Path) -> Result<(), GcError> {
+    let dir = state_dir.join("gcroots/auto");
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| GcError::CreateRoot { path, source }
+    };
+    if !link.is_absolute() {
+        return Err(err(link)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an indirect root must be an absolute path",
+        )));
+    }
+    fs::create_dir_all(&dir).map_err(err(&dir))?;
+    let name = dir.join(indirect_root_name(link));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(link, &tmp).map_err(err(&tmp))?;
+    fs::rename(&tmp, &name).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        err(&name)(e)
+    })
+}

@@ -194,6 +194,37 @@ impl TestDaemon {
         self.root.path().join("inputs")
     }
 
+    /// A raw connection to the daemon made by the client user: a relay process whose
+    /// stdin goes to the socket and whose stdout comes from it (both piped), so a test
+    /// can speak the protocol byte by byte as an unprivileged peer. Closing its stdin
+    /// half-closes the connection; the relay exits when the daemon closes its end.
+    pub fn raw_connection(&self) -> Child {
+        const RELAY: &str = r#"
+use IO::Socket::UNIX; use Socket;
+my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $ARGV[0]) or die "connect: $!";
+sub put { my ($fh, $b) = @_; my $o = 0;
+  while ($o < length $b) { my $n = syswrite($fh, $b, length($b) - $o, $o); return 0 unless $n; $o += $n } 1 }
+my $pid = fork() // die "fork: $!";
+if ($pid == 0) { my $b; while (sysread(STDIN, $b, 65536)) { put($s, $b) or exit 1 } shutdown($s, 1); exit 0 }
+my $b; while (sysread($s, $b, 65536)) { put(\*STDOUT, $b) or last }
+kill 'TERM', $pid; waitpid($pid, 0); exit 0;
+"#;
+        let mut cmd = self.client("perl");
+        cmd.args(["-e", RELAY])
+            .arg(self.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd.spawn().expect("starting the socket relay")
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// Runs a client command (see [`TestDaemon::client`]) and returns its stdout,
     /// panicking with its stderr and the daemon's log when it fails.
     pub fn client_ok(&self, program: &str, args: &[&str]) -> String {

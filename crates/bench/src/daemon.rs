@@ -45,7 +45,7 @@ pub struct Options {
     pub runs: usize,
     /// Small paths added one by one.
     pub small_paths: usize,
-    /// Seconds each query measurement lasts.
+    /// Seconds each daemon spends on each query measurement, over all its trials.
     pub query_secs: f64,
     /// Concurrent connections in the concurrent query measurements.
     pub connections: usize,
@@ -415,21 +415,42 @@ fn workloads(
         )?;
         targets.push(info.path);
     }
-    let dur = Duration::from_secs_f64(opts.query_secs);
+    let dur = Duration::from_secs_f64(opts.query_secs / QUERY_TRIALS as f64);
     for op in [Query::IsValidPath, Query::QueryPathInfo] {
         for conns in [1, opts.connections] {
-            let rates = daemons
-                .iter()
-                .zip(&targets)
-                .map(|(d, t)| query_rate(d, t, conns, dur, op))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            // Short interleaved trials, so that a burst of load elsewhere on the
+            // machine or an unlucky placement of threads on CPUs (which alone can
+            // change a one-connection rate several times over) does not fall on one
+            // daemon only; the median trial is reported.
+            let mut trials = vec![Vec::new(); daemons.len()];
+            for trial in 0..QUERY_TRIALS {
+                for i in turns(daemons.len(), trial) {
+                    trials[i].push(query_rate(&daemons[i], &targets[i], conns, dur, op)?);
+                }
+            }
+            let rate = |t: &[QueryRun]| {
+                let mut r: Vec<f64> = t.iter().map(|q| q.ops as f64 / q.secs).collect();
+                r.sort_by(f64::total_cmp);
+                r[r.len() / 2]
+            };
+            let cpu_us = |t: &[QueryRun]| {
+                let ops: u64 = t.iter().map(|q| q.ops).sum();
+                t.iter().map(|q| q.cpu_secs).sum::<f64>() * 1e6 / ops as f64
+            };
             let plural = if conns == 1 { "" } else { "s" };
             row(
                 &format!("{op:?}, {conns} connection{plural}"),
                 "ops/s",
-                rates[0],
-                rates[1],
+                rate(&trials[0]),
+                rate(&trials[1]),
                 Some(GOAL_QUERIES),
+            );
+            let (u, n) = (cpu_us(&trials[0]), cpu_us(&trials[1]));
+            println!(
+                "{:<38} {:<8} {u:>11.1} {n:>11.1} {:>8.2}x  (lower is better)",
+                "  daemon CPU per op",
+                "us",
+                u / n
             );
         }
     }
@@ -508,33 +529,62 @@ enum Query {
     QueryPathInfo,
 }
 
-/// Round trips per second of `op` on `target` over `conns` concurrent connections,
-/// each running for `dur` from a common start.
+/// Query measurements per daemon, each lasting `--query-secs` / this.
+const QUERY_TRIALS: usize = 3;
+
+/// The order in which `n` daemons take their turn in round `round`: alternating, so
+/// none is always first.
+fn turns(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// One query measurement.
+#[derive(Clone, Copy)]
+struct QueryRun {
+    /// Round trips completed.
+    ops: u64,
+    /// Wall time, from the common start to the last connection's end.
+    secs: f64,
+    /// CPU time the daemon's processes used meanwhile.
+    cpu_secs: f64,
+}
+
+/// Round trips of `op` on `target` over `conns` concurrent connections, each running
+/// for `dur` from a common start.
 fn query_rate(
     d: &Daemon,
     target: &StorePath,
     conns: usize,
     dur: Duration,
     op: Query,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<QueryRun> {
     // Connect before starting any thread, so a failed connection cannot leave the
     // others waiting at the barrier.
     let clients = (0..conns)
         .map(|_| d.connect())
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // nix-daemon's connection processes exist once the handshakes are done, and live
+    // until the connections close, after the second reading.
+    let pids = mem::tree(d.pid());
+    let cpu = || pids.iter().filter_map(|&p| mem::cpu_secs(p)).sum::<f64>();
+    let cpu_before = cpu();
     let barrier = Barrier::new(conns);
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = clients
             .into_iter()
             .map(|mut c| {
                 let barrier = &barrier;
-                s.spawn(move || -> anyhow::Result<(u64, Duration)> {
+                s.spawn(move || -> anyhow::Result<(u64, Duration, Conn)> {
                     barrier.wait();
                     let start = Instant::now();
                     let mut ops = 0u64;
                     while start.elapsed() < dur {
                         // Reading the clock costs little next to a round trip, but
-                        // batches keep it out of the measurement entirely.
+                        // batches make it negligible.
                         for _ in 0..16 {
                             let ok = match op {
                                 Query::IsValidPath => c.is_valid_path(target)?,
@@ -544,7 +594,9 @@ fn query_rate(
                         }
                         ops += 16;
                     }
-                    Ok((ops, start.elapsed()))
+                    // The connection is closed only after the CPU reading:
+                    // nix-daemon's connection process, and its CPU time, go with it.
+                    Ok((ops, start.elapsed(), c))
                 })
             })
             .collect();
@@ -553,6 +605,7 @@ fn query_rate(
             .map(|h| h.join().expect("query thread panicked"))
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
+    let cpu_secs = cpu() - cpu_before;
     let ops: u64 = results.iter().map(|r| r.0).sum();
     let secs = results
         .iter()
@@ -560,7 +613,11 @@ fn query_rate(
         .max()
         .unwrap_or_default()
         .as_secs_f64();
-    Ok(ops as f64 / secs)
+    Ok(QueryRun {
+        ops,
+        secs,
+        cpu_secs,
+    })
 }
 
 /// Adds `n` small text paths with distinct contents over one connection; paths/s.
@@ -595,11 +652,7 @@ fn add_tree(opts: &Options, daemons: &[Daemon], tree: &Path) -> anyhow::Result<V
     let mut nar_hashes = Vec::new();
     for run in 0..=opts.runs {
         let renamed = Renamed::new(tree, tree.with_file_name(format!("bench-add-{run}")))?;
-        let mut order: Vec<usize> = (0..daemons.len()).collect();
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in turns(daemons.len(), run) {
             let d = &daemons[i];
             let (t, out) = time_command(d.nix_client("nix-store").arg("--add").arg(&renamed.to))
                 .with_context(|| format!("nix-store --add through {}", d.label))?;

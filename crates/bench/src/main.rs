@@ -48,7 +48,8 @@ struct Args {
     /// Small paths the daemon workload adds one by one.
     #[arg(long, default_value_t = 2000)]
     small_paths: usize,
-    /// Seconds each query measurement of the daemon workload lasts.
+    /// Seconds each daemon spends on each query measurement of the daemon workload,
+    /// split over three interleaved trials (the median trial is reported).
     #[arg(long, default_value_t = 1.5)]
     query_secs: f64,
     /// Concurrent connections in the concurrent query measurements.

@@ -165,20 +165,31 @@ fn process_trees(roots: &[u32]) -> Vec<Vec<u32>> {
 
 /// The descendants of `root` (not `root` itself).
 pub fn descendants(root: u32) -> Vec<u32> {
-    process_trees(&[root])
-        .pop()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|&p| p != root)
-        .collect()
+    tree(root).into_iter().filter(|&p| p != root).collect()
+}
+
+/// `root` and its descendants.
+pub fn tree(root: u32) -> Vec<u32> {
+    process_trees(&[root]).pop().unwrap_or_default()
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/<pid>/stat, from field 3 on.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) in parentheses may contain spaces and parentheses;
+    // field 3 is the first after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name in parentheses may contain spaces and parentheses; the fields
-    // after the last ')' are state, then ppid.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(pid, 4).and_then(|p| u32::try_from(p).ok())
+}
+
+/// CPU time (user + system, all threads) `pid` has used so far, in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let ticks = stat_field(pid, 14)? + stat_field(pid, 15)?;
+    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
 fn sample_tree(pids: &[u32]) -> Peak {

@@ -264,7 +264,7 @@ impl Drop for Renamed {
 
 /// Runs the daemon workloads and prints their tables.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    // Generate the input before any daemon runs, so that is not sampled or timed.
+    // Generate the input before any daemon runs, so its cost is neither sampled nor timed.
     let add_dir = opts.dir.join("add");
     fs::create_dir_all(&add_dir)?;
     let tree = add_dir.join("tree");

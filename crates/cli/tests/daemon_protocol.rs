@@ -15,9 +15,9 @@ use unrooted_format::{FileIngestionMethod, HashAlgo, StoreDir, StorePath, StoreP
 use unrooted_protocol::client::Client;
 use unrooted_protocol::handshake::TrustedFlag;
 use unrooted_protocol::path_info::{UnkeyedValidPathInfo, ValidPathInfo};
-use unrooted_protocol::request::{AddToStoreNar, ContentAddressMethod};
+use unrooted_protocol::request::{AddToStoreNar, ClientSettings, ContentAddressMethod};
 use unrooted_protocol::stderr::StderrMessage;
-use unrooted_protocol::{wire, ProtocolError, ProtocolVersion, Request};
+use unrooted_protocol::{wire, ProtocolError, ProtocolVersion, Request, WireContext};
 use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
 
 fn daemon(conf: &str) -> Option<TestDaemon> {
@@ -261,5 +261,180 @@ fn every_protocol_version() {
         drop(c);
         child.wait().unwrap();
     }
+    d.assert_store_clean();
+}
+
+/// The bytes a Nix 2.8 client sends for a handshake, SetOptions and an AddToStore of
+/// `nar`, as one buffer.
+fn session_bytes(dir: &StoreDir, nar: &[u8]) -> Vec<u8> {
+    let v = ProtocolVersion::NIX_2_8;
+    let cx = WireContext::new(v, dir.clone());
+    let mut b = Vec::new();
+    for word in [0x6e69_7863, v.to_wire(), 0, 0] {
+        wire::write_u64(&mut b, word).unwrap();
+    }
+    Request::SetOptions(ClientSettings::default())
+        .write(&mut b, &cx)
+        .unwrap();
+    Request::AddToStore {
+        name: StorePathName::new("cut").unwrap(),
+        method: ContentAddressMethod::Fixed {
+            method: FileIngestionMethod::Recursive,
+            algo: HashAlgo::Sha256,
+        },
+        references: BTreeSet::new(),
+        repair: false,
+    }
+    .write(&mut b, &cx)
+    .unwrap();
+    wire::write_u64(&mut b, nar.len() as u64).unwrap();
+    b.extend_from_slice(nar);
+    wire::write_u64(&mut b, 0).unwrap();
+    b
+}
+
+#[test]
+fn stalled_and_vanishing_clients() {
+    let Some(mut d) = daemon("") else { return };
+    let dir = store_dir(&d);
+    let cut = d.inputs().join("cut");
+    fs::write(&cut, "cut short\n").unwrap();
+    let session = session_bytes(&dir, &nar_of(&cut));
+
+    // One client stalls mid-request (inside a frame), another after the magic.
+    let (mut stalled, _r1, mut w1) = relay(&d);
+    w1.write_all(&session[..session.len() - 20]).unwrap();
+    let (mut stalled_early, _r2, mut w2) = relay(&d);
+    w2.write_all(&session[..8]).unwrap();
+    // Meanwhile others come and go.
+    let files: Vec<_> = (0..8)
+        .map(|i| {
+            let f = d.inputs().join(format!("busy-{i}"));
+            fs::write(&f, format!("busy {i}\n")).unwrap();
+            f
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for f in &files {
+            let d = &d;
+            s.spawn(move || {
+                for _ in 0..3 {
+                    let p = d.client_ok("nix-store", &["--add", f.to_str().unwrap()]);
+                    assert_eq!(p.trim(), nix_fixed_path(d, f, true));
+                }
+            });
+        }
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(d.is_running());
+    drop((w1, w2));
+    stalled.wait().unwrap();
+    stalled_early.wait().unwrap();
+
+    // A client hanging up after every prefix of a whole session.
+    for n in 0..session.len() {
+        let (mut child, mut r, mut w) = relay(&d);
+        w.write_all(&session[..n]).unwrap();
+        drop(w);
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut sink).unwrap();
+        child.wait().unwrap();
+        assert!(
+            d.is_running(),
+            "the daemon died after {n} bytes: {}",
+            d.log()
+        );
+    }
+    let p = d.client_ok("nix-store", &["--add", cut.to_str().unwrap()]);
+    assert_eq!(p.trim(), nix_fixed_path(&d, &cut, true));
+    let mut want: Vec<String> = files.iter().map(|f| nix_fixed_path(&d, f, true)).collect();
+    want.push(p.trim().to_owned());
+    want.sort();
+    assert_eq!(d.valid_paths_local(), want);
+    d.assert_store_clean();
+}
+
+#[test]
+fn sigkill_during_large_import() {
+    let Some(mut d) = daemon("require-sigs = false") else {
+        return;
+    };
+    let mut rng = unrooted_testkit::Rng::new(7);
+    let mut args = vec!["--add".to_owned()];
+    for i in 0..4 {
+        let f = d.inputs().join(format!("big-{i}"));
+        let data: Vec<u8> = (0..(24 << 20) / 8)
+            .flat_map(|_| rng.next_u64().to_le_bytes())
+            .collect();
+        fs::write(&f, data).unwrap();
+        args.push(f.to_string_lossy().into_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut paths: Vec<String> = d
+        .client_ok("nix-store", &args)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    paths.sort();
+    let mut export = vec!["--export"];
+    export.extend(paths.iter().map(String::as_str));
+    let out = d.client("nix-store").args(&export).output().unwrap();
+    d.expect_ok("nix-store --export", &out);
+    let export_file = d.inputs().join("big.export");
+    fs::write(&export_file, &out.stdout).unwrap();
+    drop(out);
+
+    d.reset_store();
+    d.start();
+    let import = |d: &TestDaemon| {
+        d.client("nix-store")
+            .arg("--import")
+            .stdin(File::open(&export_file).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let client = import(&d);
+    // Kill once the import is under way (something landed in the store directory).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_dir(d.store_dir())
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".links")
+        })
+        .count()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the import never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.kill();
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the import survived SIGKILL of the daemon"
+    );
+    d.start();
+    d.assert_store_clean();
+    let valid = d.valid_paths_local();
+    assert!(
+        valid.len() < paths.len(),
+        "everything was imported before the kill"
+    );
+    assert!(valid.iter().all(|p| paths.contains(p)), "{valid:?}");
+    // Importing again completes the store.
+    let out = import(&d).wait_with_output().unwrap();
+    d.expect_ok("nix-store --import after the crash", &out);
+    assert_eq!(d.valid_paths_local(), paths);
     d.assert_store_clean();
 }

@@ -289,7 +289,7 @@ fn profiles_roots_and_instantiate() {
         "{generations}"
     );
     assert_eq!(
-        fs::read_link(&profile).unwrap().to_str().unwrap(),
+        fs::read_link(profile).unwrap().to_str().unwrap(),
         "profile-2-link"
     );
     assert_eq!(
@@ -301,12 +301,12 @@ fn profiles_roots_and_instantiate() {
     );
     d.client_ok("nix-env", &["-p", profile, "--rollback"]);
     assert_eq!(
-        fs::read_link(&profile).unwrap().to_str().unwrap(),
+        fs::read_link(profile).unwrap().to_str().unwrap(),
         "profile-1-link"
     );
     d.client_ok("nix-env", &["-p", profile, "--switch-generation", "2"]);
     assert_eq!(
-        fs::read_link(&profile).unwrap().to_str().unwrap(),
+        fs::read_link(profile).unwrap().to_str().unwrap(),
         "profile-2-link"
     );
     let auto: Vec<String> = fs::read_dir(d.state_dir().join("gcroots/auto"))

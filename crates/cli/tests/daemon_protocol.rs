@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use unrooted_format::{FileIngestionMethod, HashAlgo, StoreDir, StorePath, StorePathName};
+use unrooted_format::{FileIngestionMethod, HashAlgo, StoreDir, StorePathName};
 use unrooted_protocol::client::Client;
 use unrooted_protocol::handshake::TrustedFlag;
 use unrooted_protocol::path_info::{UnkeyedValidPathInfo, ValidPathInfo};

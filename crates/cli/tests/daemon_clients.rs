@@ -267,6 +267,11 @@ fn profiles_roots_and_instantiate() {
     // Only the daemon and clients touch this store until the profiles are checked:
     // Nix 2.8 in local mode resets the per-user directories to 0755 (see below).
     d.start();
+    // Before the client ever connects, another user squats its profile directory in
+    // the world-writable per-user parent (made here as root for `nobody`).
+    let squatted = d.state_dir().join("profiles/per-user/unrooted-test-client");
+    fs::create_dir(&squatted).unwrap();
+    std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
     let i = d.inputs();
     let other = d.client_ok("nix-store", &["--add", i.join("tree").to_str().unwrap()]);
     let other = other.trim().to_owned();
@@ -327,9 +332,9 @@ fn profiles_roots_and_instantiate() {
     }
 
     // The default profile (~/.nix-profile → profiles/per-user/<user>/profile). Nix
-    // 2.8's daemon made per-user/<user> (as root, chowned to the user); ours never
-    // does, and the 2.8 client does not create it either: the user creates it once
-    // in the sticky, world-writable per-user directory.
+    // 2.8's daemon made per-user/<user> as root and chowned it to the user, and the
+    // 2.8 client relies on that. Ours cannot chown: it makes the directory itself
+    // and grants the user access with an ACL, after moving a squatter's aside.
     let per_user = d.state_dir().join("profiles/per-user");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -344,10 +349,26 @@ fn profiles_roots_and_instantiate() {
             & 0o7777,
         0o1777
     );
-    let err = d.client_err("nix-env", &["--set", &other]);
-    assert!(err.contains("per-user/unrooted-test-client"), "{err}");
     let mine = per_user.join("unrooted-test-client");
-    d.client_ok("mkdir", &[mine.to_str().unwrap()]);
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(&mine).unwrap().uid(),
+            d.daemon_uid,
+            "made by the daemon"
+        );
+        let aside: Vec<_> = fs::read_dir(&per_user)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".squatted-unrooted-test-client-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the squatter's directory is moved aside");
+        assert_eq!(aside[0].metadata().unwrap().uid(), 65534);
+    }
     d.client_ok("nix-env", &["--set", &other]);
     d.client_ok("nix-env", &["--set", dep]);
     d.client_ok("nix-env", &["--rollback"]);
@@ -443,6 +464,17 @@ fn profiles_roots_and_instantiate() {
         mode, 0o755,
         "Nix 2.8 local mode left profiles/per-user alone"
     );
+    // The daemon restores them when it starts.
+    d.kill();
+    d.start();
+    for parent in ["profiles/per-user", "gcroots/per-user"] {
+        let mode = fs::metadata(d.state_dir().join(parent))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o1777, "{parent} after a restart");
+    }
     d.assert_store_clean();
 }
 

@@ -127,6 +127,7 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
             return;
         }
     };
+    crate::userdirs::ensure(&state.config.locations.state_dir, &peer, state.own_uid);
     let id = state.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(user = %peer.user, pid = peer.pid, trusted, "connection {id} accepted");
     if let Err(e) = run(state, stream, peer, trusted, id) {

@@ -11,6 +11,7 @@ mod connection;
 mod ops;
 pub mod server;
 pub mod trust;
+mod userdirs;
 
 use std::sync::Arc;
 
@@ -74,6 +75,7 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         tracing::warn!("unknown setting '{name}' in the configuration is ignored");
     }
     let state = connection::DaemonState::open(config, own_uid)?;
+    userdirs::repair_parents(&state.config.locations.state_dir, own_uid);
     let listener = server::listen(&state.config.locations.socket_path)?;
     tracing::info!(
         "serving the store {} on {} as uid {own_uid}",

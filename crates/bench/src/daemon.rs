@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -455,6 +455,23 @@ fn workloads(
         }
     }
 
+    let floors = [1, opts.connections]
+        .map(|conns| pingpong_rate(conns, dur))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!(
+        "{:<38} {:<8} {:>11.0} {:>11.0}  (1 and {} connections; no daemon)",
+        "  socket round-trip floor", "ops/s", floors[0], floors[1], opts.connections
+    );
+    // nix-daemon's connection processes take a moment to exit once their client
+    // hangs up; their memory belongs to the queries, not to what comes next.
+    for d in daemons {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while mem::tree(d.pid()).len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     sampler.phase("small paths");
     let rates = daemons
         .iter()
@@ -497,6 +514,17 @@ fn workloads(
         &format!("nix-store --dump {} > /dev/null", tree.display()),
         opts.runs,
     )?;
+    // What writing the same files costs without any store around it.
+    let copy_dir = tree.with_file_name("copy");
+    let (copy, _) = median(
+        &format!(
+            "rm -rf {c} && cp -a {} {c}",
+            tree.display(),
+            c = copy_dir.display()
+        ),
+        opts.runs,
+    )?;
+    let _ = fs::remove_dir_all(&copy_dir);
     let floor = floor.as_secs_f64();
     println!();
     println!(
@@ -509,6 +537,11 @@ fn workloads(
         "the client's share: nix-store --dump > /dev/null {:.3} s ({:.0} MiB/s)",
         dump.as_secs_f64(),
         mib / dump.as_secs_f64()
+    );
+    println!(
+        "writing the same files: cp -a {:.3} s ({:.0} MiB/s, no fsync)",
+        copy.as_secs_f64(),
+        mib / copy.as_secs_f64()
     );
     println!(
         "nix-store --add time: unrooted {:.3} s, nix-daemon {:.3} s (median of {})",
@@ -618,6 +651,59 @@ fn query_rate(
         secs,
         cpu_secs,
     })
+}
+
+/// Round trips per second of an 8-byte ping-pong over `conns` socket pairs, each served
+/// by its own thread: what the machine allows with no daemon work at all (the median
+/// of the trials, as for the daemons).
+fn pingpong_rate(conns: usize, dur: Duration) -> anyhow::Result<f64> {
+    let mut rates = Vec::new();
+    for _ in 0..QUERY_TRIALS {
+        let pairs = (0..conns)
+            .map(|_| UnixStream::pair())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let barrier = Barrier::new(conns);
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = pairs
+                .into_iter()
+                .map(|(mut client, mut server)| {
+                    s.spawn(move || {
+                        let mut buf = [0u8; 8];
+                        // Ends when the client hangs up.
+                        while server.read_exact(&mut buf).is_ok() {
+                            if server.write_all(&buf).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let barrier = &barrier;
+                    s.spawn(move || -> std::io::Result<(u64, Duration)> {
+                        barrier.wait();
+                        let start = Instant::now();
+                        let mut ops = 0u64;
+                        let mut buf = [0u8; 8];
+                        while start.elapsed() < dur {
+                            for _ in 0..16 {
+                                client.write_all(&buf)?;
+                                client.read_exact(&mut buf)?;
+                            }
+                            ops += 16;
+                        }
+                        Ok((ops, start.elapsed()))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("ping-pong thread panicked"))
+                .collect::<std::io::Result<Vec<_>>>()
+        })?;
+        let ops: u64 = results.iter().map(|r| r.0).sum();
+        let secs = results.iter().map(|r| r.1).max().unwrap_or_default();
+        rates.push(ops as f64 / secs.as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 /// Adds `n` small text paths with distinct contents over one connection; paths/s.

@@ -634,3 +634,120 @@ fn hash_file_modulo(file: &Path, algo: HashAlgo, path: &StorePath) -> Result<Has
     io::copy(&mut File::open(file).map_err(err)?, &mut sink).map_err(err)?;
     Ok(sink.finish().hash)
 }
+
+impl LocalStore {
+    /// A fresh name inside the store's private temporary area: a directory of mode
+    /// 0700 on the store's own file system, so whatever is made there (a build's
+    /// sandbox root and the outputs built in it) reaches the store with one `rename`.
+    /// Nothing exists at the returned path yet; the caller removes what it creates.
+    pub fn new_temp_path(&self, what: &str) -> PathBuf {
+        self.tmp.new_path(what)
+    }
+
+    /// Installs the outputs of one build: each `(source, info)` tree is canonicalised,
+    /// renamed from `source` (on the store's file system, e.g. under
+    /// [`LocalStore::new_temp_path`]) to its final name, given its canonical mode back,
+    /// and then all of them are registered in one transaction, so a dependent never
+    /// sees some outputs of a derivation valid and others not. A `source` that already
+    /// is the final path (an unsandboxed builder writes there) is only canonicalised.
+    /// With `repair`, valid outputs are swapped for the new trees atomically.
+    pub fn install_built_outputs(
+        &self,
+        outputs: &[(PathBuf, ValidPathInfo)],
+        repair: bool,
+    ) -> Result<(), StoreError> {
+        let mut order: Vec<&(PathBuf, ValidPathInfo)> = outputs.iter().collect();
+        // One global lock order, so two installers of overlapping sets cannot deadlock.
+        order.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+        let mut locks = Vec::with_capacity(order.len());
+        for (_, info) in &order {
+            locks.push(self.locks.lock(&self.real_path(&info.path))?);
+        }
+        let mut regs = Vec::with_capacity(order.len());
+        for (source, info) in order {
+            let real = self.real_path(&info.path);
+            canonicalise_path_metadata(source)?;
+            if *source != real {
+                let valid = self.is_valid_path(&info.path)?;
+                if valid && !repair {
+                    // Someone else (another store process) finished it meanwhile; the
+                    // contents are equivalent by construction, keep the valid one.
+                    delete_tree(source)?;
+                    continue;
+                }
+                let received = Received {
+                    tmp: source.clone(),
+                    installed: false,
+                };
+                self.move_into_place(received, &real, valid && repair)?;
+            }
+            regs.push(Registration::new(info.clone()));
+        }
+        if self.config.fsync_paths && !regs.is_empty() {
+            let store =
+                File::open(&self.config.real_store_dir).map_err(|source| StoreError::Sync {
+                    path: self.config.real_store_dir.clone(),
+                    source,
+                })?;
+            rustix::fs::syncfs(&store).map_err(|e| StoreError::Sync {
+                path: self.config.real_store_dir.clone(),
+                source: e.into(),
+            })?;
+        }
+        self.db().register_paths(&regs)?;
+        drop(locks);
+        Ok(())
+    }
+
+    /// The rename half of [`LocalStore::install`] for a canonicalised tree: swap
+    /// (repairing a valid path) or replace an invalid leftover, then restore the top's
+    /// canonical mode. The caller holds the path's lock.
+    fn move_into_place(
+        &self,
+        mut received: Received,
+        real: &Path,
+        swap: bool,
+    ) -> Result<(), StoreError> {
+        let tmp = received.tmp.clone();
+        make_top_writable(&tmp)?;
+        if swap {
+            make_top_writable(real)?;
+            renameat_with(CWD, &tmp, CWD, real, RenameFlags::EXCHANGE).map_err(|e| {
+                StoreError::Move {
+                    from: tmp.clone(),
+                    to: real.to_owned(),
+                    source: e.into(),
+                }
+            })?;
+            canonicalise_entry(real)?;
+            // `tmp` now holds the old copy, which `received`'s drop deletes.
+            return Ok(());
+        }
+        loop {
+            match renameat_with(CWD, &tmp, CWD, real, RenameFlags::NOREPLACE) {
+                Ok(()) => break,
+                Err(e) if e == rustix::io::Errno::EXIST || e == rustix::io::Errno::NOTEMPTY => {
+                    tracing::info!(path = %real.display(), "replacing invalid path on disk");
+                    let garbage = self.tmp.new_path("garbage");
+                    make_top_writable(real)?;
+                    fs::rename(real, &garbage).map_err(|source| StoreError::Move {
+                        from: real.to_owned(),
+                        to: garbage.clone(),
+                        source,
+                    })?;
+                    delete_tree(&garbage)?;
+                }
+                Err(e) => {
+                    return Err(StoreError::Move {
+                        from: tmp.clone(),
+                        to: real.to_owned(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        received.installed = true;
+        canonicalise_entry(real)?;
+        Ok(())
+    }
+}

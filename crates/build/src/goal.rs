@@ -1,0 +1,889 @@
+//! One derivation goal: load the `.drv`, check its inputs, prepare a build directory
+//! and environment, run the builder (sandboxed, or directly when the administrator
+//! set `sandbox = false`), and turn what it left into registered outputs
+//! (`store-formats.md` §5).
+//!
+//! Where things live: the host build directory is `nix-build-<name>.drv-<n>` (0700)
+//! inside a daemon-private 0700 directory under the daemon's temporary directory, so a
+//! builder's `chmod 777 /build` exposes nothing (CVE-2021-27851). The sandbox root is
+//! a fresh directory in the store's private temporary area, on the store's file system,
+//! so the outputs the builder creates in the sandbox's store directory reach the real
+//! store with one `rename`; everything else the builder left there (stray entries) is
+//! removed with the root, never registered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use unrooted_format::derivation::{name_from_drv_path, Derivation, DerivationOutput, DrvHasher};
+use unrooted_format::refscan::RefScanner;
+use unrooted_format::{
+    nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StoreDir, StorePath,
+};
+use unrooted_sandbox::{remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
+use unrooted_store::{LocalStore, ValidPathInfo};
+
+use crate::buildenv;
+use crate::env::{builder_env, EnvParams};
+use crate::error::{error_chain, BuildError};
+use crate::keep;
+use crate::log::{log_path, BuildLog, TAIL_LINES};
+use crate::run::{self, Ended, Limits, Runner};
+use crate::{BuildMode, BuildOptions, BuildResult, Status};
+
+/// The daemon-wide settings of building.
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    /// Run builders in the user-namespace sandbox (`sandbox = true`, the default).
+    /// Without it they run directly as the store owner.
+    pub sandbox: bool,
+    /// `sandbox-paths` and `extra-sandbox-paths`.
+    pub sandbox_paths: Vec<SandboxPath>,
+    /// How to start the sandbox helper.
+    pub helper: Sandbox,
+    /// Where build directories are made (and kept ones are put): the daemon's
+    /// `TMPDIR`.
+    pub tmp_dir: PathBuf,
+    /// Where build logs are stored (`<logDir>/drvs/…`); `None` keeps none.
+    pub log_dir: Option<PathBuf>,
+    /// `max-build-log-size` in bytes (0 = unlimited).
+    pub max_log_size: u64,
+    /// `NIX_BUILD_CORES` (`cores`; 0 means all CPUs).
+    pub cores: u32,
+    /// `max-jobs`: builds running at once, over all clients.
+    pub max_jobs: usize,
+    /// The platform builders run on (`x86_64-linux`).
+    pub system: String,
+    /// Other platforms accepted (`extra-platforms`).
+    pub extra_platforms: Vec<String>,
+    /// The build directory inside the sandbox (`sandbox-build-dir`, `/build`).
+    pub sandbox_build_dir: PathBuf,
+}
+
+impl BuilderConfig {
+    /// Nix's defaults, with the sandbox started through `helper`.
+    pub fn new(helper: Sandbox) -> Self {
+        Self {
+            sandbox: true,
+            sandbox_paths: Vec::new(),
+            helper,
+            tmp_dir: std::env::temp_dir(),
+            log_dir: None,
+            max_log_size: 0,
+            cores: 0,
+            max_jobs: 1,
+            system: default_system(),
+            extra_platforms: Vec::new(),
+            sandbox_build_dir: PathBuf::from("/build"),
+        }
+    }
+
+    pub(crate) fn effective_cores(&self) -> u32 {
+        if self.cores == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        } else {
+            self.cores
+        }
+    }
+}
+
+/// `<arch>-linux` of this machine, as Nix names it.
+pub fn default_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
+}
+
+/// A daemon-private directory (0700) holding build directories while they are used.
+#[derive(Debug)]
+pub(crate) struct BuildDirs {
+    parent: PathBuf,
+    counter: AtomicU64,
+}
+
+impl BuildDirs {
+    pub(crate) fn create(tmp_dir: &Path) -> Result<Self, BuildError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let parent = tmp_dir.join(format!("unrooted-builds-{}-{nanos:x}", std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&parent)
+            .map_err(BuildError::io(
+                "creating the private build directory",
+                &parent,
+            ))?;
+        Ok(Self {
+            parent,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn new_dir(&self, drv: &StorePath) -> Result<PathBuf, BuildError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .parent
+            .join(format!("nix-build-{}-{n}", drv.name().as_str()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(BuildError::io("creating the build directory", &dir))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for BuildDirs {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.parent);
+    }
+}
+
+/// What a running goal reports.
+pub(crate) enum GoalEvent<'a> {
+    /// A line of the builder's output.
+    Line(&'a str),
+    /// A message for the client (kept build directory, …).
+    Note(&'a str),
+}
+
+/// Everything one goal needs.
+pub(crate) struct GoalCx<'a> {
+    pub store: &'a LocalStore,
+    pub cfg: &'a BuilderConfig,
+    pub dirs: &'a BuildDirs,
+    pub opts: &'a BuildOptions,
+    pub mode: BuildMode,
+    pub events: &'a (dyn Fn(GoalEvent<'_>) + Sync),
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// Reads and parses a `.drv` from the store.
+pub fn load_derivation(store: &LocalStore, drv_path: &StorePath) -> Result<Derivation, BuildError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| BuildError::LoadDerivation {
+        drv: store.print_path(drv_path),
+        source,
+    };
+    if !store.is_valid_path(drv_path)? {
+        return Err(err(format!(
+            "path '{}' is not valid",
+            store.print_path(drv_path)
+        )
+        .into()));
+    }
+    let name = name_from_drv_path(drv_path).ok_or_else(|| err("not a .drv path".into()))?;
+    // Derivation::parse bounds sizes and counts itself; the read is bounded too.
+    let mut bytes = Vec::new();
+    fs::File::open(store.real_path(drv_path))
+        .and_then(|f| f.take(MAX_DRV_SIZE + 1).read_to_end(&mut bytes))
+        .map_err(|e| err(Box::new(e)))?;
+    if bytes.len() as u64 > MAX_DRV_SIZE {
+        return Err(err("the .drv file is too large".into()));
+    }
+    Derivation::parse(store.store_dir(), &bytes, name).map_err(|e| err(Box::new(e)))
+}
+
+/// The largest `.drv` file read.
+const MAX_DRV_SIZE: u64 = 64 << 20;
+
+/// The output paths of a derivation this daemon can build (input-addressed or fixed).
+pub fn output_paths(
+    store: &LocalStore,
+    drv_path: &StorePath,
+    drv: &Derivation,
+) -> Result<BTreeMap<String, StorePath>, BuildError> {
+    let mut out = BTreeMap::new();
+    for (name, o) in &drv.outputs {
+        match o.path() {
+            Some(p) => {
+                out.insert(name.clone(), p.clone());
+            }
+            None => {
+                return Err(BuildError::Unsupported {
+                    drv: store.print_path(drv_path),
+                    reason: "content-addressed, deferred and impure derivations are not supported by unrooted yet".into(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The derivation's hash modulo its outputs, per output (the `sha256:<hex>` of its
+/// realisation ids, `DrvOutput`).
+pub fn output_hashes(
+    store: &LocalStore,
+    drv: &Derivation,
+) -> Result<BTreeMap<String, [u8; 32]>, BuildError> {
+    let dir = store.store_dir().clone();
+    let load = |p: &StorePath| load_derivation(store, p);
+    let mut hasher = DrvHasher::new(dir, load);
+    hasher
+        .hash_modulo(drv, true)
+        .map(|h| h.hashes)
+        .map_err(|e| BuildError::Hash {
+            drv: drv.name.clone(),
+            source: Box::new(e),
+        })
+}
+
+/// A failure with its status, as it will be reported.
+pub(crate) struct Failure {
+    pub status: Status,
+    pub msg: String,
+}
+
+fn fail(status: Status, msg: impl Into<String>) -> Failure {
+    Failure {
+        status,
+        msg: msg.into(),
+    }
+}
+
+impl From<BuildError> for Failure {
+    fn from(e: BuildError) -> Self {
+        fail(Status::MiscFailure, error_chain(&e))
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Builds `drv` (loaded from `drv_path`), whose input derivations are built.
+pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> BuildResult {
+    let start = now();
+    let mut result = match build_inner(cx, drv_path, drv) {
+        Ok(outputs) => BuildResult {
+            status: Status::Built,
+            error: String::new(),
+            times_built: 1,
+            start_time: start,
+            stop_time: 0,
+            outputs,
+            non_deterministic: false,
+        },
+        Err(f) => BuildResult {
+            non_deterministic: f.status == Status::NotDeterministic,
+            status: f.status,
+            error: f.msg,
+            times_built: 1,
+            start_time: start,
+            stop_time: 0,
+            outputs: BTreeMap::new(),
+        },
+    };
+    result.stop_time = now();
+    result
+}
+
+fn build_inner(
+    cx: &GoalCx<'_>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+) -> Result<BTreeMap<String, StorePath>, Failure> {
+    let store = cx.store;
+    let shown = store.print_path(drv_path);
+    let outputs = output_paths(store, drv_path, drv)?;
+    let fixed = matches!(drv.outputs.get("out"), Some(DerivationOutput::Fixed { .. }))
+        && drv.outputs.len() == 1;
+
+    // Inputs: every used output of every input derivation, and the sources.
+    let mut inputs: BTreeSet<StorePath> = drv.input_srcs.clone();
+    for (input, wanted) in &drv.input_drvs {
+        let map = store
+            .query_derivation_output_map(input)
+            .map_err(BuildError::from)?;
+        for name in wanted {
+            match map.get(name) {
+                Some(p) => {
+                    inputs.insert(p.clone());
+                }
+                None => {
+                    return Err(fail(
+                        Status::MiscFailure,
+                        format!(
+                            "derivation '{}' has no output '{name}' needed by '{shown}'",
+                            store.print_path(input)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    for p in &inputs {
+        if !store.is_valid_path(p).map_err(BuildError::from)? {
+            return Err(fail(
+                Status::DependencyFailed,
+                format!("input '{}' of '{shown}' is not valid", store.print_path(p)),
+            ));
+        }
+    }
+    let closure = store.query_closure(&inputs).map_err(BuildError::from)?;
+
+    if cx.mode == BuildMode::Check {
+        for p in outputs.values() {
+            if !store.is_valid_path(p).map_err(BuildError::from)? {
+                return Err(fail(
+                    Status::MiscFailure,
+                    format!("some outputs of '{shown}' are not valid, so checking is not possible"),
+                ));
+            }
+        }
+    }
+
+    let builder = drv.builder.as_slice();
+    if builder == b"builtin:buildenv" {
+        return build_in_process(cx, drv_path, drv, &outputs, &closure);
+    }
+    if builder.starts_with(b"builtin:") {
+        let what = String::from_utf8_lossy(builder);
+        return Err(fail(
+            Status::MiscFailure,
+            format!("cannot build '{shown}': the builtin builder '{what}' is not supported by unrooted yet"),
+        ));
+    }
+    let system = String::from_utf8_lossy(&drv.system);
+    if system != cx.cfg.system && !cx.cfg.extra_platforms.iter().any(|p| *p == system) {
+        return Err(fail(
+            Status::MiscFailure,
+            format!(
+                "a '{system}' with features {{}} is required to build '{shown}', but I am a '{}'",
+                cx.cfg.system
+            ),
+        ));
+    }
+    if cx.mode == BuildMode::Check && !cx.cfg.sandbox {
+        return Err(fail(
+            Status::MiscFailure,
+            format!("checking '{shown}' needs the sandbox (sandbox = true) in unrooted"),
+        ));
+    }
+
+    let host_build_dir = cx.dirs.new_dir(drv_path)?;
+    let result = run_builder(
+        cx,
+        drv_path,
+        drv,
+        &outputs,
+        &closure,
+        fixed,
+        &host_build_dir,
+    );
+    let failed = result.is_err();
+    if failed && cx.opts.keep_failed {
+        match keep::keep_build_dir(&host_build_dir, &cx.cfg.tmp_dir, cx.opts.client_uid) {
+            Ok(note) => (cx.events)(GoalEvent::Note(&note)),
+            Err(e) => {
+                tracing::warn!("keeping {}: {}", host_build_dir.display(), error_chain(&e));
+                let _ = remove_tree(&host_build_dir);
+            }
+        }
+    } else if let Err(e) = remove_tree(&host_build_dir) {
+        tracing::warn!("removing {}: {e}", host_build_dir.display());
+    }
+    result
+}
+
+/// Runs the builder in `host_build_dir` and registers the outputs.
+fn run_builder(
+    cx: &GoalCx<'_>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+    outputs: &BTreeMap<String, StorePath>,
+    closure: &BTreeSet<StorePath>,
+    fixed: bool,
+    host_build_dir: &Path,
+) -> Result<BTreeMap<String, StorePath>, Failure> {
+    let store = cx.store;
+    let dir = store.store_dir();
+    let shown = store.print_path(drv_path);
+    let sandboxed = cx.cfg.sandbox;
+    let inner_build_dir = if sandboxed {
+        cx.cfg.sandbox_build_dir.clone()
+    } else {
+        host_build_dir.to_path_buf()
+    };
+    let impure = |k: &str| std::env::var(k).ok();
+    let benv = builder_env(
+        drv,
+        &EnvParams {
+            store_dir: dir,
+            build_dir: &inner_build_dir,
+            cores: cx
+                .opts
+                .cores
+                .filter(|c| *c > 0)
+                .unwrap_or_else(|| cx.cfg.effective_cores()),
+            outputs,
+            impure_env: &impure,
+        },
+    )?;
+    for (name, contents) in &benv.files {
+        let p = host_build_dir.join(name);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&p)
+            .and_then(|mut f| f.write_all(contents))
+            .map_err(BuildError::io("writing", &p))?;
+    }
+    let builder = PathBuf::from(OsStr::from_bytes(&drv.builder));
+
+    let log_file = cx.cfg.log_dir.as_ref().map(|d| log_path(d, drv_path));
+    let mut log =
+        BuildLog::create(log_file.clone(), cx.cfg.max_log_size).map_err(BuildError::io(
+            "creating the build log",
+            log_file.clone().unwrap_or_default(),
+        ))?;
+    let (read, write) = run::log_pipe()?;
+
+    // The sandbox root (and with it every stray entry) goes away on every path out.
+    let root = if sandboxed {
+        let root = store.new_temp_path("chroot");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(BuildError::io("creating the sandbox root", &root))?;
+        Some(RootGuard(root))
+    } else {
+        None
+    };
+
+    let mut runner = match &root {
+        Some(root) => {
+            if dir.as_str() != store.config().real_store_dir.as_os_str().to_string_lossy() {
+                return Err(fail(
+                    Status::MiscFailure,
+                    "building in a store whose directory is not where it is on disk is not supported by unrooted yet",
+                ));
+            }
+            let mut spec = SandboxSpec::new(
+                root.0.clone(),
+                PathBuf::from(dir.as_str()),
+                host_build_dir.to_path_buf(),
+                builder.clone(),
+            );
+            spec.sandbox_build_dir = cx.cfg.sandbox_build_dir.clone();
+            spec.inputs = closure.iter().map(|p| store.real_path(p)).collect();
+            spec.sandbox_paths = cx.cfg.sandbox_paths.clone();
+            spec.network = fixed;
+            spec.args = benv.args.clone();
+            spec.env = benv.env.clone();
+            let plan = Plan::new(&spec).map_err(|e| BuildError::Sandbox(e.into()))?;
+            let child = cx
+                .cfg
+                .helper
+                .spawn(&plan, std::os::fd::AsFd::as_fd(&write))
+                .map_err(BuildError::from)?;
+            Runner::Sandboxed(child)
+        }
+        None => {
+            // Unsandboxed builders write the real output paths; leftovers of an
+            // earlier failed build would be in the way.
+            for p in outputs.values() {
+                if !store.is_valid_path(p).map_err(BuildError::from)? {
+                    let _ = remove_tree(&store.real_path(p));
+                }
+            }
+            Runner::Direct(run::spawn_direct(
+                &builder,
+                &benv.args,
+                &benv.env,
+                host_build_dir,
+                &write,
+            )?)
+        }
+    };
+    drop(write);
+    let limits = Limits {
+        timeout: cx.opts.timeout,
+        max_silent: cx.opts.max_silent_time,
+        max_log: cx.cfg.max_log_size,
+    };
+    let events = cx.events;
+    let mut on_line = |l: &str| events(GoalEvent::Line(l));
+    let ended = run::watch(
+        &mut runner,
+        read,
+        &mut log,
+        limits,
+        cx.cancelled,
+        &mut on_line,
+    );
+    log.finish(&mut on_line);
+    drop(runner);
+    let ended = ended?;
+
+    let tail = || {
+        let lines: Vec<&str> = log.tail().collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let mut s = format!(";\nlast {} log lines:\n", lines.len().min(TAIL_LINES));
+        for l in lines {
+            s.push_str("> ");
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str(&format!("For full logs, run 'nix log {shown}'."));
+        s
+    };
+    match ended {
+        Ended::Exited(0) => {}
+        Ended::Exited(code) => {
+            return Err(fail(
+                Status::PermanentFailure,
+                format!(
+                    "builder for '{shown}' failed with exit code {code}{}",
+                    tail()
+                ),
+            ))
+        }
+        Ended::Signaled(sig) => {
+            return Err(fail(
+                Status::PermanentFailure,
+                format!("builder for '{shown}' failed due to signal {sig}{}", tail()),
+            ))
+        }
+        Ended::TimedOut(secs) => {
+            return Err(fail(
+                Status::TimedOut,
+                format!("building of '{shown}' timed out after {secs} seconds"),
+            ))
+        }
+        Ended::Silent(secs) => {
+            return Err(fail(
+                Status::TimedOut,
+                format!("building of '{shown}' timed out after {secs} seconds of silence"),
+            ))
+        }
+        Ended::LogLimit(max) => {
+            return Err(fail(
+                Status::LogLimitExceeded,
+                format!(
+                "building of '{shown}' killed after writing more than {max} bytes of log output"
+            ),
+            ))
+        }
+        Ended::Cancelled => {
+            return Err(fail(
+                Status::MiscFailure,
+                format!("building of '{shown}' was cancelled: no client waits for it any more"),
+            ))
+        }
+    }
+
+    let locations: BTreeMap<String, PathBuf> = outputs
+        .iter()
+        .map(|(name, p)| {
+            let at = match &root {
+                Some(r) => {
+                    r.0.join(dir.as_str().trim_start_matches('/'))
+                        .join(p.to_base_name())
+                }
+                None => store.real_path(p),
+            };
+            (name.clone(), at)
+        })
+        .collect();
+    finish_outputs(cx, drv_path, drv, outputs, &locations, closure)
+}
+
+/// Removes a sandbox root when dropped.
+struct RootGuard(PathBuf);
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.0) {
+            tracing::warn!("removing the sandbox root {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// `builtin:buildenv`, run in this process with the same output handling: the profile
+/// tree is made in the store's temporary area, then checked and registered like any
+/// sandboxed output.
+fn build_in_process(
+    cx: &GoalCx<'_>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+    outputs: &BTreeMap<String, StorePath>,
+    closure: &BTreeSet<StorePath>,
+) -> Result<BTreeMap<String, StorePath>, Failure> {
+    let store = cx.store;
+    let shown = store.print_path(drv_path);
+    if !(outputs.len() == 1 && outputs.contains_key("out")) {
+        return Err(fail(
+            Status::MiscFailure,
+            format!("builtin:buildenv derivation '{shown}' must have exactly one output 'out'"),
+        ));
+    }
+    let scratch = RootGuard(store.new_temp_path("buildenv"));
+    let at = scratch.0.clone();
+    buildenv::build_env(store, drv, &at).map_err(|msg| {
+        fail(
+            Status::PermanentFailure,
+            format!("builder for '{shown}' failed: {msg}"),
+        )
+    })?;
+    let locations: BTreeMap<String, PathBuf> = [("out".to_owned(), at)].into_iter().collect();
+    finish_outputs(cx, drv_path, drv, outputs, &locations, closure)
+}
+
+/// A `Write` computing the NAR hash, size, references and an optional second hash.
+struct OutputSink {
+    nar: Hasher,
+    size: u64,
+    refs: RefScanner,
+    extra: Option<Hasher>,
+}
+
+impl Write for OutputSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.nar.update(buf);
+        self.size += buf.len() as u64;
+        self.refs.update(buf);
+        if let Some(h) = &mut self.extra {
+            h.update(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks, scans and registers the outputs found at `locations` (§5).
+fn finish_outputs(
+    cx: &GoalCx<'_>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+    outputs: &BTreeMap<String, StorePath>,
+    locations: &BTreeMap<String, PathBuf>,
+    closure: &BTreeSet<StorePath>,
+) -> Result<BTreeMap<String, StorePath>, Failure> {
+    let store = cx.store;
+    let shown = store.print_path(drv_path);
+    let mut candidates: BTreeSet<StorePath> = closure.clone();
+    candidates.extend(outputs.values().cloned());
+    let mut infos: Vec<(PathBuf, ValidPathInfo)> = Vec::new();
+    for (name, path) in outputs {
+        let at = &locations[name];
+        let printed = store.print_path(path);
+        let meta = fs::symlink_metadata(at).map_err(|_| {
+            fail(
+                Status::PermanentFailure,
+                format!("builder for '{shown}' failed to produce output path for output '{name}' at '{printed}'"),
+            )
+        })?;
+        if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
+            return Err(fail(
+                Status::OutputRejected,
+                format!("suspicious ownership or permission on '{printed}' for output '{name}'; rejecting this build output"),
+            ));
+        }
+        unrooted_store::canonicalise::canonicalise_path_metadata(at).map_err(|e| {
+            fail(
+                Status::OutputRejected,
+                format!("output '{printed}' of '{shown}': {}", error_chain(&e)),
+            )
+        })?;
+        let fixed = match drv.outputs.get(name) {
+            Some(DerivationOutput::Fixed { method, hash, .. }) => Some((*method, *hash)),
+            _ => None,
+        };
+        let extra = match fixed {
+            Some((FileIngestionMethod::Recursive, h)) if h.algo() != HashAlgo::Sha256 => {
+                Some(Hasher::new(h.algo()))
+            }
+            _ => None,
+        };
+        let mut sink = OutputSink {
+            nar: Hasher::new(HashAlgo::Sha256),
+            size: 0,
+            refs: RefScanner::for_paths(candidates.iter()),
+            extra,
+        };
+        nar::dump_path(at, &mut sink).map_err(|e| {
+            fail(
+                Status::OutputRejected,
+                format!("output '{printed}' of '{shown}': {}", error_chain(&e)),
+            )
+        })?;
+        let nar_hash = sink.nar.finish();
+        let references = sink.refs.found_paths(candidates.iter());
+        let mut info = ValidPathInfo::new(path.clone(), nar_hash);
+        info.nar_size = sink.size;
+        info.references = references;
+        info.deriver = Some(drv_path.clone());
+        info.ultimate = true;
+        if let Some((method, wanted)) = fixed {
+            let got = match method {
+                FileIngestionMethod::Recursive => match sink.extra {
+                    Some(h) => h.finish(),
+                    None => nar_hash,
+                },
+                FileIngestionMethod::Flat => {
+                    if !meta.is_file() || meta.mode() & 0o100 != 0 {
+                        return Err(fail(
+                            Status::OutputRejected,
+                            format!("output path '{printed}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)"),
+                        ));
+                    }
+                    hash_file(at, wanted.algo())?
+                }
+            };
+            if got != wanted {
+                return Err(fail(
+                    Status::OutputRejected,
+                    format!(
+                        "hash mismatch in fixed-output derivation '{shown}':\n  specified: {}\n     got:    {}",
+                        wanted.to_sri(),
+                        got.to_sri()
+                    ),
+                ));
+            }
+            if !info.references.is_empty() {
+                let refs: Vec<String> = info
+                    .references
+                    .iter()
+                    .map(|r| store.print_path(r))
+                    .collect();
+                return Err(fail(
+                    Status::OutputRejected,
+                    format!(
+                        "the fixed-output derivation '{shown}' must not refer to store paths, but '{printed}' refers to {}",
+                        refs.join(", ")
+                    ),
+                ));
+            }
+            info.ca = Some(ContentAddress::Fixed { method, hash: got });
+        }
+        infos.push((at.clone(), info));
+    }
+    check_reference_constraints(store, drv, outputs, &infos, &shown)?;
+
+    if cx.mode == BuildMode::Check {
+        for (_, info) in &infos {
+            let old = store
+                .query_path_info(&info.path)
+                .map_err(BuildError::from)?
+                .ok_or_else(|| {
+                    fail(
+                        Status::MiscFailure,
+                        format!(
+                            "some outputs of '{shown}' are not valid, so checking is not possible"
+                        ),
+                    )
+                })?;
+            if old.nar_hash != info.nar_hash {
+                return Err(fail(
+                    Status::NotDeterministic,
+                    format!(
+                        "derivation '{shown}' may not be deterministic: output '{}' differs",
+                        store.print_path(&info.path)
+                    ),
+                ));
+            }
+        }
+        return Ok(outputs.clone());
+    }
+    store
+        .install_built_outputs(&infos, cx.mode == BuildMode::Repair)
+        .map_err(BuildError::from)?;
+    Ok(outputs.clone())
+}
+
+fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, Failure> {
+    let mut h = Hasher::new(algo);
+    let mut f = fs::File::open(path).map_err(BuildError::io("reading", path))?;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf).map_err(BuildError::io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
+}
+
+/// `allowedReferences`, `disallowedReferences`, `allowedRequisites` and
+/// `disallowedRequisites` (words: store paths or output names of this derivation).
+fn check_reference_constraints(
+    store: &LocalStore,
+    drv: &Derivation,
+    outputs: &BTreeMap<String, StorePath>,
+    infos: &[(PathBuf, ValidPathInfo)],
+    shown: &str,
+) -> Result<(), Failure> {
+    let dir: &StoreDir = store.store_dir();
+    let words = |key: &str| -> Option<BTreeSet<StorePath>> {
+        let v = drv.env.get(key.as_bytes())?;
+        let text = String::from_utf8_lossy(v);
+        Some(
+            text.split_ascii_whitespace()
+                .filter_map(|w| outputs.get(w).cloned().or_else(|| dir.parse_path(w).ok()))
+                .collect(),
+        )
+    };
+    let by_path: BTreeMap<&StorePath, &ValidPathInfo> =
+        infos.iter().map(|(_, i)| (&i.path, i)).collect();
+    for (_, info) in infos {
+        let requisites = || -> Result<BTreeSet<StorePath>, Failure> {
+            let mut seen = BTreeSet::new();
+            let mut todo: Vec<StorePath> = vec![info.path.clone()];
+            while let Some(p) = todo.pop() {
+                if !seen.insert(p.clone()) {
+                    continue;
+                }
+                match by_path.get(&p) {
+                    Some(i) => todo.extend(i.references.iter().cloned()),
+                    None => todo.extend(store.query_references(&p).map_err(BuildError::from)?),
+                }
+            }
+            Ok(seen)
+        };
+        let printed = store.print_path(&info.path);
+        for (key, allowed, requisite) in [
+            ("allowedReferences", true, false),
+            ("allowedRequisites", true, true),
+            ("disallowedReferences", false, false),
+            ("disallowedRequisites", false, true),
+        ] {
+            let Some(spec) = words(key) else { continue };
+            let used = if requisite {
+                requisites()?
+            } else {
+                info.references.clone()
+            };
+            for p in used {
+                if p == info.path && !requisite && allowed {
+                    // A self-reference is always allowed.
+                    continue;
+                }
+                if p == info.path && requisite {
+                    continue;
+                }
+                if spec.contains(&p) != allowed {
+                    return Err(fail(
+                        Status::OutputRejected,
+                        format!(
+                            "output '{printed}' of '{shown}' is not allowed to refer to the following paths (by {key}):\n  {}",
+                            store.print_path(&p)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -624,6 +624,7 @@ impl Scheduler {
             return r;
         }
         self.builds_started.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("building '{}'", store.print_path(&g.drv));
         g.lock().started = true;
         g.broadcast(|| Msg::Started(g.drv.clone()));
         let events = |e: GoalEvent<'_>| match e {

@@ -38,6 +38,8 @@ pub(crate) struct DaemonState {
     pub store: LocalStore,
     /// The daemon's own uid (the store owner).
     pub own_uid: u32,
+    /// Builds for every connection.
+    pub scheduler: unrooted_build::Scheduler,
     /// Temporary roots of open connections, by connection id: paths clients are using,
     /// which the collector must keep.
     pub temp_roots: Mutex<HashMap<u64, BTreeSet<StorePath>>>,
@@ -64,10 +66,12 @@ impl DaemonState {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),
         })?;
+        let scheduler = crate::build_ops::scheduler(&config).map_err(DaemonError::Build)?;
         Ok(Self {
             config,
             store,
             own_uid,
+            scheduler,
             temp_roots: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
         })

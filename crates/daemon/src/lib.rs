@@ -6,6 +6,7 @@
 //! in `unrooted-store`. Connections are served by one thread each (see [`server`]),
 //! so this crate is synchronous like the layers it composes.
 
+mod build_ops;
 pub mod config;
 mod connection;
 mod ops;
@@ -37,6 +38,9 @@ pub enum DaemonError {
         #[source]
         source: Box<unrooted_store::StoreError>,
     },
+    /// The build scheduler could not be set up.
+    #[error("setting up builds")]
+    Build(#[source] unrooted_build::BuildError),
     /// The socket could not be set up.
     #[error("setting up the daemon socket")]
     Server(#[from] server::ServerError),

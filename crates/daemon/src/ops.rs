@@ -1,8 +1,8 @@
 //! The operations: each request performed against the store, its log messages and
 //! reply written, with the trust rules of Nix 2.8 for untrusted clients.
 //!
-//! Building and garbage collection are not served yet: those requests get a clear
-//! error (never a silent success), except where nothing needs building.
+//! Builds go to the shared scheduler (see `build_ops`). Garbage collection is not
+//! served yet: those requests get a clear error (never a silent success).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -14,7 +14,7 @@ use unrooted_format::export::{ExportRecord, ExportWriter};
 use unrooted_format::{base32, nar, FileIngestionMethod, HashAlgo, StorePath};
 use unrooted_protocol::body::StderrReadReader;
 use unrooted_protocol::path_info::{write_query_path_info_reply, SubstitutablePathInfo};
-use unrooted_protocol::reply::{write_output_map, write_realisations, MissingInfo};
+use unrooted_protocol::reply::{write_output_map, write_realisations};
 use unrooted_protocol::request::{AddToStoreNar, BuildMode, ClientSettings, ContentAddressMethod};
 use unrooted_protocol::stderr::StderrMessage;
 use unrooted_protocol::wire;
@@ -196,7 +196,7 @@ pub(crate) fn perform(
             reply(out, |w| Ok(wire::write_paths(w, &dir, &BTreeSet::new())?))
         }
         Request::QueryMissing(targets) => {
-            let missing = query_missing(s, &targets)?;
+            let missing = crate::build_ops::query_missing(s, &targets).map_err(client)?;
             reply(out, |w| missing.write(w, &s.cx))
         }
         Request::SetOptions(settings) => {
@@ -336,7 +336,7 @@ pub(crate) fn perform(
         Request::EnsurePath(p) => {
             if !store.is_valid_path(&p)? {
                 return Err(client(format!(
-                    "path '{}' does not exist and cannot be created: building and substituting are not available yet in unrooted",
+                    "path '{}' does not exist and cannot be created",
                     dir.display(&p)
                 )));
             }
@@ -345,35 +345,52 @@ pub(crate) fn perform(
         }
         Request::BuildPaths { paths, mode } => {
             check_build_mode(s, mode)?;
-            let missing = unsatisfied(s, &paths)?;
-            if let Some(first) = missing.first() {
-                return Err(client(format!(
-                    "build of '{first}' failed: building is not available yet in unrooted"
-                )));
-            }
+            crate::build_ops::build_paths(s, &paths, mode, out).map_err(client)?;
+            // Every wanted output is valid now; keep them for this client.
+            unsatisfied(s, &paths)?;
             reply_u64(out, 1)
         }
         Request::BuildPathsWithResults { paths, mode } => {
             check_build_mode(s, mode)?;
-            let mut results = Vec::with_capacity(paths.len());
-            for p in paths {
-                let done = unsatisfied(s, std::slice::from_ref(&p))?.is_empty();
-                let result = if done {
-                    BuildResult::new(BuildStatus::AlreadyValid, "")
-                } else {
-                    BuildResult::new(
-                        BuildStatus::MiscFailure,
-                        "building is not available yet in unrooted",
-                    )
-                };
-                results.push(KeyedBuildResult { path: p, result });
-            }
+            let built = crate::build_ops::build_paths_with_results(s, &paths, mode, out);
+            let results: Vec<KeyedBuildResult> = paths
+                .into_iter()
+                .zip(built)
+                .map(|(path, result)| KeyedBuildResult { path, result })
+                .collect();
             reply(out, |w| KeyedBuildResult::write_list(w, &s.cx, &results))
         }
-        Request::BuildDerivation { drv_path, .. } => Err(client(format!(
-            "cannot build '{}': building is not available yet in unrooted",
-            dir.display(&drv_path)
-        ))),
+        Request::BuildDerivation { drv_path, mode, .. } => {
+            check_build_mode(s, mode)?;
+            // Nix lets untrusted clients build only content-addressed derivations this
+            // way, which unrooted does not support yet; trusted ones (remote-build
+            // masters) get the derivation built from its `.drv` in the store.
+            if !s.trusted {
+                return Err(client(format!(
+                    "you are not privileged to build input-addressed derivation '{}'",
+                    dir.display(&drv_path)
+                )));
+            }
+            if !store.is_valid_path(&drv_path)? {
+                return Err(client(format!(
+                    "cannot build '{}': building a derivation that is not in the store is not supported by unrooted yet",
+                    dir.display(&drv_path)
+                )));
+            }
+            let path = DerivedPath::Built {
+                drv_path,
+                outputs: OutputsSpec::All,
+            };
+            let result = crate::build_ops::build_paths_with_results(
+                s,
+                std::slice::from_ref(&path),
+                mode,
+                out,
+            )
+            .pop()
+            .unwrap_or_else(|| BuildResult::new(BuildStatus::MiscFailure, "nothing was built"));
+            reply(out, |w| result.write(w, &s.cx))
+        }
         Request::FindRoots | Request::CollectGarbage(_) => Err(client(
             "garbage collection is not available yet in unrooted; nothing was deleted",
         )),
@@ -476,28 +493,6 @@ fn unsatisfied(s: &Session<'_>, paths: &[DerivedPath]) -> Result<Vec<String>> {
         }
     }
     Ok(missing)
-}
-
-fn query_missing(s: &Session<'_>, targets: &[DerivedPath]) -> Result<MissingInfo> {
-    let store = &s.state.store;
-    let mut info = MissingInfo::default();
-    for t in targets {
-        match t {
-            DerivedPath::Opaque(p) => {
-                if !store.is_valid_path(p)? {
-                    info.unknown.insert(p.clone());
-                }
-            }
-            DerivedPath::Built { drv_path, .. } => {
-                if !store.is_valid_path(drv_path)? {
-                    info.unknown.insert(drv_path.clone());
-                } else if !unsatisfied(s, std::slice::from_ref(t))?.is_empty() {
-                    info.will_build.insert(drv_path.clone());
-                }
-            }
-        }
-    }
-    Ok(info)
 }
 
 /// Applies SetOptions: everything for trusted clients; for others only what Nix 2.8

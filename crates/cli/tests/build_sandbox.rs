@@ -1,0 +1,391 @@
+//! Builds with the real Nix 2.8 client (`nix-build`, `nix-store`, `nix-env`), run as
+//! an unprivileged user, against `unrooted daemon` run as another unprivileged user
+//! with `sandbox = true`: every builder runs in the rootless sandbox, with
+//! `/bin/sh` bound to Debian's static busybox (`sandbox-paths = /bin/sh=/bin/busybox`,
+//! whose shell finds its applets without a `PATH`). Under `CI=true` a missing busybox
+//! or missing user namespaces fails the suite instead of skipping it.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use unrooted_format::{nar, Hash, HashAlgo, Hasher};
+use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
+use unrooted_testkit::in_ci;
+
+const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 4\n";
+
+/// The derivations under test; `@FLAT@`/`@REC@` are the expected hashes of
+/// "hello\n" as a flat file and as a NAR.
+const EXPR: &str = r#"
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+  fod = name: mode: hash: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo hello > $out" ];
+    outputHashMode = mode; outputHashAlgo = "sha256"; outputHash = hash;
+  };
+in rec {
+  trivial = mk "trivial" "echo building trivial; echo hello > $out";
+  a = mk "a" "echo a > $out";
+  chain = mk "chain" "read x < ${a}; echo $x-chain > $out";
+  b = mk "b" "echo ${a} > $out";
+  c = mk "c" "echo c ${a} > $out";
+  diamond = mk "diamond" "cat ${b} ${c} > $out";
+  multi = derivation {
+    name = "multi"; system = builtins.currentSystem; builder = "/bin/sh";
+    outputs = [ "out" "dev" ];
+    args = [ "-c" "echo out > $out; echo dev $out > $dev" ];
+  };
+  fodFlat = fod "fod-flat" "flat" "@FLAT@";
+  fodRec = fod "fod-rec" "recursive" "@REC@";
+  fodBad = fod "fod-bad" "flat" "0000000000000000000000000000000000000000000000000000000000000000";
+  fail = mk "fail" "echo first line; echo about to fail; exit 3";
+  slow = mk "slow" "echo sleeping; sleep 30; echo > $out";
+  modes = mk "modes" "mkdir -p $out/bin; echo x > $out/bin/x; chmod 755 $out/bin/x; echo f > $out/f; chmod 664 $out/f; chmod 0755 $out";
+  stray = mk "stray" "echo > $out; mkdir $NIX_STORE/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-stray; echo > $NIX_STORE/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x";
+  nondet = mk "nondet" "cat /proc/sys/kernel/random/uuid > $out";
+  conc = mk "conc" "echo concurrent; sleep 2; echo done > $out";
+  keep = mk "keep" "echo secret > kept.txt; mkdir sub; chmod 777 sub; exit 1";
+  probe = derivation {
+    name = "probe"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "env | sort > $out; echo $$ $(id -u) $(id -g) $(hostname) >> $out; ls / >> $out; cat $bigPath >> $out" ];
+    passAsFile = [ "big" ]; big = "big data";
+  };
+  pkg = mk "pkg" "mkdir -p $out/bin; echo '#!/bin/sh' > $out/bin/hello; chmod +x $out/bin/hello";
+}
+"#;
+
+fn prepared() -> Option<TestDaemon> {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
+        return None;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        assert!(
+            !in_ci(),
+            "/bin/busybox is missing (busybox-static), but CI=true"
+        );
+        eprintln!("skipping: /bin/busybox is missing");
+        return None;
+    }
+    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
+        assert!(
+            !in_ci(),
+            "{e}, but CI=true: sandboxed builds must be tested"
+        );
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), CONF);
+    let hello = d.inputs().join("hello");
+    fs::write(&hello, "hello\n").unwrap();
+    let flat = Hash::sha256(unrooted_format::hash::sha256(b"hello\n")).to_base16();
+    let mut h = Hasher::new(HashAlgo::Sha256);
+    let mut nar_bytes = Vec::new();
+    nar::dump_path(&hello, &mut nar_bytes).unwrap();
+    h.update(&nar_bytes);
+    let rec = h.finish().to_base16();
+    let expr = EXPR.replace("@FLAT@", &flat).replace("@REC@", &rec);
+    fs::write(d.inputs().join("build.nix"), expr).unwrap();
+    d.start();
+    Some(d)
+}
+
+fn expr(d: &TestDaemon) -> String {
+    d.inputs().join("build.nix").to_str().unwrap().to_owned()
+}
+
+/// `nix-build -A attr --no-out-link` as the client; the output path(s).
+fn build(d: &TestDaemon, attr: &str) -> String {
+    d.client_ok("nix-build", &[&expr(d), "-A", attr, "--no-out-link"])
+        .trim()
+        .to_owned()
+}
+
+fn build_err(d: &TestDaemon, attr: &str, extra: &[&str]) -> String {
+    let e = expr(d);
+    let mut args = vec![e.as_str(), "-A", attr, "--no-out-link"];
+    args.extend_from_slice(extra);
+    d.client_err("nix-build", &args)
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+fn references(d: &TestDaemon, p: &str) -> Vec<String> {
+    let mut r: Vec<String> = d
+        .client_ok("nix-store", &["-q", "--references", p])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    r.sort();
+    r
+}
+
+#[test]
+fn trivial_build_streams_its_log_and_stores_it() {
+    let Some(d) = prepared() else { return };
+    let t0 = Instant::now();
+    let out = d
+        .client("nix-build")
+        .args([&expr(&d), "-A", "trivial", "--no-out-link"])
+        .output()
+        .unwrap();
+    let elapsed = t0.elapsed();
+    let stdout = d.expect_ok("nix-build trivial", &out);
+    eprintln!("one trivial sandboxed build through the client: {elapsed:?}");
+    let path = stdout.trim();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("building trivial"),
+        "log line streamed: {stderr}"
+    );
+    assert_eq!(fs::read_to_string(path).unwrap(), "hello\n");
+    assert_eq!(mode(Path::new(path)), 0o444);
+    assert_eq!(fs::symlink_metadata(path).unwrap().mtime(), 1);
+    // The deriver, as Nix records it, and the log where `nix-store -l` finds it.
+    let deriver = d.client_ok("nix-store", &["-q", "--deriver", path]);
+    assert!(deriver.trim().ends_with("-trivial.drv"));
+    assert_eq!(
+        d.client_ok("nix-store", &["-l", path]),
+        "building trivial\n"
+    );
+    // Built once: a second build is a no-op.
+    assert_eq!(build(&d, "trivial"), path);
+    assert_eq!(d.log().matches("-trivial.drv'").count(), 1, "{}", d.log());
+    d.assert_store_clean();
+}
+
+#[test]
+fn builder_runs_sandboxed_with_nix_environment() {
+    let Some(d) = prepared() else { return };
+    let out = build(&d, "probe");
+    let text = fs::read_to_string(&out).unwrap();
+    let store = d.store_dir();
+    let store = store.display();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let top = store.to_string();
+    let top = top
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // `ls /`: Nix's layout, the store's top directory and the sandbox-path `/bin`.
+    let mut root: Vec<&str> = vec!["bin", "build", "dev", "etc", "proc", "tmp", &top];
+    root.sort();
+    root.dedup();
+    let root = root.join("\n");
+    assert_eq!(
+        text,
+        format!(
+            "HOME=/homeless-shelter\nNIX_BUILD_CORES={cores}\nNIX_BUILD_TOP=/build\nNIX_LOG_FD=2\n\
+             NIX_STORE={store}\nPATH=/path-not-set\nPWD=/build\nSHLVL=1\nTEMP=/build\nTEMPDIR=/build\n\
+             TERM=xterm-256color\nTMP=/build\nTMPDIR=/build\n\
+             bigPath=/build/.attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a\n\
+             builder=/bin/sh\nname=probe\nout={out}\npassAsFile=big\nsystem={}\n\
+             1 1000 100 localhost\n{root}\nbig data",
+            unrooted_build_system()
+        )
+    );
+}
+
+fn unrooted_build_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
+}
+
+#[test]
+fn chain_diamond_and_references_found_by_scanning() {
+    let Some(d) = prepared() else { return };
+    let chain = build(&d, "chain");
+    assert_eq!(fs::read_to_string(&chain).unwrap(), "a-chain\n");
+    assert!(references(&d, &chain).is_empty(), "the text holds no path");
+    let diamond = build(&d, "diamond");
+    let a = build(&d, "a");
+    let b = build(&d, "b");
+    let c = build(&d, "c");
+    assert_eq!(references(&d, &c), vec![a.clone()]);
+    assert_eq!(
+        fs::read_to_string(&diamond).unwrap(),
+        format!("{a}\nc {a}\n")
+    );
+    assert_eq!(references(&d, &b), vec![a.clone()]);
+    // diamond's text names only `a`, not b or c.
+    assert_eq!(references(&d, &diamond), vec![a]);
+    d.assert_store_clean();
+}
+
+#[test]
+fn multiple_outputs_are_registered_together() {
+    let Some(d) = prepared() else { return };
+    let out = d.client_ok(
+        "nix-build",
+        &[&expr(&d), "-A", "multi.all", "--no-out-link"],
+    );
+    let paths: Vec<&str> = out.lines().collect();
+    assert_eq!(paths.len(), 2, "{out}");
+    let dev = paths.iter().find(|p| p.ends_with("-multi-dev")).unwrap();
+    let outp = paths.iter().find(|p| p.ends_with("-multi")).unwrap();
+    assert_eq!(fs::read_to_string(dev).unwrap(), format!("dev {outp}\n"));
+    assert_eq!(references(&d, dev), vec![outp.to_string()]);
+    d.assert_store_clean();
+}
+
+#[test]
+fn fixed_output_flat_recursive_and_mismatch() {
+    let Some(d) = prepared() else { return };
+    let flat = build(&d, "fodFlat");
+    assert_eq!(fs::read_to_string(&flat).unwrap(), "hello\n");
+    let rec = build(&d, "fodRec");
+    assert_eq!(fs::read_to_string(&rec).unwrap(), "hello\n");
+    let info = d.client_ok("nix", &["path-info", "--json", &flat]);
+    assert!(info.contains(r#""ca":"fixed:sha256:"#), "{info}");
+    let err = build_err(&d, "fodBad", &[]);
+    assert!(
+        err.contains("hash mismatch in fixed-output derivation")
+            && err.contains("specified: sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            && err.contains("got:    sha256-"),
+        "{err}"
+    );
+    // Nothing was registered for the mismatch.
+    assert!(!d
+        .valid_paths_local()
+        .iter()
+        .any(|p| p.ends_with("-fod-bad")));
+}
+
+#[test]
+fn failing_builder_reports_exit_code_and_last_lines() {
+    let Some(mut d) = prepared() else { return };
+    let err = build_err(&d, "fail", &[]);
+    // The client indents the message's continuation lines.
+    let flat: Vec<&str> = err.lines().map(str::trim).collect();
+    let flat = flat.join("\n");
+    assert!(
+        flat.contains("-fail.drv' failed with exit code 3;\nlast 2 log lines:\n> first line\n> about to fail\nFor full logs, run 'nix log "),
+        "{err}"
+    );
+    assert!(d.is_running());
+}
+
+#[test]
+fn timeout_kills_the_build() {
+    let Some(d) = prepared() else { return };
+    let t0 = Instant::now();
+    let err = build_err(&d, "slow", &["--option", "timeout", "2"]);
+    assert!(err.contains("timed out after 2 seconds"), "{err}");
+    assert!(t0.elapsed().as_secs() < 20);
+}
+
+#[test]
+fn check_rebuilds_and_reports_non_determinism() {
+    let Some(d) = prepared() else { return };
+    build(&d, "trivial");
+    let e = expr(&d);
+    d.client_ok(
+        "nix-build",
+        &[&e, "-A", "trivial", "--no-out-link", "--check"],
+    );
+    let nondet = build(&d, "nondet");
+    let err = build_err(&d, "nondet", &["--check"]);
+    assert!(
+        err.contains("may not be deterministic: output")
+            && err.contains(&format!("'{nondet}' differs")),
+        "{err}"
+    );
+}
+
+#[test]
+fn keep_failed_hands_the_build_dir_to_the_client_only() {
+    let Some(d) = prepared() else { return };
+    let err = build_err(&d, "keep", &["--keep-failed"]);
+    let kept = err
+        .split("keeping build directory '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no kept directory in: {err}"))
+        .to_owned();
+    let kept = Path::new(&kept);
+    // 0700 plus the client's ACL entry (shown as the group bits, the ACL mask).
+    assert_eq!(mode(kept) & 0o707, 0o700);
+    assert_eq!(
+        mode(&kept.join("sub")) & 0o022,
+        0,
+        "world-writable bits removed"
+    );
+    assert_eq!(
+        d.client_ok("cat", &[kept.join("kept.txt").to_str().unwrap()]),
+        "secret\n"
+    );
+    // Nobody else can read it.
+    let other = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(kept.join("kept.txt"))
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(kept)
+        .status();
+}
+
+#[test]
+fn output_modes_are_canonical_and_stray_entries_are_not_registered() {
+    let Some(d) = prepared() else { return };
+    let out = build(&d, "modes");
+    let out = Path::new(&out);
+    assert_eq!(mode(out), 0o555);
+    assert_eq!(mode(&out.join("bin")), 0o555);
+    assert_eq!(mode(&out.join("bin/x")), 0o555);
+    assert_eq!(mode(&out.join("f")), 0o444);
+    build(&d, "stray");
+    let store = d.store_dir();
+    assert!(!store
+        .join("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-stray")
+        .exists());
+    assert!(!store.join("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x").exists());
+    assert!(!d.valid_paths_local().iter().any(|p| p.contains("aaaaaaaa")));
+    d.assert_store_clean();
+}
+
+#[test]
+fn two_clients_building_the_same_derivation_build_it_once() {
+    let Some(d) = prepared() else { return };
+    let e = expr(&d);
+    let spawn = || {
+        d.client("nix-build")
+            .args([&e, "-A", "conc", "--no-out-link"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let c1 = spawn();
+    let c2 = spawn();
+    let o1 = c1.wait_with_output().unwrap();
+    let o2 = c2.wait_with_output().unwrap();
+    let p1 = d.expect_ok("first client", &o1);
+    let p2 = d.expect_ok("second client", &o2);
+    assert_eq!(p1, p2);
+    assert_eq!(d.log().matches("-conc.drv'").count(), 1, "{}", d.log());
+}
+
+#[test]
+fn nix_env_installs_a_built_package_through_builtin_buildenv() {
+    let Some(d) = prepared() else { return };
+    let profile = d.client_home().join("profile");
+    let p = profile.to_str().unwrap().to_owned();
+    d.client_ok("nix-env", &["-p", &p, "-f", &expr(&d), "-iA", "pkg"]);
+    // `bin` is linked whole: no other package adds to it.
+    let target = fs::read_link(profile.join("bin")).unwrap();
+    assert!(target.to_str().unwrap().ends_with("-pkg/bin"), "{target:?}");
+    assert!(profile.join("bin/hello").exists());
+    assert!(profile.join("manifest.nix").exists());
+    let listed = d.client_ok("nix-env", &["-p", &p, "-q"]);
+    assert_eq!(listed.trim(), "pkg");
+}

@@ -1,0 +1,403 @@
+//! The build operations (BuildPaths, BuildPathsWithResults, BuildDerivation,
+//! QueryMissing) on top of the shared [`unrooted_build::Scheduler`], and the log
+//! messages Nix 2.8 clients expect while a build runs: one `build` activity (type 105,
+//! `building '<drv>'`, fields drvPath, machine "", curRound 1, nrRounds 1) per
+//! derivation, a `buildLogLine` result (101) per line of its log, and its stop.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufWriter;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use unrooted_build::{
+    error_chain, BuildMode as Mode, BuildObserver, BuildOptions, BuildResult as Result_,
+    BuilderConfig, Scheduler, Status, Target,
+};
+use unrooted_format::{Hash, StorePath};
+use unrooted_protocol::reply::MissingInfo;
+use unrooted_protocol::request::BuildMode;
+use unrooted_protocol::stderr::{ActivityId, ActivityType, Field, ResultType, Verbosity};
+use unrooted_protocol::{
+    BuildResult, BuildStatus, DerivedPath, DrvOutput, OutputsSpec, Realisation, StderrWriter,
+};
+use unrooted_sandbox::{Sandbox, SandboxPath};
+
+use crate::config::{Config, SandboxMode};
+use crate::connection::Session;
+
+type Out = StderrWriter<BufWriter<UnixStream>>;
+
+/// The hidden verb of the `unrooted` binary that runs the sandbox helper.
+const HELPER_VERB: &str = "sandbox-helper";
+
+/// The scheduler for this configuration. Builders are sandboxed unless the
+/// administrator set `sandbox = false`; the sandbox helper is this executable.
+pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::BuildError> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let mut cfg = BuilderConfig::new(Sandbox::new(exe, vec![HELPER_VERB.into()]));
+    let s = &config.settings;
+    cfg.sandbox = s.sandbox != SandboxMode::Disabled;
+    cfg.sandbox_paths = s
+        .sandbox_paths
+        .iter()
+        .filter_map(|e| match SandboxPath::parse(e.as_ref()) {
+            Ok(p) => Some(p),
+            Err(err) => {
+                tracing::warn!("ignoring sandbox-paths entry '{e}': {err}");
+                None
+            }
+        })
+        .collect();
+    cfg.log_dir = Some(config.locations.log_dir.clone());
+    cfg.max_jobs = usize::try_from(s.max_jobs).unwrap_or(usize::MAX);
+    cfg.cores = u32::try_from(s.cores).unwrap_or(0);
+    let raw = &config.raw;
+    if let Some(v) = raw.get("max-build-log-size").and_then(|v| v.parse().ok()) {
+        cfg.max_log_size = v;
+    }
+    if let Some(v) = raw.get("system").filter(|v| !v.is_empty()) {
+        cfg.system = v.to_owned();
+    }
+    if let Some(v) = raw.get("extra-platforms") {
+        cfg.extra_platforms = v.split_whitespace().map(str::to_owned).collect();
+    }
+    if let Some(v) = raw.get("sandbox-build-dir").filter(|v| v.starts_with('/')) {
+        cfg.sandbox_build_dir = PathBuf::from(v);
+    }
+    if cfg.sandbox {
+        if let Err(e) = unrooted_sandbox::check_user_namespaces() {
+            tracing::warn!("builds will fail until this is fixed: {e}");
+        }
+    } else {
+        tracing::warn!("sandbox = false: builders run unsandboxed as the store owner");
+    }
+    Scheduler::new(cfg)
+}
+
+/// A target of the scheduler for a DerivedPath.
+fn target(p: &DerivedPath) -> Target {
+    match p {
+        DerivedPath::Opaque(path) => Target::Opaque(path.clone()),
+        DerivedPath::Built { drv_path, outputs } => Target::Built {
+            drv: drv_path.clone(),
+            outputs: match outputs {
+                OutputsSpec::All => None,
+                OutputsSpec::Names(n) => Some(n.iter().cloned().collect()),
+            },
+        },
+    }
+}
+
+fn options(s: &Session<'_>, mode: BuildMode) -> BuildOptions {
+    // The client's `--option` wins over the daemon's configuration, as in Nix.
+    let secs = |name: &str| -> Option<u64> {
+        s.settings
+            .overrides
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .or_else(|| s.state.config.raw.get(name).and_then(|v| v.parse().ok()))
+    };
+    BuildOptions {
+        mode: match mode {
+            BuildMode::Normal => Mode::Normal,
+            BuildMode::Repair => Mode::Repair,
+            BuildMode::Check => Mode::Check,
+        },
+        keep_failed: s.settings.keep_failed,
+        keep_going: s.settings.keep_going,
+        max_silent_time: secs("max-silent-time").unwrap_or(s.settings.max_silent_time),
+        timeout: secs("timeout").unwrap_or(0),
+        cores: (s.settings.build_cores > 0).then_some(s.settings.build_cores),
+        client_uid: Some(s.peer.uid),
+    }
+}
+
+/// Relays scheduler events to the client as Nix's activities and log lines.
+struct ClientObserver<'s, 'o> {
+    s: &'s Session<'s>,
+    out: &'o mut Out,
+    activities: HashMap<StorePath, ActivityId>,
+    top: BTreeSet<StorePath>,
+}
+
+impl ClientObserver<'_, '_> {
+    fn sent(&mut self, r: Result<(), unrooted_protocol::ProtocolError>) -> bool {
+        r.is_ok()
+    }
+}
+
+impl BuildObserver for ClientObserver<'_, '_> {
+    fn started(&mut self, drv: &StorePath) -> bool {
+        // Temp roots: the derivation and its outputs stay alive while they are built.
+        self.s.add_temp_root(drv);
+        if let Ok(map) = self.s.state.store.query_derivation_output_map(drv) {
+            for p in map.values() {
+                self.s.add_temp_root(p);
+            }
+        }
+        let shown = self.s.cx.store_dir.display(drv);
+        let r = self.out.start_activity(
+            Verbosity::Info,
+            ActivityType::BUILD,
+            &format!("building '{shown}'"),
+            vec![
+                Field::String(shown.into_bytes()),
+                Field::String(Vec::new()),
+                Field::Int(1),
+                Field::Int(1),
+            ],
+            None,
+        );
+        match r {
+            Ok(id) => {
+                self.activities.insert(drv.clone(), id);
+                self.out.flush().is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn log_line(&mut self, drv: &StorePath, line: &str) -> bool {
+        let Some(&id) = self.activities.get(drv) else {
+            return true;
+        };
+        let r = self.out.result(
+            id,
+            ResultType::BUILD_LOG_LINE,
+            vec![Field::String(line.as_bytes().to_vec())],
+        );
+        self.sent(r)
+    }
+
+    fn note(&mut self, _drv: &StorePath, text: &str) -> bool {
+        let r = self.out.log(Verbosity::Error, text).map(|_| ());
+        self.sent(r)
+    }
+
+    fn finished(&mut self, drv: &StorePath, result: &Result_) -> bool {
+        if let Some(id) = self.activities.remove(drv) {
+            if self.out.stop_activity(id).is_err() {
+                return false;
+            }
+        }
+        // Failures of dependencies are shown as Nix shows them; the requested
+        // derivations' own errors end the request.
+        if !result.status.is_success()
+            && result.status != Status::Cancelled
+            && !self.top.contains(drv)
+        {
+            let r = self
+                .out
+                .log(Verbosity::Error, &format!("error: {}", result.error))
+                .map(|_| ());
+            if r.is_err() {
+                return false;
+            }
+        }
+        self.out.flush().is_ok()
+    }
+
+    fn connected(&mut self) -> bool {
+        if self.out.flush().is_err() {
+            return false;
+        }
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let sock = self.out.get_mut().get_ref();
+        let mut fds = [PollFd::new(sock, PollFlags::RDHUP)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(0) => true,
+            Ok(_) => !fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => true,
+        }
+    }
+}
+
+/// Runs the scheduler for `paths` with activities on `out`.
+fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -> Vec<Result_> {
+    let targets: Vec<Target> = paths.iter().map(target).collect();
+    let top = targets
+        .iter()
+        .filter_map(|t| match t {
+            Target::Built { drv, .. } => Some(drv.clone()),
+            Target::Opaque(_) => None,
+        })
+        .collect();
+    for t in &targets {
+        let (Target::Built { drv: p, .. } | Target::Opaque(p)) = t;
+        s.add_temp_root(p);
+    }
+    let opts = options(s, mode);
+    let mut observer = ClientObserver {
+        s,
+        out,
+        activities: HashMap::new(),
+        top,
+    };
+    let results = s
+        .state
+        .scheduler
+        .build(&s.state.store, &targets, &opts, &mut observer);
+    for r in &results {
+        for p in r.outputs.values() {
+            s.add_temp_root(p);
+        }
+    }
+    results
+}
+
+/// BuildPaths: `Ok(())` when everything is valid, else the error Nix 2.8 reports.
+pub(crate) fn build_paths(
+    s: &Session<'_>,
+    paths: &[DerivedPath],
+    mode: BuildMode,
+    out: &mut Out,
+) -> std::result::Result<(), String> {
+    let results = run(s, paths, mode, out);
+    let failed: Vec<(usize, &Result_)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.status.is_success())
+        .collect();
+    let real: Vec<&(usize, &Result_)> = failed
+        .iter()
+        .filter(|(_, r)| r.status != Status::Cancelled)
+        .collect();
+    match (real.len(), failed.len()) {
+        (_, 0) => Ok(()),
+        // A missing opaque path has no error of its own in Nix 2.8.
+        (1, _) if matches!(paths[real[0].0], DerivedPath::Opaque(_)) => Err(format!(
+            "build of '{}' failed",
+            match &paths[real[0].0] {
+                DerivedPath::Opaque(p) | DerivedPath::Built { drv_path: p, .. } =>
+                    s.cx.store_dir.display(p),
+            }
+        )),
+        (1, _) => Err(real[0].1.error.clone()),
+        (0, _) => Err(failed[0].1.error.clone()),
+        _ => {
+            for (_, r) in &real {
+                let _ = out.log(Verbosity::Error, &format!("error: {}", r.error));
+            }
+            let names: Vec<String> = real
+                .iter()
+                .map(|(i, _)| match &paths[*i] {
+                    DerivedPath::Opaque(p) | DerivedPath::Built { drv_path: p, .. } => {
+                        format!("'{}'", s.cx.store_dir.display(p))
+                    }
+                })
+                .collect();
+            Err(format!("build of {} failed", names.join(", ")))
+        }
+    }
+}
+
+/// BuildPathsWithResults (and BuildDerivation): one protocol result per path.
+pub(crate) fn build_paths_with_results(
+    s: &Session<'_>,
+    paths: &[DerivedPath],
+    mode: BuildMode,
+    out: &mut Out,
+) -> Vec<BuildResult> {
+    let results = run(s, paths, mode, out);
+    paths
+        .iter()
+        .zip(results)
+        .map(|(p, r)| to_wire(s, p, &r))
+        .collect()
+}
+
+fn to_wire(s: &Session<'_>, p: &DerivedPath, r: &Result_) -> BuildResult {
+    let status = match r.status {
+        Status::Built => BuildStatus::Built,
+        Status::AlreadyValid => BuildStatus::AlreadyValid,
+        Status::PermanentFailure => BuildStatus::PermanentFailure,
+        Status::InputRejected => BuildStatus::InputRejected,
+        Status::OutputRejected => BuildStatus::OutputRejected,
+        Status::TransientFailure => BuildStatus::TransientFailure,
+        Status::TimedOut => BuildStatus::TimedOut,
+        Status::MiscFailure | Status::Cancelled => BuildStatus::MiscFailure,
+        Status::DependencyFailed => BuildStatus::DependencyFailed,
+        Status::LogLimitExceeded => BuildStatus::LogLimitExceeded,
+        Status::NotDeterministic => BuildStatus::NotDeterministic,
+    };
+    let mut w = BuildResult::new(status, r.error.clone());
+    w.times_built = r.times_built;
+    w.is_non_deterministic = r.non_deterministic;
+    w.start_time = r.start_time;
+    w.stop_time = r.stop_time;
+    if let (true, DerivedPath::Built { drv_path, outputs }) = (r.status.is_success(), p) {
+        w.built_outputs = realisations(s, drv_path, outputs, &r.outputs);
+    }
+    w
+}
+
+/// The builtOutputs of a successful derivation build: DrvOutput ids from the
+/// derivation's hash modulo and the wanted outputs' paths.
+fn realisations(
+    s: &Session<'_>,
+    drv_path: &StorePath,
+    wanted: &OutputsSpec,
+    outputs: &BTreeMap<String, StorePath>,
+) -> BTreeMap<DrvOutput, Realisation> {
+    let store = &s.state.store;
+    let hashes = unrooted_build::load_derivation(store, drv_path)
+        .and_then(|d| unrooted_build::output_hashes(store, &d))
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                "hashing {}: {}",
+                store.print_path(drv_path),
+                error_chain(&e)
+            );
+            BTreeMap::new()
+        });
+    let mut map = BTreeMap::new();
+    for (name, path) in outputs {
+        if let OutputsSpec::Names(n) = wanted {
+            if !n.contains(name) {
+                continue;
+            }
+        }
+        let drv_hash = hashes
+            .get(name)
+            .map(|h| Hash::sha256(*h))
+            .unwrap_or_else(unrooted_protocol::build_result::dummy_drv_hash);
+        let id = DrvOutput {
+            drv_hash,
+            output_name: name.clone(),
+        };
+        map.insert(
+            id.clone(),
+            Realisation {
+                id,
+                out_path: path.clone(),
+                signatures: BTreeSet::new(),
+                dependent_realisations: BTreeMap::new(),
+            },
+        );
+    }
+    map
+}
+
+/// QueryMissing: what a build of `targets` would build, and what is unknown.
+pub(crate) fn query_missing(
+    s: &Session<'_>,
+    targets: &[DerivedPath],
+) -> std::result::Result<MissingInfo, String> {
+    let t: Vec<Target> = targets.iter().map(target).collect();
+    let (will_build, unknown) = s
+        .state
+        .scheduler
+        .will_build(&s.state.store, &t)
+        .map_err(|e| error_chain(&e))?;
+    Ok(MissingInfo {
+        will_build,
+        unknown,
+        ..MissingInfo::default()
+    })
+}

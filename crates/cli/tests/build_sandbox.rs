@@ -273,6 +273,83 @@ fn failing_builder_reports_exit_code_and_last_lines() {
 }
 
 #[test]
+fn a_missing_opaque_path_fails_as_in_nix() {
+    let Some(d) = prepared() else { return };
+    let missing = format!(
+        "{}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-missing",
+        d.store_dir().display()
+    );
+    let err = d.client_err("nix-store", &["-r", &missing]);
+    assert!(
+        err.contains(&format!("build of '{missing}' failed")),
+        "{err}"
+    );
+}
+
+/// The daemon's descendants (sandbox helpers and builders); other tests' daemons run
+/// as the same user, so the process tree decides.
+fn daemon_children(d: &TestDaemon) -> Vec<String> {
+    let out = std::process::Command::new("ps")
+        .args(["-e", "-o", "pid=,ppid=,args="])
+        .output()
+        .unwrap();
+    let procs: Vec<(u32, u32, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let pid = w.next()?.parse().ok()?;
+            let ppid = w.next()?.parse().ok()?;
+            Some((pid, ppid, w.collect::<Vec<_>>().join(" ")))
+        })
+        .collect();
+    let mut tree = vec![d.pid()];
+    let mut found = Vec::new();
+    while let Some(parent) = tree.pop() {
+        for (pid, ppid, args) in &procs {
+            if *ppid == parent {
+                tree.push(*pid);
+                found.push(format!("{pid} {args}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_client_going_away_cancels_its_build() {
+    let Some(d) = prepared() else { return };
+    let mut client = d
+        .client("nix-build")
+        .args([&expr(&d), "-A", "slow", "--no-out-link"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !d.log().contains("-slow.drv'") {
+        assert!(t0.elapsed().as_secs() < 20, "the build did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!daemon_children(&d).is_empty(), "a sandbox runs");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let t1 = Instant::now();
+    loop {
+        let left = daemon_children(&d);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t1.elapsed().as_secs() < 10,
+            "the sandbox outlived its client: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut d = d;
+    assert!(d.is_running());
+}
+
+#[test]
 fn timeout_kills_the_build() {
     let Some(d) = prepared() else { return };
     let t0 = Instant::now();

@@ -5,8 +5,11 @@
 //! a non-zero exit status; nothing here panics on bad input.
 
 mod daemon;
+mod doctor;
 mod drv;
 mod hash;
+mod install;
+mod migrate;
 mod nar;
 mod sandbox;
 mod store_path;
@@ -52,6 +55,14 @@ enum Command {
     /// Inspect and check derivation (.drv) files.
     #[command(subcommand)]
     Drv(drv::DrvCommand),
+    /// Install the daemon, the roots helper and their systemd units (run as root).
+    Install(install::InstallArgs),
+    /// Remove what `install` installed; the store stays unless asked.
+    Uninstall(install::UninstallArgs),
+    /// Check that this machine can build, one verdict per line with its fix.
+    Doctor(doctor::DoctorArgs),
+    /// Hand a store made by a root nix-daemon over to the store owner.
+    Migrate(migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +75,10 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::run(args),
         Command::SandboxRun(args) => sandbox::run(args),
         Command::SandboxHelper => sandbox::helper(),
+        Command::Install(args) => install::run(args),
+        Command::Uninstall(args) => install::run_uninstall(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,158 @@
+//! `unrooted install` and `unrooted uninstall`: put the daemon, the roots helper and
+//! their units on a server, or take them off again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use unrooted_deploy::host::Layout;
+use unrooted_deploy::plan::{self, InstallOptions, InstallPlan};
+use unrooted_deploy::Host;
+
+/// Where things are; shared by install, uninstall, doctor and migrate.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LayoutArgs {
+    /// Work on this directory tree instead of `/` (tests, packaging). Paths in unit
+    /// files stay those of the running system.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// The store directory.
+    #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+    pub store_dir: PathBuf,
+    /// The state directory.
+    #[arg(long, value_name = "DIR", default_value = "/nix/var/nix")]
+    pub state_dir: PathBuf,
+    /// The build log directory.
+    #[arg(long, value_name = "DIR", default_value = "/nix/var/log/nix")]
+    pub log_dir: PathBuf,
+    /// The configuration directory shared with the clients.
+    #[arg(long, value_name = "DIR", default_value = "/etc/nix")]
+    pub conf_dir: PathBuf,
+}
+
+impl LayoutArgs {
+    /// The host and layout these arguments name.
+    pub fn resolve(&self) -> anyhow::Result<(Host, Layout)> {
+        let host = Host::new(&self.root).context("resolving --root")?;
+        let layout = Layout {
+            store_dir: self.store_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            log_dir: self.log_dir.clone(),
+            conf_dir: self.conf_dir.clone(),
+            ..Layout::default()
+        };
+        layout.validate()?;
+        Ok((host, layout))
+    }
+}
+
+/// Arguments of `install`.
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    layout: LayoutArgs,
+    /// The unprivileged user that owns the store and runs the daemon (created if missing).
+    #[arg(long, value_name = "NAME", default_value = "unrooted")]
+    store_owner: String,
+    /// Print every step, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Give the daemon CAP_CHOWN, to hand `--keep-failed` build directories to their
+    /// users (its only capability; without it they are shared by ACL instead).
+    #[arg(long)]
+    chown_kept_build_dirs: bool,
+    /// The roots helper binary to install [default: unrooted-find-roots beside this program].
+    #[arg(long, value_name = "PATH")]
+    find_roots_binary: Option<PathBuf>,
+    /// The unrooted binary the daemon runs [default: this program].
+    #[arg(long, value_name = "PATH")]
+    daemon_binary: Option<PathBuf>,
+    /// Subordinate ids for builds: yes, no, or auto (when newuidmap is installed).
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    subids: Auto,
+    /// The AppArmor profile: yes, no, or auto (when the kernel restricts user namespaces).
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    apparmor: Auto,
+}
+
+/// yes, no, or decided from the host.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Auto {
+    /// Always.
+    Yes,
+    /// Never.
+    No,
+    /// Decided from what the host has.
+    Auto,
+}
+
+impl Auto {
+    fn get(self) -> Option<bool> {
+        match self {
+            Auto::Yes => Some(true),
+            Auto::No => Some(false),
+            Auto::Auto => None,
+        }
+    }
+}
+
+/// Arguments of `uninstall`.
+#[derive(clap::Args, Debug)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    layout: LayoutArgs,
+    /// Also delete the store, the state (database, profiles, roots) and the logs.
+    #[arg(long)]
+    remove_store: bool,
+    /// Print every step, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn execute(host: &Host, plan: &InstallPlan, dry_run: bool) -> anyhow::Result<()> {
+    if dry_run {
+        for step in &plan.steps {
+            println!("would: {step}");
+        }
+    } else {
+        plan::apply(host, plan, &mut |step| println!("{step}")).context("applying the plan")?;
+    }
+    if !plan.next.is_empty() {
+        println!("\nthen, as root:");
+        for line in &plan.next {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `install`.
+pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let (host, layout) = args.layout.resolve()?;
+    let me = std::env::current_exe().context("finding this program")?;
+    let roots_binary = args.find_roots_binary.or_else(|| {
+        let beside = me.with_file_name("unrooted-find-roots");
+        beside.is_file().then_some(beside)
+    });
+    let opts = InstallOptions {
+        host: host.clone(),
+        layout,
+        owner: args.store_owner,
+        daemon_binary: args.daemon_binary.unwrap_or(me),
+        roots_binary,
+        chown_kept_build_dirs: args.chown_kept_build_dirs,
+        subids: args.subids.get(),
+        apparmor: args.apparmor.get(),
+    };
+    let plan = plan::install(&opts).context("planning the installation")?;
+    execute(&host, &plan, args.dry_run)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `uninstall`.
+pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
+    let (host, layout) = args.layout.resolve()?;
+    let plan = plan::uninstall(&host, &layout, args.remove_store).context("planning removal")?;
+    execute(&host, &plan, args.dry_run)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,723 @@
+//! `unrooted doctor`: every precondition for builds and garbage collection, each as a
+//! one-line verdict and, when it is not fine, the command or change that fixes it.
+//!
+//! Checks read the host through [`Host`], so a test can stand a directory tree in for
+//! `/` (a fake `/proc/sys` with user namespaces off, a store with the wrong owner).
+//! Everything read from `/proc` or a socket is bounded.
+
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use unrooted_format::StoreDir;
+use unrooted_protocol::client::Client;
+use unrooted_protocol::ProtocolVersion;
+
+use crate::accounts;
+use crate::host::Layout;
+use crate::plan::{has_uidmap, sysctl};
+use crate::units;
+use crate::Host;
+
+/// Below this much free space in the store, builds fail.
+const MIN_USABLE_FREE: u64 = 64 << 20;
+/// Largest answer read from the roots helper.
+const MAX_ROOTS_ANSWER: u64 = 64 << 20;
+/// Largest `/proc` text file read.
+const MAX_PROC_READ: u64 = 1 << 20;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but weaker or degraded (e.g. garbage collection refuses to run).
+    Warn,
+    /// Builds cannot work until this is fixed.
+    Fail,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What was checked (stable, short: tests match on it).
+    pub check: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it, when not fine.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}", self.verdict, self.check, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n       fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the doctor examines.
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    /// The host (or tree).
+    pub host: Host,
+    /// The paths.
+    pub layout: Layout,
+    /// The store owner; `None` = the `User=` of the installed daemon unit, else `unrooted`.
+    pub owner: Option<String>,
+    /// How long to wait for the daemon and the helper.
+    pub timeout: Duration,
+}
+
+fn finding(check: &'static str, verdict: Verdict, detail: String, fix: Option<&str>) -> Finding {
+    Finding {
+        check,
+        verdict,
+        detail,
+        fix: fix.map(str::to_owned),
+    }
+}
+
+fn read_bounded(path: &Path, max: u64) -> Option<String> {
+    let mut s = String::new();
+    fs::File::open(path)
+        .ok()?
+        .take(max)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+/// The `User=` of the installed daemon unit.
+pub fn installed_owner(host: &Host, layout: &Layout) -> Option<String> {
+    let unit = host.path(&layout.unit_dir.join("unrooted-daemon.service"));
+    read_bounded(&unit, MAX_PROC_READ)?
+        .lines()
+        .find_map(|l| l.strip_prefix("User=").map(|u| u.trim().to_owned()))
+}
+
+/// Runs every check, in order.
+pub fn run(opts: &DoctorOptions) -> Vec<Finding> {
+    let host = &opts.host;
+    let l = &opts.layout;
+    let owner_name = opts
+        .owner
+        .clone()
+        .or_else(|| installed_owner(host, l))
+        .unwrap_or_else(|| "unrooted".into());
+    let mut out = Vec::new();
+    userns(host, l, &mut out);
+    let owner = match accounts::lookup_user(host, &owner_name) {
+        Ok(Some(a)) => Some(a),
+        Ok(None) => {
+            out.push(finding(
+                "store owner",
+                Verdict::Fail,
+                format!("no user named {owner_name}"),
+                Some("unrooted install (creates it), or pass --store-owner NAME"),
+            ));
+            None
+        }
+        Err(e) => {
+            out.push(finding("store owner", Verdict::Fail, e.to_string(), None));
+            None
+        }
+    };
+    subids(host, l, &owner_name, owner.as_ref(), &mut out);
+    if let Some(a) = &owner {
+        ownership(host, l, a, &mut out);
+    }
+    store_mount(host, l, &mut out);
+    daemon(host, l, opts.timeout, &mut out);
+    roots_helper(host, l, owner.as_ref(), opts.timeout, &mut out);
+    free_space(host, l, &mut out);
+    out
+}
+
+fn userns(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
+    let max = sysctl(host, "user.max_user_namespaces");
+    let clone = sysctl(host, "kernel.unprivileged_userns_clone");
+    let (v, detail, fix) = match (max.as_deref(), clone.as_deref()) {
+        (None, _) => (
+            Verdict::Fail,
+            "user.max_user_namespaces is missing: a kernel without user namespaces (CONFIG_USER_NS)".to_owned(),
+            Some("use a kernel built with CONFIG_USER_NS=y"),
+        ),
+        (Some("0"), _) => (
+            Verdict::Fail,
+            "user.max_user_namespaces = 0: user namespaces are off, no build can start".to_owned(),
+            Some("echo user.max_user_namespaces=15000 > /etc/sysctl.d/50-unrooted.conf && sysctl --system"),
+        ),
+        (_, Some("0")) => (
+            Verdict::Fail,
+            "kernel.unprivileged_userns_clone = 0: unprivileged user namespaces are off".to_owned(),
+            Some("echo kernel.unprivileged_userns_clone=1 > /etc/sysctl.d/50-unrooted.conf && sysctl --system"),
+        ),
+        (Some(n), c) => (
+            Verdict::Ok,
+            format!(
+                "enabled (user.max_user_namespaces = {n}{})",
+                c.map(|c| format!(", kernel.unprivileged_userns_clone = {c}"))
+                    .unwrap_or_default()
+            ),
+            None,
+        ),
+    };
+    out.push(finding("user namespaces", v, detail, fix));
+
+    let profile = host.path(&Path::new("/etc/apparmor.d").join(units::APPARMOR_PROFILE));
+    let f = match sysctl(host, "kernel.apparmor_restrict_unprivileged_userns").as_deref() {
+        Some("1") if profile.is_file() => finding(
+            "AppArmor",
+            Verdict::Ok,
+            format!(
+                "user namespaces restricted, allowed for {} by {}",
+                l.daemon_binary().display(),
+                profile.display()
+            ),
+            None,
+        ),
+        Some("1") => finding(
+            "AppArmor",
+            Verdict::Fail,
+            "kernel.apparmor_restrict_unprivileged_userns = 1 and no profile allows the daemon user namespaces".into(),
+            Some("unrooted install (writes /etc/apparmor.d/unrooted-daemon), then apparmor_parser -r /etc/apparmor.d/unrooted-daemon"),
+        ),
+        _ => finding(
+            "AppArmor",
+            Verdict::Ok,
+            "does not restrict user namespaces".into(),
+            None,
+        ),
+    };
+    out.push(f);
+
+    let enforce = read_bounded(&host.path(Path::new("/sys/fs/selinux/enforce")), 16);
+    out.push(match enforce.as_deref().map(str::trim) {
+        Some("1") => finding(
+            "SELinux",
+            Verdict::Warn,
+            "enforcing: the daemon's domain must be allowed to create user namespaces (unconfined_service_t is; a confined domain needs `allow ... self:user_namespace create`)".into(),
+            Some("check `ausearch -m avc -c unrooted` after a build; add a policy module if denials show"),
+        ),
+        Some(_) => finding("SELinux", Verdict::Ok, "not enforcing".into(), None),
+        None => finding("SELinux", Verdict::Ok, "not enabled".into(), None),
+    });
+}
+
+fn subids(
+    host: &Host,
+    l: &Layout,
+    owner: &str,
+    account: Option<&accounts::Account>,
+    out: &mut Vec<Finding>,
+) {
+    let uid = account.map(|a| a.uid);
+    let range = |file: &str| {
+        accounts::read_db(&host.path(Path::new(file)))
+            .ok()
+            .flatten()
+            .and_then(|t| accounts::subid_range_of(&t, owner, uid))
+    };
+    let (u, g) = (range("/etc/subuid"), range("/etc/subgid"));
+    let uidmap = has_uidmap(host);
+    let unit = host.path(&l.unit_dir.join("unrooted-daemon.service"));
+    let nnp = read_bounded(&unit, MAX_PROC_READ).is_some_and(|t| t.contains("NoNewPrivileges=yes"));
+    out.push(match (u, g, uidmap) {
+        (Some(u), Some(g), true) => {
+            let nu = host.path(Path::new("/usr/bin/newuidmap"));
+            let setuid = fs::metadata(&nu).is_ok_and(|m| m.mode() & 0o4000 != 0);
+            if nnp {
+                finding(
+                    "subordinate ids",
+                    Verdict::Fail,
+                    format!("{owner} has {}+{} / {}+{} but the daemon unit sets NoNewPrivileges=yes, so newuidmap cannot work", u.start, u.count, g.start, g.count),
+                    Some("unrooted install (rewrites the unit for subordinate ids), then systemctl daemon-reload"),
+                )
+            } else {
+                finding(
+                    "subordinate ids",
+                    Verdict::Ok,
+                    format!(
+                        "{owner} has uids {}+{} and gids {}+{}; newuidmap {}",
+                        u.start,
+                        u.count,
+                        g.start,
+                        g.count,
+                        if setuid {
+                            "is setuid"
+                        } else {
+                            "is not setuid (fine if it has file capabilities: getcap /usr/bin/newuidmap)"
+                        }
+                    ),
+                    None,
+                )
+            }
+        }
+        (_, _, false) => finding(
+            "subordinate ids",
+            Verdict::Warn,
+            "newuidmap/newgidmap not installed: builds run as the store owner (inside their namespaces), not in a separate id range".into(),
+            Some("apt-get install uidmap (or dnf install shadow-utils), then unrooted install"),
+        ),
+        _ => finding(
+            "subordinate ids",
+            Verdict::Warn,
+            format!("no range for {owner} in /etc/subuid and /etc/subgid: builds run as the store owner"),
+            Some("unrooted install (adds a free range)"),
+        ),
+    });
+}
+
+fn ownership(host: &Host, l: &Layout, owner: &accounts::Account, out: &mut Vec<Finding>) {
+    let mut problems = Vec::new();
+    let mut worst = Verdict::Ok;
+    let mut note = |v: Verdict, s: String| {
+        worst = worst.max(v);
+        problems.push(s);
+    };
+    let owned = [
+        (&l.store_dir, true),
+        (&l.state_dir, true),
+        (&l.log_dir, true),
+        (&l.state_dir.join("db"), false),
+        (&l.state_dir.join("db/db.sqlite"), false),
+    ];
+    for (path, required) in owned {
+        match fs::symlink_metadata(host.path(path)) {
+            Ok(m) => {
+                if m.uid() != owner.uid {
+                    note(
+                        Verdict::Fail,
+                        format!(
+                            "{} is owned by uid {}, not {} ({})",
+                            path.display(),
+                            m.uid(),
+                            owner.name,
+                            owner.uid
+                        ),
+                    );
+                } else if m.is_dir() && m.mode() & 0o022 != 0 {
+                    note(
+                        Verdict::Fail,
+                        format!(
+                            "{} is mode {:04o}: writable by others",
+                            path.display(),
+                            m.mode() & 0o7777
+                        ),
+                    );
+                }
+            }
+            Err(_) if required => note(Verdict::Fail, format!("{} is missing", path.display())),
+            Err(_) => {}
+        }
+    }
+    for p in ["profiles/per-user", "gcroots/per-user"] {
+        let path = l.state_dir.join(p);
+        match fs::symlink_metadata(host.path(&path)) {
+            Ok(m) if m.is_dir() && m.mode() & 0o7777 == 0o1777 => {}
+            Ok(m) => note(
+                Verdict::Warn,
+                format!(
+                    "{} is mode {:04o}, not 1777: users cannot keep profiles there",
+                    path.display(),
+                    m.mode() & 0o7777
+                ),
+            ),
+            Err(_) => note(Verdict::Warn, format!("{} is missing", path.display())),
+        }
+    }
+    out.push(if problems.is_empty() {
+        finding(
+            "store ownership",
+            Verdict::Ok,
+            format!(
+                "{}, {} and {} belong to {}",
+                l.store_dir.display(),
+                l.state_dir.display(),
+                l.log_dir.display(),
+                owner.name
+            ),
+            None,
+        )
+    } else {
+        let fix = format!(
+            "unrooted migrate --store-owner {} (hands a root-owned store over), then unrooted install",
+            owner.name
+        );
+        Finding {
+            check: "store ownership",
+            verdict: worst,
+            detail: problems.join("; "),
+            fix: Some(fix),
+        }
+    });
+}
+
+/// Unescapes a mountinfo path field (`\040` for a space, ...).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the topmost mount at `mount_point` in `mountinfo` is read-only, `None`
+/// when nothing is mounted there.
+pub fn mount_read_only(mountinfo: &str, mount_point: &Path) -> Option<bool> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = unescape_mountinfo(f.get(4)?);
+            (Path::new(&point) == mount_point)
+                .then(|| f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro")))
+        })
+        .last()
+}
+
+fn store_mount(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
+    let fix = format!(
+        "systemctl enable --now '{}' {}",
+        units::mount_unit_name(&l.rw_store()),
+        units::mount_unit_name(&l.store_dir)
+    );
+    let info = read_bounded(&host.path(Path::new("/proc/self/mountinfo")), 16 << 20);
+    out.push(match info.map(|i| mount_read_only(&i, &l.store_dir)) {
+        Some(Some(true)) => finding(
+            "store mount",
+            Verdict::Ok,
+            format!("{} is read-only outside the daemon", l.store_dir.display()),
+            None,
+        ),
+        Some(Some(false)) => finding(
+            "store mount",
+            Verdict::Warn,
+            format!("{} is mounted read-write: other processes of the store owner (and root) can change it", l.store_dir.display()),
+            Some(&fix),
+        ),
+        Some(None) => finding(
+            "store mount",
+            Verdict::Warn,
+            format!("{} is not a read-only mount: other processes of the store owner (and root) can change it", l.store_dir.display()),
+            Some(&fix),
+        ),
+        None => finding(
+            "store mount",
+            Verdict::Warn,
+            "cannot read /proc/self/mountinfo".into(),
+            None,
+        ),
+    });
+}
+
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// A `Uid:` or `CapEff:` line of `/proc/PID/status`.
+fn proc_status(host: &Host, pid: i32, key: &str) -> Option<String> {
+    let text = read_bounded(
+        &host.path(&PathBuf::from(format!("/proc/{pid}/status"))),
+        MAX_PROC_READ,
+    )?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+fn daemon(host: &Host, l: &Layout, timeout: Duration, out: &mut Vec<Finding>) {
+    let socket = host.path(&l.daemon_socket());
+    let start_fix = "systemctl enable --now unrooted-daemon.socket; journalctl -u unrooted-daemon";
+    let stream = match connect(&socket, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(finding(
+                "daemon socket",
+                Verdict::Fail,
+                format!("cannot connect to {}: {e}", socket.display()),
+                Some(start_fix),
+            ));
+            return;
+        }
+    };
+    let Ok(store_dir) = StoreDir::new(&l.store_dir.to_string_lossy()) else {
+        out.push(finding(
+            "daemon socket",
+            Verdict::Fail,
+            "invalid store directory".into(),
+            None,
+        ));
+        return;
+    };
+    // Peer credentials before the handshake: on socket activation the pid is the
+    // daemon's once it accepted, which happens by the time the handshake answers.
+    let reader = match stream.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(finding("daemon socket", Verdict::Fail, e.to_string(), None));
+            return;
+        }
+    };
+    match Client::handshake(reader, &stream, store_dir, ProtocolVersion::NIX_2_8) {
+        Ok(c) => out.push(finding(
+            "daemon socket",
+            Verdict::Ok,
+            format!(
+                "{} answers (protocol {}.{}{})",
+                l.daemon_socket().display(),
+                c.server_info().version.major(),
+                c.server_info().version.minor(),
+                c.server_info()
+                    .daemon_version
+                    .as_ref()
+                    .map(|v| format!(", daemon {v}"))
+                    .unwrap_or_default()
+            ),
+            None,
+        )),
+        Err(e) => {
+            out.push(finding(
+                "daemon socket",
+                Verdict::Fail,
+                format!("{} accepts but the handshake failed: {e}", socket.display()),
+                Some(start_fix),
+            ));
+            return;
+        }
+    }
+    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(finding(
+                "daemon identity",
+                Verdict::Warn,
+                format!("SO_PEERCRED: {e}"),
+                None,
+            ));
+            return;
+        }
+    };
+    let pid = cred.pid.as_raw_nonzero().get();
+    let uids = proc_status(host, pid, "Uid");
+    let cap_eff = proc_status(host, pid, "CapEff");
+    let any_root = cred.uid.is_root()
+        || uids
+            .as_deref()
+            .is_some_and(|u| u.split_whitespace().any(|x| x == "0"));
+    out.push(if any_root {
+        finding(
+            "daemon identity",
+            Verdict::Fail,
+            format!("the daemon (pid {pid}) runs as root (Uid: {})", uids.unwrap_or_default()),
+            Some("stop nix-daemon (systemctl disable --now nix-daemon.socket nix-daemon.service) and start unrooted-daemon.socket"),
+        )
+    } else {
+        let caps = cap_eff.unwrap_or_else(|| "?".into());
+        let v = if caps.trim_start_matches('0').is_empty() {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        };
+        finding(
+            "daemon identity",
+            v,
+            format!("pid {pid}, uid {}, effective capabilities {caps}", cred.uid.as_raw()),
+            (v != Verdict::Ok).then_some("the daemon should hold no capabilities: check AmbientCapabilities= in unrooted-daemon.service"),
+        )
+    });
+}
+
+fn roots_helper(
+    host: &Host,
+    l: &Layout,
+    owner: Option<&accounts::Account>,
+    timeout: Duration,
+    out: &mut Vec<Finding>,
+) {
+    let bin = l.roots_binary();
+    match fs::symlink_metadata(host.path(&bin)) {
+        Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
+        Ok(m) if m.is_file() => out.push(finding(
+            "roots helper binary",
+            Verdict::Fail,
+            format!(
+                "{} is owned by uid {} mode {:04o}: whoever can write it runs code as root",
+                bin.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+            Some(&format!(
+                "chown root:root {0} && chmod 0755 {0}",
+                bin.display()
+            )),
+        )),
+        _ => out.push(finding(
+            "roots helper binary",
+            Verdict::Warn,
+            format!("{} is missing", bin.display()),
+            Some("unrooted install --find-roots-binary PATH"),
+        )),
+    }
+    let socket = host.path(&l.roots_socket());
+    let started = Instant::now();
+    let answer = connect(&socket, timeout).and_then(|s| {
+        let mut buf = Vec::new();
+        (&s).take(MAX_ROOTS_ANSWER).read_to_end(&mut buf)?;
+        Ok(buf)
+    });
+    out.push(match answer {
+        Ok(buf) => {
+            let items: Vec<&[u8]> = buf.split(|&b| b == 0).filter(|i| !i.is_empty()).collect();
+            let errors = items.iter().filter(|i| i.first() != Some(&b'/')).count();
+            let me = rustix::process::geteuid().as_raw();
+            if items.is_empty() && owner.is_some_and(|o| o.uid != me) {
+                finding(
+                    "roots helper",
+                    Verdict::Ok,
+                    format!(
+                        "{} accepts connections (it answers only the store owner, so nothing came back to uid {me})",
+                        l.roots_socket().display()
+                    ),
+                    None,
+                )
+            } else if errors > 0 {
+                finding(
+                    "roots helper",
+                    Verdict::Warn,
+                    format!("answered {} roots and {errors} errors: garbage collection will refuse to run", items.len() - errors),
+                    Some("journalctl -u 'unrooted-find-roots@*' shows what it could not read"),
+                )
+            } else {
+                finding(
+                    "roots helper",
+                    Verdict::Ok,
+                    format!("answered {} roots in {} ms", items.len(), started.elapsed().as_millis()),
+                    None,
+                )
+            }
+        }
+        Err(e) => finding(
+            "roots helper",
+            Verdict::Warn,
+            format!("cannot reach {}: {e}; garbage collection will refuse to run (builds are unaffected)", socket.display()),
+            Some("systemctl enable --now unrooted-find-roots.socket"),
+        ),
+    });
+}
+
+fn free_space(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
+    let mut raw = unrooted_daemon::config::RawSettings::default();
+    let conf = host.path(&l.conf_dir.join("nix.conf"));
+    let min_free = raw
+        .apply_file(&conf)
+        .ok()
+        .and_then(|()| unrooted_daemon::config::Settings::from_raw(&raw).ok())
+        .map_or(0, |s| s.min_free);
+    let store = host.path(&l.store_dir);
+    let stat = match rustix::fs::statvfs(&store) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(finding(
+                "free space",
+                Verdict::Fail,
+                format!("statvfs {}: {e}", store.display()),
+                None,
+            ));
+            return;
+        }
+    };
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let mib = |b: u64| b >> 20;
+    out.push(if free < MIN_USABLE_FREE {
+        finding(
+            "free space",
+            Verdict::Fail,
+            format!("{} MiB free in {}", mib(free), l.store_dir.display()),
+            Some("nix-collect-garbage, or grow the file system"),
+        )
+    } else if free < min_free {
+        finding(
+            "free space",
+            Verdict::Warn,
+            format!(
+                "{} MiB free, below min-free ({} MiB): every build starts a garbage collection",
+                mib(free),
+                mib(min_free)
+            ),
+            Some("nix-collect-garbage, or lower min-free in nix.conf"),
+        )
+    } else {
+        finding(
+            "free space",
+            Verdict::Ok,
+            format!(
+                "{} MiB free in {}{}",
+                mib(free),
+                l.store_dir.display(),
+                if min_free > 0 {
+                    format!(" (min-free {} MiB)", mib(min_free))
+                } else {
+                    String::new()
+                }
+            ),
+            None,
+        )
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_topmost_store_mount() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    40 22 8:1 /nix/store /nix/.unrooted/rw-store rw,relatime - ext4 /dev/sda1 rw\n\
+                    41 22 8:1 /nix/store /nix/store ro,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    50 22 0:5 / /a\\040b rw - tmpfs x rw\n";
+        assert_eq!(mount_read_only(info, Path::new("/nix/store")), Some(true));
+        assert_eq!(
+            mount_read_only(info, Path::new("/nix/.unrooted/rw-store")),
+            Some(false)
+        );
+        assert_eq!(mount_read_only(info, Path::new("/a b")), Some(false));
+        assert_eq!(mount_read_only(info, Path::new("/srv")), None);
+    }
+}

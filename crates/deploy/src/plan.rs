@@ -1,0 +1,822 @@
+//! `install` and `uninstall` as data: a list of [`Step`]s computed from the options and
+//! what is on disk, printed one line each by `--dry-run`, and applied by [`apply`].
+//!
+//! Every step is idempotent (a directory that exists gets its mode and owner checked,
+//! a file is rewritten only when it differs, a subordinate range is added only when
+//! the owner has none), so running `install` twice changes nothing the second time.
+//!
+//! Users are created only on the running system (`--root /`), with `groupadd` and
+//! `useradd`. Into any other tree nothing is written to `/etc/passwd`: the owner's ids
+//! are taken from the tree's or the machine's passwd file when the user exists there,
+//! and otherwise the files are owned by whoever runs `install` (a packager's tree is
+//! chowned by the package's own scripts). Likewise, when not run as root, files that
+//! should be root's are left to the caller.
+
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::accounts::{self, Account, SUB_ID_COUNT};
+use crate::host::Layout;
+use crate::units::{self, UnitParams};
+use crate::{DeployError, Host};
+
+/// How `install` is asked to set things up.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Where to install (`/`, or a tree).
+    pub host: Host,
+    /// The paths.
+    pub layout: Layout,
+    /// The store owner's user (and group) name.
+    pub owner: String,
+    /// The `unrooted` binary to install for the daemon.
+    pub daemon_binary: PathBuf,
+    /// The `unrooted-find-roots` binary to install, if found.
+    pub roots_binary: Option<PathBuf>,
+    /// Give the daemon `CAP_CHOWN` for kept build directories.
+    pub chown_kept_build_dirs: bool,
+    /// Use subordinate ids: `None` = when `newuidmap` is installed.
+    pub subids: Option<bool>,
+    /// Write the AppArmor profile: `None` = when the kernel restricts user namespaces.
+    pub apparmor: Option<bool>,
+}
+
+/// Who owns what: the store owner's ids and root's (both the caller's own ids when
+/// the caller is not root and cannot give files away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owners {
+    /// The store owner's uid and gid.
+    pub owner: (u32, u32),
+    /// root's uid and gid.
+    pub root: (u32, u32),
+}
+
+/// One effect of `install` or `uninstall`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `groupadd --system NAME` (running system only).
+    CreateGroup {
+        /// The group.
+        name: String,
+    },
+    /// `useradd --system` with the group of the same name (running system only).
+    CreateUser {
+        /// The user.
+        name: String,
+        /// Its home directory.
+        home: PathBuf,
+    },
+    /// A directory with this mode and owner (parents made root-owned 0755).
+    Dir {
+        /// The path (absolute, on the running system).
+        path: PathBuf,
+        /// Permission bits, including sticky.
+        mode: u32,
+        /// Owner uid and gid.
+        owner: (u32, u32),
+    },
+    /// A regular file with these contents, mode and owner.
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Contents.
+        contents: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Owner uid and gid.
+        owner: (u32, u32),
+        /// What it is, for the printout.
+        what: String,
+    },
+    /// A symbolic link (replacing an existing link, never a file).
+    Symlink {
+        /// The link.
+        path: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// Remove a file or link if present.
+    RemoveFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Remove a directory if present and empty.
+    RemoveEmptyDir {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Remove a directory tree (only the store and state when asked to).
+    RemoveTree {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Run a command (running system only; printed otherwise).
+    Run {
+        /// argv.
+        argv: Vec<String>,
+    },
+    /// Something the admin must know or do; nothing is changed.
+    Note(String),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::CreateGroup { name } => write!(f, "create system group {name}"),
+            Step::CreateUser { name, home } => write!(
+                f,
+                "create system user {name} (group {name}, home {}, no login shell)",
+                home.display()
+            ),
+            Step::Dir { path, mode, owner } => write!(
+                f,
+                "directory {} mode {mode:04o} owner {}:{}",
+                path.display(),
+                owner.0,
+                owner.1
+            ),
+            Step::File {
+                path,
+                mode,
+                owner,
+                what,
+                ..
+            } => write!(
+                f,
+                "file {} ({what}) mode {mode:04o} owner {}:{}",
+                path.display(),
+                owner.0,
+                owner.1
+            ),
+            Step::Symlink { path, target } => {
+                write!(f, "link {} -> {}", path.display(), target.display())
+            }
+            Step::RemoveFile { path } => write!(f, "remove {}", path.display()),
+            Step::RemoveEmptyDir { path } => {
+                write!(f, "remove directory {} if empty", path.display())
+            }
+            Step::RemoveTree { path } => {
+                write!(f, "remove {} and everything in it", path.display())
+            }
+            Step::Run { argv } => write!(f, "run {}", argv.join(" ")),
+            Step::Note(text) => write!(f, "note: {text}"),
+        }
+    }
+}
+
+/// A computed installation or removal.
+#[derive(Debug, Clone)]
+pub struct InstallPlan {
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// What the admin runs afterwards (enable and start the units).
+    pub next: Vec<String>,
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn own_ids() -> (u32, u32) {
+    (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
+/// Reads a sysctl under the host's `/proc/sys`, `None` when absent.
+pub fn sysctl(host: &Host, name: &str) -> Option<String> {
+    let path = host.path(&Path::new("/proc/sys").join(name.replace('.', "/")));
+    fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().chars().take(64).collect())
+}
+
+/// Whether `newuidmap` and `newgidmap` are installed on the host.
+pub fn has_uidmap(host: &Host) -> bool {
+    ["newuidmap", "newgidmap"]
+        .iter()
+        .all(|b| host.path(&Path::new("/usr/bin").join(b)).is_file())
+}
+
+/// Computes the installation.
+pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
+    let host = &opts.host;
+    let l = &opts.layout;
+    l.validate()?;
+    if opts.owner == "root" {
+        return Err(DeployError::OwnerIsRoot);
+    }
+    let mut steps = Vec::new();
+    let existing = accounts::lookup_user(host, &opts.owner)?;
+    let caller_can_chown = is_root();
+    let owner_ids = match (&existing, host.is_system()) {
+        (Some(a), _) if a.uid == 0 => return Err(DeployError::OwnerIsRoot),
+        (Some(a), _) if caller_can_chown => (a.uid, a.gid),
+        (None, true) => {
+            steps.push(Step::CreateGroup {
+                name: opts.owner.clone(),
+            });
+            steps.push(Step::CreateUser {
+                name: opts.owner.clone(),
+                home: l.state_dir.clone(),
+            });
+            // The ids exist only once useradd ran; `apply` resolves this placeholder.
+            (u32::MAX, u32::MAX)
+        }
+        _ => {
+            steps.push(Step::Note(format!(
+                "user {} does not exist here (or cannot be given files): files meant for it are owned by uid {}",
+                opts.owner,
+                own_ids().0
+            )));
+            own_ids()
+        }
+    };
+    let root_ids = if caller_can_chown { (0, 0) } else { own_ids() };
+    let owners = Owners {
+        owner: owner_ids,
+        root: root_ids,
+    };
+    let o = owners.owner;
+    let r = owners.root;
+
+    // The store and state: left alone when a root nix-daemon's store is found, which
+    // `migrate` hands over in an order that survives interruption.
+    let foreign = foreign_store(host, l, o.0);
+    if let Some(uid) = foreign {
+        steps.push(Step::Note(format!(
+            "{} exists and belongs to uid {uid}: not changing it; run `unrooted migrate --store-owner {}` after this",
+            l.store_dir.display(),
+            opts.owner
+        )));
+    } else {
+        for (dir, mode) in [
+            (l.store_dir.clone(), 0o755),
+            (l.state_dir.clone(), 0o755),
+            (l.state_dir.join("db"), 0o755),
+            (l.state_dir.join("temproots"), 0o755),
+            (l.state_dir.join("profiles"), 0o755),
+            (l.state_dir.join("profiles/per-user"), 0o1777),
+            (l.state_dir.join("gcroots"), 0o755),
+            (l.state_dir.join("gcroots/per-user"), 0o1777),
+            (l.state_dir.join("gcroots/auto"), 0o755),
+            (l.log_dir.clone(), 0o755),
+            (l.log_dir.join("drvs"), 0o755),
+        ] {
+            steps.push(Step::Dir {
+                path: dir,
+                mode,
+                owner: o,
+            });
+        }
+        steps.push(Step::Symlink {
+            path: l.state_dir.join("gcroots/profiles"),
+            target: l.state_dir.join("profiles"),
+        });
+    }
+    // The well-known socket paths are links to the root-owned runtime directory, whose
+    // sockets systemd creates (see `units`). A foreign store's state keeps its live
+    // socket until `migrate`; the next `install` makes the links.
+    let links = if foreign.is_some() {
+        Vec::new()
+    } else {
+        vec![
+            (
+                l.state_dir.join("daemon-socket"),
+                l.daemon_socket(),
+                l.daemon_socket_real(),
+            ),
+            (
+                l.state_dir.join("gc-roots-socket"),
+                l.roots_socket(),
+                l.roots_socket_real(),
+            ),
+        ]
+    };
+    for (link_dir, link, target) in links {
+        steps.push(Step::Dir {
+            path: link_dir,
+            mode: 0o755,
+            owner: o,
+        });
+        steps.push(Step::Symlink { path: link, target });
+    }
+    steps.push(Step::Dir {
+        path: l.private_dir(),
+        mode: 0o700,
+        owner: r,
+    });
+    steps.push(Step::Dir {
+        path: l.rw_store(),
+        mode: 0o755,
+        owner: r,
+    });
+
+    // Binaries outside the store, owned by root: the store owner can replace nothing
+    // root runs. The daemon's copy is executable only by the owner's group, so an
+    // AppArmor profile attached to it grants user namespaces to nobody else.
+    steps.push(Step::Dir {
+        path: l.libexec_dir.clone(),
+        mode: 0o755,
+        owner: r,
+    });
+    let daemon_bin = read_binary(&opts.daemon_binary)?;
+    steps.push(Step::File {
+        path: l.daemon_binary(),
+        contents: daemon_bin,
+        mode: 0o750,
+        owner: (r.0, o.1),
+        what: "the daemon's unrooted binary".into(),
+    });
+    match &opts.roots_binary {
+        Some(src) => steps.push(Step::File {
+            path: l.roots_binary(),
+            contents: read_binary(src)?,
+            mode: 0o755,
+            owner: r,
+            what: "the roots helper".into(),
+        }),
+        None => steps.push(Step::Note(format!(
+            "unrooted-find-roots not found beside this binary: install it as {} (root, 0755) or pass --find-roots-binary; until then garbage collection refuses to run",
+            l.roots_binary().display()
+        ))),
+    }
+
+    // Subordinate ids: only useful with newuidmap, which is also what the units must
+    // allow for (see `units`).
+    let subids = opts.subids.unwrap_or_else(|| has_uidmap(host));
+    if subids {
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let path = host.path(Path::new(file));
+            let text = accounts::read_db(&path)?.unwrap_or_default();
+            let uid = (o.0 != u32::MAX).then_some(o.0);
+            if accounts::subid_range_of(&text, &opts.owner, uid).is_none() {
+                let range = accounts::free_subid_range(&text, SUB_ID_COUNT, &path)?;
+                let mut new = text.clone();
+                if !new.is_empty() && !new.ends_with('\n') {
+                    new.push('\n');
+                }
+                new.push_str(&format!("{}:{}:{}\n", opts.owner, range.start, range.count));
+                steps.push(Step::File {
+                    path: PathBuf::from(file),
+                    contents: new.into_bytes(),
+                    mode: 0o644,
+                    owner: r,
+                    what: format!(
+                        "subordinate ids {}..{} for {}",
+                        range.start,
+                        range.start + range.count - 1,
+                        opts.owner
+                    ),
+                });
+            }
+        }
+        if !has_uidmap(host) {
+            steps.push(Step::Note(
+                "subordinate ids requested but newuidmap/newgidmap are missing: apt-get install uidmap (dnf install shadow-utils)".into(),
+            ));
+        }
+    } else {
+        steps.push(Step::Note(
+            "newuidmap not installed: builds run as the store owner inside their namespaces; install uidmap and re-run for a separate id range per build".into(),
+        ));
+    }
+
+    let params = UnitParams {
+        layout: l.clone(),
+        owner: opts.owner.clone(),
+        group: opts.owner.clone(),
+        owner_uid: o.0,
+        chown_kept_build_dirs: opts.chown_kept_build_dirs,
+        subids,
+    };
+    steps.push(Step::Dir {
+        path: l.unit_dir.clone(),
+        mode: 0o755,
+        owner: r,
+    });
+    for u in units::unit_files(&params) {
+        steps.push(Step::File {
+            path: l.unit_dir.join(&u.name),
+            contents: u.text.into_bytes(),
+            mode: 0o644,
+            owner: r,
+            what: "systemd unit".into(),
+        });
+    }
+
+    let apparmor = opts.apparmor.unwrap_or_else(|| {
+        sysctl(host, "kernel.apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    });
+    if apparmor {
+        let path = Path::new("/etc/apparmor.d").join(units::APPARMOR_PROFILE);
+        steps.push(Step::File {
+            path: path.clone(),
+            contents: units::apparmor_profile(l).into_bytes(),
+            mode: 0o644,
+            owner: r,
+            what: "AppArmor profile allowing user namespaces to the daemon".into(),
+        });
+        steps.push(Step::Run {
+            argv: vec![
+                "apparmor_parser".into(),
+                "-r".into(),
+                path.display().to_string(),
+            ],
+        });
+    }
+
+    // Client side.
+    let conf = l.conf_dir.join("nix.conf");
+    let old = accounts::read_db(&host.path(&conf))?.unwrap_or_default();
+    steps.push(Step::Dir {
+        path: l.conf_dir.clone(),
+        mode: 0o755,
+        owner: r,
+    });
+    steps.push(Step::File {
+        path: conf,
+        contents: units::with_conf_block(&old, Some(&units::nix_conf_block())).into_bytes(),
+        mode: 0o644,
+        owner: r,
+        what: "client configuration: store = daemon".into(),
+    });
+    steps.push(Step::File {
+        path: "/etc/profile.d/unrooted.sh".into(),
+        contents: units::profile_script(l).into_bytes(),
+        mode: 0o644,
+        owner: r,
+        what: "login shells: NIX_REMOTE=daemon".into(),
+    });
+
+    let mut next = vec!["systemctl daemon-reload".to_owned()];
+    next.push(format!(
+        "systemctl enable --now {}",
+        units::units_to_enable(l)
+            .iter()
+            .map(|u| shell_quote(u))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    next.push("unrooted doctor".into());
+    Ok(InstallPlan { steps, next })
+}
+
+/// Computes `uninstall`: units, binaries, profile and client configuration go; the
+/// store, state and logs stay unless `remove_store` (and the user always stays: files
+/// elsewhere may still belong to it).
+pub fn uninstall(
+    host: &Host,
+    layout: &Layout,
+    remove_store: bool,
+) -> Result<InstallPlan, DeployError> {
+    layout.validate()?;
+    let mut steps = Vec::new();
+    let mut units: Vec<String> = units::units_to_enable(layout);
+    units.push("unrooted-daemon.service".into());
+    if host.is_system() {
+        let mut argv: Vec<String> = vec!["systemctl".into(), "disable".into(), "--now".into()];
+        argv.extend(units.iter().rev().cloned());
+        steps.push(Step::Run { argv });
+    }
+    let params = UnitParams {
+        layout: layout.clone(),
+        owner: String::new(),
+        group: String::new(),
+        owner_uid: 0,
+        chown_kept_build_dirs: false,
+        subids: false,
+    };
+    for u in units::unit_files(&params) {
+        steps.push(Step::RemoveFile {
+            path: layout.unit_dir.join(u.name),
+        });
+    }
+    for p in [
+        layout.daemon_binary(),
+        layout.roots_binary(),
+        Path::new("/etc/apparmor.d").join(units::APPARMOR_PROFILE),
+        "/etc/profile.d/unrooted.sh".into(),
+        layout.daemon_socket(),
+        layout.roots_socket(),
+    ] {
+        steps.push(Step::RemoveFile { path: p });
+    }
+    let conf = layout.conf_dir.join("nix.conf");
+    if let Some(old) = accounts::read_db(&host.path(&conf))? {
+        let new = units::with_conf_block(&old, None);
+        if new != old {
+            let meta = fs::metadata(host.path(&conf)).map_err(|source| DeployError::Read {
+                path: conf.clone(),
+                source,
+            })?;
+            steps.push(Step::File {
+                path: conf,
+                contents: new.into_bytes(),
+                mode: meta.mode() & 0o7777,
+                owner: (meta.uid(), meta.gid()),
+                what: "client configuration without unrooted's block".into(),
+            });
+        }
+    }
+    steps.push(Step::RemoveEmptyDir {
+        path: layout.libexec_dir.clone(),
+    });
+    steps.push(Step::RemoveEmptyDir {
+        path: layout.rw_store(),
+    });
+    steps.push(Step::RemoveEmptyDir {
+        path: layout.private_dir(),
+    });
+    if remove_store {
+        for p in [&layout.store_dir, &layout.state_dir, &layout.log_dir] {
+            steps.push(Step::RemoveTree { path: p.clone() });
+        }
+    } else {
+        steps.push(Step::Note(format!(
+            "kept {}, {} and {} (pass --remove-store to delete them)",
+            layout.store_dir.display(),
+            layout.state_dir.display(),
+            layout.log_dir.display()
+        )));
+    }
+    if host.is_system() {
+        steps.push(Step::Run {
+            argv: vec!["systemctl".into(), "daemon-reload".into()],
+        });
+    }
+    Ok(InstallPlan {
+        steps,
+        next: Vec::new(),
+    })
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.contains('\\') {
+        format!("'{s}'")
+    } else {
+        s.to_owned()
+    }
+}
+
+fn read_binary(path: &Path) -> Result<Vec<u8>, DeployError> {
+    fs::read(path).map_err(|source| DeployError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// The owner uid of an existing store that is not the store owner's (a root
+/// nix-daemon's), if any.
+fn foreign_store(host: &Host, l: &Layout, owner_uid: u32) -> Option<u32> {
+    // owner_uid u32::MAX: the user does not exist yet, so any existing store is another's.
+    let uid = fs::symlink_metadata(host.path(&l.store_dir)).ok()?.uid();
+    (uid != owner_uid).then_some(uid)
+}
+
+/// Applies a plan, printing each step to `log` as it goes.
+pub fn apply(
+    host: &Host,
+    plan: &InstallPlan,
+    log: &mut dyn FnMut(&Step),
+) -> Result<(), DeployError> {
+    let mut created: Option<Account> = None;
+    for step in &plan.steps {
+        log(step);
+        // Placeholders for a user created earlier in this run.
+        let fix = |ids: (u32, u32), created: &Option<Account>| match (ids, created) {
+            ((u32::MAX, _), Some(a)) => (a.uid, if ids.1 == u32::MAX { a.gid } else { ids.1 }),
+            ((u, u32::MAX), Some(a)) => (u, a.gid),
+            _ => ids,
+        };
+        match step {
+            Step::CreateGroup { name } => {
+                if host.is_system() {
+                    run(&["groupadd", "--system", "-f", name])?;
+                }
+            }
+            Step::CreateUser { name, home } => {
+                if host.is_system() {
+                    let home = home.display().to_string();
+                    run(&[
+                        "useradd",
+                        "--system",
+                        "--gid",
+                        name,
+                        "--home-dir",
+                        &home,
+                        "--no-create-home",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        "--comment",
+                        "unrooted Nix store owner",
+                        name,
+                    ])?;
+                    created = accounts::lookup_user(host, name)?;
+                }
+            }
+            Step::Dir { path, mode, owner } => {
+                ensure_dir(&host.path(path), *mode, fix(*owner, &created))?
+            }
+            Step::File {
+                path,
+                contents,
+                mode,
+                owner,
+                ..
+            } => write_file(&host.path(path), contents, *mode, fix(*owner, &created))?,
+            Step::Symlink { path, target } => ensure_symlink(&host.path(path), target)?,
+            Step::RemoveFile { path } => {
+                let p = host.path(path);
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {
+                        return Err(DeployError::Remove { path: p, source: e })
+                    }
+                    _ => {}
+                }
+            }
+            Step::RemoveEmptyDir { path } => {
+                // Not empty (or absent) means someone put something there: keep it.
+                let _ = fs::remove_dir(host.path(path));
+            }
+            Step::RemoveTree { path } => {
+                let p = host.path(path);
+                if p.exists() {
+                    make_writable(&p);
+                    fs::remove_dir_all(&p)
+                        .map_err(|source| DeployError::Remove { path: p, source })?;
+                }
+            }
+            Step::Run { argv } => {
+                if host.is_system() {
+                    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+                    run(&args)?;
+                }
+            }
+            Step::Note(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn make_writable(p: &Path) {
+    // Store paths are read-only directories; deleting their entries needs u+w.
+    let Ok(meta) = fs::symlink_metadata(p) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(p, fs::Permissions::from_mode(meta.mode() | 0o700));
+        if let Ok(rd) = fs::read_dir(p) {
+            for e in rd.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+fn run(argv: &[&str]) -> Result<(), DeployError> {
+    let status = Command::new(argv[0]).args(&argv[1..]).status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(DeployError::Command {
+            command: argv.join(" "),
+            detail: s.to_string(),
+        }),
+        Err(e) => Err(DeployError::Command {
+            command: argv.join(" "),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn set_owner_mode(path: &Path, mode: u32, owner: (u32, u32)) -> Result<(), DeployError> {
+    let meta = fs::symlink_metadata(path).map_err(|source| DeployError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let chown_err = |source| DeployError::Chown {
+        path: path.into(),
+        source,
+    };
+    if (meta.uid(), meta.gid()) != owner {
+        std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1)).map_err(chown_err)?;
+    }
+    // After chown: changing the owner clears setuid/setgid bits, and sets nothing.
+    if meta.mode() & 0o7777 != mode || (meta.uid(), meta.gid()) != owner {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(chown_err)?;
+    }
+    Ok(())
+}
+
+fn ensure_dir(path: &Path, mode: u32, owner: (u32, u32)) -> Result<(), DeployError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(DeployError::Write {
+                path: path.into(),
+                source: std::io::Error::new(
+                    ErrorKind::AlreadyExists,
+                    "exists and is not a directory",
+                ),
+            })
+        }
+        Err(_) => {
+            if let Some(parent) = path.parent() {
+                // Missing parents (/nix, /nix/var, ...) are root's, 0755, as Nix's installer makes them.
+                fs::create_dir_all(parent).map_err(|source| DeployError::Write {
+                    path: parent.into(),
+                    source,
+                })?;
+            }
+            fs::create_dir(path).map_err(|source| DeployError::Write {
+                path: path.into(),
+                source,
+            })?;
+        }
+    }
+    set_owner_mode(path, mode, owner)
+}
+
+fn write_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: (u32, u32),
+) -> Result<(), DeployError> {
+    if fs::read(path).ok().as_deref() != Some(contents) {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|source| DeployError::Write {
+                path: parent.into(),
+                source,
+            })?;
+        }
+        // Write beside and rename, so a running binary or a half-read unit is never
+        // seen truncated, and the new file is never briefly world-writable.
+        let tmp = path.with_extension("unrooted-new");
+        let _ = fs::remove_file(&tmp);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(contents)?;
+            f.sync_all()
+        };
+        write().map_err(|source| DeployError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
+        set_owner_mode(&tmp, mode, owner)?;
+        fs::rename(&tmp, path).map_err(|source| DeployError::Write {
+            path: path.into(),
+            source,
+        })?;
+        return Ok(());
+    }
+    set_owner_mode(path, mode, owner)
+}
+
+fn ensure_symlink(path: &Path, target: &Path) -> Result<(), DeployError> {
+    match fs::read_link(path) {
+        Ok(t) if t == target => return Ok(()),
+        Ok(_) => fs::remove_file(path).map_err(|source| DeployError::Remove {
+            path: path.into(),
+            source,
+        })?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(source) => {
+            // Something that is not a link (an old socket left by a daemon run by hand):
+            // replace a socket, refuse anything else.
+            let meta = fs::symlink_metadata(path).map_err(|_| DeployError::Read {
+                path: path.into(),
+                source,
+            })?;
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(DeployError::Write {
+                    path: path.into(),
+                    source: std::io::Error::new(
+                        ErrorKind::AlreadyExists,
+                        "exists and is not a link",
+                    ),
+                });
+            }
+            fs::remove_file(path).map_err(|source| DeployError::Remove {
+                path: path.into(),
+                source,
+            })?;
+        }
+    }
+    symlink(target, path).map_err(|source| DeployError::Write {
+        path: path.into(),
+        source,
+    })
+}

@@ -456,6 +456,24 @@ fn run_builder(
         None
     };
 
+    let mut extra = BTreeSet::new();
+    // Store paths among the sandbox paths bring their closure along, as in Nix (bound,
+    // not reference-scan candidates).
+    for sp in &cx.cfg.sandbox_paths {
+        let Some(text) = sp.source.to_str() else {
+            continue;
+        };
+        let Some(rest) = text.strip_prefix(store.store_dir().as_str()) else {
+            continue;
+        };
+        let base = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+        if let Ok(p) = StorePath::from_base_name(base) {
+            if store.is_valid_path(&p).map_err(BuildError::from)? {
+                extra.insert(p);
+            }
+        }
+    }
+    let extra = store.query_closure(&extra).map_err(BuildError::from)?;
     let mut runner = match &root {
         Some(root) => {
             if dir.as_str() != store.config().real_store_dir.as_os_str().to_string_lossy() {
@@ -471,7 +489,11 @@ fn run_builder(
                 builder.clone(),
             );
             spec.sandbox_build_dir = cx.cfg.sandbox_build_dir.clone();
-            spec.inputs = closure.iter().map(|p| store.real_path(p)).collect();
+            spec.inputs = closure
+                .iter()
+                .chain(&extra)
+                .map(|p| store.real_path(p))
+                .collect();
             spec.sandbox_paths = cx.cfg.sandbox_paths.clone();
             spec.network = fixed;
             spec.args = benv.args.clone();

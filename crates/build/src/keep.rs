@@ -1,5 +1,6 @@
 //! `--keep-failed`: handing a failed build's directory to the client who asked.
 //!
+//! With `CAP_CHOWN` the tree is simply chowned to the client (after being made safe).
 //! The tree is first made safe where nobody else can reach it (inside the daemon's
 //! private 0700 directory): setuid, setgid and sticky bits and group/world write bits
 //! are removed everywhere, FIFOs and sockets are left alone (chmod works on them and
@@ -33,7 +34,9 @@ pub(crate) fn keep_build_dir(
     client_uid: Option<u32>,
 ) -> Result<String, BuildError> {
     let mut entries = 0usize;
-    let mut acl_ok = client_uid.is_some();
+    // With CAP_CHOWN (an administrator's choice) the tree simply becomes the client's.
+    let chowned = client_uid.is_some_and(|uid| chown(dir, uid).is_ok());
+    let mut acl_ok = client_uid.is_some() && !chowned;
     walk(dir, &mut |p, meta| {
         entries += 1;
         if entries > MAX_ENTRIES {
@@ -49,13 +52,26 @@ pub(crate) fn keep_build_dir(
             fs::set_permissions(p, fs::Permissions::from_mode(safe))
                 .map_err(BuildError::io("making the kept build directory safe", p))?;
         }
-        if let (true, Some(uid)) = (acl_ok, client_uid) {
+        if let (true, Some(uid)) = (chowned, client_uid) {
+            chown(p, uid).map_err(BuildError::io(
+                "handing the kept build directory to the client",
+                p,
+            ))?;
+        } else if let (true, Some(uid)) = (acl_ok, client_uid) {
             if set_acl(p, safe, uid).is_err() {
                 acl_ok = false;
             }
         }
         Ok(())
     })?;
+    if chowned {
+        if let Some(uid) = client_uid {
+            chown(dir, uid).map_err(BuildError::io(
+                "handing the kept build directory to the client",
+                dir,
+            ))?;
+        }
+    }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(BuildError::io(
         "making the kept build directory private",
         dir,
@@ -80,7 +96,18 @@ pub(crate) fn keep_build_dir(
             }
         }
     };
-    Ok(note(&target, acl_ok))
+    Ok(note(&target, acl_ok || chowned))
+}
+
+fn chown(path: &Path, uid: u32) -> io::Result<()> {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
 }
 
 fn note(target: &Path, acl_ok: bool) -> String {

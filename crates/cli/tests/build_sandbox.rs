@@ -55,6 +55,7 @@ in rec {
     args = [ "-c" "env | sort > $out; echo $$ $(id -u) $(id -g) $(hostname) >> $out; ls / >> $out; cat $bigPath >> $out" ];
     passAsFile = [ "big" ]; big = "big data";
   };
+  lsStore = mk "ls-store" "ls $NIX_STORE > $out";
   pkg = mk "pkg" "mkdir -p $out/bin; echo '#!/bin/sh' > $out/bin/hello; chmod +x $out/bin/hello";
 }
 "#;
@@ -270,6 +271,34 @@ fn failing_builder_reports_exit_code_and_last_lines() {
         "{err}"
     );
     assert!(d.is_running());
+}
+
+#[test]
+fn busybox_from_the_store_as_sandbox_path_brings_its_closure() {
+    let Some(mut d) = prepared() else { return };
+    let bb = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &bb).unwrap();
+    let added = d.client_ok("nix-store", &["--add", bb.to_str().unwrap()]);
+    let added = added.trim();
+    d.kill();
+    d.set_conf(&format!("{CONF}sandbox-paths = /bin/sh={added}\n"));
+    d.start();
+    let out = build(&d, "lsStore");
+    let name = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The store dir holds the sandbox path's closure and the output being written.
+    let mut want = vec![name(added), name(&out)];
+    want.sort();
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        format!("{}\n", want.join("\n"))
+    );
 }
 
 #[test]

@@ -55,6 +55,8 @@ in rec {
     args = [ "-c" "env | sort > $out; echo $$ $(id -u) $(id -g) $(hostname) >> $out; ls / >> $out; cat $bigPath >> $out" ];
     passAsFile = [ "big" ]; big = "big data";
   };
+  many = builtins.genList (i: mk "many-${toString i}" "echo ${toString i} > $out") 200;
+  manyTop = mk "many-top" (builtins.concatStringsSep "; " (map (d: "cat ${d} >> $out") many));
   lsStore = mk "ls-store" "ls $NIX_STORE > $out";
   pkg = mk "pkg" "mkdir -p $out/bin; echo '#!/bin/sh' > $out/bin/hello; chmod +x $out/bin/hello";
 }
@@ -299,6 +301,22 @@ fn busybox_from_the_store_as_sandbox_path_brings_its_closure() {
         fs::read_to_string(&out).unwrap(),
         format!("{}\n", want.join("\n"))
     );
+}
+
+#[test]
+fn a_graph_of_200_derivations() {
+    let Some(d) = prepared() else { return };
+    let t0 = Instant::now();
+    let out = build(&d, "manyTop");
+    eprintln!(
+        "200 sandboxed derivations and their user, max-jobs 4: {:?}",
+        t0.elapsed()
+    );
+    let text = fs::read_to_string(&out).unwrap();
+    let want: String = (0..200).map(|i| format!("{i}\n")).collect();
+    assert_eq!(text, want);
+    assert_eq!(references(&d, &out).len(), 0);
+    assert_eq!(d.log().matches("building '").count(), 201);
 }
 
 #[test]

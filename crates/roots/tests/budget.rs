@@ -34,7 +34,8 @@ fn helper_has_no_dependencies_and_no_unsafe() {
         .next()
         .unwrap();
     assert!(
-        deps.lines().all(|l| l.trim().is_empty() || l.trim().starts_with('#')),
+        deps.lines()
+            .all(|l| l.trim().is_empty() || l.trim().starts_with('#')),
         "the helper must use only std: {deps}"
     );
     for f in ["lib.rs", "main.rs"] {

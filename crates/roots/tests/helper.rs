@@ -21,7 +21,13 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["store", "state/gcroots/auto", "state/profiles", "proc", "home"] {
+        for d in [
+            "store",
+            "state/gcroots/auto",
+            "state/profiles",
+            "proc",
+            "home",
+        ] {
             fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         Self { dir }
@@ -50,7 +56,10 @@ impl Env {
 }
 
 fn items(out: &[u8]) -> Vec<String> {
-    assert!(out.is_empty() || out.ends_with(b"\0"), "not NUL-terminated: {out:?}");
+    assert!(
+        out.is_empty() || out.ends_with(b"\0"),
+        "not NUL-terminated: {out:?}"
+    );
     out.split(|&b| b == 0)
         .filter(|i| !i.is_empty())
         .map(|i| String::from_utf8(i.to_vec()).unwrap())
@@ -62,9 +71,17 @@ fn wire_bytes_are_nul_terminated_store_paths_then_eof() {
     let env = Env::new();
     symlink(env.store(B), env.p("state/gcroots/b")).unwrap();
     // A link inside a store path names its top-level path.
-    symlink(format!("{}/bin/tool", env.store(A)), env.p("state/profiles/a")).unwrap();
+    symlink(
+        format!("{}/bin/tool", env.store(A)),
+        env.p("state/profiles/a"),
+    )
+    .unwrap();
     let out = env.run(None, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let expected = format!("{}\0{}\0", env.store(A), env.store(B));
     assert_eq!(out.stdout, expected.as_bytes());
 }
@@ -115,7 +132,11 @@ fn hostile_roots_give_the_right_answer_in_bounded_time() {
     symlink(env.p("home/c3"), env.p("home/c2")).unwrap();
     symlink(env.p("home/c2"), g.join("auto/chain")).unwrap();
     // Inside a store path, with `..` games: only a clean top-level name counts.
-    symlink(format!("{}/../{A}/x", env.p("store").display()), g.join("dots")).unwrap();
+    symlink(
+        format!("{}/../{A}/x", env.p("store").display()),
+        g.join("dots"),
+    )
+    .unwrap();
     symlink(format!("{}/share/doc", env.store(B)), env.p("home/inside")).unwrap();
     symlink(env.p("home/inside"), g.join("auto/inside")).unwrap();
     // Many entries in a user-writable directory.
@@ -136,7 +157,8 @@ fn hostile_roots_give_the_right_answer_in_bounded_time() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let got = items(&out.stdout);
     assert!(
-        got.iter().any(|i| i.starts_with("error: ") && i.contains("entries")),
+        got.iter()
+            .any(|i| i.starts_with("error: ") && i.contains("entries")),
         "{got:?}"
     );
     // Too deep: an error item too.
@@ -147,7 +169,10 @@ fn hostile_roots_give_the_right_answer_in_bounded_time() {
     fs::create_dir_all(&deep).unwrap();
     let out = env.run(None, &["--max-depth", "5"]);
     let got = items(&out.stdout);
-    assert!(got.iter().any(|i| i.contains("nested too deeply")), "{got:?}");
+    assert!(
+        got.iter().any(|i| i.contains("nested too deeply")),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -159,10 +184,14 @@ fn unreadable_root_is_an_error_item() {
         fs::create_dir(&private).unwrap();
         fs::set_permissions(&private, fs::Permissions::from_mode(0o000)).unwrap();
         let got = items(&env.run(None, &[]).stdout);
-        assert!(got.iter().any(|i| i.contains("cannot read potential root")), "{got:?}");
+        assert!(
+            got.iter().any(|i| i.contains("cannot read potential root")),
+            "{got:?}"
+        );
         return;
     }
-    let Some((uid, gid)) = unrooted_testkit::daemon::test_user(unrooted_testkit::daemon::DAEMON_USER)
+    let Some((uid, gid)) =
+        unrooted_testkit::daemon::test_user(unrooted_testkit::daemon::DAEMON_USER)
     else {
         panic!("cannot create the test user as root");
     };
@@ -172,7 +201,11 @@ fn unreadable_root_is_an_error_item() {
     fs::set_permissions(&private, fs::Permissions::from_mode(0o000)).unwrap();
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
-        .args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into()])
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".into(),
+        ])
         .arg(EXE)
         .arg("--store-dir")
         .arg(env.p("store"))
@@ -184,7 +217,11 @@ fn unreadable_root_is_an_error_item() {
         .output()
         .unwrap();
     let got = items(&out.stdout);
-    assert!(got.iter().any(|i| i.starts_with("error: cannot read potential root")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|i| i.starts_with("error: cannot read potential root")),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -221,7 +258,10 @@ fn runtime_roots_from_proc() {
 #[test]
 fn listen_mode_socket_is_owner_only_and_answers_each_connection() {
     if !unrooted_testkit::daemon::is_root() {
-        assert!(!unrooted_testkit::in_ci(), "listen mode tests need root under CI=true");
+        assert!(
+            !unrooted_testkit::in_ci(),
+            "listen mode tests need root under CI=true"
+        );
         eprintln!("skipping: needs root");
         return;
     }
@@ -244,7 +284,10 @@ fn listen_mode_socket_is_owner_only_and_answers_each_connection() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while fs::symlink_metadata(&socket).map(|m| m.uid() != uid).unwrap_or(true) {
+    while fs::symlink_metadata(&socket)
+        .map(|m| m.uid() != uid)
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "socket not created");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,0 +1,98 @@
+//! Helpers shared by the collector's tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use unrooted_format::{nar, HashAlgo, Hasher, StoreDir, StorePath};
+use unrooted_gc::{
+    Collector, GcAction, GcConfig, GcError, GcOptions, GcResult, RootsHelper, TempRoots,
+};
+use unrooted_store::{CheckSigs, LocalStore, LocalStoreConfig, ValidPathInfo};
+
+/// The layout `NixEnv` uses: `<root>/{store,state,log}`.
+pub fn config_at(root: &Path) -> LocalStoreConfig {
+    let store = root.join("store");
+    let mut config = LocalStoreConfig::new(
+        StoreDir::new(store.to_str().unwrap()).unwrap(),
+        store,
+        root.join("state"),
+        root.join("log"),
+    );
+    config.reserved_space = 4096;
+    config.fsync_paths = false;
+    config
+}
+
+pub fn open_at(root: &Path) -> LocalStore {
+    LocalStore::open(config_at(root)).unwrap()
+}
+
+/// Adds a text path with `references`.
+pub fn text(store: &LocalStore, name: &str, body: &str, refs: &[&StorePath]) -> StorePath {
+    let refs: BTreeSet<StorePath> = refs.iter().map(|p| (*p).clone()).collect();
+    store
+        .add_text(name, body.as_bytes(), &refs, false)
+        .unwrap()
+        .path
+}
+
+/// Adds an input-addressed single-file path with an arbitrary hash and `deriver`.
+pub fn file_path(
+    store: &LocalStore,
+    hash_char: char,
+    name: &str,
+    bytes: &[u8],
+    deriver: Option<&StorePath>,
+) -> StorePath {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("f");
+    std::fs::write(&f, bytes).unwrap();
+    let mut data = Vec::new();
+    nar::dump_path(&f, &mut data).unwrap();
+    let mut h = Hasher::new(HashAlgo::Sha256);
+    h.update(&data);
+    let base = format!("{}-{name}", hash_char.to_string().repeat(32));
+    let path = StorePath::from_base_name(&base).unwrap();
+    let mut info = ValidPathInfo::new(path.clone(), h.finish());
+    info.nar_size = data.len() as u64;
+    info.deriver = deriver.cloned();
+    store
+        .add_to_store_nar(&info, &mut &data[..], false, CheckSigs::DontCheck)
+        .unwrap();
+    path
+}
+
+pub fn collect(
+    store: &LocalStore,
+    config: GcConfig,
+    temp: &TempRoots,
+    action: GcAction,
+    max_freed: u64,
+) -> (Result<GcResult, GcError>, Vec<String>) {
+    let mut log = Vec::new();
+    let opts = GcOptions {
+        action,
+        ignore_liveness: false,
+        max_freed,
+    };
+    let r = Collector::new(store, config, temp).collect(&opts, &mut |m| log.push(m.to_owned()));
+    (r, log)
+}
+
+/// The explicit single-user opt-in, for tests that do not involve other users.
+pub fn no_helper() -> GcConfig {
+    GcConfig::new(RootsHelper::None)
+}
+
+/// The error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut s = e.source();
+    while let Some(c) = s {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        s = c.source();
+    }
+    text
+}

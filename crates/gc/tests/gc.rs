@@ -1,0 +1,404 @@
+//! The collector on a real store, in-process: roots of each kind, liveness rules,
+//! the messages Nix prints, deletion order, limits, leftovers, and crash consistency
+//! checked with the real `nix-store --verify --check-contents`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use common::*;
+use unrooted_gc::{add_indirect_root, GcAction, GcError, TempRoots};
+use unrooted_testkit::{in_ci, nix_tool, NixEnv};
+
+#[test]
+fn roots_of_each_kind_keep_their_closure_and_the_rest_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let state = tmp.path().join("state");
+    let sp = |p| store.print_path(p);
+    let dep = text(&store, "dep", "dep", &[]);
+    let direct = text(&store, "direct", "direct", &[&dep]);
+    let file_root = text(&store, "file-root", "f", &[]);
+    let profile = text(&store, "profile", "p", &[]);
+    let indirect = text(&store, "indirect", "i", &[]);
+    let per_user = text(&store, "per-user", "u", &[]);
+    let temp = text(&store, "temp", "t", &[]);
+    let dead_low = text(&store, "dead-low", "d", &[]);
+    let dead_high = text(&store, "dead-high", "h", &[&dead_low]);
+
+    symlink(sp(&direct), state.join("gcroots/direct")).unwrap();
+    fs::write(state.join("gcroots").join(file_root.to_base_name()), b"").unwrap();
+    symlink(sp(&profile), state.join("profiles/default-1-link")).unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir(&home).unwrap();
+    // The indirect root points inside its store path: the whole path is kept.
+    symlink(format!("{}/x/y", sp(&indirect)), home.join("result")).unwrap();
+    add_indirect_root(&state, &home.join("result")).unwrap();
+    fs::create_dir_all(state.join("gcroots/per-user/alice")).unwrap();
+    symlink(sp(&per_user), state.join("gcroots/per-user/alice/r")).unwrap();
+    let temps = TempRoots::new();
+    temps.add(7, temp.clone());
+
+    let roots = unrooted_gc::Collector::new(&store, no_helper(), &temps)
+        .find_roots(false)
+        .unwrap();
+    let listed: BTreeSet<(String, String)> =
+        roots.iter().map(|(l, p)| (l.clone(), sp(p))).collect();
+    for (link, path) in [
+        (
+            state.join("gcroots/direct").display().to_string(),
+            sp(&direct),
+        ),
+        (home.join("result").display().to_string(), sp(&indirect)),
+        (
+            state.join("profiles/default-1-link").display().to_string(),
+            sp(&profile),
+        ),
+        ("{temp:7}".to_owned(), sp(&temp)),
+    ] {
+        assert!(
+            listed.contains(&(link.clone(), path.clone())),
+            "{link} -> {path} missing: {listed:?}"
+        );
+    }
+    let censored = unrooted_gc::Collector::new(&store, no_helper(), &temps)
+        .find_roots(true)
+        .unwrap();
+    assert!(censored
+        .iter()
+        .any(|(l, p)| l == "{censored}" && *p == temp));
+
+    // A result link the user deleted: its auto link is removed with Nix's message.
+    add_indirect_root(&state, &home.join("deleted-result")).unwrap();
+    let (r, log) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    let r = r.unwrap();
+    assert_eq!(
+        r.paths,
+        [sp(&dead_high), sp(&dead_low)].into_iter().collect()
+    );
+    assert!(r.bytes_freed > 0);
+    for p in [
+        &dep, &direct, &file_root, &profile, &indirect, &per_user, &temp,
+    ] {
+        assert!(store.is_valid_path(p).unwrap(), "{}", sp(p));
+        assert!(store.real_path(p).exists());
+    }
+    for p in [&dead_low, &dead_high] {
+        assert!(!store.is_valid_path(p).unwrap());
+        assert!(!store.real_path(p).exists());
+    }
+    let pos = |m: &str| {
+        log.iter()
+            .position(|l| l == m)
+            .unwrap_or_else(|| panic!("{m} not in {log:?}"))
+    };
+    assert!(pos("finding garbage collector roots...") < pos("deleting garbage..."));
+    // Referrers before the paths they refer to.
+    assert!(
+        pos(&format!("deleting '{}'", sp(&dead_high)))
+            < pos(&format!("deleting '{}'", sp(&dead_low)))
+    );
+    assert!(pos("deleting unused links...") > pos("deleting garbage..."));
+    let stale = log
+        .iter()
+        .find(|l| l.starts_with("removing stale link from '"))
+        .expect("stale link message");
+    assert!(
+        stale.ends_with(&format!("to '{}'", home.join("deleted-result").display())),
+        "{stale}"
+    );
+    assert_eq!(fs::read_dir(state.join("gcroots/auto")).unwrap().count(), 1);
+    // The reserved file went first; it comes back at the next open.
+    assert!(!state.join("db/reserved").exists());
+
+    // Unrooting makes a path collectable.
+    fs::remove_file(state.join("gcroots/direct")).unwrap();
+    temps.remove_owner(7);
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    let r = r.unwrap();
+    assert_eq!(
+        r.paths,
+        [sp(&direct), sp(&dep), sp(&temp)].into_iter().collect()
+    );
+}
+
+#[test]
+fn print_live_print_dead_delete_specific_and_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let state = tmp.path().join("state");
+    let sp = |p| store.print_path(p);
+    let live = text(&store, "live", "l", &[]);
+    let dead = text(&store, "dead", "d", &[]);
+    let dead_ref = text(&store, "dead-referrer", "r", &[&dead]);
+    symlink(sp(&live), state.join("gcroots/l")).unwrap();
+    let temps = TempRoots::new();
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::ReturnLive, u64::MAX);
+    assert_eq!(r.unwrap().paths, [sp(&live)].into_iter().collect());
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::ReturnDead, u64::MAX);
+    assert_eq!(
+        r.unwrap().paths,
+        [sp(&dead), sp(&dead_ref)].into_iter().collect()
+    );
+
+    let (r, _) = collect(
+        &store,
+        no_helper(),
+        &temps,
+        GcAction::DeleteSpecific([live.clone()].into()),
+        u64::MAX,
+    );
+    let e = r.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("Cannot delete path '{}' since it is still alive. To find out why, use: nix-store --query --roots", sp(&live))
+    );
+    // A dead path another (dead, not requested) path refers to is refused too.
+    let (r, _) = collect(
+        &store,
+        no_helper(),
+        &temps,
+        GcAction::DeleteSpecific([dead.clone()].into()),
+        u64::MAX,
+    );
+    assert!(matches!(r, Err(GcError::Referenced { .. })), "{r:?}");
+    assert!(store.is_valid_path(&dead).unwrap());
+    let (r, _) = collect(
+        &store,
+        no_helper(),
+        &temps,
+        GcAction::DeleteSpecific([dead.clone(), dead_ref.clone()].into()),
+        u64::MAX,
+    );
+    assert_eq!(
+        r.unwrap().paths,
+        [sp(&dead), sp(&dead_ref)].into_iter().collect()
+    );
+    assert!(store.is_valid_path(&live).unwrap());
+
+    let opts = unrooted_gc::GcOptions {
+        action: GcAction::DeleteDead,
+        ignore_liveness: true,
+        max_freed: u64::MAX,
+    };
+    let e = unrooted_gc::Collector::new(&store, no_helper(), &temps)
+        .collect(&opts, &mut |_| {})
+        .unwrap_err();
+    assert_eq!(e.to_string(), "you are not allowed to ignore liveness");
+}
+
+#[test]
+fn max_freed_stops_once_enough_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let big = vec![7u8; 100_000];
+    let mut paths = Vec::new();
+    for c in ['a', 'b', 'c', 'd', 'f'] {
+        let mut bytes = big.clone();
+        bytes[0] = c as u8;
+        paths.push(file_path(&store, c, "big", &bytes, None));
+    }
+    let temps = TempRoots::new();
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, 150_000);
+    let r = r.unwrap();
+    assert_eq!(r.paths.len(), 2, "{r:?}");
+    assert!(
+        r.bytes_freed >= 150_000 && r.bytes_freed < 300_000,
+        "{}",
+        r.bytes_freed
+    );
+    let valid = paths
+        .iter()
+        .filter(|p| store.is_valid_path(p).unwrap())
+        .count();
+    assert_eq!(valid, 3);
+}
+
+#[test]
+fn keep_derivations_keeps_the_deriver_of_a_live_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let state = tmp.path().join("state");
+    let deriver = text(&store, "fake-deriver", "drv", &[]);
+    let out = file_path(&store, 'a', "out", b"out", Some(&deriver));
+    symlink(store.print_path(&out), state.join("gcroots/out")).unwrap();
+    let temps = TempRoots::new();
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    assert!(r.unwrap().paths.is_empty());
+    assert!(store.is_valid_path(&deriver).unwrap());
+    let mut config = no_helper();
+    config.keep_derivations = false;
+    let (r, _) = collect(&store, config, &temps, GcAction::DeleteDead, u64::MAX);
+    assert_eq!(
+        r.unwrap().paths,
+        [store.print_path(&deriver)].into_iter().collect()
+    );
+    assert!(store.is_valid_path(&out).unwrap());
+}
+
+#[test]
+fn invalid_leftovers_and_stale_locks_go_busy_ones_stay_links_are_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let root = tmp.path().join("store");
+    // Two paths sharing one file through `.links`.
+    let a = file_path(&store, 'a', "same", b"identical contents", None);
+    let b = file_path(&store, 'b', "same", b"identical contents", None);
+    store.optimise().unwrap();
+    assert_eq!(fs::read_dir(root.join(".links")).unwrap().count(), 1);
+    // An invalid leftover, a stale lock, junk, and a leftover whose lock is held.
+    let leftover = root.join("cccccccccccccccccccccccccccccccc-leftover");
+    fs::create_dir_all(leftover.join("d")).unwrap();
+    fs::write(leftover.join("d/f"), b"x").unwrap();
+    fs::write(
+        root.join("dddddddddddddddddddddddddddddddd-stale.lock"),
+        b"",
+    )
+    .unwrap();
+    fs::write(root.join("junk"), b"junk").unwrap();
+    let busy = root.join("ffffffffffffffffffffffffffffffff-busy");
+    fs::create_dir(&busy).unwrap();
+    let busy_lock =
+        fs::File::create(root.join("ffffffffffffffffffffffffffffffff-busy.lock")).unwrap();
+    rustix::fs::flock(&busy_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+
+    let temps = TempRoots::new();
+    let (r, log) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    let r = r.unwrap();
+    assert!(r.paths.contains(&store.print_path(&a)) && r.paths.contains(&store.print_path(&b)));
+    assert!(!leftover.exists());
+    assert!(!root
+        .join("dddddddddddddddddddddddddddddddd-stale.lock")
+        .exists());
+    assert!(!root.join("junk").exists());
+    assert!(busy.exists(), "a path being added must survive");
+    assert!(root
+        .join("ffffffffffffffffffffffffffffffff-busy.lock")
+        .exists());
+    assert_eq!(
+        fs::read_dir(root.join(".links")).unwrap().count(),
+        0,
+        "{log:?}"
+    );
+    assert!(log
+        .iter()
+        .any(|l| l.starts_with("note: currently hard linking saves")));
+    drop(busy_lock);
+}
+
+/// A collection killed after invalidating and before deleting leaves paths on disk
+/// that are not valid: the store is consistent for Nix, and the next collection
+/// removes them.
+#[test]
+fn crash_between_invalidation_and_deletion_leaves_a_consistent_store() {
+    let Some(nix_store) = nix_tool("nix-store") else {
+        assert!(!in_ci(), "nix-store is required under CI=true");
+        return;
+    };
+    let env = NixEnv::new();
+    let store = open_at(env.root());
+    let keep = text(&store, "keep", "k", &[]);
+    let low = text(&store, "low", "l", &[]);
+    let high = text(&store, "high", "h", &[&low]);
+    symlink(store.print_path(&keep), env.root().join("state/gcroots/k")).unwrap();
+    // The first half of a collection: one transaction, referrers first.
+    store
+        .invalidate_paths(&[high.clone(), low.clone()])
+        .unwrap();
+    // Referees before referrers is refused by the database, changing nothing.
+    let other = text(&store, "other-low", "o", &[]);
+    let other_high = text(&store, "other-high", "oh", &[&other]);
+    assert!(store
+        .invalidate_paths(&[other.clone(), other_high.clone()])
+        .is_err());
+    assert!(store.is_valid_path(&other).unwrap() && store.is_valid_path(&other_high).unwrap());
+    drop(store); // the crash
+
+    let verify = |what: &str| {
+        let out = env
+            .command(&nix_store)
+            .args(["--verify", "--check-contents"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {err}");
+        assert!(
+            !err.contains("error") && !err.contains("missing"),
+            "{what}: {err}"
+        );
+    };
+    verify("after the crash");
+    let store = open_at(env.root());
+    assert!(store.real_path(&high).exists() && !store.is_valid_path(&high).unwrap());
+    let temps = TempRoots::new();
+    let (r, log) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    r.unwrap();
+    assert!(
+        !store.real_path(&high).exists() && !store.real_path(&low).exists(),
+        "{log:?}"
+    );
+    assert!(store.real_path(&keep).exists());
+    drop(store);
+    verify("after the next collection");
+}
+
+#[test]
+fn temp_roots_guard_and_nix_temproots_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let held = text(&store, "held", "h", &[]);
+    let nix_held = text(&store, "nix-held", "n", &[]);
+    let temps = TempRoots::new();
+    // A Nix process holding its temporary roots file locked.
+    let file = tmp.path().join("state/temproots/12345");
+    fs::write(&file, format!("{}\0", store.print_path(&nix_held))).unwrap();
+    let f = fs::File::open(&file).unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockShared).unwrap();
+    // A dead process's file is removed.
+    fs::write(tmp.path().join("state/temproots/99999"), b"").unwrap();
+    {
+        let _guard = temps.hold([held.clone()]);
+        let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+        assert!(r.unwrap().paths.is_empty());
+    }
+    assert!(!tmp.path().join("state/temproots/99999").exists());
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    assert_eq!(
+        r.unwrap().paths,
+        [store.print_path(&held)].into_iter().collect()
+    );
+    drop(f);
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    assert_eq!(
+        r.unwrap().paths,
+        [store.print_path(&nix_held)].into_iter().collect()
+    );
+}
+
+#[test]
+fn runtime_root_of_our_own_process_is_seen_without_helper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let dir = file_path(&store, 'a', "cwd-holder", b"x", None);
+    let by_fd = file_path(&store, 'b', "fd-holder", b"y", None);
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<'{}'; exec sleep 30",
+            store.real_path(&by_fd).display()
+        ))
+        .current_dir(tmp.path().join("store"))
+        .env("HOLD", store.print_path(&dir))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let temps = TempRoots::new();
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(r.unwrap().paths.is_empty());
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    assert_eq!(r.unwrap().paths.len(), 2);
+}

@@ -29,7 +29,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// A configuration file is larger than [`MAX_CONF_SIZE`].
+    /// A configuration file is larger than 1 MiB.
     #[error("configuration file {path} is larger than {MAX_CONF_SIZE} bytes")]
     TooLarge {
         /// The file.
@@ -45,7 +45,7 @@ pub enum ConfigError {
         /// The line.
         text: String,
     },
-    /// Includes nest deeper than [`MAX_INCLUDE_DEPTH`].
+    /// Includes nest deeper than 16 levels (an include cycle).
     #[error("{path}: includes nested more than {MAX_INCLUDE_DEPTH} deep")]
     IncludeDepth {
         /// The file that would be included.

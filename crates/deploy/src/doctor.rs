@@ -408,11 +408,7 @@ pub fn mount_read_only(mountinfo: &str, mount_point: &Path) -> Option<bool> {
 }
 
 fn store_mount(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
-    let fix = format!(
-        "systemctl enable --now '{}' {}",
-        units::mount_unit_name(&l.rw_store()),
-        units::mount_unit_name(&l.store_dir)
-    );
+    let fix = format!("systemctl enable --now {}", units::STORE_UNIT);
     let info = read_bounded(&host.path(Path::new("/proc/self/mountinfo")), 16 << 20);
     out.push(match info.map(|i| mount_read_only(&i, &l.store_dir)) {
         Some(Some(true)) => finding(

@@ -457,11 +457,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
     let mut next = vec!["systemctl daemon-reload".to_owned()];
     next.push(format!(
         "systemctl enable --now {}",
-        units::units_to_enable(l)
-            .iter()
-            .map(|u| shell_quote(u))
-            .collect::<Vec<_>>()
-            .join(" ")
+        units::units_to_enable().join(" ")
     ));
     next.push("unrooted doctor".into());
     Ok(InstallPlan { steps, next })
@@ -477,7 +473,7 @@ pub fn uninstall(
 ) -> Result<InstallPlan, DeployError> {
     layout.validate()?;
     let mut steps = Vec::new();
-    let mut units: Vec<String> = units::units_to_enable(layout);
+    let mut units: Vec<String> = units::units_to_enable();
     units.push("unrooted-daemon.service".into());
     if host.is_system() {
         let mut argv: Vec<String> = vec!["systemctl".into(), "disable".into(), "--now".into()];
@@ -554,14 +550,6 @@ pub fn uninstall(
         steps,
         next: Vec::new(),
     })
-}
-
-fn shell_quote(s: &str) -> String {
-    if s.contains('\\') {
-        format!("'{s}'")
-    } else {
-        s.to_owned()
-    }
 }
 
 fn read_binary(path: &Path) -> Result<Vec<u8>, DeployError> {

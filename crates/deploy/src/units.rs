@@ -1,27 +1,29 @@
 //! The systemd units, AppArmor profile and client configuration `install` writes.
 //!
 //! # The store: read-only for everyone, writable in the daemon's namespace
-//! Two mount units and the daemon's own mount namespace:
-//! 1. `<parent>/.unrooted/rw-store` (in a root-only 0700 directory) is a *private*
-//!    bind mount of the store directory, made before anything else covers it.
-//! 2. `nix-store.mount` bind-mounts the store read-only over itself, for every process
-//!    of the system, root included.
-//! 3. The daemon runs with `PrivateMounts=yes`, `MountFlags=private` and
-//!    `BindPaths=<rw-store>:<store>`: systemd, still root while setting up the
-//!    namespace, binds the writable view over the read-only one.
+//! `unrooted-store.service` (root, oneshot) makes two bind mounts at boot:
+//! 1. `<parent>/.unrooted/rw-store`, in a root-only 0700 directory: a *private* bind
+//!    mount of the store directory, made before anything covers it;
+//! 2. the store bind-mounted read-only over itself, for every process of the system,
+//!    root included.
+//!
+//! The daemon runs with `PrivateMounts=yes`, `MountFlags=private` and
+//! `BindPaths=<rw-store>:<store>`: systemd, still root while it sets up the
+//! namespace, binds the writable view over the read-only one.
 //!
 //! Guix's units (`guix-daemon.service` with `PrivateMounts`, `BindPaths=/gnu/store`,
 //! ordered `Before=gnu-store.mount`, which binds the store read-only over itself) get
 //! their writable view by starting the daemon *before* the read-only mount exists.
 //! Restart the daemon while the read-only mount is up (a crash with `Restart=always`,
 //! an upgrade) and the new namespace binds the read-only mount onto itself: a bind
-//! mount copies `MNT_READONLY`, so the daemon finds its store read-only (work-arounds
-//! stop `gnu-store.mount` around each start, leaving the store unprotected meanwhile).
+//! mount copies `MNT_READONLY`, so the daemon finds its store read-only (the work-around
+//! stops `gnu-store.mount` around each start, leaving the store unprotected meanwhile).
 //! Binding from the separate, private `rw-store` mount has no ordering to lose: every
 //! start of the daemon, first or hundredth, gets the same writable view, and because
-//! that mount is private, the later read-only mount does not propagate onto it. Only
-//! restarting the `rw-store` mount alone while the read-only one is up would copy the
-//! read-only flag; `nix-store.mount` is `PartOf=` it, so systemd restarts both, in order.
+//! that mount is private the read-only mount made after it does not propagate onto it.
+//! The two mounts are one service, not two `.mount` units, because systemd orders a
+//! bind mount unit after the mount unit of its source path: the writable view (source
+//! `/nix/store`) would be ordered after the read-only `nix-store.mount`, a cycle.
 //!
 //! # Capabilities, `NoNewPrivileges` and `newuidmap`
 //! The daemon holds no capabilities (`AmbientCapabilities=` empty, or `CAP_CHOWN` when
@@ -110,8 +112,6 @@ pub fn mount_unit_name(path: &Path) -> String {
 /// Every unit file, in the order they are written.
 pub fn unit_files(p: &UnitParams) -> Vec<UnitFile> {
     let l = &p.layout;
-    let rw_unit = mount_unit_name(&l.rw_store());
-    let ro_unit = mount_unit_name(&l.store_dir);
     let store = l.store_dir.display();
     let rw = l.rw_store();
     let rw = rw.display();
@@ -120,43 +120,27 @@ pub fn unit_files(p: &UnitParams) -> Vec<UnitFile> {
     let roots_exe = l.roots_binary();
     let roots_exe = roots_exe.display();
 
-    let rw_mount = format!(
-        "# Installed by `unrooted install`. The store's writable view, in a directory only
-# root can enter; systemd binds it into the daemon's private mount namespace. It must
-# be mounted before {ro_unit} covers the store with a read-only bind.
-[Unit]
-Description=Writable view of the Nix store for the unrooted daemon
-Before={ro_unit}
-
-[Mount]
-What={store}
-Where={rw}
-Type=none
-Options=bind,private
-
-[Install]
-WantedBy=local-fs.target
-"
-    );
-
-    let ro_mount = format!(
+    let store_mounts = format!(
         "# Installed by `unrooted install`. The store, read-only for every process of the
-# system (root included) except the unrooted daemon, which sees {rw} there.
+# system (root included) except the unrooted daemon. First a private bind of the store
+# at {rw}, in a directory only root can enter (the daemon's writable view), then a
+# read-only bind of the store over itself. One service rather than two mount units:
+# a bind mount unit depends on the mount of its source path, which would order the
+# writable view after the read-only mount that must come second. ($$ is systemd's $.)
 [Unit]
-Description=Read-only Nix store
-Requires={rw_unit}
-After={rw_unit}
-PartOf={rw_unit}
+Description=Read-only Nix store (writable only in the unrooted daemon's namespace)
+RequiresMountsFor={store} {private}
 
-[Mount]
-What={store}
-Where={store}
-Type=none
-Options=bind,ro
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -euc 'mountpoint -q \"$$1\" || mount -o bind,private \"$$0\" \"$$1\"; mount -o bind,ro \"$$0\" \"$$0\"' {store} {rw}
+ExecStop=/bin/sh -euc 'umount \"$$0\"; umount \"$$1\"' {store} {rw}
 
 [Install]
-WantedBy=local-fs.target
-"
+WantedBy=multi-user.target
+",
+        private = l.private_dir().display(),
     );
 
     let daemon_socket = format!(
@@ -214,8 +198,8 @@ WantedBy=sockets.target
         "# Installed by `unrooted install`. See docs/install.md for why each line is here.
 [Unit]
 Description=unrooted Nix store daemon (unprivileged)
-Requires=unrooted-daemon.socket {rw_unit}
-After=unrooted-daemon.socket {rw_unit}
+Requires=unrooted-daemon.socket {STORE_UNIT}
+After=unrooted-daemon.socket {STORE_UNIT}
 
 [Service]
 Type=exec
@@ -316,12 +300,8 @@ RuntimeMaxSec=60
 
     vec![
         UnitFile {
-            name: rw_unit.clone(),
-            text: rw_mount,
-        },
-        UnitFile {
-            name: ro_unit,
-            text: ro_mount,
+            name: STORE_UNIT.into(),
+            text: store_mounts,
         },
         UnitFile {
             name: "unrooted-daemon.socket".into(),
@@ -342,11 +322,13 @@ RuntimeMaxSec=60
     ]
 }
 
+/// The service that makes the store read-only outside the daemon.
+pub const STORE_UNIT: &str = "unrooted-store.service";
+
 /// The units to enable, in order, after the files are installed.
-pub fn units_to_enable(layout: &Layout) -> Vec<String> {
+pub fn units_to_enable() -> Vec<String> {
     vec![
-        mount_unit_name(&layout.rw_store()),
-        mount_unit_name(&layout.store_dir),
+        STORE_UNIT.into(),
         "unrooted-find-roots.socket".into(),
         "unrooted-daemon.socket".into(),
     ]

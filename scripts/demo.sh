@@ -39,7 +39,8 @@ cat > "$work/demo.nix" <<'NIX'
 let simple = derivation { name = "simple"; system = "x86_64-linux"; builder = "/bin/sh";
                           args = [ "-c" "echo hello > $out" ]; };
 in derivation { name = "demo"; system = "x86_64-linux"; builder = "/bin/sh";
-                args = [ "-c" "cat ${simple} > $out" ]; note = "quote\" tab\t"; }
+                args = [ "-c" "read line < ${simple}; echo \"$line from $(id -u) in the sandbox\"; echo \"$line, world\" > $out" ];
+                note = "quote\" tab\t"; }
 NIX
 drv=$(nix-instantiate "$work/demo.nix" 2>/dev/null)
 step unrooted drv show "$(basename "$drv")"
@@ -60,7 +61,8 @@ mkdir -p "$store"/{store,state,log,conf} "$store/home"
 chmod 755 "$work" "$store"
 chown "$D:" "$store"/{store,state,log,conf}
 chown "$C:" "$store/home"
-printf 'sandbox = false\nsubstituters =\n' > "$store/conf/nix.conf"
+# Builders run in the rootless sandbox; /bin/sh inside is Debian's static busybox.
+printf 'sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nsubstituters =\n' > "$store/conf/nix.conf"
 denv=(env -i PATH=/usr/bin:/bin NIX_STORE_DIR="$store/store" NIX_STATE_DIR="$store/state"
       NIX_LOG_DIR="$store/log" NIX_CONF_DIR="$store/conf")
 setpriv --reuid="$D" --regid="$D" --init-groups --inh-caps=-all -- "${denv[@]}" RUST_LOG=info "$U" daemon \
@@ -86,7 +88,15 @@ step "as $C: nix-store -q --tree" "$(basename "$d")"
 as_client nix-store -q --tree "$d"
 step "as $C: nix path-info --json -S" "$(basename "$p")"
 as_client nix --extra-experimental-features nix-command path-info --json -S "$p"; echo
+step "as $C: nix-build demo.nix -o ~/result   (built by the daemon, in a user-namespace sandbox)"
+out=$(cd "$store/home" && as_client nix-build "$store/home/demo.nix" -o "$store/home/result")
+echo "$out"
+step "as $C: cat ~/result"
+as_client cat "$store/home/result"
+step "as $C: nix-store -l" "$(basename "$d")" "   (the build log, stored under \$NIX_LOG_DIR/drvs)"
+as_client nix-store -l "$d"
+find "$store/log/drvs" -type f
 step "as $D (the store owner), local mode: nix-store --verify --check-contents"
 setpriv --reuid="$D" --regid="$D" --init-groups -- "${denv[@]}" NIX_REMOTE=local nix-store --verify --check-contents
-ls -ld "$store/store" "$p"
-printf '\nThe store belongs to %s and is read-only for everyone else; the client (%s) added to it only through the daemon.\n' "$D" "$C"
+ls -ld "$store/store" "$p" "$out"
+printf '\nThe store belongs to %s and is read-only for everyone else; the client (%s) added and built through the daemon only.\n' "$D" "$C"

@@ -1,0 +1,246 @@
+//! `unrooted doctor` against broken set-ups built in a directory tree (a fake
+//! `/proc/sys` standing in for the kernel), and against a real unprivileged daemon.
+
+use std::fs;
+use std::os::unix::fs::chown;
+use std::path::Path;
+use std::process::Command;
+
+use unrooted_testkit::daemon::{can_run_daemon_tests, is_root, test_user, TestDaemon, DAEMON_USER};
+use unrooted_testkit::in_ci;
+
+fn unrooted() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_unrooted"))
+}
+
+/// An installed tree with user namespaces on, or `None` (skip) when not root.
+fn installed() -> Option<tempfile::TempDir> {
+    if !is_root() {
+        assert!(!in_ci(), "doctor tests need root to chown, but CI=true");
+        eprintln!("skipping: doctor tests need root");
+        return None;
+    }
+    test_user(DAEMON_USER).expect("test user");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let helper = root.join("fake-find-roots");
+    fs::write(&helper, b"#!/bin/sh\n").unwrap();
+    let out = Command::new(unrooted())
+        .arg("install")
+        .arg("--root")
+        .arg(root)
+        .args([
+            "--store-owner",
+            DAEMON_USER,
+            "--subids",
+            "no",
+            "--apparmor",
+            "no",
+        ])
+        .arg("--find-roots-binary")
+        .arg(&helper)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sysctl(root, "user/max_user_namespaces", "15000");
+    Some(tmp)
+}
+
+fn sysctl(root: &Path, name: &str, value: &str) {
+    let p = root.join("proc/sys").join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, format!("{value}\n")).unwrap();
+}
+
+/// Runs doctor on the tree; returns (success, stdout).
+fn doctor(root: &Path) -> (bool, String) {
+    let out = Command::new(unrooted())
+        .arg("doctor")
+        .arg("--root")
+        .arg(root)
+        .args(["--timeout", "2"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn line<'a>(text: &'a str, check: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(&format!("] {check}: ")))
+        .unwrap_or_else(|| panic!("no {check} line in:\n{text}"))
+}
+
+#[test]
+fn a_fresh_install_passes_every_check_but_the_absent_daemon() {
+    let Some(tmp) = installed() else { return };
+    let (ok, text) = doctor(tmp.path());
+    assert!(
+        line(&text, "user namespaces").starts_with("[ok  ]"),
+        "{text}"
+    );
+    assert!(line(&text, "AppArmor").starts_with("[ok  ]"), "{text}");
+    assert!(
+        line(&text, "store ownership").starts_with("[ok  ]"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "subordinate ids").starts_with("[warn]"),
+        "{text}"
+    );
+    // Nothing serves the tree's socket: that blocks builds.
+    assert!(
+        line(&text, "daemon socket").starts_with("[FAIL] daemon socket: cannot connect"),
+        "{text}"
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("fix: systemctl enable --now unrooted-daemon.socket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn user_namespaces_off_is_a_failure_with_the_sysctl_to_set() {
+    let Some(tmp) = installed() else { return };
+    sysctl(tmp.path(), "user/max_user_namespaces", "0");
+    let (ok, text) = doctor(tmp.path());
+    assert!(!ok);
+    assert!(
+        line(&text, "user namespaces")
+            .starts_with("[FAIL] user namespaces: user.max_user_namespaces = 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: echo user.max_user_namespaces=15000"),
+        "{text}"
+    );
+
+    sysctl(tmp.path(), "user/max_user_namespaces", "15000");
+    sysctl(tmp.path(), "kernel/unprivileged_userns_clone", "0");
+    let (_, text) = doctor(tmp.path());
+    assert!(
+        line(&text, "user namespaces")
+            .starts_with("[FAIL] user namespaces: kernel.unprivileged_userns_clone = 0"),
+        "{text}"
+    );
+
+    sysctl(tmp.path(), "kernel/unprivileged_userns_clone", "1");
+    sysctl(
+        tmp.path(),
+        "kernel/apparmor_restrict_unprivileged_userns",
+        "1",
+    );
+    let (_, text) = doctor(tmp.path());
+    assert!(
+        line(&text, "user namespaces").starts_with("[ok  ]"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "AppArmor")
+            .starts_with("[FAIL] AppArmor: kernel.apparmor_restrict_unprivileged_userns = 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_store_owned_by_root_is_a_failure_pointing_at_migrate() {
+    let Some(tmp) = installed() else { return };
+    chown(tmp.path().join("nix/store"), Some(0), Some(0)).unwrap();
+    let (ok, text) = doctor(tmp.path());
+    assert!(!ok);
+    let l = line(&text, "store ownership");
+    assert!(
+        l.starts_with(
+            "[FAIL] store ownership: /nix/store is owned by uid 0, not unrooted-test-daemon"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: unrooted migrate --store-owner unrooted-test-daemon"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_or_writable_roots_helper_is_reported() {
+    let Some(tmp) = installed() else { return };
+    let bin = tmp
+        .path()
+        .join("usr/local/libexec/unrooted/unrooted-find-roots");
+    let (_, text) = doctor(tmp.path());
+    assert!(
+        line(&text, "roots helper").starts_with("[warn] roots helper: cannot reach"),
+        "{text}"
+    );
+    assert!(
+        text.contains("garbage collection will refuse to run"),
+        "{text}"
+    );
+
+    let (uid, gid) = test_user(DAEMON_USER).unwrap();
+    chown(&bin, Some(uid), Some(gid)).unwrap();
+    let (_, text) = doctor(tmp.path());
+    assert!(
+        line(&text, "roots helper binary").starts_with("[FAIL] roots helper binary:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("whoever can write it runs code as root"),
+        "{text}"
+    );
+
+    fs::remove_file(&bin).unwrap();
+    let (_, text) = doctor(tmp.path());
+    assert!(
+        line(&text, "roots helper binary").starts_with("[warn] roots helper binary:"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "roots helper binary").ends_with("is missing"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_running_unprivileged_daemon_answers_and_is_not_root() {
+    if !can_run_daemon_tests() {
+        return;
+    }
+    let mut d = TestDaemon::new(unrooted(), "");
+    d.start();
+    let out = Command::new(unrooted())
+        .arg("doctor")
+        .args(["--store-owner", DAEMON_USER, "--timeout", "5"])
+        .arg("--store-dir")
+        .arg(d.store_dir())
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .arg("--log-dir")
+        .arg(d.root().join("log"))
+        .arg("--conf-dir")
+        .arg(d.root().join("conf"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line(&text, "daemon socket").starts_with("[ok  ] daemon socket:"),
+        "{text}"
+    );
+    let id = line(&text, "daemon identity");
+    assert!(
+        id.starts_with(&format!(
+            "[ok  ] daemon identity: pid {}, uid {},",
+            d.pid(),
+            d.daemon_uid
+        )),
+        "{text}"
+    );
+    assert!(line(&text, "free space").starts_with("[ok  ]"), "{text}");
+}

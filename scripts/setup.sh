@@ -12,6 +12,8 @@ command -v nix-store >/dev/null || need_apt+=(nix-bin)
 command -v gcc >/dev/null || need_apt+=(build-essential)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+# The deploy tests check the installed units with `systemd-analyze verify`.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq

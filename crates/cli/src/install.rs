@@ -69,15 +69,15 @@ pub struct InstallArgs {
     daemon_binary: Option<PathBuf>,
     /// Subordinate ids for builds: yes, no, or auto (when newuidmap is installed).
     #[arg(long, value_name = "WHEN", default_value = "auto")]
-    subids: Auto,
+    subids: When,
     /// The AppArmor profile: yes, no, or auto (when the kernel restricts user namespaces).
     #[arg(long, value_name = "WHEN", default_value = "auto")]
-    apparmor: Auto,
+    apparmor: When,
 }
 
 /// yes, no, or decided from the host.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum Auto {
+pub enum When {
     /// Always.
     Yes,
     /// Never.
@@ -86,12 +86,12 @@ pub enum Auto {
     Auto,
 }
 
-impl Auto {
+impl When {
     fn get(self) -> Option<bool> {
         match self {
-            Auto::Yes => Some(true),
-            Auto::No => Some(false),
-            Auto::Auto => None,
+            When::Yes => Some(true),
+            When::No => Some(false),
+            When::Auto => None,
         }
     }
 }

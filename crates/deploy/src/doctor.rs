@@ -396,15 +396,13 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Whether the topmost mount at `mount_point` in `mountinfo` is read-only, `None`
 /// when nothing is mounted there.
 pub fn mount_read_only(mountinfo: &str, mount_point: &Path) -> Option<bool> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let point = unescape_mountinfo(f.get(4)?);
-            (Path::new(&point) == mount_point)
-                .then(|| f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro")))
-        })
-        .last()
+    // Later lines are mounted on top of earlier ones at the same point.
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let point = unescape_mountinfo(f.get(4)?);
+        (Path::new(&point) == mount_point)
+            .then(|| f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro")))
+    })
 }
 
 fn store_mount(host: &Host, l: &Layout, out: &mut Vec<Finding>) {

@@ -295,7 +295,7 @@ fn busybox_from_the_store_as_sandbox_path_brings_its_closure() {
             .to_owned()
     };
     // The store dir holds the sandbox path's closure and the output being written.
-    let mut want = vec![name(added), name(&out)];
+    let mut want = [name(added), name(&out)];
     want.sort();
     assert_eq!(
         fs::read_to_string(&out).unwrap(),

@@ -486,7 +486,8 @@ fn workloads(
     );
 
     sampler.phase("nix-store --add");
-    let times = add_tree(opts, daemons, tree)?;
+    let add = add_tree(opts, daemons, tree)?;
+    let times = &add.wall;
     let mib = opts.add_size_mib as f64;
     row(
         &format!("nix-store --add, {} MiB tree", opts.add_size_mib),
@@ -546,6 +547,10 @@ fn workloads(
     println!(
         "nix-store --add time: unrooted {:.3} s, nix-daemon {:.3} s (median of {})",
         times[0], times[1], opts.runs
+    );
+    println!(
+        "CPU per add: client {:.3} s / {:.3} s; unrooted daemon {:.3} s (nix-daemon's is in exited connection processes, not measured)",
+        add.client_cpu[0], add.client_cpu[1], add.daemon_cpu[0]
     );
     let u = times[0] / floor;
     println!(
@@ -733,15 +738,25 @@ fn small_paths(d: &Daemon, n: usize) -> anyhow::Result<f64> {
 /// Median seconds of `nix-store --add` of `tree` through each daemon. Every run adds the
 /// tree under a new name, so every run is a real import; one warm-up run comes first,
 /// and the daemons take turns going first.
-fn add_tree(opts: &Options, daemons: &[Daemon], tree: &Path) -> anyhow::Result<Vec<f64>> {
+fn add_tree(opts: &Options, daemons: &[Daemon], tree: &Path) -> anyhow::Result<AddTimes> {
     let mut times = vec![Vec::new(); daemons.len()];
+    let mut client_cpu = vec![0.0; daemons.len()];
+    let mut daemon_cpu = vec![0.0; daemons.len()];
     let mut nar_hashes = Vec::new();
     for run in 0..=opts.runs {
         let renamed = Renamed::new(tree, tree.with_file_name(format!("bench-add-{run}")))?;
         for i in turns(daemons.len(), run) {
             let d = &daemons[i];
+            let cpu_before = (mem::children_cpu_secs(), mem::cpu_secs(d.pid()));
             let (t, out) = time_command(d.nix_client("nix-store").arg("--add").arg(&renamed.to))
                 .with_context(|| format!("nix-store --add through {}", d.label))?;
+            if run > 0 {
+                // The client is the only child waited for meanwhile.
+                client_cpu[i] +=
+                    mem::children_cpu_secs().unwrap_or(0.0) - cpu_before.0.unwrap_or(0.0);
+                daemon_cpu[i] +=
+                    mem::cpu_secs(d.pid()).unwrap_or(0.0) - cpu_before.1.unwrap_or(0.0);
+            }
             let path = d
                 .store_dir
                 .parse_path(&out)
@@ -763,10 +778,27 @@ fn add_tree(opts: &Options, daemons: &[Daemon], tree: &Path) -> anyhow::Result<V
         nar_hashes.windows(2).all(|w| w[0] == w[1]),
         "the daemons recorded different NAR hashes for the same tree: {nar_hashes:?}"
     );
-    Ok(times
-        .iter_mut()
-        .map(|t| median_of(t).as_secs_f64())
-        .collect())
+    let runs = opts.runs as f64;
+    Ok(AddTimes {
+        wall: times
+            .iter_mut()
+            .map(|t| median_of(t).as_secs_f64())
+            .collect(),
+        client_cpu: client_cpu.iter().map(|c| c / runs).collect(),
+        daemon_cpu: daemon_cpu.iter().map(|c| c / runs).collect(),
+    })
+}
+
+/// Seconds per `nix-store --add`, per daemon.
+struct AddTimes {
+    /// Median wall time.
+    wall: Vec<f64>,
+    /// Mean CPU time of the client.
+    client_cpu: Vec<f64>,
+    /// Mean CPU time of the daemon's main process: all of unrooted's work (its
+    /// connections are threads), none of nix-daemon's (its connections are processes
+    /// that have exited, unwaited, by the time of the reading).
+    daemon_cpu: Vec<f64>,
 }
 
 fn print_memory(

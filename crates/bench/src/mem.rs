@@ -192,6 +192,14 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
+/// CPU time (user + system) of this process's children that have been waited for, in
+/// seconds.
+pub fn children_cpu_secs() -> Option<f64> {
+    let pid = std::process::id();
+    let ticks = stat_field(pid, 16)? + stat_field(pid, 17)?;
+    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
 fn sample_tree(pids: &[u32]) -> Peak {
     let mut peak = Peak::default();
     for &pid in pids {

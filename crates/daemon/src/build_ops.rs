@@ -218,6 +218,45 @@ impl BuildObserver for ClientObserver<'_, '_> {
     }
 }
 
+/// Roots everything a build of `targets` reads or writes, before it starts: every
+/// derivation of the closure, their input sources and every output path (built or
+/// still to be built). A path valid now stays valid for the connection's lifetime,
+/// and a path to be built is rooted by name before any builder writes it, which
+/// matters for unsandboxed builders that write straight to their final paths. An
+/// output that is not valid yet is built; nothing here waits for the collector
+/// except a path it is deleting at this very moment.
+fn root_build_closure(s: &Session<'_>, targets: &[Target]) {
+    let store = &s.state.store;
+    let mut seen: BTreeSet<StorePath> = BTreeSet::new();
+    let mut queue: Vec<StorePath> = Vec::new();
+    for t in targets {
+        match t {
+            Target::Opaque(p) => s.add_temp_root(p),
+            Target::Built { drv, .. } => queue.push(drv.clone()),
+        }
+    }
+    while let Some(drv) = queue.pop() {
+        if !seen.insert(drv.clone()) {
+            continue;
+        }
+        s.add_temp_root(&drv);
+        // A derivation that is missing or unreadable fails in the scheduler with
+        // its usual error; there is nothing more to root for it.
+        let Ok(d) = unrooted_build::load_derivation(store, &drv) else {
+            continue;
+        };
+        for out in d.outputs.values() {
+            if let Some(p) = out.path() {
+                s.add_temp_root(p);
+            }
+        }
+        for src in &d.input_srcs {
+            s.add_temp_root(src);
+        }
+        queue.extend(d.input_drvs.into_keys().filter(|p| !seen.contains(p)));
+    }
+}
+
 /// Runs the scheduler for `paths` with activities on `out`.
 fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -> Vec<Result_> {
     let targets: Vec<Target> = paths.iter().map(target).collect();
@@ -228,10 +267,8 @@ fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -
             Target::Opaque(_) => None,
         })
         .collect();
-    for t in &targets {
-        let (Target::Built { drv: p, .. } | Target::Opaque(p)) = t;
-        s.add_temp_root(p);
-    }
+    s.state.auto_gc.poke();
+    root_build_closure(s, &targets);
     let opts = options(s, mode);
     let mut observer = ClientObserver {
         s,

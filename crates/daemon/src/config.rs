@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use unrooted_format::StoreDir;
+use unrooted_gc::{GcConfig, RootsHelper};
 
 /// Deepest `include` nesting followed, so an include cycle ends with an error.
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -246,6 +247,21 @@ pub struct Settings {
     pub min_free: u64,
     /// `max-free` in bytes.
     pub max_free: u64,
+    /// `min-free-check-interval` in seconds: how often free space is checked for
+    /// automatic garbage collection (Nix's default 5).
+    pub min_free_check_interval: u64,
+    /// `use-roots-daemon` (Nix 2.34's name; default true here): ask the privileged
+    /// roots helper for the roots the daemon cannot read.
+    pub use_roots_daemon: bool,
+    /// `roots-helper-socket`: where the helper listens (default
+    /// `<state>/gc-roots-socket/socket`, where Nix 2.34's helper listens too).
+    pub roots_helper_socket: Option<PathBuf>,
+    /// `roots-helper-runtime-only`: the helper is upstream Nix's
+    /// `nix store roots-daemon`, which reports runtime roots only.
+    pub roots_helper_runtime_only: bool,
+    /// `unrooted-gc-without-roots-helper`: the administrator's explicit choice to
+    /// collect without any helper (single-user stores).
+    pub gc_without_roots_helper: bool,
     /// `build-users-group` (members may not connect; unrooted has no build users).
     pub build_users_group: String,
     /// Settings set but not known to the daemon, reported once at start-up.
@@ -384,6 +400,11 @@ impl Settings {
             "keep-derivations",
             "min-free",
             "max-free",
+            "min-free-check-interval",
+            "use-roots-daemon",
+            "roots-helper-socket",
+            "roots-helper-runtime-only",
+            "unrooted-gc-without-roots-helper",
             "build-users-group",
         ];
         let unknown = raw
@@ -409,6 +430,14 @@ impl Settings {
             keep_derivations: boolean(raw, "keep-derivations", true)?,
             min_free: integer(raw, "min-free", 0)?,
             max_free: integer(raw, "max-free", u64::MAX)?,
+            min_free_check_interval: integer(raw, "min-free-check-interval", 5)?,
+            use_roots_daemon: boolean(raw, "use-roots-daemon", true)?,
+            roots_helper_socket: raw
+                .get("roots-helper-socket")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            roots_helper_runtime_only: boolean(raw, "roots-helper-runtime-only", false)?,
+            gc_without_roots_helper: boolean(raw, "unrooted-gc-without-roots-helper", false)?,
             build_users_group: raw.get("build-users-group").unwrap_or("").to_owned(),
             unknown,
         })
@@ -427,6 +456,56 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the collector gets the roots the daemon cannot read. Collecting without
+    /// a helper must be chosen explicitly (`unrooted-gc-without-roots-helper = true`):
+    /// `use-roots-daemon = false` alone is refused, so a configuration can never
+    /// silently lose the roots in private homes and other users' processes.
+    pub fn roots_helper(&self) -> Result<RootsHelper, ConfigError> {
+        let s = &self.settings;
+        if s.gc_without_roots_helper {
+            if s.use_roots_daemon && self.raw.get("use-roots-daemon") == Some("true") {
+                return Err(ConfigError::Value {
+                    name: "use-roots-daemon".into(),
+                    value: "true".into(),
+                    expected: "'false' (or unset) with unrooted-gc-without-roots-helper = true",
+                });
+            }
+            return Ok(RootsHelper::None);
+        }
+        if !s.use_roots_daemon {
+            return Err(ConfigError::Value {
+                name: "use-roots-daemon".into(),
+                value: "false".into(),
+                expected: "'true', unless unrooted-gc-without-roots-helper = true is also set \
+                           (collecting without the roots helper must be chosen explicitly)",
+            });
+        }
+        if let Some(p) = s.roots_helper_socket.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigError::Value {
+                name: "roots-helper-socket".into(),
+                value: p.display().to_string(),
+                expected: "an absolute path",
+            });
+        }
+        let socket = s
+            .roots_helper_socket
+            .clone()
+            .unwrap_or_else(|| GcConfig::default_helper_socket(&self.locations.state_dir));
+        Ok(if s.roots_helper_runtime_only {
+            RootsHelper::RuntimeOnlySocket(socket)
+        } else {
+            RootsHelper::Socket(socket)
+        })
+    }
+
+    /// The collector's settings: `keep-outputs`, `keep-derivations` and the helper.
+    pub fn gc_config(&self) -> Result<GcConfig, ConfigError> {
+        let mut c = GcConfig::new(self.roots_helper()?);
+        c.keep_outputs = self.settings.keep_outputs;
+        c.keep_derivations = self.settings.keep_derivations;
+        Ok(c)
+    }
+
     /// Loads the configuration as Nix does: `$NIX_CONF_DIR/nix.conf`, then `NIX_CONFIG`.
     pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let locations = Locations::from_env(&env)?;
@@ -488,6 +567,45 @@ mod tests {
             Settings::from_raw(&raw),
             Err(ConfigError::Value { .. })
         ));
+    }
+
+    #[test]
+    fn roots_helper_modes() {
+        let env = |k: &str| (k == "NIX_STATE_DIR").then(|| "/st".to_owned());
+        let config = |text: &str| {
+            let mut raw = RawSettings::default();
+            raw.apply_text(text, Path::new("t"), Path::new("/"))
+                .unwrap();
+            Config {
+                locations: Locations::from_env(env).unwrap(),
+                settings: Settings::from_raw(&raw).unwrap(),
+                raw,
+            }
+        };
+        assert_eq!(
+            config("").roots_helper().unwrap(),
+            RootsHelper::Socket("/st/gc-roots-socket/socket".into())
+        );
+        assert_eq!(
+            config("roots-helper-socket = /run/h/socket\nroots-helper-runtime-only = true\n")
+                .roots_helper()
+                .unwrap(),
+            RootsHelper::RuntimeOnlySocket("/run/h/socket".into())
+        );
+        assert_eq!(
+            config("unrooted-gc-without-roots-helper = true\n")
+                .roots_helper()
+                .unwrap(),
+            RootsHelper::None
+        );
+        assert!(config("use-roots-daemon = false\n").roots_helper().is_err());
+        assert!(config("roots-helper-socket = rel\n")
+            .roots_helper()
+            .is_err());
+        let c = config("keep-outputs = true\nkeep-derivations = false\n")
+            .gc_config()
+            .unwrap();
+        assert!(c.keep_outputs && !c.keep_derivations);
     }
 
     #[test]

@@ -6,14 +6,14 @@
 //! its end, framed bodies drained); otherwise one error is sent and the connection is
 //! closed, since nothing further on it could be parsed reliably.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{BufReader, BufWriter};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use unrooted_format::signature::TrustedKeys;
 use unrooted_format::StorePath;
+use unrooted_gc::{GcConfig, TempRoots};
 use unrooted_protocol::handshake::{ServerHello, TrustedFlag};
 use unrooted_protocol::request::ClientSettings;
 use unrooted_protocol::{
@@ -40,9 +40,15 @@ pub(crate) struct DaemonState {
     pub own_uid: u32,
     /// Builds for every connection.
     pub scheduler: unrooted_build::Scheduler,
-    /// Temporary roots of open connections, by connection id: paths clients are using,
-    /// which the collector must keep.
-    pub temp_roots: Mutex<HashMap<u64, BTreeSet<StorePath>>>,
+    /// Temporary roots of open connections (by connection id) and of adds and builds
+    /// in progress: paths in use, which the collector must keep.
+    pub temp_roots: TempRoots,
+    /// The collector's settings.
+    pub gc_config: GcConfig,
+    /// Keeps deleting collections apart from adds of paths not known in advance.
+    pub gc_barrier: crate::gc_ops::GcBarrier,
+    /// Automatic collection from `min-free`/`max-free`.
+    pub auto_gc: crate::gc_ops::AutoGc,
     next_connection: AtomicU64,
 }
 
@@ -67,12 +73,18 @@ impl DaemonState {
             source: Box::new(source),
         })?;
         let scheduler = crate::build_ops::scheduler(&config).map_err(DaemonError::Build)?;
+        let gc_config = config.gc_config()?;
+        let s = &config.settings;
+        let auto_gc = crate::gc_ops::AutoGc::new(s.min_free, s.max_free, s.min_free_check_interval);
         Ok(Self {
             config,
             store,
             own_uid,
             scheduler,
-            temp_roots: Mutex::new(HashMap::new()),
+            temp_roots: TempRoots::new(),
+            gc_config,
+            gc_barrier: crate::gc_ops::GcBarrier::default(),
+            auto_gc,
             next_connection: AtomicU64::new(1),
         })
     }
@@ -95,14 +107,10 @@ pub(crate) struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Keeps `path` alive until the connection closes.
+    /// Keeps `path` alive until the connection closes. Waits while a collection is
+    /// deleting it, so a caller that then finds it valid can rely on it.
     pub fn add_temp_root(&self, path: &StorePath) {
-        let mut roots = self
-            .state
-            .temp_roots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        roots.entry(self.id).or_default().insert(path.clone());
+        self.state.temp_roots.add(self.id, path.clone());
     }
 }
 
@@ -137,8 +145,7 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
     if let Err(e) = run(state, stream, peer, trusted, id) {
         tracing::debug!("connection {id} ended: {e}");
     }
-    let mut roots = state.temp_roots.lock().unwrap_or_else(|e| e.into_inner());
-    roots.remove(&id);
+    state.temp_roots.remove_owner(id);
 }
 
 fn run(

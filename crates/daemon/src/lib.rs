@@ -9,6 +9,7 @@
 mod build_ops;
 pub mod config;
 mod connection;
+mod gc_ops;
 mod ops;
 pub mod server;
 pub mod trust;
@@ -86,7 +87,17 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         state.config.locations.store_dir,
         state.config.locations.socket_path.display()
     );
+    tracing::info!("{}", gc_ops::describe_mode(&state.gc_config.roots_helper));
+    let s = &state.config.settings;
+    if s.min_free > 0 {
+        tracing::info!(
+            "automatic garbage collection below min-free = {} bytes, up to max-free = {} bytes",
+            s.min_free,
+            s.max_free
+        );
+    }
     let state = Arc::new(state);
+    gc_ops::spawn_auto_gc(Arc::clone(&state));
     server::serve(listener, options.max_connections, move |stream| {
         connection::handle(&state, stream)
     })

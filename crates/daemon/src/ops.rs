@@ -1,17 +1,19 @@
 //! The operations: each request performed against the store, its log messages and
 //! reply written, with the trust rules of Nix 2.8 for untrusted clients.
 //!
-//! Builds go to the shared scheduler (see `build_ops`). Garbage collection is not
-//! served yet: those requests get a clear error (never a silent success).
+//! Builds go to the shared scheduler (see `build_ops`), garbage collection to
+//! `unrooted-gc` (see `gc_ops`). Every add roots what it is about to write, and its
+//! references, before the first byte (see [`hold_for_add`]), so a collection running
+//! beside it can delete neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, BufRead, BufWriter, Read, Write};
-use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixStream;
 
 use unrooted_format::export::{ExportRecord, ExportWriter};
-use unrooted_format::{base32, nar, FileIngestionMethod, HashAlgo, StorePath};
+use unrooted_format::{nar, ContentAddress, FileIngestionMethod, Hash, StorePath};
+use unrooted_gc::TempRootGuard;
 use unrooted_protocol::body::StderrReadReader;
 use unrooted_protocol::path_info::{write_query_path_info_reply, SubstitutablePathInfo};
 use unrooted_protocol::reply::{write_output_map, write_realisations};
@@ -209,7 +211,16 @@ pub(crate) fn perform(
             reply_u64(out, 1)
         }
         Request::AddIndirectRoot(link) => {
-            add_indirect_root(s, &link)?;
+            if link.contains('\0') {
+                return Err(client(format!(
+                    "indirect root '{link}' is not a valid path"
+                )));
+            }
+            unrooted_gc::add_indirect_root(
+                &s.state.config.locations.state_dir,
+                std::path::Path::new(&link),
+            )
+            .map_err(|e| client(chain(&e)))?;
             reply_u64(out, 1)
         }
         Request::SyncWithGC => reply_u64(out, 1),
@@ -225,8 +236,8 @@ pub(crate) fn perform(
                     "repairing is not allowed because you are not in 'trusted-users'",
                 ));
             }
+            s.state.auto_gc.poke();
             let info = add_to_store(s, name.as_str(), method, &references, repair, reader)?;
-            s.add_temp_root(&info.path);
             if s.cx.version.has_framed_add_to_store() {
                 let wire_info = to_wire(&info);
                 reply(out, |w| wire_info.write(w, &s.cx, s.cx.version))
@@ -239,11 +250,12 @@ pub(crate) fn perform(
             text,
             references,
         } => {
-            let info = store.add_text(name.as_str(), text.as_bytes(), &references, false)?;
-            s.add_temp_root(&info.path);
+            s.state.auto_gc.poke();
+            let info = add_text(s, name.as_str(), text.as_bytes(), &references, false)?;
             reply(out, |w| Ok(wire::write_path(w, &dir, &info.path)?))
         }
         Request::AddToStoreNar(req) => {
+            s.state.auto_gc.poke();
             add_to_store_nar(s, req, reader, out)?;
             out.last()?;
             Ok(())
@@ -252,6 +264,7 @@ pub(crate) fn perform(
             repair,
             dont_check_sigs,
         } => {
+            s.state.auto_gc.poke();
             add_multiple(s, repair, dont_check_sigs, reader)?;
             out.last()?;
             Ok(())
@@ -263,6 +276,10 @@ pub(crate) fn perform(
                 CheckSigs::Check
             };
             let max = s.cx.limits.max_frame;
+            s.state.auto_gc.poke();
+            // The paths come after their NARs: nothing to root in advance, so no
+            // deleting collection may run until they are rooted.
+            let _adding = s.state.gc_barrier.adding();
             let imported = {
                 let mut pulled = StderrReadReader::new(&mut *reader, out.get_mut(), max);
                 store.import_paths(&mut pulled, check)?
@@ -334,13 +351,14 @@ pub(crate) fn perform(
             reply_u64(out, 1)
         }
         Request::EnsurePath(p) => {
+            // Rooted first, then checked: a collection cannot take it in between.
+            s.add_temp_root(&p);
             if !store.is_valid_path(&p)? {
                 return Err(client(format!(
                     "path '{}' does not exist and cannot be created",
                     dir.display(&p)
                 )));
             }
-            s.add_temp_root(&p);
             reply_u64(out, 1)
         }
         Request::BuildPaths { paths, mode } => {
@@ -391,14 +409,11 @@ pub(crate) fn perform(
             .unwrap_or_else(|| BuildResult::new(BuildStatus::MiscFailure, "nothing was built"));
             reply(out, |w| result.write(w, &s.cx))
         }
-        Request::FindRoots | Request::CollectGarbage(_) => Err(client(
-            "garbage collection is not available yet in unrooted; nothing was deleted",
-        )),
-        Request::AddPermRoot { .. } => {
-            if !s.trusted {
-                return Err(client("you are not privileged to create perm roots"));
-            }
-            Err(client("permanent roots are not available yet in unrooted"))
+        Request::FindRoots => crate::gc_ops::find_roots(s, out),
+        Request::CollectGarbage(options) => crate::gc_ops::collect_garbage(s, options, out),
+        Request::AddPermRoot { path, gc_root } => {
+            let link = crate::gc_ops::add_perm_root(s, &path, &gc_root)?;
+            reply(out, |w| Ok(wire::write_bytes(w, link.as_bytes())?))
         }
         Request::RegisterDrvOutput(_) => Err(client(
             "content-addressed derivations (ca-derivations) are not supported by unrooted yet",
@@ -464,9 +479,8 @@ fn unsatisfied(s: &Session<'_>, paths: &[DerivedPath]) -> Result<Vec<String>> {
     for p in paths {
         match p {
             DerivedPath::Opaque(path) => {
-                if store.is_valid_path(path)? {
-                    s.add_temp_root(path);
-                } else {
+                s.add_temp_root(path);
+                if !store.is_valid_path(path)? {
                     missing.push(dir.display(path));
                 }
             }
@@ -481,12 +495,13 @@ fn unsatisfied(s: &Session<'_>, paths: &[DerivedPath]) -> Result<Vec<String>> {
                         OutputsSpec::All => true,
                         OutputsSpec::Names(names) => names.contains(name),
                     };
-                    if wanted && !store.is_valid_path(out_path)? {
+                    if !wanted {
+                        continue;
+                    }
+                    s.add_temp_root(out_path);
+                    if !store.is_valid_path(out_path)? {
                         missing.push(dir.display(drv_path));
                         break;
-                    }
-                    if wanted {
-                        s.add_temp_root(out_path);
                     }
                 }
             }
@@ -550,24 +565,62 @@ fn set_options(s: &mut Session<'_>, mut settings: ClientSettings, out: &mut Out)
     Ok(())
 }
 
-/// Creates `<state>/gcroots/auto/<base32(sha1(link))>` → `link`, atomically.
-fn add_indirect_root(s: &Session<'_>, link: &str) -> Result {
-    if !link.starts_with('/') || link.contains('\0') {
+/// Roots `path` (when known in advance) and `references` until the guard is
+/// dropped, then checks that the references are still valid: the collector may
+/// have deleted one just before it was rooted, and an add must not register a path
+/// whose references are gone (the database would refuse it anyway, less clearly).
+pub(crate) fn hold_for_add<'a>(
+    s: &Session<'a>,
+    path: Option<&StorePath>,
+    references: &BTreeSet<StorePath>,
+) -> Result<TempRootGuard<'a>> {
+    let state: &'a crate::connection::DaemonState = s.state;
+    let guard = state
+        .temp_roots
+        .hold(path.into_iter().chain(references).cloned());
+    let valid = state.store.query_valid_paths(references)?;
+    // A path may refer to itself (it is not valid yet, being added).
+    let missing = references
+        .iter()
+        .find(|r| Some(*r) != path && !valid.contains(*r));
+    if let Some(missing) = missing {
+        let name = path.map(|p| state.store.print_path(p));
         return Err(client(format!(
-            "indirect root '{link}' is not an absolute path"
+            "cannot add {}: its reference '{}' is not valid",
+            name.map_or_else(|| "the path".to_owned(), |n| format!("'{n}'")),
+            state.store.print_path(missing)
         )));
     }
-    let auto = s.state.config.locations.state_dir.join("gcroots/auto");
-    fs::create_dir_all(&auto).map_err(|e| client(format!("creating {}: {e}", auto.display())))?;
-    let name = base32::encode(HashAlgo::Sha1.digest(link.as_bytes()).digest());
-    let tmp = auto.join(format!(".tmp-{name}-{}", s.id));
-    let _ = fs::remove_file(&tmp);
-    symlink(link, &tmp).map_err(|e| client(format!("creating {}: {e}", tmp.display())))?;
-    fs::rename(&tmp, auto.join(&name)).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        client(format!("creating the indirect root {name}: {e}"))
-    })?;
-    Ok(())
+    Ok(guard)
+}
+
+/// The path text content `text` named `name` gets, if `name` is valid.
+fn text_path(
+    s: &Session<'_>,
+    name: &str,
+    text: &[u8],
+    refs: &BTreeSet<StorePath>,
+) -> Option<StorePath> {
+    let ca = ContentAddress::Text(Hash::sha256(unrooted_format::hash::sha256(text)));
+    let name = unrooted_format::StorePathName::new(name).ok()?;
+    ca.store_path(s.state.store.store_dir(), &name, refs, false)
+        .ok()
+}
+
+/// AddTextToStore and AddToStore `text:sha256`: the path is known from the text, so
+/// it is rooted with its references before anything is written.
+fn add_text(
+    s: &Session<'_>,
+    name: &str,
+    text: &[u8],
+    references: &BTreeSet<StorePath>,
+    repair: bool,
+) -> Result<ValidPathInfo> {
+    let path = text_path(s, name, text, references);
+    let _hold = hold_for_add(s, path.as_ref(), references)?;
+    let info = s.state.store.add_text(name, text, references, repair)?;
+    s.add_temp_root(&info.path);
+    Ok(info)
 }
 
 fn drain_body(s: &Session<'_>, reader: &mut Reader) -> Result {
@@ -607,14 +660,19 @@ fn add_to_store(
                 Ok(n) if n as u64 > MAX_TEXT_BODY => Err(client(format!(
                     "text '{name}' is larger than {MAX_TEXT_BODY} bytes; add it as a file instead"
                 ))),
-                Ok(_) => store
-                    .add_text(name, &text, references, repair)
-                    .map_err(OpError::from),
+                Ok(_) => add_text(s, name, &text, references, repair),
             }
         }
-        ContentAddressMethod::Fixed { method, algo } => store
-            .add_ca(name, method, algo, &mut body, references, repair)
-            .map_err(OpError::from),
+        ContentAddressMethod::Fixed { method, algo } => {
+            // The path is a hash of the content: it cannot be rooted before the
+            // store registers it, so no deleting collection runs until it is.
+            let _adding = s.state.gc_barrier.adding();
+            hold_for_add(s, None, references).and_then(|_hold| {
+                let info = store.add_ca(name, method, algo, &mut body, references, repair)?;
+                s.add_temp_root(&info.path);
+                Ok(info)
+            })
+        }
     };
     // Always consume the rest of the upload, so the next request is read in step.
     body.drain()?;
@@ -631,7 +689,9 @@ fn add_to_store_legacy(
 ) -> Result<ValidPathInfo> {
     let store = &s.state.store;
     let none = BTreeSet::new();
-    match method {
+    // Paths computed from the content: see `add_to_store`.
+    let _adding = s.state.gc_barrier.adding();
+    let info = match method {
         ContentAddressMethod::Fixed {
             method: FileIngestionMethod::Recursive,
             algo,
@@ -674,7 +734,9 @@ fn add_to_store_legacy(
             )?)
         }
         ContentAddressMethod::Text => Err(client("text content must be added with AddTextToStore")),
-    }
+    }?;
+    s.add_temp_root(&info.path);
+    Ok(info)
 }
 
 /// Collects the single regular file of a flat legacy upload.
@@ -728,9 +790,11 @@ fn add_to_store_nar(
                 "repairing is not allowed because you are not in 'trusted-users'",
             ))
         } else {
-            store
-                .add_to_store_nar(&info, &mut body, req.repair, check)
-                .map_err(OpError::from)
+            hold_for_add(s, Some(&info.path), &info.references).and_then(|_hold| {
+                store.add_to_store_nar(&info, &mut body, req.repair, check)?;
+                s.add_temp_root(&info.path);
+                Ok(())
+            })
         };
         body.drain()?;
         result?;
@@ -740,11 +804,12 @@ fn add_to_store_nar(
                 "repairing is not allowed because you are not in 'trusted-users'",
             ));
         }
+        let _hold = hold_for_add(s, Some(&info.path), &info.references)?;
         let max = s.cx.limits.max_frame;
         let mut pulled = StderrReadReader::new(&mut *reader, out.get_mut(), max);
         store.add_to_store_nar(&info, &mut pulled, req.repair, check)?;
+        s.add_temp_root(&info.path);
     }
-    s.add_temp_root(&info.path);
     Ok(())
 }
 
@@ -781,6 +846,7 @@ fn add_multiple_items<R: BufRead>(
         let item = WirePathInfo::read_multiple_item(body, &s.cx)?;
         let mut info = from_wire(&item);
         info.ultimate = false;
+        let _hold = hold_for_add(s, Some(&info.path), &info.references)?;
         let mut nar = (&mut *body).take(info.nar_size);
         s.state
             .store

@@ -3,7 +3,9 @@
 //!
 //! Tests run as root only to set this up (create the users, hand the store to the
 //! daemon's user, drop privileges with `setpriv`); nothing of the daemon or the client
-//! runs as root.
+//! runs as root. The one exception is the privileged roots helper
+//! (`unrooted-find-roots`), which garbage collection tests start as root, as an
+//! administrator would (see [`TestDaemon::start_roots_helper`]).
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -17,6 +19,49 @@ use crate::in_ci;
 pub const DAEMON_USER: &str = "unrooted-test-daemon";
 /// The user the Nix client runs as in tests.
 pub const CLIENT_USER: &str = "unrooted-test-client";
+/// A third user, for tests where one user collects garbage while another holds roots.
+pub const OTHER_USER: &str = "unrooted-test-other";
+
+/// The roots helper binary `unrooted-find-roots`, built once per test process.
+///
+/// Integration tests of another crate get no `CARGO_BIN_EXE_` for it, and the
+/// binary next to `unrooted` in `target/<profile>` exists only if something built
+/// it. So it is built here with the `cargo` that builds the tests, into a target
+/// directory of its own (`target/roots-helper-build`): the crate has no
+/// dependencies, so this takes seconds, and it never waits on the outer cargo's
+/// lock on `target/`. `UNROOTED_FIND_ROOTS` names a prebuilt binary instead. The
+/// binary is run as root, so it must live where the daemon's user cannot write.
+pub fn roots_helper_exe() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("UNROOTED_FIND_ROOTS") {
+                return PathBuf::from(p);
+            }
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"))
+                .join("roots-helper-build");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "unrooted-roots",
+                    "--bin",
+                    "unrooted-find-roots",
+                ])
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&workspace)
+                .status()
+                .expect("running cargo to build unrooted-find-roots");
+            assert!(status.success(), "building unrooted-find-roots failed");
+            target.join("debug/unrooted-find-roots")
+        })
+        .clone()
+}
 
 /// A system user's uid and primary gid, creating the user when running as root.
 pub fn test_user(name: &str) -> Option<(u32, u32)> {
@@ -59,7 +104,10 @@ pub fn is_root() -> bool {
 
 /// Whether daemon tests can run here; under `CI=true` they must.
 pub fn can_run_daemon_tests() -> bool {
-    let ok = is_root() && test_user(DAEMON_USER).is_some() && test_user(CLIENT_USER).is_some();
+    let ok = is_root()
+        && test_user(DAEMON_USER).is_some()
+        && test_user(CLIENT_USER).is_some()
+        && test_user(OTHER_USER).is_some();
     if !ok {
         assert!(
             !in_ci(),
@@ -80,8 +128,12 @@ pub struct TestDaemon {
     pub client_uid: u32,
     client_gid: u32,
     daemon_gid: u32,
+    /// The third user's uid (see [`OTHER_USER`]).
+    pub other_uid: u32,
+    other_gid: u32,
     unrooted: PathBuf,
     extra_conf: String,
+    helper: Option<Child>,
 }
 
 impl TestDaemon {
@@ -90,6 +142,7 @@ impl TestDaemon {
     pub fn new(unrooted: &Path, nix_conf: &str) -> Self {
         let (daemon_uid, daemon_gid) = test_user(DAEMON_USER).expect("daemon test user");
         let (client_uid, client_gid) = test_user(CLIENT_USER).expect("client test user");
+        let (other_uid, other_gid) = test_user(OTHER_USER).expect("third test user");
         let root = tempfile::Builder::new()
             .prefix("unrooted-daemon-")
             .tempdir()
@@ -102,7 +155,9 @@ impl TestDaemon {
             ("log", daemon_uid),
             ("conf", daemon_uid),
             ("client-home", client_uid),
+            ("other-home", other_uid),
             ("inputs", 0),
+            ("roots-helper", 0),
         ] {
             let p = root.path().join(dir);
             fs::create_dir(&p).expect("mkdir");
@@ -110,11 +165,13 @@ impl TestDaemon {
                 daemon_gid
             } else if owner == client_uid {
                 client_gid
+            } else if owner == other_uid {
+                other_gid
             } else {
                 0
             };
             chown(&p, Some(owner), Some(gid)).expect("chown");
-            let mode = if dir == "client-home" { 0o700 } else { 0o755 };
+            let mode = if dir.ends_with("-home") { 0o700 } else { 0o755 };
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
         }
         let mut daemon = Self {
@@ -124,16 +181,24 @@ impl TestDaemon {
             client_uid,
             client_gid,
             daemon_gid,
+            other_uid,
+            other_gid,
             unrooted: unrooted.to_path_buf(),
             extra_conf: nix_conf.to_owned(),
+            helper: None,
         };
         daemon.write_conf();
         daemon
     }
 
     fn write_conf(&mut self) {
+        // The helper's socket is in a root-owned directory (its `--listen` mode
+        // refuses any other), not at the default `<state>/gc-roots-socket/socket`,
+        // which systemd's socket activation serves in a real installation.
         let conf = format!(
-            "sandbox = false\nsubstituters =\nexperimental-features = nix-command\n{}\n",
+            "sandbox = false\nsubstituters =\nexperimental-features = nix-command\n\
+             roots-helper-socket = {}\n{}\n",
+            self.roots_helper_socket().display(),
             self.extra_conf
         );
         let path = self.root.path().join("conf/nix.conf");
@@ -186,6 +251,66 @@ impl TestDaemon {
     /// The client user's home directory (mode 0700, unreadable to the daemon).
     pub fn client_home(&self) -> PathBuf {
         self.root.path().join("client-home")
+    }
+
+    /// The third user's home directory (mode 0700).
+    pub fn other_home(&self) -> PathBuf {
+        self.root.path().join("other-home")
+    }
+
+    /// The roots helper's socket, which the daemon's `nix.conf` names.
+    pub fn roots_helper_socket(&self) -> PathBuf {
+        self.root.path().join("roots-helper/socket")
+    }
+
+    /// Starts the roots helper as root on [`TestDaemon::roots_helper_socket`] (made
+    /// mode 0600 and owned by the daemon user) and waits until it listens.
+    pub fn start_roots_helper(&mut self) {
+        self.stop_roots_helper();
+        let socket = self.roots_helper_socket();
+        let _ = fs::remove_file(&socket);
+        let log = fs::File::create(self.root.path().join("roots-helper.log")).expect("log");
+        let child = Command::new(roots_helper_exe())
+            .arg("--store-dir")
+            .arg(self.store_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--owner-uid", &self.daemon_uid.to_string(), "--listen"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting unrooted-find-roots");
+        self.helper = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let owned = fs::symlink_metadata(&socket)
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == self.daemon_uid)
+                .unwrap_or(false);
+            if owned {
+                return;
+            }
+            if let Some(status) = self.helper.as_mut().and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "unrooted-find-roots exited with {status}: {}",
+                    fs::read_to_string(self.root.path().join("roots-helper.log"))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "the roots helper did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the roots helper (by its pid) and removes its socket.
+    pub fn stop_roots_helper(&mut self) {
+        if let Some(mut child) = self.helper.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(self.roots_helper_socket());
     }
 
     /// A directory (mode 0755, owned by the test) for files every user may read, such
@@ -381,6 +506,17 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
         )
     }
 
+    /// A command run as the third user (see [`OTHER_USER`]) against the daemon.
+    pub fn other(&self, program: &str) -> Command {
+        self.as_user(program, self.other_uid, self.other_gid, &self.other_home())
+    }
+
+    /// Runs a command as the third user and returns its stdout, panicking on failure.
+    pub fn other_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self.other(program).args(args).output().expect("spawning");
+        self.expect_ok(&format!("(other) {program} {}", args.join(" ")), &out)
+    }
+
     /// A command run as the daemon user in local mode (no daemon), e.g. to check the
     /// store with `nix-store --verify` as its owner.
     pub fn owner_local(&self, program: &str) -> Command {
@@ -406,6 +542,7 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill();
+        self.stop_roots_helper();
         // The store is read-only by design; make it deletable for the temp dir's cleanup.
         let _ = Command::new("chmod")
             .args(["-R", "u+w"])

@@ -1,0 +1,571 @@
+//! Garbage collection with the real Nix 2.8 client: `nix-store --gc` and friends,
+//! `nix-collect-garbage`, `nix store gc`, run as unprivileged users against
+//! `unrooted daemon` (its own unprivileged user), with the roots helper
+//! `unrooted-find-roots` running as root, as an administrator would run it.
+//! Builders run in the rootless sandbox with `/bin/sh` bound to Debian's static
+//! busybox. Under `CI=true` nothing here may skip.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
+use unrooted_testkit::in_ci;
+
+const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 8\n";
+
+const EXPR: &str = r#"
+{ salt ? "" }:
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+in rec {
+  dep = mk "dep${salt}" "echo dep ${salt} > $out";
+  top = mk "top${salt}" "echo ${dep} > $out";
+  other = mk "other${salt}" "echo other ${salt} > $out";
+  gen = mk "gen${salt}" "mkdir $out; echo gen ${salt} > $out/file";
+  slowdep = mk "slowdep${salt}" "sleep 1; echo ${dep} > $out";
+  sleeper = mk "sleeper${salt}" "sleep 30; echo > $out";
+}
+"#;
+
+fn prepared(extra_conf: &str) -> Option<TestDaemon> {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
+        return None;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        assert!(!in_ci(), "/bin/busybox is missing (busybox-static), but CI=true");
+        eprintln!("skipping: /bin/busybox is missing");
+        return None;
+    }
+    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
+        assert!(!in_ci(), "{e}, but CI=true: GC tests build in the sandbox");
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    let mut d = TestDaemon::new(
+        env!("CARGO_BIN_EXE_unrooted").as_ref(),
+        &format!("{CONF}{extra_conf}"),
+    );
+    fs::write(d.inputs().join("gc.nix"), EXPR).unwrap();
+    d.start_roots_helper();
+    d.start();
+    Some(d)
+}
+
+fn expr(d: &TestDaemon) -> String {
+    d.inputs().join("gc.nix").to_str().unwrap().to_owned()
+}
+
+/// A new store path added by the client with `nix-store --add` (nobody roots it
+/// once the client exits).
+fn add_file(d: &TestDaemon, name: &str, contents: &str) -> String {
+    let f = d.inputs().join(name);
+    fs::write(&f, contents).unwrap();
+    d.client_ok("nix-store", &["--add", f.to_str().unwrap()])
+        .trim()
+        .to_owned()
+}
+
+fn exists(p: &str) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+fn lines(s: &str) -> BTreeSet<String> {
+    s.lines().map(str::to_owned).collect()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `nix-store --gc` (plus `extra`) as the client; returns its stderr.
+fn gc(d: &TestDaemon, extra: &[&str]) -> String {
+    let mut args = vec!["--gc"];
+    args.extend_from_slice(extra);
+    let out = d.client("nix-store").args(&args).output().unwrap();
+    d.expect_ok(&format!("nix-store {}", args.join(" ")), &out);
+    stderr_of(&out)
+}
+
+#[test]
+fn nix_store_gc_print_roots_live_dead_max_freed_and_delete() {
+    let Some(d) = prepared("") else { return };
+    let dead = add_file(&d, "dead", "dead\n");
+    let kept = add_file(&d, "kept", "kept\n");
+    let home_root = d.client_home().join("r");
+    d.client_ok(
+        "nix-store",
+        &[
+            "--add-root",
+            home_root.to_str().unwrap(),
+            "--indirect",
+            "-r",
+            &kept,
+        ],
+    );
+
+    let roots = d.client_ok("nix-store", &["--gc", "--print-roots"]);
+    assert!(roots.contains(&format!(" -> {kept}")), "{roots}");
+    let live = lines(&d.client_ok("nix-store", &["--gc", "--print-live"]));
+    assert!(live.contains(&kept) && !live.contains(&dead), "{live:?}");
+    let dead_list = lines(&d.client_ok("nix-store", &["--gc", "--print-dead"]));
+    assert!(dead_list.contains(&dead) && !dead_list.contains(&kept));
+
+    // A live path is refused with Nix's words; a dead one goes.
+    let err = d.client_err("nix-store", &["--delete", &kept]);
+    assert!(
+        err.contains(&format!(
+            "Cannot delete path '{kept}' since it is still alive. To find out why, use: nix-store --query --roots"
+        )),
+        "{err}"
+    );
+    assert!(exists(&kept));
+    let out = d.client("nix-store").args(["--delete", &dead]).output().unwrap();
+    d.expect_ok("nix-store --delete", &out);
+    assert!(stderr_of(&out).contains("1 store paths deleted"), "{}", stderr_of(&out));
+    assert!(!exists(&dead));
+
+    // --max-freed stops after the first deletion; --gc takes the rest, in Nix's words.
+    let a = add_file(&d, "a", "a\n");
+    let b = add_file(&d, "b", "b\n");
+    let err = gc(&d, &["--max-freed", "1"]);
+    assert_eq!(
+        [&a, &b].iter().filter(|p| exists(p)).count(),
+        1,
+        "one of the two should be gone: {err}"
+    );
+    let err = gc(&d, &[]);
+    for expected in [
+        "finding garbage collector roots...",
+        "deleting garbage...",
+        "deleting unused links...",
+        "store paths deleted,",
+        "MiB freed",
+    ] {
+        assert!(err.contains(expected), "missing '{expected}' in: {err}");
+    }
+    assert!(err.contains("deleting '"), "{err}");
+    assert!(!exists(&a) && !exists(&b) && exists(&kept));
+
+    // Removing the link makes its target collectable.
+    fs::remove_file(&home_root).unwrap();
+    let err = gc(&d, &[]);
+    assert!(!exists(&kept), "{err}");
+    assert!(err.contains("removing stale link"), "{err}");
+    d.assert_store_clean();
+}
+
+#[test]
+fn a_second_users_result_and_profile_survive_gc_by_any_user() {
+    let Some(d) = prepared("") else { return };
+    let result = d.client_home().join("result");
+    let top = d
+        .client_ok(
+            "nix-build",
+            &[&expr(&d), "-A", "top", "-o", result.to_str().unwrap()],
+        )
+        .trim()
+        .to_owned();
+    let dep = fs::read_to_string(&top).unwrap().trim().to_owned();
+    let gen_path = d
+        .client_ok("nix-build", &[&expr(&d), "-A", "gen", "--no-out-link"])
+        .trim()
+        .to_owned();
+    let prof = d.client_home().join("prof");
+    d.client_ok(
+        "nix-env",
+        &["-p", prof.to_str().unwrap(), "--set", &gen_path],
+    );
+    let garbage = d
+        .client_ok("nix-build", &[&expr(&d), "-A", "other", "--no-out-link"])
+        .trim()
+        .to_owned();
+
+    // The daemon cannot read the client's home (0700): only the helper can.
+    gc(&d, &[]);
+    d.other_ok("nix-store", &["--gc"]);
+    let err = d
+        .other("nix-store")
+        .args(["--gc"])
+        .output()
+        .map(|o| stderr_of(&o))
+        .unwrap();
+    for p in [&top, &dep, &gen_path] {
+        assert!(exists(p), "{p} was collected: {err}\n{}", d.log());
+    }
+    assert!(!exists(&garbage), "unrooted {garbage} survived");
+    let out = d.other_ok("nix", &["store", "ls", &top]);
+    assert!(!out.is_empty());
+
+    // Links gone: collectable.
+    fs::remove_file(&result).unwrap();
+    for entry in fs::read_dir(d.client_home()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_str().unwrap().starts_with("prof") {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    d.other_ok("nix-store", &["--gc"]);
+    assert!(!exists(&top) && !exists(&dep) && !exists(&gen_path));
+    d.assert_store_clean();
+}
+
+#[test]
+fn nix_collect_garbage_and_nix_store_gc() {
+    let Some(d) = prepared("") else { return };
+    // Two generations of a per-user profile in the state directory.
+    let profile_dir = d.state_dir().join("profiles/per-user/unrooted-test-client");
+    let g1 = d
+        .client_ok("nix-build", &[&expr(&d), "-A", "gen", "--no-out-link"])
+        .trim()
+        .to_owned();
+    let g2 = d
+        .client_ok(
+            "nix-build",
+            &[&expr(&d), "-A", "gen", "--argstr", "salt", "2", "--no-out-link"],
+        )
+        .trim()
+        .to_owned();
+    let profile = profile_dir.join("p");
+    d.client_ok("nix-env", &["-p", profile.to_str().unwrap(), "--set", &g1]);
+    d.client_ok("nix-env", &["-p", profile.to_str().unwrap(), "--set", &g2]);
+    let dead = add_file(&d, "dead1", "dead1\n");
+
+    let out = d.client("nix-collect-garbage").output().unwrap();
+    d.expect_ok("nix-collect-garbage", &out);
+    assert!(stderr_of(&out).contains("store paths deleted"), "{}", stderr_of(&out));
+    assert!(!exists(&dead) && exists(&g1) && exists(&g2));
+
+    let out = d.client("nix-collect-garbage").arg("-d").output().unwrap();
+    d.expect_ok("nix-collect-garbage -d", &out);
+    assert!(!exists(&g1), "old generation's path survived: {}", stderr_of(&out));
+    assert!(exists(&g2));
+
+    let dead = add_file(&d, "dead2", "dead2\n");
+    let out = d
+        .client("nix")
+        .args(["--extra-experimental-features", "nix-command", "store", "gc"])
+        .output()
+        .unwrap();
+    d.expect_ok("nix store gc", &out);
+    assert!(!exists(&dead) && exists(&g2));
+    d.assert_store_clean();
+}
+
+#[test]
+fn gc_refuses_without_the_helper_and_names_it() {
+    let Some(mut d) = prepared("") else { return };
+    let dead = add_file(&d, "dead", "dead\n");
+    let kept = add_file(&d, "kept", "kept\n");
+    let link = d.client_home().join("r");
+    d.client_ok(
+        "nix-store",
+        &["--add-root", link.to_str().unwrap(), "--indirect", "-r", &kept],
+    );
+    d.stop_roots_helper();
+    let err = d.client_err("nix-store", &["--gc"]);
+    assert!(
+        err.contains("refusing to collect garbage")
+            && err.contains(d.roots_helper_socket().to_str().unwrap())
+            && err.contains("nothing was deleted"),
+        "{err}"
+    );
+    let err = d.client_err("nix-store", &["--delete", &dead]);
+    assert!(err.contains("refusing to collect garbage"), "{err}");
+    assert!(exists(&dead) && exists(&kept));
+    // Listing what is live needs no helper to be safe.
+    let live = d.client_ok("nix-store", &["--gc", "--print-live"]);
+    assert!(live.contains(&kept), "{live}");
+
+    // The administrator's explicit opt-out: a root the daemon cannot read still
+    // refuses, naming the root.
+    d.kill();
+    d.set_conf(&format!(
+        "{CONF}use-roots-daemon = false\nunrooted-gc-without-roots-helper = true\n"
+    ));
+    d.start();
+    assert!(d.log().contains("WITHOUT the roots helper"), "{}", d.log());
+    let err = d.client_err("nix-store", &["--gc"]);
+    assert!(
+        err.contains("cannot read potential root") && err.contains(link.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(exists(&dead) && exists(&kept));
+    // Once the root is gone, collection without the helper works.
+    fs::remove_file(&link).unwrap();
+    gc(&d, &[]);
+    assert!(!exists(&dead) && !exists(&kept));
+}
+
+#[test]
+fn the_daemon_logs_its_gc_mode_and_refuses_a_silent_opt_out() {
+    let Some(mut d) = prepared("") else { return };
+    let log = d.log();
+    assert!(
+        log.contains("roots the daemon cannot read come from the roots helper")
+            && log.contains(d.roots_helper_socket().to_str().unwrap()),
+        "{log}"
+    );
+    d.kill();
+    d.set_conf(&format!("{CONF}use-roots-daemon = false\n"));
+    // The daemon must refuse to start: `start` would panic waiting for the socket.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.start()));
+    assert!(r.is_err(), "the daemon started with use-roots-daemon = false alone");
+    assert!(d.log().contains("use-roots-daemon"), "{}", d.log());
+}
+
+/// The links FindRoots shows for `path` while a slow build of `salt` runs.
+fn links_during_build(d: &TestDaemon, salt: &str) -> BTreeSet<String> {
+    let mut build = d
+        .client("nix-build")
+        .args([&expr(d), "-A", "sleeper", "--argstr", "salt", salt, "--no-out-link"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let drv = d
+        .client_ok(
+            "nix-instantiate",
+            &[&expr(d), "-A", "sleeper", "--argstr", "salt", salt],
+        )
+        .trim()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let links = loop {
+        let roots = d.client_ok("nix-store", &["--gc", "--print-roots"]);
+        let links: BTreeSet<String> = roots
+            .lines()
+            .filter(|l| l.ends_with(&format!(" -> {drv}")))
+            .map(|l| l.split(" -> ").next().unwrap().to_owned())
+            .collect();
+        if !links.is_empty() {
+            break links;
+        }
+        assert!(Instant::now() < deadline, "the build's roots never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = build.kill();
+    let _ = build.wait();
+    links
+}
+
+#[test]
+fn find_roots_is_censored_for_untrusted_clients() {
+    let Some(mut d) = prepared("") else { return };
+    let links = links_during_build(&d, "u");
+    assert!(
+        links.iter().all(|l| l == "{censored}"),
+        "an untrusted client saw {links:?}"
+    );
+    d.kill();
+    d.set_conf(&format!("{CONF}trusted-users = unrooted-test-client\n"));
+    d.start();
+    let links = links_during_build(&d, "t");
+    assert!(
+        links.iter().any(|l| l.starts_with("{temp:")),
+        "a trusted client saw only {links:?}"
+    );
+}
+
+#[test]
+fn keep_derivations_and_keep_outputs() {
+    let Some(mut d) = prepared("") else { return };
+    // keep-derivations (default true): a rooted output keeps its .drv.
+    let result = d.client_home().join("result");
+    let top = d
+        .client_ok(
+            "nix-build",
+            &[&expr(&d), "-A", "top", "-o", result.to_str().unwrap()],
+        )
+        .trim()
+        .to_owned();
+    let drv = d
+        .client_ok("nix-store", &["-q", "--deriver", &top])
+        .trim()
+        .to_owned();
+    gc(&d, &[]);
+    assert!(exists(&top) && exists(&drv));
+
+    d.kill();
+    d.set_conf(&format!("{CONF}keep-derivations = false\n"));
+    d.start();
+    gc(&d, &[]);
+    assert!(exists(&top) && !exists(&drv), "keep-derivations = false kept {drv}");
+
+    // keep-outputs: a rooted .drv keeps its outputs.
+    let drv_root = d.client_home().join("drv-root");
+    d.client_ok(
+        "nix-instantiate",
+        &[
+            "--add-root",
+            drv_root.to_str().unwrap(),
+            "--indirect",
+            &expr(&d),
+            "-A",
+            "other",
+        ],
+    );
+    let drv2 = fs::read_link(&drv_root)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let out2 = d
+        .client_ok("nix-store", &["-r", &drv2])
+        .trim()
+        .to_owned();
+    gc(&d, &[]);
+    assert!(exists(&drv2) && !exists(&out2), "keep-outputs = false kept {out2}");
+    let out2 = d
+        .client_ok("nix-store", &["-r", &drv2])
+        .trim()
+        .to_owned();
+    d.kill();
+    d.set_conf(&format!("{CONF}keep-outputs = true\n"));
+    d.start();
+    gc(&d, &[]);
+    assert!(exists(&drv2) && exists(&out2), "keep-outputs = true lost {out2}");
+}
+
+#[test]
+fn auto_gc_below_min_free() {
+    // A min-free no disk has: every check collects (all of the dead paths, as
+    // max-free is unlimited).
+    let Some(d) = prepared("min-free = 1000T\nmin-free-check-interval = 0\n") else {
+        return;
+    };
+    assert!(d.log().contains("automatic garbage collection"), "{}", d.log());
+    let dead = add_file(&d, "dead", "dead\n");
+    let kept = add_file(&d, "kept", "kept\n");
+    let link = d.client_home().join("r");
+    d.client_ok(
+        "nix-store",
+        &["--add-root", link.to_str().unwrap(), "--indirect", "-r", &kept],
+    );
+    // The next add pokes the collector.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while exists(&dead) {
+        assert!(Instant::now() < deadline, "auto-GC did not run: {}", d.log());
+        n += 1;
+        add_file(&d, &format!("poke{n}"), &format!("{n}\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(exists(&kept));
+    assert!(d.log().contains("auto-GC"), "{}", d.log());
+}
+
+/// Starts `n` client processes of `program args`.
+fn spawn_many(d: &TestDaemon, jobs: &[(String, Vec<String>)]) -> Vec<(String, Child)> {
+    jobs.iter()
+        .map(|(program, args)| {
+            let child = d
+                .client(program)
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (format!("{program} {}", args.join(" ")), child)
+        })
+        .collect()
+}
+
+#[test]
+fn gc_racing_concurrent_builds_and_adds_loses_nothing() {
+    let Some(d) = prepared("") else { return };
+    // Some garbage for every collection to chew on.
+    for i in 0..30 {
+        add_file(&d, &format!("g{i}"), &format!("garbage {i}\n"));
+    }
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        jobs.push((
+            "nix-build".to_owned(),
+            vec![
+                expr(&d),
+                "-A".into(),
+                "slowdep".into(),
+                "--argstr".into(),
+                "salt".into(),
+                format!("r{i}"),
+                "--no-out-link".into(),
+            ],
+        ));
+        let f = d.inputs().join(format!("add{i}"));
+        fs::write(&f, format!("added {i}\n")).unwrap();
+        jobs.push((
+            "nix-store".to_owned(),
+            vec!["--add".into(), f.to_str().unwrap().to_owned()],
+        ));
+    }
+    let children = spawn_many(&d, &jobs);
+    let mut gcs = Vec::new();
+    let stop = Instant::now() + Duration::from_secs(60);
+    let mut outputs = Vec::new();
+    let mut pending = children;
+    while !pending.is_empty() {
+        assert!(Instant::now() < stop, "clients did not finish: {}", d.log());
+        gcs.push(d.client("nix-store").arg("--gc").output().unwrap());
+        let mut still = Vec::new();
+        for (what, mut c) in pending {
+            if c.try_wait().unwrap().is_some() {
+                outputs.push((what, c.wait_with_output().unwrap()));
+            } else {
+                still.push((what, c));
+            }
+        }
+        pending = still;
+    }
+    for g in &gcs {
+        d.expect_ok("nix-store --gc (racing)", g);
+    }
+    // Every client succeeded and what it printed exists with valid contents.
+    for (what, out) in &outputs {
+        let stdout = d.expect_ok(what, out);
+        let path = stdout.trim();
+        assert!(exists(path), "{what}: {path} is gone");
+        if what.starts_with("nix-build") {
+            let dep = fs::read_to_string(path).unwrap();
+            assert!(exists(dep.trim()), "{what}: its input {dep} is gone");
+        }
+    }
+    d.assert_store_clean();
+}
+
+#[test]
+fn sigkill_mid_gc_leaves_a_consistent_store() {
+    let Some(mut d) = prepared("") else { return };
+    // Many dead paths: an import of a big export is quickest.
+    let dir = d.inputs().join("many");
+    fs::create_dir(&dir).unwrap();
+    let mut paths = Vec::new();
+    for i in 0..300 {
+        let f = dir.join(format!("f{i}"));
+        fs::write(&f, format!("file {i}\n").repeat(50)).unwrap();
+        paths.push(f.to_str().unwrap().to_owned());
+    }
+    let mut args = vec!["--add".to_owned()];
+    args.extend(paths);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.client_ok("nix-store", &args);
+    let gc_child = d.client("nix-store").arg("--gc").spawn().unwrap();
+    // Kill once deleting has begun.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let store_count = || fs::read_dir(d.store_dir()).unwrap().count();
+    let before = store_count();
+    while store_count() + 5 > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    d.kill();
+    let mut gc_child = gc_child;
+    let _ = gc_child.wait();
+    d.assert_store_clean();
+    d.start();
+    gc(&d, &[]);
+    d.assert_store_clean();
+}

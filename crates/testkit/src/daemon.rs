@@ -192,13 +192,8 @@ impl TestDaemon {
     }
 
     fn write_conf(&mut self) {
-        // The helper's socket is in a root-owned directory (its `--listen` mode
-        // refuses any other), not at the default `<state>/gc-roots-socket/socket`,
-        // which systemd's socket activation serves in a real installation.
         let conf = format!(
-            "sandbox = false\nsubstituters =\nexperimental-features = nix-command\n\
-             roots-helper-socket = {}\n{}\n",
-            self.roots_helper_socket().display(),
+            "sandbox = false\nsubstituters =\nexperimental-features = nix-command\n{}\n",
             self.extra_conf
         );
         let path = self.root.path().join("conf/nix.conf");
@@ -291,7 +286,10 @@ impl TestDaemon {
             if owned {
                 return;
             }
-            if let Some(status) = self.helper.as_mut().and_then(|c| c.try_wait().ok().flatten())
+            if let Some(status) = self
+                .helper
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
             {
                 panic!(
                     "unrooted-find-roots exited with {status}: {}",
@@ -453,6 +451,17 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
             .arg(&self.unrooted)
             .arg("daemon");
         self.env(&mut cmd);
+        // The helper's socket is in a root-owned directory (its `--listen` mode
+        // refuses any other), not at the default `<state>/gc-roots-socket/socket`,
+        // which systemd's socket activation serves in a real installation. Given to
+        // the daemon alone: the Nix client would warn about a setting it does not know.
+        cmd.env(
+            "NIX_CONFIG",
+            format!(
+                "roots-helper-socket = {}\n",
+                self.roots_helper_socket().display()
+            ),
+        );
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --locked --quiet -p unrooted-cli
+cargo build --release --locked --quiet -p unrooted-cli -p unrooted-roots
 U="$PWD/target/release/unrooted"
 
 work=$(mktemp -d)
@@ -55,20 +55,26 @@ if [ "$(id -u)" != 0 ]; then
   echo "(skipping the daemon part: it needs root to switch to the demo users; run with sudo)"
   exit 0
 fi
-D=unrooted-test-daemon C=unrooted-test-client
+D=unrooted-test-daemon C=unrooted-test-client O=unrooted-test-other
 store="$work/daemon"
-mkdir -p "$store"/{store,state,log,conf} "$store/home"
+mkdir -p "$store"/{store,state,log,conf,roots} "$store/home"
 chmod 755 "$work" "$store"
 chown "$D:" "$store"/{store,state,log,conf}
 chown "$C:" "$store/home"
+chmod 700 "$store/home"   # a private home: the daemon cannot read the client's links
 # Builders run in the rootless sandbox; /bin/sh inside is Debian's static busybox.
 printf 'sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nsubstituters =\n' > "$store/conf/nix.conf"
 denv=(env -i PATH=/usr/bin:/bin NIX_STORE_DIR="$store/store" NIX_STATE_DIR="$store/state"
       NIX_LOG_DIR="$store/log" NIX_CONF_DIR="$store/conf")
-setpriv --reuid="$D" --regid="$D" --init-groups --inh-caps=-all -- "${denv[@]}" RUST_LOG=info "$U" daemon \
-  2> "$store/daemon.log" &
+# The roots helper runs as root (read-only, no network in production) and answers
+# the daemon with the roots it cannot read itself, such as ~/result in a private home.
+"$PWD/target/release/unrooted-find-roots" --store-dir "$store/store" --state-dir "$store/state" \
+  --owner-uid "$(id -u $D)" --listen "$store/roots/socket" 2> "$store/roots.log" &
+helper_pid=$!
+setpriv --reuid="$D" --regid="$D" --init-groups --inh-caps=-all -- "${denv[@]}" RUST_LOG=info \
+  NIX_CONFIG="roots-helper-socket = $store/roots/socket" "$U" daemon 2> "$store/daemon.log" &
 daemon_pid=$!
-trap 'kill $daemon_pid 2>/dev/null; chmod -R u+w "$work"; rm -rf "$work"' EXIT
+trap 'kill $daemon_pid $helper_pid 2>/dev/null; chmod -R u+w "$work"; rm -rf "$work"' EXIT
 for _ in $(seq 100); do [ -S "$store/state/daemon-socket/socket" ] && break; sleep 0.1; done
 as_client() {
   setpriv --reuid="$C" --regid="$C" --init-groups --inh-caps=-all -- "${denv[@]}" HOME="$store/home" \
@@ -96,7 +102,18 @@ as_client cat "$store/home/result"
 step "as $C: nix-store -l" "$(basename "$d")" "   (the build log, stored under \$NIX_LOG_DIR/drvs)"
 as_client nix-store -l "$d"
 find "$store/log/drvs" -type f
+as_other() {
+  setpriv --reuid="$O" --regid="$O" --init-groups --inh-caps=-all -- "${denv[@]}" HOME=/ NIX_REMOTE=daemon "$@"
+}
+step "as $O (a third user): nix-store --gc   ($C's ~/result is in a home only $C can read)"
+as_other nix-store --gc 2>&1 | tail -3
+step "as $C: cat ~/result   (still there: the roots helper resolved the private link)"
+as_client cat "$store/home/result"
+step "as $C: rm ~/result; then as $O: nix-store --gc"
+as_client rm "$store/home/result"
+as_other nix-store --gc 2>&1 | grep -E "deleting '.*-demo'|freed"
+as_client nix-store -q --hash "$out" 2>&1 | tail -1 || true
 step "as $D (the store owner), local mode: nix-store --verify --check-contents"
 setpriv --reuid="$D" --regid="$D" --init-groups -- "${denv[@]}" NIX_REMOTE=local nix-store --verify --check-contents
-ls -ld "$store/store" "$p" "$out"
+ls -ld "$store/store"
 printf '\nThe store belongs to %s and is read-only for everyone else; the client (%s) added and built through the daemon only.\n' "$D" "$C"

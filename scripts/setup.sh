@@ -33,7 +33,7 @@ for comp in rustfmt clippy; do
   cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$comp"
 done
 
-# The integration tests run the daemon as one unprivileged user and clients as another.
-for user in unrooted-test-daemon unrooted-test-client; do
+# The integration tests run the daemon as one unprivileged user and clients as two others.
+for user in unrooted-test-daemon unrooted-test-client unrooted-test-other; do
   id "$user" >/dev/null 2>&1 || as_root useradd --system --create-home --shell /usr/sbin/nologin "$user"
 done

@@ -37,5 +37,5 @@ mod temp_roots;
 
 pub use collect::{Collector, GcAction, GcConfig, GcOptions, GcResult, RootsHelper};
 pub use error::GcError;
-pub use roots::{add_indirect_root, indirect_root_name};
+pub use roots::{add_indirect_root, fuzz_parse_helper_answer, indirect_root_name};
 pub use temp_roots::{TempRootGuard, TempRoots};

@@ -252,6 +252,20 @@ pub(crate) fn parse_helper_answer(bytes: &[u8], store_dir: &StoreDir) -> io::Res
     Ok(HelperAnswer::Roots(roots))
 }
 
+/// The helper's reply decoder for the fuzz targets in `fuzz/` (not an API: the
+/// collector only reaches it through `ask_helper`). `Ok(Ok(roots))` is a complete
+/// answer, `Ok(Err(message))` an incomplete scan, `Err` a malformed reply.
+#[doc(hidden)]
+pub fn fuzz_parse_helper_answer(
+    bytes: &[u8],
+    store_dir: &StoreDir,
+) -> io::Result<Result<BTreeSet<StorePath>, String>> {
+    Ok(match parse_helper_answer(bytes, store_dir)? {
+        HelperAnswer::Roots(roots) => Ok(roots),
+        HelperAnswer::Incomplete(message) => Err(message),
+    })
+}
+
 /// The name of the `gcroots/auto` link for an indirect root at `link`: Nix base-32
 /// of the SHA-1 of its absolute path.
 pub fn indirect_root_name(link: &Path) -> String {

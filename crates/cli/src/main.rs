@@ -12,6 +12,7 @@ mod install;
 mod migrate;
 mod nar;
 mod sandbox;
+mod serve;
 mod store_path;
 
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Hand a store made by a root nix-daemon over to the store owner.
     Migrate(migrate::MigrateArgs),
+    /// Serve the store over HTTP as a binary cache (read-only), for `nix copy --from`
+    /// and as a substituter of other machines.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => install::run_uninstall(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

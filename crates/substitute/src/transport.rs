@@ -1,0 +1,228 @@
+//! How files are fetched from a cache: a small [`Transport`] trait with an HTTP(S)
+//! implementation (ureq, blocking, with a connection pool) and a `file://` one. An S3
+//! transport would be a third implementation of the same trait.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{SubstituteError, TransportError};
+
+/// A response body being read, with its length when the server stated one.
+pub struct Body {
+    /// The bytes.
+    pub reader: Box<dyn Read + Send>,
+    /// `Content-Length` (or the file size), if known.
+    pub length: Option<u64>,
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Body")
+            .field("length", &self.length)
+            .finish()
+    }
+}
+
+/// Fetches files of one cache by their path relative to the cache's root.
+///
+/// `rel` is always checked by [`check_relative`] before it reaches an implementation.
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// The cache's base URL, for messages (without a trailing `/`).
+    fn base_url(&self) -> &str;
+
+    /// Opens `rel`; `Ok(None)` when the cache does not have it (404, 403, 410 or a
+    /// missing file), so that absence is not mistaken for failure.
+    fn get(&self, rel: &str) -> Result<Option<Body>, TransportError>;
+
+    /// The full URL of `rel`, for messages.
+    fn url_of(&self, rel: &str) -> String {
+        format!("{}/{}", self.base_url(), rel)
+    }
+}
+
+/// Whether `rel` is a safe relative location inside a cache: not empty, not absolute,
+/// no `.`/`..`/empty segments, and only the bytes Nix's caches use in file names
+/// (letters, digits and `._+-=?&%`). A narinfo's `URL` comes from the network and
+/// must never reach outside the cache (a `file://` cache would otherwise read any file).
+pub fn check_relative(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel.len() <= 1024
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && rel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-=?&%/".contains(&b))
+}
+
+/// Settings for network transports.
+#[derive(Debug, Clone)]
+pub struct TransportOptions {
+    /// Connection timeout (Nix's `connect-timeout`; 0 = the library's default).
+    pub connect_timeout: Duration,
+    /// How long a read may stall before the transfer is abandoned (Nix's
+    /// `stalled-download-timeout`, 300 s).
+    pub stall_timeout: Duration,
+    /// Idle connections kept per host (`http-connections`).
+    pub connections: usize,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(300),
+            connections: 25,
+        }
+    }
+}
+
+/// Opens the transport for a cache URL: `http://`, `https://` or `file://`.
+pub fn open_transport(
+    url: &str,
+    options: &TransportOptions,
+) -> Result<Box<dyn Transport>, SubstituteError> {
+    let base = url.trim_end_matches('/');
+    if let Some(path) = base.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(SubstituteError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "a file:// cache needs an absolute path",
+            });
+        }
+        Ok(Box::new(FileTransport {
+            base: base.to_owned(),
+            root: PathBuf::from(path),
+        }))
+    } else if base.starts_with("http://") || base.starts_with("https://") {
+        Ok(Box::new(HttpTransport::new(base, options)))
+    } else {
+        Err(SubstituteError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "only http://, https:// and file:// caches are supported",
+        })
+    }
+}
+
+/// A cache over HTTP or HTTPS (rustls, with the webpki roots).
+pub struct HttpTransport {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl HttpTransport {
+    /// A transport for the cache at `base` (no trailing `/`).
+    pub fn new(base: &str, options: &TransportOptions) -> Self {
+        let mut builder = ureq::AgentBuilder::new()
+            .timeout_read(options.stall_timeout)
+            .max_idle_connections_per_host(options.connections.max(1))
+            .user_agent(concat!("unrooted/", env!("CARGO_PKG_VERSION")));
+        if !options.connect_timeout.is_zero() {
+            builder = builder.timeout_connect(options.connect_timeout);
+        }
+        Self {
+            base: base.to_owned(),
+            agent: builder.build(),
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<Body>, TransportError> {
+        match self.agent.get(&self.url_of(rel)).call() {
+            Ok(resp) => {
+                let length = resp
+                    .header("Content-Length")
+                    .and_then(|v| v.trim().parse().ok());
+                Ok(Some(Body {
+                    reader: Box::new(resp.into_reader()),
+                    length,
+                }))
+            }
+            Err(ureq::Error::Status(404 | 403 | 410, _)) => Ok(None),
+            Err(ureq::Error::Status(status, _)) => Err(TransportError::Status { status }),
+            Err(ureq::Error::Transport(t)) => Err(TransportError::Network {
+                source: Box::new(t),
+            }),
+        }
+    }
+}
+
+/// A cache in a local directory (`file:///path`), as `nix copy --to file://` makes.
+#[derive(Debug)]
+pub struct FileTransport {
+    base: String,
+    root: PathBuf,
+}
+
+impl Transport for FileTransport {
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<Body>, TransportError> {
+        let path = self.root.join(rel);
+        match File::open(&path) {
+            Ok(file) => {
+                let length = file.metadata().ok().map(|m| m.len());
+                Ok(Some(Body {
+                    reader: Box::new(file),
+                    length,
+                }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TransportError::Io { source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_locations() {
+        for ok in [
+            "nix-cache-info",
+            "nar/0abc.nar.xz",
+            "nar/abc.nar?hash=xyz",
+            "abc.narinfo",
+        ] {
+            assert!(check_relative(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "nar/../../x",
+            "nar//x",
+            "nar/./x",
+            "nar/x y",
+            "nar/x\n",
+            "http://evil/x",
+        ] {
+            assert!(!check_relative(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_scheme() {
+        let err = open_transport("s3://bucket", &TransportOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("s3://bucket"), "{err}");
+    }
+}

@@ -49,6 +49,8 @@ pub(crate) struct DaemonState {
     pub gc_barrier: crate::gc_ops::GcBarrier,
     /// Automatic collection from `min-free`/`max-free`.
     pub auto_gc: crate::gc_ops::AutoGc,
+    /// What binary caches answered lately (shared by all connections).
+    pub narinfo_cache: Option<std::sync::Arc<unrooted_substitute::NarInfoCache>>,
     next_connection: AtomicU64,
 }
 
@@ -76,7 +78,9 @@ impl DaemonState {
         let gc_config = config.gc_config()?;
         let s = &config.settings;
         let auto_gc = crate::gc_ops::AutoGc::new(s.min_free, s.max_free, s.min_free_check_interval);
+        let narinfo_cache = crate::subst_ops::open_narinfo_cache(&config);
         Ok(Self {
+            narinfo_cache,
             config,
             store,
             own_uid,

@@ -12,6 +12,7 @@ mod connection;
 mod gc_ops;
 mod ops;
 pub mod server;
+mod subst_ops;
 pub mod trust;
 mod userdirs;
 

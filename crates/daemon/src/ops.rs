@@ -189,16 +189,31 @@ pub(crate) fn perform(
                 .collect();
             reply(out, |w| Ok(wire::write_strings(w, &names)?))
         }
-        // No substituters yet: nothing is substitutable.
+        // The obsolete single-path query (protocol < 1.12) answers "none".
         Request::QuerySubstitutablePathInfo(_) => reply_u64(out, 0),
-        Request::QuerySubstitutablePathInfos(_) => reply(out, |w| {
-            SubstitutablePathInfo::write_map_reply(w, &s.cx, &BTreeMap::new())
-        }),
-        Request::QuerySubstitutablePaths(_) => {
-            reply(out, |w| Ok(wire::write_paths(w, &dir, &BTreeSet::new())?))
+        Request::QuerySubstitutablePathInfos(paths) => {
+            let paths: BTreeSet<StorePath> = paths.into_keys().collect();
+            let infos = crate::subst_ops::substitutable_infos(s, &paths, out);
+            reply(out, |w| {
+                SubstitutablePathInfo::write_map_reply(w, &s.cx, &infos)
+            })
+        }
+        Request::QuerySubstitutablePaths(paths) => {
+            let found = crate::subst_ops::substitutable_paths(s, &paths, out);
+            reply(out, |w| Ok(wire::write_paths(w, &dir, &found)?))
         }
         Request::QueryMissing(targets) => {
-            let missing = crate::build_ops::query_missing(s, &targets).map_err(client)?;
+            let (covered, fetch, download, nar) = crate::subst_ops::query_missing(s, &targets, out);
+            let rest: Vec<DerivedPath> = targets
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !covered.contains(i))
+                .map(|(_, t)| t)
+                .collect();
+            let mut missing = crate::build_ops::query_missing(s, &rest).map_err(client)?;
+            missing.will_substitute = fetch;
+            missing.download_size = download;
+            missing.nar_size = nar;
             reply(out, |w| missing.write(w, &s.cx))
         }
         Request::SetOptions(settings) => {
@@ -354,27 +369,55 @@ pub(crate) fn perform(
             // Rooted first, then checked: a collection cannot take it in between.
             s.add_temp_root(&p);
             if !store.is_valid_path(&p)? {
-                return Err(client(format!(
-                    "path '{}' does not exist and cannot be created",
-                    dir.display(&p)
-                )));
+                let target = [DerivedPath::Opaque(p.clone())];
+                let outcome = crate::subst_ops::substitute_targets(s, &target, out);
+                if let Some(crate::subst_ops::Outcome::Failed(why)) = outcome.first() {
+                    return Err(client(why.clone()));
+                }
+                if !store.is_valid_path(&p)? {
+                    return Err(client(format!(
+                        "path '{}' does not exist and cannot be created",
+                        dir.display(&p)
+                    )));
+                }
             }
             reply_u64(out, 1)
         }
         Request::BuildPaths { paths, mode } => {
             check_build_mode(s, mode)?;
-            crate::build_ops::build_paths(s, &paths, mode, out).map_err(client)?;
+            let rest = substitute_before_build(s, &paths, mode, out)?;
+            if !rest.is_empty() {
+                crate::build_ops::build_paths(s, &rest, mode, out).map_err(client)?;
+            }
             // Every wanted output is valid now; keep them for this client.
             unsatisfied(s, &paths)?;
             reply_u64(out, 1)
         }
         Request::BuildPathsWithResults { paths, mode } => {
             check_build_mode(s, mode)?;
-            let built = crate::build_ops::build_paths_with_results(s, &paths, mode, out);
+            let settled = if mode == BuildMode::Normal {
+                let outcomes = crate::subst_ops::substitute_targets(s, &paths, out);
+                crate::subst_ops::settled_results(s, &paths, &outcomes)
+            } else {
+                paths.iter().map(|_| None).collect()
+            };
+            let rest: Vec<DerivedPath> = paths
+                .iter()
+                .zip(&settled)
+                .filter(|(_, r)| r.is_none())
+                .map(|(p, _)| p.clone())
+                .collect();
+            let mut built =
+                crate::build_ops::build_paths_with_results(s, &rest, mode, out).into_iter();
             let results: Vec<KeyedBuildResult> = paths
                 .into_iter()
-                .zip(built)
-                .map(|(path, result)| KeyedBuildResult { path, result })
+                .zip(settled)
+                .map(|(path, r)| KeyedBuildResult {
+                    path,
+                    result: r.or_else(|| built.next()).unwrap_or_else(|| {
+                        BuildResult::new(BuildStatus::MiscFailure, "no build result")
+                    }),
+                })
                 .collect();
             reply(out, |w| KeyedBuildResult::write_list(w, &s.cx, &results))
         }
@@ -508,6 +551,38 @@ fn unsatisfied(s: &Session<'_>, paths: &[DerivedPath]) -> Result<Vec<String>> {
         }
     }
     Ok(missing)
+}
+
+/// Substitutes what a BuildPaths needs (in normal mode) and returns the targets
+/// still to build; fails when a cache had a path that could not be fetched and the
+/// client did not ask for `fallback`.
+fn substitute_before_build(
+    s: &Session<'_>,
+    paths: &[DerivedPath],
+    mode: BuildMode,
+    out: &mut Out,
+) -> Result<Vec<DerivedPath>> {
+    if mode != BuildMode::Normal {
+        return Ok(paths.to_vec());
+    }
+    let outcomes = crate::subst_ops::substitute_targets(s, paths, out);
+    let fallback = crate::subst_ops::fallback(s);
+    let mut rest = Vec::new();
+    for (p, o) in paths.iter().zip(outcomes) {
+        match o {
+            crate::subst_ops::Outcome::Substituted => {
+                // A derivation's outputs are valid now; the scheduler finds them so.
+                if matches!(p, DerivedPath::Built { .. }) {
+                    rest.push(p.clone());
+                }
+            }
+            crate::subst_ops::Outcome::Failed(why) if !fallback => {
+                return Err(client(crate::subst_ops::no_fallback_message(s, p, &why)));
+            }
+            _ => rest.push(p.clone()),
+        }
+    }
+    Ok(rest)
 }
 
 /// Applies SetOptions: everything for trusted clients; for others only what Nix 2.8

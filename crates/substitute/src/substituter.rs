@@ -56,9 +56,16 @@ impl SubstituterConfig {
 pub trait Observer: Sync {
     /// A warning for the user (a cache that cannot be used, a failed query).
     fn warn(&self, _message: &str) {}
-    /// A download of `path` from `url` begins; `expected` bytes (compressed size
-    /// when known, else the NAR size). Returns an id for the calls below.
-    fn download_started(&self, _path: &StorePath, _url: &str, _expected: u64) -> u64 {
+    /// A download of `path` from the cache at `cache_url` begins, of the file at
+    /// `nar_url`; `expected` bytes (compressed size when known, else the NAR size).
+    /// Returns an id for the calls below.
+    fn download_started(
+        &self,
+        _path: &StorePath,
+        _cache_url: &str,
+        _nar_url: &str,
+        _expected: u64,
+    ) -> u64 {
         0
     }
     /// `done` of `expected` bytes have arrived.
@@ -456,7 +463,7 @@ impl Substituter {
                 .saturating_add(1 << 20),
             n => n,
         };
-        let id = observer.download_started(&info.store_path, &nar_url, expected);
+        let id = observer.download_started(&info.store_path, cache.url(), &nar_url, expected);
         let failure = Arc::new(Mutex::new(None));
         let done = Arc::new(AtomicU64::new(0));
         let meter = Meter {

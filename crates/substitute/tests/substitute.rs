@@ -137,7 +137,8 @@ impl Observer for Recorder {
     fn warn(&self, message: &str) {
         self.warnings.lock().unwrap().push(message.to_owned());
     }
-    fn download_started(&self, _: &StorePath, url: &str, _: u64) -> u64 {
+    fn download_started(&self, _: &StorePath, cache: &str, url: &str, _: u64) -> u64 {
+        assert!(url.starts_with(cache), "{url}");
         assert!(url.contains("nar/"), "{url}");
         self.started.fetch_add(1, Ordering::SeqCst) as u64
     }

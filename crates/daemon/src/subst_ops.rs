@@ -1,0 +1,528 @@
+//! Substitution in the daemon: the substituters a request may use, the answers to
+//! QuerySubstitutablePaths/PathInfos and the substitution part of QueryMissing, and
+//! fetching what EnsurePath and BuildPaths need from the caches before anything is
+//! built, with Nix's `copying path … from …` activities and download progress.
+//!
+//! Only the paths a request names (opaque paths, and the outputs of the derivations
+//! it names) are substituted, with their closures; inputs of derivations that must
+//! be built are built as before. A path no cache has is simply built; a path a cache
+//! has but that fails to arrive is an error unless the client asked for `fallback`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufWriter;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use unrooted_format::signature::TrustedKeys;
+use unrooted_format::{StoreDir, StorePath};
+use unrooted_protocol::path_info::SubstitutablePathInfo;
+use unrooted_protocol::stderr::{ActivityId, ActivityType, Field, ResultType, Verbosity};
+use unrooted_protocol::{BuildResult, BuildStatus, DerivedPath, OutputsSpec, StderrWriter};
+use unrooted_substitute::{
+    error_chain, NarInfoCache, Observer, Plan, RetryPolicy, SubstituteError, Substituter,
+    SubstituterConfig,
+};
+
+use crate::connection::Session;
+
+type Out = StderrWriter<BufWriter<UnixStream>>;
+
+/// Opens the lookup cache of narinfos, `<state>/binary-cache/narinfo-cache-v1.sqlite`
+/// (in memory when that fails: it is only a cache).
+pub(crate) fn open_narinfo_cache(config: &crate::Config) -> Option<Arc<NarInfoCache>> {
+    let raw = &config.raw;
+    let ttl = |name: &str, default: Duration| {
+        raw.get(name)
+            .and_then(|v| v.parse().ok())
+            .map_or(default, Duration::from_secs)
+    };
+    let neg = ttl(
+        "narinfo-cache-negative-ttl",
+        unrooted_substitute::DEFAULT_NEGATIVE_TTL,
+    );
+    let pos = ttl(
+        "narinfo-cache-positive-ttl",
+        unrooted_substitute::DEFAULT_POSITIVE_TTL,
+    );
+    let path = config
+        .locations
+        .state_dir
+        .join("binary-cache/narinfo-cache-v1.sqlite");
+    match NarInfoCache::open(&path, neg, pos) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!("narinfo lookup cache: {}", error_chain(&e));
+            NarInfoCache::in_memory(neg, pos).ok().map(Arc::new)
+        }
+    }
+}
+
+/// A setting as this request sees it: the client's `--option` (already filtered by
+/// trust in SetOptions), else the daemon's configuration.
+fn setting<'s>(s: &'s Session<'_>, name: &str) -> Option<&'s str> {
+    s.settings
+        .overrides
+        .get(name)
+        .map(String::as_str)
+        .or_else(|| s.state.config.raw.get(name))
+}
+
+fn flag(s: &Session<'_>, name: &str, default: bool) -> bool {
+    match setting(s, name) {
+        Some("true") => true,
+        Some("false") => false,
+        _ => default,
+    }
+}
+
+/// The substituters this request may use, or `None` when substitution is off
+/// (`substitute = false`, or the client's `--no-substitute`) or none is configured.
+/// Caches that cannot be reached are reported as warnings to the client.
+pub(crate) fn substituter(s: &Session<'_>, out: &mut Out) -> Option<Substituter> {
+    if !s.settings.use_substitutes || !flag(s, "substitute", true) {
+        return None;
+    }
+    let settings = &s.state.config.settings;
+    let mut urls: Vec<String> = match s.settings.overrides.get("substituters") {
+        Some(v) => v.split_whitespace().map(str::to_owned).collect(),
+        None => settings.substituters.clone(),
+    };
+    if let Some(v) = s.settings.overrides.get("extra-substituters") {
+        urls.extend(v.split_whitespace().map(str::to_owned));
+    }
+    if urls.is_empty() {
+        return None;
+    }
+    let mut keys_text = settings.trusted_public_keys.join(" ");
+    if s.trusted {
+        for name in ["trusted-public-keys", "extra-trusted-public-keys"] {
+            if let Some(v) = s.settings.overrides.get(name) {
+                if name == "trusted-public-keys" {
+                    keys_text.clear();
+                }
+                keys_text.push(' ');
+                keys_text.push_str(v);
+            }
+        }
+    }
+    let keys = TrustedKeys::parse(&keys_text).unwrap_or_else(|e| {
+        tracing::warn!("ignoring trusted-public-keys: {e}");
+        TrustedKeys::new()
+    });
+    let number = |name: &str, default: u64| {
+        setting(s, name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let mut config = SubstituterConfig::new(urls, keys);
+    config.require_sigs = if s.trusted {
+        flag(s, "require-sigs", settings.require_sigs)
+    } else {
+        settings.require_sigs
+    };
+    let connections = match number("http-connections", 25) {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let jobs = usize::try_from(number("max-substitution-jobs", 16)).unwrap_or(16);
+    config.jobs = jobs.min(connections).max(1);
+    config.transport.connections = connections.min(1024);
+    config.transport.connect_timeout = Duration::from_secs(number("connect-timeout", 10));
+    config.transport.stall_timeout = Duration::from_secs(number("stalled-download-timeout", 300));
+    config.retry = RetryPolicy {
+        attempts: u32::try_from(number("download-attempts", 5)).unwrap_or(5),
+        ..RetryPolicy::default()
+    };
+    let observer = ClientObserver::new(s, out);
+    let sub = Substituter::new(
+        s.cx.store_dir.clone(),
+        config,
+        s.state.narinfo_cache.clone(),
+        &observer,
+    );
+    observer.flush();
+    (!sub.caches().is_empty()).then_some(sub)
+}
+
+/// Relays substitution events as Nix 2.8 shows them: a `copyPath` activity
+/// (`copying path '<p>' from '<cache>'`) with a `fileTransfer` child whose progress
+/// results carry bytes done and expected; warnings as log lines.
+struct ClientObserver<'o> {
+    store_dir: StoreDir,
+    out: Mutex<&'o mut Out>,
+    activities: Mutex<HashMap<u64, (ActivityId, ActivityId)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl<'o> ClientObserver<'o> {
+    fn new(s: &Session<'_>, out: &'o mut Out) -> Self {
+        Self {
+            store_dir: s.cx.store_dir.clone(),
+            out: Mutex::new(out),
+            activities: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn out(&self) -> std::sync::MutexGuard<'_, &'o mut Out> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn flush(&self) {
+        let _ = self.out().flush();
+    }
+}
+
+impl Observer for ClientObserver<'_> {
+    fn warn(&self, message: &str) {
+        let _ = self.out().log(Verbosity::Warn, message);
+        self.flush();
+    }
+
+    fn download_started(&self, path: &StorePath, cache: &str, nar_url: &str, expected: u64) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut out = self.out();
+        let shown = self.store_dir.display(path);
+        let copy = out.start_activity(
+            Verbosity::Info,
+            ActivityType::COPY_PATH,
+            &format!("copying path '{shown}' from '{cache}'"),
+            vec![
+                Field::String(shown.into_bytes()),
+                Field::String(cache.as_bytes().to_vec()),
+                Field::String(b"local".to_vec()),
+            ],
+            None,
+        );
+        let transfer = copy.as_ref().ok().and_then(|c| {
+            out.start_activity(
+                Verbosity::Talkative,
+                ActivityType::FILE_TRANSFER,
+                &format!("downloading '{nar_url}'"),
+                vec![Field::String(nar_url.as_bytes().to_vec())],
+                Some(*c),
+            )
+            .ok()
+        });
+        if let (Ok(c), Some(t)) = (copy, transfer) {
+            let _ = out.result(
+                t,
+                ResultType::PROGRESS,
+                vec![
+                    Field::Int(0),
+                    Field::Int(expected),
+                    Field::Int(1),
+                    Field::Int(0),
+                ],
+            );
+            self.activities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, (c, t));
+        }
+        let _ = out.flush();
+        id
+    }
+
+    fn download_progress(&self, id: u64, done: u64, expected: u64) {
+        let Some((_, t)) = self
+            .activities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+        else {
+            return;
+        };
+        let mut out = self.out();
+        let _ = out.result(
+            t,
+            ResultType::PROGRESS,
+            vec![
+                Field::Int(done),
+                Field::Int(expected),
+                Field::Int(1),
+                Field::Int(0),
+            ],
+        );
+        let _ = out.flush();
+    }
+
+    fn download_finished(&self, id: u64, _ok: bool) {
+        let Some((c, t)) = self
+            .activities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+        else {
+            return;
+        };
+        let mut out = self.out();
+        let _ = out.stop_activity(t);
+        let _ = out.stop_activity(c);
+        let _ = out.flush();
+    }
+}
+
+/// The paths a target needs that are not valid: an opaque path itself, or the
+/// invalid outputs (those wanted) of a derivation. Empty when the derivation is not
+/// valid or has floating outputs (the scheduler reports those).
+fn wanted_invalid(s: &Session<'_>, p: &DerivedPath) -> BTreeSet<StorePath> {
+    let store = &s.state.store;
+    let mut wanted = BTreeSet::new();
+    match p {
+        DerivedPath::Opaque(path) => {
+            wanted.insert(path.clone());
+        }
+        DerivedPath::Built { drv_path, outputs } => {
+            let Ok(d) = unrooted_build::load_derivation(store, drv_path) else {
+                return wanted;
+            };
+            for (name, out) in &d.outputs {
+                if let OutputsSpec::Names(n) = outputs {
+                    if !n.contains(name) {
+                        continue;
+                    }
+                }
+                if let Some(path) = out.path() {
+                    wanted.insert(path.clone());
+                }
+            }
+        }
+    }
+    wanted.retain(|p| !store.is_valid_path(p).unwrap_or(true));
+    wanted
+}
+
+/// Whether `p` (or what it waited for) is merely absent from the caches, as
+/// opposed to a substitution that went wrong.
+fn only_missing(failed: &BTreeMap<StorePath, SubstituteError>, p: &StorePath) -> bool {
+    let mut cur = p.clone();
+    for _ in 0..failed.len() + 1 {
+        match failed.get(&cur) {
+            Some(SubstituteError::NotSubstitutable { .. }) => return true,
+            Some(SubstituteError::DependencyFailed { reference, .. }) => {
+                let Some(base) = reference.rsplit('/').next() else {
+                    return false;
+                };
+                match StorePath::from_base_name(base) {
+                    Ok(r) => cur = r,
+                    Err(_) => return false,
+                }
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// What substitution did for one target.
+pub(crate) enum Outcome {
+    /// Nothing to do, no substituter, or no cache has it: build as usual.
+    NotSubstituted,
+    /// Everything the target needs is now valid.
+    Substituted,
+    /// A cache has it, but fetching failed (the message); build only with fallback.
+    Failed(String),
+}
+
+/// Substitutes what `paths` need from the caches, before building.
+pub(crate) fn substitute_targets(
+    s: &Session<'_>,
+    paths: &[DerivedPath],
+    out: &mut Out,
+) -> Vec<Outcome> {
+    let wanted: Vec<BTreeSet<StorePath>> = paths.iter().map(|p| wanted_invalid(s, p)).collect();
+    let all: BTreeSet<StorePath> = wanted.iter().flatten().cloned().collect();
+    let none = || paths.iter().map(|_| Outcome::NotSubstituted).collect();
+    if all.is_empty() {
+        return none();
+    }
+    let Some(sub) = substituter(s, out) else {
+        return none();
+    };
+    s.state.auto_gc.poke();
+    let observer = ClientObserver::new(s, out);
+    let plan = match sub.plan(&s.state.store, &all, &observer) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = error_chain(&e);
+            return paths.iter().map(|_| Outcome::Failed(msg.clone())).collect();
+        }
+    };
+    // Rooted before the first byte is written, as every add.
+    for p in plan.fetch.keys() {
+        s.add_temp_root(p);
+    }
+    let report = sub.execute(&s.state.store, plan, &observer);
+    observer.flush();
+    let store = &s.state.store;
+    wanted
+        .iter()
+        .map(|w| {
+            if w.is_empty() {
+                return Outcome::NotSubstituted;
+            }
+            if w.iter().all(|p| store.is_valid_path(p).unwrap_or(false)) {
+                return Outcome::Substituted;
+            }
+            let broken = w
+                .iter()
+                .filter(|p| !only_missing(&report.failed, p))
+                .find_map(|p| report.failed.get(p));
+            match broken {
+                Some(e) => Outcome::Failed(root_cause(&report.failed, e)),
+                None => Outcome::NotSubstituted,
+            }
+        })
+        .collect()
+}
+
+/// The message of the failure behind `e` (following "its reference failed").
+fn root_cause(failed: &BTreeMap<StorePath, SubstituteError>, e: &SubstituteError) -> String {
+    let mut cur = e;
+    for _ in 0..failed.len() + 1 {
+        let SubstituteError::DependencyFailed { reference, .. } = cur else {
+            break;
+        };
+        let next = reference
+            .rsplit('/')
+            .next()
+            .and_then(|b| StorePath::from_base_name(b).ok())
+            .and_then(|r| failed.get(&r));
+        match next {
+            Some(n) => cur = n,
+            None => break,
+        }
+    }
+    error_chain(cur)
+}
+
+/// The message Nix 2.8 gives when substitution failed and `fallback` is off.
+pub(crate) fn no_fallback_message(s: &Session<'_>, p: &DerivedPath, why: &str) -> String {
+    match p {
+        DerivedPath::Built { drv_path, .. } => format!(
+            "{why}\nsome substitutes for the outputs of derivation '{}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source ",
+            s.cx.store_dir.display(drv_path)
+        ),
+        DerivedPath::Opaque(_) => why.to_owned(),
+    }
+}
+
+/// Whether the client asked to build when substitution fails.
+pub(crate) fn fallback(s: &Session<'_>) -> bool {
+    s.settings.try_fallback || flag(s, "fallback", false)
+}
+
+/// BuildPathsWithResults' results for targets settled by substitution (`None`:
+/// still to be built).
+pub(crate) fn settled_results(
+    s: &Session<'_>,
+    paths: &[DerivedPath],
+    outcomes: &[Outcome],
+) -> Vec<Option<BuildResult>> {
+    let fallback = fallback(s);
+    paths
+        .iter()
+        .zip(outcomes)
+        .map(|(p, o)| match o {
+            Outcome::NotSubstituted => None,
+            Outcome::Substituted => match p {
+                // The scheduler fills in the built outputs of a derivation (it finds
+                // them valid).
+                DerivedPath::Built { .. } => None,
+                DerivedPath::Opaque(_) => Some(BuildResult::new(BuildStatus::Substituted, "")),
+            },
+            Outcome::Failed(_) if fallback => None,
+            Outcome::Failed(why) => Some(BuildResult::new(
+                BuildStatus::TransientFailure,
+                no_fallback_message(s, p, why),
+            )),
+        })
+        .collect()
+}
+
+/// For QueryMissing: the targets the caches can satisfy (their indexes), the paths
+/// that would be fetched and their download and NAR sizes.
+pub(crate) fn query_missing(
+    s: &Session<'_>,
+    targets: &[DerivedPath],
+    out: &mut Out,
+) -> (BTreeSet<usize>, BTreeSet<StorePath>, u64, u64) {
+    let mut covered = BTreeSet::new();
+    let mut fetch = BTreeMap::new();
+    let wanted: Vec<BTreeSet<StorePath>> = targets.iter().map(|p| wanted_invalid(s, p)).collect();
+    if wanted.iter().all(BTreeSet::is_empty) {
+        return (covered, BTreeSet::new(), 0, 0);
+    }
+    let Some(sub) = substituter(s, out) else {
+        return (covered, BTreeSet::new(), 0, 0);
+    };
+    let observer = ClientObserver::new(s, out);
+    for (i, w) in wanted.iter().enumerate() {
+        if w.is_empty() {
+            continue;
+        }
+        let Ok(plan) = sub.plan(&s.state.store, w, &observer) else {
+            continue;
+        };
+        if plan.missing.is_empty() {
+            covered.insert(i);
+            fetch.extend(plan.fetch);
+        }
+    }
+    observer.flush();
+    let plan = Plan {
+        fetch,
+        missing: BTreeSet::new(),
+    };
+    let (download, nar) = (plan.download_size(), plan.nar_size());
+    (covered, plan.fetch.into_keys().collect(), download, nar)
+}
+
+/// QuerySubstitutablePaths: which of `paths` some cache has.
+pub(crate) fn substitutable_paths(
+    s: &Session<'_>,
+    paths: &BTreeSet<StorePath>,
+    out: &mut Out,
+) -> BTreeSet<StorePath> {
+    let Some(sub) = substituter(s, out) else {
+        return BTreeSet::new();
+    };
+    let observer = ClientObserver::new(s, out);
+    let found = sub.query_many(paths, &observer);
+    observer.flush();
+    found.into_keys().collect()
+}
+
+/// QuerySubstitutablePathInfos: what the caches say of `paths`.
+pub(crate) fn substitutable_infos(
+    s: &Session<'_>,
+    paths: &BTreeSet<StorePath>,
+    out: &mut Out,
+) -> BTreeMap<StorePath, SubstitutablePathInfo> {
+    let Some(sub) = substituter(s, out) else {
+        return BTreeMap::new();
+    };
+    let observer = ClientObserver::new(s, out);
+    let found = sub.query_many(paths, &observer);
+    observer.flush();
+    found
+        .into_iter()
+        .map(|(p, f)| {
+            let i = f.info;
+            let info = SubstitutablePathInfo {
+                deriver: i.deriver,
+                references: i.references,
+                download_size: if i.file_size == 0 {
+                    i.nar_size
+                } else {
+                    i.file_size
+                },
+                nar_size: i.nar_size,
+            };
+            (p, info)
+        })
+        .collect()
+}

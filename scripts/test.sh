@@ -11,3 +11,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 cargo test --workspace --locked
+
+# Bounded fuzzing of every parser of hostile input (docs/reliability.md).
+scripts/fuzz.sh --short

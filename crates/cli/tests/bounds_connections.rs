@@ -1,0 +1,95 @@
+//! Resource bounds (issue 9, item 5): 10,000 connections opened by one client user
+//! and left idle. The daemon's `--max-connections` (default 1024) closes the extra
+//! ones at once, so its file descriptors and threads stay bounded, it survives, and
+//! once the idle connections go, other clients are served at once.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
+
+/// Opens `$ARGV[1]` connections to the socket `$ARGV[0]`, prints how many connect
+/// calls succeeded, then how many are still open a moment later (a refused one reads
+/// EOF), and holds them until its stdin closes.
+const HOLDER: &str = r#"
+use IO::Socket::UNIX; use Socket; use IO::Select;
+$| = 1;
+my @s; my $n = 0;
+for (1 .. $ARGV[1]) {
+  my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $ARGV[0]);
+  if ($c) { push @s, $c; $n++ }
+}
+print "connected $n\n";
+sleep 3;
+my $open = 0;
+for my $c (@s) {
+  my $sel = IO::Select->new($c);
+  if ($sel->can_read(0)) { my $b; my $r = sysread($c, $b, 1); $open++ if $r } else { $open++ }
+}
+print "open $open\n";
+<STDIN>;
+"#;
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn ten_thousand_idle_connections_are_throttled() {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-store").is_none() {
+        return;
+    }
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    d.start();
+    let fds_before = fd_count(d.pid());
+    // The holder needs more than 10,000 descriptors: raise its soft limit (the hard
+    // limit is inherited from the test; prlimit runs before the drop to the client).
+    let mut holder = d.client("prlimit");
+    holder
+        .args(["--nofile=16384:16384", "perl", "-e", HOLDER])
+        .arg(d.socket())
+        .arg("10000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut holder = holder.spawn().expect("starting the connection holder");
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let connected = lines.next().unwrap().unwrap();
+    let open = lines.next().unwrap().unwrap();
+    let open: usize = open.strip_prefix("open ").unwrap().parse().unwrap();
+    let fds_during = fd_count(d.pid());
+    let threads = d.proc_status("Threads");
+    eprintln!(
+        "idle connections: {connected}, still open {open}; daemon fds {fds_before} -> {fds_during}, threads {threads}"
+    );
+    assert!(d.is_running(), "the daemon died: {}", d.log());
+    assert!(
+        open <= 1024,
+        "{open} idle connections kept (max-connections is 1024)"
+    );
+    // Two descriptors per served connection (the socket and its clone for the
+    // writer), none for the refused ones.
+    let bound = fds_before + 2 * 1024 + 16;
+    assert!(
+        fds_during <= bound,
+        "fd usage exploded: {fds_during} > {bound}"
+    );
+    assert!(
+        d.log().contains("refusing a connection"),
+        "no log of the throttling"
+    );
+    // The abuser leaves; the slots come back and another client is served at once.
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fd_count(d.pid()) > fds_before + 8 {
+        assert!(Instant::now() < deadline, "connections not released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let file = d.inputs().join("after.txt");
+    std::fs::write(&file, "after the flood\n").unwrap();
+    d.client_ok("nix-store", &["--add", file.to_str().unwrap()]);
+    assert!(d.is_running());
+}

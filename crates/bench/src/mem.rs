@@ -173,7 +173,7 @@ pub fn tree(root: u32) -> Vec<u32> {
     process_trees(&[root]).pop().unwrap_or_default()
 }
 
-/// Field `n` (1-based, as in proc(5)) of /proc/<pid>/stat, from field 3 on.
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, from field 3 on.
 fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) in parentheses may contain spaces and parentheses;
@@ -217,7 +217,7 @@ fn sample_tree(pids: &[u32]) -> Peak {
     peak
 }
 
-/// A `kB` field of /proc/<pid>/status, e.g. `VmRSS:` or `VmHWM:`.
+/// A `kB` field of `/proc/<pid>/status`, e.g. `VmRSS:` or `VmHWM:`.
 pub fn status_field(pid: u32, field: &str) -> Option<u64> {
     kib_field(
         &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,

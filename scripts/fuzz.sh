@@ -55,7 +55,7 @@ hex_seed() { # hex_seed TARGET PREFIX-BYTES FILE...
         {
             printf "\\x$(printf %02x $((minor - 21)))"
             printf "$prefix"
-            grep -v '^#' "$f" | xxd -r -p
+            perl -ne 'next if /^#/; s/\s+//g; print pack("H*", $_)' "$f"
         } >"fuzz/corpus/$t/seed-$(basename "$f" .hex)"
     done
 }

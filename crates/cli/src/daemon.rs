@@ -14,6 +14,10 @@ pub struct DaemonArgs {
     /// The most client connections served at once; more are closed immediately.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_connections: usize,
+    /// The most connections one user may have open at once, so that one user leaving
+    /// connections idle cannot lock the others out.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    max_connections_per_user: usize,
 }
 
 /// Runs the daemon until it is killed.
@@ -28,6 +32,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let options = unrooted_daemon::DaemonOptions {
         allow_root: args.allow_root,
         max_connections: args.max_connections,
+        max_connections_per_user: args.max_connections_per_user,
     };
     unrooted_daemon::run(&options).context("running the daemon")?;
     Ok(ExitCode::SUCCESS)

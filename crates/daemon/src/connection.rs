@@ -30,6 +30,9 @@ use crate::DaemonError;
 /// The version string the handshake reports (shown by `nix store ping`).
 pub(crate) const DAEMON_VERSION: &str = concat!("unrooted ", env!("CARGO_PKG_VERSION"));
 
+/// How long a new connection may take to complete the handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What all connections share.
 pub(crate) struct DaemonState {
     /// The configuration.
@@ -178,7 +181,13 @@ fn run(
     };
     let store_dir = state.config.locations.store_dir.clone();
     let limits = WireContext::new(ProtocolVersion::MIN_SUPPORTED, store_dir.clone()).limits;
+    // A client has a bounded time to finish the handshake, so a connection that is
+    // opened and never spoken on does not hold its slot for ever. After the
+    // handshake a client may stay idle (Nix keeps pooled connections open while it
+    // evaluates), so the limit is lifted.
+    set_read_timeout(&reader, Some(HANDSHAKE_TIMEOUT))?;
     let client = server_handshake(&mut reader, out.get_mut(), &hello, &limits)?;
+    set_read_timeout(&reader, None)?;
     let version = client.version;
     out = StderrWriter::new(out.into_inner(), version);
     out.last()?;
@@ -227,4 +236,17 @@ fn run(
         }
         out.flush()?;
     }
+}
+
+fn set_read_timeout(
+    reader: &BufReader<UnixStream>,
+    timeout: Option<std::time::Duration>,
+) -> Result<(), ProtocolError> {
+    reader
+        .get_ref()
+        .set_read_timeout(timeout)
+        .map_err(|source| ProtocolError::Read {
+            field: "connection",
+            source,
+        })
 }

@@ -58,6 +58,8 @@ pub struct DaemonOptions {
     pub allow_root: bool,
     /// The most connections served at once.
     pub max_connections: usize,
+    /// The most connections one user may have open at once.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for DaemonOptions {
@@ -65,6 +67,7 @@ impl Default for DaemonOptions {
         Self {
             allow_root: false,
             max_connections: 1024,
+            max_connections_per_user: 128,
         }
     }
 }
@@ -99,8 +102,11 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     }
     let state = Arc::new(state);
     gc_ops::spawn_auto_gc(Arc::clone(&state));
-    server::serve(listener, options.max_connections, move |stream| {
-        connection::handle(&state, stream)
-    })
+    server::serve(
+        listener,
+        options.max_connections,
+        options.max_connections_per_user,
+        move |stream| connection::handle(&state, stream),
+    )
     .map_err(DaemonError::Serve)
 }

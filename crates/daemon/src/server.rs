@@ -6,13 +6,13 @@
 //! keeps one slow or dead client from ever blocking another without any care about
 //! blocking inside an executor.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -100,14 +100,21 @@ pub fn listen(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Accepts connections forever, running `handle` on a thread of its own for each,
-/// with at most `max_connections` at once (further clients are closed at once, with
-/// a log line, rather than queued without bound).
-pub fn serve<F>(listener: UnixListener, max_connections: usize, handle: F) -> io::Result<()>
+/// with at most `max_connections` at once and at most `max_per_user` for any one uid
+/// (further clients are closed at once, with a log line, rather than queued without
+/// bound). The per-user bound is what keeps one user who opens connections and
+/// leaves them idle from locking every other user out.
+pub fn serve<F>(
+    listener: UnixListener,
+    max_connections: usize,
+    max_per_user: usize,
+    handle: F,
+) -> io::Result<()>
 where
     F: Fn(UnixStream) + Send + Sync + 'static,
 {
     let handle = Arc::new(handle);
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::default());
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -119,16 +126,19 @@ where
                 continue;
             }
         };
-        if active.load(Ordering::Acquire) >= max_connections {
-            tracing::warn!("refusing a connection: {max_connections} connections are open");
+        // The uid decides only the per-user bound here; authorisation happens in the
+        // connection's own thread. A peer whose credentials cannot be read counts as
+        // one anonymous user.
+        let uid = rustix::net::sockopt::socket_peercred(&stream)
+            .map(|c| c.uid.as_raw())
+            .unwrap_or(u32::MAX);
+        let Some(guard) = slots.take(uid, max_connections, max_per_user) else {
             drop(stream);
             continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
-        // The guard travels into the thread; if the thread cannot start, the closure
-        // and the guard are dropped here, so the count cannot leak either way.
-        let guard = Release(Arc::clone(&active));
+        };
         let handle = Arc::clone(&handle);
+        // The guard travels into the thread; if the thread cannot start, the closure
+        // and the guard are dropped here, so the counts cannot leak either way.
         let spawned = std::thread::Builder::new()
             .name("connection".into())
             .stack_size(512 << 10)
@@ -142,11 +152,51 @@ where
     }
 }
 
+/// Connection counts, in total and per uid.
+#[derive(Default)]
+struct Slots {
+    counts: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+impl Slots {
+    /// Takes a slot for `uid`, or refuses when either bound is reached.
+    fn take(self: &Arc<Self>, uid: u32, max_total: usize, max_per_user: usize) -> Option<Release> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_user) = &mut *counts;
+        let mine = per_user.entry(uid).or_insert(0);
+        if *total >= max_total {
+            tracing::warn!("refusing a connection: {max_total} connections are open");
+            return None;
+        }
+        if *mine >= max_per_user {
+            tracing::warn!("refusing a connection from uid {uid}: it has {max_per_user} open");
+            return None;
+        }
+        *total += 1;
+        *mine += 1;
+        Some(Release {
+            slots: Arc::clone(self),
+            uid,
+        })
+    }
+}
+
 /// Gives back a connection slot when dropped, even if the handler panicked.
-struct Release(Arc<AtomicUsize>);
+struct Release {
+    slots: Arc<Slots>,
+    uid: u32,
+}
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self.slots.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_user) = &mut *counts;
+        *total -= 1;
+        if let Some(n) = per_user.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.uid);
+            }
+        }
     }
 }

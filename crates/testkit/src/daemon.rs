@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -429,6 +430,117 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
             .unwrap_or_else(|| panic!("{key} missing from /proc status"))
             .trim()
             .to_owned()
+    }
+
+    /// The number of file descriptors the daemon has open.
+    pub fn fd_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's resident memory (`VmRSS`) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status("VmRSS")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("VmRSS in kB")
+    }
+
+    /// The roots helper's process id, when it runs.
+    pub fn roots_helper_pid(&self) -> Option<u32> {
+        self.helper.as_ref().map(Child::id)
+    }
+
+    /// Kills the roots helper with SIGKILL (by its pid) and waits for it, leaving its
+    /// socket behind as a crashed helper would.
+    pub fn kill_roots_helper(&mut self) {
+        if let Some(mut child) = self.helper.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The names of the `.unrooted-tmp-*` entries in the store directory.
+    pub fn store_temporaries(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.store_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".unrooted-tmp-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The client user's uid and primary gid.
+    pub fn client_ids(&self) -> (u32, u32) {
+        (self.client_uid, self.client_gid)
+    }
+
+    /// The third user's uid and primary gid.
+    pub fn other_ids(&self) -> (u32, u32) {
+        (self.other_uid, self.other_gid)
+    }
+
+    /// A connection to the daemon socket whose peer credentials are `uid`/`gid`
+    /// (no supplementary groups), made without a relay process: a short-lived thread
+    /// drops its own credentials (Linux credentials are per thread; the thread ends
+    /// right after) and connects, and the socket is handed back. The daemon sees an
+    /// unprivileged peer, and the test can speak the protocol from its own threads,
+    /// which is far cheaper than a process per connection.
+    pub fn connect_as(&self, uid: u32, gid: u32) -> std::io::Result<UnixStream> {
+        let socket = self.socket();
+        std::thread::spawn(move || {
+            use rustix::thread::{
+                set_thread_groups, set_thread_res_gid, set_thread_res_uid, Gid, Uid,
+            };
+            set_thread_groups(&[Gid::from_raw(gid)])?;
+            let g = Gid::from_raw(gid);
+            set_thread_res_gid(g, g, g)?;
+            let u = Uid::from_raw(uid);
+            set_thread_res_uid(u, u, u)?;
+            UnixStream::connect(socket)
+        })
+        .join()
+        .expect("the connecting thread panicked")
+    }
+
+    /// The process ids of every descendant of `pid` (children, their children, …),
+    /// from the parent links in `/proc/<pid>/stat`.
+    pub fn descendants(pid: u32) -> Vec<u32> {
+        let mut parent_of: Vec<(u32, u32)> = Vec::new();
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for e in dir.filter_map(|e| e.ok()) {
+                let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+                    continue;
+                };
+                // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+                let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                    continue;
+                };
+                if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+                    parent_of.push((p, ppid));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut frontier = vec![pid];
+        while let Some(q) = frontier.pop() {
+            for &(p, pp) in &parent_of {
+                if pp == q && !out.contains(&p) {
+                    out.push(p);
+                    frontier.push(p);
+                }
+            }
+        }
+        out
     }
 
     fn env(&self, cmd: &mut Command) {

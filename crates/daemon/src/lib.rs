@@ -85,12 +85,8 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     }
     let state = connection::DaemonState::open(config, own_uid)?;
     userdirs::repair_parents(&state.config.locations.state_dir, own_uid);
-    let listener = server::listen(&state.config.locations.socket_path)?;
-    tracing::info!(
-        "serving the store {} on {} as uid {own_uid}",
-        state.config.locations.store_dir,
-        state.config.locations.socket_path.display()
-    );
+    // Everything the start-up log says comes before the socket appears, so whoever
+    // waits for the socket (systemd, tests) finds the whole log.
     tracing::info!("{}", gc_ops::describe_mode(&state.gc_config.roots_helper));
     let s = &state.config.settings;
     if s.min_free > 0 {
@@ -100,6 +96,12 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
             s.max_free
         );
     }
+    tracing::info!(
+        "serving the store {} on {} as uid {own_uid}",
+        state.config.locations.store_dir,
+        state.config.locations.socket_path.display()
+    );
+    let listener = server::listen(&state.config.locations.socket_path)?;
     let state = Arc::new(state);
     gc_ops::spawn_auto_gc(Arc::clone(&state));
     server::serve(

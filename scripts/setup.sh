@@ -14,6 +14,8 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 # The deploy tests check the installed units with `systemd-analyze verify`.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# Builds get their own id range through newuidmap/newgidmap (the build_idrange tests).
+command -v newuidmap >/dev/null || need_apt+=(uidmap)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq

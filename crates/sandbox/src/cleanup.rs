@@ -87,6 +87,91 @@ pub fn remove_tree(path: &Path) -> Result<(), CleanupError> {
     }
 }
 
+/// Changes the owner of `path` and of everything below it to `uid`:`gid`, never
+/// following a symlink, and leaves every mode as it is. Runs as root of the reclaiming
+/// user namespace (see [`crate::IdMaps::reclaim`]), whose capabilities let it enter
+/// directories the builder made unreadable. As in [`remove_tree`], descent keeps one
+/// descriptor and the names still to visit, so depth is bounded by memory only.
+/// `Err` names the entry that failed.
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), (PathBuf, Errno)> {
+    let owner = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    let chown_at = |dir: BorrowedFd<'_>, name: &OsStr| {
+        rfs::chownat(dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let meta = match rfs::lstat(path) {
+        Ok(m) => m,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err((path.to_path_buf(), e)),
+    };
+    chown_at(rfs::CWD, path.as_os_str()).map_err(|e| (path.to_path_buf(), e))?;
+    if rfs::FileType::from_raw_mode(meta.st_mode) != rfs::FileType::Directory {
+        return Ok(());
+    }
+    let mut cur = rfs::open(path, flags, Mode::empty()).map_err(|e| (path.to_path_buf(), e))?;
+    let mut names: Vec<OsString> = Vec::new();
+    let shown = |names: &[OsString], last: Option<&OsStr>| -> PathBuf {
+        let mut p = path.to_path_buf();
+        p.extend(names);
+        if let Some(l) = last {
+            p.push(l);
+        }
+        p
+    };
+    // Subdirectories still to visit, one list per level of `names`.
+    let mut pending: Vec<Vec<OsString>> = Vec::new();
+    let visit = |dir: &OwnedFd, names: &[OsString]| -> Result<Vec<OsString>, (PathBuf, Errno)> {
+        let mut subdirs = Vec::new();
+        let entries = rfs::Dir::read_from(dir).map_err(|e| (shown(names, None), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| (shown(names, None), e))?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(name);
+            chown_at(dir.as_fd(), name).map_err(|e| (shown(names, Some(name)), e))?;
+            let is_dir = match entry.file_type() {
+                rfs::FileType::Directory => true,
+                rfs::FileType::Unknown => rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
+                    .map_err(|e| (shown(names, Some(name)), e))?,
+                _ => false,
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+            }
+        }
+        Ok(subdirs)
+    };
+    pending.push(visit(&cur, &names)?);
+    loop {
+        let next = pending.last_mut().and_then(Vec::pop);
+        match next {
+            Some(sub) => {
+                let fd = rfs::openat(&cur, &sub, flags, Mode::empty())
+                    .map_err(|e| (shown(&names, Some(&sub)), e))?;
+                names.push(sub);
+                cur = fd;
+                pending.push(visit(&cur, &names)?);
+            }
+            None => {
+                pending.pop();
+                if names.pop().is_none() {
+                    return Ok(());
+                }
+                // Nothing else changes the tree now (the build's processes are gone),
+                // so `..` is the directory we came from.
+                cur = rfs::openat(&cur, "..", flags, Mode::empty())
+                    .map_err(|e| (shown(&names, None), e))?;
+            }
+        }
+    }
+}
+
 /// Opens the directory `name` in `dir` for reading and makes it 0700.
 fn open_dir_forcing(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;

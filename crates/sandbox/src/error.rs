@@ -90,10 +90,18 @@ pub enum Step {
     SettingParentDeathSignal = 37,
     /// Mounting the new root on itself so `pivot_root` accepts it.
     BindingRoot = 38,
+    /// Changing the owner of a sandbox path (the id-range mode).
+    Chown = 39,
+    /// Switching from inner root to the builder's ids.
+    SwitchingToBuilder = 40,
+    /// Writing the nested namespace's id maps from the outer one (`uid-range`).
+    WritingNestedMaps = 41,
+    /// Giving a finished build's files back to the store owner.
+    Reclaiming = 42,
 }
 
 impl Step {
-    const ALL: [Step; 38] = [
+    const ALL: [Step; 42] = [
         Step::ReadingPlan,
         Step::CreatingNamespaces,
         Step::WritingSetgroups,
@@ -132,6 +140,10 @@ impl Step {
         Step::RunningNewIdMap,
         Step::SettingParentDeathSignal,
         Step::BindingRoot,
+        Step::Chown,
+        Step::SwitchingToBuilder,
+        Step::WritingNestedMaps,
+        Step::Reclaiming,
     ];
 
     /// The wire code of this step.
@@ -186,6 +198,10 @@ impl Step {
             Step::RunningNewIdMap => "running newuidmap/newgidmap",
             Step::SettingParentDeathSignal => "setting the parent-death signal",
             Step::BindingRoot => "bind-mounting the new root onto itself",
+            Step::Chown => "changing the owner of",
+            Step::SwitchingToBuilder => "switching to the builder's ids",
+            Step::WritingNestedMaps => "writing the nested namespace's id maps",
+            Step::Reclaiming => "giving the build's files back to the store owner:",
         }
     }
 }
@@ -232,6 +248,17 @@ pub enum PlanError {
     InvalidSandboxPath {
         /// The entry as written.
         entry: OsString,
+    },
+    /// The `uid-range` feature needs a slice of subordinate ids, and there is none.
+    #[error("the uid-range feature needs subordinate ids (/etc/subuid and /etc/subgid ranges for the store owner, and newuidmap/newgidmap)")]
+    UidRangeUnavailable,
+    /// The build's slice of subordinate ids is too small for its layout.
+    #[error("a slice of {count} subordinate ids is too small: this build needs {needed}")]
+    IdSliceTooSmall {
+        /// The slice's size.
+        count: u32,
+        /// What the layout needs.
+        needed: u32,
     },
     /// Two entries want the same place in the sandbox.
     #[error("{} is mounted twice in the sandbox", path.display())]

@@ -19,7 +19,7 @@ use crate::error::Step;
 use crate::plan::{IdMapMethod, IdMaps};
 use crate::setup;
 use crate::sys::{self, Cloned};
-use crate::wire::{self, Report};
+use crate::wire::{self, Report, Request};
 
 /// The helper's entry point: call it from a binary's `main` (the crate's
 /// `unrooted-sandbox helper`, or a hidden verb of the daemon's own binary). Exits 0 after
@@ -57,7 +57,7 @@ fn thread_count() -> Option<u32> {
 }
 
 fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
-    let plan = wire::read_plan(sock).map_err(|e| Report::Failed {
+    let request = wire::read_request(sock).map_err(|e| Report::Failed {
         step: Step::ReadingPlan,
         path: None,
         errno: errno_of(&e),
@@ -70,6 +70,10 @@ fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
             errno: libc::EDEADLK,
         });
     }
+    let plan = match request {
+        Request::Build(plan) => plan,
+        Request::Reclaim { id_maps, paths } => return reclaim(&id_maps, &paths),
+    };
 
     let pipe = |step| {
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| Report::Failed {
@@ -144,6 +148,85 @@ fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
             errno: errno_of(&e),
         })?;
     wait_for(child, Some(sock))
+}
+
+/// Gives a finished build's files back to the store owner: a child in a new user
+/// namespace mapping the owner to inner 0 and the build's whole slice (see
+/// [`IdMaps::reclaim`]) chowns each tree to 0:0. Reports `Exited { code: 0 }`, or the
+/// entry that failed.
+fn reclaim(ids: &IdMaps, paths: &[std::path::PathBuf]) -> Result<Report, Report> {
+    let pipe = || {
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| Report::Failed {
+            step: Step::Reclaiming,
+            path: None,
+            errno: e.raw_os_error(),
+        })
+    };
+    let (go_r, go_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let pid = match sys::clone_into_namespaces(libc::CLONE_NEWUSER) {
+        Ok(Cloned::Child) => {
+            drop(go_w);
+            drop(err_r);
+            let mut byte = [0u8; 1];
+            let outcome = match rustix::io::read(&go_r, &mut byte) {
+                Ok(1) => paths.iter().try_for_each(|p| {
+                    crate::cleanup::chown_tree(p, 0, 0).map_err(|(path, e)| Report::Failed {
+                        step: Step::Reclaiming,
+                        path: Some(path),
+                        errno: e.raw_os_error(),
+                    })
+                }),
+                _ => Err(Report::Failed {
+                    step: Step::WaitingForIdMaps,
+                    path: None,
+                    errno: libc::EPIPE,
+                }),
+            };
+            let code = match outcome {
+                Ok(()) => 0,
+                Err(report) => {
+                    let mut err = std::fs::File::from(err_w);
+                    let _ = err.write_all(&report.encode());
+                    1
+                }
+            };
+            sys::exit_child(code)
+        }
+        Ok(Cloned::Parent(pid)) => pid,
+        Err(e) => {
+            return Err(Report::Failed {
+                step: Step::CreatingNamespaces,
+                path: None,
+                errno: errno_of(&e),
+            })
+        }
+    };
+    drop(go_r);
+    drop(err_w);
+    let child = Pid::from_raw(pid as i32).expect("clone returned a positive pid");
+    if let Err(report) = write_id_maps(pid, ids) {
+        let _ = rustix::process::kill_process(child, Signal::KILL);
+        let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
+        return Err(report);
+    }
+    let _ = rustix::io::write(&go_w, b"g");
+    drop(go_w);
+    let mut err = std::fs::File::from(err_r);
+    let mut buf = Vec::new();
+    let _ = (&mut err).take(8192).read_to_end(&mut buf);
+    let status = wait_for(child, None)?;
+    if !buf.is_empty() {
+        return Err(Report::read(&mut buf.as_slice())
+            .ok()
+            .flatten()
+            .unwrap_or(Report::Failed {
+                step: Step::Reclaiming,
+                path: None,
+                errno: libc::EPROTO,
+            }));
+    }
+    Ok(status)
 }
 
 /// Writes the child's `setgroups`, `uid_map` and `gid_map` from outside its namespace.

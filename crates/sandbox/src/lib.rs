@@ -1,5 +1,8 @@
 //! The rootless build sandbox: a builder runs in new user, mount, PID, IPC, UTS and
-//! network namespaces, as uid 1000 / gid 100 mapped to the daemon's own ids, in a fresh
+//! network namespaces, as uid 1000 / gid 100 mapped either to the daemon's own ids or,
+//! when the store owner has subordinate ids, to ids of a slice of its range that own
+//! nothing of the store (see [`IdMaps`]; [`Sandbox::reclaim`] gives such a build's
+//! files back to the store owner afterwards), in a fresh
 //! root laid out as Nix 2.8's sandbox (`/build`, generated `/etc`, a minimal `/dev`, a
 //! new `/proc`, the store dir holding only the read-only input closure), with its mounts
 //! locked by a nested user namespace, no capabilities, no inherited descriptors and
@@ -25,6 +28,7 @@ mod plan;
 pub mod seccomp;
 mod setup;
 mod spawn;
+pub mod subids;
 mod sys;
 mod userns;
 pub mod wire;
@@ -33,8 +37,9 @@ pub use cleanup::remove_tree;
 pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
 pub use helper::helper_main;
 pub use plan::{
-    etc_passwd, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan,
-    SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS,
+    etc_passwd, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, IdSlice, MountOp, Namespaces,
+    Plan, SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS,
+    UID_RANGE_IDS,
 };
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
 pub use userns::{check_user_namespaces, reason_from_settings, UsernsReason, UsernsUnavailable};

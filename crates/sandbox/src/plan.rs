@@ -81,6 +81,21 @@ pub enum IdMapMethod {
 }
 
 /// The id maps of the sandbox's user namespace and the identity the builder runs as.
+///
+/// Two layouts exist:
+///
+/// * **single id** ([`IdMaps::single`], no subordinate ids): inner 1000 → the store
+///   owner, inner 100 → its group; the builder *is* the store owner outside.
+/// * **id range** ([`IdMaps::ranged`], a slice of the store owner's `/etc/subuid` and
+///   `/etc/subgid` ranges, written by `newuidmap`/`newgidmap`): inner 0 → the store
+///   owner (so the sandbox's `/`, `/etc` and the store directory belong to inner root,
+///   which the builder is not), inner `n` → `slice + n` for `1 ≤ n < count`. The
+///   setup runs as inner root, then drops to the builder's 1000/100 (supplementary
+///   groups cleared) before the nested namespace. Outside, the builder's processes and
+///   files belong to `slice + 1000` / `slice_gid + 100`, ids that own nothing of the
+///   store. For the `uid-range` system feature ([`IdMaps::uid_range`]) inner
+///   0..65535 → the slice and the store owner is inner 65536; the builder runs as root
+///   with 65,536 ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdMaps {
     /// uid map lines.
@@ -93,7 +108,31 @@ pub struct IdMaps {
     pub builder_uid: u32,
     /// The builder's gid inside.
     pub builder_gid: u32,
+    /// The setup does not run as the builder: it switches to `builder_uid` /
+    /// `builder_gid` with no supplementary groups before entering the nested namespace.
+    pub switch_ids: bool,
+    /// The nested namespace maps inner 0..65535 to themselves (the `uid-range`
+    /// feature) instead of the builder's own ids only.
+    pub nested_range: bool,
 }
+
+/// A build's slice of the store owner's subordinate ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdSlice {
+    /// First host uid of the slice.
+    pub uid: u32,
+    /// First host gid of the slice.
+    pub gid: u32,
+    /// How many ids (uids and gids each).
+    pub count: u32,
+    /// Path of `newuidmap`.
+    pub newuidmap: PathBuf,
+    /// Path of `newgidmap`.
+    pub newgidmap: PathBuf,
+}
+
+/// The ids a build gets inside with the `uid-range` feature (Nix's `maxIdsPerBuild`).
+pub const UID_RANGE_IDS: u32 = 65536;
 
 impl IdMaps {
     /// Nix's rootless mapping: inner 1000 → `host_uid`, inner 100 → `host_gid`.
@@ -112,6 +151,107 @@ impl IdMaps {
             method: IdMapMethod::Direct,
             builder_uid: BUILDER_UID,
             builder_gid: BUILDER_GID,
+            switch_ids: false,
+            nested_range: false,
+        }
+    }
+
+    fn new_id_map(slice: &IdSlice) -> IdMapMethod {
+        IdMapMethod::NewIdMap {
+            newuidmap: slice.newuidmap.clone(),
+            newgidmap: slice.newgidmap.clone(),
+        }
+    }
+
+    /// The id-range layout: inner 0 → the store owner, inner `n` → `slice + n` for
+    /// `1 ≤ n < slice.count`; the builder is 1000/100. `None` when the slice is too small
+    /// to hold the builder's ids.
+    pub fn ranged(owner_uid: u32, owner_gid: u32, slice: &IdSlice) -> Option<Self> {
+        if slice.count <= BUILDER_UID.max(BUILDER_GID) {
+            return None;
+        }
+        let map = |owner: u32, first: u32| {
+            vec![
+                IdMapEntry {
+                    inner: 0,
+                    outer: owner,
+                    count: 1,
+                },
+                IdMapEntry {
+                    inner: 1,
+                    outer: first + 1,
+                    count: slice.count - 1,
+                },
+            ]
+        };
+        Some(IdMaps {
+            uid_map: map(owner_uid, slice.uid),
+            gid_map: map(owner_gid, slice.gid),
+            method: Self::new_id_map(slice),
+            builder_uid: BUILDER_UID,
+            builder_gid: BUILDER_GID,
+            switch_ids: true,
+            nested_range: false,
+        })
+    }
+
+    /// The `uid-range` layout: inner 0..65535 → the slice, the store owner → inner
+    /// 65536; the builder is root. `None` when the slice holds fewer than 65,536 ids.
+    pub fn uid_range(owner_uid: u32, owner_gid: u32, slice: &IdSlice) -> Option<Self> {
+        if slice.count < UID_RANGE_IDS {
+            return None;
+        }
+        let map = |owner: u32, first: u32| {
+            vec![
+                IdMapEntry {
+                    inner: 0,
+                    outer: first,
+                    count: UID_RANGE_IDS,
+                },
+                IdMapEntry {
+                    inner: UID_RANGE_IDS,
+                    outer: owner,
+                    count: 1,
+                },
+            ]
+        };
+        Some(IdMaps {
+            uid_map: map(owner_uid, slice.uid),
+            gid_map: map(owner_gid, slice.gid),
+            method: Self::new_id_map(slice),
+            builder_uid: 0,
+            builder_gid: 0,
+            switch_ids: true,
+            nested_range: true,
+        })
+    }
+
+    /// The maps of the namespace that reclaims a finished build's files: inner 0 → the
+    /// store owner and inner `1 + k` → `slice + k` for the whole slice, so every id the
+    /// build could have used is mapped and inner root may chown it back to the owner.
+    pub fn reclaim(owner_uid: u32, owner_gid: u32, slice: &IdSlice) -> Self {
+        let map = |owner: u32, first: u32| {
+            vec![
+                IdMapEntry {
+                    inner: 0,
+                    outer: owner,
+                    count: 1,
+                },
+                IdMapEntry {
+                    inner: 1,
+                    outer: first,
+                    count: slice.count,
+                },
+            ]
+        };
+        IdMaps {
+            uid_map: map(owner_uid, slice.uid),
+            gid_map: map(owner_gid, slice.gid),
+            method: Self::new_id_map(slice),
+            builder_uid: 0,
+            builder_gid: 0,
+            switch_ids: false,
+            nested_range: false,
         }
     }
 
@@ -181,6 +321,16 @@ pub enum MountOp {
     Devpts {
         /// Sandbox path.
         target: PathBuf,
+    },
+    /// Change the owner of an existing entry (not following a symlink), in the
+    /// sandbox's ids: the build directory becomes the builder's in the id-range mode.
+    Chown {
+        /// Sandbox path.
+        path: PathBuf,
+        /// Inner uid.
+        uid: u32,
+        /// Inner gid.
+        gid: u32,
     },
 }
 
@@ -281,6 +431,12 @@ pub struct SandboxSpec {
     pub host_uid: u32,
     /// The daemon's gid, which gid 100 maps to.
     pub host_gid: u32,
+    /// The build's slice of subordinate ids (the id-range mode); `None` maps the
+    /// builder to `host_uid`/`host_gid` (the single-id mode).
+    pub id_slice: Option<IdSlice>,
+    /// The `uid-range` system feature: the builder runs as root with 65,536 ids
+    /// (needs `id_slice`).
+    pub uid_range: bool,
     /// The builder's path inside the sandbox.
     pub builder: PathBuf,
     /// Arguments after argv\[0\] (which is the builder's basename, as in Nix).
@@ -312,6 +468,8 @@ impl SandboxSpec {
             network: false,
             host_uid: rustix::process::getuid().as_raw(),
             host_gid: rustix::process::getgid().as_raw(),
+            id_slice: None,
+            uid_range: false,
             builder,
             args: Vec::new(),
             env: Vec::new(),
@@ -457,6 +615,22 @@ impl Plan {
         check_sandbox_path(&spec.store_dir)?;
         check_sandbox_path(&spec.sandbox_build_dir)?;
         check_sandbox_path(&spec.builder)?;
+        let id_maps = match (&spec.id_slice, spec.uid_range) {
+            (None, false) => IdMaps::single(spec.host_uid, spec.host_gid),
+            (None, true) => return Err(PlanError::UidRangeUnavailable),
+            (Some(slice), false) => IdMaps::ranged(spec.host_uid, spec.host_gid, slice).ok_or(
+                PlanError::IdSliceTooSmall {
+                    count: slice.count,
+                    needed: BUILDER_UID + 1,
+                },
+            )?,
+            (Some(slice), true) => IdMaps::uid_range(spec.host_uid, spec.host_gid, slice).ok_or(
+                PlanError::IdSliceTooSmall {
+                    count: slice.count,
+                    needed: UID_RANGE_IDS,
+                },
+            )?,
+        };
         let mut l = Layout {
             ops: Vec::new(),
             dirs: BTreeSet::new(),
@@ -466,6 +640,14 @@ impl Plan {
         // The build directory first: it is the one writable place besides /tmp and
         // the store dir.
         l.bind(&spec.host_build_dir, &spec.sandbox_build_dir, false, false)?;
+        if id_maps.switch_ids {
+            // The setup runs as inner root; the builder must own its build directory.
+            l.ops.push(MountOp::Chown {
+                path: spec.sandbox_build_dir.clone(),
+                uid: id_maps.builder_uid,
+                gid: id_maps.builder_gid,
+            });
+        }
         l.mkdir(Path::new("/tmp"), 0o1777);
 
         l.mkdir(Path::new("/etc"), 0o555);
@@ -515,6 +697,16 @@ impl Plan {
 
         // The store dir holds only the closure; outputs are created in it (1775, as Nix).
         l.mkdir(&spec.store_dir, 0o1775);
+        if id_maps.switch_ids {
+            // As with Nix's build users: the store dir belongs to root and the
+            // builder's group, so the builder can create its outputs (1775) but not
+            // chmod the directory or remove others' entries.
+            l.ops.push(MountOp::Chown {
+                path: spec.store_dir.clone(),
+                uid: 0,
+                gid: id_maps.builder_gid,
+            });
+        }
         let mut inputs: Vec<&PathBuf> = spec.inputs.iter().collect();
         inputs.sort();
         inputs.dedup();
@@ -550,7 +742,7 @@ impl Plan {
                 ipc: true,
                 uts: true,
             },
-            id_maps: IdMaps::single(spec.host_uid, spec.host_gid),
+            id_maps,
             root: spec.root.clone(),
             root_mode: 0o555,
             mounts: l.ops,
@@ -649,6 +841,9 @@ mod tests {
                     format!("tmpfs {} {options}", target.display())
                 }
                 MountOp::Devpts { target } => format!("devpts {}", target.display()),
+                MountOp::Chown { path, uid, gid } => {
+                    format!("chown {} {uid}:{gid}", path.display())
+                }
             })
             .collect();
         assert_eq!(

@@ -39,7 +39,7 @@ fn at_io<T>(step: Step, path: Option<&Path>, r: io::Result<T>) -> Setup<T> {
 
 /// The child's whole life: wait for the id maps, set up, exec. Never returns.
 pub(crate) fn run_child(plan: &Plan, go: OwnedFd, err: OwnedFd) -> ! {
-    let outcome = prepare_and_exec(plan, go);
+    let outcome = prepare_and_exec(plan, go, &err);
     let report = match outcome {
         Ok(never) => match never {},
         Err(r) => r,
@@ -51,7 +51,7 @@ pub(crate) fn run_child(plan: &Plan, go: OwnedFd, err: OwnedFd) -> ! {
 
 enum Never {}
 
-fn prepare_and_exec(plan: &Plan, go: OwnedFd) -> Setup<Never> {
+fn prepare_and_exec(plan: &Plan, go: OwnedFd, err: &OwnedFd) -> Setup<Never> {
     // If the helper dies, the whole sandbox dies with it (it is our only way out).
     at(
         Step::SettingParentDeathSignal,
@@ -129,6 +129,9 @@ fn prepare_and_exec(plan: &Plan, go: OwnedFd) -> Setup<Never> {
         rustix::process::chdir("/"),
     )?;
 
+    if plan.id_maps.switch_ids {
+        switch_to_builder(&plan.id_maps, err)?;
+    }
     enter_nested_namespace(&plan.id_maps)?;
     // Guix's check, on every build: a locked mount cannot be unmounted even by the
     // namespace's own root (EINVAL). Anything else means the builder could uncover
@@ -218,10 +221,62 @@ fn prepare_and_exec(plan: &Plan, go: OwnedFd) -> Setup<Never> {
     ))
 }
 
+/// In the id-range mode the setup ran as inner root (the store owner); the builder
+/// gets its own ids and no supplementary groups (the store owner's would still grant
+/// access to host files by group). Changing the effective uid clears the parent-death
+/// signal, so it is set again, and the helper's liveness checked once more: a write end
+/// of a pipe whose reader is gone polls as `POLLERR`.
+fn switch_to_builder(ids: &IdMaps, err: &OwnedFd) -> Setup<()> {
+    use rustix::process::{Gid, Uid};
+    at(
+        Step::SwitchingToBuilder,
+        None,
+        rustix::thread::set_thread_groups(&[]),
+    )?;
+    let gid = Gid::from_raw(ids.builder_gid);
+    at(
+        Step::SwitchingToBuilder,
+        None,
+        rustix::thread::set_thread_res_gid(gid, gid, gid),
+    )?;
+    let uid = Uid::from_raw(ids.builder_uid);
+    at(
+        Step::SwitchingToBuilder,
+        None,
+        rustix::thread::set_thread_res_uid(uid, uid, uid),
+    )?;
+    at(
+        Step::SettingParentDeathSignal,
+        None,
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)),
+    )?;
+    let mut fds = [rustix::event::PollFd::new(
+        err,
+        rustix::event::PollFlags::OUT,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if rustix::event::poll(&mut fds, Some(&zero)).is_ok()
+        && fds[0].revents().contains(rustix::event::PollFlags::ERR)
+    {
+        return Err(fail(Step::SettingParentDeathSignal, None, libc::ESRCH));
+    }
+    Ok(())
+}
+
 /// Enters a nested user + mount namespace with identity maps of the builder's ids:
 /// every mount inherited into it is locked (mount_namespaces(7)), so the builder can
 /// neither remount nor unmount them.
+///
+/// A process may map its own ids (one each) in a namespace it just created. The
+/// `uid-range` layout maps 65,536 ids, which needs `CAP_SETUID` in the *outer*
+/// namespace: a forked writer that stays there writes those maps.
 fn enter_nested_namespace(ids: &IdMaps) -> Setup<()> {
+    if ids.nested_range {
+        return enter_nested_namespace_range();
+    }
     at_io(
         Step::EnteringNestedNamespace,
         None,
@@ -243,6 +298,65 @@ fn enter_nested_namespace(ids: &IdMaps) -> Setup<()> {
     write(Step::WritingUidMap, "uid_map", identity(ids.builder_uid))?;
     write(Step::WritingGidMap, "gid_map", identity(ids.builder_gid))?;
     Ok(())
+}
+
+fn enter_nested_namespace_range() -> Setup<()> {
+    let (ready_r, ready_w) = at(
+        Step::WritingNestedMaps,
+        None,
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC),
+    )?;
+    let writer = match at_io(Step::WritingNestedMaps, None, sys::clone_into_namespaces(0))? {
+        sys::Cloned::Child => {
+            drop(ready_w);
+            let mut byte = [0u8; 1];
+            let code = match rustix::io::read(&ready_r, &mut byte) {
+                Ok(1) => {
+                    let text = IdMaps::map_text(&[IdMapEntry {
+                        inner: 0,
+                        outer: 0,
+                        count: crate::plan::UID_RANGE_IDS,
+                    }]);
+                    // The parent is this PID namespace's init.
+                    let ok = std::fs::write("/proc/1/uid_map", &text).is_ok()
+                        && std::fs::write("/proc/1/gid_map", &text).is_ok();
+                    if ok {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                _ => 1,
+            };
+            sys::exit_child(code)
+        }
+        sys::Cloned::Parent(pid) => pid,
+    };
+    drop(ready_r);
+    let writer = rustix::process::Pid::from_raw(writer as i32).ok_or(fail(
+        Step::WritingNestedMaps,
+        None,
+        libc::ECHILD,
+    ))?;
+    let unshared = at_io(
+        Step::EnteringNestedNamespace,
+        None,
+        sys::unshare_user_and_mount(),
+    );
+    if unshared.is_ok() {
+        let _ = rustix::io::write(&ready_w, b"g");
+    }
+    drop(ready_w);
+    let status = at(
+        Step::WritingNestedMaps,
+        None,
+        rustix::process::waitpid(Some(writer), rustix::process::WaitOptions::empty()),
+    )?;
+    unshared?;
+    match status.and_then(|(_, s)| s.exit_status()) {
+        Some(0) => Ok(()),
+        _ => Err(fail(Step::WritingNestedMaps, None, libc::EPERM)),
+    }
 }
 
 /// The host path of a sandbox path under the new root (plan paths are validated as
@@ -328,6 +442,20 @@ fn apply(root: &Path, op: &MountOp) -> Setup<()> {
                     "tmpfs",
                     MountFlags::NOSUID | MountFlags::NODEV,
                     Some(c_string(options.as_bytes())?.as_c_str()),
+                ),
+            )
+        }
+        MountOp::Chown { path, uid, gid } => {
+            let p = host(root, path);
+            at(
+                Step::Chown,
+                Some(&p),
+                rfs::chownat(
+                    rfs::CWD,
+                    &p,
+                    Some(rfs::Uid::from_raw(*uid)),
+                    Some(rfs::Gid::from_raw(*gid)),
+                    rfs::AtFlags::SYMLINK_NOFOLLOW,
                 ),
             )
         }

@@ -100,6 +100,43 @@ impl Sandbox {
         }
     }
 
+    /// Gives a finished build's files back to the store owner: every entry under each of
+    /// `paths` (host paths; symlinks are never followed) is chowned to the owner, in a
+    /// user namespace whose root is the owner and which maps the build's whole slice
+    /// (`ids` from [`crate::IdMaps::reclaim`]). Modes are left as they are. Call it only
+    /// once the build's sandbox has ended (its slice still held), so nothing running as
+    /// the slice's ids can change the trees meanwhile.
+    pub fn reclaim(&self, ids: &crate::IdMaps, paths: &[PathBuf]) -> Result<(), SandboxError> {
+        let helper_io = |source| SandboxError::HelperIo { source };
+        let (mut ours, theirs) = UnixStream::pair().map_err(helper_io)?;
+        let mut helper = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .spawn()
+            .map_err(|source| SandboxError::SpawningHelper {
+                helper: self.program.clone(),
+                source,
+            })?;
+        let report = wire::write_reclaim(&mut ours, ids, paths)
+            .and_then(|()| Report::read(&mut ours))
+            .map_err(helper_io);
+        let _ = helper.wait();
+        match report? {
+            Some(Report::Exited { code: 0 }) => Ok(()),
+            Some(Report::Failed { step, path, errno }) => Err(SandboxError::Setup {
+                step,
+                path,
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            _ => Err(SandboxError::HelperProtocol {
+                what: "the reclaiming helper ended without success",
+            }),
+        }
+    }
+
     /// Plans, spawns and waits: the whole life of a one-off sandboxed command (the
     /// debugging verb). The caller owns `spec.root` and the build directory.
     pub fn run(
@@ -233,11 +270,19 @@ impl SandboxChild {
         }
     }
 
-    /// Kills the builder and everything in its PID namespace. Killing the helper sends
-    /// the sandbox's init its parent-death signal (SIGKILL), and the init's death ends
-    /// the namespace; the helper is our unreaped child, so its pid cannot be reused.
+    /// Kills the builder and everything in its PID namespace. One byte on the socket
+    /// makes the helper SIGKILL the sandbox's init and reap it, and the init's death
+    /// ends the namespace only once every process in it is gone, so when [`Self::wait`]
+    /// returns nothing of the build runs any more (what reclaiming its files needs).
+    /// Should the helper not take the byte, it is killed itself, which sends the init
+    /// its parent-death signal; the helper is our unreaped child, so its pid cannot be
+    /// reused.
     pub fn kill(&mut self) -> Result<(), SandboxError> {
+        use std::io::Write;
         if self.status.is_some() {
+            return Ok(());
+        }
+        if (&self.sock).write_all(b"k").is_ok() {
             return Ok(());
         }
         self.helper

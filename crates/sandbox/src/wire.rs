@@ -15,7 +15,24 @@ use std::path::PathBuf;
 use crate::error::Step;
 use crate::plan::{Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan};
 
-const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-1\n";
+/// What the daemon asks of a helper: run a build, or give a finished build's files
+/// back to the store owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Build in a sandbox made from this plan.
+    Build(Plan),
+    /// In a new user namespace with these maps (see [`IdMaps::reclaim`]), chown every
+    /// entry under each path to inner 0:0, never following symlinks.
+    Reclaim {
+        /// The reclaiming namespace's maps.
+        id_maps: IdMaps,
+        /// Host paths whose trees are reclaimed.
+        paths: Vec<PathBuf>,
+    },
+}
+
+const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-2\n";
+const RECLAIM_MAGIC: &[u8] = b"unrooted-sandbox-reclaim-1\n";
 /// The largest plan frame accepted (a closure of 100 000 paths is far below this).
 pub const MAX_PLAN_BYTES: u64 = 64 << 20;
 const MAX_ITEMS: u32 = 1 << 20;
@@ -127,16 +144,10 @@ fn dec_map(d: &mut Dec) -> DecResult<Vec<IdMapEntry>> {
     Ok(v)
 }
 
-/// Encodes a plan (without the frame length).
-pub fn encode_plan(plan: &Plan) -> Vec<u8> {
-    let mut e = Enc::default();
-    e.0.extend_from_slice(PLAN_MAGIC);
-    e.bool(plan.namespaces.net);
-    e.bool(plan.namespaces.ipc);
-    e.bool(plan.namespaces.uts);
-    enc_map(&mut e, &plan.id_maps.uid_map);
-    enc_map(&mut e, &plan.id_maps.gid_map);
-    match &plan.id_maps.method {
+fn enc_id_maps(e: &mut Enc, ids: &IdMaps) {
+    enc_map(e, &ids.uid_map);
+    enc_map(e, &ids.gid_map);
+    match &ids.method {
         IdMapMethod::Direct => e.u8(0),
         IdMapMethod::NewIdMap {
             newuidmap,
@@ -147,8 +158,70 @@ pub fn encode_plan(plan: &Plan) -> Vec<u8> {
             e.os(newgidmap.as_os_str());
         }
     }
-    e.u32(plan.id_maps.builder_uid);
-    e.u32(plan.id_maps.builder_gid);
+    e.u32(ids.builder_uid);
+    e.u32(ids.builder_gid);
+    e.bool(ids.switch_ids);
+    e.bool(ids.nested_range);
+}
+
+fn dec_id_maps(d: &mut Dec) -> DecResult<IdMaps> {
+    let uid_map = dec_map(d)?;
+    let gid_map = dec_map(d)?;
+    let method = match d.u8()? {
+        0 => IdMapMethod::Direct,
+        1 => IdMapMethod::NewIdMap {
+            newuidmap: d.path()?,
+            newgidmap: d.path()?,
+        },
+        _ => return Err("bad id map method"),
+    };
+    Ok(IdMaps {
+        uid_map,
+        gid_map,
+        method,
+        builder_uid: d.u32()?,
+        builder_gid: d.u32()?,
+        switch_ids: d.bool()?,
+        nested_range: d.bool()?,
+    })
+}
+
+/// Encodes a reclaim request (without the frame length).
+pub fn encode_reclaim(id_maps: &IdMaps, paths: &[PathBuf]) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.0.extend_from_slice(RECLAIM_MAGIC);
+    enc_id_maps(&mut e, id_maps);
+    e.len(paths.len());
+    for p in paths {
+        e.os(p.as_os_str());
+    }
+    e.0
+}
+
+/// Decodes a request: a plan or a reclaim.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, &'static str> {
+    if !bytes.starts_with(RECLAIM_MAGIC) {
+        return decode_plan(bytes).map(Request::Build);
+    }
+    let mut d = Dec(&bytes[RECLAIM_MAGIC.len()..]);
+    let id_maps = dec_id_maps(&mut d)?;
+    let n = d.len()?;
+    let mut paths = Vec::with_capacity(n.min(16));
+    for _ in 0..n {
+        paths.push(d.path()?);
+    }
+    d.end()?;
+    Ok(Request::Reclaim { id_maps, paths })
+}
+
+/// Encodes a plan (without the frame length).
+pub fn encode_plan(plan: &Plan) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.0.extend_from_slice(PLAN_MAGIC);
+    e.bool(plan.namespaces.net);
+    e.bool(plan.namespaces.ipc);
+    e.bool(plan.namespaces.uts);
+    enc_id_maps(&mut e, &plan.id_maps);
     e.os(plan.root.as_os_str());
     e.u32(plan.root_mode);
     e.len(plan.mounts.len());
@@ -199,6 +272,12 @@ pub fn encode_plan(plan: &Plan) -> Vec<u8> {
                 e.u8(7);
                 e.os(target.as_os_str());
             }
+            MountOp::Chown { path, uid, gid } => {
+                e.u8(8);
+                e.os(path.as_os_str());
+                e.u32(*uid);
+                e.u32(*gid);
+            }
         }
     }
     e.os(&plan.hostname);
@@ -228,23 +307,7 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
         ipc: d.bool()?,
         uts: d.bool()?,
     };
-    let uid_map = dec_map(&mut d)?;
-    let gid_map = dec_map(&mut d)?;
-    let method = match d.u8()? {
-        0 => IdMapMethod::Direct,
-        1 => IdMapMethod::NewIdMap {
-            newuidmap: d.path()?,
-            newgidmap: d.path()?,
-        },
-        _ => return Err("bad id map method"),
-    };
-    let id_maps = IdMaps {
-        uid_map,
-        gid_map,
-        method,
-        builder_uid: d.u32()?,
-        builder_gid: d.u32()?,
-    };
+    let id_maps = dec_id_maps(&mut d)?;
     let root = d.path()?;
     let root_mode = d.u32()?;
     let n = d.len()?;
@@ -276,6 +339,11 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
                 options: String::from_utf8(d.bytes()?).map_err(|_| "tmpfs options not UTF-8")?,
             },
             7 => MountOp::Devpts { target: d.path()? },
+            8 => MountOp::Chown {
+                path: d.path()?,
+                uid: d.u32()?,
+                gid: d.u32()?,
+            },
             _ => return Err("bad mount operation"),
         });
     }
@@ -313,14 +381,33 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
 
 /// Writes a plan frame.
 pub fn write_plan(w: &mut impl Write, plan: &Plan) -> io::Result<()> {
-    let body = encode_plan(plan);
+    write_frame(w, &encode_plan(plan))
+}
+
+/// Writes a reclaim frame.
+pub fn write_reclaim(w: &mut impl Write, id_maps: &IdMaps, paths: &[PathBuf]) -> io::Result<()> {
+    write_frame(w, &encode_reclaim(id_maps, paths))
+}
+
+fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
     w.write_all(&(body.len() as u64).to_le_bytes())?;
-    w.write_all(&body)?;
+    w.write_all(body)?;
     w.flush()
 }
 
 /// Reads a plan frame.
 pub fn read_plan(r: &mut impl Read) -> io::Result<Plan> {
+    match read_request(r)? {
+        Request::Build(plan) => Ok(plan),
+        Request::Reclaim { .. } => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "expected a sandbox plan",
+        )),
+    }
+}
+
+/// Reads a request frame (a plan or a reclaim).
+pub fn read_request(r: &mut impl Read) -> io::Result<Request> {
     let mut len = [0u8; 8];
     r.read_exact(&mut len)?;
     let len = u64::from_le_bytes(len);
@@ -332,7 +419,7 @@ pub fn read_plan(r: &mut impl Read) -> io::Result<Plan> {
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body)?;
-    decode_plan(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))
+    decode_request(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))
 }
 
 /// What the helper (or the sandboxed child, before exec) reports.
@@ -489,6 +576,42 @@ mod tests {
         let mut buf = Vec::new();
         write_plan(&mut buf, &p).unwrap();
         assert_eq!(read_plan(&mut buf.as_slice()).unwrap(), p);
+    }
+
+    #[test]
+    fn ranged_plans_and_reclaims_round_trip() {
+        let mut s = SandboxSpec::new(
+            "/r".into(),
+            "/nix/store".into(),
+            "/b".into(),
+            "/nix/store/aaaa-x/bin/sh".into(),
+        );
+        let slice = crate::plan::IdSlice {
+            uid: 100_000,
+            gid: 200_000,
+            count: 65536,
+            newuidmap: "/usr/bin/newuidmap".into(),
+            newgidmap: "/usr/bin/newgidmap".into(),
+        };
+        s.id_slice = Some(slice.clone());
+        let p = Plan::new(&s).unwrap();
+        let mut buf = Vec::new();
+        write_plan(&mut buf, &p).unwrap();
+        assert_eq!(read_plan(&mut buf.as_slice()).unwrap(), p);
+
+        let ids = IdMaps::reclaim(1000, 1000, &slice);
+        let paths = vec![PathBuf::from("/r"), PathBuf::from("/b")];
+        let body = encode_reclaim(&ids, &paths);
+        assert_eq!(
+            decode_request(&body),
+            Ok(Request::Reclaim {
+                id_maps: ids,
+                paths
+            })
+        );
+        for n in RECLAIM_MAGIC.len()..body.len() {
+            assert!(decode_request(&body[..n]).is_err(), "{n}");
+        }
     }
 
     #[test]

@@ -73,6 +73,13 @@ impl DaemonState {
             TrustedKeys::new()
         });
         store_config.require_sigs = config.settings.require_sigs;
+        // Nix's `fsync-metadata` (default true) trades robustness against a system
+        // crash for speed; here it covers the files of added paths as well as the
+        // database, since a valid path whose files were lost is the worse failure.
+        if config.raw.get("fsync-metadata") == Some("false") {
+            store_config.fsync_paths = false;
+            store_config.db.fsync_metadata = false;
+        }
         let store = LocalStore::open(store_config).map_err(|source| DaemonError::Store {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),

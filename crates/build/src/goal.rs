@@ -31,6 +31,7 @@ use unrooted_store::{LocalStore, ValidPathInfo};
 use crate::buildenv;
 use crate::env::{builder_env, EnvParams};
 use crate::error::{error_chain, BuildError};
+use crate::idpool::{IdLease, IdMode, IdPool};
 use crate::keep;
 use crate::log::{log_path, BuildLog, TAIL_LINES};
 use crate::run::{self, Ended, Limits, Runner};
@@ -63,6 +64,8 @@ pub struct BuilderConfig {
     pub extra_platforms: Vec<String>,
     /// The build directory inside the sandbox (`sandbox-build-dir`, `/build`).
     pub sandbox_build_dir: PathBuf,
+    /// Which ids sandboxed builders run as (see [`IdMode`]).
+    pub ids: IdMode,
 }
 
 impl BuilderConfig {
@@ -80,6 +83,7 @@ impl BuilderConfig {
             system: default_system(),
             extra_platforms: Vec::new(),
             sandbox_build_dir: PathBuf::from("/build"),
+            ids: IdMode::default(),
         }
     }
 
@@ -365,6 +369,37 @@ fn build_inner(
         ));
     }
 
+    // The `uid-range` feature: root inside with 65,536 ids, from a whole slice.
+    let uid_range = required_features(drv).iter().any(|f| f == "uid-range");
+    let pool = match &cx.cfg.ids {
+        IdMode::Ranges(pool) if cx.cfg.sandbox => Some(pool),
+        _ => None,
+    };
+    if uid_range && !pool.is_some_and(|p| p.ids_per_build() >= unrooted_sandbox::UID_RANGE_IDS) {
+        return Err(fail(
+            Status::MiscFailure,
+            format!(
+                "a '{}' with features {{uid-range}} is required to build '{shown}', but I am a '{}' without it (it needs subordinate ids and slices of 65536 ids)",
+                String::from_utf8_lossy(&drv.system),
+                cx.cfg.system
+            ),
+        ));
+    }
+    // The build's slice is held until its files are the store owner's again.
+    let lease = match pool {
+        Some(pool) => match pool.acquire(cx.cancelled)? {
+            Some(lease) => Some((pool, lease)),
+            None => {
+                return Err(fail(
+                    Status::Cancelled,
+                    format!("building of '{shown}' was cancelled while waiting for free build ids"),
+                ))
+            }
+        },
+        None => None,
+    };
+    let ids = lease.as_ref().map(|(p, l)| (*p, l, uid_range));
+
     let host_build_dir = cx.dirs.new_dir(drv_path)?;
     let result = run_builder(
         cx,
@@ -374,7 +409,25 @@ fn build_inner(
         &closure,
         fixed,
         &host_build_dir,
+        ids,
     );
+    if let Some((pool, lease)) = &lease {
+        // A sandbox that failed during its setup may have handed the build directory
+        // to the builder's ids already.
+        let owner = pool.owner().0;
+        if fs::symlink_metadata(&host_build_dir).is_ok_and(|m| m.uid() != owner) {
+            if let Err(e) = cx.cfg.helper.reclaim(
+                &pool.reclaim_maps(lease.slice()),
+                std::slice::from_ref(&host_build_dir),
+            ) {
+                tracing::warn!(
+                    "reclaiming {}: {}",
+                    host_build_dir.display(),
+                    error_chain(&e)
+                );
+            }
+        }
+    }
     let failed = result.is_err();
     if failed && cx.opts.keep_failed {
         match keep::keep_build_dir(&host_build_dir, &cx.cfg.tmp_dir, cx.opts.client_uid) {
@@ -390,7 +443,39 @@ fn build_inner(
     result
 }
 
+/// The derivation's `requiredSystemFeatures`.
+fn required_features(drv: &Derivation) -> Vec<String> {
+    if let Some(attrs) = drv.structured_attrs_json() {
+        if let Some(list) = attrs
+            .ok()
+            .as_ref()
+            .and_then(|a| a.get("requiredSystemFeatures"))
+            .and_then(|v| v.as_array())
+        {
+            return list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+        }
+        return Vec::new();
+    }
+    drv.env
+        .get(b"requiredSystemFeatures".as_slice())
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A build's slice of ids: the pool, the held slice, and whether the builder gets the
+/// whole of it as root (`uid-range`).
+type Ids<'a> = Option<(&'a IdPool, &'a IdLease, bool)>;
+
 /// Runs the builder in `host_build_dir` and registers the outputs.
+#[allow(clippy::too_many_arguments)]
 fn run_builder(
     cx: &GoalCx<'_>,
     drv_path: &StorePath,
@@ -399,6 +484,7 @@ fn run_builder(
     closure: &BTreeSet<StorePath>,
     fixed: bool,
     host_build_dir: &Path,
+    ids: Ids<'_>,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let dir = store.store_dir();
@@ -498,6 +584,11 @@ fn run_builder(
             spec.network = fixed;
             spec.args = benv.args.clone();
             spec.env = benv.env.clone();
+            if let Some((pool, lease, uid_range)) = ids {
+                (spec.host_uid, spec.host_gid) = pool.owner();
+                spec.id_slice = Some(lease.slice().clone());
+                spec.uid_range = uid_range;
+            }
             let plan = Plan::new(&spec).map_err(|e| BuildError::Sandbox(e.into()))?;
             let child = cx
                 .cfg
@@ -541,6 +632,19 @@ fn run_builder(
     );
     log.finish(&mut on_line);
     drop(runner);
+    // The sandbox is gone (its PID namespace with it), so nothing runs as the slice's
+    // ids: hand everything the build left (outputs, stray entries, the build
+    // directory, however it set their modes) back to the store owner, whose files the
+    // output handling and the removal below then deal with as in the single-id mode.
+    if let (Some((pool, lease, _)), Some(root)) = (ids, &root) {
+        cx.cfg
+            .helper
+            .reclaim(
+                &pool.reclaim_maps(lease.slice()),
+                &[root.0.clone(), host_build_dir.to_path_buf()],
+            )
+            .map_err(BuildError::from)?;
+    }
     let ended = ended?;
 
     let tail = || {

@@ -68,6 +68,13 @@ pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::Bu
         if let Err(e) = unrooted_sandbox::check_user_namespaces() {
             tracing::warn!("builds will fail until this is fixed: {e}");
         }
+        cfg.ids = unrooted_build::IdMode::detect(
+            &config.id_settings(),
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+            &config.locations.state_dir,
+            &cfg.helper,
+        );
     } else {
         tracing::warn!("sandbox = false: builders run unsandboxed as the store owner");
     }

@@ -264,6 +264,17 @@ pub struct Settings {
     pub gc_without_roots_helper: bool,
     /// `build-users-group` (members may not connect; unrooted has no build users).
     pub build_users_group: String,
+    /// `auto-allocate-uids` (default true here, unlike Nix): give each build its own
+    /// slice of the store owner's subordinate ids when the host has them.
+    pub auto_allocate_uids: bool,
+    /// `start-id`: the first id of the pool of build ids (default: the start of the
+    /// store owner's subordinate ranges).
+    pub start_id: Option<u32>,
+    /// `id-count`: the most ids in the pool (default: the rest of the range).
+    pub id_count: Option<u32>,
+    /// `unrooted-ids-per-build`: ids in one build's slice (default 65536, Nix's
+    /// `maxIdsPerBuild`; the `uid-range` feature needs 65536).
+    pub ids_per_build: u32,
     /// Settings set but not known to the daemon, reported once at start-up.
     pub unknown: Vec<String>,
 }
@@ -317,9 +328,6 @@ const CLIENT_SIDE: &[&str] = &[
     "preallocate-contents",
     "tarball-ttl",
     "substitute",
-    "auto-allocate-uids",
-    "start-id",
-    "id-count",
 ];
 
 fn words(v: Option<&str>, default: &str) -> Vec<String> {
@@ -351,6 +359,21 @@ fn integer(raw: &RawSettings, name: &str, default: u64) -> Result<u64, ConfigErr
             expected: "an integer (optionally with a K, M, G or T suffix)",
         }),
     }
+}
+
+/// An optional id or id count (a 32-bit integer).
+fn id_setting(raw: &RawSettings, name: &str) -> Result<Option<u32>, ConfigError> {
+    raw.get(name)
+        .map(|v| {
+            parse_size(v)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| ConfigError::Value {
+                    name: name.into(),
+                    value: v.into(),
+                    expected: "an integer below 2^32",
+                })
+        })
+        .transpose()
 }
 
 /// Parses an integer with Nix's optional binary suffixes (`K`, `M`, `G`, `T`).
@@ -406,6 +429,10 @@ impl Settings {
             "roots-helper-runtime-only",
             "unrooted-gc-without-roots-helper",
             "build-users-group",
+            "auto-allocate-uids",
+            "start-id",
+            "id-count",
+            "unrooted-ids-per-build",
         ];
         let unknown = raw
             .names()
@@ -439,6 +466,11 @@ impl Settings {
             roots_helper_runtime_only: boolean(raw, "roots-helper-runtime-only", false)?,
             gc_without_roots_helper: boolean(raw, "unrooted-gc-without-roots-helper", false)?,
             build_users_group: raw.get("build-users-group").unwrap_or("").to_owned(),
+            auto_allocate_uids: boolean(raw, "auto-allocate-uids", true)?,
+            start_id: id_setting(raw, "start-id")?,
+            id_count: id_setting(raw, "id-count")?,
+            ids_per_build: id_setting(raw, "unrooted-ids-per-build")?
+                .unwrap_or(unrooted_sandbox::UID_RANGE_IDS),
             unknown,
         })
     }
@@ -506,6 +538,17 @@ impl Config {
         Ok(c)
     }
 
+    /// The settings that choose which ids builders run as.
+    pub fn id_settings(&self) -> unrooted_build::IdSettings {
+        let s = &self.settings;
+        unrooted_build::IdSettings {
+            auto_allocate_uids: s.auto_allocate_uids,
+            start_id: s.start_id,
+            id_count: s.id_count,
+            ids_per_build: s.ids_per_build,
+        }
+    }
+
     /// Loads the configuration as Nix does: `$NIX_CONF_DIR/nix.conf`, then `NIX_CONFIG`.
     pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let locations = Locations::from_env(&env)?;
@@ -548,6 +591,28 @@ mod tests {
         assert!(s.max_jobs >= 1);
         assert_eq!(s.allowed_users, ["*"]);
         assert!(s.require_sigs && s.keep_derivations && !s.keep_outputs);
+    }
+
+    #[test]
+    fn id_allocation_settings_keep_nix_names() {
+        let mut raw = RawSettings::default();
+        let s = Settings::from_raw(&raw).unwrap();
+        assert!(s.auto_allocate_uids);
+        assert_eq!((s.start_id, s.id_count, s.ids_per_build), (None, None, 65536));
+        raw.apply_text(
+            "auto-allocate-uids = false\nstart-id = 872415232\nid-count = 8M\nunrooted-ids-per-build = 4096\n",
+            Path::new("t"),
+            Path::new("/"),
+        )
+        .unwrap();
+        let s = Settings::from_raw(&raw).unwrap();
+        assert!(!s.auto_allocate_uids && s.unknown.is_empty());
+        assert_eq!(
+            (s.start_id, s.id_count, s.ids_per_build),
+            (Some(872415232), Some(8 << 20), 4096)
+        );
+        raw.set("start-id", "5000000000");
+        assert!(Settings::from_raw(&raw).is_err());
     }
 
     #[test]

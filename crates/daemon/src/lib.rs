@@ -88,6 +88,14 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     // Everything the start-up log says comes before the socket appears, so whoever
     // waits for the socket (systemd, tests) finds the whole log.
     tracing::info!("{}", gc_ops::describe_mode(&state.gc_config.roots_helper));
+    let build_cfg = state.scheduler.config();
+    if build_cfg.sandbox {
+        // Said once: the single-id mode is the weaker one.
+        match &build_cfg.ids {
+            ids @ unrooted_build::IdMode::Ranges(_) => tracing::info!("{}", ids.describe()),
+            ids @ unrooted_build::IdMode::Single { .. } => tracing::warn!("{}", ids.describe()),
+        }
+    }
     let s = &state.config.settings;
     if s.min_free > 0 {
         tracing::info!(

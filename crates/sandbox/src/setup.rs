@@ -224,7 +224,7 @@ fn prepare_and_exec(plan: &Plan, go: OwnedFd, err: &OwnedFd) -> Setup<Never> {
 /// In the id-range mode the setup ran as inner root (the store owner); the builder
 /// gets its own ids and no supplementary groups (the store owner's would still grant
 /// access to host files by group). Changing the effective uid clears the parent-death
-/// signal, so it is set again, and the helper's liveness checked once more: a write end
+/// signal and the dumpable flag, so both are set again, and the helper's liveness checked once more: a write end
 /// of a pipe whose reader is gone polls as `POLLERR`.
 fn switch_to_builder(ids: &IdMaps, err: &OwnedFd) -> Setup<()> {
     use rustix::process::{Gid, Uid};
@@ -249,6 +249,13 @@ fn switch_to_builder(ids: &IdMaps, err: &OwnedFd) -> Setup<()> {
         Step::SettingParentDeathSignal,
         None,
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)),
+    )?;
+    // The uid change also cleared the dumpable flag, which makes `/proc/self/*` root's:
+    // the nested namespace's maps could not be written. The exec resets it anyway.
+    at(
+        Step::SwitchingToBuilder,
+        None,
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable),
     )?;
     let mut fds = [rustix::event::PollFd::new(
         err,

@@ -94,6 +94,69 @@ pub fn test_user(name: &str) -> Option<(u32, u32)> {
     None
 }
 
+/// How many subordinate ids [`ensure_subids`] gives a user: eight slices of 65,536,
+/// so concurrent builds each get their own.
+pub const TEST_SUBID_COUNT: u32 = 8 * 65536;
+
+/// The first range of `user` in a `subuid(5)` text.
+fn subid_range(text: &str, user: &str) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let mut f = l.trim().split(':');
+        (f.next()? == user).then_some(())?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+/// Gives `user` a range of [`TEST_SUBID_COUNT`] ids in `/etc/subuid` and
+/// `/etc/subgid` (the same start in both), after every range already there so it
+/// overlaps nobody's; idempotent, and only as root. Returns the user's first range
+/// in `/etc/subuid`, if any.
+pub fn ensure_subids(user: &str) -> Option<(u32, u32)> {
+    // Test threads and test binaries run at once: one writer at a time (the lock is
+    // per open file, so it excludes threads of this process too).
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("unrooted-test-subids.lock"))
+        .ok();
+    if let Some(l) = &lock {
+        let _ = rustix::fs::flock(l, rustix::fs::FlockOperation::LockExclusive);
+    }
+    let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
+    let (subuid, subgid) = (read("/etc/subuid"), read("/etc/subgid"));
+    if let (Some(u), Some(_)) = (subid_range(&subuid, user), subid_range(&subgid, user)) {
+        return Some(u);
+    }
+    if !is_root() {
+        return subid_range(&subuid, user);
+    }
+    let end = |text: &str| {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.trim().split(':').skip(1);
+                let start: u64 = f.next()?.parse().ok()?;
+                let count: u64 = f.next()?.parse().ok()?;
+                Some(start + count)
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let start = end(&subuid).max(end(&subgid)).max(100_000);
+    let start = u32::try_from(start).ok()?;
+    for (file, text) in [("/etc/subuid", &subuid), ("/etc/subgid", &subgid)] {
+        if subid_range(text, user).is_none() {
+            let mut new = text.clone();
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            new.push_str(&format!("{user}:{start}:{TEST_SUBID_COUNT}\n"));
+            fs::write(file, new).ok()?;
+        }
+    }
+    subid_range(&read("/etc/subuid"), user)
+}
+
 /// Whether this process is root (the only case in which users can be switched).
 pub fn is_root() -> bool {
     Command::new("id")
@@ -144,6 +207,8 @@ impl TestDaemon {
         let (daemon_uid, daemon_gid) = test_user(DAEMON_USER).expect("daemon test user");
         let (client_uid, client_gid) = test_user(CLIENT_USER).expect("client test user");
         let (other_uid, other_gid) = test_user(OTHER_USER).expect("third test user");
+        // Builds run in the id-range mode, the default wherever the host allows it.
+        ensure_subids(DAEMON_USER);
         let root = tempfile::Builder::new()
             .prefix("unrooted-daemon-")
             .tempdir()

@@ -1,0 +1,366 @@
+//! Which ids builders run as, and the per-build slices of the store owner's subordinate
+//! ids.
+//!
+//! **Id-range mode** (the default whenever the host allows it): the store owner has
+//! ranges in `/etc/subuid` and `/etc/subgid` and `newuidmap`/`newgidmap` are
+//! installed. The pool is those ranges (narrowed by Nix's `start-id` and `id-count`),
+//! cut into slices of `unrooted-ids-per-build` ids (65,536 by default, Nix's
+//! `maxIdsPerBuild`); slice `i` is uids `uid_start + i·n …` and gids
+//! `gid_start + i·n …`. A build holds its slice through an exclusive `flock` on
+//! `<state>/userpool2/<first uid of the slice>` (Nix keeps its build-user locks in
+//! `userpool`/`userpool2` too), taken before the sandbox starts and released only once
+//! the build's files are the store owner's again ([`unrooted_sandbox::Sandbox::reclaim`]).
+//! The lock is per open file description, so two builds of one daemon exclude each
+//! other as two daemons sharing a state directory do, and a daemon that dies releases
+//! its slices with its descriptors. Inside, the builder is uid 1000 / gid 100 and the
+//! store owner is root (see [`unrooted_sandbox::IdMaps`]).
+//!
+//! **Single-id mode** (`auto-allocate-uids = false`, or no ranges, or no mappers): the
+//! builder's 1000/100 map to the store owner, as in Nix's rootless mode; only the
+//! mount restrictions stand between a builder and the store, and the daemon warns so
+//! once at start.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{flock, FlockOperation};
+use unrooted_sandbox::subids::{host_subids, SubIdRange};
+use unrooted_sandbox::{IdMaps, IdSlice, Sandbox, UID_RANGE_IDS};
+
+use crate::error::BuildError;
+
+/// The builder needs inner ids up to 1000 (its uid), so smaller slices are refused.
+pub const MIN_IDS_PER_BUILD: u32 = 1001;
+
+/// How often a build waiting for a free slice looks again.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// The settings that choose the id mode, as Nix names them where Nix has a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdSettings {
+    /// `auto-allocate-uids` (default true here): use per-build slices of the
+    /// subordinate ids when the host has them.
+    pub auto_allocate_uids: bool,
+    /// `start-id`: the first id of the pool (default: the start of the store owner's
+    /// first subordinate range); must lie in a range of both files.
+    pub start_id: Option<u32>,
+    /// `id-count`: how many ids the pool holds at most (default: to the end of the
+    /// range `start-id` lies in).
+    pub id_count: Option<u32>,
+    /// `unrooted-ids-per-build`: the size of one build's slice (default 65,536; at
+    /// least 1,001; the `uid-range` feature needs 65,536).
+    pub ids_per_build: u32,
+}
+
+impl Default for IdSettings {
+    fn default() -> Self {
+        Self {
+            auto_allocate_uids: true,
+            start_id: None,
+            id_count: None,
+            ids_per_build: UID_RANGE_IDS,
+        }
+    }
+}
+
+/// Which ids builders run as, decided once at start.
+#[derive(Debug, Clone)]
+pub enum IdMode {
+    /// The builder's ids map to the store owner.
+    Single {
+        /// Why (for the start-up warning and `unrooted doctor`).
+        why: String,
+    },
+    /// Each build gets a slice of the pool.
+    Ranges(IdPool),
+}
+
+impl Default for IdMode {
+    fn default() -> Self {
+        IdMode::Single {
+            why: "no id pool configured".into(),
+        }
+    }
+}
+
+/// The store owner's subordinate ids cut into per-build slices.
+#[derive(Debug, Clone)]
+pub struct IdPool {
+    dir: PathBuf,
+    owner_uid: u32,
+    owner_gid: u32,
+    user: String,
+    uid_start: u32,
+    gid_start: u32,
+    slices: u32,
+    per_build: u32,
+    newuidmap: PathBuf,
+    newgidmap: PathBuf,
+}
+
+/// A held slice: released (its lock file unlocked) when dropped.
+#[derive(Debug)]
+pub struct IdLease {
+    _lock: fs::File,
+    slice: IdSlice,
+}
+
+impl IdLease {
+    /// The slice.
+    pub fn slice(&self) -> &IdSlice {
+        &self.slice
+    }
+}
+
+/// `[start, start + count)` of the pool within `ranges`, or why there is none.
+fn pool_in(
+    ranges: &[SubIdRange],
+    start_id: Option<u32>,
+    id_count: Option<u32>,
+) -> Option<(u32, u32)> {
+    let (start, end) = match start_id {
+        Some(s) => {
+            let r = ranges
+                .iter()
+                .find(|r| s >= r.start && u64::from(s) < u64::from(r.start) + u64::from(r.count))?;
+            (s, u64::from(r.start) + u64::from(r.count))
+        }
+        None => {
+            let r = ranges.first()?;
+            (r.start, u64::from(r.start) + u64::from(r.count))
+        }
+    };
+    let count = (end - u64::from(start)).min(u64::from(id_count.unwrap_or(u32::MAX)));
+    Some((start, u32::try_from(count).unwrap_or(u32::MAX)))
+}
+
+impl IdMode {
+    /// Decides the mode for the store owner `owner_uid`/`owner_gid` from the settings and
+    /// the host, keeping lock files in `<state_dir>/userpool2`. With ranges, `helper`
+    /// maps a namespace with the first slice once (an empty reclaim), so a host where
+    /// `newuidmap` cannot work (not setuid, `NoNewPrivileges`) falls back now, with the
+    /// reason, rather than failing every build.
+    pub fn detect(
+        settings: &IdSettings,
+        owner_uid: u32,
+        owner_gid: u32,
+        state_dir: &Path,
+        helper: &Sandbox,
+    ) -> IdMode {
+        let single = |why: String| IdMode::Single { why };
+        if !settings.auto_allocate_uids {
+            return single("auto-allocate-uids = false".into());
+        }
+        if settings.ids_per_build < MIN_IDS_PER_BUILD {
+            return single(format!(
+                "unrooted-ids-per-build = {} is below {MIN_IDS_PER_BUILD}",
+                settings.ids_per_build
+            ));
+        }
+        let host = match host_subids(Path::new("/"), owner_uid) {
+            Ok(h) => h,
+            Err(e) => return single(e.to_string()),
+        };
+        let shown = |r: &[SubIdRange]| {
+            r.iter()
+                .map(|r| format!("{}+{}", r.start, r.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some((uid_start, uid_count)) = pool_in(&host.uids, settings.start_id, settings.id_count)
+        else {
+            return single(format!(
+                "start-id {} is not in {}'s /etc/subuid ranges ({})",
+                settings.start_id.unwrap_or(0),
+                host.user,
+                shown(&host.uids)
+            ));
+        };
+        let Some((gid_start, gid_count)) = pool_in(&host.gids, settings.start_id, settings.id_count)
+        else {
+            return single(format!(
+                "start-id {} is not in {}'s /etc/subgid ranges ({})",
+                settings.start_id.unwrap_or(0),
+                host.user,
+                shown(&host.gids)
+            ));
+        };
+        let slices = uid_count.min(gid_count) / settings.ids_per_build;
+        if slices == 0 {
+            return single(format!(
+                "{}'s subordinate ids ({} uids from {uid_start}, {} gids from {gid_start}) hold no slice of unrooted-ids-per-build = {} ids",
+                host.user, uid_count, gid_count, settings.ids_per_build
+            ));
+        }
+        let dir = state_dir.join("userpool2");
+        if let Err(e) = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            return single(format!("cannot create {}: {e}", dir.display()));
+        }
+        let pool = IdPool {
+            dir,
+            owner_uid,
+            owner_gid,
+            user: host.user,
+            uid_start,
+            gid_start,
+            slices,
+            per_build: settings.ids_per_build,
+            newuidmap: host.newuidmap,
+            newgidmap: host.newgidmap,
+        };
+        let probe = IdMaps::reclaim(owner_uid, owner_gid, &pool.slice(0));
+        if let Err(e) = helper.reclaim(&probe, &[]) {
+            return single(format!(
+                "{} has subordinate ids but mapping them failed: {}",
+                pool.user,
+                crate::error_chain(&e)
+            ));
+        }
+        IdMode::Ranges(pool)
+    }
+
+    /// One line for the start-up log and `unrooted doctor`: the mode and why.
+    pub fn describe(&self) -> String {
+        match self {
+            IdMode::Single { why } => format!(
+                "builds run in the single-id mode: the builder's uid 1000 is the store owner outside its sandbox, and concurrent builds share it ({why})"
+            ),
+            IdMode::Ranges(p) => format!(
+                "builds run in the id-range mode: each build gets its own {} uids and gids ({} slices of {}'s subordinate ids: uids {}..{}, gids {}..{}; locks in {}), the builder is uid 1000 / gid 100 inside and the store owner is root",
+                p.per_build,
+                p.slices,
+                p.user,
+                p.uid_start,
+                u64::from(p.uid_start) + u64::from(p.slices) * u64::from(p.per_build) - 1,
+                p.gid_start,
+                u64::from(p.gid_start) + u64::from(p.slices) * u64::from(p.per_build) - 1,
+                p.dir.display()
+            ),
+        }
+    }
+}
+
+impl IdPool {
+    /// The store owner's uid and gid.
+    pub fn owner(&self) -> (u32, u32) {
+        (self.owner_uid, self.owner_gid)
+    }
+
+    /// The size of one slice.
+    pub fn ids_per_build(&self) -> u32 {
+        self.per_build
+    }
+
+    fn slice(&self, i: u32) -> IdSlice {
+        IdSlice {
+            uid: self.uid_start + i * self.per_build,
+            gid: self.gid_start + i * self.per_build,
+            count: self.per_build,
+            newuidmap: self.newuidmap.clone(),
+            newgidmap: self.newgidmap.clone(),
+        }
+    }
+
+    /// Takes a free slice, or `None` when all are held.
+    pub fn try_acquire(&self) -> Result<Option<IdLease>, BuildError> {
+        for i in 0..self.slices {
+            let slice = self.slice(i);
+            let path = self.dir.join(slice.uid.to_string());
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+                .map_err(BuildError::io("opening the id slice lock", &path))?;
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    return Ok(Some(IdLease {
+                        _lock: file,
+                        slice,
+                    }))
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => continue,
+                Err(e) => {
+                    return Err(BuildError::io("locking the id slice", &path)(e.into()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes a free slice, waiting while all are held; `None` when `cancelled` says
+    /// nobody wants the build any more.
+    pub fn acquire(&self, cancelled: &dyn Fn() -> bool) -> Result<Option<IdLease>, BuildError> {
+        loop {
+            if let Some(lease) = self.try_acquire()? {
+                return Ok(Some(lease));
+            }
+            if cancelled() {
+                return Ok(None);
+            }
+            std::thread::sleep(RETRY);
+        }
+    }
+
+    /// The maps of the namespace that gives `slice`'s files back to the store owner.
+    pub fn reclaim_maps(&self, slice: &IdSlice) -> IdMaps {
+        IdMaps::reclaim(self.owner_uid, self.owner_gid, slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u32, count: u32) -> SubIdRange {
+        SubIdRange { start, count }
+    }
+
+    #[test]
+    fn pool_follows_start_id_and_id_count() {
+        let ranges = [r(100_000, 65536), r(500_000, 524_288)];
+        assert_eq!(pool_in(&ranges, None, None), Some((100_000, 65536)));
+        assert_eq!(pool_in(&ranges, Some(600_000), None), Some((600_000, 424_288)));
+        assert_eq!(
+            pool_in(&ranges, Some(500_000), Some(131_072)),
+            Some((500_000, 131_072))
+        );
+        assert_eq!(pool_in(&ranges, Some(99_999), None), None);
+        assert_eq!(pool_in(&[], None, None), None);
+    }
+
+    #[test]
+    fn slices_are_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = IdPool {
+            dir: dir.path().to_path_buf(),
+            owner_uid: 1,
+            owner_gid: 1,
+            user: "u".into(),
+            uid_start: 100_000,
+            gid_start: 200_000,
+            slices: 2,
+            per_build: 65536,
+            newuidmap: "/usr/bin/newuidmap".into(),
+            newgidmap: "/usr/bin/newgidmap".into(),
+        };
+        let a = pool.try_acquire().unwrap().unwrap();
+        let b = pool.try_acquire().unwrap().unwrap();
+        assert_eq!(a.slice().uid, 100_000);
+        assert_eq!(b.slice().uid, 165_536);
+        assert_eq!(b.slice().gid, 265_536);
+        assert!(pool.try_acquire().unwrap().is_none());
+        assert!(pool.acquire(&|| true).unwrap().is_none());
+        drop(a);
+        assert_eq!(pool.try_acquire().unwrap().unwrap().slice().uid, 100_000);
+    }
+}

@@ -181,7 +181,16 @@ impl<'a> Collector<'a> {
             RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
             RootsHelper::None => (None, false),
         };
-        if let Some(socket) = socket {
+        // The answer ends at EOF, so a helper killed mid-scan (or between two
+        // items) looks like one with fewer roots, and a collection would delete what
+        // only it could see. Before deleting, the helper is therefore asked twice
+        // and the union is used: a helper that died during the first answer refuses
+        // (or resets) the second connection, which fails the collection; a helper
+        // restarted in between (or a fresh socket-activated instance) answers in
+        // full. Roots added between the two asks only make the union larger.
+        let asks = if strict { 2 } else { 1 };
+        for _ in 0..asks {
+            let Some(socket) = socket else { break };
             match ask_helper(socket, store_dir) {
                 Ok(HelperAnswer::Roots(paths)) => {
                     for p in paths {

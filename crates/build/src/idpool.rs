@@ -169,7 +169,8 @@ impl IdMode {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let Some((uid_start, uid_count)) = pool_in(&host.uids, settings.start_id, settings.id_count)
+        let Some((uid_start, uid_count)) =
+            pool_in(&host.uids, settings.start_id, settings.id_count)
         else {
             return single(format!(
                 "start-id {} is not in {}'s /etc/subuid ranges ({})",
@@ -178,7 +179,8 @@ impl IdMode {
                 shown(&host.uids)
             ));
         };
-        let Some((gid_start, gid_count)) = pool_in(&host.gids, settings.start_id, settings.id_count)
+        let Some((gid_start, gid_count)) =
+            pool_in(&host.gids, settings.start_id, settings.id_count)
         else {
             return single(format!(
                 "start-id {} is not in {}'s /etc/subgid ranges ({})",
@@ -282,12 +284,7 @@ impl IdPool {
                 .open(&path)
                 .map_err(BuildError::io("opening the id slice lock", &path))?;
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => {
-                    return Ok(Some(IdLease {
-                        _lock: file,
-                        slice,
-                    }))
-                }
+                Ok(()) => return Ok(Some(IdLease { _lock: file, slice })),
                 Err(rustix::io::Errno::WOULDBLOCK) => continue,
                 Err(e) => {
                     return Err(BuildError::io("locking the id slice", &path)(e.into()));
@@ -329,7 +326,10 @@ mod tests {
     fn pool_follows_start_id_and_id_count() {
         let ranges = [r(100_000, 65536), r(500_000, 524_288)];
         assert_eq!(pool_in(&ranges, None, None), Some((100_000, 65536)));
-        assert_eq!(pool_in(&ranges, Some(600_000), None), Some((600_000, 424_288)));
+        assert_eq!(
+            pool_in(&ranges, Some(600_000), None),
+            Some((600_000, 424_288))
+        );
         assert_eq!(
             pool_in(&ranges, Some(500_000), Some(131_072)),
             Some((500_000, 131_072))

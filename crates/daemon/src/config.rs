@@ -598,7 +598,10 @@ mod tests {
         let mut raw = RawSettings::default();
         let s = Settings::from_raw(&raw).unwrap();
         assert!(s.auto_allocate_uids);
-        assert_eq!((s.start_id, s.id_count, s.ids_per_build), (None, None, 65536));
+        assert_eq!(
+            (s.start_id, s.id_count, s.ids_per_build),
+            (None, None, 65536)
+        );
         raw.apply_text(
             "auto-allocate-uids = false\nstart-id = 872415232\nid-count = 8M\nunrooted-ids-per-build = 4096\n",
             Path::new("t"),

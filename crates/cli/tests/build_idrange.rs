@@ -1,0 +1,398 @@
+//! Issue 8: builders never run as the store owner. The Nix 2.8 client, as an
+//! unprivileged user, against `unrooted daemon` as its own user whose subordinate ids
+//! (given by [`ensure_subids`]) cut into per-build slices of 65,536: the builder is
+//! 1000/100 inside and a slice id outside, concurrent builds get different slices,
+//! what a build leaves becomes the store owner's (outputs with canonical modes, build
+//! directories removed even when made unreadable), a killed build returns its slice
+//! and leaves nothing owned by its ids, the `uid-range` feature gets 65,536 ids as
+//! root, and without subordinate ids the daemon warns once and uses the single-id
+//! mode. Under `CI=true` (where `scripts/setup.sh` installs `uidmap`) nothing skips.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use unrooted_testkit::daemon::{
+    can_run_daemon_tests, ensure_subids, TestDaemon, DAEMON_USER, TEST_SUBID_COUNT,
+};
+use unrooted_testkit::in_ci;
+
+const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 4\n";
+
+const EXPR: &str = r#"
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+in {
+  ids = mk "ids" "echo $(id -u) $(id -g) > $out; touch /build/marker; sleep 3";
+  conc1 = mk "conc1" "touch /build/marker; sleep 3; echo 1 > $out";
+  conc2 = mk "conc2" "touch /build/marker; sleep 3; echo 2 > $out";
+  odd = mk "odd" "mkdir -p $out/d/e; echo x > $out/d/f; chmod 600 $out/d/f; chmod 700 $out/d; chmod 750 $out/d/e; echo y > $out/g; chmod 640 $out/g; chmod 0755 $out; mkdir -p junk/deep; echo z > junk/deep/f; chmod 000 junk/deep junk";
+  root = mk "root" "if chmod 0777 / 2>/dev/null; then echo chmod-ok; else echo chmod-denied; fi > $out; if echo x >> /etc/passwd 2>/dev/null; then echo passwd-ok; else echo passwd-denied; fi >> $out; ls -lnd / >> $out";
+  slow = mk "slow" "mkdir -p d/e; echo x > d/e/f; chmod 000 d/e d; echo started; sleep 60; echo > $out";
+  range = derivation {
+    name = "range"; system = builtins.currentSystem; builder = "/bin/sh";
+    requiredSystemFeatures = [ "uid-range" ];
+    args = [ "-c" "cat /proc/self/uid_map > $out; cat /proc/self/gid_map >> $out; echo id $(id -u) $(id -g) >> $out; touch /build/f; chown 4242:4242 /build/f && echo chown-ok >> $out" ];
+  };
+}
+"#;
+
+/// A started daemon on a private store, or `None` when this host cannot run the
+/// tests (and CI is not set).
+fn prepared(conf: &str) -> Option<(TestDaemon, (u32, u32))> {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
+        return None;
+    }
+    for (what, ok) in [
+        ("/bin/busybox", Path::new("/bin/busybox").exists()),
+        (
+            "newuidmap (apt-get install uidmap)",
+            Path::new("/usr/bin/newuidmap").exists(),
+        ),
+    ] {
+        if !ok {
+            assert!(!in_ci(), "{what} is missing, but CI=true");
+            eprintln!("skipping: {what} is missing");
+            return None;
+        }
+    }
+    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
+        assert!(
+            !in_ci(),
+            "{e}, but CI=true: sandboxed builds must be tested"
+        );
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    let range = ensure_subids(DAEMON_USER).expect("subordinate ids for the daemon user");
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), conf);
+    fs::write(d.inputs().join("build.nix"), EXPR).unwrap();
+    d.start();
+    Some((d, range))
+}
+
+fn expr(d: &TestDaemon) -> String {
+    d.inputs().join("build.nix").to_str().unwrap().to_owned()
+}
+
+fn build(d: &TestDaemon, attr: &str) -> String {
+    d.client_ok("nix-build", &[&expr(d), "-A", attr, "--no-out-link"])
+        .trim()
+        .to_owned()
+}
+
+fn spawn_build(d: &TestDaemon, attrs: &[&str]) -> Child {
+    let e = expr(d);
+    let mut args = vec![e.as_str(), "--no-out-link"];
+    for a in attrs {
+        args.extend(["-A", a]);
+    }
+    d.client("nix-build")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `Uid:`/`Gid:` (real ids) of a process, from `/proc/<pid>/status`.
+fn proc_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// The outside ids of the daemon's descendants that are not the store owner's (the
+/// sandboxed builders), waiting until `n` distinct uids run or 20 s pass.
+fn builder_ids(d: &TestDaemon, owner: u32, n: usize) -> BTreeSet<(u32, u32)> {
+    let t0 = Instant::now();
+    loop {
+        let ids: BTreeSet<(u32, u32)> = TestDaemon::descendants(d.pid())
+            .into_iter()
+            .filter_map(proc_ids)
+            .filter(|(u, _)| *u != owner)
+            .collect();
+        let uids: BTreeSet<u32> = ids.iter().map(|(u, _)| *u).collect();
+        if uids.len() >= n || t0.elapsed() > Duration::from_secs(20) {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn in_range(id: u32, (start, count): (u32, u32)) -> bool {
+    id >= start && id - start < count
+}
+
+/// Every entry under `dir` owned by an id of the subordinate range.
+fn owned_by_range(dir: &Path, range: (u32, u32), found: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if in_range(m.uid(), range) || in_range(m.gid(), range) {
+            found.push(format!("{} {}:{}", e.path().display(), m.uid(), m.gid()));
+        }
+        if m.is_dir() {
+            owned_by_range(&e.path(), range, found);
+        }
+    }
+}
+
+/// What the daemon's builds left anywhere (its store, state, and build directories
+/// in /tmp) that belongs to the subordinate range.
+fn leftovers(d: &TestDaemon, range: (u32, u32)) -> Vec<String> {
+    let mut found = Vec::new();
+    owned_by_range(d.root(), range, &mut found);
+    let prefix = format!("unrooted-builds-{}-", d.pid());
+    for e in fs::read_dir("/tmp").unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            owned_by_range(&e.path(), range, &mut found);
+        }
+    }
+    found
+}
+
+/// Whether every slice lock in `<state>/userpool2` is free.
+fn all_slices_free(d: &TestDaemon) -> bool {
+    let dir = d.state_dir().join("userpool2");
+    // util-linux's flock(1): exit 0 when the exclusive lock is free.
+    fs::read_dir(&dir).unwrap().flatten().all(|e| {
+        std::process::Command::new("flock")
+            .args(["-n", "-x"])
+            .arg(e.path())
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    })
+}
+
+#[test]
+fn builder_is_1000_100_inside_and_a_slice_id_outside() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    assert!(
+        d.log().contains("id-range mode"),
+        "the daemon says it uses slices: {}",
+        d.log()
+    );
+    let owner = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = spawn_build(&d, &["ids"]);
+    let ids = builder_ids(&d, owner, 1);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(fs::read_to_string(path.trim()).unwrap(), "1000 100\n");
+    eprintln!("outside ids of the builder: {ids:?} (store owner {owner})");
+    assert!(!ids.is_empty(), "a sandboxed builder was seen");
+    for (uid, gid) in ids {
+        assert_ne!(uid, owner);
+        assert!(in_range(uid, range), "uid {uid} in {range:?}");
+        assert_eq!((uid - range.0) % 65536, 1000, "uid {uid} is inner 1000");
+        assert_eq!((gid - range.0) % 65536, 100, "gid {gid} is inner 100");
+    }
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+    assert!(all_slices_free(&d));
+}
+
+#[test]
+fn two_concurrent_builds_run_under_different_outside_uids() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let owner = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = spawn_build(&d, &["conc1", "conc2"]);
+    let ids = builder_ids(&d, owner, 2);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uids: BTreeSet<u32> = ids.iter().map(|(u, _)| *u).collect();
+    eprintln!("outside uids of two concurrent builders: {uids:?} (store owner {owner})");
+    assert_eq!(uids.len(), 2, "two different slices: {ids:?}");
+    assert!(uids.iter().all(|u| *u != owner && in_range(*u, range)));
+    assert!(all_slices_free(&d));
+}
+
+#[test]
+fn outputs_become_the_owners_with_canonical_modes_and_build_dirs_go() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let owner = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let out = build(&d, "odd");
+    let mut entries = vec![Path::new(&out).to_path_buf()];
+    let mut i = 0;
+    while i < entries.len() {
+        let p = entries[i].clone();
+        let m = p.symlink_metadata().unwrap();
+        assert_eq!(m.uid(), owner, "{} is the store owner's", p.display());
+        let mode = m.mode() & 0o7777;
+        if m.is_dir() {
+            assert_eq!(mode, 0o555, "{}", p.display());
+            entries.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o444, "{}", p.display());
+        }
+        i += 1;
+    }
+    assert_eq!(entries.len(), 5, "{entries:?}");
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+}
+
+#[test]
+fn the_builder_cannot_chmod_the_root_or_write_etc() {
+    let Some((d, _)) = prepared(CONF) else {
+        return;
+    };
+    let out = fs::read_to_string(build(&d, "root")).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("chmod-denied"), "{out}");
+    assert_eq!(lines.next(), Some("passwd-denied"), "{out}");
+    // `/` belongs to the store owner (inner root of the outer namespace), which the
+    // builder's nested namespace does not map: it sees `nobody`, never itself.
+    let ls: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!((ls[2], ls[3]), ("65534", "65534"), "{out}");
+}
+
+#[test]
+fn a_killed_build_returns_its_slice_and_leaves_nothing_of_its_ids() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let e = expr(&d);
+    let t0 = Instant::now();
+    let err = d.client_err(
+        "nix-build",
+        &[
+            &e,
+            "-A",
+            "slow",
+            "--no-out-link",
+            "--option",
+            "timeout",
+            "2",
+        ],
+    );
+    assert!(err.contains("timed out"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+    assert!(all_slices_free(&d), "the slice was returned");
+}
+
+#[test]
+fn uid_range_builds_are_root_with_65536_ids() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let out = fs::read_to_string(build(&d, "range")).unwrap();
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0", "0", "65536"], "{out}");
+    assert_eq!(lines[1], ["0", "0", "65536"], "{out}");
+    assert_eq!(lines[2], ["id", "0", "0"], "{out}");
+    assert_eq!(lines[3], ["chown-ok"], "{out}");
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+    assert!(TEST_SUBID_COUNT >= 65536);
+}
+
+#[test]
+fn without_subordinate_ids_the_single_id_mode_warns_once() {
+    for (conf, why) in [
+        ("auto-allocate-uids = false\n", "auto-allocate-uids = false"),
+        // A pool outside the owner's ranges is as good as none.
+        ("start-id = 1\n", "start-id 1 is not in"),
+    ] {
+        let Some((d, _)) = prepared(&format!("{CONF}{conf}")) else {
+            return;
+        };
+        let log = d.log();
+        assert_eq!(log.matches("single-id mode").count(), 1, "{log}");
+        assert!(log.contains(why), "{log}");
+        assert!(log.contains("WARN"), "{log}");
+        let owner: u32 = d
+            .proc_status("Uid")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let child = spawn_build(&d, &["ids"]);
+        let ids = TestDaemon::descendants(d.pid())
+            .into_iter()
+            .filter_map(proc_ids)
+            .collect::<Vec<_>>();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(fs::read_to_string(path.trim()).unwrap(), "1000 100\n");
+        assert!(ids.iter().all(|(u, _)| *u == owner), "{ids:?}");
+        let err = d.client_err("nix-build", &[&expr(&d), "-A", "range", "--no-out-link"]);
+        assert!(err.contains("uid-range"), "{err}");
+        assert_eq!(d.log().matches("single-id mode").count(), 1);
+    }
+}

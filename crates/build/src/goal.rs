@@ -375,7 +375,7 @@ fn build_inner(
         IdMode::Ranges(pool) if cx.cfg.sandbox => Some(pool),
         _ => None,
     };
-    if uid_range && !pool.is_some_and(|p| p.ids_per_build() >= unrooted_sandbox::UID_RANGE_IDS) {
+    if uid_range && pool.is_none_or(|p| p.ids_per_build() < unrooted_sandbox::UID_RANGE_IDS) {
         return Err(fail(
             Status::MiscFailure,
             format!(

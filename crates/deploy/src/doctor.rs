@@ -142,6 +142,7 @@ pub fn run(opts: &DoctorOptions) -> Vec<Finding> {
         }
     };
     subids(host, l, &owner_name, owner.as_ref(), &mut out);
+    build_ids(host, l, &owner_name, owner.as_ref(), &mut out);
     if let Some(a) = &owner {
         ownership(host, l, a, &mut out);
     }
@@ -285,6 +286,102 @@ fn subids(
             Some("unrooted install (adds a free range)"),
         ),
     });
+}
+
+/// Which ids builders will run as, and why: the id-range mode (a slice of the store
+/// owner's subordinate ids per build) or the single-id mode, from `nix.conf`
+/// (`sandbox`, `auto-allocate-uids`, `start-id`, `id-count`, `unrooted-ids-per-build`)
+/// and the subordinate-ids finding just made. The daemon's start-up log says the same
+/// after also trying `newuidmap` once.
+fn build_ids(
+    host: &Host,
+    l: &Layout,
+    owner: &str,
+    account: Option<&accounts::Account>,
+    out: &mut Vec<Finding>,
+) {
+    let mut raw = unrooted_daemon::config::RawSettings::default();
+    let settings = raw
+        .apply_file(&host.path(&l.conf_dir.join("nix.conf")))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            unrooted_daemon::config::Settings::from_raw(&raw).map_err(|e| e.to_string())
+        });
+    let s = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(finding("build ids", Verdict::Fail, e, None));
+            return;
+        }
+    };
+    let subids_ok = out
+        .iter()
+        .rev()
+        .find(|f| f.check == "subordinate ids")
+        .is_some_and(|f| f.verdict == Verdict::Ok);
+    let single = |why: String| {
+        finding(
+            "build ids",
+            Verdict::Warn,
+            format!("single-id mode: builders are the store owner outside their sandbox, and concurrent builds share it ({why})"),
+            Some("give the store owner /etc/subuid and /etc/subgid ranges and install uidmap (unrooted install does both), keep auto-allocate-uids = true"),
+        )
+    };
+    if s.sandbox == unrooted_daemon::config::SandboxMode::Disabled {
+        out.push(finding(
+            "build ids",
+            Verdict::Warn,
+            "sandbox = false: builders run unsandboxed as the store owner".into(),
+            None,
+        ));
+        return;
+    }
+    if !s.auto_allocate_uids {
+        out.push(single("auto-allocate-uids = false".into()));
+        return;
+    }
+    if !subids_ok {
+        out.push(single("see the subordinate ids check".into()));
+        return;
+    }
+    let uid = account.map(|a| a.uid);
+    let range = |file: &str| {
+        accounts::read_db(&host.path(Path::new(file)))
+            .ok()
+            .flatten()
+            .and_then(|t| accounts::subid_range_of(&t, owner, uid))
+    };
+    let (Some(u), Some(g)) = (range("/etc/subuid"), range("/etc/subgid")) else {
+        out.push(single("no subordinate ranges".into()));
+        return;
+    };
+    // The pool as the daemon computes it: from `start-id` (default: the range's start)
+    // to the range's end, at most `id-count` ids.
+    let pool = |r: accounts::SubidRange| -> Option<u64> {
+        let start = s.start_id.map_or(r.start, u64::from);
+        let end = r.start + r.count;
+        (start >= r.start && start < end)
+            .then(|| (end - start).min(s.id_count.map_or(u64::MAX, u64::from)))
+    };
+    let per = u64::from(s.ids_per_build);
+    match (pool(u), pool(g)) {
+        (Some(pu), Some(pg)) if per > 1000 && pu.min(pg) / per > 0 => out.push(finding(
+            "build ids",
+            Verdict::Ok,
+            format!(
+                "id-range mode: each build gets its own {per} uids and gids ({} at once from {owner}'s subordinate ids); the builder is 1000/100 inside, ids that own nothing of the store outside",
+                pu.min(pg) / per
+            ),
+            None,
+        )),
+        (None, _) | (_, None) => out.push(single(format!(
+            "start-id {} is outside {owner}'s subordinate ranges",
+            s.start_id.unwrap_or(0)
+        ))),
+        _ => out.push(single(format!(
+            "the pool holds no slice of unrooted-ids-per-build = {per} ids"
+        ))),
+    }
 }
 
 fn ownership(host: &Host, l: &Layout, owner: &accounts::Account, out: &mut Vec<Finding>) {

@@ -13,7 +13,7 @@
 //!
 //! Measured and printed: operations per kind, errors (zero apart from the intended
 //! build failures, asserted), the daemon's VmRSS at start and end (growth asserted
-//! under 64 MiB), its fds at start and end (back to the baseline once the clients
+//! under 96 MiB), its fds at start and end (back to the baseline once the clients
 //! leave), and IsValidPath latency percentiles under that load.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,8 +51,9 @@ const ADD_THREADS: usize = 10;
 const NIXQ_THREADS: usize = 4;
 const BUILD_THREADS: usize = 4;
 const GC_THREADS: usize = 2;
-/// Bound on VmRSS growth over the run.
-const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
+/// Bound on VmRSS growth over the default run (measured: +45 MiB after 15 s,
+/// +55 MiB after 30 s; see docs/reliability.md).
+const RSS_GROWTH_BOUND_KIB: u64 = 96 * 1024;
 
 fn seconds() -> u64 {
     std::env::var("UNROOTED_SOAK_SECONDS")
@@ -142,11 +143,18 @@ fn sixty_four_clients_of_two_users() {
         .trim()
         .to_owned();
     let mut known: Vec<String> = d
-        .client_ok("nix-store", &["-q", "--requisites", "--include-outputs", &rooted])
+        .client_ok(
+            "nix-store",
+            &["-q", "--requisites", "--include-outputs", &rooted],
+        )
         .lines()
         .map(str::to_owned)
         .collect();
-    known.push(d.client_ok("nix-store", &["-q", "--deriver", &rooted]).trim().to_owned());
+    known.push(
+        d.client_ok("nix-store", &["-q", "--deriver", &rooted])
+            .trim()
+            .to_owned(),
+    );
     let known: Vec<StorePath> = known.iter().map(|p| dir.parse_path(p).unwrap()).collect();
     let missing = dir
         .parse_path(&format!(
@@ -251,7 +259,10 @@ fn sixty_four_clients_of_two_users() {
                 } else {
                     error(
                         &stats,
-                        format!("nix-store -q {flag}: {}", String::from_utf8_lossy(&out.stderr)),
+                        format!(
+                            "nix-store -q {flag}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        ),
                     );
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -276,7 +287,15 @@ fn sixty_four_clients_of_two_users() {
                     d.other("nix-build")
                 };
                 let out = cmd
-                    .args([expr.as_str(), "-A", attr, "--argstr", "salt", &salt, "--no-out-link"])
+                    .args([
+                        expr.as_str(),
+                        "-A",
+                        attr,
+                        "--argstr",
+                        "salt",
+                        &salt,
+                        "--no-out-link",
+                    ])
                     .args(extra)
                     .output()
                     .unwrap();
@@ -379,8 +398,18 @@ fn sixty_four_clients_of_two_users() {
         s.errors.len(),
         &s.errors[..s.errors.len().min(5)]
     );
-    for kind in ["IsValidPath", "QueryPathInfo", "AddToStore", "nix-store -q", "build ok", "GC"] {
-        assert!(s.ops.get(kind).copied().unwrap_or(0) > 0, "no {kind} completed");
+    for kind in [
+        "IsValidPath",
+        "QueryPathInfo",
+        "AddToStore",
+        "nix-store -q",
+        "build ok",
+        "GC",
+    ] {
+        assert!(
+            s.ops.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} completed"
+        );
     }
     assert!(
         s.intended_failures.len() == 2,
@@ -398,8 +427,5 @@ fn sixty_four_clients_of_two_users() {
     assert!(!d.proc_status("State").starts_with('Z'), "the daemon died");
     d.assert_store_clean();
     assert!(fs::read_link(&result).is_ok());
-    assert!(d
-        .valid_paths_local()
-        .binary_search(&rooted)
-        .is_ok());
+    assert!(d.valid_paths_local().binary_search(&rooted).is_ok());
 }

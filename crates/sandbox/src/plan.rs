@@ -803,6 +803,63 @@ mod tests {
         assert_eq!(plan.root_mode, 0o555);
     }
 
+    fn slice() -> IdSlice {
+        IdSlice {
+            uid: 100_000,
+            gid: 300_000,
+            count: 65536,
+            newuidmap: "/usr/bin/newuidmap".into(),
+            newgidmap: "/usr/bin/newgidmap".into(),
+        }
+    }
+
+    #[test]
+    fn id_range_maps_owner_to_root_and_hands_the_build_dir_to_the_builder() {
+        let mut s = spec();
+        s.id_slice = Some(slice());
+        let plan = Plan::new(&s).unwrap();
+        let ids = &plan.id_maps;
+        assert_eq!(IdMaps::map_text(&ids.uid_map), "0 1234 1\n1 100001 65535\n");
+        assert_eq!(IdMaps::map_text(&ids.gid_map), "0 567 1\n1 300001 65535\n");
+        assert!(ids.switch_ids && !ids.nested_range);
+        assert_eq!((ids.builder_uid, ids.builder_gid), (1000, 100));
+        assert!(matches!(ids.method, IdMapMethod::NewIdMap { .. }));
+        assert_eq!(
+            plan.mounts[1],
+            MountOp::Chown {
+                path: "/build".into(),
+                uid: 1000,
+                gid: 100
+            }
+        );
+        assert!(plan.mounts.contains(&MountOp::Chown {
+            path: "/nix/store".into(),
+            uid: 0,
+            gid: 100
+        }));
+
+        s.uid_range = true;
+        let ids = Plan::new(&s).unwrap().id_maps;
+        assert_eq!(
+            IdMaps::map_text(&ids.uid_map),
+            "0 100000 65536\n65536 1234 1\n"
+        );
+        assert_eq!((ids.builder_uid, ids.nested_range), (0, true));
+
+        let r = IdMaps::reclaim(1234, 567, &slice());
+        assert_eq!(IdMaps::map_text(&r.uid_map), "0 1234 1\n1 100000 65536\n");
+
+        let mut small = slice();
+        small.count = 1000;
+        s.id_slice = Some(small);
+        assert!(matches!(
+            Plan::new(&s),
+            Err(PlanError::IdSliceTooSmall { .. })
+        ));
+        s.id_slice = None;
+        assert!(matches!(Plan::new(&s), Err(PlanError::UidRangeUnavailable)));
+    }
+
     #[test]
     fn exec_uses_basename_as_argv0_and_build_dir_as_cwd() {
         let plan = Plan::new(&spec()).unwrap();

@@ -56,26 +56,28 @@ const GOAL_QUERIES: f64 = 3.0;
 const GOAL_IMPORT: f64 = 1.5;
 const GOAL_MEMORY: f64 = 0.5;
 
-type Conn = Client<BufReader<UnixStream>, BufWriter<UnixStream>>;
+pub(crate) type Conn = Client<BufReader<UnixStream>, BufWriter<UnixStream>>;
 
 /// A daemon on its own private store under the benchmark's temporary root.
-struct Daemon {
-    label: &'static str,
-    root: PathBuf,
-    store_dir: StoreDir,
+pub(crate) struct Daemon {
+    pub(crate) label: &'static str,
+    pub(crate) root: PathBuf,
+    pub(crate) store_dir: StoreDir,
     child: Option<Child>,
 }
 
 impl Daemon {
     /// Prepares `root` (store, state, log and conf directories owned by `owner`, a
     /// `nix.conf` with `extra_conf`), starts `program` there as `owner` (through
-    /// `setpriv` when that is another user) and waits for its socket.
-    fn start(
+    /// `setpriv` when that is another user) with `extra_env` added to the environment
+    /// the clients get too, and waits for its socket.
+    pub(crate) fn start(
         label: &'static str,
         root: PathBuf,
         program: &[&Path],
         owner: Option<(u32, u32)>,
         extra_conf: &str,
+        extra_env: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         for dir in ["", "store", "state", "log", "conf", "client-home"] {
             let p = root.join(dir);
@@ -118,6 +120,9 @@ impl Daemon {
             }
         };
         d.env(&mut cmd);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
         cmd.env("HOME", d.root.join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -143,15 +148,15 @@ impl Daemon {
         Ok(d)
     }
 
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.root.join("state/daemon-socket/socket")
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
     }
 
@@ -170,7 +175,7 @@ impl Daemon {
     }
 
     /// A real Nix client (run as the benchmark's user) talking to this daemon.
-    fn nix_client(&self, program: &str) -> Command {
+    pub(crate) fn nix_client(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         self.env(&mut cmd);
         cmd.env("HOME", self.root.join("client-home"))
@@ -179,7 +184,7 @@ impl Daemon {
     }
 
     /// A new connection after the handshake and SetOptions, as `nix-store` opens one.
-    fn connect(&self) -> anyhow::Result<Conn> {
+    pub(crate) fn connect(&self) -> anyhow::Result<Conn> {
         let s = UnixStream::connect(self.socket())
             .with_context(|| format!("connecting to {}", self.label))?;
         let r = BufReader::new(s.try_clone()?);
@@ -192,7 +197,7 @@ impl Daemon {
 
     /// Kills the daemon and its connection processes (nix-daemon forks one per
     /// connection), children first so none is re-parented and left behind.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             for pid in mem::descendants(child.id()) {
                 kill(pid);
@@ -219,9 +224,9 @@ fn kill(pid: u32) {
 }
 
 /// Both daemons, stopped before their temporary root is removed.
-struct Daemons {
-    list: Vec<Daemon>,
-    tmp: tempfile::TempDir,
+pub(crate) struct Daemons {
+    pub(crate) list: Vec<Daemon>,
+    pub(crate) tmp: tempfile::TempDir,
 }
 
 impl Drop for Daemons {
@@ -236,6 +241,52 @@ impl Drop for Daemons {
             .arg(self.tmp.path())
             .status();
     }
+}
+
+impl Daemons {
+    /// No daemon yet, under a new temporary root (mode 0755, so every user reaches the
+    /// stores, as `/nix/store`) named after `prefix`.
+    pub(crate) fn new(prefix: &str) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
+        Ok(Self {
+            list: Vec::new(),
+            tmp,
+        })
+    }
+
+    /// Prints the last lines of each daemon's log to stderr (after a failure).
+    pub(crate) fn print_log_tails(&self) {
+        for d in &self.list {
+            eprintln!("--- {} log (tail) ---", d.label);
+            let log = d.log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// The uid and gid unrooted runs as: the unprivileged [`DAEMON_USER`] (created if
+/// missing) when the benchmark runs as root, else the benchmark's own user (`None`).
+pub(crate) fn daemon_owner() -> anyhow::Result<Option<(u32, u32)>> {
+    if rustix::process::geteuid().is_root() {
+        Ok(Some(test_user(DAEMON_USER).with_context(|| {
+            format!("creating the user {DAEMON_USER}")
+        })?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The version line of `nix-daemon`.
+pub(crate) fn nix_version(nix_daemon: &Path) -> String {
+    Command::new(nix_daemon)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Renames a tree for one run and back afterwards (also on error), so each run adds a
@@ -291,6 +342,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         &[&opts.unrooted, Path::new("daemon")],
         owner,
         "",
+        &[],
     )?;
     daemons.list.push(unrooted);
     let nix = Daemon::start(
@@ -299,6 +351,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         &[&opts.nix_daemon],
         None,
         "build-users-group =\n",
+        &[],
     )?;
     daemons.list.push(nix);
 
@@ -379,7 +432,7 @@ fn is_error_line(l: &str) -> bool {
 }
 
 /// One row: a figure per daemon (higher is better) and the unrooted / nix-daemon ratio.
-fn row(label: &str, unit: &str, u: f64, n: f64, goal: Option<f64>) {
+pub(crate) fn row(label: &str, unit: &str, u: f64, n: f64, goal: Option<f64>) {
     let ratio = u / n;
     let goal = match goal {
         Some(g) => format!(">= {g}x  {}", if ratio >= g { "met" } else { "NOT MET" }),
@@ -388,7 +441,7 @@ fn row(label: &str, unit: &str, u: f64, n: f64, goal: Option<f64>) {
     println!("{label:<38} {unit:<8} {u:>11.0} {n:>11.0} {ratio:>8.2}x  {goal}");
 }
 
-fn header() {
+pub(crate) fn header() {
     println!(
         "{:<38} {:<8} {:>11} {:>11} {:>9}  goal",
         "workload", "unit", "unrooted", "nix-daemon", "unr/nix"
@@ -572,7 +625,7 @@ const QUERY_TRIALS: usize = 3;
 
 /// The order in which `n` daemons take their turn in round `round`: alternating, so
 /// none is always first.
-fn turns(n: usize, round: usize) -> Vec<usize> {
+pub(crate) fn turns(n: usize, round: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if round % 2 == 1 {
         order.reverse();

@@ -5,14 +5,24 @@
 //! - `nar` ([`nar`]): NAR serialisation + SHA-256 of a generated tree, against
 //!   `nix-hash`, `nix-store --dump | sha256sum` and `sha256sum`;
 //! - `daemon` ([`daemon`]): `unrooted daemon` (unprivileged) against `nix-daemon` 2.8
-//!   (as root): query round trips, `nix-store --add`, small adds, peak memory.
+//!   (as root): query round trips, `nix-store --add`, small adds, peak memory;
+//! - `build` ([`build`]): sandboxed builds through `nix-build` against both daemons
+//!   (nix-daemon with `sandbox = true` and build users), and the sandbox set-up alone
+//!   against the bare `unshare -Urmpfn true` floor;
+//! - `gc` ([`gc`]): `nix-store --gc` of dead paths with live ones present, and
+//!   `--print-roots` (unrooted through its roots helper) against nix-daemon's scan;
+//! - `subst` ([`subst`]): substituting a closure from a loopback binary cache into each
+//!   daemon's empty store, and `unrooted serve`'s narinfo latency and NAR throughput.
 //!
 //! Commands are run once to warm the page cache, then `--runs` times; the median wall
 //! time is reported.
 
+mod build;
 mod daemon;
+mod gc;
 mod mem;
 mod nar;
+mod subst;
 mod util;
 
 use std::fs;
@@ -55,6 +65,28 @@ struct Args {
     /// Concurrent connections in the concurrent query measurements.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Independent trivial derivations built by one `nix-build` in the build workload.
+    #[arg(long, default_value_t = 200)]
+    builds: usize,
+    /// Iterations of each sandbox set-up loop in the build workload.
+    #[arg(long, default_value_t = 50)]
+    sandbox_loops: usize,
+    /// Dead paths the GC workload collects (as many live ones are rooted beside them).
+    #[arg(long, default_value_t = 10_000)]
+    gc_paths: usize,
+    /// Paths in the closure the substitution workload substitutes.
+    #[arg(long, default_value_t = 2000)]
+    subst_paths: usize,
+    /// Total size of that closure, in MiB.
+    #[arg(long, default_value_t = 200)]
+    subst_size_mib: u64,
+    /// Size of the NAR `unrooted serve` sends in its throughput measurement, in MiB.
+    #[arg(long, default_value_t = 256)]
+    serve_nar_mib: u64,
+    /// `max-jobs` of both daemons in the substitution workload (Nix 2.8 bounds its
+    /// substitutions by it).
+    #[arg(long, default_value_t = 2)]
+    subst_max_jobs: usize,
 }
 
 /// A workload to run alone.
@@ -64,6 +96,25 @@ enum Workload {
     Nar,
     /// The daemons: queries, imports, small adds, memory.
     Daemon,
+    /// Sandboxed builds and the sandbox set-up.
+    Build,
+    /// Garbage collection and root discovery.
+    Gc,
+    /// Substitution from a binary cache, and `unrooted serve`.
+    Subst,
+}
+
+/// Prints the machine's load, which every figure above depends on.
+fn uptime(when: &str) {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average (1, 5, 15 min) at the {when}: {}; {} CPUs",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", "),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,17 +128,23 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     fs::create_dir_all(&args.dir)?;
     let selected = |w: Workload| args.only.is_none() || args.only == Some(w);
+    uptime("start");
+    let mut first = true;
+    let mut gap = || {
+        if !std::mem::take(&mut first) {
+            println!();
+        }
+    };
     if selected(Workload::Nar) {
+        gap();
         nar::run(&unrooted, &args.dir, args.size_mib, args.runs)?;
     }
     if selected(Workload::Daemon) {
-        if selected(Workload::Nar) {
-            println!();
-        }
+        gap();
         daemon::run(&daemon::Options {
-            unrooted,
-            nix_daemon: args.nix_daemon,
-            dir: args.dir,
+            unrooted: unrooted.clone(),
+            nix_daemon: args.nix_daemon.clone(),
+            dir: args.dir.clone(),
             add_size_mib: args.add_size_mib,
             runs: args.runs,
             small_paths: args.small_paths,
@@ -95,5 +152,38 @@ fn main() -> anyhow::Result<()> {
             connections: args.connections,
         })?;
     }
+    if selected(Workload::Build) {
+        gap();
+        build::run(&build::Options {
+            unrooted: unrooted.clone(),
+            nix_daemon: args.nix_daemon.clone(),
+            runs: args.runs,
+            many: args.builds,
+            sandbox_loops: args.sandbox_loops.max(1),
+        })?;
+    }
+    if selected(Workload::Gc) {
+        gap();
+        gc::run(&gc::Options {
+            unrooted: unrooted.clone(),
+            nix_daemon: args.nix_daemon.clone(),
+            runs: args.runs,
+            paths: args.gc_paths,
+        })?;
+    }
+    if selected(Workload::Subst) {
+        gap();
+        subst::run(&subst::Options {
+            unrooted,
+            nix_daemon: args.nix_daemon,
+            dir: args.dir,
+            paths: args.subst_paths.max(2),
+            size_mib: args.subst_size_mib,
+            serve_nar_mib: args.serve_nar_mib,
+            max_jobs: args.subst_max_jobs.max(1),
+        })?;
+    }
+    println!();
+    uptime("end");
     Ok(())
 }

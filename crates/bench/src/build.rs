@@ -1,0 +1,359 @@
+//! The build workloads (issue 4): sandboxed builds through the real Nix client against
+//! `unrooted daemon` (unprivileged, rootless sandbox) and `nix-daemon` 2.8 (as root,
+//! `sandbox = true`, build users from `nixbld`), in the same run.
+//!
+//! - wall time of `nix-build` of one trivial derivation (`echo hello > $out`, builder
+//!   `/bin/sh` = static busybox through `sandbox-paths`), unique per run so that nothing
+//!   is cached (the client's evaluation is part of the time, for both);
+//! - `nix-build` of many independent trivial derivations with `max-jobs = 2`;
+//! - the sandbox set-up alone: `unrooted sandbox-run` of `/bin/sh -c true` as the
+//!   daemon's user against the floor, `unshare -Urmpfn true` as the same user.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{ensure, Context};
+use unrooted_testkit::daemon::{ensure_subids, DAEMON_USER};
+
+use crate::daemon::{daemon_owner, header, nix_version, turns, Daemon, Daemons};
+use crate::util::{median_of, time_command};
+
+/// What the build workloads need from the command line.
+pub struct Options {
+    /// The `unrooted` binary.
+    pub unrooted: PathBuf,
+    /// The `nix-daemon` binary.
+    pub nix_daemon: PathBuf,
+    /// Timed single builds per daemon (after one warm-up build).
+    pub runs: usize,
+    /// Independent derivations built by one `nix-build`.
+    pub many: usize,
+    /// Iterations of each sandbox set-up loop.
+    pub sandbox_loops: usize,
+}
+
+/// The goals the issue sets.
+const GOAL_ONE_BUILD: f64 = 0.5;
+const GOAL_SANDBOX: f64 = 3.0;
+
+/// The derivations: `seed` makes every one unique per run, so no output is ever valid
+/// already and every `nix-build` really builds.
+const EXPR: &str = r#"
+{ seed, n }:
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+in {
+  one = mk "bench-one-${seed}" "echo hello > $out";
+  many = builtins.genList (i: mk "bench-many-${seed}-${toString i}" "echo ${toString i} > $out") (builtins.fromJSON n);
+}
+"#;
+
+const SANDBOX_CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 2\n";
+
+/// Makes sure the `nixbld` group and build users exist (Debian's nix-bin usually
+/// creates them); returns how many members the group has.
+fn ensure_build_users() -> anyhow::Result<usize> {
+    let members = || -> Option<usize> {
+        let out = Command::new("getent")
+            .args(["group", "nixbld"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let list = line.rsplit(':').next().unwrap_or_default();
+        Some(list.split(',').filter(|m| !m.is_empty()).count())
+    };
+    if let Some(n) = members().filter(|&n| n > 0) {
+        return Ok(n);
+    }
+    ensure!(
+        rustix::process::geteuid().is_root(),
+        "no nixbld group: run the benchmark as root to create it"
+    );
+    let _ = Command::new("groupadd")
+        .args(["--system", "nixbld"])
+        .status();
+    for i in 1..=4 {
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--gid",
+                "nixbld",
+                "--groups",
+                "nixbld",
+                &format!("nixbld{i}"),
+            ])
+            .status();
+    }
+    members().context("creating the nixbld group and users failed")
+}
+
+/// Runs the build workloads and prints their table.
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    ensure!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing (apt-get install busybox-static)"
+    );
+    let root_user = rustix::process::geteuid().is_root();
+    let builders = ensure_build_users()?;
+    let owner = daemon_owner()?;
+    if root_user {
+        // The id-range mode of the sandbox, as in the tests and a real installation.
+        ensure_subids(DAEMON_USER);
+    }
+    let mut daemons = Daemons::new("unrooted-bench-build-")?;
+    let expr = daemons.tmp.path().join("build.nix");
+    fs::write(&expr, EXPR)?;
+    fs::set_permissions(&expr, fs::Permissions::from_mode(0o644))?;
+    let unrooted = Daemon::start(
+        "unrooted",
+        daemons.tmp.path().join("unrooted"),
+        &[&opts.unrooted, Path::new("daemon")],
+        owner,
+        SANDBOX_CONF,
+        &[],
+    )?;
+    daemons.list.push(unrooted);
+    let nix_conf = if root_user {
+        format!("{SANDBOX_CONF}build-users-group = nixbld\n")
+    } else {
+        format!("{SANDBOX_CONF}build-users-group =\n")
+    };
+    let nix = Daemon::start(
+        "nix-daemon",
+        daemons.tmp.path().join("nix-daemon"),
+        &[&opts.nix_daemon],
+        None,
+        &nix_conf,
+        &[],
+    )?;
+    daemons.list.push(nix);
+
+    println!(
+        "## Builds: unrooted daemon vs {}, same machine, same run",
+        nix_version(&opts.nix_daemon)
+    );
+    println!(
+        "both: sandbox = true, sandbox-paths = /bin/sh=/bin/busybox, max-jobs = 2; {}",
+        if root_user {
+            format!(
+                "unrooted as {DAEMON_USER} (rootless sandbox), nix-daemon as root with build-users-group = nixbld ({builders} users)"
+            )
+        } else {
+            "NOT ROOT: both daemons run as the current user, nix-daemon without build users"
+                .to_owned()
+        }
+    );
+    println!("client: nix-build --no-out-link (NIX_REMOTE=daemon), evaluation included; every derivation is new");
+    println!();
+    let result = workloads(opts, &daemons.list, &expr, owner);
+    if result.is_err() {
+        daemons.print_log_tails();
+    }
+    result
+}
+
+/// A seed no earlier run used.
+fn seed(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{tag}{nanos}")
+}
+
+/// `nix-build` of `attr` with a new seed through `d`; wall time and the number of
+/// output paths printed.
+fn nix_build(d: &Daemon, expr: &Path, attr: &str, n: usize) -> anyhow::Result<(Duration, usize)> {
+    let mut cmd = d.nix_client("nix-build");
+    cmd.arg(expr)
+        .args(["-A", attr, "--no-out-link", "--argstr", "seed"])
+        .arg(seed(d.label.get(..1).unwrap_or("x")))
+        .args(["--argstr", "n", &n.to_string()]);
+    let start = Instant::now();
+    let out = cmd
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .with_context(|| format!("running nix-build through {}", d.label))?;
+    let t = start.elapsed();
+    ensure!(
+        out.status.success(),
+        "nix-build -A {attr} through {} failed: {}",
+        d.label,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paths = String::from_utf8_lossy(&out.stdout).lines().count();
+    Ok((t, paths))
+}
+
+fn workloads(
+    opts: &Options,
+    daemons: &[Daemon],
+    expr: &Path,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
+    header();
+    // One trivial build, unique per run; one warm-up, then the daemons take turns.
+    let mut one = vec![Vec::new(); daemons.len()];
+    for run in 0..=opts.runs {
+        for i in turns(daemons.len(), run) {
+            let (t, paths) = nix_build(&daemons[i], expr, "one", 1)?;
+            ensure!(paths == 1, "{} built {paths} paths", daemons[i].label);
+            if run > 0 {
+                one[i].push(t);
+            }
+        }
+    }
+    let (u, n) = (
+        median_of(&mut one[0]).as_secs_f64(),
+        median_of(&mut one[1]).as_secs_f64(),
+    );
+    time_row(
+        "one trivial sandboxed build",
+        u,
+        n,
+        Some(format!(
+            "<= {GOAL_ONE_BUILD}x  {}",
+            met(u / n <= GOAL_ONE_BUILD)
+        )),
+    );
+
+    // Many independent derivations in one nix-build, max-jobs = 2.
+    let mut many = vec![0.0; daemons.len()];
+    for i in turns(daemons.len(), 0) {
+        let (t, paths) = nix_build(&daemons[i], expr, "many", opts.many)?;
+        ensure!(
+            paths == opts.many,
+            "{} built {paths} paths, not {}",
+            daemons[i].label,
+            opts.many
+        );
+        many[i] = t.as_secs_f64();
+    }
+    time_row(
+        &format!("{} independent builds, max-jobs 2", opts.many),
+        many[0],
+        many[1],
+        None,
+    );
+    println!(
+        "{:<38} {:<8} {:>11.1} {:>11.1}",
+        "  builds per second",
+        "1/s",
+        opts.many as f64 / many[0],
+        opts.many as f64 / many[1]
+    );
+
+    // The sandbox alone, against the bare unshare floor, as the daemon's user.
+    let work = daemons[0].root.join("sandbox-bench");
+    fs::create_dir_all(work.join("store"))?;
+    if let Some((uid, gid)) = owner {
+        for p in [work.clone(), work.join("store")] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+        }
+    }
+    let loops = opts.sandbox_loops;
+    let script = |body: &str| {
+        format!("i=0; while [ $i -lt {loops} ]; do i=$((i+1)); {body} || exit 1; done")
+    };
+    let sandbox_body = format!(
+        "{} sandbox-run --store-dir {w}/store --sandbox-path /bin/sh=/bin/busybox --work-dir {w} --build-dir {w}/b$i -- /bin/sh -c true >/dev/null",
+        opts.unrooted.display(),
+        w = work.display()
+    );
+    let version_body = format!("{} --version >/dev/null", opts.unrooted.display());
+    let cases = [
+        ("unshare -Urmpfn true", "unshare -Urmpfn true".to_owned()),
+        ("unrooted sandbox-run /bin/sh -c true", sandbox_body),
+        ("unrooted --version (exec floor)", version_body),
+        ("/bin/true (fork+exec floor)", "/bin/true".to_owned()),
+    ];
+    let mut per = Vec::new();
+    for (label, body) in &cases {
+        let mut cmd = as_owner(owner, &work);
+        cmd.args(["sh", "-c", &script(body)]);
+        // Warm up, then the best of three (the machine is shared).
+        time_command(&mut cmd).with_context(|| format!("{label} as the daemon's user"))?;
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut cmd = as_owner(owner, &work);
+            cmd.args(["sh", "-c", &script(body)]);
+            times.push(time_command(&mut cmd)?.0);
+        }
+        let best = times.into_iter().min().unwrap_or_default();
+        per.push(best.as_secs_f64() * 1e3 / loops as f64);
+    }
+    println!();
+    println!(
+        "sandbox set-up alone, as {}, best of 3 loops of {loops} (ms per run):",
+        if owner.is_some() {
+            DAEMON_USER
+        } else {
+            "the current user"
+        }
+    );
+    for ((label, _), ms) in cases.iter().zip(&per) {
+        println!("  {label:<40} {ms:>8.2} ms");
+    }
+    let ratio = per[1] / per[0];
+    println!(
+        "  sandbox-run / unshare floor: {ratio:.2}x (goal <= {GOAL_SANDBOX}x, {}); without the exec floor of the unrooted binary: {:.2}x",
+        met(ratio <= GOAL_SANDBOX),
+        (per[1] - per[2]).max(0.0) / per[0]
+    );
+    let _ = Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&work)
+        .status();
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// `sh` run as the daemon's user (through `setpriv`), in `dir`, with `TMPDIR` there.
+fn as_owner(owner: Option<(u32, u32)>, dir: &Path) -> Command {
+    let mut cmd = match owner {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .args(["--init-groups", "--inh-caps=-all", "--"]);
+            c
+        }
+        None => Command::new("env"),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .env("TMPDIR", dir)
+        .current_dir(dir);
+    cmd
+}
+
+/// "met" or "NOT MET".
+pub(crate) fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT MET"
+    }
+}
+
+/// One row of times in seconds (lower is better) and the unrooted / nix-daemon ratio.
+pub(crate) fn time_row(label: &str, u: f64, n: f64, goal: Option<String>) {
+    println!(
+        "{label:<38} {:<8} {u:>11.3} {n:>11.3} {:>8.2}x  {}",
+        "s",
+        u / n,
+        goal.unwrap_or_default()
+    );
+}

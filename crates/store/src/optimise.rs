@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -139,7 +140,7 @@ impl LocalStore {
             return Err(err(e));
         }
         let _restore = toggle
-            .then(|| ReadOnlyAgain::make_writable(&parent))
+            .then(|| ReadOnlyAgain::make_writable(&parent, &self.config.state_dir))
             .transpose()
             .map_err(err)?;
         if let Err(e) = fs::rename(&temp, path) {
@@ -154,21 +155,116 @@ impl LocalStore {
 
 /// Makes a store directory writable and, on drop, read-only again with the store's
 /// mtime (a rename inside it changed the mtime).
-struct ReadOnlyAgain(PathBuf);
+///
+/// A marker under `<state>/optimise-writable/` names the directory while it is
+/// writable, so that if the process is killed in between, the next
+/// [`LocalStore::open`] makes it read-only again ([`restore_interrupted`]).
+struct ReadOnlyAgain {
+    dir: PathBuf,
+    marker: PathBuf,
+}
+
+/// Where the markers of directories made writable by the optimiser live.
+fn marker_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("optimise-writable")
+}
 
 impl ReadOnlyAgain {
-    fn make_writable(dir: &Path) -> io::Result<Self> {
+    fn make_writable(dir: &Path, state_dir: &Path) -> io::Result<Self> {
+        let markers = marker_dir(state_dir);
+        fs::create_dir_all(&markers)?;
+        let name = unrooted_format::base32::encode(
+            unrooted_format::HashAlgo::Sha1
+                .digest(dir.as_os_str().as_encoded_bytes())
+                .digest(),
+        );
+        let marker = markers.join(name);
+        fs::write(&marker, dir.as_os_str().as_encoded_bytes())?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(dir.to_owned()))
+        Ok(Self {
+            dir: dir.to_owned(),
+            marker,
+        })
     }
 }
 
 impl Drop for ReadOnlyAgain {
     fn drop(&mut self) {
-        let result = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o555))
-            .and_then(|()| set_store_mtime(&self.0));
-        if let Err(e) = result {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not make directory read-only again");
+        let result = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o555))
+            .and_then(|()| set_store_mtime(&self.dir));
+        match result {
+            Ok(()) => {
+                let _ = fs::remove_file(&self.marker);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not make directory read-only again")
+            }
         }
+    }
+}
+
+/// Makes read-only again the store directories an optimiser killed mid-way left
+/// writable. Only directories strictly inside `real_store_dir` are touched, and
+/// never through a symlink.
+pub(crate) fn restore_interrupted(state_dir: &Path, real_store_dir: &Path) {
+    let Ok(entries) = fs::read_dir(marker_dir(state_dir)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let marker = entry.path();
+        let Ok(bytes) = fs::read(&marker) else {
+            continue;
+        };
+        let dir = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+        let inside = dir.starts_with(real_store_dir)
+            && dir != real_store_dir
+            && dir.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        let is_dir = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        if inside && is_dir {
+            let restored = fs::set_permissions(&dir, fs::Permissions::from_mode(0o555))
+                .and_then(|()| set_store_mtime(&dir));
+            if let Err(e) = restored {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not make directory read-only again");
+                continue;
+            }
+        }
+        let _ = fs::remove_file(&marker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_optimise_is_made_read_only_again_and_only_inside_the_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let state = tmp.path().join("state");
+        let dir = store.join("00000000000000000000000000000000-x/sub");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // What a process killed between make_writable and drop leaves behind.
+        std::mem::forget(ReadOnlyAgain::make_writable(&dir, &state).unwrap());
+        // A hostile marker naming a directory outside the store.
+        fs::write(
+            marker_dir(&state).join("evil"),
+            outside.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+        restore_interrupted(&state, &store);
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o555);
+        assert_eq!(fs::metadata(&dir).unwrap().mtime(), 1);
+        assert_eq!(mode(&outside), 0o755, "outside the store: untouched");
+        assert_eq!(fs::read_dir(marker_dir(&state)).unwrap().count(), 0);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     }
 }

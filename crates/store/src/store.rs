@@ -37,6 +37,7 @@ impl LocalStore {
     pub fn open(config: LocalStoreConfig) -> Result<Self, StoreError> {
         create_layout(&config)?;
         let big_lock = take_big_lock(&config.state_dir)?;
+        crate::optimise::restore_interrupted(&config.state_dir, &config.real_store_dir);
         let db = Database::open(
             &config.state_dir.join("db"),
             config.store_dir.clone(),

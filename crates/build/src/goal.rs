@@ -113,6 +113,7 @@ impl BuildDirs {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
+        sweep_dead(tmp_dir);
         let parent = tmp_dir.join(format!("unrooted-builds-{}-{nanos:x}", std::process::id()));
         fs::DirBuilder::new()
             .mode(0o700)
@@ -137,6 +138,39 @@ impl BuildDirs {
             .create(&dir)
             .map_err(BuildError::io("creating the build directory", &dir))?;
         Ok(dir)
+    }
+}
+
+/// Removes the private build parents of daemons that died without cleaning up
+/// (`unrooted-builds-<pid>-…` whose process is gone), as long as they are ours.
+fn sweep_dead(tmp_dir: &Path) {
+    let Ok(entries) = fs::read_dir(tmp_dir) else {
+        return;
+    };
+    let own_uid = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("unrooted-builds-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A live process with that pid (ours or a reused one) keeps the directory.
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let ours = fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == own_uid);
+        if ours {
+            if let Err(e) = remove_tree(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "removing a dead daemon's build directories");
+            }
+        }
     }
 }
 

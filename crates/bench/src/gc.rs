@@ -258,7 +258,8 @@ fn workloads(
 
     // Root discovery: one warm-up, then the daemons take turns.
     let mut times = vec![Vec::new(); daemons.len()];
-    let mut counts = vec![0; daemons.len()];
+    let mut counts = vec![(0, 0); daemons.len()];
+    let mut samples = vec![String::new(); daemons.len()];
     for run in 0..=opts.runs {
         for i in turns(daemons.len(), run) {
             let (t, out) = client(&daemons[i], "nix-store", &["--gc", "--print-roots"])?;
@@ -272,7 +273,18 @@ fn workloads(
                 daemons[i].label,
                 out.lines().take(5).collect::<Vec<_>>().join("\n")
             );
-            counts[i] = out.lines().count();
+            let distinct: BTreeSet<&str> = out.lines().collect();
+            counts[i] = (out.lines().count(), distinct.len());
+            samples[i] = out
+                .lines()
+                .filter(|l| l.contains("/gcroots/bench/r1 "))
+                .chain(
+                    out.lines()
+                        .filter(|l| !l.contains("/gcroots/bench/"))
+                        .take(2),
+                )
+                .collect::<Vec<_>>()
+                .join(" | ");
             if run > 0 {
                 times[i].push(t);
             }
@@ -290,8 +302,15 @@ fn workloads(
     );
     println!(
         "{:<38} {:<8} {:>11} {:>11}",
-        "  roots printed", "lines", counts[0], counts[1]
+        "  roots printed", "lines", counts[0].0, counts[1].0
     );
+    println!(
+        "{:<38} {:<8} {:>11} {:>11}",
+        "  distinct lines", "lines", counts[0].1, counts[1].1
+    );
+    for (d, s) in daemons.iter().zip(&samples) {
+        println!("  {} prints root r1 (and others) as: {s}", d.label);
+    }
 
     // The collection itself, once per daemon.
     let mut deleted = Vec::new();

@@ -260,6 +260,9 @@ fn write_id_maps(pid: u32, ids: &IdMaps) -> Result<(), Report> {
             newuidmap,
             newgidmap,
         } => {
+            // Both run at once: each is a fork and exec of a setuid program, the
+            // main cost of the id-range mode.
+            let mut running = Vec::new();
             for (tool, map) in [(newuidmap, &ids.uid_map), (newgidmap, &ids.gid_map)] {
                 let mut cmd = Command::new(tool);
                 cmd.arg(pid.to_string());
@@ -270,16 +273,26 @@ fn write_id_maps(pid: u32, ids: &IdMaps) -> Result<(), Report> {
                         e.count.to_string(),
                     ]);
                 }
+                running.push((tool, cmd.spawn()));
+            }
+            let mut outcome = Ok(());
+            for (tool, child) in running {
                 let fail = |errno| Report::Failed {
                     step: Step::RunningNewIdMap,
                     path: Some(tool.clone()),
                     errno,
                 };
-                let status = cmd.status().map_err(|e| fail(errno_of(&e)))?;
-                if !status.success() {
-                    return Err(fail(libc::EPERM));
+                let status = child.and_then(|mut c| c.wait());
+                let result = match status {
+                    Ok(s) if s.success() => Ok(()),
+                    Ok(_) => Err(fail(libc::EPERM)),
+                    Err(e) => Err(fail(errno_of(&e))),
+                };
+                if outcome.is_ok() {
+                    outcome = result;
                 }
             }
+            outcome?;
         }
     }
     Ok(())

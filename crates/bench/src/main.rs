@@ -176,7 +176,7 @@ fn main() -> anyhow::Result<()> {
         subst::run(&subst::Options {
             unrooted,
             nix_daemon: args.nix_daemon,
-            dir: args.dir,
+            logs: args.dir.join("subst-logs"),
             paths: args.subst_paths.max(2),
             size_mib: args.subst_size_mib,
             serve_nar_mib: args.serve_nar_mib,

@@ -3,6 +3,8 @@
 # Extra arguments go to unrooted-bench (see --help), e.g. --only daemon, or
 # --size-mib 256 --runs 5. The daemon workload runs nix-daemon as root and unrooted as
 # the unprivileged user unrooted-test-daemon, so run this as root for real figures.
+# --only build|gc|subst run the builds, GC and substitution workloads; gc needs the
+# roots helper next to unrooted (cargo build --release -p unrooted-roots).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh

@@ -622,6 +622,7 @@ fn run_builder(
                 (spec.host_uid, spec.host_gid) = pool.owner();
                 spec.id_slice = Some(lease.slice().clone());
                 spec.uid_range = uid_range;
+                spec.reclaim = vec![root.0.clone(), host_build_dir.to_path_buf()];
             }
             let plan = Plan::new(&spec).map_err(|e| BuildError::Sandbox(e.into()))?;
             let child = cx
@@ -665,12 +666,15 @@ fn run_builder(
         &mut on_line,
     );
     log.finish(&mut on_line);
+    let reclaimed = matches!(&runner, Runner::Sandboxed(c) if c.reclaimed());
     drop(runner);
     // The sandbox is gone (its PID namespace with it), so nothing runs as the slice's
-    // ids: hand everything the build left (outputs, stray entries, the build
-    // directory, however it set their modes) back to the store owner, whose files the
-    // output handling and the removal below then deal with as in the single-id mode.
-    if let (Some((pool, lease, _)), Some(root)) = (ids, &root) {
+    // ids: everything the build left (outputs, stray entries, the build directory,
+    // however it set their modes) goes back to the store owner, whose files the output
+    // handling and the removal below then deal with as in the single-id mode. The
+    // helper did so from inside the build's namespace as it ended; a helper that did
+    // not get that far (killed, failed) leaves it to a reclaiming helper of its own.
+    if let (Some((pool, lease, _)), Some(root), false) = (ids, &root, reclaimed) {
         cx.cfg
             .helper
             .reclaim(

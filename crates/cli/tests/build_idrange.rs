@@ -411,12 +411,17 @@ fn time_30_builds(conf: &str) -> Option<f64> {
 /// makes it seconds fails.
 #[test]
 fn cost_of_the_id_range_mode() {
-    let Some(single) = time_30_builds("auto-allocate-uids = false\n") else {
-        return;
-    };
-    let Some(ranges) = time_30_builds("") else {
-        return;
-    };
+    // Alternating, best of three each: the first runs pay for cold caches.
+    let (mut single, mut ranges) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let Some(s) = time_30_builds("auto-allocate-uids = false\n") else {
+            return;
+        };
+        let Some(r) = time_30_builds("") else {
+            return;
+        };
+        (single, ranges) = (single.min(s), ranges.min(r));
+    }
     let per_build_ms = (ranges - single) / 30.0 * 1000.0;
     eprintln!(
         "30 builds: single-id mode {single:.3} s, id-range mode {ranges:.3} s: {per_build_ms:.1} ms added per build"

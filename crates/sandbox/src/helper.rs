@@ -119,6 +119,29 @@ fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
         let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
         return Err(report);
     }
+    // The build's user namespace outlives its processes while this descriptor is
+    // open: the reclaim after the build enters it instead of mapping a new one.
+    let userns = if plan.id_maps.switch_ids && !plan.reclaim.is_empty() {
+        let path = format!("/proc/{pid}/ns/user");
+        match rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let _ = rustix::process::kill_process(child, Signal::KILL);
+                let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
+                return Err(Report::Failed {
+                    step: Step::Reclaiming,
+                    path: Some(path.into()),
+                    errno: e.raw_os_error(),
+                });
+            }
+        }
+    } else {
+        None
+    };
     if rustix::io::write(&go_w, b"g").is_err() {
         // The child is gone; its status says why.
         return wait_for(child, None);
@@ -147,7 +170,79 @@ fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
             path: None,
             errno: errno_of(&e),
         })?;
-    wait_for(child, Some(sock))
+    let ended = wait_for(child, Some(sock))?;
+    // The init is reaped, so its PID namespace is empty: nothing runs as the build's
+    // ids any more.
+    if let Some(userns) = userns {
+        reclaim_in(&userns, &plan.id_maps, &plan.reclaim)?;
+    }
+    Ok(ended)
+}
+
+/// The inner id the store owner (this process's `outer`) has in `map`.
+fn inner_of(map: &[crate::plan::IdMapEntry], outer: u32) -> Option<u32> {
+    map.iter()
+        .find(|e| outer >= e.outer && outer - e.outer < e.count)
+        .map(|e| e.inner + (outer - e.outer))
+}
+
+/// Chowns each of `paths` to the store owner from inside the finished build's user
+/// namespace: a forked child enters it (its owner may, with every capability there)
+/// and acts as the owner's inner id, which every id of the build is mapped beside.
+fn reclaim_in(userns: &OwnedFd, ids: &IdMaps, paths: &[std::path::PathBuf]) -> Result<(), Report> {
+    let failed = |path: Option<std::path::PathBuf>, errno| Report::Failed {
+        step: Step::Reclaiming,
+        path,
+        errno,
+    };
+    let uid = inner_of(&ids.uid_map, rustix::process::getuid().as_raw());
+    let gid = inner_of(&ids.gid_map, rustix::process::getgid().as_raw());
+    let (Some(uid), Some(gid)) = (uid, gid) else {
+        return Err(failed(None, libc::EINVAL));
+    };
+    let (err_r, err_w) =
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| failed(None, e.raw_os_error()))?;
+    let pid = match sys::clone_into_namespaces(0) {
+        Ok(Cloned::Child) => {
+            drop(err_r);
+            let outcome = rustix::thread::move_into_link_name_space(
+                userns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::User),
+            )
+            .map_err(|e| failed(None, e.raw_os_error()))
+            .and_then(|()| {
+                paths.iter().try_for_each(|p| {
+                    crate::cleanup::chown_tree(p, uid, gid)
+                        .map_err(|(path, e)| failed(Some(path), e.raw_os_error()))
+                })
+            });
+            let code = match outcome {
+                Ok(()) => 0,
+                Err(report) => {
+                    let _ = std::fs::File::from(err_w).write_all(&report.encode());
+                    1
+                }
+            };
+            sys::exit_child(code)
+        }
+        Ok(Cloned::Parent(pid)) => pid,
+        Err(e) => return Err(failed(None, errno_of(&e))),
+    };
+    drop(err_w);
+    let mut buf = Vec::new();
+    let _ = std::fs::File::from(err_r).take(8192).read_to_end(&mut buf);
+    let child = Pid::from_raw(pid as i32).expect("clone returned a positive pid");
+    let status = wait_for(child, None)?;
+    if !buf.is_empty() {
+        return Err(Report::read(&mut buf.as_slice())
+            .ok()
+            .flatten()
+            .unwrap_or(failed(None, libc::EPROTO)));
+    }
+    match status {
+        Report::Exited { code: 0 } => Ok(()),
+        _ => Err(failed(None, libc::ECHILD)),
+    }
 }
 
 /// Gives a finished build's files back to the store owner: a child in a new user

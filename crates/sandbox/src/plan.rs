@@ -368,6 +368,10 @@ pub struct Plan {
     pub domainname: OsString,
     /// The builder.
     pub exec: Exec,
+    /// Host paths whose trees the helper gives back to the store owner once the
+    /// builder has ended, from inside the build's own user namespace (kept alive by a
+    /// descriptor), so no second mapping is needed; only with `id_maps.switch_ids`.
+    pub reclaim: Vec<PathBuf>,
 }
 
 /// One `sandbox-paths` entry: `target=source` or `path`, with `?` = optional.
@@ -437,6 +441,9 @@ pub struct SandboxSpec {
     /// The `uid-range` system feature: the builder runs as root with 65,536 ids
     /// (needs `id_slice`).
     pub uid_range: bool,
+    /// With `id_slice`: host paths given back to the store owner after the build
+    /// (see [`Plan::reclaim`]).
+    pub reclaim: Vec<PathBuf>,
     /// The builder's path inside the sandbox.
     pub builder: PathBuf,
     /// Arguments after argv\[0\] (which is the builder's basename, as in Nix).
@@ -470,6 +477,7 @@ impl SandboxSpec {
             host_gid: rustix::process::getgid().as_raw(),
             id_slice: None,
             uid_range: false,
+            reclaim: Vec::new(),
             builder,
             args: Vec::new(),
             env: Vec::new(),
@@ -753,6 +761,11 @@ impl Plan {
                 argv,
                 env: spec.env.clone(),
                 cwd: spec.sandbox_build_dir.clone(),
+            },
+            reclaim: if spec.id_slice.is_some() {
+                spec.reclaim.clone()
+            } else {
+                Vec::new()
             },
         })
     }

@@ -44,6 +44,7 @@ pub struct SandboxChild {
     sock: UnixStream,
     pid: u32,
     status: Option<BuildStatus>,
+    reclaimed: bool,
 }
 
 impl Sandbox {
@@ -92,6 +93,7 @@ impl Sandbox {
                 sock: ours,
                 pid,
                 status: None,
+                reclaimed: false,
             }),
             other => {
                 let _ = helper.wait();
@@ -199,6 +201,13 @@ impl SandboxChild {
         self.pid
     }
 
+    /// Whether the helper gave the plan's `reclaim` paths back to the store owner
+    /// after the builder ended (true once [`Self::wait`] returned a status; a helper
+    /// that was killed reclaimed nothing, and [`Sandbox::reclaim`] must do it).
+    pub fn reclaimed(&self) -> bool {
+        self.reclaimed
+    }
+
     /// The host pid of the helper waiting for the builder.
     pub fn helper_pid(&self) -> u32 {
         self.helper.id()
@@ -215,8 +224,22 @@ impl SandboxChild {
             .wait()
             .map_err(|source| SandboxError::HelperIo { source })?;
         let status = match report {
-            Ok(Some(Report::Exited { code })) => BuildStatus::Exited(code),
-            Ok(Some(Report::Signaled { signal })) => BuildStatus::Signaled(signal),
+            Ok(Some(Report::Exited { code })) => {
+                self.reclaimed = true;
+                BuildStatus::Exited(code)
+            }
+            Ok(Some(Report::Signaled { signal })) => {
+                self.reclaimed = true;
+                BuildStatus::Signaled(signal)
+            }
+            // The builder ended but giving its files back failed.
+            Ok(Some(Report::Failed { step, path, errno })) => {
+                return Err(SandboxError::Setup {
+                    step,
+                    path,
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
             // The helper was killed (by `kill`), which killed the sandbox with it.
             Ok(None) | Err(_) => {
                 use std::os::unix::process::ExitStatusExt;

@@ -293,6 +293,10 @@ pub fn encode_plan(plan: &Plan) -> Vec<u8> {
         e.os(v);
     }
     e.os(plan.exec.cwd.as_os_str());
+    e.len(plan.reclaim.len());
+    for p in &plan.reclaim {
+        e.os(p.as_os_str());
+    }
     e.0
 }
 
@@ -361,6 +365,11 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
         env.push((d.os()?, d.os()?));
     }
     let cwd = d.path()?;
+    let n = d.len()?;
+    let mut reclaim = Vec::with_capacity(n.min(16));
+    for _ in 0..n {
+        reclaim.push(d.path()?);
+    }
     d.end()?;
     Ok(Plan {
         namespaces,
@@ -376,6 +385,7 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
             env,
             cwd,
         },
+        reclaim,
     })
 }
 

@@ -168,7 +168,7 @@ fn sweep_dead(tmp_dir: &Path) {
             .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == own_uid);
         if ours {
             if let Err(e) = remove_tree(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "removing a dead daemon's build directories");
+                tracing::debug!(path = %path.display(), error = %e, "removing a dead daemon's build directories");
             }
         }
     }

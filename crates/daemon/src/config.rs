@@ -312,6 +312,7 @@ const CLIENT_SIDE: &[&str] = &[
     "impersonate-linux-26",
     "gc-reserved-space",
     "fsync-metadata",
+    "fsync-store-paths",
     "use-sqlite-wal",
     "http-connections",
     "max-substitution-jobs",

@@ -73,13 +73,15 @@ impl DaemonState {
             TrustedKeys::new()
         });
         store_config.require_sigs = config.settings.require_sigs;
-        // Nix's `fsync-metadata` (default true) trades robustness against a system
-        // crash for speed; here it covers the files of added paths as well as the
-        // database, since a valid path whose files were lost is the worse failure.
+        // Durability against a system crash (power loss), beyond what a killed
+        // process needs: Nix's `fsync-metadata` (default true) governs the database;
+        // `fsync-store-paths` (default false, as Nix, which never flushes added
+        // files) flushes each added path before it is registered. A killed daemon
+        // loses nothing either way: the page cache outlives the process.
         if config.raw.get("fsync-metadata") == Some("false") {
-            store_config.fsync_paths = false;
             store_config.db.fsync_metadata = false;
         }
+        store_config.fsync_paths = config.raw.get("fsync-store-paths") == Some("true");
         let store = LocalStore::open(store_config).map_err(|source| DaemonError::Store {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),

@@ -24,6 +24,7 @@ in rec {
   top = mk "subst-top" "test -e @MARKER@ && echo ${leaf} > $out";
   other = mk "subst-other" "echo other > $out";
   absent = mk "subst-absent" "echo built here > $out";
+  above = mk "subst-above" "echo ${leaf} above > $out";
 }
 "#;
 
@@ -225,6 +226,61 @@ fn the_daemon_substitutes_from_a_nix_made_cache_instead_of_building() {
     let built =
         f.d.client_ok("nix-build", &[&f.expr, "-A", "absent", "--no-out-link"]);
     assert_eq!(fs::read_to_string(built.trim()).unwrap(), "built here\n");
+}
+
+#[test]
+fn inputs_of_a_derivation_no_cache_has_are_substituted_before_it_is_built() {
+    let Some(mut f) = prepared() else { return };
+    let (_server, url) = python_server(&f.cache);
+    let key = f.public_key.clone();
+    f.start(&url, &key, "");
+    assert!(!f.marker.exists() && !f.valid(&f.leaf));
+
+    // `above` is in no cache; its input `leaf` is (in `top`'s closure), and leaf's
+    // builder fails without the marker: only substituting it lets `above` build.
+    let out =
+        f.d.client("nix-build")
+            .args([&f.expr, "-A", "above", "--no-out-link"])
+            .output()
+            .unwrap();
+    let stdout = f.d.expect_ok("nix-build above", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let building: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("building '"))
+        .collect();
+    assert!(
+        building.len() == 1 && building[0].contains("-subst-above.drv"),
+        "{stderr}"
+    );
+    // QueryMissing told it so: one derivation to build, the input to fetch.
+    let (build_part, fetch_part) = stderr
+        .split_once("will be fetched")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let will_build = build_part
+        .split_once("will be built")
+        .unwrap_or_else(|| panic!("{stderr}"))
+        .1;
+    assert!(
+        will_build.contains("-subst-above.drv") && !will_build.contains("-subst-leaf.drv"),
+        "{stderr}"
+    );
+    assert!(fetch_part.contains(&f.leaf), "{stderr}");
+    assert!(
+        stderr.contains(&format!("copying path '{}' from '{url}'", f.leaf)),
+        "{stderr}"
+    );
+    let above = stdout.trim();
+    assert!(above.ends_with("-subst-above"), "{above}");
+    assert_eq!(
+        fs::read_to_string(above).unwrap(),
+        format!("{} above\n", f.leaf)
+    );
+    assert!(f.valid(&f.leaf));
+    // Registered as the cache had it (signed), not as built here.
+    let info = f.d.client_ok("nix", &["path-info", "--sigs", &f.leaf]);
+    assert!(info.contains("test-cache-1:"), "{info}");
+    f.d.assert_store_clean();
 }
 
 #[test]

@@ -203,17 +203,11 @@ pub(crate) fn perform(
             reply(out, |w| Ok(wire::write_paths(w, &dir, &found)?))
         }
         Request::QueryMissing(targets) => {
-            let (covered, fetch, download, nar) = crate::subst_ops::query_missing(s, &targets, out);
-            let rest: Vec<DerivedPath> = targets
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !covered.contains(i))
-                .map(|(_, t)| t)
-                .collect();
-            let mut missing = crate::build_ops::query_missing(s, &rest).map_err(client)?;
-            missing.will_substitute = fetch;
-            missing.download_size = download;
-            missing.nar_size = nar;
+            // With a cache, inputs of derivations to build may be substituted.
+            let missing = match crate::subst_ops::query_missing(s, &targets, out) {
+                Some(m) => m,
+                None => crate::build_ops::query_missing(s, &targets).map_err(client)?,
+            };
             reply(out, |w| missing.write(w, &s.cx))
         }
         Request::SetOptions(settings) => {

@@ -3,10 +3,11 @@
 //! fetching what EnsurePath and BuildPaths need from the caches before anything is
 //! built, with Nix's `copying path … from …` activities and download progress.
 //!
-//! Only the paths a request names (opaque paths, and the outputs of the derivations
-//! it names) are substituted, with their closures; inputs of derivations that must
-//! be built are built as before. A path no cache has is simply built; a path a cache
-//! has but that fails to arrive is an error unless the client asked for `fallback`.
+//! As in Nix, what a request names (opaque paths, outputs of derivations) is
+//! substituted with its closure when a cache has it; for a derivation no cache has,
+//! the outputs of its input derivations and its input sources are substituted in
+//! turn (recursively), so that only what no cache has is built. A path a cache has
+//! but that fails to arrive is an error unless the client asked for `fallback`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufWriter;
@@ -14,9 +15,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use unrooted_format::derivation::Derivation;
 use unrooted_format::signature::TrustedKeys;
 use unrooted_format::{StoreDir, StorePath};
 use unrooted_protocol::path_info::SubstitutablePathInfo;
+use unrooted_protocol::reply::MissingInfo;
 use unrooted_protocol::stderr::{ActivityId, ActivityType, Field, ResultType, Verbosity};
 use unrooted_protocol::{BuildResult, BuildStatus, DerivedPath, OutputsSpec, StderrWriter};
 use unrooted_substitute::{
@@ -265,34 +268,247 @@ impl Observer for ClientObserver<'_> {
     }
 }
 
-/// The paths a target needs that are not valid: an opaque path itself, or the
-/// invalid outputs (those wanted) of a derivation. Empty when the derivation is not
-/// valid or has floating outputs (the scheduler reports those).
-fn wanted_invalid(s: &Session<'_>, p: &DerivedPath) -> BTreeSet<StorePath> {
-    let store = &s.state.store;
+/// One thing the walk of [`walk`] looks at: the wanted outputs of a derivation
+/// (`None`: all), or an opaque path; for target number `target`, which it is
+/// itself (`top`) or an input of.
+enum Node {
+    Drv {
+        drv: StorePath,
+        outputs: Option<BTreeSet<String>>,
+        target: usize,
+        top: bool,
+    },
+    Path {
+        path: StorePath,
+        target: usize,
+        top: bool,
+    },
+}
+
+/// What a request needs from the caches and what must be built, as Nix's goals
+/// decide it: a derivation whose wanted outputs the caches have (with their
+/// closures) is substituted; one they lack is built, and then the outputs of its
+/// input derivations and its input sources are looked at in the same way,
+/// recursively.
+#[derive(Default)]
+struct Walk {
+    /// Per target: its own invalid wanted paths (an opaque path, or outputs).
+    own: Vec<BTreeSet<StorePath>>,
+    /// Per target: the invalid inputs (of the derivations it builds) the caches have.
+    inputs: Vec<BTreeSet<StorePath>>,
+    /// Derivations to build.
+    build: BTreeSet<StorePath>,
+    /// Invalid paths that neither the caches have nor anything builds: opaque
+    /// targets, and derivations that are not valid.
+    unknown: BTreeSet<StorePath>,
+    /// What to fetch: the closures of the wanted paths the caches have in full.
+    plan: Plan,
+}
+
+/// The invalid wanted outputs of derivation `drv`, `None` when it has to be built
+/// whatever the caches have (a floating output, which has no path before it is
+/// built), or when it cannot be read (the scheduler reports that).
+fn invalid_outputs(
+    store: &unrooted_store::LocalStore,
+    d: &unrooted_format::derivation::Derivation,
+    outputs: Option<&BTreeSet<String>>,
+) -> Option<BTreeSet<StorePath>> {
     let mut wanted = BTreeSet::new();
-    match p {
-        DerivedPath::Opaque(path) => {
+    for (name, out) in &d.outputs {
+        if outputs.is_some_and(|o| !o.contains(name)) {
+            continue;
+        }
+        let path = out.path()?;
+        if !store.is_valid_path(path).unwrap_or(true) {
             wanted.insert(path.clone());
         }
-        DerivedPath::Built { drv_path, outputs } => {
-            let Ok(d) = unrooted_build::load_derivation(store, drv_path) else {
-                return wanted;
-            };
-            for (name, out) in &d.outputs {
-                if let OutputsSpec::Names(n) = outputs {
-                    if !n.contains(name) {
-                        continue;
-                    }
-                }
-                if let Some(path) = out.path() {
-                    wanted.insert(path.clone());
-                }
+    }
+    Some(wanted)
+}
+
+/// The paths of `fetch` whose closure (through `fetch`) reaches none of `missing`.
+fn complete(
+    fetch: &BTreeMap<StorePath, unrooted_substitute::Substitutable>,
+    missing: &BTreeSet<StorePath>,
+) -> BTreeSet<StorePath> {
+    let mut referrers: HashMap<&StorePath, Vec<&StorePath>> = HashMap::new();
+    for (p, sub) in fetch {
+        for r in &sub.info.references {
+            if r != p {
+                referrers.entry(r).or_default().push(p);
             }
         }
     }
-    wanted.retain(|p| !store.is_valid_path(p).unwrap_or(true));
-    wanted
+    let mut bad: BTreeSet<&StorePath> = BTreeSet::new();
+    let mut stack: Vec<&StorePath> = missing.iter().collect();
+    while let Some(q) = stack.pop() {
+        for &d in referrers.get(q).map(Vec::as_slice).unwrap_or_default() {
+            if bad.insert(d) {
+                stack.push(d);
+            }
+        }
+    }
+    fetch
+        .keys()
+        .filter(|p| !bad.contains(p) && !missing.contains(*p))
+        .cloned()
+        .collect()
+}
+
+/// Walks what `targets` need (see [`Walk`]), asking the caches one level of the
+/// derivation graph at a time.
+fn walk(
+    s: &Session<'_>,
+    sub: &Substituter,
+    targets: &[DerivedPath],
+    observer: &dyn Observer,
+) -> Result<Walk, SubstituteError> {
+    let store = &s.state.store;
+    let mut w = Walk {
+        own: vec![BTreeSet::new(); targets.len()],
+        inputs: vec![BTreeSet::new(); targets.len()],
+        ..Walk::default()
+    };
+    let mut level: Vec<Node> = targets
+        .iter()
+        .enumerate()
+        .map(|(target, p)| match p {
+            DerivedPath::Opaque(path) => Node::Path {
+                path: path.clone(),
+                target,
+                top: true,
+            },
+            DerivedPath::Built { drv_path, outputs } => Node::Drv {
+                drv: drv_path.clone(),
+                outputs: match outputs {
+                    OutputsSpec::All => None,
+                    OutputsSpec::Names(n) => Some(n.iter().cloned().collect()),
+                },
+                target,
+                top: true,
+            },
+        })
+        .collect();
+    let mut seen_drvs: BTreeSet<StorePath> = BTreeSet::new();
+    let mut seen_paths: BTreeSet<StorePath> = BTreeSet::new();
+    let mut fetch = BTreeMap::new();
+    let mut missing = BTreeSet::new();
+    let mut roots: BTreeSet<StorePath> = BTreeSet::new();
+    while !level.is_empty() {
+        // What each node wants (`None`: built whatever the caches have).
+        let mut wants: Vec<(Node, Option<BTreeSet<StorePath>>, Option<Derivation>)> = Vec::new();
+        for node in level {
+            match &node {
+                Node::Path { path, top, .. } => {
+                    if !*top && !seen_paths.insert(path.clone()) {
+                        continue;
+                    }
+                    if store.is_valid_path(path).unwrap_or(true) {
+                        continue;
+                    }
+                    let want = BTreeSet::from([path.clone()]);
+                    wants.push((node, Some(want), None));
+                }
+                Node::Drv {
+                    drv, outputs, top, ..
+                } => {
+                    if !*top && !seen_drvs.insert(drv.clone()) {
+                        continue;
+                    }
+                    if !store.is_valid_path(drv).unwrap_or(true) {
+                        w.unknown.insert(drv.clone());
+                        continue;
+                    }
+                    let Ok(d) = unrooted_build::load_derivation(store, drv) else {
+                        continue;
+                    };
+                    let want = invalid_outputs(store, &d, outputs.as_ref());
+                    if want.as_ref().is_some_and(BTreeSet::is_empty) {
+                        continue;
+                    }
+                    wants.push((node, want, Some(d)));
+                }
+            }
+        }
+        let asked: BTreeSet<StorePath> = wants
+            .iter()
+            .filter_map(|(_, want, _)| want.as_ref())
+            .flatten()
+            .filter(|p| !fetch.contains_key(*p) && !missing.contains(*p))
+            .cloned()
+            .collect();
+        if !asked.is_empty() {
+            let plan = sub.plan(store, &asked, observer)?;
+            fetch.extend(plan.fetch);
+            missing.extend(plan.missing);
+        }
+        let ok = complete(&fetch, &missing);
+        let mut next = Vec::new();
+        for (node, want, d) in wants {
+            let cached = want.as_ref().is_some_and(|ps| ps.is_subset(&ok));
+            match node {
+                Node::Path { path, target, top } => {
+                    if top {
+                        w.own[target].insert(path.clone());
+                    }
+                    if cached {
+                        if !top {
+                            w.inputs[target].insert(path.clone());
+                        }
+                        roots.insert(path);
+                    } else if top {
+                        w.unknown.insert(path);
+                    }
+                }
+                Node::Drv {
+                    drv, target, top, ..
+                } => {
+                    let want = want.unwrap_or_default();
+                    if top {
+                        w.own[target].extend(want.iter().cloned());
+                    }
+                    if cached {
+                        if !top {
+                            w.inputs[target].extend(want.iter().cloned());
+                        }
+                        roots.extend(want);
+                        continue;
+                    }
+                    w.build.insert(drv);
+                    let Some(d) = d else { continue };
+                    for (input, outs) in d.input_drvs {
+                        next.push(Node::Drv {
+                            drv: input,
+                            outputs: Some(outs),
+                            target,
+                            top: false,
+                        });
+                    }
+                    for path in d.input_srcs {
+                        next.push(Node::Path {
+                            path,
+                            target,
+                            top: false,
+                        });
+                    }
+                }
+            }
+        }
+        level = next;
+    }
+    // The closures of the roots.
+    let mut stack: Vec<StorePath> = roots.into_iter().collect();
+    while let Some(p) = stack.pop() {
+        if w.plan.fetch.contains_key(&p) {
+            continue;
+        }
+        let Some(found) = fetch.remove(&p) else {
+            continue;
+        };
+        stack.extend(found.info.references.iter().cloned());
+        w.plan.fetch.insert(p, found);
+    }
+    Ok(w)
 }
 
 /// Whether `p` (or what it waited for) is merely absent from the caches, as
@@ -327,16 +543,35 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// Substitutes what `paths` need from the caches, before building.
+/// Whether a target may need anything at all: an invalid opaque path, or a valid
+/// derivation with an output that is not valid (or has no path yet).
+fn needs_work(s: &Session<'_>, p: &DerivedPath) -> bool {
+    let store = &s.state.store;
+    match p {
+        DerivedPath::Opaque(path) => !store.is_valid_path(path).unwrap_or(true),
+        DerivedPath::Built { drv_path, outputs } => {
+            let Ok(d) = unrooted_build::load_derivation(store, drv_path) else {
+                return false;
+            };
+            let names: Option<BTreeSet<String>> = match outputs {
+                OutputsSpec::All => None,
+                OutputsSpec::Names(n) => Some(n.iter().cloned().collect()),
+            };
+            invalid_outputs(store, &d, names.as_ref()).is_none_or(|w| !w.is_empty())
+        }
+    }
+}
+
+/// Substitutes what `paths` need from the caches, before building: their wanted
+/// paths when the caches have them, and otherwise (see [`Walk`]) what the
+/// derivations to build need, so that only what no cache has is built.
 pub(crate) fn substitute_targets(
     s: &Session<'_>,
     paths: &[DerivedPath],
     out: &mut Out,
 ) -> Vec<Outcome> {
-    let wanted: Vec<BTreeSet<StorePath>> = paths.iter().map(|p| wanted_invalid(s, p)).collect();
-    let all: BTreeSet<StorePath> = wanted.iter().flatten().cloned().collect();
     let none = || paths.iter().map(|_| Outcome::NotSubstituted).collect();
-    if all.is_empty() {
+    if !paths.iter().any(|p| needs_work(s, p)) {
         return none();
     }
     let Some(sub) = substituter(s, out) else {
@@ -344,31 +579,33 @@ pub(crate) fn substitute_targets(
     };
     s.state.auto_gc.poke();
     let observer = ClientObserver::new(s, out);
-    let plan = match sub.plan(&s.state.store, &all, &observer) {
-        Ok(p) => p,
+    let w = match walk(s, &sub, paths, &observer) {
+        Ok(w) => w,
         Err(e) => {
             let msg = error_chain(&e);
             return paths.iter().map(|_| Outcome::Failed(msg.clone())).collect();
         }
     };
     // Rooted before the first byte is written, as every add.
-    for p in plan.fetch.keys() {
+    for p in w.plan.fetch.keys() {
         s.add_temp_root(p);
     }
-    let report = sub.execute(&s.state.store, plan, &observer);
+    let report = sub.execute(&s.state.store, w.plan, &observer);
     observer.flush();
     let store = &s.state.store;
-    wanted
+    w.own
         .iter()
-        .map(|w| {
-            if w.is_empty() {
+        .zip(&w.inputs)
+        .map(|(own, inputs)| {
+            if own.is_empty() && inputs.is_empty() {
                 return Outcome::NotSubstituted;
             }
-            if w.iter().all(|p| store.is_valid_path(p).unwrap_or(false)) {
+            if !own.is_empty() && own.iter().all(|p| store.is_valid_path(p).unwrap_or(false)) {
                 return Outcome::Substituted;
             }
-            let broken = w
+            let broken = own
                 .iter()
+                .chain(inputs)
                 .filter(|p| !only_missing(&report.failed, p))
                 .find_map(|p| report.failed.get(p));
             match broken {
@@ -443,42 +680,29 @@ pub(crate) fn settled_results(
         .collect()
 }
 
-/// For QueryMissing: the targets the caches can satisfy (their indexes), the paths
-/// that would be fetched and their download and NAR sizes.
+/// For QueryMissing, when a cache may be used: the derivations that would be
+/// built, the paths that would be fetched (with download and NAR sizes) and the
+/// unknown paths. `None` when substitution is off or nothing is missing.
 pub(crate) fn query_missing(
     s: &Session<'_>,
     targets: &[DerivedPath],
     out: &mut Out,
-) -> (BTreeSet<usize>, BTreeSet<StorePath>, u64, u64) {
-    let mut covered = BTreeSet::new();
-    let mut fetch = BTreeMap::new();
-    let wanted: Vec<BTreeSet<StorePath>> = targets.iter().map(|p| wanted_invalid(s, p)).collect();
-    if wanted.iter().all(BTreeSet::is_empty) {
-        return (covered, BTreeSet::new(), 0, 0);
+) -> Option<MissingInfo> {
+    if !targets.iter().any(|p| needs_work(s, p)) {
+        return None;
     }
-    let Some(sub) = substituter(s, out) else {
-        return (covered, BTreeSet::new(), 0, 0);
-    };
+    let sub = substituter(s, out)?;
     let observer = ClientObserver::new(s, out);
-    for (i, w) in wanted.iter().enumerate() {
-        if w.is_empty() {
-            continue;
-        }
-        let Ok(plan) = sub.plan(&s.state.store, w, &observer) else {
-            continue;
-        };
-        if plan.missing.is_empty() {
-            covered.insert(i);
-            fetch.extend(plan.fetch);
-        }
-    }
+    let w = walk(s, &sub, targets, &observer).ok();
     observer.flush();
-    let plan = Plan {
-        fetch,
-        missing: BTreeSet::new(),
-    };
-    let (download, nar) = (plan.download_size(), plan.nar_size());
-    (covered, plan.fetch.into_keys().collect(), download, nar)
+    let w = w?;
+    Some(MissingInfo {
+        download_size: w.plan.download_size(),
+        nar_size: w.plan.nar_size(),
+        will_build: w.build,
+        will_substitute: w.plan.fetch.into_keys().collect(),
+        unknown: w.unknown,
+    })
 }
 
 /// QuerySubstitutablePaths: which of `paths` some cache has.

@@ -7,9 +7,10 @@
 //! provides it and is confirmed by `fstat` on the opened descriptor, which is also
 //! where size and the executable bit are read.
 //!
-//! This is the hot path of NAR hashing, so the walk reuses its buffers: one read
-//! buffer for all files, one `getdents` buffer, and one name arena per directory
-//! depth. Small files and tokens are coalesced by [`NarWriter`] into large writes.
+//! This is the hot path of NAR hashing, so the walk reuses its buffers: one `getdents`
+//! buffer and one name arena per directory depth. File contents are read straight
+//! into the outgoing buffer (a chunk handed to the consumer, or a write buffer), so
+//! they are copied once, by the kernel; tokens are coalesced by [`NarWriter`].
 
 use std::ffi::{CStr, OsStr};
 use std::io::{self, Write};
@@ -22,11 +23,12 @@ use rustix::fs::{FileType, Mode, OFlags, RawDir, CWD};
 
 use super::error::NarError;
 use super::path::NarPath;
-use super::writer::NarWriter;
+use super::writer::{NarWriter, SpareSink};
 
-/// Read buffer for file contents: large enough that a hasher sees big updates and a
-/// large file takes few `read` calls, small enough to stay in the L2 cache.
-const READ_BUFFER: usize = 256 * 1024;
+/// Write buffer when the walk runs on the caller's thread: large enough that a hasher
+/// sees big updates and a large file takes few `read` calls, small enough to stay in
+/// the L2 cache.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Buffer for `getdents`.
 const DIRENT_BUFFER: usize = 64 * 1024;
@@ -56,7 +58,12 @@ pub fn dump_path<W: Write>(path: &Path, out: &mut W) -> Result<u64, NarError> {
         _ => false,
     };
     if !pipelined {
-        return Dumper::new(NarWriter::new(out), path).run(kind);
+        let sink = BufferedSink {
+            out,
+            buf: vec![0; WRITE_BUFFER],
+            used: 0,
+        };
+        return Dumper::new(NarWriter::new(sink), path).run(kind);
     }
     let (chunks, received) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
@@ -65,20 +72,21 @@ pub fn dump_path<W: Write>(path: &Path, out: &mut W) -> Result<u64, NarError> {
             let sink = ChunkSink {
                 chunks,
                 recycled,
-                chunk: Vec::with_capacity(CHUNK),
+                chunk: vec![0; CHUNK],
+                used: 0,
             };
             Dumper::new(NarWriter::new(sink), path).run(kind)
         });
         let mut failure = None;
-        for mut chunk in received {
+        for chunk in received {
             if let Err(source) = out.write_all(&chunk) {
                 // Dropping the receiver (by leaving the loop) stops the walker at
                 // its next chunk.
                 failure = Some(source);
                 break;
             }
-            chunk.clear();
-            // The walker may have finished already; then the chunk is simply freed.
+            // Not cleared: the walker only re-zeroes the tail a short chunk lacks. The
+            // walker may have finished already; then the chunk is simply freed.
             let _ = recycle.send(chunk);
         }
         let walked = match walker.join() {
@@ -106,19 +114,24 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// The walker's end of the pipeline: fills chunks and sends them when full, reusing
 /// the chunks the consumer sends back.
+///
+/// A chunk is kept at its full length (initialised, so file contents can be read into
+/// it without `unsafe`), with `used` bytes filled; it is cut to `used` when sent.
 struct ChunkSink {
     chunks: mpsc::SyncSender<Vec<u8>>,
     recycled: mpsc::Receiver<Vec<u8>>,
     chunk: Vec<u8>,
+    used: usize,
 }
 
 impl ChunkSink {
     fn send(&mut self) -> io::Result<()> {
-        let next = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        let full = std::mem::replace(&mut self.chunk, next);
+        let mut next = self.recycled.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+        // A full chunk comes back full; only the last one sent may be short.
+        next.resize(CHUNK, 0);
+        let mut full = std::mem::replace(&mut self.chunk, next);
+        full.truncate(self.used);
+        self.used = 0;
         self.chunks
             .send(full)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the NAR consumer stopped"))
@@ -129,22 +142,84 @@ impl Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut rest = data;
         while !rest.is_empty() {
-            let n = (CHUNK - self.chunk.len()).min(rest.len());
-            self.chunk.extend_from_slice(&rest[..n]);
+            let space = self.spare()?;
+            let n = space.len().min(rest.len());
+            space[..n].copy_from_slice(&rest[..n]);
+            self.commit(n);
             rest = &rest[n..];
-            if self.chunk.len() == CHUNK {
-                self.send()?;
-            }
         }
         Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.chunk.is_empty() {
+        if self.used == 0 {
             Ok(())
         } else {
             self.send()
         }
+    }
+}
+
+impl SpareSink for ChunkSink {
+    fn spare(&mut self) -> io::Result<&mut [u8]> {
+        // Sent only when more room is needed, so a chunk always leaves full.
+        if self.used == CHUNK {
+            self.send()?;
+        }
+        Ok(&mut self.chunk[self.used..])
+    }
+
+    fn commit(&mut self, n: usize) {
+        self.used += n;
+    }
+}
+
+/// The sink when the walk runs on the caller's thread: a write buffer in front of
+/// `out` that lends its free space for file contents.
+struct BufferedSink<'o, W: Write> {
+    out: &'o mut W,
+    buf: Vec<u8>,
+    used: usize,
+}
+
+impl<W: Write> BufferedSink<'_, W> {
+    fn drain(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.buf[..self.used])?;
+        self.used = 0;
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for BufferedSink<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.used + data.len() > self.buf.len() {
+            self.drain()?;
+        }
+        if data.len() >= self.buf.len() {
+            self.out.write_all(data)?;
+        } else {
+            self.buf[self.used..self.used + data.len()].copy_from_slice(data);
+            self.used += data.len();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()?;
+        self.out.flush()
+    }
+}
+
+impl<W: Write> SpareSink for BufferedSink<'_, W> {
+    fn spare(&mut self) -> io::Result<&mut [u8]> {
+        if self.used == self.buf.len() {
+            self.drain()?;
+        }
+        Ok(&mut self.buf[self.used..])
+    }
+
+    fn commit(&mut self, n: usize) {
+        self.used += n;
     }
 }
 
@@ -164,12 +239,11 @@ impl Listing {
     }
 }
 
-struct Dumper<'p, W: Write> {
+struct Dumper<'p, W: SpareSink> {
     writer: NarWriter<W>,
     root: &'p Path,
     /// The path of the current entry relative to `root` (`/a/b`), for error messages.
     rel: Vec<u8>,
-    buf: Vec<u8>,
     dirent_buf: Vec<u8>,
     /// Listings by depth, reused from one directory to the next.
     scratch: Vec<Listing>,
@@ -181,13 +255,12 @@ trait NameArg: rustix::path::Arg + Copy {}
 impl NameArg for &CStr {}
 impl NameArg for &OsStr {}
 
-impl<'p, W: Write> Dumper<'p, W> {
+impl<'p, W: SpareSink> Dumper<'p, W> {
     fn new(writer: NarWriter<W>, root: &'p Path) -> Self {
         Self {
             writer,
             root,
             rel: Vec::new(),
-            buf: vec![0; READ_BUFFER],
             dirent_buf: Vec::with_capacity(DIRENT_BUFFER),
             scratch: Vec::new(),
         }
@@ -285,11 +358,8 @@ impl<'p, W: Write> Dumper<'p, W> {
         self.writer.begin_regular(executable, size)?;
         let mut left = size;
         while left > 0 {
-            let want = self
-                .buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = match rustix::io::read(&fd, &mut self.buf[..want]) {
+            let space = self.writer.contents_space()?;
+            let n = match rustix::io::read(&fd, space) {
                 Ok(0) => {
                     return Err(NarError::FileChanged {
                         path: self.current_path(),
@@ -299,7 +369,7 @@ impl<'p, W: Write> Dumper<'p, W> {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(self.error(e)),
             };
-            self.writer.contents(&self.buf[..n])?;
+            self.writer.contents_filled(n)?;
             left -= n as u64;
         }
         self.writer.end_regular()

@@ -8,7 +8,7 @@
 //! unbuffered sink (a file, a pipe) sees large writes. Large file contents bypass the
 //! buffer. Call [`NarWriter::finish`]: bytes still buffered are lost on drop.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use super::error::NarError;
 use super::path::{DisplayBytes, NarPath};
@@ -16,6 +16,17 @@ use super::{padding, token, MAX_CONTENTS_LEN, MAX_NAME_LEN, MAX_TARGET_LEN};
 
 /// Size of the internal buffer; contents of at least this size are written directly.
 const BUFFER: usize = 64 * 1024;
+
+/// A sink that lends out its own buffer, so a file's contents can be read from disk
+/// straight into it: the bytes then cross memory once (kernel to sink) instead of
+/// being copied through a read buffer and the writer's buffer.
+pub(crate) trait SpareSink: Write {
+    /// Free space at the end of the sink's buffer, never empty; making room may hand
+    /// on what the buffer holds.
+    fn spare(&mut self) -> io::Result<&mut [u8]>;
+    /// The first `n` bytes of the space last lent out now follow the earlier output.
+    fn commit(&mut self, n: usize);
+}
 
 /// Where the writer is in the grammar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +350,56 @@ impl<W: Write> NarWriter<W> {
             source,
         })?;
         Ok((self.out, self.written))
+    }
+}
+
+// The bound is on each method, not the impl, so the crate-private trait does not
+// appear in the public type's interface.
+impl<W: Write> NarWriter<W> {
+    /// Space for the next part of the current file's contents, at most the bytes still
+    /// announced; fill a prefix of it, then call [`NarWriter::contents_filled`].
+    pub(crate) fn contents_space(&mut self) -> Result<&mut [u8], NarError>
+    where
+        W: SpareSink,
+    {
+        let State::Contents { announced, written } = self.state else {
+            return Err(self.misuse("file contents"));
+        };
+        // What the writer holds (the file's header) must precede the contents.
+        self.flush_buf()?;
+        let left = usize::try_from(announced - written).unwrap_or(usize::MAX);
+        let space = self.out.spare().map_err(|source| NarError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        let n = space.len().min(left);
+        Ok(&mut space[..n])
+    }
+
+    /// Takes the first `n` bytes of the space [`NarWriter::contents_space`] lent as
+    /// the next part of the current file's contents.
+    pub(crate) fn contents_filled(&mut self, n: usize) -> Result<(), NarError>
+    where
+        W: SpareSink,
+    {
+        let State::Contents { announced, written } = self.state else {
+            return Err(self.misuse("file contents"));
+        };
+        let total = written + n as u64;
+        if total > announced {
+            return Err(NarError::ContentsLength {
+                path: self.path.clone(),
+                announced,
+                written: total,
+            });
+        }
+        self.out.commit(n);
+        self.written += n as u64;
+        self.state = State::Contents {
+            announced,
+            written: total,
+        };
+        Ok(())
     }
 }
 

@@ -39,7 +39,7 @@ pub use helper::helper_main;
 pub use plan::{
     etc_passwd, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, IdSlice, MountOp, Namespaces,
     Plan, SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS,
-    UID_RANGE_IDS,
+    ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
 pub use userns::{check_user_namespaces, reason_from_settings, UsernsReason, UsernsUnavailable};

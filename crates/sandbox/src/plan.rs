@@ -38,6 +38,11 @@ pub const BUILDER_UID: u32 = 1000;
 /// The builder's gid inside the sandbox.
 pub const BUILDER_GID: u32 = 100;
 
+/// Mount data of the tmpfs that is the sandbox's `/`: it holds only mount points,
+/// `/etc`'s three files and `/dev`'s symlinks, so a builder that owns it (the
+/// single-id mode) cannot fill memory through it.
+pub const ROOT_TMPFS_OPTIONS: &str = "size=1m,mode=0755";
+
 /// The host devices bound into `/dev` (Nix 2.8's list; `kvm` is added on request).
 pub const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
 
@@ -276,6 +281,18 @@ pub enum MountOp {
         /// Mode, umask ignored.
         mode: u32,
     },
+    /// A directory kept on the host root's own filesystem (the store dir, where the
+    /// outputs are made and renamed into the store from, and `/tmp`): the same path
+    /// under the host root, created before the root is covered by the sandbox's
+    /// tmpfs, bound at `path` (made like [`MountOp::Mkdir`]), its mode set exactly.
+    /// Everything else of the root lives in that tmpfs, which vanishes with the
+    /// sandbox, so nothing but these directories is left to delete.
+    DiskDir {
+        /// Sandbox path, and the path under the host root.
+        path: PathBuf,
+        /// Mode, umask ignored.
+        mode: u32,
+    },
     /// Create a file with these bytes and mode.
     WriteFile {
         /// Sandbox path.
@@ -359,6 +376,8 @@ pub struct Plan {
     /// renamed into the store.
     pub root: PathBuf,
     /// Mode of the root once populated (0555: `mkdir /x` gives EACCES, not EROFS).
+    /// The root itself is a small tmpfs mounted on this directory (see
+    /// [`MountOp::DiskDir`] and [`ROOT_TMPFS_OPTIONS`]).
     pub root_mode: u32,
     /// The layout, applied in order.
     pub mounts: Vec<MountOp>,
@@ -557,6 +576,21 @@ impl Layout {
         });
     }
 
+    /// A directory on the host root's filesystem (see [`MountOp::DiskDir`]).
+    fn disk_dir(&mut self, path: &Path, mode: u32) {
+        if path == Path::new("/") || self.dirs.contains(path) {
+            return;
+        }
+        if let Some(parent) = path.parent() {
+            self.mkdir(parent, 0o755);
+        }
+        self.dirs.insert(path.to_path_buf());
+        self.ops.push(MountOp::DiskDir {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+
     fn claim(&mut self, target: &Path) -> Result<(), PlanError> {
         check_sandbox_path(target)?;
         if !self.targets.insert(target.to_path_buf()) || self.dirs.contains(target) {
@@ -656,7 +690,7 @@ impl Plan {
                 gid: id_maps.builder_gid,
             });
         }
-        l.mkdir(Path::new("/tmp"), 0o1777);
+        l.disk_dir(Path::new("/tmp"), 0o1777);
 
         l.mkdir(Path::new("/etc"), 0o555);
         l.file(
@@ -704,7 +738,7 @@ impl Plan {
         });
 
         // The store dir holds only the closure; outputs are created in it (1775, as Nix).
-        l.mkdir(&spec.store_dir, 0o1775);
+        l.disk_dir(&spec.store_dir, 0o1775);
         if id_maps.switch_ids {
             // As with Nix's build users: the store dir belongs to root and the
             // builder's group, so the builder can create its outputs (1775) but not
@@ -888,6 +922,9 @@ mod tests {
             .iter()
             .map(|op| match op {
                 MountOp::Mkdir { path, mode } => format!("mkdir {} {mode:o}", path.display()),
+                MountOp::DiskDir { path, mode } => {
+                    format!("disk dir {} {mode:o}", path.display())
+                }
                 MountOp::WriteFile { path, mode, .. } => {
                     format!("file {} {mode:o}", path.display())
                 }
@@ -920,7 +957,7 @@ mod tests {
             show,
             [
                 "bind /var/lib/unrooted/builds/x /build",
-                "mkdir /tmp 1777",
+                "disk dir /tmp 1777",
                 "mkdir /etc 555",
                 "file /etc/passwd 444",
                 "file /etc/group 444",
@@ -944,7 +981,7 @@ mod tests {
                 "mkdir /proc 555",
                 "proc /proc",
                 "mkdir /nix 755",
-                "mkdir /nix/store 1775",
+                "disk dir /nix/store 1775",
                 "bind /nix/store/aaaa-busybox /nix/store/aaaa-busybox ro",
                 "bind /nix/store/bbbb-src.tar /nix/store/bbbb-src.tar ro",
             ]

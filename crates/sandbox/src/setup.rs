@@ -93,14 +93,33 @@ fn prepare_and_exec(plan: &Plan, go: OwnedFd, err: &OwnedFd) -> Setup<Never> {
     }
 
     let root = &plan.root;
-    // pivot_root needs the new root to be a mount point.
+    // The directories that stay on the host root's filesystem are made, and held by
+    // a descriptor, before the root is covered.
+    let disk = disk_dirs(root, &plan.mounts)?;
+    // The root is a tmpfs of its own (a mount point, as pivot_root needs): its mount
+    // points and files vanish with the sandbox instead of being deleted one by one.
     at(
         Step::BindingRoot,
         Some(root),
-        mount::mount_bind(root.as_path(), root.as_path()),
+        mount::mount(
+            "tmpfs",
+            root.as_path(),
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            Some(c_string(crate::plan::ROOT_TMPFS_OPTIONS.as_bytes())?.as_c_str()),
+        ),
     )?;
+    let mut disk = disk.into_iter();
     for op in &plan.mounts {
-        apply(root, op)?;
+        match op {
+            MountOp::DiskDir { path, mode } => {
+                let fd = disk
+                    .next()
+                    .ok_or(fail(Step::BindMounting, Some(path), libc::EPROTO))?;
+                bind_disk_dir(root, path, *mode, &fd)?;
+            }
+            op => apply(root, op)?,
+        }
     }
     at(
         Step::Chmod,
@@ -366,6 +385,82 @@ fn enter_nested_namespace_range() -> Setup<()> {
     }
 }
 
+/// Creates each [`MountOp::DiskDir`] under the host root (on its own filesystem, the
+/// root not yet covered), in plan order, and opens it (`O_PATH`, never following a
+/// symlink) for [`bind_disk_dir`]. The root is a fresh directory of the daemon's, so
+/// only what this creates is in it.
+fn disk_dirs(root: &Path, ops: &[MountOp]) -> Setup<Vec<OwnedFd>> {
+    let mut out = Vec::new();
+    for op in ops {
+        let MountOp::DiskDir { path, .. } = op else {
+            continue;
+        };
+        let shown = host(root, path);
+        let open = |dir: &OwnedFd, name: &OsStr| {
+            at(
+                Step::CreatingDirectory,
+                Some(&shown),
+                rfs::openat(
+                    dir,
+                    name,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+            )
+        };
+        let mut dir = at(
+            Step::CreatingDirectory,
+            Some(root),
+            rfs::open(
+                root,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        )?;
+        for name in path.components().filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        }) {
+            match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(fail(
+                        Step::CreatingDirectory,
+                        Some(&shown),
+                        e.raw_os_error(),
+                    ))
+                }
+            }
+            dir = open(&dir, name)?;
+        }
+        out.push(dir);
+    }
+    Ok(out)
+}
+
+/// Makes the mount point of a [`MountOp::DiskDir`] in the root's tmpfs, binds the
+/// directory `fd` holds (covered by that tmpfs, so reached through the descriptor)
+/// on it, and sets its mode.
+fn bind_disk_dir(root: &Path, path: &Path, mode: u32, fd: &OwnedFd) -> Setup<()> {
+    use std::os::fd::AsRawFd;
+    let p = host(root, path);
+    match rfs::mkdir(&p, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(fail(Step::CreatingDirectory, Some(&p), e.raw_os_error())),
+    }
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    at(
+        Step::BindMounting,
+        Some(&p),
+        mount::mount_bind(source.as_str(), &p),
+    )?;
+    at(
+        Step::Chmod,
+        Some(&p),
+        rfs::chmod(&p, Mode::from_raw_mode(mode)),
+    )
+}
+
 /// The host path of a sandbox path under the new root (plan paths are validated as
 /// absolute with normal components only).
 fn host(root: &Path, path: &Path) -> PathBuf {
@@ -413,6 +508,10 @@ fn apply(root: &Path, op: &MountOp) -> Setup<()> {
                 Some(&p),
                 rfs::fchmod(&f, Mode::from_raw_mode(*mode)),
             )
+        }
+        MountOp::DiskDir { path, .. } => {
+            // Handled with their descriptors by `prepare_and_exec`.
+            Err(fail(Step::BindMounting, Some(path), libc::EPROTO))
         }
         MountOp::Symlink { target, link } => {
             let p = host(root, link);

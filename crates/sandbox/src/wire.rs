@@ -31,7 +31,7 @@ pub enum Request {
     },
 }
 
-const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-2\n";
+const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-3\n";
 const RECLAIM_MAGIC: &[u8] = b"unrooted-sandbox-reclaim-1\n";
 /// The largest plan frame accepted (a closure of 100 000 paths is far below this).
 pub const MAX_PLAN_BYTES: u64 = 64 << 20;
@@ -272,6 +272,11 @@ pub fn encode_plan(plan: &Plan) -> Vec<u8> {
                 e.u8(7);
                 e.os(target.as_os_str());
             }
+            MountOp::DiskDir { path, mode } => {
+                e.u8(9);
+                e.os(path.as_os_str());
+                e.u32(*mode);
+            }
             MountOp::Chown { path, uid, gid } => {
                 e.u8(8);
                 e.os(path.as_os_str());
@@ -347,6 +352,10 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
                 path: d.path()?,
                 uid: d.u32()?,
                 gid: d.u32()?,
+            },
+            9 => MountOp::DiskDir {
+                path: d.path()?,
+                mode: d.u32()?,
             },
             _ => return Err("bad mount operation"),
         });

@@ -72,6 +72,9 @@ enum Msg {
     Started(StorePath),
     Line(StorePath, String),
     Note(StorePath, String),
+    /// A goal has its result: the request loop looks again at once instead of at its
+    /// next tick.
+    Finished,
 }
 
 #[derive(Default)]
@@ -536,6 +539,7 @@ impl Scheduler {
                     Msg::Started(d) => observer.started(d),
                     Msg::Line(d, l) => observer.log_line(d, l),
                     Msg::Note(d, t) => observer.note(d, t),
+                    Msg::Finished => true,
                 };
                 if !ok {
                     gone = true;
@@ -552,6 +556,7 @@ impl Scheduler {
                 Msg::Started(d) => observer.started(d),
                 Msg::Line(d, l) => observer.log_line(d, l),
                 Msg::Note(d, t) => observer.note(d, t),
+                Msg::Finished => true,
             };
         }
     }
@@ -591,6 +596,7 @@ impl Scheduler {
                 None => BuildResult::new(Status::MiscFailure, "the derivation could not be loaded"),
             };
             g.lock().result = Some(Arc::new(result));
+            g.broadcast(|| Msg::Finished);
             let mut goals = self.goals.lock().unwrap_or_else(PoisonError::into_inner);
             if goals.get(&key).is_some_and(|x| Arc::ptr_eq(x, &g)) {
                 goals.remove(&key);

@@ -456,10 +456,11 @@ impl<'a> Collector<'a> {
             }
             ok
         };
+        let mut lock = self.store.deletion_lock();
         for p in &accepted {
             let printed = self.store.print_path(p);
             log(&format!("deleting '{printed}'"));
-            if let DeleteOutcome::Deleted { bytes } = self.store.delete_invalid_path(p)? {
+            if let DeleteOutcome::Deleted { bytes } = lock.delete_invalid_path(p)? {
                 result.bytes_freed += bytes;
             }
             result.paths.insert(printed);
@@ -477,6 +478,7 @@ impl<'a> Collector<'a> {
         result: &mut GcResult,
     ) -> Result<(), GcError> {
         let store_dir = self.store.store_dir();
+        let mut lock = self.store.deletion_lock();
         for name in self.store.store_entries()? {
             let Some(text) = name.to_str() else {
                 continue;
@@ -492,7 +494,7 @@ impl<'a> Collector<'a> {
             if accepted.len() != pending.len() {
                 continue;
             }
-            let outcome = self.store.delete_garbage_entry(&name);
+            let outcome = lock.delete_garbage_entry(&name);
             self.temp_roots.finish_deletion(&accepted);
             if let DeleteOutcome::Deleted { bytes } = outcome? {
                 if path.is_some() {

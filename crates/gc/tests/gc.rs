@@ -402,3 +402,44 @@ fn runtime_root_of_our_own_process_is_seen_without_helper() {
     let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
     assert_eq!(r.unwrap().paths.len(), 2);
 }
+
+/// The collector's lock file travels from path to path: a path whose lock is held
+/// elsewhere stays, one with an unlocked lock file goes, and no lock file is left.
+#[test]
+fn deletion_lock_skips_held_locks_and_leaves_no_lock_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let root = tmp.path().join("store");
+    let dead: Vec<_> = (0..600)
+        .map(|i| text(&store, &format!("dead-{i}"), &format!("dead {i}\n"), &[]))
+        .collect();
+    let lock_of = |p: &unrooted_format::StorePath| {
+        let mut name = store.real_path(p).into_os_string();
+        name.push(".lock");
+        std::path::PathBuf::from(name)
+    };
+    let held = fs::File::create(lock_of(&dead[300])).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    fs::write(lock_of(&dead[301]), b"").unwrap();
+
+    let temps = TempRoots::new();
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    let r = r.unwrap();
+    assert!(
+        store.real_path(&dead[300]).exists(),
+        "a locked path must stay"
+    );
+    for (i, p) in dead.iter().enumerate() {
+        if i != 300 {
+            assert!(!store.real_path(p).exists(), "{i} not deleted");
+            assert!(r.paths.contains(&store.print_path(p)));
+        }
+    }
+    let locks: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "lock"))
+        .collect();
+    assert_eq!(locks, vec![lock_of(&dead[300])]);
+    drop(held);
+}

@@ -26,7 +26,7 @@ mod verify;
 pub use add::CheckSigs;
 pub use config::{LocalStoreConfig, DEFAULT_RESERVED_SPACE};
 pub use error::StoreError;
-pub use gc::{DeleteOutcome, LinksStats};
+pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
 pub use optimise::OptimiseStats;
 pub use store::LocalStore;
 pub use tmp::TEMP_PREFIX;

@@ -132,6 +132,25 @@ impl LockMap {
     }
 }
 
+impl LockMap {
+    /// Claims `lock_path` (a `.lock` file) for a thread of this process without
+    /// touching the file: false when another thread holds it. The collector's
+    /// deletion lock carries one file lock from path to path and claims each name
+    /// here first, so threads of this process wait for it as for a [`PathLock`].
+    pub(crate) fn claim(&self, lock_path: &Path) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.insert(lock_path.to_owned())
+    }
+
+    /// Gives up a claim made by [`LockMap::claim`] and wakes the threads waiting for
+    /// it.
+    pub(crate) fn unclaim(&self, lock_path: &Path) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.remove(lock_path);
+        self.released.notify_all();
+    }
+}
+
 impl Drop for PathLock<'_> {
     fn drop(&mut self) {
         if let Some(mut file) = self.file.take() {

@@ -11,7 +11,7 @@ use unrooted_roots::{Limits, Scan, Strictness};
 use unrooted_store::{DeleteOutcome, LocalStore};
 
 use crate::error::GcError;
-use crate::roots::{ask_helper, top_level, HelperAnswer, Walk};
+use crate::roots::{ask_helper, top_level, HelperAnswer, Unresolved, Walk};
 use crate::temp_roots::{read_temp_roots_files, TempRoots};
 
 /// Where the roots the daemon cannot read come from.
@@ -138,6 +138,72 @@ impl<'a> Collector<'a> {
         log: &mut dyn FnMut(&str),
         strict: bool,
     ) -> Result<Roots, GcError> {
+        let (socket, resolves_unreadable) = match &self.config.roots_helper {
+            RootsHelper::Socket(s) => (Some(s), true),
+            RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
+            RootsHelper::None => (None, false),
+        };
+        let store_dir = self.store.store_dir();
+        // The helper's first answer is awaited while the daemon finds the roots it
+        // can read itself: both take about as long.
+        let (local, first) = std::thread::scope(|scope| {
+            let first = socket.map(|s| scope.spawn(move || ask_helper(s, store_dir)));
+            let local = self.local_roots(censor, log);
+            let first = first.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (local, first)
+        });
+        let (mut roots, unresolved) = local?;
+        // The answer ends at EOF, so a helper killed mid-scan (or between two
+        // items) looks like one with fewer roots, and a collection would delete what
+        // only it could see. Before deleting, the helper is therefore asked again
+        // once the first answer is complete, and the union is used: a helper that
+        // died during the first answer refuses (or resets) the second connection,
+        // which fails the collection; a helper restarted in between (or a fresh
+        // socket-activated instance) answers in full. Roots added between the two
+        // asks only make the union larger.
+        if let (Some(socket), Some(first)) = (socket, first) {
+            let second = strict.then(|| ask_helper(socket, store_dir));
+            for answer in std::iter::once(first).chain(second) {
+                match answer {
+                    Ok(HelperAnswer::Roots(paths)) => {
+                        // A path the daemon found rooted already is listed as it
+                        // found it; the helper adds the roots only it could see.
+                        for p in paths {
+                            roots
+                                .entry(p)
+                                .or_insert_with(|| BTreeSet::from(["{censored}".to_owned()]));
+                        }
+                    }
+                    Ok(HelperAnswer::Incomplete(message)) if strict => {
+                        return Err(GcError::HelperIncomplete {
+                            socket: socket.clone(),
+                            message,
+                        })
+                    }
+                    Err(e) if strict => return Err(e),
+                    Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
+                }
+            }
+        }
+        if strict && !resolves_unreadable {
+            if let Some(u) = unresolved.into_iter().next() {
+                return Err(GcError::UnresolvedRoot {
+                    link: u.link,
+                    source: u.source,
+                });
+            }
+        }
+        Ok(roots)
+    }
+
+    /// The roots the daemon finds itself: its walk of `gcroots` and `profiles`,
+    /// temporary roots (its own and Nix's files) and its runtime roots; and the
+    /// roots it could not read.
+    fn local_roots(
+        &self,
+        censor: bool,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<(Roots, Vec<Unresolved>), GcError> {
         let state = &self.store.config().state_dir;
         let store_dir = self.store.store_dir();
         let mut walk = Walk::new(store_dir, state, log);
@@ -176,46 +242,7 @@ impl<'a> Collector<'a> {
                     .insert(hidden("{runtime}".to_owned()));
             }
         }
-        let (socket, resolves_unreadable) = match &self.config.roots_helper {
-            RootsHelper::Socket(s) => (Some(s), true),
-            RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
-            RootsHelper::None => (None, false),
-        };
-        // The answer ends at EOF, so a helper killed mid-scan (or between two
-        // items) looks like one with fewer roots, and a collection would delete what
-        // only it could see. Before deleting, the helper is therefore asked twice
-        // and the union is used: a helper that died during the first answer refuses
-        // (or resets) the second connection, which fails the collection; a helper
-        // restarted in between (or a fresh socket-activated instance) answers in
-        // full. Roots added between the two asks only make the union larger.
-        let asks = if strict { 2 } else { 1 };
-        for _ in 0..asks {
-            let Some(socket) = socket else { break };
-            match ask_helper(socket, store_dir) {
-                Ok(HelperAnswer::Roots(paths)) => {
-                    for p in paths {
-                        roots.entry(p).or_default().insert("{censored}".to_owned());
-                    }
-                }
-                Ok(HelperAnswer::Incomplete(message)) if strict => {
-                    return Err(GcError::HelperIncomplete {
-                        socket: socket.clone(),
-                        message,
-                    })
-                }
-                Err(e) if strict => return Err(e),
-                Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
-            }
-        }
-        if strict && !resolves_unreadable {
-            if let Some(u) = found.unresolved.into_iter().next() {
-                return Err(GcError::UnresolvedRoot {
-                    link: u.link,
-                    source: u.source,
-                });
-            }
-        }
-        Ok(roots)
+        Ok((roots, found.unresolved))
     }
 
     /// The closure of `roots` under references, plus derivers (`keep_derivations`)

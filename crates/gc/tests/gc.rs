@@ -443,3 +443,43 @@ fn deletion_lock_skips_held_locks_and_leaves_no_lock_files() {
     assert_eq!(locks, vec![lock_of(&dead[300])]);
     drop(held);
 }
+
+/// FindRoots lists a root the daemon read itself once, by its link, even when the
+/// roots helper reports it too; roots only the helper saw show as `{censored}`.
+#[test]
+fn helper_roots_the_daemon_found_are_not_listed_twice() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let readable = text(&store, "readable", "r\n", &[]);
+    let hidden = text(&store, "hidden", "h\n", &[]);
+    let gcroots = tmp.path().join("state/gcroots");
+    fs::create_dir_all(&gcroots).unwrap();
+    std::os::unix::fs::symlink(store.real_path(&readable), gcroots.join("r")).unwrap();
+    let socket = tmp.path().join("helper.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let answer = format!(
+        "{}\0{}\0",
+        store.print_path(&readable),
+        store.print_path(&hidden)
+    );
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.write_all(answer.as_bytes()).unwrap();
+    });
+    let temps = TempRoots::new();
+    let config = unrooted_gc::GcConfig::new(unrooted_gc::RootsHelper::Socket(socket));
+    let roots = unrooted_gc::Collector::new(&store, config, &temps)
+        .find_roots(true)
+        .unwrap();
+    server.join().unwrap();
+    let of = |p: &unrooted_format::StorePath| {
+        roots
+            .iter()
+            .filter(|(_, r)| r == p)
+            .map(|(l, _)| l.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&readable), vec![gcroots.join("r").display().to_string()]);
+    assert_eq!(of(&hidden), vec!["{censored}".to_owned()]);
+}

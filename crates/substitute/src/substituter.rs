@@ -262,38 +262,95 @@ impl Substituter {
 
     /// What fetching `paths` and everything they refer to would take: the paths
     /// missing from `store`, found through the caches' references.
+    ///
+    /// Up to `jobs` lookups run at once, and a path's references are looked up as
+    /// soon as its narinfo arrives (not a level of the graph at a time), so a deep
+    /// closure costs no more round trips in a row than its longest chain.
     pub fn plan(
         &self,
         store: &LocalStore,
         paths: &BTreeSet<StorePath>,
         observer: &dyn Observer,
     ) -> Result<Plan, SubstituteError> {
-        let mut plan = Plan::default();
-        let mut seen: BTreeSet<StorePath> = BTreeSet::new();
-        let mut level: BTreeSet<StorePath> = BTreeSet::new();
-        for p in paths {
-            if seen.insert(p.clone()) && !is_valid(store, p)? {
-                level.insert(p.clone());
-            }
+        struct Walk {
+            queue: Vec<StorePath>,
+            seen: BTreeSet<StorePath>,
+            busy: usize,
+            plan: Plan,
+            error: Option<SubstituteError>,
         }
-        while !level.is_empty() {
-            let mut found = self.query_many(&level, observer);
-            let mut next = BTreeSet::new();
-            for p in level {
-                let Some(s) = found.remove(&p) else {
-                    plan.missing.insert(p);
+        let walk = Mutex::new(Walk {
+            queue: paths.iter().cloned().collect(),
+            seen: paths.clone(),
+            busy: 0,
+            plan: Plan::default(),
+            error: None,
+        });
+        let wake = Condvar::new();
+        let lock = || walk.lock().unwrap_or_else(PoisonError::into_inner);
+        let work = || {
+            let mut w = lock();
+            loop {
+                if w.error.is_some() {
+                    break;
+                }
+                let Some(p) = w.queue.pop() else {
+                    if w.busy == 0 {
+                        break;
+                    }
+                    w = wake.wait(w).unwrap_or_else(PoisonError::into_inner);
                     continue;
                 };
-                for r in &s.info.references {
-                    if seen.insert(r.clone()) && !is_valid(store, r)? {
-                        next.insert(r.clone());
+                w.busy += 1;
+                drop(w);
+                let found = match is_valid(store, &p) {
+                    Ok(true) => Ok(None),
+                    Ok(false) => Ok(Some(self.query(&p, observer))),
+                    Err(e) => Err(e),
+                };
+                w = lock();
+                w.busy -= 1;
+                match found {
+                    Ok(None) => {}
+                    Ok(Some(None)) => {
+                        w.plan.missing.insert(p);
+                    }
+                    Ok(Some(Some(s))) => {
+                        for r in &s.info.references {
+                            if w.seen.insert(r.clone()) {
+                                w.queue.push(r.clone());
+                            }
+                        }
+                        w.plan.fetch.insert(p, s);
+                    }
+                    Err(e) => {
+                        w.error.get_or_insert(e);
                     }
                 }
-                plan.fetch.insert(p, s);
+                wake.notify_all();
             }
-            level = next;
+            wake.notify_all();
+        };
+        let jobs = if self.caches.is_empty() {
+            1
+        } else {
+            self.config.jobs.max(1)
+        };
+        if jobs == 1 {
+            work();
+        } else {
+            thread::scope(|s| {
+                for _ in 1..jobs {
+                    s.spawn(work);
+                }
+                work();
+            });
         }
-        Ok(plan)
+        let w = walk.into_inner().unwrap_or_else(PoisonError::into_inner);
+        match w.error {
+            Some(e) => Err(e),
+            None => Ok(w.plan),
+        }
     }
 
     /// Substitutes `paths` and their closures into `store`: references before

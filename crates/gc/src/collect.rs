@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{flock, FlockOperation};
 use unrooted_format::StorePath;
 use unrooted_roots::{Limits, Scan, Strictness};
-use unrooted_store::{DeleteOutcome, LocalStore};
+use unrooted_store::{DeleteOutcome, LocalStore, StoreError};
 
 use crate::error::GcError;
 use crate::roots::{ask_helper, top_level, HelperAnswer, Unresolved, Walk};
@@ -106,6 +106,13 @@ type Roots = BTreeMap<StorePath, BTreeSet<String>>;
 
 /// Paths invalidated per database transaction when no `max_freed` is given.
 const BATCH: usize = 256;
+
+/// Threads deleting an invalidated batch from disk, at most.
+const DELETE_THREADS: usize = 4;
+
+/// Paths per deleting thread, at least (a thread for a few paths costs more than it
+/// saves).
+const DELETE_THREAD_MIN: usize = 32;
 
 impl<'a> Collector<'a> {
     /// A collector for `store` with the daemon's settings and temporary roots.
@@ -483,11 +490,32 @@ impl<'a> Collector<'a> {
             }
             ok
         };
-        let mut lock = self.store.deletion_lock();
-        for p in &accepted {
+        // The whole batch is invalid now, so the order of deletion from disk no
+        // longer matters: a few threads share it, as removing a file mostly waits
+        // for the disk (discarding its blocks, writing its inode).
+        let threads = DELETE_THREADS.min(accepted.len().div_ceil(DELETE_THREAD_MIN));
+        let share = accepted.len().div_ceil(threads.max(1));
+        let outcomes: Vec<Result<DeleteOutcome, StoreError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = accepted
+                .chunks(share.max(1))
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut lock = self.store.deletion_lock();
+                        part.iter()
+                            .map(|p| lock.delete_invalid_path(p))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for (p, outcome) in accepted.iter().zip(outcomes) {
             let printed = self.store.print_path(p);
             log(&format!("deleting '{printed}'"));
-            if let DeleteOutcome::Deleted { bytes } = lock.delete_invalid_path(p)? {
+            if let DeleteOutcome::Deleted { bytes } = outcome? {
                 result.bytes_freed += bytes;
             }
             result.paths.insert(printed);

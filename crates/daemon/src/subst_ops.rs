@@ -128,7 +128,22 @@ pub(crate) fn substituter(s: &Session<'_>, out: &mut Out) -> Option<Substituter>
         0 => usize::MAX,
         n => usize::try_from(n).unwrap_or(usize::MAX),
     };
-    let jobs = usize::try_from(number("max-substitution-jobs", 16)).unwrap_or(16);
+    // Nix 2.8 ran substitutions as jobs under `max-jobs`; `max-substitution-jobs`
+    // (later Nix) sets their number directly. By default: max-jobs or the number of
+    // CPUs, whichever is larger, at most 16. Lookups and imports are partly CPU
+    // work, and more connections at once mostly contend: 16 at once against a
+    // loopback `python3 -m http.server` overflow its accept backlog (5), and
+    // dropped SYNs cost 1 s each (2,000 paths: 12 s with 16 jobs, 4 s with 2).
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let max_jobs = match setting(s, "max-jobs") {
+        Some("auto") => cpus,
+        Some(v) => v.parse().unwrap_or(1),
+        None => usize::try_from(settings.max_jobs).unwrap_or(usize::MAX),
+    };
+    let default_jobs = max_jobs.max(cpus).min(16);
+    let jobs = setting(s, "max-substitution-jobs")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(default_jobs);
     config.jobs = jobs.min(connections).max(1);
     config.transport.connections = connections.min(1024);
     config.transport.connect_timeout = Duration::from_secs(number("connect-timeout", 10));

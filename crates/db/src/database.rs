@@ -30,6 +30,8 @@ const QUERY_VALID_DERIVERS: &str = "select v.id, v.path from DerivationOutputs d
 const QUERY_DERIVATION_OUTPUTS: &str = "select id, path from DerivationOutputs where drv = ?";
 const QUERY_PATH_FROM_HASH_PART: &str = "select path from ValidPaths where path >= ? limit 1";
 const QUERY_ALL_VALID_PATHS: &str = "select path from ValidPaths";
+const QUERY_ALL_PATHS_AND_DERIVERS: &str = "select id, path, deriver from ValidPaths";
+const QUERY_ALL_REFS: &str = "select referrer, reference from Refs";
 const QUERY_SIGS: &str = "select sigs from ValidPaths where path = ?";
 const UPDATE_SIGS: &str = "update ValidPaths set sigs = ? where path = ?";
 
@@ -52,6 +54,16 @@ impl Registration {
             derivation_outputs: BTreeMap::new(),
         }
     }
+}
+
+/// A valid path's references and deriver, as [`Database::reference_graph`] lists
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GraphNode {
+    /// The valid paths it refers to (itself included if it refers to itself).
+    pub references: BTreeSet<StorePath>,
+    /// Its deriver as recorded (valid or not).
+    pub deriver: Option<StorePath>,
 }
 
 /// Settings that differ between Nix installations (`fsync-metadata`,
@@ -537,6 +549,54 @@ impl Database {
             out.insert(self.parse_path(p, &text, "path")?);
         }
         Ok(out)
+    }
+
+    /// Every valid path with its references and deriver, read in two scans inside
+    /// one read transaction (so they agree): the collector's liveness pass over the
+    /// whole store, without one query per path.
+    pub fn reference_graph(&self) -> Result<BTreeMap<StorePath, GraphNode>, DbError> {
+        let q = |source| DbError::QueryAllValidPaths { source };
+        let tx = self.conn.unchecked_transaction().map_err(q)?;
+        let mut by_id = std::collections::HashMap::new();
+        let mut graph = BTreeMap::new();
+        {
+            let mut stmt = tx.prepare_cached(QUERY_ALL_PATHS_AND_DERIVERS).map_err(q)?;
+            let mut rows = stmt.query([]).map_err(q)?;
+            while let Some(row) = rows.next().map_err(q)? {
+                let id: i64 = row.get(0).map_err(q)?;
+                let text: String = row.get(1).map_err(q)?;
+                let deriver: Option<String> = row.get(2).map_err(q)?;
+                let path = self.parse_path(text.clone(), &text, "path")?;
+                let deriver = match deriver {
+                    Some(d) if !d.is_empty() => Some(self.parse_path(d, &text, "deriver")?),
+                    _ => None,
+                };
+                by_id.insert(id, path.clone());
+                graph.insert(
+                    path,
+                    GraphNode {
+                        references: BTreeSet::new(),
+                        deriver,
+                    },
+                );
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(QUERY_ALL_REFS).map_err(q)?;
+            let mut rows = stmt.query([]).map_err(q)?;
+            while let Some(row) = rows.next().map_err(q)? {
+                let referrer: i64 = row.get(0).map_err(q)?;
+                let reference: i64 = row.get(1).map_err(q)?;
+                // Foreign keys make both ends valid paths.
+                if let (Some(from), Some(to)) = (by_id.get(&referrer), by_id.get(&reference)) {
+                    if let Some(node) = graph.get_mut(from) {
+                        node.references.insert(to.clone());
+                    }
+                }
+            }
+        }
+        tx.finish().map_err(q)?;
+        Ok(graph)
     }
 
     /// Makes `paths` invalid in one transaction, deleting their rows, references and

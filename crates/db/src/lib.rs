@@ -16,6 +16,6 @@ mod error;
 mod path_info;
 pub mod schema;
 
-pub use database::{Database, DbOptions, Registration};
+pub use database::{Database, DbOptions, GraphNode, Registration};
 pub use error::{CorruptValue, DbError};
 pub use path_info::ValidPathInfo;

@@ -474,3 +474,28 @@ fn opens_a_store_database_nix_made() {
     let after = dump_master(&Connection::open(env.root().join("state/db/db.sqlite")).unwrap());
     assert_eq!(before, after, "opening must not change the schema");
 }
+
+#[test]
+fn reference_graph_lists_every_path_with_references_and_deriver() {
+    let mut db = Database::open_in_memory(dir()).unwrap();
+    let mut c = info(C, &[A, B, C]);
+    c.deriver = Some(sp(DRV));
+    db.register_paths(&[
+        Registration::new(info(A, &[])),
+        Registration::new(info(B, &[A])),
+        Registration::new(c),
+    ])
+    .unwrap();
+    let graph = db.reference_graph().unwrap();
+    assert_eq!(graph.len(), 3);
+    assert!(graph[&sp(A)].references.is_empty());
+    assert_eq!(graph[&sp(B)].references, BTreeSet::from([sp(A)]));
+    assert_eq!(
+        graph[&sp(C)].references,
+        BTreeSet::from([sp(A), sp(B), sp(C)])
+    );
+    assert_eq!(graph[&sp(C)].deriver, Some(sp(DRV)));
+    for p in [A, B, C] {
+        assert_eq!(graph[&sp(p)].references, db.references(&sp(p)).unwrap());
+    }
+}

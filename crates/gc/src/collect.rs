@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{flock, FlockOperation};
 use unrooted_format::StorePath;
 use unrooted_roots::{Limits, Scan, Strictness};
-use unrooted_store::{DeleteOutcome, LocalStore, StoreError};
+use unrooted_store::{DeleteOutcome, GraphNode, LocalStore, StoreError};
 
 use crate::error::GcError;
 use crate::roots::{ask_helper, top_level, HelperAnswer, Unresolved, Walk};
@@ -100,6 +100,9 @@ pub struct Collector<'a> {
     config: GcConfig,
     temp_roots: &'a TempRoots,
 }
+
+/// Every valid path with its references and deriver.
+type Graph = BTreeMap<StorePath, GraphNode>;
 
 /// All roots: store path → how it is rooted (link, `{temp:…}`, `{censored}`).
 type Roots = BTreeMap<StorePath, BTreeSet<String>>;
@@ -253,9 +256,11 @@ impl<'a> Collector<'a> {
     }
 
     /// The closure of `roots` under references, plus derivers (`keep_derivations`)
-    /// and outputs of live derivations (`keep_outputs`), restricted to valid paths.
+    /// and outputs of live derivations (`keep_outputs`), restricted to the valid
+    /// paths of `graph` (the whole store, read at once).
     fn live_set(
         &self,
+        graph: &Graph,
         roots: impl IntoIterator<Item = StorePath>,
     ) -> Result<BTreeSet<StorePath>, GcError> {
         let mut live = BTreeSet::new();
@@ -264,13 +269,31 @@ impl<'a> Collector<'a> {
             if live.contains(&p) {
                 continue;
             }
-            let Some(info) = self.store.query_path_info(&p)? else {
-                continue;
+            // A path missing from the graph may have become valid since it was
+            // read: the database is asked about it directly.
+            let fresh;
+            let node = match graph.get(&p) {
+                Some(node) => node,
+                None => match self.store.query_path_info(&p)? {
+                    Some(info) => {
+                        fresh = GraphNode {
+                            references: info.references,
+                            deriver: info.deriver,
+                        };
+                        &fresh
+                    }
+                    None => continue,
+                },
             };
             live.insert(p.clone());
-            queue.extend(info.references.into_iter().filter(|r| !live.contains(r)));
+            queue.extend(
+                node.references
+                    .iter()
+                    .filter(|r| !live.contains(*r))
+                    .cloned(),
+            );
             if self.config.keep_derivations {
-                queue.extend(info.deriver.filter(|d| !live.contains(d)));
+                queue.extend(node.deriver.iter().filter(|d| !live.contains(*d)).cloned());
             }
             if self.config.keep_outputs && p.is_derivation() {
                 let outputs = self.store.query_derivation_output_map(&p)?;
@@ -316,7 +339,8 @@ impl<'a> Collector<'a> {
         }
         log("finding garbage collector roots...");
         let roots = self.gather_roots(false, log, options.action != GcAction::ReturnLive)?;
-        let live = self.live_set(roots.keys().cloned())?;
+        let graph = self.store.query_reference_graph()?;
+        let live = self.live_set(&graph, roots.keys().cloned())?;
         let mut result = GcResult::default();
         let print = |p: &StorePath| self.store.print_path(p);
         let dead: Vec<StorePath> = match &options.action {
@@ -325,14 +349,18 @@ impl<'a> Collector<'a> {
                 return Ok(result);
             }
             GcAction::ReturnDead => {
-                let all = self.store.query_all_valid_paths()?;
-                result.paths = all.difference(&live).map(print).collect();
+                result.paths = graph
+                    .keys()
+                    .filter(|p| !live.contains(*p))
+                    .map(print)
+                    .collect();
                 return Ok(result);
             }
-            GcAction::DeleteDead => {
-                let all = self.store.query_all_valid_paths()?;
-                all.difference(&live).cloned().collect()
-            }
+            GcAction::DeleteDead => graph
+                .keys()
+                .filter(|p| !live.contains(*p))
+                .cloned()
+                .collect(),
             GcAction::DeleteSpecific(paths) => {
                 if let Some(p) = paths.iter().find(|p| live.contains(*p)) {
                     return Err(GcError::StillAlive { path: print(p) });
@@ -341,7 +369,7 @@ impl<'a> Collector<'a> {
                 valid.into_iter().collect()
             }
         };
-        let order = self.referrers_first(&dead)?;
+        let order = self.referrers_first(&graph, &dead)?;
         log("deleting garbage...");
         let specific = matches!(options.action, GcAction::DeleteSpecific(_));
         let batch = if options.max_freed == u64::MAX {
@@ -376,11 +404,20 @@ impl<'a> Collector<'a> {
     }
 
     /// `paths` ordered so that every path comes before the paths it refers to.
-    fn referrers_first(&self, paths: &[StorePath]) -> Result<Vec<StorePath>, GcError> {
+    fn referrers_first(
+        &self,
+        graph: &Graph,
+        paths: &[StorePath],
+    ) -> Result<Vec<StorePath>, GcError> {
         let set: BTreeSet<&StorePath> = paths.iter().collect();
         let mut refs: BTreeMap<&StorePath, Vec<StorePath>> = BTreeMap::new();
         for p in paths {
-            let r = self.store.query_references(p)?;
+            // A path missing from the graph (added since, which a requested
+            // deletion can name) is asked for on its own.
+            let r = match graph.get(p) {
+                Some(node) => node.references.clone(),
+                None => self.store.query_references(p)?,
+            };
             refs.insert(
                 p,
                 r.into_iter()

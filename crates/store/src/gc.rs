@@ -292,6 +292,14 @@ impl DeletionLock<'_> {
 }
 
 impl LocalStore {
+    /// Every valid path with its references and deriver, in one pass over the
+    /// database (the collector's liveness computation).
+    pub fn query_reference_graph(
+        &self,
+    ) -> Result<std::collections::BTreeMap<StorePath, unrooted_db::GraphNode>, StoreError> {
+        Ok(self.db().reference_graph()?)
+    }
+
     /// Removes `.links` entries no store file links to any more (link count 1).
     pub fn prune_links(&self) -> Result<LinksStats, StoreError> {
         let dir = self.config.real_store_dir.join(".links");

@@ -30,5 +30,5 @@ pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
 pub use optimise::OptimiseStats;
 pub use store::LocalStore;
 pub use tmp::TEMP_PREFIX;
-pub use unrooted_db::{DbOptions, ValidPathInfo};
+pub use unrooted_db::{DbOptions, GraphNode, ValidPathInfo};
 pub use verify::VerifyMessage;

@@ -510,17 +510,32 @@ fn auto_gc_below_min_free() {
         d.log()
     );
     let dead = add_file(&d, "dead", "dead\n");
-    let kept = add_file(&d, "kept", "kept\n");
-    let link = d.client_home().join("r");
-    d.client_ok(
-        "nix-store",
+    // Every add pokes the collector, so `kept` must be rooted before it is added:
+    // its path is computed first (as `nix-store --add` would give it) and a direct
+    // root to it is placed in gcroots by the store owner; a root to a path that is
+    // not valid yet is simply ignored until it is.
+    let kept_src = d.inputs().join("kept");
+    fs::write(&kept_src, "kept\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unrooted"))
+        .args(["store-path", "--store-dir"])
+        .arg(d.store_dir())
+        .arg(&kept_src)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let kept = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    d.owner_ok(
+        "ln",
         &[
-            "--add-root",
-            link.to_str().unwrap(),
-            "--indirect",
-            "-r",
+            "-s",
             &kept,
+            d.state_dir().join("gcroots/kept").to_str().unwrap(),
         ],
+    );
+    assert_eq!(
+        d.client_ok("nix-store", &["--add", kept_src.to_str().unwrap()])
+            .trim(),
+        kept
     );
     // The next add pokes the collector.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -8,5 +8,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench
+cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench -p unrooted-roots
 exec target/release/unrooted-bench --unrooted target/release/unrooted "$@"

@@ -11,8 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use unrooted_format::{nar, Hash, HashAlgo, Hasher};
-use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
-use unrooted_testkit::in_ci;
+use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
 
 const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 4\n";
 
@@ -63,23 +62,7 @@ in rec {
 "#;
 
 fn prepared() -> Option<TestDaemon> {
-    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        assert!(
-            !in_ci(),
-            "/bin/busybox is missing (busybox-static), but CI=true"
-        );
-        eprintln!("skipping: /bin/busybox is missing");
-        return None;
-    }
-    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
-        assert!(
-            !in_ci(),
-            "{e}, but CI=true: sandboxed builds must be tested"
-        );
-        eprintln!("skipping: {e}");
+    if !can_run_sandboxed_builds() {
         return None;
     }
     let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), CONF);

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon, CLIENT_USER};
-use unrooted_testkit::{in_ci, Rng};
+use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon, CLIENT_USER};
+use unrooted_testkit::Rng;
 
 const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 4\n";
 
@@ -86,23 +86,7 @@ struct Harness {
 }
 
 fn prepared(seed_salt: u64) -> Option<Harness> {
-    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        assert!(
-            !in_ci(),
-            "/bin/busybox is missing (busybox-static), but CI=true"
-        );
-        eprintln!("skipping: /bin/busybox is missing");
-        return None;
-    }
-    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
-        assert!(
-            !in_ci(),
-            "{e}, but CI=true: crash tests build in the sandbox"
-        );
-        eprintln!("skipping: {e}");
+    if !can_run_sandboxed_builds() {
         return None;
     }
     // The client is trusted so that it may import an unsigned export.

@@ -7,12 +7,10 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
-use unrooted_testkit::in_ci;
+use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
 
 const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 8\n";
 
@@ -38,20 +36,7 @@ in rec {
 "#;
 
 fn prepared(extra_conf: &str) -> Option<TestDaemon> {
-    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        assert!(
-            !in_ci(),
-            "/bin/busybox is missing (busybox-static), but CI=true"
-        );
-        eprintln!("skipping: /bin/busybox is missing");
-        return None;
-    }
-    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
-        assert!(!in_ci(), "{e}, but CI=true: GC tests build in the sandbox");
-        eprintln!("skipping: {e}");
+    if !can_run_sandboxed_builds() {
         return None;
     }
     let mut d = TestDaemon::new(

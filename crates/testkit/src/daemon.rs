@@ -182,6 +182,32 @@ pub fn can_run_daemon_tests() -> bool {
     ok
 }
 
+/// Whether sandboxed builds can be tested here: the daemon tests' users, the Nix
+/// client, Debian's static busybox (the builders' `/bin/sh`) and unprivileged user
+/// namespaces. Under `CI=true` each missing piece is a failure, never a skip.
+pub fn can_run_sandboxed_builds() -> bool {
+    if !can_run_daemon_tests() || crate::nix_tool("nix-build").is_none() {
+        return false;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        assert!(
+            !in_ci(),
+            "/bin/busybox is missing (busybox-static), but CI=true"
+        );
+        eprintln!("skipping: /bin/busybox is missing");
+        return false;
+    }
+    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
+        assert!(
+            !in_ci(),
+            "{e}, but CI=true: sandboxed builds must be tested"
+        );
+        eprintln!("skipping: {e}");
+        return false;
+    }
+    true
+}
+
 /// A running daemon on a private store, with the paths clients need.
 pub struct TestDaemon {
     root: tempfile::TempDir,

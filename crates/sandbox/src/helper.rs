@@ -7,6 +7,7 @@
 //! child's setup (allocation, std I/O) sound; the daemon, being multi-threaded, could
 //! do neither after `fork`.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
@@ -21,16 +22,32 @@ use crate::setup;
 use crate::sys::{self, Cloned};
 use crate::wire::{self, Report, Request};
 
-/// The helper's entry point: call it from a binary's `main` (the crate's
-/// `unrooted-sandbox helper`, or a hidden verb of the daemon's own binary). Exits 0 after
-/// reporting the builder's end, 1 after reporting a setup failure, 2 when it cannot even
-/// talk to the daemon.
+/// A builtin builder, called in the sandbox's init (PID 1, uid 1000 / gid 100 inside,
+/// cwd the build directory, every lock of the sandbox in place) with the build's whole
+/// environment, exactly what an executed builder would get; it makes `$out` as a
+/// builder would. Its error is written to the build log and the build fails with exit
+/// code 1.
+pub type BuiltinFn = fn(&[(OsString, OsString)]) -> Result<(), Box<dyn std::error::Error>>;
+
+/// A named builtin: `("fetchurl", f)` serves `builtin:fetchurl`.
+pub type Builtin = (&'static str, BuiltinFn);
+
+/// The helper's entry point without builtin builders (a plan naming one fails at
+/// the exec step); see [`helper_main_with_builtins`].
 pub fn helper_main() -> ! {
+    helper_main_with_builtins(&[])
+}
+
+/// The helper's entry point: call it from a binary's `main` (the crate's
+/// `unrooted-sandbox helper`, or a hidden verb of the daemon's own binary), with the
+/// builtin builders that binary provides. Exits 0 after reporting the builder's end, 1
+/// after reporting a setup failure, 2 when it cannot even talk to the daemon.
+pub fn helper_main_with_builtins(builtins: &[Builtin]) -> ! {
     let Ok(sock) = std::io::stdin().as_fd().try_clone_to_owned() else {
         std::process::exit(2)
     };
     let mut sock = std::fs::File::from(sock);
-    let code = match run(&mut sock) {
+    let code = match run(&mut sock, builtins) {
         Ok(report) => {
             let _ = sock.write_all(&report.encode());
             0
@@ -41,6 +58,44 @@ pub fn helper_main() -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Runs the builtin `name` of `builtins` in this process, unsandboxed, with this
+/// process's environment and working directory, and exits with its status: what a
+/// daemon configured with `sandbox = false` starts in place of a builder. An unknown
+/// name exits 127, as an exec of a missing file would.
+pub fn builtin_main(builtins: &[Builtin], name: &str) -> ! {
+    let Some((_, f)) = builtins.iter().find(|(n, _)| *n == name) else {
+        eprintln!("error: unsupported builtin builder 'builtin:{name}'");
+        std::process::exit(127)
+    };
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    std::process::exit(call_builtin(name, *f, &env))
+}
+
+/// Calls a builtin and turns its outcome into an exit code, its error (with every
+/// cause) or panic written to stderr, which is the build log.
+pub(crate) fn call_builtin(name: &str, f: BuiltinFn, env: &[(OsString, OsString)]) -> i32 {
+    let code = match std::panic::catch_unwind(|| f(env)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            let mut msg = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            eprintln!("error: {msg}");
+            1
+        }
+        Err(_) => {
+            eprintln!("error: builtin:{name} panicked");
+            1
+        }
+    };
+    let _ = std::io::stdout().flush();
+    code
 }
 
 fn errno_of(e: &std::io::Error) -> i32 {
@@ -56,7 +111,7 @@ fn thread_count() -> Option<u32> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
+fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report> {
     let request = wire::read_request(sock).map_err(|e| Report::Failed {
         step: Step::ReadingPlan,
         path: None,
@@ -99,7 +154,7 @@ fn run(sock: &mut std::fs::File) -> Result<Report, Report> {
         Ok(Cloned::Child) => {
             drop(go_w);
             drop(err_r);
-            setup::run_child(&plan, go_r, err_w)
+            setup::run_child(&plan, go_r, err_w, builtins)
         }
         Ok(Cloned::Parent(pid)) => pid,
         Err(e) => {

@@ -16,6 +16,19 @@
 //! the helper, single-threaded, `clone`s the child into the namespaces (making it PID 1
 //! at once), writes its maps from outside, relays setup failures as typed errors naming
 //! the step, and stays as the builder's waiter; killing the helper kills the sandbox.
+//!
+//! **Builtin builders** (`builtin:fetchurl`, `builtin:buildenv`,
+//! `builtin:unpack-channel`) run inside the sandbox too, never in the daemon: a plan
+//! whose program is [`Program::Builtin`] gets exactly the same setup (namespaces,
+//! mounts, `pivot_root`, locked mounts, dropped capabilities, no_new_privs, seccomp),
+//! then the sandbox's init closes every descriptor from 3 up and *calls* the builtin
+//! in-process instead of executing a file, and exits with its status (an error goes to
+//! the build log). The builtins themselves are not in this crate: the binary that runs
+//! the helper passes a table of them to [`helper_main_with_builtins`] (the `unrooted`
+//! binary passes `unrooted-build`'s), so the sandbox depends on no build logic and the
+//! builtins on no sandbox internals; a name missing from the table fails the setup at
+//! the exec step. [`builtin_main`] runs one unsandboxed, for `sandbox = false`.
+//!
 //! Unprivileged user namespaces are required: without them spawning fails with
 //! [`SandboxError::UserNamespacesUnavailable`] saying how to enable them, never by
 //! running unsandboxed.
@@ -35,11 +48,11 @@ pub mod wire;
 
 pub use cleanup::remove_tree;
 pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
-pub use helper::helper_main;
+pub use helper::{builtin_main, helper_main, helper_main_with_builtins, Builtin, BuiltinFn};
 pub use plan::{
-    etc_passwd, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, IdSlice, MountOp, Namespaces,
-    Plan, SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS,
-    ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
+    etc_passwd, host_network_files, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, IdSlice,
+    MountOp, Namespaces, Plan, Program, SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID,
+    DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
 pub use userns::{check_user_namespaces, reason_from_settings, UsernsReason, UsernsUnavailable};

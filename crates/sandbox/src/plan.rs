@@ -351,11 +351,24 @@ pub enum MountOp {
     },
 }
 
+/// What the sandbox's init runs once the sandbox is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// `execve` this file (a path inside the sandbox).
+    Path(PathBuf),
+    /// Call the builtin builder of this name (`fetchurl` for `builtin:fetchurl`) in
+    /// the init itself, after exactly the same setup as an exec, and exit with its
+    /// status. The function comes from the table handed to
+    /// [`crate::helper_main_with_builtins`] by the binary that runs the helper, so this
+    /// crate knows no builtin itself.
+    Builtin(String),
+}
+
 /// What to execute once the sandbox is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exec {
-    /// The builder's path inside the sandbox.
-    pub program: PathBuf,
+    /// The builder.
+    pub program: Program,
     /// argv, argv\[0\] included.
     pub argv: Vec<OsString>,
     /// The complete environment (nothing is inherited).
@@ -469,6 +482,13 @@ pub struct SandboxSpec {
     pub args: Vec<OsString>,
     /// The complete environment (see [`nix_base_env`]).
     pub env: Vec<(OsString, OsString)>,
+    /// Run this builtin builder (`fetchurl` for `builtin:fetchurl`) in the sandbox's
+    /// init instead of executing `builder` (which is then ignored).
+    pub builtin: Option<String>,
+    /// With `network`: host files bound read-only into the sandbox's `/etc`, as Nix
+    /// gives fixed-output derivations `/etc/resolv.conf`, `/etc/services` and
+    /// `/etc/hosts` (see [`host_network_files`]).
+    pub network_files: Vec<SandboxPath>,
     /// `/dev/shm` size (`sandbox-dev-shm-size`, default `50%`).
     pub dev_shm_size: String,
     /// Bind `/dev/kvm` when present (the `kvm` system feature).
@@ -500,10 +520,35 @@ impl SandboxSpec {
             builder,
             args: Vec::new(),
             env: Vec::new(),
+            builtin: None,
+            network_files: Vec::new(),
             dev_shm_size: "50%".to_owned(),
             kvm: false,
         }
     }
+}
+
+/// `/etc/nsswitch.conf` of network (fixed-output) builds, Nix 2.8's bytes: names and
+/// services come from files and DNS only, whatever the host configures.
+pub const ETC_NSSWITCH_NETWORK: &[u8] = b"hosts: files dns\nservices: files\n";
+
+/// The host files a network (fixed-output) build sees, as in Nix 2.8:
+/// `/etc/resolv.conf`, `/etc/services` and `/etc/hosts`, each only if it exists. A
+/// symlink (`/etc/resolv.conf` → `/run/systemd/resolve/stub-resolv.conf`) is resolved
+/// here, on the host, so the file itself is bound: the executor recreates a symlink
+/// source as a symlink, which would dangle in the sandbox.
+pub fn host_network_files() -> Vec<SandboxPath> {
+    ["/etc/resolv.conf", "/etc/services", "/etc/hosts"]
+        .into_iter()
+        .filter_map(|p| {
+            let source = std::fs::canonicalize(p).ok()?;
+            Some(SandboxPath {
+                target: PathBuf::from(p),
+                source,
+                optional: true,
+            })
+        })
+        .collect()
 }
 
 /// The environment Nix gives every builder before the derivation's own variables
@@ -656,7 +701,9 @@ impl Plan {
         }
         check_sandbox_path(&spec.store_dir)?;
         check_sandbox_path(&spec.sandbox_build_dir)?;
-        check_sandbox_path(&spec.builder)?;
+        if spec.builtin.is_none() {
+            check_sandbox_path(&spec.builder)?;
+        }
         let id_maps = match (&spec.id_slice, spec.uid_range) {
             (None, false) => IdMaps::single(spec.host_uid, spec.host_gid),
             (None, true) => return Err(PlanError::UidRangeUnavailable),
@@ -698,7 +745,12 @@ impl Plan {
             &etc_passwd(&spec.sandbox_build_dir),
         )?;
         l.file(Path::new("/etc/group"), ETC_GROUP)?;
-        if !spec.network {
+        if spec.network {
+            l.file(Path::new("/etc/nsswitch.conf"), ETC_NSSWITCH_NETWORK)?;
+            for f in &spec.network_files {
+                l.bind(&f.source, &f.target, true, f.optional)?;
+            }
+        } else {
             l.file(Path::new("/etc/hosts"), ETC_HOSTS)?;
         }
 
@@ -770,13 +822,22 @@ impl Plan {
             l.bind(&sp.source, &sp.target, true, sp.optional)?;
         }
 
-        let basename = spec
-            .builder
-            .file_name()
-            .map(OsStr::to_owned)
-            .unwrap_or_else(|| spec.builder.as_os_str().to_owned());
-        let mut argv = vec![basename];
-        argv.extend(spec.args.iter().cloned());
+        let (program, argv) = match &spec.builtin {
+            Some(name) => (
+                Program::Builtin(name.clone()),
+                vec![OsString::from(format!("builtin:{name}"))],
+            ),
+            None => {
+                let basename = spec
+                    .builder
+                    .file_name()
+                    .map(OsStr::to_owned)
+                    .unwrap_or_else(|| spec.builder.as_os_str().to_owned());
+                let mut argv = vec![basename];
+                argv.extend(spec.args.iter().cloned());
+                (Program::Path(spec.builder.clone()), argv)
+            }
+        };
 
         Ok(Plan {
             namespaces: Namespaces {
@@ -791,7 +852,7 @@ impl Plan {
             hostname: "localhost".into(),
             domainname: "(none)".into(),
             exec: Exec {
-                program: spec.builder.clone(),
+                program,
                 argv,
                 env: spec.env.clone(),
                 cwd: spec.sandbox_build_dir.clone(),
@@ -992,11 +1053,97 @@ mod tests {
     fn network_builds_get_no_private_hosts_and_share_the_netns() {
         let mut s = spec();
         s.network = true;
+        s.network_files = vec![
+            SandboxPath {
+                target: "/etc/resolv.conf".into(),
+                source: "/run/systemd/resolve/stub-resolv.conf".into(),
+                optional: true,
+            },
+            SandboxPath::parse(OsStr::new("/etc/hosts?")).unwrap(),
+        ];
         let plan = Plan::new(&s).unwrap();
         assert!(!plan.namespaces.net);
         assert!(!plan.mounts.iter().any(
             |op| matches!(op, MountOp::WriteFile { path, .. } if path == Path::new("/etc/hosts"))
         ));
+        // Nix 2.8's fixed-output /etc: its own nsswitch.conf, the host's files bound.
+        let etc: Vec<&MountOp> = plan
+            .mounts
+            .iter()
+            .skip_while(
+                |op| !matches!(op, MountOp::Mkdir { path, .. } if path == Path::new("/etc")),
+            )
+            .take(6)
+            .collect();
+        assert_eq!(
+            etc[3],
+            &MountOp::WriteFile {
+                path: "/etc/nsswitch.conf".into(),
+                contents: b"hosts: files dns\nservices: files\n".to_vec(),
+                mode: 0o444
+            }
+        );
+        assert_eq!(
+            etc[4],
+            &MountOp::Bind {
+                source: "/run/systemd/resolve/stub-resolv.conf".into(),
+                target: "/etc/resolv.conf".into(),
+                read_only: true,
+                optional: true
+            }
+        );
+        assert_eq!(
+            etc[5],
+            &MountOp::Bind {
+                source: "/etc/hosts".into(),
+                target: "/etc/hosts".into(),
+                read_only: true,
+                optional: true
+            }
+        );
+
+        // Without the network, the host's files are never bound.
+        s.network = false;
+        let plan = Plan::new(&s).unwrap();
+        assert!(plan.namespaces.net);
+        assert!(!plan
+            .mounts
+            .iter()
+            .any(|op| matches!(op, MountOp::Bind { target, .. } if target.starts_with("/etc"))));
+        assert!(!plan.mounts.iter().any(
+            |op| matches!(op, MountOp::WriteFile { path, .. } if path == Path::new("/etc/nsswitch.conf"))
+        ));
+    }
+
+    #[test]
+    fn host_network_files_resolve_links_and_skip_missing_files() {
+        for f in host_network_files() {
+            assert!(f.optional);
+            assert!(f.target.starts_with("/etc"));
+            let meta = std::fs::symlink_metadata(&f.source).unwrap();
+            assert!(!meta.file_type().is_symlink(), "{}", f.source.display());
+            assert!(
+                std::fs::canonicalize(&f.target).unwrap() == f.source,
+                "{}",
+                f.target.display()
+            );
+        }
+    }
+
+    #[test]
+    fn builtin_plans_call_the_builtin_instead_of_a_program() {
+        let mut s = spec();
+        s.builder = "builtin:buildenv".into();
+        assert!(matches!(Plan::new(&s), Err(PlanError::NotAbsolute { .. })));
+        s.builtin = Some("buildenv".into());
+        let plan = Plan::new(&s).unwrap();
+        assert_eq!(plan.exec.program, Program::Builtin("buildenv".into()));
+        assert_eq!(plan.exec.argv, ["builtin:buildenv"]);
+        assert_eq!(plan.exec.cwd, Path::new("/build"));
+        // The same sandbox as a program gets.
+        s.builtin = None;
+        s.builder = "/nix/store/aaaa-busybox/bin/sh".into();
+        assert_eq!(Plan::new(&s).unwrap().mounts, plan.mounts);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The executor: runs in the cloned child (PID 1 of the new namespaces), applies a
 //! [`Plan`] in order, locks the mounts, drops what the builder must not have, and execs
-//! it. Any failure is sent to the helper as a [`Report`] on the error pipe.
+//! it, or, for a builtin builder, closes every inherited descriptor and calls it. Any
+//! setup failure is sent to the helper as a [`Report`] on the error pipe.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
@@ -14,7 +15,8 @@ use rustix::io::Errno;
 use rustix::mount::{self, MountFlags, MountPropagationFlags, UnmountFlags};
 
 use crate::error::Step;
-use crate::plan::{IdMapEntry, IdMaps, MountOp, Plan};
+use crate::helper::{call_builtin, Builtin, BuiltinFn};
+use crate::plan::{IdMapEntry, IdMaps, MountOp, Plan, Program};
 use crate::seccomp;
 use crate::sys;
 use crate::wire::Report;
@@ -37,11 +39,23 @@ fn at_io<T>(step: Step, path: Option<&Path>, r: io::Result<T>) -> Setup<T> {
     r.map_err(|e| fail(step, path, e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
-/// The child's whole life: wait for the id maps, set up, exec. Never returns.
-pub(crate) fn run_child(plan: &Plan, go: OwnedFd, err: OwnedFd) -> ! {
-    let outcome = prepare_and_exec(plan, go, &err);
-    let report = match outcome {
-        Ok(never) => match never {},
+/// The child's whole life: wait for the id maps, set up, exec (or call the builtin).
+/// Never returns.
+pub(crate) fn run_child(plan: &Plan, go: OwnedFd, err: OwnedFd, builtins: &[Builtin]) -> ! {
+    let report = match prepare_and_exec(plan, go, &err, builtins) {
+        Ok((name, f)) => {
+            // The setup is complete: closing the error pipe tells the helper the
+            // builder runs, as the exec's close-on-exec does for a program. Nothing
+            // inherited may stay open while the builtin runs (the daemon's socket to
+            // the helper among them), as the exec would have closed it.
+            drop(err);
+            if sys::close_from_3().is_err() {
+                eprintln!("error: closing inherited descriptors before builtin:{name}");
+                sys::exit_child(1)
+            }
+            let code = call_builtin(name, f, &plan.exec.env);
+            sys::exit_child(code)
+        }
         Err(r) => r,
     };
     let mut err = std::fs::File::from(err);
@@ -49,9 +63,31 @@ pub(crate) fn run_child(plan: &Plan, go: OwnedFd, err: OwnedFd) -> ! {
     sys::exit_child(127)
 }
 
-enum Never {}
-
-fn prepare_and_exec(plan: &Plan, go: OwnedFd, err: &OwnedFd) -> Setup<Never> {
+/// Sets the sandbox up and execs the builder; returns only with a builtin to call
+/// (everything but the exec done) or with the step that failed.
+fn prepare_and_exec<'b>(
+    plan: &Plan,
+    go: OwnedFd,
+    err: &OwnedFd,
+    builtins: &'b [Builtin],
+) -> Setup<(&'b str, BuiltinFn)> {
+    // A builtin this binary does not have fails before anything is set up.
+    let builtin = match &plan.exec.program {
+        Program::Path(_) => None,
+        Program::Builtin(name) => Some(
+            builtins
+                .iter()
+                .find(|(n, _)| *n == name.as_str())
+                .copied()
+                .ok_or_else(|| {
+                    fail(
+                        Step::ExecutingBuilder,
+                        Some(Path::new(&format!("builtin:{name}"))),
+                        libc::ENOENT,
+                    )
+                })?,
+        ),
+    };
     // If the helper dies, the whole sandbox dies with it (it is our only way out).
     at(
         Step::SettingParentDeathSignal,
@@ -225,7 +261,13 @@ fn prepare_and_exec(plan: &Plan, go: OwnedFd, err: &OwnedFd) -> Setup<Never> {
     )?;
     at_io(Step::ClosingDescriptors, None, sys::cloexec_from_3())?;
 
-    let mut cmd = std::process::Command::new(&plan.exec.program);
+    let program = match &plan.exec.program {
+        Program::Path(p) => p,
+        Program::Builtin(_) => {
+            return builtin.ok_or(fail(Step::ExecutingBuilder, None, libc::EPROTO));
+        }
+    };
+    let mut cmd = std::process::Command::new(program);
     if let Some(argv0) = plan.exec.argv.first() {
         cmd.arg0(argv0);
     }
@@ -235,7 +277,7 @@ fn prepare_and_exec(plan: &Plan, go: OwnedFd, err: &OwnedFd) -> Setup<Never> {
     let err = cmd.exec();
     Err(fail(
         Step::ExecutingBuilder,
-        Some(&plan.exec.program),
+        Some(program),
         err.raw_os_error().unwrap_or(libc::EIO),
     ))
 }

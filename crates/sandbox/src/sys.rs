@@ -141,6 +141,33 @@ pub(crate) fn cloexec_from_3() -> io::Result<()> {
     }
 }
 
+/// Closes every descriptor from 3 up (`close_range(3, ~0U, 0)`): a builtin builder runs
+/// in the sandbox's init instead of an `execve` that would have closed them.
+///
+/// Call it only in the sandboxed child, once its setup is complete and every
+/// descriptor it still uses has been dropped, in a function that never returns (the
+/// child ends with [`exit_child`]).
+pub(crate) fn close_from_3() -> io::Result<()> {
+    // SAFETY: the child is single-threaded and calls this from `setup::run_child`,
+    // which never returns, after dropping the descriptors it owns (the error pipe);
+    // the Rust owners of the other descriptors (the helper's socket, in frames of
+    // the helper that the child never resumes) are never used or dropped again, so
+    // no owner is left holding a descriptor number that could be reused under it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Ends the cloned child without running the parent's exit handlers or flushing its
 /// copies of the parent's buffers.
 pub(crate) fn exit_child(code: i32) -> ! {

@@ -13,14 +13,14 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use crate::error::Step;
-use crate::plan::{Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan};
+use crate::plan::{Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan, Program};
 
 /// What the daemon asks of a helper: run a build, or give a finished build's files
 /// back to the store owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Build in a sandbox made from this plan.
-    Build(Plan),
+    Build(Box<Plan>),
     /// In a new user namespace with these maps (see [`IdMaps::reclaim`]), chown every
     /// entry under each path to inner 0:0, never following symlinks.
     Reclaim {
@@ -31,7 +31,7 @@ pub enum Request {
     },
 }
 
-const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-3\n";
+const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-4\n";
 const RECLAIM_MAGIC: &[u8] = b"unrooted-sandbox-reclaim-1\n";
 /// The largest plan frame accepted (a closure of 100 000 paths is far below this).
 pub const MAX_PLAN_BYTES: u64 = 64 << 20;
@@ -201,7 +201,7 @@ pub fn encode_reclaim(id_maps: &IdMaps, paths: &[PathBuf]) -> Vec<u8> {
 /// Decodes a request: a plan or a reclaim.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, &'static str> {
     if !bytes.starts_with(RECLAIM_MAGIC) {
-        return decode_plan(bytes).map(Request::Build);
+        return decode_plan(bytes).map(|p| Request::Build(Box::new(p)));
     }
     let mut d = Dec(&bytes[RECLAIM_MAGIC.len()..]);
     let id_maps = dec_id_maps(&mut d)?;
@@ -287,7 +287,16 @@ pub fn encode_plan(plan: &Plan) -> Vec<u8> {
     }
     e.os(&plan.hostname);
     e.os(&plan.domainname);
-    e.os(plan.exec.program.as_os_str());
+    match &plan.exec.program {
+        Program::Path(p) => {
+            e.u8(0);
+            e.os(p.as_os_str());
+        }
+        Program::Builtin(name) => {
+            e.u8(1);
+            e.bytes(name.as_bytes());
+        }
+    }
     e.len(plan.exec.argv.len());
     for a in &plan.exec.argv {
         e.os(a);
@@ -362,7 +371,11 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
     }
     let hostname = d.os()?;
     let domainname = d.os()?;
-    let program = d.path()?;
+    let program = match d.u8()? {
+        0 => Program::Path(d.path()?),
+        1 => Program::Builtin(String::from_utf8(d.bytes()?).map_err(|_| "builtin name not UTF-8")?),
+        _ => return Err("bad program kind"),
+    };
     let n = d.len()?;
     let mut argv = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
@@ -417,7 +430,7 @@ fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
 /// Reads a plan frame.
 pub fn read_plan(r: &mut impl Read) -> io::Result<Plan> {
     match read_request(r)? {
-        Request::Build(plan) => Ok(plan),
+        Request::Build(plan) => Ok(*plan),
         Request::Reclaim { .. } => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "expected a sandbox plan",
@@ -595,6 +608,26 @@ mod tests {
         let mut buf = Vec::new();
         write_plan(&mut buf, &p).unwrap();
         assert_eq!(read_plan(&mut buf.as_slice()).unwrap(), p);
+    }
+
+    #[test]
+    fn builtin_network_plans_round_trip() {
+        let mut s = SandboxSpec::new(
+            "/r".into(),
+            "/nix/store".into(),
+            "/b".into(),
+            "builtin:fetchurl".into(),
+        );
+        s.builtin = Some("fetchurl".into());
+        s.network = true;
+        s.network_files = vec![SandboxPath::parse("/etc/hosts".as_ref()).unwrap()];
+        let p = Plan::new(&s).unwrap();
+        assert_eq!(p.exec.program, Program::Builtin("fetchurl".into()));
+        let body = encode_plan(&p);
+        assert_eq!(decode_plan(&body), Ok(p));
+        for n in 0..body.len() {
+            assert!(decode_plan(&body[..n]).is_err(), "{n}");
+        }
     }
 
     #[test]

@@ -25,7 +25,51 @@ let
   mk = name: script: derivation {
     inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
   };
+  dep = mk "dep" "mkdir $out; echo hi > $out/f";
+  # Every way out it can find, one line each: `<what>|ok` or `<what>|<strerror>`.
+  escape = ''
+    try() { l=$1; shift; if m=$("$@" 2>&1); then echo "$l|ok"; else echo "$l|''${m##*: }"; fi; }
+    S=$NIX_STORE
+    try store-touch touch $S/escape-probe-file
+    try store-mkdir mkdir $S/escape-probe-dir
+    try input-create touch $dep/escape-probe
+    try input-mkdir mkdir $dep/escape-probe-dir
+    try input-append sh -c "echo x >> $dep/f"
+    try input-truncate truncate -s 0 $dep/f
+    try input-chmod chmod 777 $dep
+    try input-file-chmod chmod 666 $dep/f
+    try input-unlink rm -f $dep/f
+    p=$S
+    while [ "$p" != / ]; do p=$(dirname $p); try "parent $p" touch $p/escape-probe; done
+    try parent-mkdir mkdir $(dirname $S)/escape-probe-dir
+    try proc-self-root-store touch /proc/self/root$S/escape-probe-proc
+    try proc-self-root-input touch /proc/self/root$dep/escape-probe
+    try proc-1-root-input touch /proc/1/root$dep/escape-probe
+    try proc-1-root-parent touch /proc/1/root$(dirname $S)/escape-probe
+    try proc-1-cwd-parent touch /proc/1/cwd/../escape-probe
+    for d in /proc/[0-9]*; do
+      [ -e $d/cwd ] && try "proc-cwd-root $d" touch $d/cwd/../escape-probe
+      [ -e $d/root ] && try "proc-root-input $d" touch $d/root$dep/escape-probe
+    done
+    for f in /proc/$$/fd/*; do
+      t=$(readlink $f)
+      if [ -d $f ]; then try "fd-dir $t" touch $f/escape-probe; else echo "fd|$t"; fi
+    done
+    try remount-input unshare -r -m mount -o remount,bind,rw $dep
+    try remount-store unshare -r -m mount -o remount,bind,rw $S
+    try store-rename-input mv $dep $S/escape-probe-moved
+    try store-unlink-input rm -rf $dep
+    echo "done|"
+  '';
 in {
+  escape = derivation {
+    name = "escape"; system = builtins.currentSystem; builder = "/bin/sh"; inherit dep;
+    args = [ "-c" "(${escape}) > /build/report 2>&1; mv /build/report $out" ];
+  };
+  inherit dep;
+  # Unreadable trees owned by its ids in its output and in its build directory.
+  killme = builtins.genList (i: mk "killme-${toString i}" "mkdir -p $out/a/b d/e; echo x > $out/a/b/f; echo x > d/e/f; chmod 000 $out/a/b $out/a d/e d; touch /build/ready; sleep 60") 2;
+  wide = builtins.genList (i: mk "wide-${toString i}" "touch /build/marker; sleep 3; echo ${toString i} > $out") 8;
   bench = builtins.genList (i: mk "bench-${toString i}" "echo ${toString i} > $out") 30;
   ids = mk "ids" "echo $(id -u) $(id -g) > $out; touch /build/marker; sleep 3";
   conc1 = mk "conc1" "touch /build/marker; sleep 3; echo 1 > $out";
@@ -427,4 +471,197 @@ fn cost_of_the_id_range_mode() {
         "30 builds: single-id mode {single:.3} s, id-range mode {ranges:.3} s: {per_build_ms:.1} ms added per build"
     );
     assert!(per_build_ms < 250.0, "{per_build_ms} ms per build");
+}
+
+/// Name, owner, group, mode, size, mtime and (for files) contents of every entry
+/// under `p`, `p` included, in walk order.
+fn snapshot(p: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = p.symlink_metadata().unwrap();
+        let contents = if m.is_file() {
+            String::from_utf8_lossy(&fs::read(&p).unwrap()).into_owned()
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{} {}:{} {:o} {} {}.{} {contents:?}",
+            p.display(),
+            m.uid(),
+            m.gid(),
+            m.mode(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        ));
+        if m.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            todo.extend(names);
+        }
+    }
+    out
+}
+
+/// The errno a busybox message (glibc's `strerror`) stands for.
+fn errno_of(message: &str) -> &str {
+    match message {
+        "ok" => "ok",
+        "Permission denied" => "EACCES",
+        "Read-only file system" => "EROFS",
+        "Operation not permitted" => "EPERM",
+        // busybox mount says this for EPERM and EACCES alike.
+        "permission denied (are you root?)" => "EPERM|EACCES",
+        other => panic!("unexpected message {other:?}"),
+    }
+}
+
+/// A builder that tries to write to the store through every path it can reach (the
+/// store directory as the sandbox shows it, the parents of its inputs, the inputs
+/// themselves, `/proc/self/root`, `/proc/1/root`, `/proc/*/cwd`, its inherited
+/// descriptors, a remount from a nested namespace) gets the exact errno the kernel
+/// returns for each, and outside the real store directory and the input are unchanged.
+/// The sandbox's store directory itself is writable (1775, as in Nix: the outputs are
+/// made there), but it is the build's own directory, removed with its root, and what
+/// is made there never reaches the store unless it is an output.
+#[test]
+fn the_builder_cannot_write_the_store_through_any_path() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let dep = build(&d, "dep");
+    let store = d.store_dir();
+    let store_meta = |m: fs::Metadata| (m.uid(), m.gid(), m.mode());
+    let store_before = store_meta(store.symlink_metadata().unwrap());
+    let entries = |p: &Path| -> BTreeSet<String> {
+        fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let names_before = entries(&store);
+    let root_names_before = entries(d.root());
+    let dep_before = snapshot(Path::new(&dep));
+
+    let report = fs::read_to_string(build(&d, "escape")).unwrap();
+    let lines: Vec<(&str, &str)> = report
+        .lines()
+        .map(|l| l.split_once('|').unwrap_or((l, "")))
+        .collect();
+    eprintln!("{report}");
+    assert_eq!(lines.last(), Some(&("done", "")), "{report}");
+    let got = |label: &str| -> &str {
+        let msg = lines
+            .iter()
+            .find(|(l, _)| *l == label)
+            .unwrap_or_else(|| panic!("no {label} in {report}"))
+            .1;
+        errno_of(msg)
+    };
+    let expected = [
+        // The sandbox's own store directory (1775, as Nix): the outputs are made here.
+        ("store-touch", "ok"),
+        ("store-mkdir", "ok"),
+        ("proc-self-root-store", "ok"),
+        // Inputs are read-only bind mounts; a write open of a 0444 file owned by an
+        // id the builder is not fails on the permission check before the mount's.
+        ("input-create", "EROFS"),
+        ("input-mkdir", "EROFS"),
+        ("input-append", "EACCES"),
+        ("input-truncate", "EACCES"),
+        ("input-chmod", "EROFS"),
+        ("input-file-chmod", "EROFS"),
+        ("input-unlink", "EROFS"),
+        ("parent-mkdir", "EACCES"),
+        ("proc-self-root-input", "EROFS"),
+        ("proc-1-root-input", "EROFS"),
+        ("proc-1-root-parent", "EACCES"),
+        ("proc-1-cwd-parent", "EACCES"),
+        // The read-only flag of a mount inherited by a less privileged namespace is
+        // locked: the kernel's do_reconfigure_mnt returns EPERM, which busybox's
+        // mount reports as it reports EACCES. The store dir is the sandbox's own.
+        ("remount-input", "EPERM|EACCES"),
+        ("remount-store", "ok"),
+        // The store dir is sticky and the input's mount point is not the builder's.
+        ("store-rename-input", "EPERM"),
+        ("store-unlink-input", "EROFS"),
+    ];
+    for (label, errno) in expected {
+        assert_eq!(got(label), errno, "{label} in {report}");
+    }
+    // Every parent of the store directory: none is writable, except the sandbox's
+    // private /tmp (where the test's store happens to lie), which is not the host's.
+    let mut parents = 0;
+    for a in store.ancestors().skip(1) {
+        let want = if a == Path::new("/tmp") {
+            "ok"
+        } else {
+            "EACCES"
+        };
+        assert_eq!(got(&format!("parent {}", a.display())), want, "{report}");
+        parents += 1;
+    }
+    assert!(parents >= 2);
+    // Every process it can see (itself: its PID namespace holds nothing else).
+    let procs: Vec<&str> = lines
+        .iter()
+        .filter_map(|(l, _)| l.strip_prefix("proc-cwd-root "))
+        .collect();
+    assert!(procs.contains(&"/proc/1"), "{report}");
+    for p in procs {
+        assert_eq!(got(&format!("proc-cwd-root {p}")), "EACCES", "{report}");
+        assert_eq!(got(&format!("proc-root-input {p}")), "EROFS", "{report}");
+    }
+    // Its descriptors: /dev/null and the log pipe, no directory.
+    let fds: Vec<&str> = lines
+        .iter()
+        .filter(|(l, _)| *l == "fd" || l.starts_with("fd-dir"))
+        .map(|(l, m)| if *l == "fd" { *m } else { *l })
+        .collect();
+    // No directory among them (an `fd-dir` line would say which).
+    assert_eq!(fds.len(), 3, "{report}");
+    assert_eq!(fds[0], "/dev/null", "{report}");
+    assert!(fds[1..].iter().all(|f| f.starts_with("pipe:")), "{report}");
+
+    // Outside: the store gained the build's derivation and output only, the input is
+    // as it was, and nothing the builder made is anywhere.
+    assert_eq!(store_meta(store.symlink_metadata().unwrap()), store_before);
+    let added: Vec<String> = entries(&store).difference(&names_before).cloned().collect();
+    assert!(
+        added
+            .iter()
+            .all(|n| n.ends_with("-escape") || n.ends_with("-escape.drv")),
+        "{added:?}"
+    );
+    assert!(names_before
+        .iter()
+        .all(|n| store.join(n).symlink_metadata().is_ok()));
+    assert_eq!(snapshot(Path::new(&dep)), dep_before);
+    assert_eq!(entries(d.root()), root_names_before);
+    let mut probes = Vec::new();
+    for top in [d.root(), Path::new("/tmp")] {
+        let mut todo = vec![top.to_path_buf()];
+        while let Some(p) = todo.pop() {
+            let Ok(rd) = fs::read_dir(&p) else { continue };
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("escape-probe") {
+                    probes.push(e.path());
+                }
+                // Only the test's own tree is walked deep; /tmp one level.
+                if top != Path::new("/tmp") && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    todo.push(e.path());
+                }
+            }
+        }
+    }
+    assert!(probes.is_empty(), "{probes:?}");
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
 }

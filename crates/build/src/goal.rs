@@ -28,7 +28,7 @@ use unrooted_format::{
 use unrooted_sandbox::{remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
 use unrooted_store::{LocalStore, ValidPathInfo};
 
-use crate::buildenv;
+use crate::builtins;
 use crate::env::{builder_env, EnvParams};
 use crate::error::{error_chain, BuildError};
 use crate::idpool::{IdLease, IdMode, IdPool};
@@ -375,19 +375,32 @@ fn build_inner(
         }
     }
 
+    // Builtin builders run where any builder runs (in the sandbox), never here.
     let builder = drv.builder.as_slice();
-    if builder == b"builtin:buildenv" {
-        return build_in_process(cx, drv_path, drv, &outputs, &closure);
-    }
-    if builder.starts_with(b"builtin:") {
-        let what = String::from_utf8_lossy(builder);
+    let builtin = match builder.strip_prefix(b"builtin:") {
+        None => None,
+        Some(name) => Some(builtins::builtin_name(builder).ok_or_else(|| {
+            fail(
+                Status::MiscFailure,
+                format!(
+                    "cannot build '{shown}': unsupported builtin builder '{}'",
+                    String::from_utf8_lossy(name)
+                ),
+            )
+        })?),
+    };
+    // Only a checked hash makes the network that comes with fixed outputs harmless.
+    if builtin == Some("fetchurl") && !fixed {
         return Err(fail(
             Status::MiscFailure,
-            format!("cannot build '{shown}': the builtin builder '{what}' is not supported by unrooted yet"),
+            format!("cannot build '{shown}': 'builtin:fetchurl' must be a fixed-output derivation"),
         ));
     }
     let system = String::from_utf8_lossy(&drv.system);
-    if system != cx.cfg.system && !cx.cfg.extra_platforms.iter().any(|p| *p == system) {
+    if builtin.is_none()
+        && system != cx.cfg.system
+        && !cx.cfg.extra_platforms.iter().any(|p| *p == system)
+    {
         return Err(fail(
             Status::MiscFailure,
             format!(
@@ -442,6 +455,7 @@ fn build_inner(
         &outputs,
         &closure,
         fixed,
+        builtin,
         &host_build_dir,
         ids,
     );
@@ -517,6 +531,7 @@ fn run_builder(
     outputs: &BTreeMap<String, StorePath>,
     closure: &BTreeSet<StorePath>,
     fixed: bool,
+    builtin: Option<&'static str>,
     host_build_dir: &Path,
     ids: Ids<'_>,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
@@ -616,6 +631,10 @@ fn run_builder(
                 .collect();
             spec.sandbox_paths = cx.cfg.sandbox_paths.clone();
             spec.network = fixed;
+            if fixed {
+                spec.network_files = unrooted_sandbox::host_network_files();
+            }
+            spec.builtin = builtin.map(str::to_owned);
             spec.args = benv.args.clone();
             spec.env = benv.env.clone();
             if let Some((pool, lease, uid_range)) = ids {
@@ -640,9 +659,20 @@ fn run_builder(
                     let _ = remove_tree(&store.real_path(p));
                 }
             }
+            // `sandbox = false`: a builtin runs in a process of its own too (the
+            // helper's binary, which has the builtins), never in the daemon.
+            let (program, args) = match builtin {
+                Some(name) => {
+                    let helper = &cx.cfg.helper;
+                    let mut args = helper.args().to_vec();
+                    args.extend(["--builtin".into(), name.into()]);
+                    (helper.program().to_path_buf(), args)
+                }
+                None => (builder.clone(), benv.args.clone()),
+            };
             Runner::Direct(run::spawn_direct(
-                &builder,
-                &benv.args,
+                &program,
+                &args,
                 &benv.env,
                 host_build_dir,
                 &write,
@@ -769,36 +799,6 @@ impl Drop for RootGuard {
             tracing::warn!("removing the sandbox root {}: {e}", self.0.display());
         }
     }
-}
-
-/// `builtin:buildenv`, run in this process with the same output handling: the profile
-/// tree is made in the store's temporary area, then checked and registered like any
-/// sandboxed output.
-fn build_in_process(
-    cx: &GoalCx<'_>,
-    drv_path: &StorePath,
-    drv: &Derivation,
-    outputs: &BTreeMap<String, StorePath>,
-    closure: &BTreeSet<StorePath>,
-) -> Result<BTreeMap<String, StorePath>, Failure> {
-    let store = cx.store;
-    let shown = store.print_path(drv_path);
-    if !(outputs.len() == 1 && outputs.contains_key("out")) {
-        return Err(fail(
-            Status::MiscFailure,
-            format!("builtin:buildenv derivation '{shown}' must have exactly one output 'out'"),
-        ));
-    }
-    let scratch = RootGuard(store.new_temp_path("buildenv"));
-    let at = scratch.0.clone();
-    buildenv::build_env(store, drv, &at).map_err(|msg| {
-        fail(
-            Status::PermanentFailure,
-            format!("builder for '{shown}' failed: {msg}"),
-        )
-    })?;
-    let locations: BTreeMap<String, PathBuf> = [("out".to_owned(), at)].into_iter().collect();
-    finish_outputs(cx, drv_path, drv, outputs, &locations, closure)
 }
 
 /// A `Write` computing the NAR hash, size, references and an optional second hash.

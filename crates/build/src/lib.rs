@@ -14,7 +14,7 @@
 //! is blocking I/O, so a request's builds run on scoped threads that borrow the store,
 //! and waiting for another client's build is a condition-free poll of a shared goal.
 
-mod buildenv;
+pub mod builtins;
 mod env;
 mod error;
 mod goal;

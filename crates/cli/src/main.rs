@@ -52,7 +52,7 @@ enum Command {
     SandboxRun(sandbox::SandboxArgs),
     /// The sandbox's setup helper (internal; started by the sandbox itself).
     #[command(name = "sandbox-helper", hide = true)]
-    SandboxHelper,
+    SandboxHelper(sandbox::HelperArgs),
     /// Inspect and check derivation (.drv) files.
     #[command(subcommand)]
     Drv(drv::DrvCommand),
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::Drv(cmd) => drv::run(cmd),
         Command::Daemon(args) => daemon::run(args),
         Command::SandboxRun(args) => sandbox::run(args),
-        Command::SandboxHelper => sandbox::helper(),
+        Command::SandboxHelper(args) => sandbox::helper(args),
         Command::Install(args) => install::run(args),
         Command::Uninstall(args) => install::run_uninstall(args),
         Command::Doctor(args) => doctor::run(args),

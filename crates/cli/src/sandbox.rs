@@ -1,6 +1,8 @@
 //! `unrooted sandbox-run`: run one command in a build sandbox made from arguments, to
 //! see what a builder would see; and the hidden `sandbox-helper` verb, the
-//! single-threaded process that sets a sandbox up (see the `unrooted-sandbox` crate).
+//! single-threaded process that sets a sandbox up (see the `unrooted-sandbox` crate)
+//! and runs the builtin builders of `unrooted-build` inside it, or, with `--builtin`,
+//! runs one unsandboxed (`sandbox = false`).
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
@@ -57,9 +59,22 @@ pub struct SandboxArgs {
     command: Vec<OsString>,
 }
 
+/// Options of the hidden `sandbox-helper` verb.
+#[derive(Args)]
+pub struct HelperArgs {
+    /// Run this builtin builder here, unsandboxed, with this process's environment
+    /// and working directory, instead of reading a plan from stdin.
+    #[arg(long, value_name = "NAME")]
+    builtin: Option<String>,
+}
+
 /// Runs the hidden helper verb; never returns.
-pub fn helper() -> ! {
-    unrooted_sandbox::helper_main()
+pub fn helper(args: HelperArgs) -> ! {
+    let builtins = unrooted_build::builtins::BUILTINS;
+    match args.builtin {
+        Some(name) => unrooted_sandbox::builtin_main(builtins, &name),
+        None => unrooted_sandbox::helper_main_with_builtins(builtins),
+    }
 }
 
 /// Runs the command in a sandbox; the exit code is the builder's (128+N for signal N).
@@ -94,6 +109,9 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         .map(|e| SandboxPath::parse(e))
         .collect::<Result<_, _>>()?;
     spec.network = args.network;
+    if args.network {
+        spec.network_files = unrooted_sandbox::host_network_files();
+    }
     spec.args = builder_args.to_vec();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     spec.env = nix_base_env(&args.store_dir, &spec.sandbox_build_dir, cores);

@@ -57,6 +57,16 @@ impl Sandbox {
         }
     }
 
+    /// The helper's program.
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+
+    /// The arguments the helper's program is started with.
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
     /// Starts the builder described by `plan`, its stdout and stderr on `log`. Returns
     /// once it has been executed inside the finished sandbox, or with the step that
     /// failed.

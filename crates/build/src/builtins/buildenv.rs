@@ -1,5 +1,7 @@
 //! `builtin:buildenv`: the symlink tree of a user environment (what `nix-env` builds
-//! for a profile generation), as Nix 2.8's `builtins/buildenv.cc` makes it.
+//! for a profile generation), as Nix 2.8's `builtins/buildenv.cc` makes it. It runs in
+//! the build's sandbox, where the store directory holds the input closure at the
+//! paths the derivation names, so every path here is read as it is written.
 //!
 //! The derivation's env gives `derivations` — groups of `<active> <priority> <n>
 //! <path>…` — and `manifest`. Packages are linked in priority order (lower number
@@ -14,8 +16,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
-use unrooted_format::derivation::Derivation;
-use unrooted_store::LocalStore;
+use super::{BuiltinError, Env};
 
 /// The most symlinks one environment may have (a bound on untrusted input).
 const MAX_LINKS: usize = 1_000_000;
@@ -23,33 +24,24 @@ const MAX_LINKS: usize = 1_000_000;
 /// The most bytes of `propagated-user-env-packages` read.
 const MAX_PROPAGATED: u64 = 1 << 20;
 
-struct State<'a> {
-    store: &'a LocalStore,
+struct State {
     priorities: BTreeMap<PathBuf, i64>,
     links: usize,
 }
 
-impl State<'_> {
-    /// Where a store path (or a path inside one) really is.
-    fn real(&self, logical: &Path) -> PathBuf {
-        let dir = Path::new(self.store.store_dir().as_str());
-        match logical.strip_prefix(dir) {
-            Ok(rest) => self.store.config().real_store_dir.join(rest),
-            Err(_) => logical.to_path_buf(),
-        }
-    }
+/// The builtin: the environment described by `derivations` and `manifest` at `$out`.
+pub(crate) fn run(
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let env = Env(env);
+    let out = PathBuf::from(env.require("out")?);
+    build_env(env.text("derivations")?, env.text("manifest")?, &out)
+        .map_err(|message| BuiltinError::Profile { message })?;
+    Ok(())
 }
 
-/// Builds the environment of `drv` at `out` (a fresh path).
-pub(crate) fn build_env(store: &LocalStore, drv: &Derivation, out: &Path) -> Result<(), String> {
-    let attr = |k: &str| {
-        drv.env
-            .get(k.as_bytes())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .ok_or_else(|| format!("attribute '{k}' missing"))
-    };
-    let derivations = attr("derivations")?;
-    let manifest = attr("manifest")?;
+/// Builds the environment at `out` (a fresh path).
+pub(crate) fn build_env(derivations: &str, manifest: &str, out: &Path) -> Result<(), String> {
     let mut words = derivations.split_ascii_whitespace();
     let mut pkgs: Vec<(PathBuf, bool, i64)> = Vec::new();
     while let Some(active) = words.next() {
@@ -71,14 +63,13 @@ pub(crate) fn build_env(store: &LocalStore, drv: &Derivation, out: &Path) -> Res
         .create(out)
         .map_err(|e| format!("creating '{}': {e}", out.display()))?;
     let mut state = State {
-        store,
         priorities: BTreeMap::new(),
         links: 0,
     };
     pkgs.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
     let mut done: BTreeSet<PathBuf> = BTreeSet::new();
     let mut postponed: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut add = |state: &mut State<'_>,
+    let mut add = |state: &mut State,
                    pkg: &Path,
                    priority: i64,
                    postponed: &mut BTreeSet<PathBuf>|
@@ -87,9 +78,7 @@ pub(crate) fn build_env(store: &LocalStore, drv: &Derivation, out: &Path) -> Res
             return Ok(());
         }
         create_links(state, pkg, out, priority)?;
-        let prop = state
-            .real(pkg)
-            .join("nix-support/propagated-user-env-packages");
+        let prop = pkg.join("nix-support/propagated-user-env-packages");
         if let Ok(f) = fs::File::open(&prop) {
             let mut text = String::new();
             use std::io::Read;
@@ -116,7 +105,7 @@ pub(crate) fn build_env(store: &LocalStore, drv: &Derivation, out: &Path) -> Res
         }
     }
     let link = out.join("manifest.nix");
-    symlink(&manifest, &link).map_err(|e| format!("creating '{}': {e}", link.display()))?;
+    symlink(manifest, &link).map_err(|e| format!("creating '{}': {e}", link.display()))?;
     Ok(())
 }
 
@@ -136,19 +125,14 @@ fn skipped(name: &str, src: &Path) -> bool {
         .any(|suffix| s.ends_with(suffix))
 }
 
-/// Links everything in `src` (a logical path) into `dst` (a real path being built).
-fn create_links(
-    state: &mut State<'_>,
-    src: &Path,
-    dst: &Path,
-    priority: i64,
-) -> Result<(), String> {
-    let real_src = state.real(src);
-    let entries = match fs::read_dir(&real_src) {
+/// Links everything in `src` into `dst` (the tree being built).
+fn create_links(state: &mut State, src: &Path, dst: &Path, priority: i64) -> Result<(), String> {
+    let entries = match fs::read_dir(src) {
         Ok(e) => e,
         Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {
-            tracing::warn!(
-                "not including '{}' in the user environment because it's not a directory",
+            // The build log is the builtin's stderr.
+            eprintln!(
+                "warning: not including '{}' in the user environment because it's not a directory",
                 src.display()
             );
             return Ok(());
@@ -167,8 +151,11 @@ fn create_links(
             continue;
         }
         // `stat`, following links, as Nix does: a dangling link is skipped.
-        let Ok(src_meta) = fs::metadata(state.real(&src_file)) else {
-            tracing::warn!("skipping dangling symlink '{}'", dst_file.display());
+        let Ok(src_meta) = fs::metadata(&src_file) else {
+            eprintln!(
+                "warning: skipping dangling symlink '{}'",
+                dst_file.display()
+            );
             continue;
         };
         let dst_meta = fs::symlink_metadata(&dst_file).ok();
@@ -181,7 +168,7 @@ fn create_links(
                 Some(m) if m.file_type().is_symlink() => {
                     let target = fs::read_link(&dst_file)
                         .map_err(|e| format!("reading '{}': {e}", dst_file.display()))?;
-                    if !fs::metadata(state.real(&target)).is_ok_and(|t| t.is_dir()) {
+                    if !fs::metadata(&target).is_ok_and(|t| t.is_dir()) {
                         return Err(format!(
                             "collision between '{}' and non-directory '{}'",
                             src_file.display(),

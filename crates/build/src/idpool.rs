@@ -21,7 +21,7 @@
 //! once at start.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -197,11 +197,15 @@ impl IdMode {
             ));
         }
         let dir = state_dir.join("userpool2");
-        if let Err(e) = fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-        {
+        // The state directory with the default mode (this may run before the store
+        // makes it, and clients reach the socket through it); the locks 0700.
+        let made = fs::create_dir_all(state_dir).and_then(|()| {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }
+        });
+        if let Err(e) = made {
             return single(format!("cannot create {}: {e}", dir.display()));
         }
         let pool = IdPool {
@@ -312,6 +316,114 @@ impl IdPool {
     pub fn reclaim_maps(&self, slice: &IdSlice) -> IdMaps {
         IdMaps::reclaim(self.owner_uid, self.owner_gid, slice)
     }
+
+    /// How many builds can hold a slice at once.
+    pub fn slices(&self) -> u32 {
+        self.slices
+    }
+
+    /// The whole pool as one slice: a namespace mapping it may chown what any build
+    /// left, whichever slice it held.
+    fn whole(&self) -> IdSlice {
+        IdSlice {
+            count: self.slices * self.per_build,
+            ..self.slice(0)
+        }
+    }
+
+    /// Gives back to the store owner what the builds of daemons that died without
+    /// cleaning up (killed with their sandbox helpers, so nothing reclaimed their
+    /// files) left owned by the pool's ids: their sandbox roots in the store's
+    /// temporary areas (`<store_dir>/.unrooted-tmp-<pid>-…`, unlocked) and their build
+    /// directories (`<tmp_dir>/unrooted-builds-<pid>-…`), both of a process that is
+    /// gone. The builder may have left directories the owner cannot enter or empty
+    /// (`chmod 000`, owned by its ids), so the store's sweep of old temporary areas
+    /// and the sweep of dead build directories, which run after this, could not
+    /// remove them.
+    ///
+    /// Call it at start-up, before the store is opened: the trees are chowned, in one
+    /// user namespace mapping the owner and the whole pool, never removed here. A
+    /// live daemon's trees (its pid alive, its area locked) are left alone. Returns
+    /// the trees given back; a tree that could not be is logged and skipped.
+    pub fn reclaim_leftovers(
+        &self,
+        helper: &Sandbox,
+        store_dir: &Path,
+        tmp_dir: &Path,
+    ) -> Vec<PathBuf> {
+        let mut found = dead_trees(store_dir, unrooted_store::TEMP_PREFIX, self.owner_uid);
+        found.extend(dead_trees(tmp_dir, "unrooted-builds-", self.owner_uid));
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let maps = self.reclaim_maps(&self.whole());
+        let mut done = Vec::new();
+        for (path, _held) in found {
+            match helper.reclaim(&maps, std::slice::from_ref(&path)) {
+                Ok(()) => {
+                    tracing::info!(
+                        "gave {} (left by a daemon that died mid-build) back to {}",
+                        path.display(),
+                        self.user
+                    );
+                    done.push(path);
+                }
+                Err(e) => tracing::warn!(
+                    "giving {} (left by a daemon that died mid-build) back to {}: {}",
+                    path.display(),
+                    self.user,
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+        done
+    }
+}
+
+/// The directories `<dir>/<prefix><pid>-…` owned by `owner_uid` whose process is
+/// gone (this process's own pid counts as gone: nothing of ours exists yet when this
+/// runs, and a restarted container may reuse it), each with its `flock` taken when
+/// it could be: a store instance keeps its temporary area locked while it lives, so
+/// one locked elsewhere is skipped.
+fn dead_trees(dir: &Path, prefix: &str, owner_uid: u32) -> Vec<(PathBuf, Option<fs::File>)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != own && Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let ours = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == owner_uid);
+        if !ours {
+            continue;
+        }
+        let lock = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32,
+            )
+            .open(&path)
+            .ok();
+        if let Some(l) = &lock {
+            if flock(l, FlockOperation::NonBlockingLockExclusive).is_err() {
+                continue;
+            }
+        }
+        out.push((path, lock));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -336,6 +448,44 @@ mod tests {
         );
         assert_eq!(pool_in(&ranges, Some(99_999), None), None);
         assert_eq!(pool_in(&[], None, None), None);
+    }
+
+    #[test]
+    fn dead_trees_are_those_of_gone_unlocked_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let me = rustix::process::geteuid().as_raw();
+        // Above any pid_max (at most 2^22).
+        let dead = |n: u32| format!("{}{}-5-0", unrooted_store::TEMP_PREFIX, 999_999_000 + n);
+        for name in [
+            dead(1),
+            dead(2),
+            format!("{}1-5-0", unrooted_store::TEMP_PREFIX),
+            format!("{}{}-5-0", unrooted_store::TEMP_PREFIX, std::process::id()),
+            "unrelated".into(),
+        ] {
+            fs::create_dir(d.join(name)).unwrap();
+        }
+        fs::write(d.join(dead(3)), "").unwrap();
+        // A live store instance holds its area's lock.
+        let held = fs::File::open(d.join(dead(2))).unwrap();
+        flock(&held, FlockOperation::LockExclusive).unwrap();
+        let found: Vec<PathBuf> = dead_trees(d, unrooted_store::TEMP_PREFIX, me)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let own = d.join(format!(
+            "{}{}-5-0",
+            unrooted_store::TEMP_PREFIX,
+            std::process::id()
+        ));
+        let mut want = vec![d.join(dead(1)), own];
+        want.sort();
+        assert_eq!(found, want);
+        // Someone else's directory is never taken.
+        assert!(dead_trees(d, unrooted_store::TEMP_PREFIX, me + 1).is_empty());
     }
 
     #[test]

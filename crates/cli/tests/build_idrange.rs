@@ -665,3 +665,122 @@ fn the_builder_cannot_write_the_store_through_any_path() {
         leftovers(&d, range)
     );
 }
+
+/// Entries owned by an id of `range` under the test's tree and under the build
+/// directories in /tmp of the daemon `pid`.
+fn leftovers_of(d: &TestDaemon, pid: u32, range: (u32, u32)) -> Vec<String> {
+    let mut found = Vec::new();
+    owned_by_range(d.root(), range, &mut found);
+    let prefix = format!("unrooted-builds-{pid}-");
+    for e in fs::read_dir("/tmp").unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            owned_by_range(&e.path(), range, &mut found);
+        }
+    }
+    found
+}
+
+/// A daemon killed with SIGKILL mid-build, together with its sandbox helpers and
+/// builders (as `systemctl kill -s KILL` or the OOM killer take a whole unit), leaves
+/// unreadable trees owned by its builds' slices in its build directories and sandbox
+/// roots; the next daemon on the same store gives them back and removes them before
+/// it serves, and every slice is usable again.
+#[test]
+fn a_daemon_killed_mid_build_leaves_nothing_once_restarted() {
+    let Some((mut d, range)) = prepared(&CONF.replace("max-jobs = 4", "max-jobs = 8")) else {
+        return;
+    };
+    let owner: u32 = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = spawn_build(&d, &["killme"]);
+    // Both builders run and made their unreadable trees.
+    let old = d.pid();
+    let t0 = Instant::now();
+    loop {
+        let found = leftovers_of(&d, old, range);
+        let ready = found.iter().filter(|l| l.contains("/ready ")).count();
+        if ready == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{found:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ids = builder_ids(&d, owner, 2);
+    assert_eq!(ids.len(), 2, "two slices in use: {ids:?}");
+    // Stopped first, so that nothing of the daemon reclaims anything on its way out.
+    let mut all = TestDaemon::descendants(old);
+    all.push(old);
+    let pids: Vec<String> = all.iter().map(u32::to_string).collect();
+    for signal in ["-STOP", "-KILL"] {
+        let ok = std::process::Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {signal} {pids:?}");
+    }
+    d.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let left = leftovers_of(&d, old, range);
+    assert!(
+        left.iter().any(|l| l.contains("/unrooted-builds-"))
+            && left.iter().any(|l| l.contains("/.unrooted-tmp-")),
+        "the killed builds left trees owned by their ids: {left:?}"
+    );
+
+    d.start();
+    let log = d.log();
+    assert!(log.contains("id-range mode"), "{log}");
+    let gave: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("left by a daemon that died mid-build"))
+        .collect();
+    eprintln!("{}", gave.join("\n"));
+    assert!(
+        gave.iter().any(|l| l.contains("/unrooted-builds-"))
+            && gave.iter().any(|l| l.contains("/.unrooted-tmp-")),
+        "{log}"
+    );
+    assert_eq!(leftovers_of(&d, old, range), Vec::<String>::new(), "{log}");
+    let old_dirs: Vec<_> = fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("unrooted-builds-{old}-"))
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(old_dirs.is_empty(), "{old_dirs:?}");
+    assert!(
+        d.store_temporaries()
+            .iter()
+            .all(|t| !t.contains(&format!("-{old}-"))),
+        "{:?}",
+        d.store_temporaries()
+    );
+    assert!(all_slices_free(&d));
+    // All eight slices of the range at once.
+    let child = spawn_build(&d, &["wide"]);
+    let ids = builder_ids(&d, owner, 8);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slices: BTreeSet<u32> = ids.iter().map(|(u, _)| (u - range.0) / 65536).collect();
+    assert_eq!(slices, (0..8).collect(), "{ids:?}");
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+}

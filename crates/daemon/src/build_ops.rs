@@ -75,6 +75,15 @@ pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::Bu
             &config.locations.state_dir,
             &cfg.helper,
         );
+        // Before the store's and the build directories' sweeps: what a daemon killed
+        // mid-build left owned by its slices is the store owner's again.
+        if let unrooted_build::IdMode::Ranges(pool) = &cfg.ids {
+            pool.reclaim_leftovers(
+                &cfg.helper,
+                std::path::Path::new(config.locations.store_dir.as_str()),
+                &cfg.tmp_dir,
+            );
+        }
     } else {
         tracing::warn!("sandbox = false: builders run unsandboxed as the store owner");
     }

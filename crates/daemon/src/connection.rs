@@ -82,11 +82,13 @@ impl DaemonState {
             store_config.db.fsync_metadata = false;
         }
         store_config.fsync_paths = config.raw.get("fsync-store-paths") == Some("true");
+        // The scheduler first: it gives back what builds of a killed daemon left, which
+        // the store's sweep of old temporary areas could not remove otherwise.
+        let scheduler = crate::build_ops::scheduler(&config).map_err(DaemonError::Build)?;
         let store = LocalStore::open(store_config).map_err(|source| DaemonError::Store {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),
         })?;
-        let scheduler = crate::build_ops::scheduler(&config).map_err(DaemonError::Build)?;
         let gc_config = config.gc_config()?;
         let s = &config.settings;
         let auto_gc = crate::gc_ops::AutoGc::new(s.min_free, s.max_free, s.min_free_check_interval);

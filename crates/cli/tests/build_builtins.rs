@@ -1,0 +1,371 @@
+//! The builtin builders (`builtin:fetchurl` through Nix 2.8's own `<nix/fetchurl.nix>`,
+//! `builtin:unpack-channel`) built with the real Nix 2.8 client, as an unprivileged
+//! user, against `unrooted daemon` run as another unprivileged user with
+//! `sandbox = true`; and what a fixed-output build sees of the host's network
+//! configuration. The builtins run inside the build's sandbox: a `file://` URL is
+//! fetched only when it is visible there (a `sandbox-paths` entry), although the
+//! daemon itself could read it. HTTP is served by Python's `http.server` on loopback.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use unrooted_format::{hash::sha256, nar, Hash, HashAlgo, Hasher};
+use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
+
+/// Kills (and reaps) the HTTP server when the test ends, however it ends.
+struct Server(Child, PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    /// The request lines the server logged so far.
+    fn requests(&self) -> String {
+        fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
+/// Python's `http.server` over `dir` on a free loopback port; its request log goes
+/// to `log`.
+fn python_server(dir: &Path, log: &Path) -> (Server, u16) {
+    let mut child = Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .expect("starting python3 -m http.server");
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (Server(child, log.to_path_buf()), port)
+}
+
+struct Fixture {
+    d: TestDaemon,
+    /// Served over HTTP and visible in the sandbox (a sandbox path).
+    served: PathBuf,
+    /// Readable by the daemon, but not in the sandbox.
+    hidden: PathBuf,
+    server: Server,
+    port: u16,
+}
+
+fn prepared() -> Option<Fixture> {
+    if !can_run_sandboxed_builds() {
+        return None;
+    }
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let served = d.inputs().join("served");
+    let hidden = d.inputs().join("hidden");
+    for dir in [&served, &hidden] {
+        fs::create_dir(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::write(served.join("f"), b"fetched by builtin:fetchurl\n").unwrap();
+    fs::write(hidden.join("secret"), b"not for the sandbox\n").unwrap();
+    d.set_conf(&format!(
+        "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nextra-sandbox-paths = {}\n",
+        served.display()
+    ));
+    d.start();
+    let (server, port) = python_server(&served, &d.root().join("http.log"));
+    Some(Fixture {
+        d,
+        served,
+        hidden,
+        server,
+        port,
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Hash::sha256(sha256(bytes)).to_base16()
+}
+
+/// `nix-build -E EXPR --no-out-link` as the client.
+fn build_expr(d: &TestDaemon, expr: &str) -> String {
+    d.client_ok("nix-build", &["-E", expr, "--no-out-link"])
+        .trim()
+        .to_owned()
+}
+
+fn fetchurl(url: &str, hash: &str, extra: &str) -> String {
+    format!(r#"import <nix/fetchurl.nix> {{ url = "{url}"; sha256 = "{hash}"; {extra} }}"#)
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
+    let Some(f) = prepared() else { return };
+    let body = fs::read(f.served.join("f")).unwrap();
+    let url = format!("http://127.0.0.1:{}/f", f.port);
+    let out = build_expr(&f.d, &fetchurl(&url, &sha256_hex(&body), ""));
+    assert_eq!(fs::read(&out).unwrap(), body);
+    assert_eq!(mode(Path::new(&out)), 0o444);
+    assert!(
+        f.server.requests().contains("GET /f "),
+        "{}",
+        f.server.requests()
+    );
+    // Registered as a fixed-output path with its deriver, no references.
+    let refs = f.d.client_ok("nix-store", &["-q", "--references", &out]);
+    assert_eq!(refs.trim(), "");
+    let deriver = f.d.client_ok("nix-store", &["-q", "--deriver", &out]);
+    assert!(deriver.trim().ends_with("-f.drv"), "{deriver}");
+    // The build log says what was fetched.
+    let log = f.d.client_ok("nix-store", &["-l", &out]);
+    assert!(log.contains(&format!("downloading '{url}'")), "{log}");
+
+    // `executable = true` makes it 0555 once canonicalised (recursive hash of the
+    // executable file's NAR).
+    let exe = f.served.join("tool");
+    fs::write(&exe, b"#!/bin/sh\necho tool\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut h = Hasher::new(HashAlgo::Sha256);
+    let mut bytes = Vec::new();
+    nar::dump_path(&exe, &mut bytes).unwrap();
+    h.update(&bytes);
+    let url = format!("http://127.0.0.1:{}/tool", f.port);
+    let out = build_expr(
+        &f.d,
+        &fetchurl(&url, &h.finish().to_base16(), "executable = true;"),
+    );
+    assert_eq!(mode(Path::new(&out)), 0o555);
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&exe).unwrap());
+}
+
+#[test]
+fn fetchurl_reads_file_urls_only_where_the_sandbox_sees_them() {
+    let Some(f) = prepared() else { return };
+    let body = fs::read(f.served.join("f")).unwrap();
+    let url = format!("file://{}", f.served.join("f").display());
+    let out = build_expr(&f.d, &fetchurl(&url, &sha256_hex(&body), ""));
+    assert_eq!(fs::read(&out).unwrap(), body);
+
+    // The daemon could read this file, but the builtin runs in the sandbox, where it
+    // does not exist.
+    let secret = fs::read(f.hidden.join("secret")).unwrap();
+    let url = format!("file://{}", f.hidden.join("secret").display());
+    let err = f.d.client_err(
+        "nix-build",
+        &[
+            "-E",
+            &fetchurl(&url, &sha256_hex(&secret), ""),
+            "--no-out-link",
+        ],
+    );
+    assert!(
+        err.contains(&format!("unable to download '{url}'")),
+        "{err}"
+    );
+    assert!(err.contains("No such file or directory"), "{err}");
+
+    // With `sandbox = false` (the administrator's choice) the builtin runs in a
+    // process of its own on the host, as the store owner, and finds the file.
+    let mut d = f.d;
+    d.kill();
+    d.set_conf("sandbox = false\n");
+    d.start();
+    let out = build_expr(&d, &fetchurl(&url, &sha256_hex(&secret), ""));
+    assert_eq!(fs::read(&out).unwrap(), secret);
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}
+
+#[test]
+fn fetchurl_hash_mismatch_reports_both_hashes_and_registers_nothing() {
+    let Some(f) = prepared() else { return };
+    let body = fs::read(f.served.join("f")).unwrap();
+    let url = format!("http://127.0.0.1:{}/f", f.port);
+    let wrong = sha256_hex(b"something else");
+    let expr = fetchurl(&url, &wrong, "");
+    let out_path =
+        f.d.client_ok(
+            "nix-instantiate",
+            &["--eval", "-E", &format!("({expr}).outPath")],
+        )
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    let err = f.d.client_err("nix-build", &["-E", &expr, "--no-out-link"]);
+    let specified = Hash::sha256(sha256(b"something else")).to_sri();
+    let got = Hash::sha256(sha256(&body)).to_sri();
+    assert!(err.contains("hash mismatch"), "{err}");
+    assert!(err.contains(&format!("specified: {specified}")), "{err}");
+    assert!(err.contains(&format!("got:    {got}")), "{err}");
+    assert!(
+        !Path::new(&out_path).exists(),
+        "{out_path} left in the store"
+    );
+    f.d.client_err("nix-store", &["--check-validity", &out_path]);
+    f.d.assert_store_clean();
+}
+
+#[test]
+fn fetchurl_without_a_fixed_output_is_refused_before_any_fetch() {
+    let Some(f) = prepared() else { return };
+    let expr = format!(
+        r#"derivation {{ name = "not-fixed"; system = "builtin"; builder = "builtin:fetchurl"; url = "http://127.0.0.1:{}/f"; }}"#,
+        f.port
+    );
+    let err = f.d.client_err("nix-build", &["-E", &expr, "--no-out-link"]);
+    assert!(
+        err.contains("'builtin:fetchurl' must be a fixed-output derivation"),
+        "{err}"
+    );
+    assert!(
+        !f.server.requests().contains("GET /f "),
+        "{}",
+        f.server.requests()
+    );
+    // An unknown builtin is refused by name.
+    let err = f.d.client_err(
+        "nix-build",
+        &[
+            "-E",
+            r#"derivation { name = "nope"; system = "builtin"; builder = "builtin:nope"; }"#,
+            "--no-out-link",
+        ],
+    );
+    assert!(err.contains("unsupported builtin builder 'nope'"), "{err}");
+}
+
+/// Writes a tarball with Python's `tarfile` (which writes names as given, `..` and
+/// all): `spec` is Python code adding members to `t`.
+fn python_tar(path: &Path, mode: &str, spec: &str) {
+    let script = format!(
+        "import tarfile, io\n\
+         def add(t, name, data=b'', kind=tarfile.REGTYPE, link=''):\n\
+         \x20   i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data); i.mode = 0o644\n\
+         \x20   t.addfile(i, io.BytesIO(data))\n\
+         with tarfile.open({path:?}, {mode:?}) as t:\n{spec}\n",
+        path = path.to_str().unwrap(),
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+#[test]
+fn unpack_channel_unpacks_into_the_channel_name_and_refuses_hostile_tarballs() {
+    let Some(f) = prepared() else { return };
+    let good = f.d.inputs().join("nixexprs.tar.xz");
+    python_tar(
+        &good,
+        "w:xz",
+        "    add(t, 'nixexprs-22.05/', kind=tarfile.DIRTYPE)\n\
+         \x20   add(t, 'nixexprs-22.05/default.nix', b'{ }: \"channel\"\\n')\n\
+         \x20   add(t, 'nixexprs-22.05/lib/x.nix', b'1\\n')\n\
+         \x20   add(t, 'nixexprs-22.05/link', kind=tarfile.SYMTYPE, link='lib/x.nix')",
+    );
+    let src =
+        f.d.client_ok("nix-store", &["--add", good.to_str().unwrap()]);
+    let expr = |src: &str| {
+        format!(
+            r#"derivation {{ name = "channel"; system = builtins.currentSystem; builder = "builtin:unpack-channel"; src = builtins.storePath "{}"; channelName = "nixpkgs"; }}"#,
+            src.trim()
+        )
+    };
+    let out = PathBuf::from(build_expr(&f.d, &expr(&src)));
+    assert_eq!(
+        fs::read(out.join("nixpkgs/default.nix")).unwrap(),
+        b"{ }: \"channel\"\n"
+    );
+    assert_eq!(
+        fs::read_link(out.join("nixpkgs/link")).unwrap(),
+        Path::new("lib/x.nix")
+    );
+    assert_eq!(mode(&out.join("nixpkgs/lib/x.nix")), 0o444);
+    assert_eq!(mode(&out.join("nixpkgs")), 0o555);
+    // The tarball is a reference of the channel only if named in it: it is not.
+    let refs =
+        f.d.client_ok("nix-store", &["-q", "--references", out.to_str().unwrap()]);
+    assert_eq!(refs.trim(), "");
+
+    for (name, spec, why) in [
+        (
+            "dotdot.tar.gz",
+            "    add(t, 'c/', kind=tarfile.DIRTYPE)\n    add(t, 'c/../../escape', b'x')",
+            "a '..' component",
+        ),
+        (
+            "abs.tar.gz",
+            "    add(t, '/etc/evil', b'x')",
+            "an absolute path",
+        ),
+        (
+            "link.tar.gz",
+            "    add(t, 'c/', kind=tarfile.DIRTYPE)\n    add(t, 'c/l', kind=tarfile.SYMTYPE, link='../../../etc/passwd')",
+            "a symlink pointing out of the tree",
+        ),
+        (
+            "dev.tar.gz",
+            "    add(t, 'c/', kind=tarfile.DIRTYPE)\n    add(t, 'c/null', kind=tarfile.CHRTYPE)",
+            "a device, FIFO or other special file",
+        ),
+    ] {
+        let bad = f.d.inputs().join(name);
+        python_tar(&bad, "w:gz", spec);
+        let src = f.d.client_ok("nix-store", &["--add", bad.to_str().unwrap()]);
+        let err = f.d.client_err("nix-build", &["-E", &expr(&src), "--no-out-link"]);
+        assert!(err.contains("refusing entry"), "{name}: {err}");
+        assert!(err.contains(why), "{name}: {err}");
+    }
+    f.d.assert_store_clean();
+}
+
+#[test]
+fn fixed_output_builds_see_the_hosts_resolver_files_and_others_do_not() {
+    let Some(f) = prepared() else { return };
+    let Ok(resolv) = fs::read("/etc/resolv.conf") else {
+        eprintln!("skipping: this host has no /etc/resolv.conf");
+        return;
+    };
+    let mut want = resolv.clone();
+    want.extend_from_slice(b"hosts: files dns\nservices: files\n");
+    let fod = format!(
+        r#"derivation {{ name = "sees-resolv"; system = builtins.currentSystem; builder = "/bin/sh";
+             args = [ "-c" "cat /etc/resolv.conf /etc/nsswitch.conf > $out" ];
+             outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "{}"; }}"#,
+        sha256_hex(&want)
+    );
+    // The hash is checked: the output is exactly the host's bytes and Nix's nsswitch.
+    let out = build_expr(&f.d, &fod);
+    assert_eq!(fs::read(out).unwrap(), want);
+
+    let sandboxed = r#"derivation { name = "no-resolv"; system = builtins.currentSystem; builder = "/bin/sh";
+        args = [ "-c" "for f in resolv.conf services nsswitch.conf; do if [ -e /etc/$f ]; then echo $f present; else echo $f absent; fi; done > $out; cat /etc/hosts >> $out" ]; }"#;
+    let out = build_expr(&f.d, sandboxed);
+    assert_eq!(
+        fs::read_to_string(out).unwrap(),
+        "resolv.conf absent\nservices absent\nnsswitch.conf absent\n127.0.0.1 localhost\n::1 localhost\n"
+    );
+}

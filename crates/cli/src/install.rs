@@ -73,6 +73,11 @@ pub struct InstallArgs {
     /// The AppArmor profile: yes, no, or auto (when the kernel restricts user namespaces).
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     apparmor: When,
+    /// How many builds may run at once in the id-range mode: the store owner's new
+    /// subordinate range holds N × 65536 ids [default: max-jobs from nix.conf, at least
+    /// the number of CPUs, at most 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    build_slices: Option<u32>,
 }
 
 /// yes, no, or decided from the host.
@@ -142,6 +147,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
         roots_binary,
         chown_kept_build_dirs: args.chown_kept_build_dirs,
         subids: args.subids.get(),
+        build_slices: args.build_slices,
         apparmor: args.apparmor.get(),
     };
     let plan = plan::install(&opts).context("planning the installation")?;

@@ -244,3 +244,81 @@ fn a_running_unprivileged_daemon_answers_and_is_not_root() {
     );
     assert!(line(&text, "free space").starts_with("[ok  ]"), "{text}");
 }
+
+/// With subordinate ids, doctor says how many id-range builds the range allows at
+/// once, and warns when max-jobs asks for more.
+#[test]
+fn the_build_ids_check_counts_the_concurrent_builds_the_range_allows() {
+    if !is_root() {
+        assert!(!in_ci(), "doctor tests need root to chown, but CI=true");
+        return;
+    }
+    test_user(DAEMON_USER).expect("test user");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    for b in ["newuidmap", "newgidmap"] {
+        fs::write(root.join("usr/bin").join(b), b"").unwrap();
+    }
+    let helper = root.join("fake-find-roots");
+    fs::write(&helper, b"#!/bin/sh\n").unwrap();
+    let out = Command::new(unrooted())
+        .arg("install")
+        .arg("--root")
+        .arg(root)
+        .args(["--store-owner", DAEMON_USER, "--subids", "yes"])
+        .args(["--apparmor", "no", "--build-slices", "3"])
+        .arg("--find-roots-binary")
+        .arg(&helper)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sysctl(root, "user/max_user_namespaces", "15000");
+    let (_, text) = doctor(root);
+    assert!(
+        line(&text, "subordinate ids").starts_with(&format!(
+            "[ok  ] subordinate ids: {DAEMON_USER} has uids 131072+196608 and gids 131072+196608"
+        )),
+        "{text}"
+    );
+    let ids = line(&text, "build ids");
+    assert!(
+        ids.starts_with("[ok  ] build ids: id-range mode:"),
+        "{text}"
+    );
+    assert!(
+        ids.contains("allow 3 concurrent id-range builds") && ids.ends_with("(max-jobs = 1)"),
+        "{text}"
+    );
+
+    let conf = root.join("etc/nix/nix.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("max-jobs = 5\n");
+    fs::write(&conf, text).unwrap();
+    let (_, text) = doctor(root);
+    let ids = line(&text, "build ids");
+    assert!(
+        ids.starts_with("[warn] build ids: id-range mode:"),
+        "{text}"
+    );
+    assert!(
+        ids.contains("allow 3 concurrent id-range builds")
+            && ids.ends_with("fewer than max-jobs = 5: the others wait for a slice"),
+        "{text}"
+    );
+    assert!(text.contains("--build-slices N"), "{text}");
+
+    // Nix's id-count bounds the pool the daemon uses: two slices of 65536.
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("id-count = 131072\n");
+    fs::write(&conf, text).unwrap();
+    let (_, text) = doctor(root);
+    assert!(
+        line(&text, "build ids").contains("allow 2 concurrent id-range builds"),
+        "{text}"
+    );
+}

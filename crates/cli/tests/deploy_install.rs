@@ -201,7 +201,7 @@ fn subordinate_ids_and_apparmor_when_the_host_has_them() {
         fs::write(root.join("usr/bin").join(b), b"").unwrap();
     }
     fs::write(root.join("etc/subuid"), "alice:100000:65536\n").unwrap();
-    fs::write(root.join("etc/subgid"), "alice:100000:65536").unwrap();
+    fs::write(root.join("etc/subgid"), "bob:200000:65536").unwrap();
     fs::write(
         root.join("proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
         "1\n",
@@ -210,18 +210,27 @@ fn subordinate_ids_and_apparmor_when_the_host_has_them() {
     fs::create_dir_all(root.join("etc/nix")).unwrap();
     fs::write(
         root.join("etc/nix/nix.conf"),
-        "build-users-group = nixbld\n",
+        "build-users-group = nixbld\nmax-jobs = 200\n",
     )
     .unwrap();
-    install(&root, &["--chown-kept-build-dirs"]);
-    let line = format!("{DAEMON_USER}:196608:65536\n");
+    let out = install(&root, &["--chown-kept-build-dirs"]);
+    // max-jobs = 200 concurrent builds, at most Nix's default id-count (128 slices of
+    // 65536), in one range free in both files: past alice's uids and bob's gids.
+    let line = format!("{DAEMON_USER}:327680:8388608\n");
     assert_eq!(
         fs::read_to_string(root.join("etc/subuid")).unwrap(),
         format!("alice:100000:65536\n{line}")
     );
     assert_eq!(
         fs::read_to_string(root.join("etc/subgid")).unwrap(),
-        format!("alice:100000:65536\n{line}")
+        format!("bob:200000:65536\n{line}")
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "subordinate ids 327680..8716287 for {DAEMON_USER} (128 concurrent builds of 65536 ids)"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
     let profile = fs::read_to_string(root.join("etc/apparmor.d/unrooted-daemon")).unwrap();
     assert!(profile.contains(
@@ -348,4 +357,58 @@ fn uninstall_removes_what_install_put_and_keeps_the_store() {
     run(&["--remove-store"]);
     assert!(!root.join("nix/store").exists());
     assert!(!root.join("nix/var/nix").exists());
+}
+
+/// The range is sized for `--build-slices` builds (by default max-jobs, at least the
+/// CPUs); an owner that already has a smaller range keeps it, with a note saying how
+/// many builds it allows.
+#[test]
+fn the_subordinate_range_holds_a_slice_per_concurrent_build() {
+    let Some(_) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    for d in ["usr/bin", "etc/nix"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for b in ["newuidmap", "newgidmap"] {
+        fs::write(root.join("usr/bin").join(b), b"").unwrap();
+    }
+    // No max-jobs: Nix's default of 1, so the CPUs decide.
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() as u64)
+        .clamp(1, 128);
+    let dry = install(&root, &["--apparmor", "no", "--dry-run"]);
+    let dry = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.contains(&format!(
+            "subordinate ids 131072..{} for {DAEMON_USER} ({cpus} concurrent builds of 65536 ids)",
+            131072 + cpus * 65536 - 1
+        )),
+        "{dry}"
+    );
+    assert!(!root.join("etc/subuid").exists());
+
+    install(&root, &["--apparmor", "no", "--build-slices", "3"]);
+    let line = format!("{DAEMON_USER}:131072:196608\n");
+    for f in ["etc/subuid", "etc/subgid"] {
+        assert_eq!(fs::read_to_string(root.join(f)).unwrap(), line);
+    }
+    let out = install(&root, &["--apparmor", "no", "--build-slices", "8"]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "note: {DAEMON_USER} already has 196608 ids in /etc/subuid, enough for 3 concurrent builds in the id-range mode (not 8)"
+        )),
+        "{out}"
+    );
+    for f in ["etc/subuid", "etc/subgid"] {
+        assert_eq!(fs::read_to_string(root.join(f)).unwrap(), line);
+    }
+    let err = Command::new(unrooted())
+        .args(["install", "--root"])
+        .arg(&root)
+        .args(["--store-owner", DAEMON_USER, "--build-slices", "0"])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
 }

@@ -14,8 +14,12 @@ use crate::{DeployError, Host};
 const MAX_DB_SIZE: u64 = 16 << 20;
 /// First subordinate id handed out, as shadow's `SUB_UID_MIN`.
 pub const SUB_ID_MIN: u64 = 100_000;
-/// Size of the range given to the store owner: the 65536 ids a build may map.
-pub const SUB_ID_COUNT: u32 = 65_536;
+/// The ids one build maps (the daemon's `unrooted-ids-per-build` default, Nix's
+/// `maxIdsPerBuild`): the store owner's range holds this many per concurrent build.
+pub const IDS_PER_BUILD: u32 = 65_536;
+/// Most concurrent builds a range is sized for by default: Nix's `id-count` default
+/// is 128 × 65,536 ids.
+pub const DEFAULT_MAX_BUILD_SLICES: u32 = 128;
 /// Highest id usable in a range (`SUB_UID_MAX` of shadow is 600100000; ids are u32).
 const SUB_ID_MAX: u64 = u32::MAX as u64 - 1;
 
@@ -135,7 +139,8 @@ pub fn subid_range_of(text: &str, name: &str, uid: Option<u32>) -> Option<SubidR
 }
 
 /// The lowest range of `count` ids at or above [`SUB_ID_MIN`], aligned to 65536,
-/// overlapping no range in `text` (which may hold other users' ranges).
+/// overlapping no range in `text` (which may hold other users' ranges; pass both
+/// files' texts to find one free in both).
 pub fn free_subid_range(text: &str, count: u32, path: &Path) -> Result<SubidRange, DeployError> {
     let taken: Vec<SubidRange> = text
         .lines()
@@ -205,5 +210,11 @@ mod tests {
             5
         );
         assert!(free_subid_range("x:0:4294967000\n", 65536, p).is_err());
+        // Eight builds' worth, past both files' ranges (an overlap with either moves
+        // it on), aligned.
+        let both = "alice:100000:65536\nbob:800000:10\nalice:300000:65536\n";
+        let r = free_subid_range(both, 8 * 65536, p).unwrap();
+        assert_eq!(r.start, 851968);
+        assert_eq!(r.count, 524288);
     }
 }

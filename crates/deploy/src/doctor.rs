@@ -365,15 +365,33 @@ fn build_ids(
     };
     let per = u64::from(s.ids_per_build);
     match (pool(u), pool(g)) {
-        (Some(pu), Some(pg)) if per > 1000 && pu.min(pg) / per > 0 => out.push(finding(
-            "build ids",
-            Verdict::Ok,
-            format!(
-                "id-range mode: each build gets its own {per} uids and gids ({} at once from {owner}'s subordinate ids); the builder is 1000/100 inside, ids that own nothing of the store outside",
-                pu.min(pg) / per
-            ),
-            None,
-        )),
+        (Some(pu), Some(pg)) if per > 1000 && pu.min(pg) / per > 0 => {
+            let slices = pu.min(pg) / per;
+            let mode = format!(
+                "id-range mode: each build gets its own {per} uids and gids, so {owner}'s subordinate ids allow {slices} concurrent id-range build{}; the builder is 1000/100 inside, ids that own nothing of the store outside",
+                if slices == 1 { "" } else { "s" }
+            );
+            // The daemon runs up to max-jobs builds at once; past the slices, builds
+            // wait for one.
+            out.push(if slices < s.max_jobs {
+                finding(
+                    "build ids",
+                    Verdict::Warn,
+                    format!(
+                        "{mode}, fewer than max-jobs = {}: the others wait for a slice",
+                        s.max_jobs
+                    ),
+                    Some("give the store owner a range of max-jobs × 65536 ids in /etc/subuid and /etc/subgid (unrooted install --build-slices N adds one when it has none), or lower max-jobs"),
+                )
+            } else {
+                finding(
+                    "build ids",
+                    Verdict::Ok,
+                    format!("{mode} (max-jobs = {})", s.max_jobs),
+                    None,
+                )
+            });
+        }
         (None, _) | (_, None) => out.push(single(format!(
             "start-id {} is outside {owner}'s subordinate ranges",
             s.start_id.unwrap_or(0)

@@ -80,4 +80,10 @@ pub enum DeployError {
         /// The size wanted.
         count: u32,
     },
+    /// More concurrent builds asked for than 32-bit ids can hold.
+    #[error("{slices} concurrent builds of 65536 ids each do not fit in 32-bit ids")]
+    TooManyBuildSlices {
+        /// The number asked for.
+        slices: u32,
+    },
 }

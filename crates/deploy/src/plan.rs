@@ -19,7 +19,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::accounts::{self, Account, SUB_ID_COUNT};
+use crate::accounts::{self, Account, DEFAULT_MAX_BUILD_SLICES, IDS_PER_BUILD};
 use crate::host::Layout;
 use crate::units::{self, UnitParams};
 use crate::{DeployError, Host};
@@ -41,6 +41,9 @@ pub struct InstallOptions {
     pub chown_kept_build_dirs: bool,
     /// Use subordinate ids: `None` = when `newuidmap` is installed.
     pub subids: Option<bool>,
+    /// How many builds the store owner's subordinate range lets run at once in the
+    /// id-range mode (65,536 ids each): `None` = [`default_build_slices`].
+    pub build_slices: Option<u32>,
     /// Write the AppArmor profile: `None` = when the kernel restricts user namespaces.
     pub apparmor: Option<bool>,
 }
@@ -203,6 +206,25 @@ pub fn has_uidmap(host: &Host) -> bool {
         .all(|b| host.path(&Path::new("/usr/bin").join(b)).is_file())
 }
 
+/// How many concurrent builds the store owner's subordinate range is sized for when
+/// `install` is not told: `max-jobs` as the daemon will read it from the host's
+/// `nix.conf` (`auto` is the number of CPUs), but no fewer than the CPUs (so that
+/// `max-jobs = auto` set later needs no new range) and at most
+/// [`DEFAULT_MAX_BUILD_SLICES`] (Nix's default `id-count`).
+pub fn default_build_slices(host: &Host, l: &Layout) -> u32 {
+    let mut raw = unrooted_daemon::config::RawSettings::default();
+    let max_jobs = raw
+        .apply_file(&host.path(&l.conf_dir.join("nix.conf")))
+        .ok()
+        .and_then(|()| unrooted_daemon::config::Settings::from_raw(&raw).ok())
+        .map_or(1, |s| s.max_jobs);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let slices = max_jobs
+        .max(cpus)
+        .clamp(1, u64::from(DEFAULT_MAX_BUILD_SLICES));
+    u32::try_from(slices).unwrap_or(DEFAULT_MAX_BUILD_SLICES)
+}
+
 /// Computes the installation.
 pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
     let host = &opts.host;
@@ -351,30 +373,52 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
     // allow for (see `units`).
     let subids = opts.subids.unwrap_or_else(|| has_uidmap(host));
     if subids {
-        for file in ["/etc/subuid", "/etc/subgid"] {
+        // Each concurrent build holds its own slice of 65,536 ids, so the range is
+        // sized for as many builds as the daemon runs at once; a range free in both
+        // files, so that uids and gids start alike.
+        let slices = opts
+            .build_slices
+            .unwrap_or_else(|| default_build_slices(host, l));
+        let count = slices
+            .checked_mul(IDS_PER_BUILD)
+            .ok_or(DeployError::TooManyBuildSlices { slices })?;
+        let files = ["/etc/subuid", "/etc/subgid"];
+        let mut texts = Vec::new();
+        for file in files {
             let path = host.path(Path::new(file));
-            let text = accounts::read_db(&path)?.unwrap_or_default();
-            let uid = (o.0 != u32::MAX).then_some(o.0);
-            if accounts::subid_range_of(&text, &opts.owner, uid).is_none() {
-                let range = accounts::free_subid_range(&text, SUB_ID_COUNT, &path)?;
-                let mut new = text.clone();
-                if !new.is_empty() && !new.ends_with('\n') {
-                    new.push('\n');
+            texts.push((path.clone(), accounts::read_db(&path)?.unwrap_or_default()));
+        }
+        let both = format!("{}\n{}", texts[0].1, texts[1].1);
+        let uid = (o.0 != u32::MAX).then_some(o.0);
+        for (file, (path, text)) in files.iter().zip(&texts) {
+            if let Some(have) = accounts::subid_range_of(text, &opts.owner, uid) {
+                let fits = have.count / u64::from(IDS_PER_BUILD);
+                if fits < u64::from(slices) {
+                    steps.push(Step::Note(format!(
+                        "{} already has {} ids in {file}, enough for {fits} concurrent builds in the id-range mode (not {slices}): the others wait for a slice; for more, replace that line with a range of {count} ids (unrooted doctor shows what the daemon will use)",
+                        opts.owner, have.count
+                    )));
                 }
-                new.push_str(&format!("{}:{}:{}\n", opts.owner, range.start, range.count));
-                steps.push(Step::File {
-                    path: PathBuf::from(file),
-                    contents: new.into_bytes(),
-                    mode: 0o644,
-                    owner: r,
-                    what: format!(
-                        "subordinate ids {}..{} for {}",
-                        range.start,
-                        range.start + range.count - 1,
-                        opts.owner
-                    ),
-                });
+                continue;
             }
+            let range = accounts::free_subid_range(&both, count, path)?;
+            let mut new = text.clone();
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            new.push_str(&format!("{}:{}:{}\n", opts.owner, range.start, range.count));
+            steps.push(Step::File {
+                path: PathBuf::from(file),
+                contents: new.into_bytes(),
+                mode: 0o644,
+                owner: r,
+                what: format!(
+                    "subordinate ids {}..{} for {} ({slices} concurrent builds of 65536 ids)",
+                    range.start,
+                    range.start + range.count - 1,
+                    opts.owner
+                ),
+            });
         }
         if !has_uidmap(host) {
             steps.push(Step::Note(

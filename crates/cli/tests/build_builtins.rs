@@ -143,6 +143,19 @@ fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
     let log = f.d.client_ok("nix-store", &["-l", &out]);
     assert!(log.contains(&format!("downloading '{url}'")), "{log}");
 
+    // A host name is resolved inside the sandbox, through the host's /etc/hosts
+    // bound there (another name, so another output path, which must be built).
+    let by_name = format!("http://localhost:{}/f", f.port);
+    let again = build_expr(
+        &f.d,
+        &fetchurl(&by_name, &sha256_hex(&body), r#"name = "by-name";"#),
+    );
+    assert_ne!(again, out);
+    assert_eq!(fs::read(&again).unwrap(), body);
+    let log = f.d.client_ok("nix-store", &["-l", &again]);
+    assert!(log.contains(&format!("downloading '{by_name}'")), "{log}");
+    assert_eq!(f.server.requests().matches("GET /f ").count(), 2);
+
     // `executable = true` makes it 0555 once canonicalised (recursive hash of the
     // executable file's NAR).
     let exe = f.served.join("tool");

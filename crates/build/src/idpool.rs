@@ -238,10 +238,10 @@ impl IdMode {
                 "builds run in the single-id mode: the builder's uid 1000 is the store owner outside its sandbox, and concurrent builds share it ({why})"
             ),
             IdMode::Ranges(p) => format!(
-                "builds run in the id-range mode: each build gets its own {} uids and gids ({} slices of {}'s subordinate ids: uids {}..{}, gids {}..{}; locks in {}), the builder is uid 1000 / gid 100 inside and the store owner is root",
+                "builds run in the id-range mode (auto-allocate-uids, and {} has subordinate ids and newuidmap works): each build gets its own {} uids and gids, so {} id-range builds can run at once (uids {}..{}, gids {}..{} of its subordinate ids; locks in {}); the builder is uid 1000 / gid 100 inside and the store owner is root",
+                p.user,
                 p.per_build,
                 p.slices,
-                p.user,
                 p.uid_start,
                 u64::from(p.uid_start) + u64::from(p.slices) * u64::from(p.per_build) - 1,
                 p.gid_start,

@@ -784,3 +784,57 @@ fn a_daemon_killed_mid_build_leaves_nothing_once_restarted() {
         leftovers(&d, range)
     );
 }
+
+/// Nix's `start-id` and `id-count` narrow the pool: two slices from the second slice
+/// of the range, which the start-up log states (with a warning, as max-jobs is 4), and
+/// two concurrent builds run in exactly those.
+#[test]
+fn start_id_and_id_count_narrow_the_pool() {
+    if !can_run_daemon_tests() {
+        return;
+    }
+    let Some(range) = ensure_subids(DAEMON_USER) else {
+        assert!(
+            !in_ci(),
+            "no subordinate ids for {DAEMON_USER}, but CI=true"
+        );
+        return;
+    };
+    let start = range.0 + 65536;
+    let Some((d, _)) = prepared(&format!("{CONF}start-id = {start}\nid-count = 131072\n")) else {
+        return;
+    };
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "so 2 id-range builds can run at once (uids {start}..{}",
+            start + 131071
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("max-jobs = 4 but the id pool holds 2 slices"),
+        "{log}"
+    );
+    let owner: u32 = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = spawn_build(&d, &["conc1", "conc2"]);
+    let ids = builder_ids(&d, owner, 2);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uids: BTreeSet<u32> = ids.iter().map(|(u, _)| *u).collect();
+    assert_eq!(
+        uids,
+        [start + 1000, start + 65536 + 1000].into_iter().collect(),
+        "{ids:?}"
+    );
+}

@@ -78,6 +78,13 @@ pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::Bu
         // Before the store's and the build directories' sweeps: what a daemon killed
         // mid-build left owned by its slices is the store owner's again.
         if let unrooted_build::IdMode::Ranges(pool) = &cfg.ids {
+            if (pool.slices() as usize) < cfg.max_jobs {
+                tracing::warn!(
+                    "max-jobs = {} but the id pool holds {} slices: builds past those wait for one (give the store owner more subordinate ids, or see id-count)",
+                    cfg.max_jobs,
+                    pool.slices()
+                );
+            }
             pool.reclaim_leftovers(
                 &cfg.helper,
                 std::path::Path::new(config.locations.store_dir.as_str()),

@@ -633,6 +633,12 @@ fn run_builder(
             spec.network = fixed;
             if fixed {
                 spec.network_files = unrooted_sandbox::host_network_files();
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::info!(
+                        "fixed-output builds share the host's network (as in Nix 2.8), with its /etc/resolv.conf, /etc/services and /etc/hosts"
+                    )
+                });
             }
             spec.builtin = builtin.map(str::to_owned);
             spec.args = benv.args.clone();

@@ -5,7 +5,9 @@
 //! waits for any more, and for each goal loads the `.drv`, prepares the build
 //! directory and the exact environment of Nix 2.8 (§4.8–§4.9 of `store-formats.md`),
 //! runs the builder in the rootless sandbox of `unrooted-sandbox` (or, only when the
-//! administrator set `sandbox = false`, directly), streams and stores its log, and
+//! administrator set `sandbox = false`, directly) — a builtin builder ([`builtins`])
+//! too, called by the sandbox's init in place of a program, never in the daemon —
+//! streams and stores its log, and
 //! registers its outputs (§5): canonicalised, reference-scanned, fixed-output hashes
 //! checked, moved into the store with one `rename` each and registered in one
 //! transaction. The crate is synchronous and uses plain threads: the daemon serves each

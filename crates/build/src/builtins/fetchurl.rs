@@ -30,6 +30,34 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often a running download says how far it got: the log lines keep a long
+/// download from looking silent to `max-silent-time`, as Nix's progress messages do.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts what comes through and logs it every [`PROGRESS_EVERY`].
+struct Progress<'a, R> {
+    inner: R,
+    url: &'a str,
+    bytes: u64,
+    last: std::time::Instant,
+}
+
+impl<R: Read> Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = std::time::Instant::now();
+            eprintln!(
+                "downloaded {:.1} MiB from '{}'",
+                self.bytes as f64 / f64::from(1 << 20),
+                self.url
+            );
+        }
+        Ok(n)
+    }
+}
+
 /// The builtin.
 pub(crate) fn run(env: &[(OsString, OsString)]) -> Result<(), Box<dyn std::error::Error>> {
     fetch(Env(env), MAX_FETCH_BYTES).map_err(Into::into)
@@ -45,11 +73,16 @@ fn fetch(env: Env<'_>, max: u64) -> Result<(), BuiltinError> {
     let executable = env.flag("executable");
 
     eprintln!("downloading '{url}'...");
-    let body = open(url, env)?;
-    let body: Box<dyn Read> = if unpack && url.ends_with(".xz") {
+    let body = Progress {
+        inner: open(url, env)?,
+        url,
+        bytes: 0,
+        last: std::time::Instant::now(),
+    };
+    let body: Box<dyn Read + '_> = if unpack && url.ends_with(".xz") {
         Box::new(xz2::read::XzDecoder::new(body))
     } else {
-        body
+        Box::new(body)
     };
     let mut body = Bounded::new(body, max);
     let too_large = || BuiltinError::TooLarge {

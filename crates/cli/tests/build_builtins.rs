@@ -175,6 +175,47 @@ fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
 }
 
 #[test]
+fn fetchurl_unpacks_a_nar_plain_or_xz_compressed() {
+    let Some(f) = prepared() else { return };
+    let tree = f.d.inputs().join("tree");
+    fs::create_dir_all(tree.join("bin")).unwrap();
+    fs::write(tree.join("README"), b"a tree fetched as a NAR\n").unwrap();
+    fs::write(tree.join("bin/run"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(tree.join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("bin/run", tree.join("run")).unwrap();
+    let mut bytes = Vec::new();
+    nar::dump_path(&tree, &mut bytes).unwrap();
+    fs::write(f.served.join("tree.nar"), &bytes).unwrap();
+    let hash = Hash::sha256(sha256(&bytes)).to_base16();
+    let mut urls = vec![format!("http://127.0.0.1:{}/tree.nar", f.port)];
+    // `.xz` at the end of the URL means the NAR is xz-compressed (Nix's rule).
+    let xz = Command::new("xz")
+        .args(["-k", "-z"])
+        .arg(f.served.join("tree.nar"))
+        .status();
+    match xz {
+        Ok(s) if s.success() => urls.push(format!("http://127.0.0.1:{}/tree.nar.xz", f.port)),
+        _ => eprintln!("xz is not installed: only the plain NAR is fetched"),
+    }
+    for (i, url) in urls.iter().enumerate() {
+        let out = PathBuf::from(build_expr(
+            &f.d,
+            &fetchurl(url, &hash, &format!(r#"unpack = true; name = "tree-{i}";"#)),
+        ));
+        assert_eq!(
+            fs::read(out.join("README")).unwrap(),
+            b"a tree fetched as a NAR\n"
+        );
+        assert_eq!(mode(&out.join("bin/run")), 0o555);
+        assert_eq!(mode(&out.join("README")), 0o444);
+        assert_eq!(
+            fs::read_link(out.join("run")).unwrap(),
+            Path::new("bin/run")
+        );
+    }
+}
+
+#[test]
 fn fetchurl_reads_file_urls_only_where_the_sandbox_sees_them() {
     let Some(f) = prepared() else { return };
     let body = fs::read(f.served.join("f")).unwrap();

@@ -235,7 +235,8 @@ pub(crate) fn unpack_tarball(
             continue;
         };
         let target = dest.join(&rel);
-        if kind.is_dir() {
+        // Old (v7) archives mark a directory by a trailing `/` on a file entry.
+        if kind.is_dir() || (kind.is_file() && name.ends_with(b"/")) {
             make_parents(dest, &rel, true).map_err(hostile)?;
             skip(&mut reader, size + padding).map_err(read_err)?;
             continue;
@@ -503,12 +504,15 @@ mod tests {
                 Some(b"../nixpkgs/default.nix"),
             ),
             (b"nixpkgs/h", T::Link, b"", Some(b"nixpkgs/lib/x")),
+            (b"nixpkgs/v7dir/", T::Regular, b"", None),
+            (b"nixpkgs/v7dir/y", T::Regular, b"y", None),
         ]);
         let (dir, r) = unpack(&bytes);
         r.unwrap();
         let out = dir.path().join("out/nixpkgs");
         assert_eq!(fs::read(out.join("default.nix")).unwrap(), b"{ }: 1\n");
         assert_eq!(fs::read(out.join("h")).unwrap(), b"x");
+        assert_eq!(fs::read(out.join("v7dir/y")).unwrap(), b"y");
         assert_eq!(
             fs::read_link(out.join("l")).unwrap(),
             Path::new("../nixpkgs/default.nix")

@@ -838,3 +838,58 @@ fn start_id_and_id_count_narrow_the_pool() {
         "{ids:?}"
     );
 }
+
+/// A daemon killed alone (`kill -9` of its pid) mid-build: its sandbox helpers see
+/// it go, kill their builders and give their files back themselves, racing the next
+/// daemon, which is started at once on the same store; that start succeeds, and
+/// nothing owned by the range remains once the old helpers have ended.
+#[test]
+fn a_daemon_killed_alone_mid_build_restarts_at_once_and_leaves_nothing() {
+    let Some((mut d, range)) = prepared(CONF) else {
+        return;
+    };
+    let owner: u32 = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = spawn_build(&d, &["killme"]);
+    let old = d.pid();
+    let t0 = Instant::now();
+    while leftovers_of(&d, old, range)
+        .iter()
+        .filter(|l| l.contains("/ready "))
+        .count()
+        < 2
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let helpers = TestDaemon::descendants(old);
+    assert!(!helpers.is_empty());
+    d.kill();
+    d.start();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let t0 = Instant::now();
+    while helpers
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "old helpers linger");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        leftovers_of(&d, old, range),
+        Vec::<String>::new(),
+        "{}",
+        d.log()
+    );
+    assert!(all_slices_free(&d));
+    let child = spawn_build(&d, &["conc1", "conc2"]);
+    let ids = builder_ids(&d, owner, 2);
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(ids.len(), 2, "{ids:?}");
+}

@@ -351,8 +351,27 @@ impl IdPool {
         store_dir: &Path,
         tmp_dir: &Path,
     ) -> Vec<PathBuf> {
-        let mut found = dead_trees(store_dir, unrooted_store::TEMP_PREFIX, self.owner_uid);
-        found.extend(dead_trees(tmp_dir, "unrooted-builds-", self.owner_uid));
+        // A store instance creates and locks its temporary area under the store
+        // directory's lock, as its sweep of dead ones runs: under that lock, an area
+        // nobody holds is dead.
+        let store_lock = open_dir(store_dir)
+            .ok()
+            .filter(|l| flock(l, FlockOperation::LockExclusive).is_ok());
+        let mut found = Vec::new();
+        if store_lock.is_some() {
+            found = dead_trees(
+                store_dir,
+                unrooted_store::TEMP_PREFIX,
+                self.owner_uid,
+                Liveness::Lock,
+            );
+        }
+        found.extend(dead_trees(
+            tmp_dir,
+            "unrooted-builds-",
+            self.owner_uid,
+            Liveness::Pid,
+        ));
         if found.is_empty() {
             return Vec::new();
         }
@@ -380,12 +399,32 @@ impl IdPool {
     }
 }
 
-/// The directories `<dir>/<prefix><pid>-…` owned by `owner_uid` whose process is
-/// gone (this process's own pid counts as gone: nothing of ours exists yet when this
-/// runs, and a restarted container may reuse it), each with its `flock` taken when
-/// it could be: a store instance keeps its temporary area locked while it lives, so
-/// one locked elsewhere is skipped.
-fn dead_trees(dir: &Path, prefix: &str, owner_uid: u32) -> Vec<(PathBuf, Option<fs::File>)> {
+/// How [`dead_trees`] tells a live owner's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// Its owner holds an exclusive `flock` on it (the store's temporary areas).
+    Lock,
+    /// A process with the pid in its name runs (the daemons' build directories).
+    /// This process's own pid counts as gone: nothing of ours exists yet when this
+    /// runs, and a restarted container may reuse the pid.
+    Pid,
+}
+
+fn open_dir(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+        .open(path)
+}
+
+/// The directories `<dir>/<prefix><pid>-…` owned by `owner_uid` whose owner is gone,
+/// each with its `flock` held when it is told by one.
+fn dead_trees(
+    dir: &Path,
+    prefix: &str,
+    owner_uid: u32,
+    live: Liveness,
+) -> Vec<(PathBuf, Option<fs::File>)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -401,7 +440,8 @@ fn dead_trees(dir: &Path, prefix: &str, owner_uid: u32) -> Vec<(PathBuf, Option<
         else {
             continue;
         };
-        if pid != own && Path::new("/proc").join(pid.to_string()).exists() {
+        if live == Liveness::Pid && pid != own && Path::new("/proc").join(pid.to_string()).exists()
+        {
             continue;
         }
         let path = entry.path();
@@ -409,17 +449,13 @@ fn dead_trees(dir: &Path, prefix: &str, owner_uid: u32) -> Vec<(PathBuf, Option<
         if !ours {
             continue;
         }
-        let lock = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(
-                (rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32,
-            )
-            .open(&path)
-            .ok();
-        if let Some(l) = &lock {
-            if flock(l, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut lock = None;
+        if live == Liveness::Lock {
+            let Ok(l) = open_dir(&path) else { continue };
+            if flock(&l, FlockOperation::NonBlockingLockExclusive).is_err() {
                 continue;
             }
+            lock = Some(l);
         }
         out.push((path, lock));
     }
@@ -451,41 +487,51 @@ mod tests {
     }
 
     #[test]
-    fn dead_trees_are_those_of_gone_unlocked_processes() {
+    fn dead_trees_are_unlocked_areas_and_directories_of_gone_pids() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let me = rustix::process::geteuid().as_raw();
-        // Above any pid_max (at most 2^22).
-        let dead = |n: u32| format!("{}{}-5-0", unrooted_store::TEMP_PREFIX, 999_999_000 + n);
-        for name in [
-            dead(1),
-            dead(2),
-            format!("{}1-5-0", unrooted_store::TEMP_PREFIX),
-            format!("{}{}-5-0", unrooted_store::TEMP_PREFIX, std::process::id()),
+        let t = unrooted_store::TEMP_PREFIX;
+        let b = "unrooted-builds-";
+        // Above any pid_max (at most 2^22); pid 1 always runs.
+        let own = std::process::id();
+        let names = [
+            format!("{t}999999001-5-0"),
+            format!("{t}999999002-5-0"),
+            format!("{t}1-5-0"),
+            format!("{b}999999001-a"),
+            format!("{b}1-a"),
+            format!("{b}{own}-a"),
             "unrelated".into(),
-        ] {
+        ];
+        for name in &names {
             fs::create_dir(d.join(name)).unwrap();
         }
-        fs::write(d.join(dead(3)), "").unwrap();
+        fs::write(d.join(format!("{t}999999003-5-0")), "").unwrap();
+        fs::write(d.join(format!("{b}999999003-a")), "").unwrap();
         // A live store instance holds its area's lock.
-        let held = fs::File::open(d.join(dead(2))).unwrap();
+        let held = fs::File::open(d.join(&names[1])).unwrap();
         flock(&held, FlockOperation::LockExclusive).unwrap();
-        let found: Vec<PathBuf> = dead_trees(d, unrooted_store::TEMP_PREFIX, me)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let own = d.join(format!(
-            "{}{}-5-0",
-            unrooted_store::TEMP_PREFIX,
-            std::process::id()
-        ));
-        let mut want = vec![d.join(dead(1)), own];
+        let found = |prefix, live| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = dead_trees(d, prefix, me, live)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            v.sort();
+            v
+        };
+        // Areas by their lock alone: a live pid 1 does not keep an unlocked area.
+        assert_eq!(
+            found(t, Liveness::Lock),
+            [d.join(&names[2]), d.join(&names[0])]
+        );
+        // Build directories by their pid, this process's own counting as gone.
+        let mut want = vec![d.join(&names[3]), d.join(&names[5])];
         want.sort();
-        assert_eq!(found, want);
+        assert_eq!(found(b, Liveness::Pid), want);
         // Someone else's directory is never taken.
-        assert!(dead_trees(d, unrooted_store::TEMP_PREFIX, me + 1).is_empty());
+        assert!(dead_trees(d, t, me + 1, Liveness::Lock).is_empty());
+        assert!(dead_trees(d, b, me + 1, Liveness::Pid).is_empty());
     }
 
     #[test]

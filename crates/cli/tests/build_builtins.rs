@@ -423,3 +423,104 @@ fn fixed_output_builds_see_the_hosts_resolver_files_and_others_do_not() {
         "resolv.conf absent\nservices absent\nnsswitch.conf absent\n127.0.0.1 localhost\n::1 localhost\n"
     );
 }
+
+/// `Key:\tvalue` of `/proc/<pid>/status`.
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The descriptors `pid` has open.
+fn open_fds(pid: u32) -> Vec<u32> {
+    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
+}
+
+#[test]
+fn a_builtin_runs_as_the_sandboxed_init_with_every_lock_in_place() {
+    let Some(f) = prepared() else { return };
+    // The builtin blocks opening this FIFO (in a sandbox path) until the test writes
+    // to it, so the process can be looked at while it runs.
+    let fifo = f.served.join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    fs::set_permissions(&fifo, fs::Permissions::from_mode(0o644)).unwrap();
+    let body = b"through a fifo\n";
+    let url = format!("file://{}", fifo.display());
+    let client =
+        f.d.client("nix-build")
+            .args([
+                "-E",
+                &fetchurl(&url, &sha256_hex(body), ""),
+                "--no-out-link",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+
+    // The sandbox's init: PID 1 of its namespace, a descendant of the daemon. Once
+    // it has closed every inherited descriptor, it is calling the builtin.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let init = loop {
+        let found = TestDaemon::descendants(f.d.pid()).into_iter().find(|&p| {
+            status_field(p, "NSpid").is_some_and(|ns| ns.split_whitespace().last() == Some("1"))
+                && open_fds(p) == [0, 1, 2]
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sandbox init calling the builtin appeared: {}",
+            f.d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let uid = status_field(init, "Uid").unwrap();
+    let uids: Vec<&str> = uid.split_whitespace().collect();
+    assert!(
+        uids.iter().all(|u| *u == uids[0] && *u != "0"),
+        "Uid: {uid}"
+    );
+    // In the id-range mode (subordinate ids are set up for the test daemon), the
+    // builtin is not even the store owner.
+    let daemon_uid = f.d.daemon_uid.to_string();
+    assert_ne!(uids[0], daemon_uid, "the builtin runs as the store owner");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(
+            status_field(init, cap).as_deref(),
+            Some("0000000000000000"),
+            "{cap}"
+        );
+    }
+    assert_eq!(status_field(init, "NoNewPrivs").as_deref(), Some("1"));
+    assert_eq!(status_field(init, "Seccomp").as_deref(), Some("2"));
+    // Its own user namespace (the nested one that locks the mounts), not the daemon's.
+    assert_ne!(
+        fs::read_link(format!("/proc/{init}/ns/user")).unwrap(),
+        fs::read_link(format!("/proc/{}/ns/user", f.d.pid())).unwrap()
+    );
+    assert_ne!(
+        fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap(),
+        fs::read_link(format!("/proc/{}/ns/mnt", f.d.pid())).unwrap()
+    );
+
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .and_then(|mut w| std::io::Write::write_all(&mut w, body))
+        .unwrap();
+    let out = client.wait_with_output().unwrap();
+    let path = f.d.expect_ok("nix-build through the fifo", &out);
+    assert_eq!(fs::read(path.trim()).unwrap(), body);
+}

@@ -264,6 +264,23 @@ fn prepare_and_exec<'b>(
     let program = match &plan.exec.program {
         Program::Path(p) => p,
         Program::Builtin(_) => {
+            // An exec by a non-root uid would clear the capabilities the nested user
+            // namespace gave this process; without one they must be dropped here, or
+            // the builtin would hold every capability inside (mount, chown, …). With
+            // nothing permitted they cannot come back.
+            let none = rustix::thread::CapabilitySet::empty();
+            at(
+                Step::DroppingCapabilities,
+                None,
+                rustix::thread::set_capabilities(
+                    None,
+                    rustix::thread::CapabilitySets {
+                        effective: none,
+                        permitted: none,
+                        inheritable: none,
+                    },
+                ),
+            )?;
             return builtin.ok_or(fail(Step::ExecutingBuilder, None, libc::EPROTO));
         }
     };

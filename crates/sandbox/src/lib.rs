@@ -21,9 +21,10 @@
 //! `builtin:unpack-channel`) run inside the sandbox too, never in the daemon: a plan
 //! whose program is [`Program::Builtin`] gets exactly the same setup (namespaces,
 //! mounts, `pivot_root`, locked mounts, dropped capabilities, no_new_privs, seccomp),
-//! then the sandbox's init closes every descriptor from 3 up and *calls* the builtin
-//! in-process instead of executing a file, and exits with its status (an error goes to
-//! the build log). The builtins themselves are not in this crate: the binary that runs
+//! then the sandbox's init empties its capability sets (which an exec would have
+//! cleared), closes every descriptor from 3 up and *calls* the builtin in-process
+//! instead of executing a file, and exits with its status (an error goes to the build
+//! log). The builtins themselves are not in this crate: the binary that runs
 //! the helper passes a table of them to [`helper_main_with_builtins`] (the `unrooted`
 //! binary passes `unrooted-build`'s), so the sandbox depends on no build logic and the
 //! builtins on no sandbox internals; a name missing from the table fails the setup at

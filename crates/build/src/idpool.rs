@@ -15,6 +15,12 @@
 //! its slices with its descriptors. Inside, the builder is uid 1000 / gid 100 and the
 //! store owner is root (see [`unrooted_sandbox::IdMaps`]).
 //!
+//! A daemon killed together with its sandbox helpers (`systemctl kill -s KILL`, the
+//! OOM killer taking the unit) leaves its builds' sandbox roots and build directories
+//! owned by their slices, possibly unreadable to the store owner; the next daemon gives
+//! them back before anything sweeps them ([`IdPool::reclaim_leftovers`]). Its slices
+//! are free already: their locks went with its descriptors.
+//!
 //! **Single-id mode** (`auto-allocate-uids = false`, or no ranges, or no mappers): the
 //! builder's 1000/100 map to the store owner, as in Nix's rootless mode; only the
 //! mount restrictions stand between a builder and the store, and the daemon warns so

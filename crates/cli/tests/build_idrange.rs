@@ -893,3 +893,61 @@ fn a_daemon_killed_alone_mid_build_restarts_at_once_and_leaves_nothing() {
     assert!(child.wait_with_output().unwrap().status.success());
     assert_eq!(ids.len(), 2, "{ids:?}");
 }
+
+/// Processes running as an id of `range` anywhere on the host.
+fn processes_in(range: (u32, u32)) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| proc_ids(*p).is_some_and(|(u, _)| in_range(u, range)))
+        .collect()
+}
+
+/// A sandbox helper killed alone mid-build takes its builder with it (the sandbox's
+/// init dies with its parent), so when the daemon returns the slice no process runs
+/// as its ids to share it with the next build, and nothing of its ids is left.
+#[test]
+fn a_killed_sandbox_helper_leaves_no_process_in_its_slice() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let owner: u32 = d
+        .proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let child = spawn_build(&d, &["slow"]);
+    let ids = builder_ids(&d, owner, 1);
+    let (uid, _) = *ids.iter().next().expect("a builder runs");
+    let slice = (uid - 1000, 65536);
+    let helpers: Vec<u32> = TestDaemon::descendants(d.pid())
+        .into_iter()
+        .filter(|p| proc_ids(*p).is_some_and(|(u, _)| u == owner))
+        .collect();
+    assert_eq!(helpers.len(), 1, "one sandbox helper: {helpers:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &helpers[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let t0 = Instant::now();
+    while !processes_in(slice).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "processes outlive their helper in {slice:?}: {:?}",
+            processes_in(slice)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(all_slices_free(&d));
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+}

@@ -4,7 +4,7 @@
 //! when the owner already has one, refused when it cannot fit 32-bit ids.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use unrooted_deploy::host::Layout;
 use unrooted_deploy::plan::{self, InstallOptions, Step};
@@ -47,7 +47,7 @@ fn plan(root: &Path, slices: Option<u32>) -> Result<Vec<Step>, DeployError> {
 /// The new contents of `file` in the plan, if it writes it.
 fn written(steps: &[Step], file: &str) -> Option<String> {
     steps.iter().find_map(|s| match s {
-        Step::File { path, contents, .. } if *path == PathBuf::from(file) => {
+        Step::File { path, contents, .. } if path == Path::new(file) => {
             Some(String::from_utf8(contents.clone()).unwrap())
         }
         _ => None,
@@ -85,7 +85,7 @@ fn the_default_follows_max_jobs_and_the_cpus_up_to_128() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     for (conf, want) in [
         ("", cpus.min(128)),
-        ("max-jobs = 3\n", cpus.max(3).min(128)),
+        ("max-jobs = 3\n", cpus.clamp(3, 128)),
         ("max-jobs = 1000\n", 128),
         ("max-jobs = auto\n", cpus.min(128)),
     ] {

@@ -8,5 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+# The substitution workload serves its binary cache with nginx (a static server as
+# real caches use; python3 -m http.server is the fallback and dominates the figure).
+if ! [ -x /usr/sbin/nginx ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null || true
+fi
 cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench -p unrooted-roots
 exec target/release/unrooted-bench --unrooted target/release/unrooted "$@"

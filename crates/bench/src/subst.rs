@@ -57,6 +57,17 @@ struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers, which SIGKILL would
+        // leave running on the port.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -175,7 +186,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     println!(
-        "cache: nix copy --to file://…?compression=none in {:.1} s, served by python3 -m http.server on loopback",
+        "cache: nix copy --to file://…?compression=none in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     daemons.list[0].kill();
@@ -183,19 +194,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     wipe(&root)?;
 
     let port = free_port()?;
-    let mut http = Guard(
-        Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(&cache)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting python3 -m http.server")?,
-    );
-    wait_for_port(port, &mut http.0, "python3 -m http.server")?;
+    let (mut http, server) = start_cache_server(&cache, &tmp, port)?;
+    wait_for_port(port, &mut http.0, server)?;
+    println!("cache server: {server} on 127.0.0.1:{port} (the same server for both daemons)");
     let conf = format!(
         "substituters = http://127.0.0.1:{port}\nrequire-sigs = false\nmax-jobs = {}\n",
         opts.max_jobs
@@ -312,6 +313,53 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Err(e) => println!("unrooted serve: FAILED: {e:#}"),
     }
     Ok(())
+}
+
+/// Serves `cache` on loopback `port` with nginx when it is installed (a static server
+/// as a real binary cache would use, so that the figure measures the daemons rather
+/// than the server), else with `python3 -m http.server`, which answers one request per
+/// connection and holds the GIL, and so dominates the wall time of both daemons.
+fn start_cache_server(cache: &Path, tmp: &Path, port: u16) -> anyhow::Result<(Guard, &'static str)> {
+    let nginx = Path::new("/usr/sbin/nginx");
+    if nginx.exists() {
+        let dir = tmp.join("nginx");
+        fs::create_dir_all(&dir)?;
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nuser root;\nworker_processes 2;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             types {{ text/x-nix-narinfo narinfo; }}\n  default_type application/octet-stream;\n\
+             server {{ listen 127.0.0.1:{port}; root {c}; }}\n}}\n",
+            d = dir.display(),
+            c = cache.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        return Ok((Guard(child), "nginx"));
+    }
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting python3 -m http.server")?;
+    Ok((Guard(child), "python3 -m http.server"))
 }
 
 /// Adds the closure and the big path; the top path, every path of the closure, and

@@ -458,3 +458,47 @@ fn nix_copy_from_unrooted_serve() {
     // The python server was only needed for the first substitution.
     drop(_server);
 }
+
+#[test]
+fn query_valid_paths_with_substitute_fetches_what_the_caches_have() {
+    use std::collections::BTreeSet;
+    use unrooted_format::{StoreDir, StorePath};
+    use unrooted_protocol::client::Client;
+    use unrooted_protocol::ProtocolVersion;
+
+    let Some(mut f) = prepared() else { return };
+    let (_server, url) = python_server(&f.cache);
+    let key = f.public_key.clone();
+    f.start(&url, &key, "");
+    let dir = StoreDir::new(f.d.store_dir().to_str().unwrap()).unwrap();
+    let parse = |p: &str| -> StorePath { dir.parse_path(p).unwrap() };
+    let (uid, gid) = f.d.client_ids();
+    let stream = f.d.connect_as(uid, gid).unwrap();
+    let mut client = Client::handshake(
+        stream.try_clone().unwrap(),
+        stream,
+        dir.clone(),
+        ProtocolVersion::new(1, 34),
+    )
+    .expect("handshake");
+    // Not in any cache: a made-up path of the same store.
+    let absent = parse(&format!(
+        "{}/00000000000000000000000000000000-nowhere",
+        f.d.store_dir().display()
+    ));
+    let asked: BTreeSet<StorePath> = [parse(&f.other), absent.clone()].into();
+
+    // Without the flag only validity is asked: nothing is fetched.
+    let valid = client.query_valid_paths(asked.clone(), false).unwrap();
+    assert!(valid.is_empty(), "{valid:?}");
+    assert!(!f.valid(&f.other));
+
+    // With it, what the cache has is substituted first (Nix's substitutePaths),
+    // and what no cache has is just not valid.
+    let valid = client.query_valid_paths(asked, true).unwrap();
+    assert_eq!(valid, BTreeSet::from([parse(&f.other)]));
+    assert!(f.valid(&f.other));
+    assert_eq!(fs::read_to_string(&f.other).unwrap(), "other\n");
+    assert!(!f.valid(&dir.display(&absent)));
+    f.d.assert_store_clean();
+}

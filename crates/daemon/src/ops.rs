@@ -151,7 +151,31 @@ pub(crate) fn perform(
                 write_query_path_info_reply(w, &s.cx, info.as_ref())
             })
         }
-        Request::QueryValidPaths { paths, .. } => {
+        Request::QueryValidPaths { paths, substitute } => {
+            if substitute {
+                // As Nix's substitutePaths: fetch what the caches have of the paths
+                // not valid here; a path they cannot provide is simply not valid in
+                // the answer (failures reach the client as warnings, not errors).
+                let missing: Vec<DerivedPath> = paths
+                    .iter()
+                    .filter(|p| !store.is_valid_path(p).unwrap_or(false))
+                    .map(|p| DerivedPath::Opaque(p.clone()))
+                    .collect();
+                if !missing.is_empty() {
+                    for p in &paths {
+                        s.add_temp_root(p);
+                    }
+                    let outcomes = crate::subst_ops::substitute_targets(s, &missing, out);
+                    for o in &outcomes {
+                        if let crate::subst_ops::Outcome::Failed(why) = o {
+                            out.log(
+                                unrooted_protocol::stderr::Verbosity::Warn,
+                                &format!("warning: {why}"),
+                            )?;
+                        }
+                    }
+                }
+            }
             let valid = store.query_valid_paths(&paths)?;
             reply(out, |w| Ok(wire::write_paths(w, &dir, &valid)?))
         }

@@ -18,13 +18,17 @@ use crate::tmp::TempArea;
 
 /// A Nix store on local disk, shared by all threads of a process.
 ///
-/// Every method takes `&self`; the database connection sits behind a mutex held only
-/// for the duration of one query or one registration, and path locks serialise
-/// adders of the same path (also across processes, through Nix's `.lock` files).
+/// Every method takes `&self`. Writes go through one connection behind a mutex held
+/// only for the duration of one registration; queries take a connection of their own
+/// from a small pool (with WAL, SQLite lets readers run beside each other and beside
+/// the writer), so that many clients querying at once do not queue behind one mutex.
+/// Path locks serialise adders of the same path (also across processes, through Nix's
+/// `.lock` files).
 #[derive(Debug)]
 pub struct LocalStore {
     pub(crate) config: LocalStoreConfig,
     pub(crate) db: Mutex<Database>,
+    readers: Mutex<Vec<Database>>,
     pub(crate) locks: LockMap,
     pub(crate) tmp: TempArea,
     _big_lock: File,
@@ -47,6 +51,7 @@ impl LocalStore {
         Ok(Self {
             config,
             db: Mutex::new(db),
+            readers: Mutex::new(Vec::new()),
             locks: LockMap::default(),
             tmp,
             _big_lock: big_lock,
@@ -79,9 +84,59 @@ impl LocalStore {
         self.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A connection for queries: an idle one from the pool, or a new one. Without WAL
+    /// (`use-sqlite-wal = false`) readers would only wait for the writer's lock, so
+    /// the writer's connection is shared instead.
+    pub(crate) fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        if !self.config.db.use_wal {
+            return Ok(Reader::Shared(self.db()));
+        }
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let db = match idle {
+            Some(db) => db,
+            None => Database::open(
+                &self.config.state_dir.join("db"),
+                self.config.store_dir.clone(),
+                self.config.db,
+            )?,
+        };
+        Ok(Reader::Pooled {
+            db: Some(db),
+            pool: &self.readers,
+        })
+    }
+
+    /// Runs `f` on a reader inside one read transaction, so that a query made of
+    /// several statements sees one snapshot of the database, as it did when it held
+    /// the writer's mutex throughout.
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader()?;
+        if let Reader::Shared(db) = &reader {
+            return f(db);
+        }
+        let conn = reader.connection();
+        conn.execute_batch("begin").map_err(|source| {
+            StoreError::from(DbError::Transaction {
+                action: "beginning",
+                source,
+            })
+        })?;
+        let result = f(&reader);
+        // A read transaction has nothing to keep; ending it cannot lose anything.
+        let _ = conn.execute_batch("commit");
+        result
+    }
+
     /// Whether `path` is valid.
     pub fn is_valid_path(&self, path: &StorePath) -> Result<bool, StoreError> {
-        Ok(self.db().is_valid(path)?)
+        Ok(self.reader()?.is_valid(path)?)
     }
 
     /// The subset of `paths` that is valid.
@@ -89,35 +144,36 @@ impl LocalStore {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        let db = self.db();
-        let mut out = BTreeSet::new();
-        for p in paths {
-            if db.is_valid(p)? {
-                out.insert(p.clone());
+        self.snapshot(|db| {
+            let mut out = BTreeSet::new();
+            for p in paths {
+                if db.is_valid(p)? {
+                    out.insert(p.clone());
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The record of `path`, or `None` if it is not valid.
     pub fn query_path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, StoreError> {
-        Ok(self.db().path_info(path)?)
+        Ok(self.reader()?.path_info(path)?)
     }
 
     /// The references of `path`; empty if not valid.
     pub fn query_references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Ok(self.db().references(path)?)
+        Ok(self.reader()?.references(path)?)
     }
 
     /// The valid paths referring to `path`; empty if not valid.
     pub fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Ok(self.db().referrers(path)?)
+        Ok(self.reader()?.referrers(path)?)
     }
 
     /// The recorded deriver of a valid path (`None` if unknown); fails if `path` is
     /// not valid.
     pub fn query_deriver(&self, path: &StorePath) -> Result<Option<StorePath>, StoreError> {
-        match self.db().path_info(path)? {
+        match self.reader()?.path_info(path)? {
             Some(info) => Ok(info.deriver),
             None => Err(StoreError::NotValid {
                 path: self.print_path(path),
@@ -130,7 +186,7 @@ impl LocalStore {
         &self,
         path: &StorePath,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        Ok(self.db().valid_derivers(path)?)
+        Ok(self.reader()?.valid_derivers(path)?)
     }
 
     /// Output name → path of a valid derivation, for outputs whose path is known
@@ -139,7 +195,7 @@ impl LocalStore {
         &self,
         drv: &StorePath,
     ) -> Result<BTreeMap<String, StorePath>, StoreError> {
-        self.db().derivation_outputs(drv).map_err(|e| match e {
+        self.reader()?.derivation_outputs(drv).map_err(|e| match e {
             DbError::NotValid { path } => StoreError::NotValid { path },
             other => other.into(),
         })
@@ -150,7 +206,7 @@ impl LocalStore {
         &self,
         hash_part: &str,
     ) -> Result<Option<StorePath>, StoreError> {
-        self.db()
+        self.reader()?
             .path_from_hash_part(hash_part)
             .map_err(|e| match e {
                 DbError::InvalidHashPart { hash_part } => StoreError::InvalidHashPart { hash_part },
@@ -160,7 +216,7 @@ impl LocalStore {
 
     /// Every valid path.
     pub fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreError> {
-        Ok(self.db().all_valid_paths()?)
+        Ok(self.reader()?.all_valid_paths()?)
     }
 
     /// The closure of `paths` under references (`nix-store -qR`): the paths
@@ -170,22 +226,23 @@ impl LocalStore {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        let db = self.db();
-        let mut seen: BTreeSet<StorePath> = BTreeSet::new();
-        let mut queue: VecDeque<StorePath> = paths.iter().cloned().collect();
-        while let Some(p) = queue.pop_front() {
-            if seen.contains(&p) {
-                continue;
+        self.snapshot(|db| {
+            let mut seen: BTreeSet<StorePath> = BTreeSet::new();
+            let mut queue: VecDeque<StorePath> = paths.iter().cloned().collect();
+            while let Some(p) = queue.pop_front() {
+                if seen.contains(&p) {
+                    continue;
+                }
+                let Some(info) = db.path_info(&p)? else {
+                    return Err(StoreError::NotValid {
+                        path: self.print_path(&p),
+                    });
+                };
+                queue.extend(info.references.into_iter().filter(|r| !seen.contains(r)));
+                seen.insert(p);
             }
-            let Some(info) = db.path_info(&p)? else {
-                return Err(StoreError::NotValid {
-                    path: self.print_path(&p),
-                });
-            };
-            queue.extend(info.references.into_iter().filter(|r| !seen.contains(r)));
-            seen.insert(p);
-        }
-        Ok(seen)
+            Ok(seen)
+        })
     }
 
     /// Adds signatures to a valid path (`nix store sign`, AddSignatures). The caller
@@ -214,5 +271,46 @@ impl LocalStore {
             path: real,
             source: Box::new(source),
         })
+    }
+}
+
+/// Idle reader connections kept for reuse; more than this many concurrent queries
+/// open connections that are closed after use.
+const MAX_IDLE_READERS: usize = 16;
+
+/// A connection lent to one query by [`LocalStore::reader`].
+pub(crate) enum Reader<'a> {
+    /// A connection of the pool, given back on drop.
+    Pooled {
+        db: Option<Database>,
+        pool: &'a Mutex<Vec<Database>>,
+    },
+    /// The writer's connection, held for the query.
+    Shared(MutexGuard<'a, Database>),
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match self {
+            Reader::Pooled { db, .. } => {
+                db.as_ref().expect("a pooled reader is only taken on drop")
+            }
+            Reader::Shared(guard) => guard,
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Reader::Pooled { db, pool } = self {
+            let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                if let Some(db) = db.take() {
+                    idle.push(db);
+                }
+            }
+        }
     }
 }

@@ -31,6 +31,18 @@ struct Lab {
     user: Option<(u32, u32)>,
 }
 
+/// Copies an executable with `cp` rather than in this process: other test threads
+/// fork children that would inherit the copy's write descriptor until they exec, and
+/// any exec of the file meanwhile fails with ETXTBSY ("Text file busy").
+fn copy_executable(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("running cp");
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
+}
+
 fn skip(why: &str) -> Option<Lab> {
     assert!(!in_ci(), "{why}, but CI=true: sandbox tests must run");
     eprintln!("skipping: {why}");
@@ -61,11 +73,10 @@ impl Lab {
         let lab = Lab { dir, user };
         let root = lab.dir.path();
         fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::copy(
-            env!("CARGO_BIN_EXE_unrooted-sandbox"),
-            root.join("unrooted-sandbox"),
-        )
-        .unwrap();
+        copy_executable(
+            Path::new(env!("CARGO_BIN_EXE_unrooted-sandbox")),
+            &root.join("unrooted-sandbox"),
+        );
         fs::set_permissions(
             root.join("unrooted-sandbox"),
             fs::Permissions::from_mode(0o755),
@@ -75,7 +86,7 @@ impl Lab {
         // A store as the daemon keeps it: owned by the daemon user, canonical modes.
         let store = lab.store();
         fs::create_dir_all(store.join(BB).join("bin")).unwrap();
-        fs::copy(BUSYBOX, store.join(BB).join("bin/busybox")).unwrap();
+        copy_executable(Path::new(BUSYBOX), &store.join(BB).join("bin/busybox"));
         fs::create_dir(store.join(DATA)).unwrap();
         fs::write(store.join(DATA).join("file"), b"original\n").unwrap();
         fs::write(store.join(FILE), b"a file input\n").unwrap();

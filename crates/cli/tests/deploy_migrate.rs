@@ -38,9 +38,21 @@ fn as_root(d: &TestDaemon, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `unrooted migrate` on the test daemon's store, in a PID namespace of its own with
+/// its own `/proc`.
+///
+/// `migrate` refuses while any process named `nix-daemon` runs on the host, and this
+/// test cannot stop other tests' and tools' root `nix-daemon`s from running beside it
+/// (`crates/protocol/tests/client_server.rs` starts one, `unrooted-bench` another, and
+/// a test runner may run binaries in parallel); with the host's `/proc` this test then
+/// failed whenever one happened to run. In its own namespace `migrate` sees only
+/// itself; the refusal is tested on a prepared `/proc` in
+/// [`migration_refuses_while_a_nix_daemon_runs`].
 fn migrate(d: &TestDaemon) -> String {
     let r = d.root();
-    let out = Command::new(unrooted())
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(unrooted())
         .arg("migrate")
         .args(["--store-owner", DAEMON_USER])
         .arg("--store-dir")
@@ -52,7 +64,7 @@ fn migrate(d: &TestDaemon) -> String {
         .arg("--conf-dir")
         .arg(r.join("conf"))
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("running unrooted migrate under unshare (util-linux): {e}"));
     assert!(
         out.status.success(),
         "migrate failed: {}",

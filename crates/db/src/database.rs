@@ -599,6 +599,67 @@ impl Database {
         Ok(graph)
     }
 
+    /// The subset of `paths` that is valid, asked in a few statements rather than one
+    /// per path (the collector's re-check of the paths it is about to delete).
+    pub fn valid_subset<'p>(
+        &self,
+        paths: impl IntoIterator<Item = &'p StorePath>,
+    ) -> Result<BTreeSet<StorePath>, DbError> {
+        let texts: Vec<String> = paths.into_iter().map(|p| self.display(p)).collect();
+        let mut out = BTreeSet::new();
+        for chunk in texts.chunks(MAX_IN_LIST) {
+            let q = |source| query_err("querying validity", &chunk[0], source);
+            let sql = format!(
+                "select path from ValidPaths where path in ({})",
+                placeholders(chunk.len())
+            );
+            let mut stmt = self.conn.prepare_cached(&sql).map_err(q)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk), |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(q)?;
+            for row in rows {
+                let text = row.map_err(q)?;
+                let context = text.clone();
+                out.insert(self.parse_path(text, &context, "path")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The valid referrers of each of `paths` that has any (self-references
+    /// included), asked in a few statements rather than one per path.
+    pub fn referrers_of_many<'p>(
+        &self,
+        paths: impl IntoIterator<Item = &'p StorePath>,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, DbError> {
+        let texts: Vec<String> = paths.into_iter().map(|p| self.display(p)).collect();
+        let mut out: BTreeMap<StorePath, BTreeSet<StorePath>> = BTreeMap::new();
+        for chunk in texts.chunks(MAX_IN_LIST) {
+            let q = |source| query_err("querying referrers", &chunk[0], source);
+            let sql = format!(
+                "select t.path, r.path from ValidPaths t join Refs on Refs.reference = t.id \
+                 join ValidPaths r on Refs.referrer = r.id where t.path in ({})",
+                placeholders(chunk.len())
+            );
+            let mut stmt = self.conn.prepare_cached(&sql).map_err(q)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(q)?;
+            for row in rows {
+                let (target, referrer) = row.map_err(q)?;
+                let context = target.clone();
+                let target = self.parse_path(target, &context, "path")?;
+                let referrer = self.parse_path(referrer, &context, "Refs.referrer")?;
+                out.entry(target).or_default().insert(referrer);
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes `paths` invalid in one transaction, deleting their rows, references and
     /// derivation outputs. Referrers must come before the paths they refer to (or be
     /// invalidated earlier): a path still referred to by a valid path cannot be
@@ -681,6 +742,17 @@ fn valid_path_id(conn: &Connection, path: &str) -> rusqlite::Result<Option<i64>>
     conn.prepare_cached(QUERY_VALID_PATH_ID)?
         .query_row([path], |row| row.get(0))
         .optional()
+}
+
+/// Paths named in one `in (...)` list: well below SQLite's limit on bound
+/// parameters (999 before 3.32), and few distinct statement texts to cache.
+const MAX_IN_LIST: usize = 256;
+
+/// `?, ?, …` with `n` placeholders.
+fn placeholders(n: usize) -> String {
+    let mut s = "?, ".repeat(n);
+    s.truncate(s.len().saturating_sub(2));
+    s
 }
 
 fn join_sigs(sigs: &BTreeSet<String>) -> Option<String> {

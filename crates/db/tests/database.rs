@@ -499,3 +499,35 @@ fn reference_graph_lists_every_path_with_references_and_deriver() {
         assert_eq!(graph[&sp(p)].references, db.references(&sp(p)).unwrap());
     }
 }
+
+#[test]
+fn batched_validity_and_referrers_agree_with_the_per_path_queries() {
+    let mut db = Database::open_in_memory(dir()).unwrap();
+    // More paths than one `in (...)` list holds, so the chunking is exercised.
+    let bases: Vec<String> = (0..600).map(|i| format!("{i:0>32}-p{i}")).collect();
+    let mut regs = vec![
+        Registration::new(info(A, &[])),
+        Registration::new(info(B, &[A])),
+    ];
+    regs.push(Registration::new(info(C, &[A, B, C])));
+    for b in &bases {
+        regs.push(Registration::new(info(b, &[B])));
+    }
+    db.register_paths(&regs).unwrap();
+    let missing = sp("44444444444444444444444444444444-gone");
+    let mut asked: Vec<StorePath> = bases.iter().map(|b| sp(b)).collect();
+    asked.extend([sp(A), sp(B), sp(C), missing.clone()]);
+
+    let valid = db.valid_subset(&asked).unwrap();
+    assert_eq!(valid.len(), asked.len() - 1);
+    assert!(!valid.contains(&missing));
+
+    let referrers = db.referrers_of_many(&asked).unwrap();
+    for p in &asked {
+        let one = db.referrers(p).unwrap();
+        assert_eq!(referrers.get(p).cloned().unwrap_or_default(), one, "{p:?}");
+    }
+    assert_eq!(referrers[&sp(B)].len(), 601);
+    assert_eq!(referrers[&sp(C)], BTreeSet::from([sp(C)]));
+    assert!(db.valid_subset(&[]).unwrap().is_empty());
+}

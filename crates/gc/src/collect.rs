@@ -108,7 +108,7 @@ type Graph = BTreeMap<StorePath, GraphNode>;
 type Roots = BTreeMap<StorePath, BTreeSet<String>>;
 
 /// Paths invalidated per database transaction when no `max_freed` is given.
-const BATCH: usize = 256;
+const BATCH: usize = 4096;
 
 /// Threads deleting an invalidated batch from disk, at most.
 const DELETE_THREADS: usize = 4;
@@ -131,7 +131,7 @@ impl<'a> Collector<'a> {
     /// and valid store path. With `censor`, everything not under the state directory
     /// (temporary, runtime and helper roots) shows as `{censored}`.
     pub fn find_roots(&self, censor: bool) -> Result<Vec<(String, StorePath)>, GcError> {
-        let roots = self.gather_roots(censor, &mut |_| {}, false)?;
+        let (roots, _) = self.gather_roots(censor, &mut |_| {}, false, false)?;
         let mut out = Vec::new();
         for (path, links) in roots {
             if self.store.is_valid_path(&path)? {
@@ -141,28 +141,21 @@ impl<'a> Collector<'a> {
         Ok(out)
     }
 
-    /// Every root; with `strict`, fails when a root cannot be resolved.
+    /// Every root; with `strict`, fails when a root cannot be resolved. With
+    /// `with_graph`, also the reference graph, read while the helper answers.
     fn gather_roots(
         &self,
         censor: bool,
         log: &mut dyn FnMut(&str),
         strict: bool,
-    ) -> Result<Roots, GcError> {
+        with_graph: bool,
+    ) -> Result<(Roots, Option<Graph>), GcError> {
         let (socket, resolves_unreadable) = match &self.config.roots_helper {
             RootsHelper::Socket(s) => (Some(s), true),
             RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
             RootsHelper::None => (None, false),
         };
         let store_dir = self.store.store_dir();
-        // The helper's first answer is awaited while the daemon finds the roots it
-        // can read itself: both take about as long.
-        let (local, first) = std::thread::scope(|scope| {
-            let first = socket.map(|s| scope.spawn(move || ask_helper(s, store_dir)));
-            let local = self.local_roots(censor, log);
-            let first = first.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            (local, first)
-        });
-        let (mut roots, unresolved) = local?;
         // The answer ends at EOF, so a helper killed mid-scan (or between two
         // items) looks like one with fewer roots, and a collection would delete what
         // only it could see. Before deleting, the helper is therefore asked again
@@ -171,28 +164,48 @@ impl<'a> Collector<'a> {
         // which fails the collection; a helper restarted in between (or a fresh
         // socket-activated instance) answers in full. Roots added between the two
         // asks only make the union larger.
-        if let (Some(socket), Some(first)) = (socket, first) {
-            let second = strict.then(|| ask_helper(socket, store_dir));
-            for answer in std::iter::once(first).chain(second) {
-                match answer {
-                    Ok(HelperAnswer::Roots(paths)) => {
-                        // A path the daemon found rooted already is listed as it
-                        // found it; the helper adds the roots only it could see.
-                        for p in paths {
-                            roots
-                                .entry(p)
-                                .or_insert_with(|| BTreeSet::from(["{censored}".to_owned()]));
-                        }
+        let ask = move |socket: &Path| {
+            let first = ask_helper(socket, store_dir);
+            let second = (strict && matches!(first, Ok(HelperAnswer::Roots(_))))
+                .then(|| ask_helper(socket, store_dir));
+            std::iter::once(first).chain(second).collect::<Vec<_>>()
+        };
+        // The helper's answers are awaited while the daemon finds the roots it can
+        // read itself and reads the reference graph: they take about as long. A path
+        // registered after the graph is read is not in it, so it is neither dead
+        // nor missed: liveness asks the database about it.
+        let (local, graph, answers) = std::thread::scope(|scope| {
+            let answers = socket.map(|s| scope.spawn(move || ask(s)));
+            let local = self.local_roots(censor, log);
+            let graph = match (&local, with_graph) {
+                (Ok(_), true) => Some(self.store.query_reference_graph()),
+                _ => None,
+            };
+            let answers =
+                answers.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (local, graph, answers.unwrap_or_default())
+        });
+        let (mut roots, unresolved) = local?;
+        let graph = graph.transpose()?;
+        for answer in answers {
+            match answer {
+                Ok(HelperAnswer::Roots(paths)) => {
+                    // A path the daemon found rooted already is listed as it found
+                    // it; the helper adds the roots only it could see.
+                    for p in paths {
+                        roots
+                            .entry(p)
+                            .or_insert_with(|| BTreeSet::from(["{censored}".to_owned()]));
                     }
-                    Ok(HelperAnswer::Incomplete(message)) if strict => {
-                        return Err(GcError::HelperIncomplete {
-                            socket: socket.clone(),
-                            message,
-                        })
-                    }
-                    Err(e) if strict => return Err(e),
-                    Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
                 }
+                Ok(HelperAnswer::Incomplete(message)) if strict => {
+                    return Err(GcError::HelperIncomplete {
+                        socket: socket.cloned().unwrap_or_default(),
+                        message,
+                    })
+                }
+                Err(e) if strict => return Err(e),
+                Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
             }
         }
         if strict && !resolves_unreadable {
@@ -203,7 +216,7 @@ impl<'a> Collector<'a> {
                 });
             }
         }
-        Ok(roots)
+        Ok((roots, graph))
     }
 
     /// The roots the daemon finds itself: its walk of `gcroots` and `profiles`,
@@ -338,8 +351,12 @@ impl<'a> Collector<'a> {
             self.store.remove_reserved_space()?;
         }
         log("finding garbage collector roots...");
-        let roots = self.gather_roots(false, log, options.action != GcAction::ReturnLive)?;
-        let graph = self.store.query_reference_graph()?;
+        let strict = options.action != GcAction::ReturnLive;
+        let (roots, graph) = self.gather_roots(false, log, strict, true)?;
+        let graph = match graph {
+            Some(g) => g,
+            None => self.store.query_reference_graph()?,
+        };
         let live = self.live_set(&graph, roots.keys().cloned())?;
         let mut result = GcResult::default();
         let print = |p: &StorePath| self.store.print_path(p);
@@ -463,38 +480,35 @@ impl<'a> Collector<'a> {
     ) -> Result<usize, GcError> {
         let state_dir = &self.store.config().state_dir;
         let nix_temp = read_temp_roots_files(state_dir, self.store.store_dir())?;
+        // A path is deleted only when nothing valid outside this batch refers to it:
+        // a referrer that appeared since the liveness pass (a new path added by a
+        // client) or that was kept keeps it alive. The referrers are read for the
+        // whole batch before the registry is locked; one registered after this
+        // read is still caught, by the database, which refuses to invalidate a
+        // path a valid one refers to (see `invalidate_and_delete`).
+        let referrers = self.store.query_referrers_of_many(chunk)?;
         let mut blocker: Option<(StorePath, StorePath)> = None;
-        let mut store_error = None;
         let accepted = {
             let in_batch: BTreeSet<&StorePath> = chunk.iter().collect();
             self.temp_roots.begin_deletion(chunk, |c, _| {
                 if nix_temp.contains(c) {
                     return true;
                 }
-                // A path is deleted only when nothing valid outside this batch refers
-                // to it: a referrer that appeared since the liveness pass (a new path
-                // added by a client) or that was kept keeps it alive.
-                match self.store.query_referrers(c) {
-                    Ok(refs) => match refs.into_iter().find(|r| r != c && !in_batch.contains(r)) {
-                        Some(r) => {
-                            blocker.get_or_insert((c.clone(), r));
-                            true
-                        }
-                        None => false,
-                    },
-                    Err(e) => {
-                        store_error.get_or_insert(e);
+                let outside = referrers
+                    .get(c)
+                    .and_then(|refs| refs.iter().find(|r| *r != c && !in_batch.contains(r)));
+                match outside {
+                    Some(r) => {
+                        blocker.get_or_insert((c.clone(), r.clone()));
                         true
                     }
+                    None => false,
                 }
             })
         };
         // From here every accepted path must leave the pending state, whatever fails.
         let outcome = self.invalidate_and_delete(&accepted, log, result);
         self.temp_roots.finish_deletion(&accepted);
-        if let Some(e) = store_error {
-            return Err(e.into());
-        }
         if specific {
             if let Some((path, referrer)) = blocker {
                 return Err(GcError::Referenced {
@@ -532,32 +546,45 @@ impl<'a> Collector<'a> {
         // for the disk (discarding its blocks, writing its inode).
         let threads = DELETE_THREADS.min(accepted.len().div_ceil(DELETE_THREAD_MIN));
         let share = accepted.len().div_ceil(threads.max(1));
-        let outcomes: Vec<Result<DeleteOutcome, StoreError>> = std::thread::scope(|scope| {
+        let outcomes: Vec<(Vec<DeleteOutcome>, Option<StoreError>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = accepted
                 .chunks(share.max(1))
                 .map(|part| {
                     scope.spawn(move || {
-                        let mut lock = self.store.deletion_lock();
-                        part.iter()
-                            .map(|p| lock.delete_invalid_path(p))
-                            .collect::<Vec<_>>()
+                        let mut outcomes = Vec::with_capacity(part.len());
+                        let r = self
+                            .store
+                            .deletion_lock()
+                            .delete_invalid_paths(part, &mut outcomes);
+                        (outcomes, r.err())
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
-        for (p, outcome) in accepted.iter().zip(outcomes) {
-            let printed = self.store.print_path(p);
-            log(&format!("deleting '{printed}'"));
-            if let DeleteOutcome::Deleted { bytes } = outcome? {
-                result.bytes_freed += bytes;
+        // Each thread's outcomes are those of the first paths of its share: what was
+        // deleted before an error is still reported.
+        let mut error = None;
+        let mut at = 0;
+        for (done, e) in outcomes {
+            for (p, outcome) in accepted[at..].iter().zip(&done) {
+                let printed = self.store.print_path(p);
+                log(&format!("deleting '{printed}'"));
+                if let DeleteOutcome::Deleted { bytes } = outcome {
+                    result.bytes_freed += bytes;
+                }
+                result.paths.insert(printed);
             }
-            result.paths.insert(printed);
+            at += share.max(1).min(accepted.len() - at);
+            error = error.or(e);
         }
-        Ok(accepted.len())
+        match error {
+            Some(e) => Err(e.into()),
+            None => Ok(accepted.len()),
+        }
     }
 
     /// Deletes entries of the store directory that are not valid paths: leftovers

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use unrooted_format::{HashAlgo, Hasher, StoreDir, StorePath};
 
@@ -24,8 +24,11 @@ use crate::error::GcError;
 
 /// Deepest directory nesting walked below `gcroots` or `profiles`.
 const MAX_DEPTH: usize = 64;
-/// Most entries walked; more makes the walk unresolved (users can write per-user).
-const MAX_ENTRIES: u64 = 1_000_000;
+/// Most entries walked (users can write per-user directories): a million entries
+/// in one of them still gives an answer; more makes the walk unresolved.
+const MAX_ENTRIES: u64 = 4_000_000;
+/// Longest the walk may take; longer makes it unresolved.
+const MAX_WALK_TIME: Duration = Duration::from_secs(60);
 /// Longest the helper may take to answer.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest helper answer read (about a million roots).
@@ -61,6 +64,10 @@ pub(crate) struct Walk<'a> {
     pub(crate) found: Found,
     pub(crate) log: &'a mut dyn FnMut(&str),
     entries: u64,
+    max_entries: u64,
+    deadline: Instant,
+    /// A bound was hit: the walk stopped, and said so once in `found.unresolved`.
+    exhausted: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -69,12 +76,25 @@ impl<'a> Walk<'a> {
         state_dir: &Path,
         log: &'a mut dyn FnMut(&str),
     ) -> Self {
+        Self::with_limits(store_dir, state_dir, log, MAX_ENTRIES, MAX_WALK_TIME)
+    }
+
+    fn with_limits(
+        store_dir: &'a StoreDir,
+        state_dir: &Path,
+        log: &'a mut dyn FnMut(&str),
+        max_entries: u64,
+        max_time: Duration,
+    ) -> Self {
         Self {
             store_dir,
             auto_dir: state_dir.join("gcroots/auto"),
             found: Found::default(),
             log,
             entries: 0,
+            max_entries,
+            deadline: Instant::now() + max_time,
+            exhausted: false,
         }
     }
 
@@ -96,31 +116,59 @@ impl<'a> Walk<'a> {
         }
     }
 
-    pub(crate) fn walk(&mut self, path: &Path, depth: usize) -> Result<(), GcError> {
+    /// Counts one more entry at `path`; false once a bound is hit, which stops the
+    /// whole walk and leaves it unresolved at `path` (never a silently shorter list).
+    fn tick(&mut self, path: &Path) -> bool {
+        if self.exhausted {
+            return false;
+        }
         self.entries += 1;
-        if self.entries > MAX_ENTRIES || depth > MAX_DEPTH {
-            let e = io::Error::other("too many entries or too deeply nested");
-            self.unresolved(path, e);
+        let what = if self.entries > self.max_entries {
+            format!(
+                "more than {} entries under the roots directories",
+                self.max_entries
+            )
+        } else if self.entries.is_multiple_of(1024) && Instant::now() > self.deadline {
+            "the walk of the roots directories took too long".to_owned()
+        } else {
+            return true;
+        };
+        self.exhausted = true;
+        self.unresolved(path, io::Error::other(what));
+        false
+    }
+
+    pub(crate) fn walk(&mut self, path: &Path, depth: usize) -> Result<(), GcError> {
+        if !self.tick(path) {
             return Ok(());
         }
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if leads_nowhere(&e) => return Ok(()),
+        match fs::symlink_metadata(path) {
+            Ok(m) => self.visit(path, m.file_type(), depth),
+            Err(e) if leads_nowhere(&e) => Ok(()),
             Err(e) => {
                 self.unresolved(path, e);
-                return Ok(());
+                Ok(())
             }
-        };
-        if meta.file_type().is_symlink() {
+        }
+    }
+
+    /// One entry whose type is known (from the directory listing: no `lstat`).
+    fn visit(&mut self, path: &Path, kind: fs::FileType, depth: usize) -> Result<(), GcError> {
+        if kind.is_symlink() {
             return self.link(path);
         }
-        if meta.is_file() {
+        if kind.is_file() {
             let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
             let full = [self.store_dir.as_str().as_bytes(), b"/", name].concat();
             self.root(path, &full);
             return Ok(());
         }
-        if !meta.is_dir() {
+        if !kind.is_dir() {
+            return Ok(());
+        }
+        if depth >= MAX_DEPTH {
+            let e = io::Error::other("nested too deeply");
+            self.unresolved(path, e);
             return Ok(());
         }
         let entries = match fs::read_dir(path) {
@@ -132,12 +180,23 @@ impl<'a> Walk<'a> {
             }
         };
         for entry in entries {
-            match entry {
-                Ok(entry) => self.walk(&entry.path(), depth + 1)?,
+            let entry = match entry {
+                Ok(entry) => entry,
                 Err(e) => {
                     self.unresolved(path, e);
                     break;
                 }
+            };
+            let child = entry.path();
+            if !self.tick(&child) {
+                break;
+            }
+            // `file_type` is the listing's d_type; only file systems that leave it
+            // unknown cost an `lstat`.
+            match entry.file_type() {
+                Ok(kind) => self.visit(&child, kind, depth + 1)?,
+                Err(e) if leads_nowhere(&e) => {}
+                Err(e) => self.unresolved(&child, e),
             }
         }
         Ok(())
@@ -301,4 +360,49 @@ pub fn add_indirect_root(state_dir: &Path, link: &Path) -> Result<(), GcError> {
         let _ = fs::remove_file(&tmp);
         err(&name)(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A walk that hits a bound stops there and is unresolved (the collection is
+    /// refused), never a shorter list of roots; within the bound it finds them all.
+    #[test]
+    fn walk_bounds_make_it_unresolved_not_shorter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let many = state.join("gcroots/per-user/mallory");
+        fs::create_dir_all(&many).unwrap();
+        for i in 0..100 {
+            fs::write(many.join(format!("f{i}")), b"").unwrap();
+        }
+        let store_dir = StoreDir::new("/nix/store").unwrap();
+        let root = "/nix/store/00000000000000000000000000000000-kept";
+        std::os::unix::fs::symlink(root, state.join("gcroots/r")).unwrap();
+        let mut log = |_: &str| {};
+        let walk = |max_entries, max_time, log: &mut dyn FnMut(&str)| {
+            let mut w = Walk::with_limits(&store_dir, &state, log, max_entries, max_time);
+            w.walk(&state.join("gcroots"), 0).unwrap();
+            w.found
+        };
+        let found = walk(1000, Duration::from_secs(60), &mut log);
+        assert!(found.unresolved.is_empty(), "{:?}", found.unresolved);
+        assert_eq!(found.roots.len(), 1);
+
+        let found = walk(50, Duration::from_secs(60), &mut log);
+        assert_eq!(found.unresolved.len(), 1, "one report, then the walk stops");
+        assert!(found.unresolved[0]
+            .source
+            .to_string()
+            .contains("more than 50 entries"));
+
+        // Past the deadline: checked every 1024 entries.
+        for i in 100..2100 {
+            fs::write(many.join(format!("f{i}")), b"").unwrap();
+        }
+        let found = walk(1_000_000, Duration::ZERO, &mut log);
+        assert_eq!(found.unresolved.len(), 1);
+        assert!(found.unresolved[0].source.to_string().contains("too long"));
+    }
 }

@@ -46,7 +46,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_depth: 64,
-            max_entries: 1_000_000,
+            // A million entries in a user's per-user directory still get an answer.
+            max_entries: 4_000_000,
             max_file_bytes: 16 << 20,
             max_time: Duration::from_secs(10),
         }
@@ -147,15 +148,19 @@ impl Scan {
         if !self.tick() {
             return;
         }
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if gone(&e) => return,
-            Err(e) => return self.error(path, &e),
-        };
-        if meta.file_type().is_symlink() {
+        match fs::symlink_metadata(path) {
+            Ok(m) => self.visit(path, m.file_type(), depth),
+            Err(e) if gone(&e) => {}
+            Err(e) => self.error(path, &e),
+        }
+    }
+
+    /// One entry whose type is known (from the directory listing: no `lstat`).
+    fn visit(&mut self, path: &Path, kind: fs::FileType, depth: usize) {
+        if kind.is_symlink() {
             return self.link(path);
         }
-        if meta.is_file() {
+        if kind.is_file() {
             // A file named like a store path is a root (Nix's "regular file" roots).
             if let Some(name) = path.file_name() {
                 if is_base_name(name.as_bytes()) {
@@ -165,7 +170,7 @@ impl Scan {
             }
             return;
         }
-        if !meta.is_dir() {
+        if !kind.is_dir() {
             return;
         }
         if depth >= self.limits.max_depth {
@@ -178,9 +183,19 @@ impl Scan {
             Err(e) => return self.error(path, &e),
         };
         for entry in entries {
-            match entry {
-                Ok(entry) => self.walk(&entry.path(), depth + 1),
+            let entry = match entry {
+                Ok(entry) => entry,
                 Err(e) => return self.error(path, &e),
+            };
+            if !self.tick() {
+                return;
+            }
+            // The listing's d_type: only file systems that leave it unknown cost an
+            // `lstat`.
+            match entry.file_type() {
+                Ok(kind) => self.visit(&entry.path(), kind, depth + 1),
+                Err(e) if gone(&e) => {}
+                Err(e) => self.error(&entry.path(), &e),
             }
             if self.exhausted {
                 return;

@@ -12,9 +12,11 @@
 //! add or a build is writing the path right now, and the path is skipped rather
 //! than deleted under it (and rather than stalling the whole collection).
 //!
-//! A [`DeletionLock`] takes those locks for a whole batch with one lock file: the
+//! A [`DeletionLock`] takes those locks for a whole batch with a few lock files: each
 //! file it holds locked is renamed (never replacing) from one path's `.lock` name to
-//! the next, instead of a new lock file being created and deleted for every path.
+//! the next, instead of a new lock file being created and deleted for every path;
+//! it holds a group of them at once, so that the paths' validity is re-checked with
+//! one query per group.
 //! Creating files is what made deleting many paths slow: on ext4 without a journal
 //! every new inode is allocated past all the inodes freed in the last minutes, so
 //! each creation cost time in proportion to the paths already deleted.
@@ -26,7 +28,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{flock, renameat_with, FlockOperation, RenameFlags, CWD};
+use rustix::fd::OwnedFd;
+use rustix::fs::{
+    flock, open, renameat_with, statat, unlinkat, AtFlags, FileType, FlockOperation, Mode, OFlags,
+    RenameFlags,
+};
 use rustix::io::Errno;
 
 use unrooted_format::StorePath;
@@ -68,49 +74,91 @@ pub struct LinksStats {
 /// any process that opened it meanwhile and waits for it).
 const CARRIER_USES: usize = 256;
 
-/// The collector's locks on the paths it deletes, one at a time, taken without
-/// waiting (see the module documentation). Dropped, it releases the last one.
+/// Paths a [`DeletionLock`] holds locked at once: their validity is re-checked with
+/// one database query per group instead of one per path.
+const GROUP: usize = 64;
+
+/// The collector's locks on the paths it deletes, a group at a time, taken without
+/// waiting (see the module documentation). Dropped, it releases the last group.
 ///
-/// Every `.lock` name the lock file passes through is first claimed in this
-/// process (threads wait for it as for any path lock) and, while the file bears
-/// that name, it is the path's lock file, empty and locked, as Nix expects. A
-/// process that opened it under an earlier name waits until the file is let go;
-/// it is then unlinked and marked stale before it is unlocked, so that process
-/// starts over with the current lock file of its path (Nix's protocol). A crash
-/// leaves at most one empty, unlocked lock file, as a crash of any lock holder does.
+/// Every `.lock` name a lock file passes through is first claimed in this process
+/// (threads wait for it as for any path lock) and, while the file bears that name,
+/// it is the path's lock file, empty and locked, as Nix expects. A process that
+/// opened it under an earlier name waits until the file is let go; it is then
+/// unlinked and marked stale before it is unlocked, so that process starts over
+/// with the current lock file of its path (Nix's protocol). A crash leaves at most
+/// [`GROUP`] empty, unlocked lock files, as a crash of any lock holder does.
 pub struct DeletionLock<'a> {
     store: &'a LocalStore,
-    carrier: Option<Carrier>,
-    uses: usize,
+    /// The real store directory, opened once: every name is resolved relative to
+    /// it rather than walked from `/` again.
+    dir: Option<OwnedFd>,
+    /// The lock files held, one per path of the current group.
+    slots: Vec<Option<Carrier>>,
     /// Whether the file system renames without replacing (`renameat2`).
     rename: bool,
 }
 
-/// The lock file a [`DeletionLock`] holds locked, and its current name.
+/// A lock file a [`DeletionLock`] holds locked, its current name, and how many
+/// paths it has served.
 struct Carrier {
     file: File,
+    /// The full path (the key of the store's in-process claims).
     name: PathBuf,
+    uses: usize,
+}
+
+/// `<base>.lock`: the lock file of the store entry `base`.
+fn lock_name(base: &OsStr) -> OsString {
+    let mut name = base.to_owned();
+    name.push(".lock");
+    name
 }
 
 impl DeletionLock<'_> {
-    /// Locks `target` (a path in the real store directory) without waiting: false
-    /// when a thread of this process or another process holds its lock.
-    fn acquire(&mut self, target: &Path) -> Result<bool, StoreError> {
-        let mut name = target.as_os_str().to_owned();
-        name.push(".lock");
-        let name = PathBuf::from(name);
+    fn dir(&mut self) -> Result<&OwnedFd, StoreError> {
+        if self.dir.is_none() {
+            let path = &self.store.config.real_store_dir;
+            let fd = open(
+                path,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| StoreError::Read {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            self.dir = Some(fd);
+        }
+        Ok(self.dir.as_ref().expect("opened above"))
+    }
+
+    /// Locks the store entry `base` without waiting, with the lock file of `slot`:
+    /// false when a thread of this process or another process holds its lock. The
+    /// store directory must be open ([`DeletionLock::dir`]).
+    fn acquire(&mut self, slot: usize, base: &OsStr) -> Result<bool, StoreError> {
+        let lock_base = lock_name(base);
+        let name = self.store.config.real_store_dir.join(&lock_base);
         if !self.store.locks.claim(&name) {
             return Ok(false);
         }
-        if self.uses >= CARRIER_USES || !self.rename {
-            self.release();
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
         }
-        if let Some(carrier) = &mut self.carrier {
-            match renameat_with(CWD, &carrier.name, CWD, &name, RenameFlags::NOREPLACE) {
+        if self.slots[slot]
+            .as_ref()
+            .is_some_and(|c| c.uses >= CARRIER_USES)
+            || !self.rename
+        {
+            self.release(slot);
+        }
+        if let (Some(carrier), Some(dir)) = (self.slots[slot].as_mut(), self.dir.as_ref()) {
+            let old = carrier.name.file_name().unwrap_or_default();
+            match renameat_with(dir, old, dir, &lock_base, RenameFlags::NOREPLACE) {
                 Ok(()) => {
                     let old = std::mem::replace(&mut carrier.name, name);
+                    carrier.uses += 1;
                     self.store.locks.unclaim(&old);
-                    self.uses += 1;
                     return Ok(true);
                 }
                 Err(e) => {
@@ -119,14 +167,17 @@ impl DeletionLock<'_> {
                     if e != Errno::EXIST {
                         self.rename = false;
                     }
-                    self.release();
+                    self.release(slot);
                 }
             }
         }
         match open_and_try_lock(&name) {
             Ok(Some(file)) => {
-                self.carrier = Some(Carrier { file, name });
-                self.uses = 1;
+                self.slots[slot] = Some(Carrier {
+                    file,
+                    name,
+                    uses: 1,
+                });
                 Ok(true)
             }
             Ok(None) => {
@@ -140,11 +191,13 @@ impl DeletionLock<'_> {
         }
     }
 
-    /// Lets the lock file go: unlinked, then marked stale for anyone waiting for it,
-    /// then unlocked (Nix's protocol); removing it is only tidying, so failures are
-    /// ignored as in Nix.
-    fn release(&mut self) {
-        if let Some(Carrier { mut file, name }) = self.carrier.take() {
+    /// Lets the lock file of `slot` go: unlinked, then marked stale for anyone
+    /// waiting for it, then unlocked (Nix's protocol); removing it is only tidying,
+    /// so failures are ignored as in Nix.
+    fn release(&mut self, slot: usize) {
+        if let Some(Carrier { mut file, name, .. }) =
+            self.slots.get_mut(slot).and_then(Option::take)
+        {
             let _ = fs::remove_file(&name);
             let _ = file.write_all(b"d");
             drop(file);
@@ -155,20 +208,58 @@ impl DeletionLock<'_> {
     /// Deletes an invalid path from disk, holding its lock; a valid or busy path is
     /// left alone. The caller invalidated it first (or found it invalid).
     pub fn delete_invalid_path(&mut self, path: &StorePath) -> Result<DeleteOutcome, StoreError> {
-        let real = self.store.real_path(path);
-        if !self.acquire(&real)? {
-            return Ok(DeleteOutcome::Busy);
+        let mut outcomes = Vec::with_capacity(1);
+        self.delete_invalid_paths(std::slice::from_ref(path), &mut outcomes)?;
+        Ok(outcomes.pop().unwrap_or(DeleteOutcome::Missing))
+    }
+
+    /// [`DeletionLock::delete_invalid_path`] for many paths, in order, pushing what
+    /// became of each to `outcomes` (so that on an error, those done are known): a
+    /// group of them is locked, checked to be still invalid in one query while the
+    /// locks are held (an add that registers a path holds its lock), then deleted.
+    pub fn delete_invalid_paths(
+        &mut self,
+        paths: &[StorePath],
+        outcomes: &mut Vec<DeleteOutcome>,
+    ) -> Result<(), StoreError> {
+        self.dir()?;
+        let store = self.store;
+        for group in paths.chunks(GROUP) {
+            let bases: Vec<OsString> = group
+                .iter()
+                .map(|p| OsString::from(p.to_base_name()))
+                .collect();
+            let mut locked = Vec::with_capacity(group.len());
+            for (slot, base) in bases.iter().enumerate() {
+                locked.push(self.acquire(slot, base)?);
+            }
+            let valid = self.store.db().valid_subset(
+                group
+                    .iter()
+                    .zip(&locked)
+                    .filter(|(_, l)| **l)
+                    .map(|(p, _)| p),
+            )?;
+            for ((path, base), locked) in group.iter().zip(&bases).zip(locked) {
+                outcomes.push(if !locked {
+                    DeleteOutcome::Busy
+                } else if valid.contains(path) {
+                    DeleteOutcome::StillValid
+                } else {
+                    let dir = self.dir.as_ref().expect("opened above");
+                    delete_entry(dir, base, &store.config.real_store_dir)?
+                });
+            }
         }
-        if self.store.is_valid_path(path)? {
-            return Ok(DeleteOutcome::StillValid);
-        }
-        delete_counting(&real)
+        Ok(())
     }
 }
 
 impl Drop for DeletionLock<'_> {
     fn drop(&mut self) {
-        self.release();
+        for slot in 0..self.slots.len() {
+            self.release(slot);
+        }
     }
 }
 
@@ -211,6 +302,25 @@ impl LocalStore {
         Ok(self.db().invalidate_paths(paths)?)
     }
 
+    /// The valid paths among `paths`, asked in a few queries.
+    pub fn valid_subset<'p>(
+        &self,
+        paths: impl IntoIterator<Item = &'p StorePath>,
+    ) -> Result<std::collections::BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().valid_subset(paths)?)
+    }
+
+    /// The valid referrers of each of `paths` that has any, asked in a few queries.
+    pub fn query_referrers_of_many<'p>(
+        &self,
+        paths: impl IntoIterator<Item = &'p StorePath>,
+    ) -> Result<
+        std::collections::BTreeMap<StorePath, std::collections::BTreeSet<StorePath>>,
+        StoreError,
+    > {
+        Ok(self.db().referrers_of_many(paths)?)
+    }
+
     /// The names in the real store directory (one `readdir`), for the collector's
     /// sweep of invalid leftovers.
     pub fn store_entries(&self) -> Result<Vec<OsString>, StoreError> {
@@ -230,8 +340,8 @@ impl LocalStore {
     pub fn deletion_lock(&self) -> DeletionLock<'_> {
         DeletionLock {
             store: self,
-            carrier: None,
-            uses: 0,
+            dir: None,
+            slots: Vec::new(),
             rename: true,
         }
     }
@@ -347,6 +457,34 @@ impl LocalStore {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Deletes the entry `base` of the store directory `dir` (its path `parent/base`):
+/// a file or symlink with one `unlinkat` after its `statx`, a tree with
+/// [`delete_counting`].
+fn delete_entry(dir: &OwnedFd, base: &OsStr, parent: &Path) -> Result<DeleteOutcome, StoreError> {
+    let err = |source: Errno| StoreError::Delete {
+        path: parent.join(base),
+        source: source.into(),
+    };
+    let st = match statat(dir, base, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(DeleteOutcome::Missing),
+        Err(e) => return Err(err(e)),
+    };
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        return delete_counting(&parent.join(base));
+    }
+    let bytes = if st.st_nlink == 1 {
+        u64::try_from(st.st_size).unwrap_or(0)
+    } else {
+        0
+    };
+    match unlinkat(dir, base, AtFlags::empty()) {
+        Ok(()) => Ok(DeleteOutcome::Deleted { bytes }),
+        Err(Errno::NOENT) => Ok(DeleteOutcome::Missing),
+        Err(e) => Err(err(e)),
     }
 }
 

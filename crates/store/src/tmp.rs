@@ -8,6 +8,12 @@
 //! and deletes it. An area whose lock is held belongs to a live process and is left
 //! alone. Creating an area and sweeping old ones happen under a `flock` of the store
 //! directory itself, so a sweeper never sees a new area before its owner locked it.
+//!
+//! A leftover the store owner cannot remove (a build's tree still owned by subordinate
+//! ids after a daemon was killed and the host then lost its ranges, a file root put
+//! there) does not stop the store from opening: its name keeps it out of every query
+//! and from ever becoming valid, so it costs space, not correctness. The sweep warns,
+//! naming it, and goes on.
 
 use std::fs::{self, File};
 use std::io;
@@ -102,6 +108,12 @@ fn open_dir(path: &Path) -> io::Result<File> {
 }
 
 /// Deletes every temporary entry in `store` that no live process holds.
+///
+/// Only entries named [`TEMP_PREFIX`]`…` are considered, and store paths are named
+/// `<hash>-<name>`, so nothing valid is ever touched: a finished path leaves its area
+/// by one `rename` to such a name. An entry that cannot be removed, or whose lock
+/// cannot be tried (so it might be live), is logged and skipped rather than failing
+/// the open; only an unreadable store directory is an error.
 fn sweep(store: &Path) -> Result<(), StoreError> {
     let read = fs::read_dir(store).map_err(|source| StoreError::Read {
         path: store.to_owned(),
@@ -124,19 +136,36 @@ fn sweep(store: &Path) -> Result<(), StoreError> {
                 // A live store instance owns it.
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK => continue,
                 Err(e) => {
-                    return Err(StoreError::Lock {
-                        path,
-                        source: e.into(),
-                    })
+                    tracing::warn!(
+                        "not removing {}, a temporary leftover of an earlier run: cannot tell whether a running store still uses it (locking it failed: {})",
+                        path.display(),
+                        io::Error::from(e)
+                    );
+                    continue;
                 }
             },
             Err(_) => None,
         };
         tracing::info!(path = %path.display(), "removing temporary leftover of an earlier run");
-        delete_tree(&path).map_err(|e| match e {
-            StoreError::Delete { path, source } => StoreError::RemoveTemporary { path, source },
-            other => other,
-        })?;
+        if let Err(e) = delete_tree(&path) {
+            warn_kept(&path, &e);
+        }
     }
     Ok(())
+}
+
+/// The one warning for a leftover `path` that `error` kept from being removed.
+fn warn_kept(path: &Path, error: &StoreError) {
+    let mut why = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        why.push_str(": ");
+        why.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::warn!(
+        "cannot remove {}, a temporary leftover of an earlier run ({why}); it is never a valid store path, so the store opens without it, but it keeps its space until an administrator removes it as root (rm -rf {})",
+        path.display(),
+        path.display()
+    );
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 use unrooted_sandbox::subids::{host_subids, SubIdRange};
-use unrooted_sandbox::{IdMaps, IdSlice, Sandbox, UID_RANGE_IDS};
+use unrooted_sandbox::{IdMaps, IdSlice, Sandbox, SandboxError, UID_RANGE_IDS};
 
 use crate::error::BuildError;
 
@@ -42,6 +42,11 @@ pub const MIN_IDS_PER_BUILD: u32 = 1001;
 
 /// How often a build waiting for a free slice looks again.
 const RETRY: Duration = Duration::from_millis(50);
+
+/// How many more walks a leftover tree gets when an entry vanished under the last one
+/// (see [`retry_vanished`]), [`RETRY`] apart: half a second for a killed build's last
+/// processes to be gone.
+const VANISHED_RETRIES: u32 = 10;
 
 /// The settings that choose the id mode, as Nix names them where Nix has a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,7 +355,22 @@ impl IdPool {
     /// Call it at start-up, before the store is opened: the trees are chowned, in one
     /// user namespace mapping the owner and the whole pool, never removed here. A
     /// live daemon's trees (its pid alive, its area locked) are left alone. Returns
-    /// the trees given back; a tree that could not be is logged and skipped.
+    /// the trees given back; a tree that could not be is logged and skipped (the
+    /// sweeps then keep what they cannot remove, with a warning, and the next start
+    /// tries again).
+    ///
+    /// When only the old daemon was killed, its sandbox helpers outlive it and race
+    /// with this: each sees its socket close, kills its build and, once the build's
+    /// PID namespace is empty, chowns the same trees back to the owner itself. Two
+    /// chowns to the same owner are harmless, whichever runs first or whether they
+    /// interleave, and the helpers delete nothing (removing the trees was the dead
+    /// daemon's job, left to the sweeps after this). The one thing that can move under
+    /// this walk is a build whose helper has not killed it yet: its builder may
+    /// delete its own files, and a walk that meets a vanished entry stops with ENOENT.
+    /// Such a tree is walked again ([`retry_vanished`]): a vanished entry is one
+    /// less to give back, not a failure. What such a build still creates behind the
+    /// walk stays its ids'; the store's sweep keeps it with a warning, never failing
+    /// the start, and the next start gives it back and removes it.
     pub fn reclaim_leftovers(
         &self,
         helper: &Sandbox,
@@ -384,7 +404,7 @@ impl IdPool {
         let maps = self.reclaim_maps(&self.whole());
         let mut done = Vec::new();
         for (path, _held) in found {
-            match helper.reclaim(&maps, std::slice::from_ref(&path)) {
+            match retry_vanished(|| helper.reclaim(&maps, std::slice::from_ref(&path)), RETRY) {
                 Ok(()) => {
                     tracing::info!(
                         "gave {} (left by a daemon that died mid-build) back to {}",
@@ -402,6 +422,35 @@ impl IdPool {
             }
         }
         done
+    }
+}
+
+/// Runs `walk` (one reclaim of a tree) again, up to [`VANISHED_RETRIES`] more times,
+/// `pause` apart, while it fails only because an entry it listed was gone when it got
+/// there (ENOENT).
+///
+/// The entry was deleted by what still ran in the tree (a killed daemon's build in its
+/// last moments), so there is nothing left to give back for it; the walk stopped there,
+/// though, so the rest of the tree is walked again as it is now. Chowning is
+/// idempotent, so walking twice what was done already costs time only. Any other
+/// failure, or ENOENT once the retries are spent (something keeps deleting), is
+/// returned for the caller to report.
+fn retry_vanished(
+    mut walk: impl FnMut() -> Result<(), SandboxError>,
+    pause: Duration,
+) -> Result<(), SandboxError> {
+    let mut left = VANISHED_RETRIES;
+    loop {
+        match walk() {
+            Err(SandboxError::Setup { source, .. })
+                if left > 0
+                    && source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
+                left -= 1;
+                std::thread::sleep(pause);
+            }
+            done => return done,
+        }
     }
 }
 
@@ -538,6 +587,60 @@ mod tests {
         // Someone else's directory is never taken.
         assert!(dead_trees(d, t, me + 1, Liveness::Lock).is_empty());
         assert!(dead_trees(d, b, me + 1, Liveness::Pid).is_empty());
+    }
+
+    fn failed(errno: rustix::io::Errno) -> SandboxError {
+        SandboxError::Setup {
+            step: unrooted_sandbox::Step::Reclaiming,
+            path: Some("/store/.unrooted-tmp-1-2-0/root/x".into()),
+            source: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+        }
+    }
+
+    #[test]
+    fn a_walk_is_repeated_only_while_entries_vanish_under_it() {
+        use rustix::io::Errno;
+        // Entries vanish twice (a dying build deleting its files), then the walk
+        // gets through: given back.
+        let mut walks = 0;
+        let outcome = retry_vanished(
+            || {
+                walks += 1;
+                if walks <= 2 {
+                    Err(failed(Errno::NOENT))
+                } else {
+                    Ok(())
+                }
+            },
+            Duration::ZERO,
+        );
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(walks, 3);
+        // Any other failure is reported at once.
+        let mut walks = 0;
+        let outcome = retry_vanished(
+            || {
+                walks += 1;
+                Err(failed(Errno::ACCESS))
+            },
+            Duration::ZERO,
+        );
+        assert!(
+            matches!(&outcome, Err(SandboxError::Setup { source, .. }) if source.raw_os_error() == Some(Errno::ACCESS.raw_os_error())),
+            "{outcome:?}"
+        );
+        assert_eq!(walks, 1);
+        // Something that never stops deleting is reported once the retries are spent.
+        let mut walks = 0;
+        let outcome = retry_vanished(
+            || {
+                walks += 1;
+                Err(failed(Errno::NOENT))
+            },
+            Duration::ZERO,
+        );
+        assert!(outcome.is_err());
+        assert_eq!(walks, VANISHED_RETRIES + 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 
 use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
 
@@ -53,12 +54,24 @@ fn an_unremovable_leftover_is_reported_and_the_daemon_serves() {
     fs::set_permissions(&stuck, fs::Permissions::from_mode(0o700)).unwrap();
     fs::set_permissions(&root_dir, fs::Permissions::from_mode(0o755)).unwrap();
     // A leftover the owner can remove: the sweep still removes it, whichever of the
-    // two it meets first.
+    // two it meets first, opening up what is unreadable (mode 000, the area itself
+    // too) and removing links without following them out of the leftover.
     let removable = store.join(".unrooted-tmp-999999998-1-0");
-    fs::create_dir(&removable).unwrap();
-    fs::write(removable.join("nar-0"), "partial\n").unwrap();
-    chown(&removable, Some(d.daemon_uid), None).unwrap();
-    chown(removable.join("nar-0"), Some(d.daemon_uid), None).unwrap();
+    let locked = removable.join("sandbox-0/build/locked");
+    fs::create_dir_all(&locked).unwrap();
+    fs::write(locked.join("nar-0"), "partial\n").unwrap();
+    std::os::unix::fs::symlink(&before, locked.join("to-valid")).unwrap();
+    std::os::unix::fs::symlink(&inputs, removable.join("to-inputs")).unwrap();
+    let chown_r = Command::new("chown")
+        .arg("-hR")
+        .arg(d.daemon_uid.to_string())
+        .arg(&removable)
+        .status()
+        .unwrap();
+    assert!(chown_r.success());
+    for dir in [&locked, &removable] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o000)).unwrap();
+    }
 
     d.start();
     let log = d.log();
@@ -77,6 +90,8 @@ fn an_unremovable_leftover_is_reported_and_the_daemon_serves() {
         !removable.exists(),
         "the removable leftover was swept:\n{log}"
     );
+    assert!(warnings_naming(&log, &removable.display().to_string()).is_empty());
+    assert!(inputs.join("before.txt").exists());
     // Nothing of the unremovable one was lost or changed beyond what the owner may
     // do, and nothing valid was touched.
     assert_eq!(

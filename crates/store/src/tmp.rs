@@ -15,14 +15,17 @@
 //! and from ever becoming valid, so it costs space, not correctness. The sweep warns,
 //! naming it, and goes on.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{flock, FlockOperation, OFlags};
+use rustix::fs::{self as rfs, flock, AtFlags, FileType, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::canonicalise::{delete_tree, is_temporary_name};
 use crate::error::StoreError;
@@ -50,7 +53,7 @@ impl TempArea {
             path: store.to_owned(),
             source: e.into(),
         })?;
-        sweep(store)?;
+        sweep(store, &store_lock)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -107,14 +110,16 @@ fn open_dir(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Deletes every temporary entry in `store` that no live process holds.
+/// Deletes every temporary entry in `store` (open as `store_fd`) that no live process
+/// holds.
 ///
 /// Only entries named [`TEMP_PREFIX`]`…` are considered, and store paths are named
 /// `<hash>-<name>`, so nothing valid is ever touched: a finished path leaves its area
-/// by one `rename` to such a name. An entry that cannot be removed, or whose lock
-/// cannot be tried (so it might be live), is logged and skipped rather than failing
-/// the open; only an unreadable store directory is an error.
-fn sweep(store: &Path) -> Result<(), StoreError> {
+/// by one `rename` to such a name, and the removal never follows a symlink
+/// ([`remove_leftover`]). An entry that cannot be removed, or whose lock cannot be
+/// tried (so it might be live), is logged and skipped rather than failing the open;
+/// only an unreadable store directory is an error.
+fn sweep(store: &Path, store_fd: &File) -> Result<(), StoreError> {
     let read = fs::read_dir(store).map_err(|source| StoreError::Read {
         path: store.to_owned(),
         source,
@@ -128,9 +133,31 @@ fn sweep(store: &Path) -> Result<(), StoreError> {
             continue;
         }
         let path = entry.path();
+        let name = entry.file_name();
+        let opened = match open_dir(&path) {
+            // A live area is its owner's 0700, so one the owner cannot open is dead
+            // (a builder's `chmod 000` given back to the owner as it was).
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                match open_subdir(store_fd.as_fd(), &name) {
+                    Ok(fd) => Ok(File::from(fd)),
+                    Err(e) => {
+                        let source = e.into();
+                        warn_kept(
+                            &path,
+                            &StoreError::Delete {
+                                path: path.clone(),
+                                source,
+                            },
+                        );
+                        continue;
+                    }
+                }
+            }
+            other => other,
+        };
         // Not a directory (or vanished): still ours by its name, and nobody can hold
         // a lock on it. A directory is kept locked while it is deleted.
-        let _held = match open_dir(&path) {
+        let held = match opened {
             Ok(dir) => match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => Some(dir),
                 // A live store instance owns it.
@@ -147,11 +174,156 @@ fn sweep(store: &Path) -> Result<(), StoreError> {
             Err(_) => None,
         };
         tracing::info!(path = %path.display(), "removing temporary leftover of an earlier run");
-        if let Err(e) = delete_tree(&path) {
+        if let Err(e) = remove_leftover(store_fd.as_fd(), &name, &path, held) {
             warn_kept(&path, &e);
         }
     }
     Ok(())
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Removes the leftover `name` of the store directory `store_fd` (shown as `path`)
+/// and everything below it; `top` is the leftover opened as a directory, `None` when
+/// it is not one.
+///
+/// Every step goes through a descriptor of a directory opened with `O_NOFOLLOW` from
+/// its parent's descriptor, and modes are changed through descriptors too, never by
+/// a path: a symlink in the leftover, or one swapped in by a process that still ran in
+/// it (a killed daemon's dying build), is removed as a link, and nothing outside the
+/// leftover, least of all a valid path, is ever opened, emptied or chmodded. For the
+/// same reason the walk keeps one descriptor per level rather than climbing back by
+/// `..`, which a directory renamed meanwhile would lead elsewhere. A name that
+/// vanished meanwhile is as good as removed.
+fn remove_leftover(
+    store_fd: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &Path,
+    top: Option<File>,
+) -> Result<(), StoreError> {
+    let failed = |names: &[OsString], source: Errno| StoreError::Delete {
+        path: names.iter().fold(path.to_path_buf(), |p, n| p.join(n)),
+        source: source.into(),
+    };
+    let Some(top) = top else {
+        return match rfs::unlinkat(store_fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(failed(&[], e)),
+        };
+    };
+    let top = OwnedFd::from(top);
+    make_removable(&top).map_err(|e| failed(&[], e))?;
+    // The open directories from the top down, each but the first with its name in
+    // the one above.
+    let mut dirs: Vec<OwnedFd> = vec![top];
+    let mut names: Vec<OsString> = Vec::new();
+    loop {
+        let cur = dirs.last().expect("the top stays until the end");
+        match empty_files_find_subdir(cur).map_err(|(n, e)| {
+            let mut at = names.clone();
+            at.extend(n);
+            failed(&at, e)
+        })? {
+            Some(sub) => {
+                let opened = open_subdir(cur.as_fd(), &sub);
+                names.push(sub);
+                match opened {
+                    Ok(fd) => dirs.push(fd),
+                    // Gone meanwhile: nothing left to remove there.
+                    Err(Errno::NOENT) => {
+                        names.pop();
+                    }
+                    Err(e) => return Err(failed(&names, e)),
+                }
+            }
+            None => {
+                dirs.pop();
+                let (parent, done) = match (dirs.last(), names.pop()) {
+                    (Some(parent), Some(done)) => (parent.as_fd(), done),
+                    _ => (store_fd, name.to_owned()),
+                };
+                match rfs::unlinkat(parent, &done, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => {
+                        let mut at = names.clone();
+                        if !dirs.is_empty() {
+                            at.push(done);
+                        }
+                        return Err(failed(&at, e));
+                    }
+                }
+                if dirs.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Gives the owner full access to the directory `dir` (a read-only canonicalised tree,
+/// a builder's `chmod 500`), so its entries can be removed.
+fn make_removable(dir: &OwnedFd) -> Result<(), Errno> {
+    let st = rfs::fstat(dir)?;
+    if st.st_mode & 0o700 != 0o700 {
+        rfs::fchmod(dir, Mode::RWXU)?;
+    }
+    Ok(())
+}
+
+/// Opens the subdirectory `name` of `dir`, never following a symlink, and makes it
+/// removable ([`make_removable`]).
+fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    let fd = match rfs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ACCESS) => {
+            // Unreadable to its owner (a builder's `chmod 000`). chmod by name would
+            // follow a symlink swapped in meanwhile, so the mode is changed through an
+            // `O_PATH` handle on the entry itself, checked to be a directory, by its
+            // `/proc/self/fd` link (how the C library changes a mode without following).
+            let handle = rfs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            if FileType::from_raw_mode(rfs::fstat(&handle)?.st_mode) != FileType::Directory {
+                return Err(Errno::NOTDIR);
+            }
+            rfs::chmod(
+                format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
+                Mode::RWXU,
+            )?;
+            rfs::openat(dir, name, DIR_FLAGS, Mode::empty())?
+        }
+        Err(e) => return Err(e),
+    };
+    make_removable(&fd)?;
+    Ok(fd)
+}
+
+/// Unlinks every entry of `dir` that is not a directory and returns the first
+/// subdirectory's name, or `None` once `dir` is empty. `Err` names the entry that
+/// could not be removed, if it was one.
+fn empty_files_find_subdir(dir: &OwnedFd) -> Result<Option<OsString>, (Option<OsString>, Errno)> {
+    let entries = rfs::Dir::read_from(dir).map_err(|e| (None, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| (None, e))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name);
+        // unlink never follows a symlink; a directory answers EISDIR.
+        match rfs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::ISDIR) => return Ok(Some(name.to_owned())),
+            Err(e) => return Err((Some(name.to_owned()), e)),
+        }
+    }
+    Ok(None)
 }
 
 /// The one warning for a leftover `path` that `error` kept from being removed.

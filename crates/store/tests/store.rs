@@ -82,6 +82,60 @@ fn open_removes_dead_temporaries_and_nothing_else() {
 }
 
 #[test]
+fn the_sweep_of_a_dead_area_never_follows_a_symlink_out_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let store = open_at(root);
+    let src = root.join("src");
+    generate_tree(&src, 3, 20, 10_000);
+    let nar = nar_of(&src);
+    let valid = store
+        .add_ca(
+            "tree",
+            FileIngestionMethod::Recursive,
+            HashAlgo::Sha256,
+            &mut &nar[..],
+            &BTreeSet::new(),
+            false,
+        )
+        .unwrap();
+    let valid_dir = store.real_path(&valid.path);
+    let mode_of = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    let valid_mode = mode_of(&valid_dir);
+    drop(store);
+    let outside = root.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep"), "keep").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o555)).unwrap();
+
+    // A dead area whose links lead to a valid path and to a directory outside, at
+    // the top and inside read-only and unreadable directories the sweep must open up.
+    let dead = root.join("store/.unrooted-tmp-1-3-0");
+    let deep = dead.join("sandbox-0/nix/store/out");
+    fs::create_dir_all(&deep).unwrap();
+    for dir in [&dead, &deep] {
+        std::os::unix::fs::symlink(&valid_dir, dir.join("to-valid")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("to-outside")).unwrap();
+        std::os::unix::fs::symlink(valid_dir.join("f0"), dir.join("to-file")).unwrap();
+    }
+    fs::set_permissions(&deep, fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(dead.join("sandbox-0"), fs::Permissions::from_mode(0o500)).unwrap();
+    // A leftover that is itself a link to a valid path.
+    std::os::unix::fs::symlink(&valid_dir, root.join("store/.unrooted-tmp-link")).unwrap();
+
+    let store = open_at(root);
+    assert!(!dead.exists(), "the dead area was removed");
+    assert!(fs::symlink_metadata(root.join("store/.unrooted-tmp-link")).is_err());
+    assert_eq!(nar_of(&valid_dir), nar, "the valid path is untouched");
+    assert_eq!(mode_of(&valid_dir), valid_mode, "and so is its mode");
+    assert!(store.is_valid_path(&valid.path).unwrap());
+    assert_eq!(fs::read_to_string(outside.join("keep")).unwrap(), "keep");
+    assert_eq!(mode_of(&outside), 0o555);
+    drop(store);
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
 fn add_tree_flat_and_text_then_query() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_at(tmp.path());

@@ -183,6 +183,12 @@ impl Database {
             "pragma synchronous = off"
         };
         run_pragma(conn, sync, "synchronous")?;
+        // 32 MiB of page cache instead of SQLite's 2 MiB: a collection reads the
+        // whole reference graph and then deletes rows spread over every page of
+        // ValidPaths and its index; with the default cache, those pages are read
+        // again from the WAL and the file (a third of the time of invalidating
+        // 10,000 paths). Memory is only taken as pages are used.
+        run_pragma(conn, "pragma cache_size = -32768", "cache_size")?;
         if on_disk {
             let mode = if options.use_wal { "wal" } else { "truncate" };
             let previous: String = conn

@@ -539,13 +539,21 @@ fn auto_gc_below_min_free() {
     assert!(d.log().contains("auto-GC"), "{}", d.log());
 }
 
-/// Starts `n` client processes of `program args`.
-fn spawn_many(d: &TestDaemon, jobs: &[(String, Vec<String>)]) -> Vec<(String, Child)> {
+/// One client process to start: program, arguments, and the file its stdin reads.
+type Job = (String, Vec<String>, Option<std::path::PathBuf>);
+
+/// Starts a client process for each job.
+fn spawn_many(d: &TestDaemon, jobs: &[Job]) -> Vec<(String, Child)> {
     jobs.iter()
-        .map(|(program, args)| {
+        .map(|(program, args, stdin)| {
+            let stdin = match stdin {
+                Some(f) => std::process::Stdio::from(fs::File::open(f).unwrap()),
+                None => std::process::Stdio::null(),
+            };
             let child = d
                 .client(program)
                 .args(args)
+                .stdin(stdin)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -555,18 +563,58 @@ fn spawn_many(d: &TestDaemon, jobs: &[(String, Vec<String>)]) -> Vec<(String, Ch
         .collect()
 }
 
+/// Builds in the race, each with a build, an add of a source and of a text file
+/// during evaluation, and a dependency that builds for a second.
+const RACE_BUILDS: usize = 20;
+/// Plain adds in the race.
+const RACE_ADDS: usize = 15;
+/// Imports in the race, each of a two-path closure (a `.drv` referring to another).
+const RACE_IMPORTS: usize = 15;
+
+/// An export of the closure of a freshly instantiated `.drv` (two paths, one
+/// referring to the other) in a file, and the paths, which are garbage once the
+/// client exits.
+fn exported_closure(d: &TestDaemon, salt: &str) -> (std::path::PathBuf, BTreeSet<String>) {
+    let drv = d.client_ok(
+        "nix-instantiate",
+        &[&expr(d), "-A", "top", "--argstr", "salt", salt],
+    );
+    let closure = lines(&d.client_ok("nix-store", &["-qR", drv.trim()]));
+    assert_eq!(closure.len(), 2, "{closure:?}");
+    let mut args = vec!["--export"];
+    args.extend(closure.iter().map(String::as_str));
+    let out = d.client("nix-store").args(&args).output().unwrap();
+    d.expect_ok("nix-store --export", &out);
+    let file = d.inputs().join(format!("export-{salt}"));
+    fs::write(&file, &out.stdout).unwrap();
+    (file, closure)
+}
+
 #[test]
-fn gc_racing_concurrent_builds_and_adds_loses_nothing() {
-    let Some(d) = prepared("") else { return };
+fn gc_racing_fifty_concurrent_builds_adds_and_imports_loses_nothing() {
+    // The client is not trusted, and its exports are not signed.
+    let Some(d) = prepared("require-sigs = false\n") else {
+        return;
+    };
     // Some garbage for every collection to chew on.
     for i in 0..30 {
         add_file(&d, &format!("g{i}"), &format!("garbage {i}\n"));
     }
-    // Ten builds that add a source and a text file during evaluation, build a
-    // dependency and a top derivation, and root the result in a private home; ten
-    // plain adds.
-    let mut jobs = Vec::new();
-    for i in 0..10 {
+    // Closures to import, collected before the race so that importing adds them.
+    let exports: Vec<_> = (0..RACE_IMPORTS)
+        .map(|i| exported_closure(&d, &format!("imp{i}")))
+        .collect();
+    gc(&d, &[]);
+    for (_, closure) in &exports {
+        for p in closure {
+            assert!(!exists(p), "{p} was not collected before the race");
+        }
+    }
+    // Builds that add a source and a text file during evaluation, build a
+    // dependency and a top derivation, and root the result in a private home;
+    // plain adds; imports. Fifty clients at once, interleaved.
+    let mut jobs: Vec<Job> = Vec::new();
+    for i in 0..RACE_BUILDS {
         let src = d.inputs().join(format!("src{i}"));
         fs::write(&src, format!("source {i}\n")).unwrap();
         let link = d.client_home().join(format!("res{i}"));
@@ -585,16 +633,29 @@ fn gc_racing_concurrent_builds_and_adds_loses_nothing() {
                 "-o".into(),
                 link.to_str().unwrap().to_owned(),
             ],
+            None,
         ));
-        let f = d.inputs().join(format!("add{i}"));
-        fs::write(&f, format!("added {i}\n")).unwrap();
-        jobs.push((
-            "nix-store".to_owned(),
-            vec!["--add".into(), f.to_str().unwrap().to_owned()],
-        ));
+        if i < RACE_ADDS {
+            let f = d.inputs().join(format!("add{i}"));
+            fs::write(&f, format!("added {i}\n")).unwrap();
+            jobs.push((
+                "nix-store".to_owned(),
+                vec!["--add".into(), f.to_str().unwrap().to_owned()],
+                None,
+            ));
+        }
+        if let Some((file, _)) = exports.get(i) {
+            jobs.push((
+                "nix-store".to_owned(),
+                vec!["--import".into()],
+                Some(file.clone()),
+            ));
+        }
     }
+    assert_eq!(jobs.len(), 50);
+    let started = Instant::now();
     let mut pending = spawn_many(&d, &jobs);
-    let stop = Instant::now() + Duration::from_secs(120);
+    let stop = started + Duration::from_secs(120);
     let mut outputs = Vec::new();
     let mut gcs = 0;
     while !pending.is_empty() {
@@ -612,14 +673,26 @@ fn gc_racing_concurrent_builds_and_adds_loses_nothing() {
         }
         pending = still;
     }
+    eprintln!(
+        "{} clients done in {:?}, {gcs} collections beside them",
+        jobs.len(),
+        started.elapsed()
+    );
     assert!(gcs >= 2, "the collections did not overlap the clients");
-    // Every client succeeded; every rooted result and everything it refers to is
-    // still there after one more collection.
+    // Every client succeeded (an import prints the paths it imported); every
+    // rooted result and everything it refers to is still there after one more
+    // collection.
+    let mut imported = BTreeSet::new();
     for (what, out) in &outputs {
-        d.expect_ok(what, out);
+        let stdout = d.expect_ok(what, out);
+        if what.ends_with("--import") {
+            imported.insert(lines(&stdout));
+        }
     }
+    let expected: BTreeSet<BTreeSet<String>> = exports.into_iter().map(|(_, c)| c).collect();
+    assert_eq!(imported, expected, "imports did not import their closures");
     gc(&d, &[]);
-    for i in 0..10 {
+    for i in 0..RACE_BUILDS {
         let link = d.client_home().join(format!("res{i}"));
         let out = fs::read_link(&link).unwrap();
         let text = fs::read_to_string(&out).unwrap();

@@ -13,5 +13,5 @@ cd "$(dirname "$0")/.."
 if ! [ -x /usr/sbin/nginx ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null || true
 fi
-cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench -p unrooted-roots
+cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench -p unrooted-roots -p unrooted-sandbox
 exec target/release/unrooted-bench --unrooted target/release/unrooted "$@"

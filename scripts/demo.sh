@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --locked --quiet -p unrooted-cli -p unrooted-roots
+cargo build --release --locked --quiet -p unrooted-cli -p unrooted-roots -p unrooted-sandbox
 U="$PWD/target/release/unrooted"
 
 work=$(mktemp -d)

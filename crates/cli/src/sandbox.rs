@@ -120,10 +120,10 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         spec.env.push((k.into(), v.into()));
     }
 
-    let sandbox = Sandbox::new(
-        std::env::current_exe().context("finding this executable")?,
-        vec![HELPER_VERB.into()],
-    );
+    // The helper the daemon would start for this builder.
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let sandbox =
+        Sandbox::beside(&exe).unwrap_or_else(|| Sandbox::new(exe, vec![HELPER_VERB.into()]));
     let stdout = std::io::stdout();
     let result = sandbox.run(&spec, stdout.as_fd());
 

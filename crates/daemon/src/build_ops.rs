@@ -34,7 +34,17 @@ const HELPER_VERB: &str = "sandbox-helper";
 /// administrator set `sandbox = false`; the sandbox helper is this executable.
 pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::BuildError> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let mut cfg = BuilderConfig::new(Sandbox::new(exe, vec![HELPER_VERB.into()]));
+    let mut cfg = BuilderConfig::new(Sandbox::new(exe.clone(), vec![HELPER_VERB.into()]));
+    cfg.exec_helper = Sandbox::beside(&exe);
+    match &cfg.exec_helper {
+        Some(h) => tracing::info!(
+            "builders are started through {} (builtin builders through this executable)",
+            h.program().display()
+        ),
+        None => tracing::info!(
+            "builders are started through this executable (install unrooted-sandbox beside it for a faster start)"
+        ),
+    }
     let s = &config.settings;
     cfg.sandbox = s.sandbox != SandboxMode::Disabled;
     cfg.sandbox_paths = s

@@ -25,7 +25,7 @@ use unrooted_format::refscan::RefScanner;
 use unrooted_format::{
     nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StoreDir, StorePath,
 };
-use unrooted_sandbox::{remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
+use unrooted_sandbox::{empty_dir, remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
 use unrooted_store::{LocalStore, ValidPathInfo};
 
 use crate::builtins;
@@ -105,11 +105,81 @@ pub fn default_system() -> String {
     format!("{}-linux", std::env::consts::ARCH)
 }
 
+/// Emptied directories kept for the next build's build directory or sandbox root,
+/// which gets one by a rename instead of a `mkdir`, and gives it back instead of
+/// removing it: on this kind of file system (ext4, mounted with `discard`) a new
+/// directory costs an inode search that grows with recent deletions and a removed one
+/// a discarded block, a millisecond or more per build between them. A directory is
+/// kept only once empty, still a directory of ours, and mode 0700 again, so nothing of
+/// one build reaches the next; anything else is removed as before.
+#[derive(Debug, Default)]
+pub(crate) struct Spares {
+    idle: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+/// Spare directories kept in each place; a few more than builds run at once is
+/// plenty.
+const MAX_SPARES: usize = 8;
+
+impl Spares {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Renames a spare to `dest` (which must not exist); false when there is none.
+    fn take(&self, dest: &Path) -> bool {
+        loop {
+            let Some(spare) = self.idle().pop() else {
+                return false;
+            };
+            let renamed = rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &spare,
+                rustix::fs::CWD,
+                dest,
+                rustix::fs::RenameFlags::NOREPLACE,
+            );
+            if renamed.is_ok() {
+                return true;
+            }
+            let _ = remove_tree(&spare);
+        }
+    }
+
+    /// Keeps `dir` under the unused name `spare` (in the same directory) once emptied,
+    /// or removes it.
+    fn give(&self, dir: &Path, spare: PathBuf) -> Result<(), unrooted_sandbox::CleanupError> {
+        if self.idle().len() < MAX_SPARES && empty_dir(dir).is_ok() {
+            let ours = fs::symlink_metadata(dir).is_ok_and(|m| {
+                m.is_dir()
+                    && m.uid() == rustix::process::geteuid().as_raw()
+                    && m.mode() & 0o7777 == 0o700
+            });
+            if ours && fs::rename(dir, &spare).is_ok() {
+                let mut idle = self.idle();
+                if idle.len() < MAX_SPARES {
+                    idle.push(spare);
+                    return Ok(());
+                }
+                drop(idle);
+                return remove_tree(&spare);
+            }
+        }
+        remove_tree(dir)
+    }
+}
+
 /// A daemon-private directory (0700) holding build directories while they are used.
 #[derive(Debug)]
 pub(crate) struct BuildDirs {
     parent: PathBuf,
     counter: AtomicU64,
+    /// Emptied build directories, in `parent`.
+    spare_dirs: Spares,
+    /// Emptied sandbox roots, in the store's temporary area.
+    pub(crate) spare_roots: Spares,
 }
 
 impl BuildDirs {
@@ -129,6 +199,8 @@ impl BuildDirs {
         Ok(Self {
             parent,
             counter: AtomicU64::new(0),
+            spare_dirs: Spares::default(),
+            spare_roots: Spares::default(),
         })
     }
 
@@ -137,11 +209,22 @@ impl BuildDirs {
         let dir = self
             .parent
             .join(format!("nix-build-{}-{n}", drv.name().as_str()));
+        if self.spare_dirs.take(&dir) {
+            return Ok(dir);
+        }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .map_err(BuildError::io("creating the build directory", &dir))?;
         Ok(dir)
+    }
+
+    /// Empties a build directory that is no longer used and keeps it for the next
+    /// build, or removes it.
+    fn release(&self, dir: &Path) -> Result<(), unrooted_sandbox::CleanupError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.spare_dirs
+            .give(dir, self.parent.join(format!("spare-{n}")))
     }
 }
 
@@ -489,7 +572,7 @@ fn build_inner(
                 let _ = remove_tree(&host_build_dir);
             }
         }
-    } else if let Err(e) = remove_tree(&host_build_dir) {
+    } else if let Err(e) = cx.dirs.release(&host_build_dir) {
         tracing::warn!("removing {}: {e}", host_build_dir.display());
     }
     result
@@ -586,11 +669,17 @@ fn run_builder(
     // The sandbox root (and with it every stray entry) goes away on every path out.
     let root = if sandboxed {
         let root = store.new_temp_path("chroot");
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&root)
-            .map_err(BuildError::io("creating the sandbox root", &root))?;
-        Some(RootGuard(root))
+        if !cx.dirs.spare_roots.take(&root) {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&root)
+                .map_err(BuildError::io("creating the sandbox root", &root))?;
+        }
+        Some(RootGuard {
+            path: root,
+            spare: store.new_temp_path("spare"),
+            spares: &cx.dirs.spare_roots,
+        })
     } else {
         None
     };
@@ -622,7 +711,7 @@ fn run_builder(
                 ));
             }
             let mut spec = SandboxSpec::new(
-                root.0.clone(),
+                root.path.clone(),
                 PathBuf::from(dir.as_str()),
                 host_build_dir.to_path_buf(),
                 builder.clone(),
@@ -651,7 +740,7 @@ fn run_builder(
                 (spec.host_uid, spec.host_gid) = pool.owner();
                 spec.id_slice = Some(lease.slice().clone());
                 spec.uid_range = uid_range;
-                spec.reclaim = vec![root.0.clone(), host_build_dir.to_path_buf()];
+                spec.reclaim = vec![root.path.clone(), host_build_dir.to_path_buf()];
             }
             let plan = Plan::new(&spec).map_err(|e| BuildError::Sandbox(e.into()))?;
             let helper = match (&cx.cfg.exec_helper, builtin) {
@@ -721,7 +810,7 @@ fn run_builder(
             .helper
             .reclaim(
                 &pool.reclaim_maps(lease.slice()),
-                &[root.0.clone(), host_build_dir.to_path_buf()],
+                &[root.path.clone(), host_build_dir.to_path_buf()],
             )
             .map_err(BuildError::from)?;
     }
@@ -790,10 +879,10 @@ fn run_builder(
         .iter()
         .map(|(name, p)| {
             let at = match &root {
-                Some(r) => {
-                    r.0.join(dir.as_str().trim_start_matches('/'))
-                        .join(p.to_base_name())
-                }
+                Some(r) => r
+                    .path
+                    .join(dir.as_str().trim_start_matches('/'))
+                    .join(p.to_base_name()),
                 None => store.real_path(p),
             };
             (name.clone(), at)
@@ -802,13 +891,21 @@ fn run_builder(
     finish_outputs(cx, drv_path, drv, outputs, &locations, closure)
 }
 
-/// Removes a sandbox root when dropped.
-struct RootGuard(PathBuf);
+/// Empties a sandbox root when dropped, keeping it as a spare (named `spare`) or
+/// removing it.
+struct RootGuard<'a> {
+    path: PathBuf,
+    spare: PathBuf,
+    spares: &'a Spares,
+}
 
-impl Drop for RootGuard {
+impl Drop for RootGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = remove_tree(&self.0) {
-            tracing::warn!("removing the sandbox root {}: {e}", self.0.display());
+        if let Err(e) = self
+            .spares
+            .give(&self.path, std::mem::take(&mut self.spare))
+        {
+            tracing::warn!("removing the sandbox root {}: {e}", self.path.display());
         }
     }
 }
@@ -1062,4 +1159,65 @@ fn check_reference_constraints(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn spares_come_back_empty_and_private_and_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spares = Spares::default();
+        // Nothing kept yet: the caller makes its own directory.
+        assert!(!spares.take(&tmp.path().join("a")));
+
+        // A used directory, with what a builder may leave: files, a read-only and an
+        // unreadable subdirectory, a symlink out, an odd mode on the top.
+        let used = tmp.path().join("used");
+        fs::create_dir(&used).unwrap();
+        fs::write(used.join("f"), b"x").unwrap();
+        fs::create_dir_all(used.join("ro/deep")).unwrap();
+        fs::write(used.join("ro/deep/g"), b"y").unwrap();
+        fs::set_permissions(used.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::create_dir(used.join("locked")).unwrap();
+        fs::set_permissions(used.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, b"kept").unwrap();
+        std::os::unix::fs::symlink(&outside, used.join("link")).unwrap();
+        fs::set_permissions(&used, fs::Permissions::from_mode(0o755)).unwrap();
+
+        spares.give(&used, tmp.path().join("spare-1")).unwrap();
+        assert!(!used.exists());
+        assert_eq!(fs::read(&outside).unwrap(), b"kept");
+        let next = tmp.path().join("next");
+        assert!(spares.take(&next));
+        assert_eq!(fs::read_dir(&next).unwrap().count(), 0, "handed out empty");
+        let mode = fs::symlink_metadata(&next).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        assert!(!tmp.path().join("spare-1").exists());
+
+        // At most MAX_SPARES are kept; the rest are removed.
+        for i in 0..MAX_SPARES + 2 {
+            let d = tmp.path().join(format!("d{i}"));
+            fs::create_dir(&d).unwrap();
+            spares.give(&d, tmp.path().join(format!("s{i}"))).unwrap();
+            assert!(!d.exists());
+        }
+        let kept = (0..MAX_SPARES + 2)
+            .filter(|i| tmp.path().join(format!("s{i}")).exists())
+            .count();
+        assert_eq!(kept, MAX_SPARES);
+
+        // A path that is not a directory is removed, not kept.
+        let file = tmp.path().join("file");
+        fs::write(&file, b"z").unwrap();
+        let taken = (0..MAX_SPARES)
+            .filter(|i| spares.take(&tmp.path().join(format!("t{i}"))))
+            .count();
+        assert_eq!(taken, MAX_SPARES);
+        spares.give(&file, tmp.path().join("s-file")).unwrap();
+        assert!(!file.exists() && !tmp.path().join("s-file").exists());
+    }
 }

@@ -47,7 +47,7 @@ mod sys;
 mod userns;
 pub mod wire;
 
-pub use cleanup::remove_tree;
+pub use cleanup::{empty_dir, remove_tree};
 pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
 pub use helper::{builtin_main, helper_main, helper_main_with_builtins, Builtin, BuiltinFn};
 pub use plan::{

@@ -54,6 +54,11 @@ pub struct SandboxArgs {
     /// Keep the sandbox root afterwards and print where it is.
     #[arg(long)]
     keep_root: bool,
+    /// Run the command this many times, each in a new sandbox (the root and the build
+    /// directory emptied in between, as the daemon does between builds), and print the
+    /// time per run: what one build's sandbox costs, without this process's own start.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: u32,
     /// The builder (a path inside the sandbox) and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -125,7 +130,23 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let sandbox =
         Sandbox::beside(&exe).unwrap_or_else(|| Sandbox::new(exe, vec![HELPER_VERB.into()]));
     let stdout = std::io::stdout();
-    let result = sandbox.run(&spec, stdout.as_fd());
+    let started = std::time::Instant::now();
+    let mut result = sandbox.run(&spec, stdout.as_fd());
+    for _ in 1..args.repeat {
+        if result.is_err() {
+            break;
+        }
+        unrooted_sandbox::empty_dir(&root)?;
+        unrooted_sandbox::empty_dir(&args.build_dir)?;
+        result = sandbox.run(&spec, stdout.as_fd());
+    }
+    if args.repeat > 1 {
+        eprintln!(
+            "{} runs, {:.3} ms per run",
+            args.repeat,
+            started.elapsed().as_secs_f64() * 1e3 / f64::from(args.repeat)
+        );
+    }
 
     let mut keep = args.keep_root;
     for out in &args.outputs {

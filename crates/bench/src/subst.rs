@@ -319,7 +319,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// as a real binary cache would use, so that the figure measures the daemons rather
 /// than the server), else with `python3 -m http.server`, which answers one request per
 /// connection and holds the GIL, and so dominates the wall time of both daemons.
-fn start_cache_server(cache: &Path, tmp: &Path, port: u16) -> anyhow::Result<(Guard, &'static str)> {
+fn start_cache_server(
+    cache: &Path,
+    tmp: &Path,
+    port: u16,
+) -> anyhow::Result<(Guard, &'static str)> {
     let nginx = Path::new("/usr/sbin/nginx");
     if nginx.exists() {
         let dir = tmp.join("nginx");

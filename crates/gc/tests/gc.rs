@@ -483,3 +483,37 @@ fn helper_roots_the_daemon_found_are_not_listed_twice() {
     assert_eq!(of(&readable), vec![gcroots.join("r").display().to_string()]);
     assert_eq!(of(&hidden), vec!["{censored}".to_owned()]);
 }
+
+/// Hostile roots: a user plants a million entries in its per-user roots directory.
+/// The daemon's own walk still finds the one real root among them, in bounded time
+/// (its bounds are 4,000,000 entries and 60 s; past them it refuses to delete), and
+/// the collection deletes exactly the dead path.
+#[test]
+fn a_million_entries_in_a_roots_directory_keep_their_root_in_bounded_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let state = tmp.path().join("state");
+    let kept = text(&store, "kept", "kept", &[]);
+    let dead = text(&store, "dead", "dead", &[]);
+    let many = state.join("gcroots/per-user/mallory");
+    fs::create_dir_all(&many).unwrap();
+    fill_with_entries(&many, 1_000_000);
+    symlink(store.print_path(&kept), many.join("the-real-root")).unwrap();
+
+    let started = std::time::Instant::now();
+    let temps = TempRoots::new();
+    let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
+    let took = started.elapsed();
+    let r = r.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    eprintln!("collection beside a million root entries: {took:?}");
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    assert_eq!(r.paths, BTreeSet::from([store.print_path(&dead)]));
+    assert!(store.is_valid_path(&kept).unwrap());
+    assert!(fs::symlink_metadata(store.real_path(&kept)).is_ok());
+    let roots = unrooted_gc::Collector::new(&store, no_helper(), &temps)
+        .find_roots(false)
+        .unwrap();
+    assert!(roots
+        .iter()
+        .any(|(l, p)| *p == kept && l.ends_with("the-real-root")));
+}

@@ -175,6 +175,64 @@ fn hostile_roots_give_the_right_answer_in_bounded_time() {
     );
 }
 
+/// Fills `dir` with `n` entries cheaply: hard links to a few empty files (ext4
+/// allows 65,000 links to one file), named `f<i>`, none of them a root.
+fn fill_with_entries(dir: &Path, n: usize) {
+    const PER_FILE: usize = 60_000;
+    let sources = dir.join(".sources");
+    fs::create_dir(&sources).unwrap();
+    for i in 0..n {
+        let source = sources.join(format!("s{}", i / PER_FILE));
+        if i % PER_FILE == 0 {
+            fs::write(&source, b"").unwrap();
+        }
+        fs::hard_link(&source, dir.join(format!("f{i}"))).unwrap();
+    }
+}
+
+/// A user plants a million entries in its per-user roots directory: the helper
+/// still answers with the one real root among them, within its own time bound (10
+/// s, after which it would send an error item); with bounds below the directory's
+/// size, it refuses with an error item naming the bound, never a shorter list.
+#[test]
+fn a_million_entries_get_the_right_answer_in_bounded_time() {
+    let env = Env::new();
+    let many = env.p("state/gcroots/per-user/mallory");
+    fs::create_dir_all(&many).unwrap();
+    fill_with_entries(&many, 1_000_000);
+    symlink(
+        format!("{}/bin/x", env.store(A)),
+        many.join("the-real-root"),
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    let out = env.run(None, &[]);
+    let took = started.elapsed();
+    eprintln!("helper answer beside a million root entries: {took:?}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(items(&out.stdout), vec![env.store(A)]);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    for (flags, bound) in [
+        (["--max-entries", "500000"], "more than 500000 entries"),
+        (["--max-seconds", "0"], "more than 0ns"),
+    ] {
+        let started = Instant::now();
+        let got = items(&env.run(None, &flags).stdout);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            got.iter()
+                .any(|i| i.starts_with("error: ") && i.contains(bound)),
+            "{flags:?}: {got:?}"
+        );
+    }
+}
+
 #[test]
 fn unreadable_root_is_an_error_item() {
     if !unrooted_testkit::daemon::is_root() {

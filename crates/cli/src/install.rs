@@ -64,6 +64,11 @@ pub struct InstallArgs {
     /// The roots helper binary to install [default: unrooted-find-roots beside this program].
     #[arg(long, value_name = "PATH")]
     find_roots_binary: Option<PathBuf>,
+    /// The sandbox helper to install beside the daemon's binary [default:
+    /// unrooted-sandbox beside this program, if there]; builders start faster through
+    /// it.
+    #[arg(long, value_name = "PATH")]
+    sandbox_binary: Option<PathBuf>,
     /// The unrooted binary the daemon runs [default: this program].
     #[arg(long, value_name = "PATH")]
     daemon_binary: Option<PathBuf>,
@@ -139,12 +144,16 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
         let beside = me.with_file_name("unrooted-find-roots");
         beside.is_file().then_some(beside)
     });
+    let sandbox_binary = args
+        .sandbox_binary
+        .or_else(|| Some(me.with_file_name("unrooted-sandbox")).filter(|p| p.is_file()));
     let opts = InstallOptions {
         host: host.clone(),
         layout,
         owner: args.store_owner,
         daemon_binary: args.daemon_binary.unwrap_or(me),
         roots_binary,
+        sandbox_binary,
         chown_kept_build_dirs: args.chown_kept_build_dirs,
         subids: args.subids.get(),
         build_slices: args.build_slices,

@@ -35,12 +35,16 @@ fn setup() -> Option<u32> {
 fn install(root: &Path, extra: &[&str]) -> Output {
     let roots_bin = root.parent().unwrap().join("fake-find-roots");
     fs::write(&roots_bin, b"#!/bin/sh\n").unwrap();
+    let sandbox_bin = root.parent().unwrap().join("fake-sandbox");
+    fs::write(&sandbox_bin, b"#!/bin/sh\n").unwrap();
     let out = Command::new(unrooted())
         .arg("install")
         .arg("--root")
         .arg(root)
         .args(["--store-owner", DAEMON_USER, "--find-roots-binary"])
         .arg(&roots_bin)
+        .arg("--sandbox-binary")
+        .arg(&sandbox_bin)
         .args(extra)
         .output()
         .unwrap();
@@ -234,7 +238,7 @@ fn subordinate_ids_and_apparmor_when_the_host_has_them() {
     );
     let profile = fs::read_to_string(root.join("etc/apparmor.d/unrooted-daemon")).unwrap();
     assert!(profile.contains(
-        "profile unrooted-daemon /usr/local/libexec/unrooted/unrooted flags=(unconfined) {"
+        "profile unrooted-daemon /usr/local/libexec/unrooted/{unrooted,unrooted-sandbox} flags=(unconfined) {"
     ));
     assert!(profile.contains("  userns,\n"));
     let daemon =

@@ -135,6 +135,14 @@ impl Layout {
         self.libexec_dir.join("unrooted")
     }
 
+    /// The installed sandbox helper without the builtin builders, which the daemon
+    /// starts for builders that execute a program because it starts faster (same
+    /// owner and mode as [`Layout::daemon_binary`], and under the same AppArmor
+    /// profile).
+    pub fn sandbox_binary(&self) -> PathBuf {
+        self.libexec_dir.join("unrooted-sandbox")
+    }
+
     /// The installed roots helper (root-owned, 0755).
     pub fn roots_binary(&self) -> PathBuf {
         self.libexec_dir.join("unrooted-find-roots")

@@ -37,6 +37,9 @@ pub struct InstallOptions {
     pub daemon_binary: PathBuf,
     /// The `unrooted-find-roots` binary to install, if found.
     pub roots_binary: Option<PathBuf>,
+    /// The `unrooted-sandbox` helper to install beside the daemon's binary, if found
+    /// (optional: without it the daemon starts builders through its own binary).
+    pub sandbox_binary: Option<PathBuf>,
     /// Give the daemon `CAP_CHOWN` for kept build directories.
     pub chown_kept_build_dirs: bool,
     /// Use subordinate ids: `None` = when `newuidmap` is installed.
@@ -355,6 +358,15 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         owner: (r.0, o.1),
         what: "the daemon's unrooted binary".into(),
     });
+    if let Some(src) = &opts.sandbox_binary {
+        steps.push(Step::File {
+            path: l.sandbox_binary(),
+            contents: read_binary(src)?,
+            mode: 0o750,
+            owner: (r.0, o.1),
+            what: "the sandbox helper".into(),
+        });
+    }
     match &opts.roots_binary {
         Some(src) => steps.push(Step::File {
             path: l.roots_binary(),
@@ -539,6 +551,7 @@ pub fn uninstall(
     }
     for p in [
         layout.daemon_binary(),
+        layout.sandbox_binary(),
         layout.roots_binary(),
         Path::new("/etc/apparmor.d").join(units::APPARMOR_PROFILE),
         "/etc/profile.d/unrooted.sh".into(),

@@ -337,10 +337,10 @@ pub fn units_to_enable() -> Vec<String> {
 /// The AppArmor profile name (also its file name under `/etc/apparmor.d`).
 pub const APPARMOR_PROFILE: &str = "unrooted-daemon";
 
-/// An AppArmor profile that lets the daemon's binary create user namespaces when the
-/// kernel restricts them to profiles that allow it (Ubuntu 23.10+). It attaches to
-/// the installed copy, which only the store owner's group may execute, so user
-/// namespaces are not opened to every user through `unrooted`.
+/// An AppArmor profile that lets the daemon's binary and its sandbox helper create
+/// user namespaces when the kernel restricts them to profiles that allow it (Ubuntu
+/// 23.10+). It attaches to the installed copies, which only the store owner's group
+/// may execute, so user namespaces are not opened to every user through `unrooted`.
 pub fn apparmor_profile(layout: &Layout) -> String {
     format!(
         "# Installed by `unrooted install`: the kernel restricts unprivileged user namespaces
@@ -349,13 +349,13 @@ pub fn apparmor_profile(layout: &Layout) -> String {
 abi <abi/4.0>,
 include <tunables/global>
 
-profile {APPARMOR_PROFILE} {exe} flags=(unconfined) {{
+profile {APPARMOR_PROFILE} {libexec}/{{unrooted,unrooted-sandbox}} flags=(unconfined) {{
   userns,
 
   include if exists <local/{APPARMOR_PROFILE}>
 }}
 ",
-        exe = layout.daemon_binary().display()
+        libexec = layout.libexec_dir.display()
     )
 }
 

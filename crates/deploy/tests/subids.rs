@@ -36,6 +36,7 @@ fn plan(root: &Path, slices: Option<u32>) -> Result<Vec<Step>, DeployError> {
         owner: OWNER.into(),
         daemon_binary: root.join("unrooted"),
         roots_binary: None,
+        sandbox_binary: None,
         chown_kept_build_dirs: false,
         subids: Some(true),
         apparmor: Some(false),

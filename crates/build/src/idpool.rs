@@ -367,7 +367,7 @@ impl IdPool {
     /// daemon's job, left to the sweeps after this). The one thing that can move under
     /// this walk is a build whose helper has not killed it yet: its builder may
     /// delete its own files, and a walk that meets a vanished entry stops with ENOENT.
-    /// Such a tree is walked again ([`retry_vanished`]): a vanished entry is one
+    /// Such a tree is walked again (`retry_vanished`): a vanished entry is one
     /// less to give back, not a failure. What such a build still creates behind the
     /// walk stays its ids'; the store's sweep keeps it with a warning, never failing
     /// the start, and the next start gives it back and removes it.

@@ -88,7 +88,7 @@ const GROUP: usize = 64;
 /// opened it under an earlier name waits until the file is let go; it is then
 /// unlinked and marked stale before it is unlocked, so that process starts over
 /// with the current lock file of its path (Nix's protocol). A crash leaves at most
-/// [`GROUP`] empty, unlocked lock files, as a crash of any lock holder does.
+/// `GROUP` empty, unlocked lock files, as a crash of any lock holder does.
 pub struct DeletionLock<'a> {
     store: &'a LocalStore,
     /// The real store directory, opened once: every name is resolved relative to

@@ -224,6 +224,12 @@ fn workloads(
     let mut live = Vec::new();
     let mut rates = Vec::new();
     for d in daemons {
+        // One connection first: nix-daemon 2.8 creates the database of a new store
+        // when a connection opens it, and several at once fail with "database is
+        // busy" in the handshake.
+        d.connect()?.query_valid_paths(BTreeSet::new(), false)?;
+    }
+    for d in daemons {
         let (paths, r1) = populate(d, "gc-live", n)?;
         let (_, r2) = populate(d, "gc-dead", n)?;
         live.push(paths);

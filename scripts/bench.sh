@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # The substitution workload serves its binary cache with nginx (a static server as
 # real caches use; python3 -m http.server is the fallback and dominates the figure).
 if ! [ -x /usr/sbin/nginx ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq nginx-light >/dev/null || true
 fi
 cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench -p unrooted-roots -p unrooted-sandbox
 exec target/release/unrooted-bench --unrooted target/release/unrooted "$@"

@@ -18,8 +18,9 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}"
+  # Wait for another apt or dpkg run (unattended upgrades) instead of failing.
+  as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need_apt[@]}"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -164,6 +164,17 @@ impl Database {
         &self.store_dir
     }
 
+    /// Caps this connection's page cache at `kib` KiB (SQLite's own default is 2 MiB),
+    /// for connections that only answer queries: a pool of them should not each grow
+    /// to the cache a collection needs.
+    pub fn limit_cache(&self, kib: u32) -> Result<(), DbError> {
+        run_pragma(
+            &self.conn,
+            &format!("pragma cache_size = -{kib}"),
+            "cache_size",
+        )
+    }
+
     /// The underlying connection, for inspection in tests and diagnostics.
     pub fn connection(&self) -> &Connection {
         &self.conn

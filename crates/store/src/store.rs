@@ -98,11 +98,16 @@ impl LocalStore {
             .pop();
         let db = match idle {
             Some(db) => db,
-            None => Database::open(
-                &self.config.state_dir.join("db"),
-                self.config.store_dir.clone(),
-                self.config.db,
-            )?,
+            None => {
+                let db = Database::open(
+                    &self.config.state_dir.join("db"),
+                    self.config.store_dir.clone(),
+                    self.config.db,
+                )?;
+                // Queries touch few pages; the writer keeps the big cache.
+                db.limit_cache(READER_CACHE_KIB)?;
+                db
+            }
         };
         Ok(Reader::Pooled {
             db: Some(db),
@@ -277,6 +282,9 @@ impl LocalStore {
 /// Idle reader connections kept for reuse; more than this many concurrent queries
 /// open connections that are closed after use.
 const MAX_IDLE_READERS: usize = 16;
+
+/// The page cache of each reader connection (SQLite's default size).
+const READER_CACHE_KIB: u32 = 2048;
 
 /// A connection lent to one query by [`LocalStore::reader`].
 pub(crate) enum Reader<'a> {

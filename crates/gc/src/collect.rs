@@ -108,6 +108,55 @@ type Graph = BTreeMap<StorePath, GraphNode>;
 /// All roots: store path → how it is rooted (link, `{temp:…}`, `{censored}`).
 type Roots = BTreeMap<StorePath, BTreeSet<String>>;
 
+/// The helper's second answer, on its way.
+struct SecondAnswer {
+    socket: PathBuf,
+    thread: std::thread::JoinHandle<Result<HelperAnswer, GcError>>,
+}
+
+impl SecondAnswer {
+    /// Waits for it and adds its roots to `roots`; returns those not there yet.
+    fn merge_into(self, roots: &mut Roots) -> Result<Vec<StorePath>, GcError> {
+        let answer = self
+            .thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        merge_answer(roots, answer, true, &self.socket)
+    }
+}
+
+/// Adds the roots of a helper answer to `roots` and returns those not there yet;
+/// with `strict`, an incomplete or failed answer is the error.
+fn merge_answer(
+    roots: &mut Roots,
+    answer: Result<HelperAnswer, GcError>,
+    strict: bool,
+    socket: &Path,
+) -> Result<Vec<StorePath>, GcError> {
+    let mut added = Vec::new();
+    match answer {
+        Ok(HelperAnswer::Roots(paths)) => {
+            // A path the daemon found rooted already is listed as it found it; the
+            // helper adds the roots only it could see.
+            for p in paths {
+                if let std::collections::btree_map::Entry::Vacant(v) = roots.entry(p) {
+                    added.push(v.key().clone());
+                    v.insert(BTreeSet::from(["{censored}".to_owned()]));
+                }
+            }
+        }
+        Ok(HelperAnswer::Incomplete(message)) if strict => {
+            return Err(GcError::HelperIncomplete {
+                socket: socket.to_owned(),
+                message,
+            })
+        }
+        Err(e) if strict => return Err(e),
+        Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
+    }
+    Ok(added)
+}
+
 /// A batch checked and invalidated ([`Collector::begin_batch`]).
 struct Begun {
     /// Pending in the registry.
@@ -170,7 +219,7 @@ impl<'a> Collector<'a> {
     /// and valid store path. With `censor`, everything not under the state directory
     /// (temporary, runtime and helper roots) shows as `{censored}`.
     pub fn find_roots(&self, censor: bool) -> Result<Vec<(String, StorePath)>, GcError> {
-        let (roots, _) = self.gather_roots(censor, &mut |_| {}, false, false)?;
+        let (roots, _, _) = self.gather_roots(censor, &mut |_| {}, false, false)?;
         let mut out = Vec::new();
         for (path, links) in roots {
             if self.store.is_valid_path(&path)? {
@@ -188,7 +237,7 @@ impl<'a> Collector<'a> {
         log: &mut dyn FnMut(&str),
         strict: bool,
         with_graph: bool,
-    ) -> Result<(Roots, Option<Graph>), GcError> {
+    ) -> Result<(Roots, Option<Graph>, Option<SecondAnswer>), GcError> {
         let (socket, resolves_unreadable) = match &self.config.roots_helper {
             RootsHelper::Socket(s) => (Some(s), true),
             RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
@@ -203,48 +252,36 @@ impl<'a> Collector<'a> {
         // which fails the collection; a helper restarted in between (or a fresh
         // socket-activated instance) answers in full. Roots added between the two
         // asks only make the union larger.
-        let ask = move |socket: &Path| {
-            let first = ask_helper(socket, store_dir);
-            let second = (strict && matches!(first, Ok(HelperAnswer::Roots(_))))
-                .then(|| ask_helper(socket, store_dir));
-            std::iter::once(first).chain(second).collect::<Vec<_>>()
-        };
+        //
+        // The second answer is not awaited here: the caller computes liveness and
+        // the deletion order from the roots it has meanwhile, and adds the second
+        // answer's roots (if it has any more) before deleting anything.
         // The helper's answers are awaited while the daemon finds the roots it can
         // read itself and reads the reference graph: they take about as long. A path
         // registered after the graph is read is not in it, so it is neither dead
         // nor missed: liveness asks the database about it.
-        let (local, graph, answers) = std::thread::scope(|scope| {
-            let answers = socket.map(|s| scope.spawn(move || ask(s)));
+        let (local, graph, first) = std::thread::scope(|scope| {
+            let first = socket.map(|s| scope.spawn(move || ask_helper(s, store_dir)));
             let local = self.local_roots(censor, log);
             let graph = match (&local, with_graph) {
                 (Ok(_), true) => Some(self.store.query_reference_graph()),
                 _ => None,
             };
-            let answers =
-                answers.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            (local, graph, answers.unwrap_or_default())
+            let first = first.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (local, graph, first)
         });
         let (mut roots, unresolved) = local?;
         let graph = graph.transpose()?;
-        for answer in answers {
-            match answer {
-                Ok(HelperAnswer::Roots(paths)) => {
-                    // A path the daemon found rooted already is listed as it found
-                    // it; the helper adds the roots only it could see.
-                    for p in paths {
-                        roots
-                            .entry(p)
-                            .or_insert_with(|| BTreeSet::from(["{censored}".to_owned()]));
-                    }
-                }
-                Ok(HelperAnswer::Incomplete(message)) if strict => {
-                    return Err(GcError::HelperIncomplete {
-                        socket: socket.cloned().unwrap_or_default(),
-                        message,
-                    })
-                }
-                Err(e) if strict => return Err(e),
-                Ok(HelperAnswer::Incomplete(_)) | Err(_) => {}
+        let mut second = None;
+        if let (Some(socket), Some(first)) = (socket, first) {
+            let complete = matches!(first, Ok(HelperAnswer::Roots(_)));
+            merge_answer(&mut roots, first, strict, socket)?;
+            if strict && complete {
+                let (socket, store_dir) = (socket.clone(), store_dir.clone());
+                second = Some(SecondAnswer {
+                    socket: socket.clone(),
+                    thread: std::thread::spawn(move || ask_helper(&socket, &store_dir)),
+                });
             }
         }
         if strict && !resolves_unreadable {
@@ -255,7 +292,7 @@ impl<'a> Collector<'a> {
                 });
             }
         }
-        Ok((roots, graph))
+        Ok((roots, graph, second))
     }
 
     /// The roots the daemon finds itself: its walk of `gcroots` and `profiles`,
@@ -391,15 +428,25 @@ impl<'a> Collector<'a> {
         }
         log("finding garbage collector roots...");
         let strict = options.action != GcAction::ReturnLive;
-        let (roots, graph) = self.gather_roots(false, log, strict, true)?;
+        let (mut roots, graph, second) = self.gather_roots(false, log, strict, true)?;
         let graph = match graph {
             Some(g) => g,
             None => self.store.query_reference_graph()?,
         };
-        let live = self.live_set(&graph, roots.keys().cloned())?;
+        // Liveness and the deletion order are computed while the helper's second
+        // answer is on its way, and again only if it names roots not seen yet.
+        let mut live = self.live_set(&graph, roots.keys().cloned())?;
+        let mut order = self.deletion_order(&graph, &live, &options.action)?;
+        if let Some(second) = second {
+            let added = second.merge_into(&mut roots)?;
+            if !added.is_empty() {
+                live.extend(self.live_set(&graph, added)?);
+                order = self.deletion_order(&graph, &live, &options.action)?;
+            }
+        }
         let mut result = GcResult::default();
         let print = |p: &StorePath| self.store.print_path(p);
-        let dead: Vec<StorePath> = match &options.action {
+        match &options.action {
             GcAction::ReturnLive => {
                 result.paths = live.iter().map(print).collect();
                 return Ok(result);
@@ -412,20 +459,8 @@ impl<'a> Collector<'a> {
                     .collect();
                 return Ok(result);
             }
-            GcAction::DeleteDead => graph
-                .keys()
-                .filter(|p| !live.contains(*p))
-                .cloned()
-                .collect(),
-            GcAction::DeleteSpecific(paths) => {
-                if let Some(p) = paths.iter().find(|p| live.contains(*p)) {
-                    return Err(GcError::StillAlive { path: print(p) });
-                }
-                let valid = self.store.query_valid_paths(paths)?;
-                valid.into_iter().collect()
-            }
-        };
-        let order = self.referrers_first(&graph, &dead)?;
+            GcAction::DeleteDead | GcAction::DeleteSpecific(_) => {}
+        }
         log("deleting garbage...");
         let specific = matches!(options.action, GcAction::DeleteSpecific(_));
         let limit_reached =
@@ -442,6 +477,33 @@ impl<'a> Collector<'a> {
         ));
         drop(lock);
         Ok(result)
+    }
+
+    /// What a deleting action deletes, referrers first (empty for the others); a
+    /// requested path that is alive is refused.
+    fn deletion_order(
+        &self,
+        graph: &Graph,
+        live: &BTreeSet<StorePath>,
+        action: &GcAction,
+    ) -> Result<Vec<StorePath>, GcError> {
+        let dead: Vec<StorePath> = match action {
+            GcAction::ReturnLive | GcAction::ReturnDead => return Ok(Vec::new()),
+            GcAction::DeleteDead => graph
+                .keys()
+                .filter(|p| !live.contains(*p))
+                .cloned()
+                .collect(),
+            GcAction::DeleteSpecific(paths) => {
+                if let Some(p) = paths.iter().find(|p| live.contains(*p)) {
+                    return Err(GcError::StillAlive {
+                        path: self.store.print_path(p),
+                    });
+                }
+                self.store.query_valid_paths(paths)?.into_iter().collect()
+            }
+        };
+        self.referrers_first(graph, &dead)
     }
 
     /// `paths` ordered so that every path comes before the paths it refers to.

@@ -517,3 +517,66 @@ fn a_million_entries_in_a_roots_directory_keep_their_root_in_bounded_time() {
         .iter()
         .any(|(l, p)| *p == kept && l.ends_with("the-real-root")));
 }
+
+/// A stand-in for the roots helper at `socket`: answers one connection with each of
+/// `answers` in turn, then stops listening (later connections are refused).
+fn fake_helper(socket: &std::path::Path, answers: Vec<String>) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        for answer in answers {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(answer.as_bytes()).unwrap();
+        }
+    })
+}
+
+/// The helper's answer ends at EOF, so one killed between two items looks like a
+/// shorter list. The collector asks again once the first answer is complete and
+/// uses the union: a root only the second answer names survives, and a helper that
+/// is gone by then makes the collection fail with nothing deleted.
+#[test]
+fn a_helper_answer_cut_short_loses_no_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let sp = |p| store.print_path(p);
+    let a = text(&store, "a", "a", &[]);
+    let b_dep = text(&store, "b-dep", "b-dep", &[]);
+    let b = text(&store, "b", "b", &[&b_dep]);
+    let c = text(&store, "c", "c", &[]);
+    let socket = tmp.path().join("helper.sock");
+    let config = unrooted_gc::GcConfig::new(unrooted_gc::RootsHelper::Socket(socket.clone()));
+    let temps = TempRoots::new();
+
+    // Cut short, then complete (a restarted or socket-activated helper).
+    let helper = fake_helper(
+        &socket,
+        vec![format!("{}\0", sp(&a)), format!("{}\0{}\0", sp(&a), sp(&b))],
+    );
+    let (r, _) = collect(
+        &store,
+        config.clone(),
+        &temps,
+        GcAction::DeleteDead,
+        u64::MAX,
+    );
+    helper.join().unwrap();
+    let r = r.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(r.paths, BTreeSet::from([sp(&c)]));
+    for p in [&a, &b, &b_dep] {
+        assert!(store.is_valid_path(p).unwrap(), "{} was deleted", sp(p));
+    }
+
+    // Cut short, then gone: refused, nothing deleted.
+    fs::remove_file(&socket).unwrap();
+    let helper = fake_helper(&socket, vec![format!("{}\0", sp(&a))]);
+    let (r, _) = collect(&store, config, &temps, GcAction::DeleteDead, u64::MAX);
+    helper.join().unwrap();
+    match r {
+        Err(GcError::AskHelper { socket: s, .. }) => assert_eq!(s, socket),
+        other => panic!("expected a failed second ask, got {other:?}"),
+    }
+    for p in [&a, &b, &b_dep] {
+        assert!(store.is_valid_path(p).unwrap(), "{} was deleted", sp(p));
+    }
+}

@@ -19,8 +19,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Nix's base-32 alphabet, the only characters of a store path's hash part.
-const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 /// Length of a store path's hash part.
 const HASH_LEN: usize = 32;
 /// Longest store path name after the hash part and the dash.
@@ -360,11 +358,17 @@ fn is_name_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"+-._?=".contains(&b)
 }
 
+/// Whether `b` is in Nix's base-32 alphabet (`0-9a-z` without `e o t u`), the only
+/// characters of a store path's hash part.
+fn is_nix32(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'a'..=b'd' | b'f'..=b'n' | b'p'..=b's' | b'v'..=b'z')
+}
+
 /// Whether `base` is `<32 base-32 characters>-<name>` as in a store path.
 pub fn is_base_name(base: &[u8]) -> bool {
     base.len() > HASH_LEN + 1
         && base.len() <= HASH_LEN + 1 + MAX_NAME_LEN
-        && base[..HASH_LEN].iter().all(|b| NIX32.contains(b))
+        && base[..HASH_LEN].iter().all(|&b| is_nix32(b))
         && base[HASH_LEN] == b'-'
         && base[HASH_LEN + 1..].iter().all(|&b| is_name_char(b))
         && base[HASH_LEN + 1] != b'.'

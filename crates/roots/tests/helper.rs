@@ -390,3 +390,16 @@ fn peer_instance_of_another_uid_is_refused() {
     assert!(out.status.success());
     assert_eq!(items(&out.stdout), vec![env.store(A)]);
 }
+
+#[test]
+fn base_names_use_nix_base32_only() {
+    use unrooted_roots::is_base_name;
+    let all = "0123456789abcdfghijklmnpqrsvwxyz";
+    assert!(is_base_name(format!("{all}-x").as_bytes()));
+    for bad in ['e', 'o', 't', 'u', 'A', '-', '/'] {
+        let hash: String = std::iter::once(bad).chain(all.chars().skip(1)).collect();
+        assert!(!is_base_name(format!("{hash}-x").as_bytes()), "{bad}");
+    }
+    assert!(!is_base_name(format!("{all}-").as_bytes()));
+    assert!(!is_base_name(format!("{all}-.x").as_bytes()));
+}

@@ -197,10 +197,6 @@ const BATCH: usize = 4096;
 /// invalidating the next batch.
 const DELETE_THREADS: usize = 2;
 
-/// Paths in a batch from which each deleting thread checks validity on its own
-/// database connection (opening one costs about a millisecond).
-const OWN_CONNECTION_MIN: usize = 256;
-
 /// Paths per deleting thread, at least (a thread for a few paths costs more than it
 /// saves).
 const DELETE_THREAD_MIN: usize = 32;
@@ -711,14 +707,10 @@ impl<'a> Collector<'a> {
                 let part = range.clone();
                 let handle = scope.spawn(move || {
                     let mut outcomes = Vec::with_capacity(part.len());
-                    let lock = if paths.len() >= OWN_CONNECTION_MIN {
-                        self.store.deletion_lock_with_connection()
-                    } else {
-                        Ok(self.store.deletion_lock())
-                    };
-                    let r = lock.and_then(|mut lock| {
-                        lock.delete_invalid_paths(&paths[part], &mut outcomes)
-                    });
+                    let r = self
+                        .store
+                        .deletion_lock()
+                        .delete_invalid_paths(&paths[part], &mut outcomes);
                     (outcomes, r.err())
                 });
                 (range, handle)

@@ -35,7 +35,6 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use unrooted_db::Database;
 use unrooted_format::StorePath;
 
 use crate::canonicalise::is_temporary_name;
@@ -98,9 +97,6 @@ pub struct DeletionLock<'a> {
     slots: Vec<Option<Carrier>>,
     /// Whether the file system renames without replacing (`renameat2`).
     rename: bool,
-    /// The lock's own database connection for its validity checks, if it asked
-    /// for one ([`LocalStore::deletion_lock_with_connection`]).
-    reader: Option<Database>,
 }
 
 /// A lock file a [`DeletionLock`] holds locked, its current name, and how many
@@ -237,13 +233,11 @@ impl DeletionLock<'_> {
             for (slot, base) in bases.iter().enumerate() {
                 locked.push(self.acquire(slot, base)?);
             }
-            let valid = self.store.db().valid_subset(
-                group
-                    .iter()
-                    .zip(&locked)
-                    .filter(|(_, l)| **l)
-                    .map(|(p, _)| p),
-            )?;
+            // A pooled reader: the check does not wait for the writer's connection
+            // while the collector invalidates the next batch on it (WAL lets a
+            // reader see every committed change while another connection writes).
+            let locked_paths = group.iter().zip(&locked).filter(|(_, l)| **l);
+            let valid = store.reader()?.valid_subset(locked_paths.map(|(p, _)| p))?;
             for ((path, base), locked) in group.iter().zip(&bases).zip(locked) {
                 outcomes.push(if !locked {
                     DeleteOutcome::Busy
@@ -347,24 +341,7 @@ impl LocalStore {
             dir: None,
             slots: Vec::new(),
             rename: true,
-            reader: None,
         }
-    }
-
-    /// A [`DeletionLock`] with its own database connection for its validity
-    /// checks, so that they do not wait for the store's connection while the
-    /// collector invalidates the next batch on it (WAL lets a reader see every
-    /// committed change while another connection writes). For deleting many paths:
-    /// opening a connection costs about a millisecond.
-    pub fn deletion_lock_with_connection(&self) -> Result<DeletionLock<'_>, StoreError> {
-        let reader = Database::open(
-            &self.config.state_dir.join("db"),
-            self.config.store_dir.clone(),
-            self.config.db,
-        )?;
-        let mut lock = self.deletion_lock();
-        lock.reader = Some(reader);
-        Ok(lock)
     }
 
     /// Deletes an invalid path from disk, holding its lock; a valid or busy path is

@@ -357,7 +357,9 @@ fn sixty_four_clients_of_two_users() {
     let elapsed = started.elapsed();
     // Connections closed: the daemon's fds return to the baseline.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while d.fd_count() > fds_start + 2 && Instant::now() < deadline {
+    while d.fd_count() > fds_start + 2 + unrooted_store::MAX_READER_CONNECTIONS
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -420,9 +422,13 @@ fn sixty_four_clients_of_two_users() {
         rss_end <= rss_start + RSS_GROWTH_BOUND_KIB,
         "VmRSS grew from {rss_start} to {rss_end} KiB"
     );
+    // Every client is gone, so the idle query connections are closed; SQLite keeps
+    // a closed connection's descriptor for reuse while the writer holds its lock on
+    // the file, so at most the pool's bound of them remain.
+    let pool_fds = unrooted_store::MAX_READER_CONNECTIONS;
     assert!(
-        fds_end <= fds_start + 2,
-        "fd leak: {fds_start} at the start, {fds_end} at the end"
+        fds_end <= fds_start + 2 + pool_fds,
+        "fd leak: {fds_start} at the start, {fds_end} at the end (the query connection pool accounts for {pool_fds})"
     );
     assert!(!d.proc_status("State").starts_with('Z'), "the daemon died");
     d.assert_store_clean();

@@ -112,11 +112,21 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     let listener = server::listen(&state.config.locations.socket_path)?;
     let state = Arc::new(state);
     gc_ops::spawn_auto_gc(Arc::clone(&state));
+    let active = std::sync::atomic::AtomicUsize::new(0);
     server::serve(
         listener,
         options.max_connections,
         options.max_connections_per_user,
-        move |stream| connection::handle(&state, stream),
+        move |stream| {
+            use std::sync::atomic::Ordering;
+            active.fetch_add(1, Ordering::SeqCst);
+            connection::handle(&state, stream);
+            // The last client gone: an idle daemon keeps no spare database
+            // connections (nor their descriptors) open.
+            if active.fetch_sub(1, Ordering::SeqCst) == 1 {
+                state.store.release_idle_readers();
+            }
+        },
     )
     .map_err(DaemonError::Serve)
 }

@@ -28,7 +28,7 @@ pub use config::{LocalStoreConfig, DEFAULT_RESERVED_SPACE};
 pub use error::StoreError;
 pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
 pub use optimise::OptimiseStats;
-pub use store::LocalStore;
+pub use store::{LocalStore, MAX_READER_CONNECTIONS};
 pub use tmp::TEMP_PREFIX;
 pub use unrooted_db::{DbOptions, GraphNode, ValidPathInfo};
 pub use verify::VerifyMessage;

@@ -28,7 +28,7 @@ use crate::tmp::TempArea;
 pub struct LocalStore {
     pub(crate) config: LocalStoreConfig,
     pub(crate) db: Mutex<Database>,
-    readers: Mutex<Vec<Database>>,
+    readers: Mutex<ReaderPool>,
     pub(crate) locks: LockMap,
     pub(crate) tmp: TempArea,
     _big_lock: File,
@@ -51,7 +51,7 @@ impl LocalStore {
         Ok(Self {
             config,
             db: Mutex::new(db),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(ReaderPool::default()),
             locks: LockMap::default(),
             tmp,
             _big_lock: big_lock,
@@ -84,35 +84,62 @@ impl LocalStore {
         self.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection for queries: an idle one from the pool, or a new one. Without WAL
+    /// A connection for queries: an idle one from the pool, or a new one while fewer
+    /// than [`MAX_READER_CONNECTIONS`] are open, else the writer's connection (the
+    /// query then waits for it, as every query did before the pool). Without WAL
     /// (`use-sqlite-wal = false`) readers would only wait for the writer's lock, so
     /// the writer's connection is shared instead.
     pub(crate) fn reader(&self) -> Result<Reader<'_>, StoreError> {
         if !self.config.db.use_wal {
             return Ok(Reader::Shared(self.db()));
         }
-        let idle = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let db = match idle {
-            Some(db) => db,
-            None => {
-                let db = Database::open(
-                    &self.config.state_dir.join("db"),
-                    self.config.store_dir.clone(),
-                    self.config.db,
-                )?;
-                // Queries touch few pages; the writer keeps the big cache.
-                db.limit_cache(READER_CACHE_KIB)?;
-                db
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = pool.idle.pop() {
+            return Ok(Reader::Pooled {
+                db: Some(db),
+                pool: &self.readers,
+            });
+        }
+        if pool.open >= MAX_READER_CONNECTIONS {
+            drop(pool);
+            return Ok(Reader::Shared(self.db()));
+        }
+        pool.open += 1;
+        drop(pool);
+        let opened = Database::open(
+            &self.config.state_dir.join("db"),
+            self.config.store_dir.clone(),
+            self.config.db,
+        )
+        .and_then(|db| {
+            // Queries touch few pages; the writer keeps the big cache.
+            db.limit_cache(READER_CACHE_KIB)?;
+            Ok(db)
+        });
+        match opened {
+            Ok(db) => Ok(Reader::Pooled {
+                db: Some(db),
+                pool: &self.readers,
+            }),
+            Err(e) => {
+                self.readers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .open -= 1;
+                Err(e.into())
             }
-        };
-        Ok(Reader::Pooled {
-            db: Some(db),
-            pool: &self.readers,
-        })
+        }
+    }
+
+    /// Closes the idle query connections (a new query opens one again); for a daemon
+    /// with no client left, so that an idle daemon holds no more descriptors and
+    /// memory than it needs.
+    pub fn release_idle_readers(&self) {
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = std::mem::take(&mut pool.idle);
+        pool.open -= idle.len();
+        drop(pool);
+        drop(idle);
     }
 
     /// Runs `f` on a reader inside one read transaction, so that a query made of
@@ -279,9 +306,18 @@ impl LocalStore {
     }
 }
 
-/// Idle reader connections kept for reuse; more than this many concurrent queries
-/// open connections that are closed after use.
-const MAX_IDLE_READERS: usize = 16;
+/// Query connections open at once at most. Two cores run two queries at a time;
+/// a few more cover threads preempted mid-query. Each connection holds descriptors
+/// (SQLite keeps a closed connection's descriptor for reuse while another connection
+/// holds a lock on the file), so the bound is also the most the pool ever adds.
+pub const MAX_READER_CONNECTIONS: usize = 8;
+
+/// The query connections: idle ones, and how many exist (idle or lent).
+#[derive(Debug, Default)]
+pub(crate) struct ReaderPool {
+    idle: Vec<Database>,
+    open: usize,
+}
 
 /// The page cache of each reader connection (SQLite's default size).
 const READER_CACHE_KIB: u32 = 2048;
@@ -291,7 +327,7 @@ pub(crate) enum Reader<'a> {
     /// A connection of the pool, given back on drop.
     Pooled {
         db: Option<Database>,
-        pool: &'a Mutex<Vec<Database>>,
+        pool: &'a Mutex<ReaderPool>,
     },
     /// The writer's connection, held for the query.
     Shared(MutexGuard<'a, Database>),
@@ -313,11 +349,11 @@ impl std::ops::Deref for Reader<'_> {
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let Reader::Pooled { db, pool } = self {
-            let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE_READERS {
-                if let Some(db) = db.take() {
-                    idle.push(db);
-                }
+            if let Some(db) = db.take() {
+                pool.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .idle
+                    .push(db);
             }
         }
     }

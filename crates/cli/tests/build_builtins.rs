@@ -7,62 +7,13 @@
 //! daemon itself could read it. HTTP is served by Python's `http.server` on loopback.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use unrooted_format::{hash::sha256, nar, Hash, HashAlgo, Hasher};
 use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
-
-/// Kills (and reaps) the HTTP server when the test ends, however it ends.
-struct Server(Child, PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    /// The request lines the server logged so far.
-    fn requests(&self) -> String {
-        fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
-/// Python's `http.server` over `dir` on a free loopback port; its request log goes
-/// to `log`.
-fn python_server(dir: &Path, log: &Path) -> (Server, u16) {
-    let mut child = Command::new("python3")
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .expect("starting python3 -m http.server");
-    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split_whitespace()
-        .skip_while(|w| *w != "port")
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    (Server(child, log.to_path_buf()), port)
-}
+use unrooted_testkit::http::PythonServer;
 
 struct Fixture {
     d: TestDaemon,
@@ -70,7 +21,7 @@ struct Fixture {
     served: PathBuf,
     /// Readable by the daemon, but not in the sandbox.
     hidden: PathBuf,
-    server: Server,
+    server: PythonServer,
     port: u16,
 }
 
@@ -92,7 +43,8 @@ fn prepared() -> Option<Fixture> {
         served.display()
     ));
     d.start();
-    let (server, port) = python_server(&served, &d.root().join("http.log"));
+    let server = PythonServer::start(&served, Some(&d.root().join("http.log")));
+    let port = server.port();
     Some(Fixture {
         d,
         served,

@@ -143,6 +143,28 @@ fn spawn_build(d: &TestDaemon, attrs: &[&str]) -> Child {
         .unwrap()
 }
 
+/// The daemon's real uid, as its `/proc` status says (the store owner).
+fn daemon_uid(d: &TestDaemon) -> u32 {
+    d.proc_status("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits for a client started by [`spawn_build`], asserts that it succeeded, and
+/// returns what it printed.
+fn wait_ok(child: Child) -> std::process::Output {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `Uid:`/`Gid:` (real ids) of a process, from `/proc/<pid>/status`.
 fn proc_ids(pid: u32) -> Option<(u32, u32)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -237,21 +259,10 @@ fn builder_is_1000_100_inside_and_a_slice_id_outside() {
         "the daemon says it uses slices: {}",
         d.log()
     );
-    let owner = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner = daemon_uid(&d);
     let child = spawn_build(&d, &["ids"]);
     let ids = builder_ids(&d, owner, 1);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = wait_ok(child);
     let path = String::from_utf8(out.stdout).unwrap();
     assert_eq!(fs::read_to_string(path.trim()).unwrap(), "1000 100\n");
     eprintln!("outside ids of the builder: {ids:?} (store owner {owner})");
@@ -275,21 +286,10 @@ fn two_concurrent_builds_run_under_different_outside_uids() {
     let Some((d, range)) = prepared(CONF) else {
         return;
     };
-    let owner = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner = daemon_uid(&d);
     let child = spawn_build(&d, &["conc1", "conc2"]);
     let ids = builder_ids(&d, owner, 2);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_ok(child);
     let uids: BTreeSet<u32> = ids.iter().map(|(u, _)| *u).collect();
     eprintln!("outside uids of two concurrent builders: {uids:?} (store owner {owner})");
     assert_eq!(uids.len(), 2, "two different slices: {ids:?}");
@@ -302,13 +302,7 @@ fn outputs_become_the_owners_with_canonical_modes_and_build_dirs_go() {
     let Some((d, range)) = prepared(CONF) else {
         return;
     };
-    let owner = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner = daemon_uid(&d);
     let out = build(&d, "odd");
     let mut entries = vec![Path::new(&out).to_path_buf()];
     let mut i = 0;
@@ -412,24 +406,13 @@ fn without_subordinate_ids_the_single_id_mode_warns_once() {
         assert_eq!(log.matches("single-id mode").count(), 1, "{log}");
         assert!(log.contains(why), "{log}");
         assert!(log.contains("WARN"), "{log}");
-        let owner: u32 = d
-            .proc_status("Uid")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let owner: u32 = daemon_uid(&d);
         let child = spawn_build(&d, &["ids"]);
         let ids = TestDaemon::descendants(d.pid())
             .into_iter()
             .filter_map(proc_ids)
             .collect::<Vec<_>>();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = wait_ok(child);
         let path = String::from_utf8(out.stdout).unwrap();
         assert_eq!(fs::read_to_string(path.trim()).unwrap(), "1000 100\n");
         assert!(ids.iter().all(|(u, _)| *u == owner), "{ids:?}");
@@ -690,13 +673,7 @@ fn a_daemon_killed_mid_build_leaves_nothing_once_restarted() {
     let Some((mut d, range)) = prepared(&CONF.replace("max-jobs = 4", "max-jobs = 8")) else {
         return;
     };
-    let owner: u32 = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner: u32 = daemon_uid(&d);
     let child = spawn_build(&d, &["killme"]);
     // Both builders run and made their unreadable trees.
     let old = d.pid();
@@ -770,12 +747,7 @@ fn a_daemon_killed_mid_build_leaves_nothing_once_restarted() {
     // All eight slices of the range at once.
     let child = spawn_build(&d, &["wide"]);
     let ids = builder_ids(&d, owner, 8);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_ok(child);
     let slices: BTreeSet<u32> = ids.iter().map(|(u, _)| (u - range.0) / 65536).collect();
     assert_eq!(slices, (0..8).collect(), "{ids:?}");
     assert!(
@@ -816,21 +788,10 @@ fn start_id_and_id_count_narrow_the_pool() {
         log.contains("max-jobs = 4 but the id pool holds 2 slices"),
         "{log}"
     );
-    let owner: u32 = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner: u32 = daemon_uid(&d);
     let child = spawn_build(&d, &["conc1", "conc2"]);
     let ids = builder_ids(&d, owner, 2);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_ok(child);
     let uids: BTreeSet<u32> = ids.iter().map(|(u, _)| *u).collect();
     assert_eq!(
         uids,
@@ -848,13 +809,7 @@ fn a_daemon_killed_alone_mid_build_restarts_at_once_and_leaves_nothing() {
     let Some((mut d, range)) = prepared(CONF) else {
         return;
     };
-    let owner: u32 = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner: u32 = daemon_uid(&d);
     let child = spawn_build(&d, &["killme"]);
     let old = d.pid();
     let t0 = Instant::now();
@@ -912,13 +867,7 @@ fn a_killed_sandbox_helper_leaves_no_process_in_its_slice() {
     let Some((d, range)) = prepared(CONF) else {
         return;
     };
-    let owner: u32 = d
-        .proc_status("Uid")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let owner: u32 = daemon_uid(&d);
     let child = spawn_build(&d, &["slow"]);
     let ids = builder_ids(&d, owner, 1);
     let (uid, _) = *ids.iter().next().expect("a builder runs");

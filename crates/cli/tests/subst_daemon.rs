@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
+use unrooted_testkit::http::PythonServer;
 
 const EXPR: &str = r#"
 let
@@ -133,33 +134,6 @@ fn prepared() -> Option<Fixture> {
     })
 }
 
-/// Python's `http.server` over `dir` on a free loopback port.
-fn python_server(dir: &Path) -> (Killed, String) {
-    let mut child = Command::new("python3")
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting python3 -m http.server");
-    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-    let url = url_from(&mut child, |l| {
-        let start = l.find("(http://")? + 1;
-        let rest = &l[start..];
-        let close = rest.find(')')?;
-        Some(rest[..close].trim_end_matches('/').to_owned())
-    });
-    (Killed(child), url)
-}
-
 impl Fixture {
     fn start(&mut self, url: &str, key: &str, extra: &str) {
         self.d.kill();
@@ -183,7 +157,8 @@ impl Fixture {
 #[test]
 fn the_daemon_substitutes_from_a_nix_made_cache_instead_of_building() {
     let Some(mut f) = prepared() else { return };
-    let (_server, url) = python_server(&f.cache);
+    let server = PythonServer::start(&f.cache, None);
+    let url = server.url();
     let key = f.public_key.clone();
     f.start(&url, &key, "");
     assert!(!f.marker.exists());
@@ -231,7 +206,8 @@ fn the_daemon_substitutes_from_a_nix_made_cache_instead_of_building() {
 #[test]
 fn inputs_of_a_derivation_no_cache_has_are_substituted_before_it_is_built() {
     let Some(mut f) = prepared() else { return };
-    let (_server, url) = python_server(&f.cache);
+    let server = PythonServer::start(&f.cache, None);
+    let url = server.url();
     let key = f.public_key.clone();
     f.start(&url, &key, "");
     assert!(!f.marker.exists() && !f.valid(&f.leaf));
@@ -286,7 +262,8 @@ fn inputs_of_a_derivation_no_cache_has_are_substituted_before_it_is_built() {
 #[test]
 fn corrupted_nars_wrong_keys_and_unreachable_caches_register_nothing() {
     let Some(mut f) = prepared() else { return };
-    let (_server, url) = python_server(&f.cache);
+    let server = PythonServer::start(&f.cache, None);
+    let url = server.url();
     // Signed by a key the daemon does not trust.
     let key = f.public_key.clone();
     let stranger = "stranger-1:".to_owned() + key.split_once(':').unwrap().1;
@@ -358,7 +335,8 @@ fn corrupted_nars_wrong_keys_and_unreachable_caches_register_nothing() {
 #[test]
 fn nix_copy_from_unrooted_serve() {
     let Some(mut f) = prepared() else { return };
-    let (_server, url) = python_server(&f.cache);
+    let server = PythonServer::start(&f.cache, None);
+    let url = server.url();
     let key = f.public_key.clone();
     f.start(&url, &key, "");
     f.d.client_ok("nix-store", &["-r", &f.top]);
@@ -456,7 +434,7 @@ fn nix_copy_from_unrooted_serve() {
         let _ = fs::set_permissions(dest.path(), fs::Permissions::from_mode(0o755));
     }
     // The python server was only needed for the first substitution.
-    drop(_server);
+    drop(server);
 }
 
 #[test]
@@ -467,7 +445,8 @@ fn query_valid_paths_with_substitute_fetches_what_the_caches_have() {
     use unrooted_protocol::ProtocolVersion;
 
     let Some(mut f) = prepared() else { return };
-    let (_server, url) = python_server(&f.cache);
+    let server = PythonServer::start(&f.cache, None);
+    let url = server.url();
     let key = f.public_key.clone();
     f.start(&url, &key, "");
     let dir = StoreDir::new(f.d.store_dir().to_str().unwrap()).unwrap();

@@ -3,9 +3,10 @@
 //! namespaces, writes the child's id maps from outside, relays whether the builder
 //! started, and stays as the builder's waiter until it ends.
 //!
-//! It is single-threaded from `main` to exit, which is what makes `clone` and the
+//! It is single-threaded whenever it clones, which is what makes `clone` and the
 //! child's setup (allocation, std I/O) sound; the daemon, being multi-threaded, could
-//! do neither after `fork`.
+//! do neither after `fork`. (One short-lived thread runs `newgidmap` beside
+//! `newuidmap` after the sandbox's clone and is joined before anything else.)
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -410,10 +411,13 @@ fn write_id_maps(pid: u32, ids: &IdMaps) -> Result<(), Report> {
             newuidmap,
             newgidmap,
         } => {
-            // Both run at once: each is a fork and exec of a setuid program, the
-            // main cost of the id-range mode.
-            let mut running = Vec::new();
-            for (tool, map) in [(newuidmap, &ids.uid_map), (newgidmap, &ids.gid_map)] {
+            // Both run at once, each from a thread of its own: each is a fork and
+            // exec of a setuid program, the main cost of the id-range mode, and one
+            // thread spawning both waits for the first one's exec before the second
+            // starts, which here left them one after the other. The threads end
+            // before anything else is cloned, so the helper is single-threaded again
+            // whenever that matters.
+            let run = |tool: &std::path::PathBuf, map: &[crate::plan::IdMapEntry]| {
                 let mut cmd = Command::new(tool);
                 cmd.arg(pid.to_string());
                 for e in map {
@@ -423,26 +427,31 @@ fn write_id_maps(pid: u32, ids: &IdMaps) -> Result<(), Report> {
                         e.count.to_string(),
                     ]);
                 }
-                running.push((tool, cmd.spawn()));
-            }
-            let mut outcome = Ok(());
-            for (tool, child) in running {
                 let fail = |errno| Report::Failed {
                     step: Step::RunningNewIdMap,
                     path: Some(tool.clone()),
                     errno,
                 };
-                let status = child.and_then(|mut c| c.wait());
-                let result = match status {
+                match cmd.spawn().and_then(|mut c| c.wait()) {
                     Ok(s) if s.success() => Ok(()),
                     Ok(_) => Err(fail(libc::EPERM)),
                     Err(e) => Err(fail(errno_of(&e))),
-                };
-                if outcome.is_ok() {
-                    outcome = result;
                 }
-            }
-            outcome?;
+            };
+            let (uid, gid) = std::thread::scope(|s| {
+                let gid = s.spawn(|| run(newgidmap, &ids.gid_map));
+                let uid = run(newuidmap, &ids.uid_map);
+                let gid = gid.join().unwrap_or_else(|_| {
+                    Err(Report::Failed {
+                        step: Step::RunningNewIdMap,
+                        path: Some(newgidmap.clone()),
+                        errno: libc::EIO,
+                    })
+                });
+                (uid, gid)
+            });
+            uid?;
+            gid?;
         }
     }
     Ok(())

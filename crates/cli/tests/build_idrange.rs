@@ -297,6 +297,82 @@ fn two_concurrent_builds_run_under_different_outside_uids() {
     assert!(all_slices_free(&d));
 }
 
+/// The user namespaces the daemon holds descriptors of (`user:[inode]` -> fd path).
+fn held_user_namespaces(d: &TestDaemon) -> std::collections::BTreeMap<String, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for e in fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap() {
+        let fd = e.unwrap().path();
+        if let Ok(target) = fs::read_link(&fd) {
+            let target = target.to_string_lossy().into_owned();
+            if target.starts_with("user:[") {
+                found.insert(target, fd.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn builds_of_one_slice_enter_the_namespace_the_daemon_mapped_once() {
+    let Some((d, range)) = prepared(CONF) else {
+        return;
+    };
+    let owner = daemon_uid(&d);
+    assert!(held_user_namespaces(&d).is_empty(), "none before any build");
+    build(&d, "bench.0");
+    let first = held_user_namespaces(&d);
+    assert_eq!(
+        first.len(),
+        1,
+        "one namespace for the first slice: {first:?}"
+    );
+    // Its maps, read from inside it (so the outer ids are the host's): the store
+    // owner is inner root and the rest of the slice follows.
+    let fd = first.values().next().unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--user={fd}"))
+        .args(["cat", "/proc/self/uid_map", "/proc/self/gid_map"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Vec<u64>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    let gid = u64::from(proc_ids(d.pid()).unwrap().1);
+    let start = u64::from(range.0);
+    assert_eq!(
+        lines,
+        vec![
+            vec![0, u64::from(owner), 1],
+            vec![1, start + 1, 65535],
+            vec![0, gid, 1],
+            vec![1, start + 1, 65535],
+        ]
+    );
+    // Later builds of that slice enter the same one: no new namespace is mapped.
+    for i in 1..4 {
+        build(&d, &format!("bench.{i}"));
+        assert_eq!(held_user_namespaces(&d), first, "after build {i}");
+    }
+    // Two at once hold two slices, so two namespaces.
+    wait_ok(spawn_build(&d, &["conc1", "conc2"]));
+    let both = held_user_namespaces(&d);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(first.keys().all(|k| both.contains_key(k)));
+    assert!(
+        leftovers(&d, range).is_empty(),
+        "{:?}",
+        leftovers(&d, range)
+    );
+    assert!(all_slices_free(&d));
+}
+
 #[test]
 fn outputs_become_the_owners_with_canonical_modes_and_build_dirs_go() {
     let Some((d, range)) = prepared(CONF) else {

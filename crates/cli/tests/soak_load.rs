@@ -426,9 +426,17 @@ fn sixty_four_clients_of_two_users() {
     // a closed connection's descriptor for reuse while the writer holds its lock on
     // the file, so at most the pool's bound of them remain.
     let pool_fds = unrooted_store::MAX_READER_CONNECTIONS;
+    // The sandbox keeps one mapped user namespace per id slice a build has used, and
+    // with max-jobs = 4 at most 4 slices are ever held at once.
+    let namespaces = fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("user:["))
+        .count();
+    assert!(namespaces <= 4, "{namespaces} kept user namespaces");
     assert!(
-        fds_end <= fds_start + 2 + pool_fds,
-        "fd leak: {fds_start} at the start, {fds_end} at the end (the query connection pool accounts for {pool_fds})"
+        fds_end <= fds_start + 2 + pool_fds + namespaces,
+        "fd leak: {fds_start} at the start, {fds_end} at the end (the query connection pool accounts for {pool_fds}, kept user namespaces for {namespaces})"
     );
     assert!(!d.proc_status("State").starts_with('Z'), "the daemon died");
     d.assert_store_clean();

@@ -98,10 +98,12 @@ pub enum Step {
     WritingNestedMaps = 41,
     /// Giving a finished build's files back to the store owner.
     Reclaiming = 42,
+    /// Entering the slice's user namespace that the daemon mapped before and keeps.
+    EnteringPremappedNamespace = 43,
 }
 
 impl Step {
-    const ALL: [Step; 42] = [
+    const ALL: [Step; 43] = [
         Step::ReadingPlan,
         Step::CreatingNamespaces,
         Step::WritingSetgroups,
@@ -144,6 +146,7 @@ impl Step {
         Step::SwitchingToBuilder,
         Step::WritingNestedMaps,
         Step::Reclaiming,
+        Step::EnteringPremappedNamespace,
     ];
 
     /// The wire code of this step.
@@ -202,6 +205,9 @@ impl Step {
             Step::SwitchingToBuilder => "switching to the builder's ids",
             Step::WritingNestedMaps => "writing the nested namespace's id maps",
             Step::Reclaiming => "giving the build's files back to the store owner:",
+            Step::EnteringPremappedNamespace => {
+                "entering the id slice's user namespace (mapped once, kept by the daemon)"
+            }
         }
     }
 }

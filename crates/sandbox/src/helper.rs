@@ -18,7 +18,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::error::Step;
-use crate::plan::{IdMapMethod, IdMaps};
+use crate::plan::{IdMapMethod, IdMaps, Plan};
 use crate::setup;
 use crate::sys::{self, Cloned};
 use crate::wire::{self, Report, Request};
@@ -49,8 +49,8 @@ pub fn helper_main_with_builtins(builtins: &[Builtin]) -> ! {
     };
     let mut sock = std::fs::File::from(sock);
     let code = match run(&mut sock, builtins) {
-        Ok(report) => {
-            let _ = sock.write_all(&report.encode());
+        Ok((report, fd)) => {
+            let _ = report.send_with_fd(sock.as_fd(), fd.as_ref().map(|f| f.as_fd()));
             0
         }
         Err(report) => {
@@ -112,12 +112,18 @@ fn thread_count() -> Option<u32> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report> {
-    let request = wire::read_request(sock).map_err(|e| Report::Failed {
-        step: Step::ReadingPlan,
-        path: None,
-        errno: errno_of(&e),
-    })?;
+/// Serves the daemon's one request; the final report may carry a descriptor (a mapped
+/// user namespace).
+fn run(
+    sock: &mut std::fs::File,
+    builtins: &[Builtin],
+) -> Result<(Report, Option<OwnedFd>), Report> {
+    let (request, passed) =
+        wire::read_request_with_fd(sock.as_fd()).map_err(|e| Report::Failed {
+            step: Step::ReadingPlan,
+            path: None,
+            errno: errno_of(&e),
+        })?;
     // clone() below is only sound in a single-threaded process.
     if thread_count() != Some(1) {
         return Err(Report::Failed {
@@ -128,8 +134,40 @@ fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report>
     }
     let plan = match request {
         Request::Build(plan) => plan,
-        Request::Reclaim { id_maps, paths } => return reclaim(&id_maps, &paths),
+        Request::Reclaim { id_maps, paths } => return reclaim(&id_maps, &paths).map(|r| (r, None)),
+        Request::MapNamespace { id_maps } => {
+            return map_namespace(&id_maps).map(|fd| (Report::Exited { code: 0 }, Some(fd)))
+        }
     };
+    build(sock, &plan, passed, builtins).map(|r| (r, None))
+}
+
+/// Runs one build: clones the sandbox's init into its namespaces, gives it its ids,
+/// relays whether the builder started, waits for it and gives its files back.
+fn build(
+    sock: &mut std::fs::File,
+    plan: &Plan,
+    passed: Option<OwnedFd>,
+    builtins: &[Builtin],
+) -> Result<Report, Report> {
+    // With a namespace mapped beforehand this process enters it, so the init is
+    // cloned into it rather than into a new one that would still need its maps. The
+    // helper is then the store owner's inner id there, with every capability in it
+    // (it is the namespace's owner), which it keeps for the reclaim below.
+    let entered = plan.id_maps.method == IdMapMethod::Enter;
+    if entered {
+        let failed = |errno| Report::Failed {
+            step: Step::EnteringPremappedNamespace,
+            path: None,
+            errno,
+        };
+        let userns = passed.ok_or(failed(libc::EBADF))?;
+        rustix::thread::move_into_link_name_space(
+            userns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::User),
+        )
+        .map_err(|e| failed(e.raw_os_error()))?;
+    }
 
     let pipe = |step| {
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| Report::Failed {
@@ -141,7 +179,10 @@ fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report>
     let (go_r, go_w) = pipe(Step::WaitingForIdMaps)?;
     let (err_r, err_w) = pipe(Step::ExecutingBuilder)?;
 
-    let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    if !entered {
+        flags |= libc::CLONE_NEWUSER;
+    }
     if plan.namespaces.net {
         flags |= libc::CLONE_NEWNET;
     }
@@ -155,7 +196,7 @@ fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report>
         Ok(Cloned::Child) => {
             drop(go_w);
             drop(err_r);
-            setup::run_child(&plan, go_r, err_w, builtins)
+            setup::run_child(plan, go_r, err_w, builtins)
         }
         Ok(Cloned::Parent(pid)) => pid,
         Err(e) => {
@@ -177,7 +218,7 @@ fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report>
     }
     // The build's user namespace outlives its processes while this descriptor is
     // open: the reclaim after the build enters it instead of mapping a new one.
-    let userns = if plan.id_maps.switch_ids && !plan.reclaim.is_empty() {
+    let userns = if plan.id_maps.switch_ids && !plan.reclaim.is_empty() && !entered {
         let path = format!("/proc/{pid}/ns/user");
         match rustix::fs::open(
             path.as_str(),
@@ -231,8 +272,62 @@ fn run(sock: &mut std::fs::File, builtins: &[Builtin]) -> Result<Report, Report>
     // ids any more.
     if let Some(userns) = userns {
         reclaim_in(&userns, &plan.id_maps, &plan.reclaim)?;
+    } else if entered && plan.id_maps.switch_ids {
+        // Already in the build's namespace as the owner's inner ids.
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
+        for p in &plan.reclaim {
+            crate::cleanup::chown_tree(p, uid, gid).map_err(|(path, e)| Report::Failed {
+                step: Step::Reclaiming,
+                path: Some(path),
+                errno: e.raw_os_error(),
+            })?;
+        }
     }
     Ok(ended)
+}
+
+/// Makes a user namespace with `ids` written by `newuidmap`/`newgidmap` and returns its
+/// descriptor, for the daemon to keep and builds to enter ([`IdMapMethod::Enter`]). The
+/// namespace lives as long as a descriptor of it is open; the child made to hold it
+/// exits at once.
+fn map_namespace(ids: &IdMaps) -> Result<OwnedFd, Report> {
+    let failed = |step, path, errno| Report::Failed { step, path, errno };
+    let (go_r, go_w) = pipe_with(PipeFlags::CLOEXEC)
+        .map_err(|e| failed(Step::CreatingNamespaces, None, e.raw_os_error()))?;
+    let pid = match sys::clone_into_namespaces(libc::CLONE_NEWUSER) {
+        Ok(Cloned::Child) => {
+            drop(go_w);
+            // Wait for the helper to be done with this process's namespace.
+            let mut byte = [0u8; 1];
+            let _ = rustix::io::read(&go_r, &mut byte);
+            sys::exit_child(0)
+        }
+        Ok(Cloned::Parent(pid)) => pid,
+        Err(e) => return Err(failed(Step::CreatingNamespaces, None, errno_of(&e))),
+    };
+    drop(go_r);
+    let child = Pid::from_raw(pid as i32).expect("clone returned a positive pid");
+    let opened = write_id_maps(pid, ids).and_then(|()| {
+        let path = format!("/proc/{pid}/ns/user");
+        rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| {
+            failed(
+                Step::CreatingNamespaces,
+                Some(path.into()),
+                e.raw_os_error(),
+            )
+        })
+    });
+    drop(go_w);
+    let _ = wait_for(child, None);
+    opened
 }
 
 /// The inner id the store owner (this process's `outer`) has in `map`.
@@ -407,6 +502,8 @@ fn write_id_maps(pid: u32, ids: &IdMaps) -> Result<(), Report> {
                 })?;
             }
         }
+        // Nothing to write: the namespace was mapped when it was made.
+        IdMapMethod::Enter => {}
         IdMapMethod::NewIdMap {
             newuidmap,
             newgidmap,

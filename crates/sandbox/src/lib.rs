@@ -14,8 +14,10 @@
 //! a second process outside the namespaces to write the id maps. So the daemon starts
 //! the helper with an ordinary spawn (fork+exec, sound anywhere) and sends it the plan;
 //! the helper, single-threaded, `clone`s the child into the namespaces (making it PID 1
-//! at once), writes its maps from outside, relays setup failures as typed errors naming
-//! the step, and stays as the builder's waiter; killing the helper kills the sandbox.
+//! at once), writes its maps from outside (or, for an id slice, first enters the user
+//! namespace mapped for that slice once and kept by [`Sandbox`]), relays setup failures
+//! as typed errors naming the step, and stays as the builder's waiter; killing the
+//! helper kills the sandbox.
 //!
 //! **Builtin builders** (`builtin:fetchurl`, `builtin:buildenv`,
 //! `builtin:unpack-channel`) run inside the sandbox too, never in the daemon: a plan

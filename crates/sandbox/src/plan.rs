@@ -59,7 +59,7 @@ pub struct Namespaces {
 }
 
 /// One line of a uid or gid map: `inner outer count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdMapEntry {
     /// First id inside the namespace.
     pub inner: u32,
@@ -83,6 +83,11 @@ pub enum IdMapMethod {
         /// Path of `newgidmap`.
         newgidmap: PathBuf,
     },
+    /// Enter a user namespace that already has exactly these maps: the daemon had one
+    /// mapped with `newuidmap`/`newgidmap` for the slice once and keeps its descriptor,
+    /// which travels with the plan (`SCM_RIGHTS`). Nothing is written and no setuid
+    /// program runs, so a build pays neither. Only [`crate::Sandbox`] sets it.
+    Enter,
 }
 
 /// The id maps of the sandbox's user namespace and the identity the builder runs as.

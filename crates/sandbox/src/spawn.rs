@@ -1,25 +1,44 @@
 //! The daemon's side: start the helper with a plan, learn whether the builder started,
 //! wait for it or kill it.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{MountLockOutcome, SandboxError, Step};
-use crate::plan::{Plan, SandboxSpec};
+use crate::plan::{IdMapEntry, IdMapMethod, Plan, SandboxSpec};
 use crate::userns;
 use crate::wire::{self, Report};
 
 /// How to start the sandbox helper (a binary whose `main` calls
 /// [`crate::helper_main`]).
+///
+/// It also keeps, for each set of id maps it has built with, a user namespace mapped
+/// with them once (see [`IdMapMethod::Enter`]): a build of an id slice then enters it
+/// instead of having `newuidmap` and `newgidmap` (two setuid programs, about 2 ms)
+/// write a new one's maps. Only the helper and the sandbox's init before it switches
+/// to the builder's ids ever act in such a namespace: the builder itself runs in a
+/// nested namespace made for each build, and the namespaces' per-namespace state
+/// (keyrings, `binfmt_misc`, resource counts) belongs to that nested one. Clones share
+/// the kept namespaces; they are closed with the last clone.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     program: PathBuf,
     args: Vec<OsString>,
+    namespaces: Arc<Mutex<HashMap<MapsKey, Arc<OwnedFd>>>>,
 }
+
+/// The uid and gid maps a kept namespace has.
+type MapsKey = (Vec<IdMapEntry>, Vec<IdMapEntry>);
+
+/// At most this many namespaces are kept (one descriptor each): a pool of 128 slices
+/// in both layouts fits.
+const MAX_KEPT_NAMESPACES: usize = 256;
 
 /// How a sandboxed builder ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +73,7 @@ impl Sandbox {
         Sandbox {
             program: program.into(),
             args,
+            namespaces: Arc::default(),
         }
     }
 
@@ -84,6 +104,10 @@ impl Sandbox {
     /// once it has been executed inside the finished sandbox, or with the step that
     /// failed.
     pub fn spawn(&self, plan: &Plan, log: BorrowedFd<'_>) -> Result<SandboxChild, SandboxError> {
+        let userns = match plan.id_maps.method {
+            IdMapMethod::NewIdMap { .. } => self.mapped_namespace(&plan.id_maps),
+            _ => None,
+        };
         let helper_io = |source| SandboxError::HelperIo { source };
         let (mut ours, theirs) = UnixStream::pair().map_err(helper_io)?;
         let out = log.try_clone_to_owned().map_err(helper_io)?;
@@ -99,7 +123,11 @@ impl Sandbox {
                 helper: self.program.clone(),
                 source,
             })?;
-        let started = wire::write_plan(&mut ours, plan)
+        let sent = match &userns {
+            Some(ns) => wire::send_plan_entering(ours.as_fd(), plan, ns.as_fd()),
+            None => wire::write_plan(&mut ours, plan),
+        };
+        let started = sent
             .and_then(|()| Report::read(&mut ours))
             .map_err(helper_io);
         let report = match started {
@@ -122,6 +150,62 @@ impl Sandbox {
                 let _ = helper.wait();
                 Err(setup_error(other))
             }
+        }
+    }
+
+    /// The kept namespace with `ids`' maps, made now if there is none yet; `None` if
+    /// making one failed, in which case the build's helper maps a namespace of its own
+    /// as it would without this (and reports the failure, if it fails again).
+    fn mapped_namespace(&self, ids: &crate::IdMaps) -> Option<Arc<OwnedFd>> {
+        let key = (ids.uid_map.clone(), ids.gid_map.clone());
+        let kept = |m: &Mutex<HashMap<MapsKey, Arc<OwnedFd>>>| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned()
+        };
+        if let Some(ns) = kept(&self.namespaces) {
+            return Some(ns);
+        }
+        // Two builds of one slice never run at once (the slice's lock), so making it
+        // outside the lock races at most with a build of another slice.
+        let ns = Arc::new(self.map_namespace(ids).ok()?);
+        let mut map = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() < MAX_KEPT_NAMESPACES {
+            return Some(Arc::clone(map.entry(key).or_insert(ns)));
+        }
+        Some(ns)
+    }
+
+    /// Has a helper make a user namespace with `ids`' maps and returns its descriptor.
+    fn map_namespace(&self, ids: &crate::IdMaps) -> Result<OwnedFd, SandboxError> {
+        let helper_io = |source| SandboxError::HelperIo { source };
+        let (ours, theirs) = UnixStream::pair().map_err(helper_io)?;
+        let mut helper = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_clear()
+            .spawn()
+            .map_err(|source| SandboxError::SpawningHelper {
+                helper: self.program.clone(),
+                source,
+            })?;
+        let answer = wire::send_map_namespace(ours.as_fd(), ids)
+            .and_then(|()| Report::read_with_fd(ours.as_fd()))
+            .map_err(helper_io);
+        let _ = helper.wait();
+        match answer? {
+            (Some(Report::Exited { code: 0 }), Some(fd)) => Ok(fd),
+            (Some(Report::Failed { step, path, errno }), _) => Err(SandboxError::Setup {
+                step,
+                path,
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            _ => Err(SandboxError::HelperProtocol {
+                what: "the helper sent no mapped user namespace",
+            }),
         }
     }
 

@@ -8,7 +8,9 @@
 //! an error, never a panic.
 
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
@@ -29,10 +31,18 @@ pub enum Request {
         /// Host paths whose trees are reclaimed.
         paths: Vec<PathBuf>,
     },
+    /// Make a user namespace with these maps (written by `newuidmap`/`newgidmap`) and
+    /// send its descriptor back with the final report, for builds to enter later
+    /// ([`IdMapMethod::Enter`]).
+    MapNamespace {
+        /// The namespace's maps.
+        id_maps: IdMaps,
+    },
 }
 
 const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-4\n";
 const RECLAIM_MAGIC: &[u8] = b"unrooted-sandbox-reclaim-1\n";
+const MAP_NAMESPACE_MAGIC: &[u8] = b"unrooted-sandbox-map-namespace-1\n";
 /// The largest plan frame accepted (a closure of 100 000 paths is far below this).
 pub const MAX_PLAN_BYTES: u64 = 64 << 20;
 const MAX_ITEMS: u32 = 1 << 20;
@@ -145,9 +155,13 @@ fn dec_map(d: &mut Dec) -> DecResult<Vec<IdMapEntry>> {
 }
 
 fn enc_id_maps(e: &mut Enc, ids: &IdMaps) {
+    enc_id_maps_with(e, ids, &ids.method)
+}
+
+fn enc_id_maps_with(e: &mut Enc, ids: &IdMaps, method: &IdMapMethod) {
     enc_map(e, &ids.uid_map);
     enc_map(e, &ids.gid_map);
-    match &ids.method {
+    match method {
         IdMapMethod::Direct => e.u8(0),
         IdMapMethod::NewIdMap {
             newuidmap,
@@ -157,6 +171,7 @@ fn enc_id_maps(e: &mut Enc, ids: &IdMaps) {
             e.os(newuidmap.as_os_str());
             e.os(newgidmap.as_os_str());
         }
+        IdMapMethod::Enter => e.u8(2),
     }
     e.u32(ids.builder_uid);
     e.u32(ids.builder_gid);
@@ -173,6 +188,7 @@ fn dec_id_maps(d: &mut Dec) -> DecResult<IdMaps> {
             newuidmap: d.path()?,
             newgidmap: d.path()?,
         },
+        2 => IdMapMethod::Enter,
         _ => return Err("bad id map method"),
     };
     Ok(IdMaps {
@@ -198,8 +214,22 @@ pub fn encode_reclaim(id_maps: &IdMaps, paths: &[PathBuf]) -> Vec<u8> {
     e.0
 }
 
-/// Decodes a request: a plan or a reclaim.
+/// Encodes a request for a mapped user namespace's descriptor.
+pub fn encode_map_namespace(id_maps: &IdMaps) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.0.extend_from_slice(MAP_NAMESPACE_MAGIC);
+    enc_id_maps(&mut e, id_maps);
+    e.0
+}
+
+/// Decodes a request: a plan, a reclaim or a namespace to map.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, &'static str> {
+    if let Some(rest) = bytes.strip_prefix(MAP_NAMESPACE_MAGIC) {
+        let mut d = Dec(rest);
+        let id_maps = dec_id_maps(&mut d)?;
+        d.end()?;
+        return Ok(Request::MapNamespace { id_maps });
+    }
     if !bytes.starts_with(RECLAIM_MAGIC) {
         return decode_plan(bytes).map(|p| Request::Build(Box::new(p)));
     }
@@ -216,12 +246,18 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, &'static str> {
 
 /// Encodes a plan (without the frame length).
 pub fn encode_plan(plan: &Plan) -> Vec<u8> {
+    encode_plan_with(plan, &plan.id_maps.method)
+}
+
+/// Encodes `plan` as if its id maps were written by `method`: the daemon sends a plan
+/// whose slice namespace it already has as [`IdMapMethod::Enter`].
+pub fn encode_plan_with(plan: &Plan, method: &IdMapMethod) -> Vec<u8> {
     let mut e = Enc::default();
     e.0.extend_from_slice(PLAN_MAGIC);
     e.bool(plan.namespaces.net);
     e.bool(plan.namespaces.ipc);
     e.bool(plan.namespaces.uts);
-    enc_id_maps(&mut e, &plan.id_maps);
+    enc_id_maps_with(&mut e, &plan.id_maps, method);
     e.os(plan.root.as_os_str());
     e.u32(plan.root_mode);
     e.len(plan.mounts.len());
@@ -431,7 +467,7 @@ fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
 pub fn read_plan(r: &mut impl Read) -> io::Result<Plan> {
     match read_request(r)? {
         Request::Build(plan) => Ok(*plan),
-        Request::Reclaim { .. } => Err(io::Error::new(
+        Request::Reclaim { .. } | Request::MapNamespace { .. } => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "expected a sandbox plan",
         )),
@@ -578,6 +614,162 @@ impl Report {
     }
 }
 
+/// Sends `bytes` on the stream socket `sock`, with `fd` (if any) attached to the first
+/// of them as `SCM_RIGHTS`, so the reader receives it with its first read of these
+/// bytes ([`recv_exact_with_fd`]).
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut sent = 0;
+    if let (Some(fd), false) = (fd, bytes.is_empty()) {
+        let fds = [fd];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for a descriptor in the message"));
+        }
+        sent = loop {
+            match sendmsg(
+                sock,
+                &[IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+    }
+    while sent < bytes.len() {
+        match rustix::net::send(sock, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf` from the stream socket `sock`, returning the first descriptor that came
+/// with those bytes (received close-on-exec; any further ones are closed). A stream
+/// that ends first is `UnexpectedEof`.
+pub fn recv_exact_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<OwnedFd>> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut got = 0;
+    let mut fd = None;
+    while got < buf.len() {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let n = match recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf[got..])],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = msg {
+                for f in fds {
+                    fd.get_or_insert(f);
+                }
+            }
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    Ok(fd)
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + body.len());
+    f.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// Sends `plan` as one to build in the already mapped user namespace `userns`
+/// ([`IdMapMethod::Enter`]), the namespace's descriptor attached.
+pub fn send_plan_entering(
+    sock: BorrowedFd<'_>,
+    plan: &Plan,
+    userns: BorrowedFd<'_>,
+) -> io::Result<()> {
+    send_with_fd(
+        sock,
+        &frame(&encode_plan_with(plan, &IdMapMethod::Enter)),
+        Some(userns),
+    )
+}
+
+/// Sends a [`Request::MapNamespace`].
+pub fn send_map_namespace(sock: BorrowedFd<'_>, id_maps: &IdMaps) -> io::Result<()> {
+    send_with_fd(sock, &frame(&encode_map_namespace(id_maps)), None)
+}
+
+/// Reads a request frame from the socket `sock`, with the descriptor that came with
+/// it, if any.
+pub fn read_request_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Request, Option<OwnedFd>)> {
+    let mut len = [0u8; 8];
+    let fd = recv_exact_with_fd(sock, &mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_PLAN_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sandbox plan too large",
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    // A descriptor is only ever sent with a frame's first bytes.
+    drop(recv_exact_with_fd(sock, &mut body)?);
+    let request =
+        decode_request(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))?;
+    Ok((request, fd))
+}
+
+impl Report {
+    /// Sends this report on the socket `sock` with `fd` attached.
+    pub fn send_with_fd(&self, sock: BorrowedFd<'_>, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        send_with_fd(sock, &self.encode(), fd)
+    }
+
+    /// Reads one report from the socket `sock` with the descriptor that came with it;
+    /// `Ok((None, None))` at a clean end of stream.
+    pub fn read_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Option<Report>, Option<OwnedFd>)> {
+        let mut len = [0u8; 4];
+        let fd = match recv_exact_with_fd(sock, &mut len) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((None, None)),
+            Err(e) => return Err(e),
+        };
+        let report = Report::read(&mut len.as_slice().chain(SocketReader(sock)))?;
+        Ok((report, fd))
+    }
+}
+
+/// Plain reads from a socket borrowed as a descriptor.
+struct SocketReader<'a>(BorrowedFd<'a>);
+
+impl Read for SocketReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match rustix::io::read(self.0, &mut *buf) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return r.map_err(io::Error::from),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,6 +800,54 @@ mod tests {
         let mut buf = Vec::new();
         write_plan(&mut buf, &p).unwrap();
         assert_eq!(read_plan(&mut buf.as_slice()).unwrap(), p);
+    }
+
+    #[test]
+    fn a_plan_entering_a_namespace_carries_its_descriptor() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let p = plan();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Any descriptor shows it travels: this file's identity must come out.
+        let file = std::fs::File::open("/proc/self/ns/user").unwrap();
+        send_plan_entering(a.as_fd(), &p, file.as_fd()).unwrap();
+        send_map_namespace(a.as_fd(), &p.id_maps).unwrap();
+        let (request, fd) = read_request_with_fd(b.as_fd()).unwrap();
+        let Request::Build(got) = request else {
+            panic!("a build request")
+        };
+        assert_eq!(got.id_maps.method, IdMapMethod::Enter);
+        let mut expected = p.clone();
+        expected.id_maps.method = IdMapMethod::Enter;
+        assert_eq!(*got, expected);
+        let fd = std::fs::File::from(fd.expect("the descriptor came with the plan"));
+        let (m1, m2) = (fd.metadata().unwrap(), file.metadata().unwrap());
+        assert_eq!((m1.dev(), m1.ino()), (m2.dev(), m2.ino()));
+        // The next frame carries none.
+        let (request, fd) = read_request_with_fd(b.as_fd()).unwrap();
+        assert_eq!(
+            request,
+            Request::MapNamespace {
+                id_maps: p.id_maps.clone()
+            }
+        );
+        assert!(fd.is_none());
+        // A report with a descriptor, then one without, then the end.
+        Report::Exited { code: 0 }
+            .send_with_fd(a.as_fd(), Some(file.as_fd()))
+            .unwrap();
+        Report::Signaled { signal: 9 }
+            .send_with_fd(a.as_fd(), None)
+            .unwrap();
+        drop(a);
+        let (r, fd) = Report::read_with_fd(b.as_fd()).unwrap();
+        assert_eq!(r, Some(Report::Exited { code: 0 }));
+        assert!(fd.is_some());
+        let (r, fd) = Report::read_with_fd(b.as_fd()).unwrap();
+        assert_eq!(r, Some(Report::Signaled { signal: 9 }));
+        assert!(fd.is_none());
+        let (r, fd) = Report::read_with_fd(b.as_fd()).unwrap();
+        assert!(r.is_none() && fd.is_none());
     }
 
     #[test]

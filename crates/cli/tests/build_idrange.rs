@@ -948,9 +948,14 @@ fn a_killed_sandbox_helper_leaves_no_process_in_its_slice() {
     let ids = builder_ids(&d, owner, 1);
     let (uid, _) = *ids.iter().next().expect("a builder runs");
     let slice = (uid - 1000, 65536);
+    // The build's helper, not the spare one waiting for the next build.
     let helpers: Vec<u32> = TestDaemon::descendants(d.pid())
         .into_iter()
         .filter(|p| proc_ids(*p).is_some_and(|(u, _)| u == owner))
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "sandbox-helper")
+        })
         .collect();
     assert_eq!(helpers.len(), 1, "one sandbox helper: {helpers:?}");
     let killed = std::process::Command::new("kill")

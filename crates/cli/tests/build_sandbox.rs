@@ -316,11 +316,13 @@ fn a_missing_opaque_path_fails_as_in_nix() {
     );
 }
 
-/// The daemon's descendants (sandbox helpers and builders); other tests' daemons run
-/// as the same user, so the process tree decides.
+/// The daemon's descendants that serve builds (sandbox helpers with a plan, and
+/// builders); other tests' daemons run as the same user, so the process tree decides.
+/// The spare helper that waits, started, for the next build (`sandbox-spare` until it
+/// has a plan) is not one of them.
 fn daemon_children(d: &TestDaemon) -> Vec<String> {
     let out = std::process::Command::new("ps")
-        .args(["-e", "-o", "pid=,ppid=,args="])
+        .args(["-e", "-o", "pid=,ppid=,comm=,args="])
         .output()
         .unwrap();
     let procs: Vec<(u32, u32, String)> = String::from_utf8_lossy(&out.stdout)
@@ -329,7 +331,9 @@ fn daemon_children(d: &TestDaemon) -> Vec<String> {
             let mut w = l.split_whitespace();
             let pid = w.next()?.parse().ok()?;
             let ppid = w.next()?.parse().ok()?;
-            Some((pid, ppid, w.collect::<Vec<_>>().join(" ")))
+            let comm = w.next()?;
+            let args = w.collect::<Vec<_>>().join(" ");
+            (comm != "sandbox-spare").then_some((pid, ppid, args))
         })
         .collect();
     let mut tree = vec![d.pid()];
@@ -343,6 +347,68 @@ fn daemon_children(d: &TestDaemon) -> Vec<String> {
         }
     }
     found
+}
+
+/// The daemon's descendants named `name` (`/proc/<pid>/comm`).
+fn descendants_named(d: &TestDaemon, name: &str) -> Vec<u32> {
+    TestDaemon::descendants(d.pid())
+        .into_iter()
+        .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == name))
+        .collect()
+}
+
+/// Waits (at most 20 s) until the daemon has exactly one descendant named `name`.
+fn the_one_named(d: &TestDaemon, name: &str) -> u32 {
+    let t0 = Instant::now();
+    loop {
+        let found = descendants_named(d, name);
+        if let [one] = found[..] {
+            return one;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "not exactly one {name}: {found:?}; {}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// One helper is started ahead of the next build and serves it (the build's helper
+/// is that process); the next spare is started once the build has ended, and a spare
+/// killed while it waits is not used: the build starts a helper of its own and
+/// succeeds.
+#[test]
+fn a_spare_helper_serves_the_next_build_and_a_killed_one_is_replaced() {
+    let Some(d) = prepared() else { return };
+    let spare = the_one_named(&d, "sandbox-spare");
+    let mut client = d
+        .client("nix-build")
+        .args([&expr(&d), "-A", "slow", "--no-out-link"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        the_one_named(&d, "sandbox-helper"),
+        spare,
+        "the spare runs the build"
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let next = the_one_named(&d, "sandbox-spare");
+    assert_ne!(next, spare);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &next.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = build(&d, "trivial");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "hello\n");
+    let third = the_one_named(&d, "sandbox-spare");
+    assert!(third != next && third != spare);
+    let mut d = d;
+    assert!(d.is_running());
 }
 
 #[test]

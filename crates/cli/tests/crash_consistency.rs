@@ -556,7 +556,11 @@ fn sigkill_daemon_and_builders_during_builds() {
         // Wait for a process of a build to appear, then kill a random one.
         let deadline = Instant::now() + Duration::from_secs(20);
         let victim = loop {
-            let procs = TestDaemon::descendants(h.d.pid());
+            // Not the spare helper waiting for the next build (it has no plan yet).
+            let procs: Vec<u32> = TestDaemon::descendants(h.d.pid())
+                .into_iter()
+                .filter(|p| comm(*p) != "sandbox-spare")
+                .collect();
             if !procs.is_empty() {
                 break Some(procs[h.rng.below(procs.len() as u64) as usize]);
             }

@@ -47,6 +47,13 @@ pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::Bu
     }
     let s = &config.settings;
     cfg.sandbox = s.sandbox != SandboxMode::Disabled;
+    if cfg.sandbox {
+        // The helper that starts builders keeps a spare waiting for the next build.
+        match cfg.exec_helper.take() {
+            Some(fast) => cfg.exec_helper = Some(fast.with_spare_helper()),
+            None => cfg.helper = cfg.helper.clone().with_spare_helper(),
+        }
+    }
     cfg.sandbox_paths = s
         .sandbox_paths
         .iter()

@@ -44,6 +44,9 @@ pub fn helper_main() -> ! {
 /// builtin builders that binary provides. Exits 0 after reporting the builder's end, 1
 /// after reporting a setup failure, 2 when it cannot even talk to the daemon.
 pub fn helper_main_with_builtins(builtins: &[Builtin]) -> ! {
+    // Until a request comes (at once, or after a wait as the daemon's spare) it is
+    // `sandbox-spare` in `ps`, then `sandbox-helper`.
+    let _ = rustix::thread::set_name(c"sandbox-spare");
     let Ok(sock) = std::io::stdin().as_fd().try_clone_to_owned() else {
         std::process::exit(2)
     };
@@ -119,11 +122,12 @@ fn run(
     builtins: &[Builtin],
 ) -> Result<(Report, Option<OwnedFd>), Report> {
     let (request, passed) =
-        wire::read_request_with_fd(sock.as_fd()).map_err(|e| Report::Failed {
+        wire::read_request_with_fds(sock.as_fd()).map_err(|e| Report::Failed {
             step: Step::ReadingPlan,
             path: None,
             errno: errno_of(&e),
         })?;
+    let _ = rustix::thread::set_name(c"sandbox-helper");
     // clone() below is only sound in a single-threaded process.
     if thread_count() != Some(1) {
         return Err(Report::Failed {
@@ -147,9 +151,25 @@ fn run(
 fn build(
     sock: &mut std::fs::File,
     plan: &Plan,
-    passed: Option<OwnedFd>,
+    passed: Vec<OwnedFd>,
     builtins: &[Builtin],
 ) -> Result<Report, Report> {
+    // The descriptors that came with the plan: the namespace to enter first, when the
+    // plan says so, then the build log when this helper was started before the build.
+    let mut passed = passed.into_iter();
+    let userns = match plan.id_maps.method {
+        IdMapMethod::Enter => passed.next(),
+        _ => None,
+    };
+    if let Some(log) = passed.next() {
+        rustix::stdio::dup2_stdout(&log)
+            .and_then(|()| rustix::stdio::dup2_stderr(&log))
+            .map_err(|e| Report::Failed {
+                step: Step::ReadingPlan,
+                path: None,
+                errno: e.raw_os_error(),
+            })?;
+    }
     // With a namespace mapped beforehand this process enters it, so the init is
     // cloned into it rather than into a new one that would still need its maps. The
     // helper is then the store owner's inner id there, with every capability in it
@@ -161,7 +181,7 @@ fn build(
             path: None,
             errno,
         };
-        let userns = passed.ok_or(failed(libc::EBADF))?;
+        let userns = userns.ok_or(failed(libc::EBADF))?;
         rustix::thread::move_into_link_name_space(
             userns.as_fd(),
             Some(rustix::thread::LinkNameSpaceType::User),

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{MountLockOutcome, SandboxError, Step};
 use crate::plan::{IdMapEntry, IdMapMethod, Plan, SandboxSpec};
@@ -31,6 +31,90 @@ pub struct Sandbox {
     program: PathBuf,
     args: Vec<OsString>,
     namespaces: Arc<Mutex<HashMap<MapsKey, Arc<OwnedFd>>>>,
+    spare: Option<Arc<SpareOwner>>,
+}
+
+/// One helper started ahead of the build that will use it (see
+/// [`Sandbox::with_spare_helper`]), and the thread that starts the next.
+#[derive(Debug, Default)]
+struct SpareSlot {
+    state: Mutex<SpareState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SpareState {
+    ready: Option<(Child, UnixStream)>,
+    closed: bool,
+}
+
+impl SpareSlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the spare helper if it still runs. The thread starts the next one only
+    /// when the returned guard goes, once the build that took it ended: starting a
+    /// process meanwhile would compete with the build's own set-up for the CPUs.
+    fn take(self: &Arc<Self>) -> (Refill, Option<(Child, UnixStream)>) {
+        let taken = self.state().ready.take();
+        let refill = Refill(Some(Arc::clone(self)));
+        let Some((mut child, sock)) = taken else {
+            return (refill, None);
+        };
+        match child.try_wait() {
+            Ok(None) => (refill, Some((child, sock))),
+            // Killed while it waited (or not ours to wait for): reaped, not used.
+            _ => (refill, None),
+        }
+    }
+
+    /// The starting thread: keeps one spare ready until the slot is closed, then ends
+    /// it (its socket closes, so it exits).
+    fn keep_one(&self, start: impl Fn() -> io::Result<(Child, UnixStream)>) {
+        loop {
+            let mut state = self.state();
+            while state.ready.is_some() && !state.closed {
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.closed {
+                if let Some((mut child, sock)) = state.ready.take() {
+                    drop(sock);
+                    let _ = child.wait();
+                }
+                return;
+            }
+            drop(state);
+            match start() {
+                Ok(spare) => self.state().ready = Some(spare),
+                // Builds start their own helper meanwhile; try again later.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
+        }
+    }
+}
+
+/// Has the spare slot's thread start the next spare helper when dropped.
+#[derive(Debug, Default)]
+struct Refill(Option<Arc<SpareSlot>>);
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.0 {
+            slot.changed.notify_all();
+        }
+    }
+}
+
+/// Closes the spare slot when the last clone of the [`Sandbox`] goes.
+#[derive(Debug)]
+struct SpareOwner(Arc<SpareSlot>);
+
+impl Drop for SpareOwner {
+    fn drop(&mut self) {
+        self.0.state().closed = true;
+        self.0.changed.notify_all();
+    }
 }
 
 /// The uid and gid maps a kept namespace has.
@@ -64,6 +148,8 @@ pub struct SandboxChild {
     pid: u32,
     status: Option<BuildStatus>,
     reclaimed: bool,
+    /// Dropped last (after the helper is reaped): then the next spare is started.
+    _refill: Refill,
 }
 
 impl Sandbox {
@@ -74,6 +160,7 @@ impl Sandbox {
             program: program.into(),
             args,
             namespaces: Arc::default(),
+            spare: None,
         }
     }
 
@@ -100,6 +187,39 @@ impl Sandbox {
         &self.args
     }
 
+    /// Keeps one helper started ahead of the next build (by a thread of its own, again
+    /// after each build takes it): the build then only sends it the plan, with the log
+    /// passed along, instead of paying the helper's start (a fork and exec, about a
+    /// millisecond) in its latency. The spare waits named `sandbox-spare` and renames
+    /// itself `sandbox-helper` once it has a plan; it exits when the daemon
+    /// closes its socket (with the last clone of this, or by dying). A spare found dead
+    /// is replaced by a helper started for the build, as without this.
+    pub fn with_spare_helper(mut self) -> Self {
+        let slot = Arc::new(SpareSlot::default());
+        let (program, args) = (self.program.clone(), self.args.clone());
+        let thread_slot = Arc::clone(&slot);
+        let started = std::thread::Builder::new()
+            .name("spare-helper".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                thread_slot.keep_one(|| {
+                    let (ours, theirs) = UnixStream::pair()?;
+                    let child = Command::new(&program)
+                        .args(&args)
+                        .stdin(Stdio::from(OwnedFd::from(theirs)))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .env_clear()
+                        .spawn()?;
+                    Ok((child, ours))
+                })
+            });
+        if started.is_ok() {
+            self.spare = Some(Arc::new(SpareOwner(slot)));
+        }
+        self
+    }
+
     /// Starts the builder described by `plan`, its stdout and stderr on `log`. Returns
     /// once it has been executed inside the finished sandbox, or with the step that
     /// failed.
@@ -109,27 +229,48 @@ impl Sandbox {
             _ => None,
         };
         let helper_io = |source| SandboxError::HelperIo { source };
-        let (mut ours, theirs) = UnixStream::pair().map_err(helper_io)?;
-        let out = log.try_clone_to_owned().map_err(helper_io)?;
-        let err = log.try_clone_to_owned().map_err(helper_io)?;
-        let mut helper = Command::new(&self.program)
-            .args(&self.args)
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .env_clear()
-            .spawn()
-            .map_err(|source| SandboxError::SpawningHelper {
-                helper: self.program.clone(),
-                source,
-            })?;
-        let sent = match &userns {
-            Some(ns) => wire::send_plan_entering(ours.as_fd(), plan, ns.as_fd()),
-            None => wire::write_plan(&mut ours, plan),
+        let userns_fd = userns.as_ref().map(|ns| ns.as_fd());
+        let (refill, spare) = match &self.spare {
+            Some(s) => s.0.take(),
+            None => (Refill::default(), None),
         };
-        let started = sent
-            .and_then(|()| Report::read(&mut ours))
-            .map_err(helper_io);
+        let (mut helper, mut ours) = match spare.and_then(|(mut helper, ours)| {
+            // A spare has no log yet: it comes with the plan. One that died since it
+            // was checked fails the send, and a helper of the build's own does it.
+            match wire::send_plan(ours.as_fd(), plan, userns_fd, Some(log)) {
+                Ok(()) => Some((helper, ours)),
+                Err(_) => {
+                    let _ = helper.kill();
+                    let _ = helper.wait();
+                    None
+                }
+            }
+        }) {
+            Some(sent) => sent,
+            None => {
+                let (ours, theirs) = UnixStream::pair().map_err(helper_io)?;
+                let out = log.try_clone_to_owned().map_err(helper_io)?;
+                let err = log.try_clone_to_owned().map_err(helper_io)?;
+                let mut helper = Command::new(&self.program)
+                    .args(&self.args)
+                    .stdin(Stdio::from(OwnedFd::from(theirs)))
+                    .stdout(Stdio::from(out))
+                    .stderr(Stdio::from(err))
+                    .env_clear()
+                    .spawn()
+                    .map_err(|source| SandboxError::SpawningHelper {
+                        helper: self.program.clone(),
+                        source,
+                    })?;
+                if let Err(e) = wire::send_plan(ours.as_fd(), plan, userns_fd, None) {
+                    let _ = helper.kill();
+                    let _ = helper.wait();
+                    return Err(helper_io(e));
+                }
+                (helper, ours)
+            }
+        };
+        let started = Report::read(&mut ours).map_err(helper_io);
         let report = match started {
             Ok(r) => r,
             Err(e) => {
@@ -145,6 +286,7 @@ impl Sandbox {
                 pid,
                 status: None,
                 reclaimed: false,
+                _refill: refill,
             }),
             other => {
                 let _ = helper.wait();

@@ -614,22 +614,26 @@ impl Report {
     }
 }
 
-/// Sends `bytes` on the stream socket `sock`, with `fd` (if any) attached to the first
-/// of them as `SCM_RIGHTS`, so the reader receives it with its first read of these
-/// bytes ([`recv_exact_with_fd`]).
-pub fn send_with_fd(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fd: Option<BorrowedFd<'_>>,
-) -> io::Result<()> {
+/// The most descriptors one message carries: a plan's user namespace and build log.
+pub const MAX_PASSED_FDS: usize = 2;
+
+/// Sends `bytes` on the stream socket `sock`, with `fds` (at most
+/// [`MAX_PASSED_FDS`]) attached to the first of them as `SCM_RIGHTS`, so the reader
+/// receives them, in order, with its first read of these bytes
+/// ([`recv_exact_with_fds`]).
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
     let mut sent = 0;
-    if let (Some(fd), false) = (fd, bytes.is_empty()) {
-        let fds = [fd];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    if !fds.is_empty() && !bytes.is_empty() {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(io::Error::other("no room for a descriptor in the message"));
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other(
+                "no room for the descriptors in the message",
+            ));
         }
         sent = loop {
             match sendmsg(
@@ -655,15 +659,15 @@ pub fn send_with_fd(
     Ok(())
 }
 
-/// Fills `buf` from the stream socket `sock`, returning the first descriptor that came
-/// with those bytes (received close-on-exec; any further ones are closed). A stream
-/// that ends first is `UnexpectedEof`.
-pub fn recv_exact_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<OwnedFd>> {
+/// Fills `buf` from the stream socket `sock`, returning the descriptors that came with
+/// those bytes (received close-on-exec; past [`MAX_PASSED_FDS`] the kernel closes
+/// them). A stream that ends first is `UnexpectedEof`.
+pub fn recv_exact_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut got = 0;
-    let mut fd = None;
+    let mut fds = Vec::new();
     while got < buf.len() {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let n = match recvmsg(
             sock,
@@ -676,10 +680,8 @@ pub fn recv_exact_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
             Err(e) => return Err(e.into()),
         };
         for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = msg {
-                for f in fds {
-                    fd.get_or_insert(f);
-                }
+            if let RecvAncillaryMessage::ScmRights(passed) = msg {
+                fds.extend(passed);
             }
         }
         if n == 0 {
@@ -687,7 +689,8 @@ pub fn recv_exact_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Op
         }
         got += n;
     }
-    Ok(fd)
+    fds.truncate(MAX_PASSED_FDS);
+    Ok(fds)
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -697,30 +700,34 @@ fn frame(body: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Sends `plan` as one to build in the already mapped user namespace `userns`
-/// ([`IdMapMethod::Enter`]), the namespace's descriptor attached.
-pub fn send_plan_entering(
+/// Sends `plan` with the descriptors it needs: `userns`, an already mapped user
+/// namespace to build in (the plan then says [`IdMapMethod::Enter`]), first; then
+/// `log`, the build log for the helper's stdout and stderr, when the helper was
+/// started before the build (with neither).
+pub fn send_plan(
     sock: BorrowedFd<'_>,
     plan: &Plan,
-    userns: BorrowedFd<'_>,
+    userns: Option<BorrowedFd<'_>>,
+    log: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
-    send_with_fd(
-        sock,
-        &frame(&encode_plan_with(plan, &IdMapMethod::Enter)),
-        Some(userns),
-    )
+    let body = match userns {
+        Some(_) => encode_plan_with(plan, &IdMapMethod::Enter),
+        None => encode_plan(plan),
+    };
+    let fds: Vec<BorrowedFd<'_>> = userns.into_iter().chain(log).collect();
+    send_with_fds(sock, &frame(&body), &fds)
 }
 
 /// Sends a [`Request::MapNamespace`].
 pub fn send_map_namespace(sock: BorrowedFd<'_>, id_maps: &IdMaps) -> io::Result<()> {
-    send_with_fd(sock, &frame(&encode_map_namespace(id_maps)), None)
+    send_with_fds(sock, &frame(&encode_map_namespace(id_maps)), &[])
 }
 
-/// Reads a request frame from the socket `sock`, with the descriptor that came with
-/// it, if any.
-pub fn read_request_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Request, Option<OwnedFd>)> {
+/// Reads a request frame from the socket `sock`, with the descriptors that came with
+/// it, in order.
+pub fn read_request_with_fds(sock: BorrowedFd<'_>) -> io::Result<(Request, Vec<OwnedFd>)> {
     let mut len = [0u8; 8];
-    let fd = recv_exact_with_fd(sock, &mut len)?;
+    let fds = recv_exact_with_fds(sock, &mut len)?;
     let len = u64::from_le_bytes(len);
     if len > MAX_PLAN_BYTES {
         return Err(io::Error::new(
@@ -729,25 +736,26 @@ pub fn read_request_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Request, Option
         ));
     }
     let mut body = vec![0u8; len as usize];
-    // A descriptor is only ever sent with a frame's first bytes.
-    drop(recv_exact_with_fd(sock, &mut body)?);
+    // Descriptors only ever come with a frame's first bytes.
+    drop(recv_exact_with_fds(sock, &mut body)?);
     let request =
         decode_request(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))?;
-    Ok((request, fd))
+    Ok((request, fds))
 }
 
 impl Report {
     /// Sends this report on the socket `sock` with `fd` attached.
     pub fn send_with_fd(&self, sock: BorrowedFd<'_>, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        send_with_fd(sock, &self.encode(), fd)
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        send_with_fds(sock, &self.encode(), &fds)
     }
 
     /// Reads one report from the socket `sock` with the descriptor that came with it;
     /// `Ok((None, None))` at a clean end of stream.
     pub fn read_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Option<Report>, Option<OwnedFd>)> {
         let mut len = [0u8; 4];
-        let fd = match recv_exact_with_fd(sock, &mut len) {
-            Ok(fd) => fd,
+        let fd = match recv_exact_with_fds(sock, &mut len) {
+            Ok(fds) => fds.into_iter().next(),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((None, None)),
             Err(e) => return Err(e),
         };
@@ -803,16 +811,16 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_entering_a_namespace_carries_its_descriptor() {
+    fn a_plan_carries_its_namespace_and_log_descriptors() {
         use std::os::fd::AsFd;
         use std::os::unix::fs::MetadataExt;
         let p = plan();
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         // Any descriptor shows it travels: this file's identity must come out.
         let file = std::fs::File::open("/proc/self/ns/user").unwrap();
-        send_plan_entering(a.as_fd(), &p, file.as_fd()).unwrap();
-        send_map_namespace(a.as_fd(), &p.id_maps).unwrap();
-        let (request, fd) = read_request_with_fd(b.as_fd()).unwrap();
+        let log = std::fs::File::open("/dev/null").unwrap();
+        send_plan(a.as_fd(), &p, Some(file.as_fd()), Some(log.as_fd())).unwrap();
+        let (request, fds) = read_request_with_fds(b.as_fd()).unwrap();
         let Request::Build(got) = request else {
             panic!("a build request")
         };
@@ -820,18 +828,31 @@ mod tests {
         let mut expected = p.clone();
         expected.id_maps.method = IdMapMethod::Enter;
         assert_eq!(*got, expected);
-        let fd = std::fs::File::from(fd.expect("the descriptor came with the plan"));
-        let (m1, m2) = (fd.metadata().unwrap(), file.metadata().unwrap());
-        assert_eq!((m1.dev(), m1.ino()), (m2.dev(), m2.ino()));
-        // The next frame carries none.
-        let (request, fd) = read_request_with_fd(b.as_fd()).unwrap();
+        // Both descriptors, in order: the same files came out.
+        let same = |a: &std::fs::File, b: &std::fs::File| {
+            let (m1, m2) = (a.metadata().unwrap(), b.metadata().unwrap());
+            (m1.dev(), m1.ino()) == (m2.dev(), m2.ino())
+        };
+        let got: Vec<std::fs::File> = fds.into_iter().map(std::fs::File::from).collect();
+        assert_eq!(got.len(), 2);
+        assert!(same(&got[0], &file) && same(&got[1], &log));
+        // Without a namespace the plan keeps its method, and the log comes alone.
+        send_plan(a.as_fd(), &p, None, Some(log.as_fd())).unwrap();
+        let (request, fds) = read_request_with_fds(b.as_fd()).unwrap();
+        assert_eq!(request, Request::Build(Box::new(p.clone())));
+        assert_eq!(fds.len(), 1);
+        let only = std::fs::File::from(fds.into_iter().next().unwrap());
+        assert!(same(&only, &log));
+        // A frame sent without any carries none.
+        send_map_namespace(a.as_fd(), &p.id_maps).unwrap();
+        let (request, fds) = read_request_with_fds(b.as_fd()).unwrap();
         assert_eq!(
             request,
             Request::MapNamespace {
                 id_maps: p.id_maps.clone()
             }
         );
-        assert!(fd.is_none());
+        assert!(fds.is_empty());
         // A report with a descriptor, then one without, then the end.
         Report::Exited { code: 0 }
             .send_with_fd(a.as_fd(), Some(file.as_fd()))

@@ -127,7 +127,13 @@ fn run(
             path: None,
             errno: errno_of(&e),
         })?;
-    let _ = rustix::thread::set_name(c"sandbox-helper");
+    // What it does now, for `ps` (and the tests, which tell a build's helper from the
+    // short-lived ones by it).
+    let _ = rustix::thread::set_name(match request {
+        Request::Build(_) => c"sandbox-helper",
+        Request::Reclaim { .. } => c"sandbox-reclaim",
+        Request::MapNamespace { .. } => c"sandbox-idmap",
+    });
     // clone() below is only sound in a single-threaded process.
     if thread_count() != Some(1) {
         return Err(Report::Failed {

@@ -349,6 +349,16 @@ fn daemon_children(d: &TestDaemon) -> Vec<String> {
     found
 }
 
+/// `nix-build -A slow` (30 s) as the client, started.
+fn spawn_slow(d: &TestDaemon) -> std::process::Child {
+    d.client("nix-build")
+        .args([&expr(d), "-A", "slow", "--no-out-link"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The daemon's descendants named `name` (`/proc/<pid>/comm`).
 fn descendants_named(d: &TestDaemon, name: &str) -> Vec<u32> {
     TestDaemon::descendants(d.pid())
@@ -382,13 +392,7 @@ fn the_one_named(d: &TestDaemon, name: &str) -> u32 {
 fn a_spare_helper_serves_the_next_build_and_a_killed_one_is_replaced() {
     let Some(d) = prepared() else { return };
     let spare = the_one_named(&d, "sandbox-spare");
-    let mut client = d
-        .client("nix-build")
-        .args([&expr(&d), "-A", "slow", "--no-out-link"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_slow(&d);
     assert_eq!(
         the_one_named(&d, "sandbox-helper"),
         spare,
@@ -414,13 +418,7 @@ fn a_spare_helper_serves_the_next_build_and_a_killed_one_is_replaced() {
 #[test]
 fn a_client_going_away_cancels_its_build() {
     let Some(d) = prepared() else { return };
-    let mut client = d
-        .client("nix-build")
-        .args([&expr(&d), "-A", "slow", "--no-out-link"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_slow(&d);
     let t0 = Instant::now();
     while !d.log().contains("-slow.drv'") {
         assert!(t0.elapsed().as_secs() < 20, "the build did not start");

@@ -124,6 +124,31 @@ type MapsKey = (Vec<IdMapEntry>, Vec<IdMapEntry>);
 /// in both layouts fits.
 const MAX_KEPT_NAMESPACES: usize = 256;
 
+/// Starts `program args…` as a helper: its stdin is a new socket whose other end is
+/// returned, stdout and stderr are `output` (the build log) or `/dev/null`, and its
+/// environment is empty.
+fn start_helper(
+    program: &std::path::Path,
+    args: &[OsString],
+    output: Option<BorrowedFd<'_>>,
+) -> io::Result<(Child, UnixStream)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let stdio = || -> io::Result<Stdio> {
+        Ok(match output {
+            Some(fd) => Stdio::from(fd.try_clone_to_owned()?),
+            None => Stdio::null(),
+        })
+    };
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(stdio()?)
+        .stderr(stdio()?)
+        .env_clear()
+        .spawn()?;
+    Ok((child, ours))
+}
+
 /// How a sandboxed builder ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildStatus {
@@ -201,19 +226,7 @@ impl Sandbox {
         let started = std::thread::Builder::new()
             .name("spare-helper".into())
             .stack_size(256 << 10)
-            .spawn(move || {
-                thread_slot.keep_one(|| {
-                    let (ours, theirs) = UnixStream::pair()?;
-                    let child = Command::new(&program)
-                        .args(&args)
-                        .stdin(Stdio::from(OwnedFd::from(theirs)))
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .env_clear()
-                        .spawn()?;
-                    Ok((child, ours))
-                })
-            });
+            .spawn(move || thread_slot.keep_one(|| start_helper(&program, &args, None)));
         if started.is_ok() {
             self.spare = Some(Arc::new(SpareOwner(slot)));
         }
@@ -248,20 +261,7 @@ impl Sandbox {
         }) {
             Some(sent) => sent,
             None => {
-                let (ours, theirs) = UnixStream::pair().map_err(helper_io)?;
-                let out = log.try_clone_to_owned().map_err(helper_io)?;
-                let err = log.try_clone_to_owned().map_err(helper_io)?;
-                let mut helper = Command::new(&self.program)
-                    .args(&self.args)
-                    .stdin(Stdio::from(OwnedFd::from(theirs)))
-                    .stdout(Stdio::from(out))
-                    .stderr(Stdio::from(err))
-                    .env_clear()
-                    .spawn()
-                    .map_err(|source| SandboxError::SpawningHelper {
-                        helper: self.program.clone(),
-                        source,
-                    })?;
+                let (mut helper, ours) = self.start(Some(log))?;
                 if let Err(e) = wire::send_plan(ours.as_fd(), plan, userns_fd, None) {
                     let _ = helper.kill();
                     let _ = helper.wait();
@@ -295,6 +295,16 @@ impl Sandbox {
         }
     }
 
+    /// Starts a helper for one request (see [`start_helper`]).
+    fn start(&self, output: Option<BorrowedFd<'_>>) -> Result<(Child, UnixStream), SandboxError> {
+        start_helper(&self.program, &self.args, output).map_err(|source| {
+            SandboxError::SpawningHelper {
+                helper: self.program.clone(),
+                source,
+            }
+        })
+    }
+
     /// The kept namespace with `ids`' maps, made now if there is none yet; `None` if
     /// making one failed, in which case the build's helper maps a namespace of its own
     /// as it would without this (and reports the failure, if it fails again).
@@ -322,18 +332,7 @@ impl Sandbox {
     /// Has a helper make a user namespace with `ids`' maps and returns its descriptor.
     fn map_namespace(&self, ids: &crate::IdMaps) -> Result<OwnedFd, SandboxError> {
         let helper_io = |source| SandboxError::HelperIo { source };
-        let (ours, theirs) = UnixStream::pair().map_err(helper_io)?;
-        let mut helper = Command::new(&self.program)
-            .args(&self.args)
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .env_clear()
-            .spawn()
-            .map_err(|source| SandboxError::SpawningHelper {
-                helper: self.program.clone(),
-                source,
-            })?;
+        let (mut helper, ours) = self.start(None)?;
         let answer = wire::send_map_namespace(ours.as_fd(), ids)
             .and_then(|()| Report::read_with_fd(ours.as_fd()))
             .map_err(helper_io);
@@ -359,18 +358,7 @@ impl Sandbox {
     /// the slice's ids can change the trees meanwhile.
     pub fn reclaim(&self, ids: &crate::IdMaps, paths: &[PathBuf]) -> Result<(), SandboxError> {
         let helper_io = |source| SandboxError::HelperIo { source };
-        let (mut ours, theirs) = UnixStream::pair().map_err(helper_io)?;
-        let mut helper = Command::new(&self.program)
-            .args(&self.args)
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .env_clear()
-            .spawn()
-            .map_err(|source| SandboxError::SpawningHelper {
-                helper: self.program.clone(),
-                source,
-            })?;
+        let (mut helper, mut ours) = self.start(None)?;
         let report = wire::write_reclaim(&mut ours, ids, paths)
             .and_then(|()| Report::read(&mut ours))
             .map_err(helper_io);

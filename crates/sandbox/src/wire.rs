@@ -478,6 +478,14 @@ pub fn read_plan(r: &mut impl Read) -> io::Result<Plan> {
 pub fn read_request(r: &mut impl Read) -> io::Result<Request> {
     let mut len = [0u8; 8];
     r.read_exact(&mut len)?;
+    let mut body = request_body(len)?;
+    r.read_exact(&mut body)?;
+    decode_request_body(&body)
+}
+
+/// A buffer for the request body whose length prefix is `len`, refused past
+/// [`MAX_PLAN_BYTES`].
+fn request_body(len: [u8; 8]) -> io::Result<Vec<u8>> {
     let len = u64::from_le_bytes(len);
     if len > MAX_PLAN_BYTES {
         return Err(io::Error::new(
@@ -485,9 +493,11 @@ pub fn read_request(r: &mut impl Read) -> io::Result<Request> {
             "sandbox plan too large",
         ));
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
-    decode_request(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))
+    Ok(vec![0u8; len as usize])
+}
+
+fn decode_request_body(body: &[u8]) -> io::Result<Request> {
+    decode_request(body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))
 }
 
 /// What the helper (or the sandboxed child, before exec) reports.
@@ -728,19 +738,10 @@ pub fn send_map_namespace(sock: BorrowedFd<'_>, id_maps: &IdMaps) -> io::Result<
 pub fn read_request_with_fds(sock: BorrowedFd<'_>) -> io::Result<(Request, Vec<OwnedFd>)> {
     let mut len = [0u8; 8];
     let fds = recv_exact_with_fds(sock, &mut len)?;
-    let len = u64::from_le_bytes(len);
-    if len > MAX_PLAN_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "sandbox plan too large",
-        ));
-    }
-    let mut body = vec![0u8; len as usize];
+    let mut body = request_body(len)?;
     // Descriptors only ever come with a frame's first bytes.
     drop(recv_exact_with_fds(sock, &mut body)?);
-    let request =
-        decode_request(&body).map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))?;
-    Ok((request, fds))
+    Ok((decode_request_body(&body)?, fds))
 }
 
 impl Report {

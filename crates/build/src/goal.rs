@@ -69,6 +69,9 @@ pub struct BuilderConfig {
     pub sandbox_build_dir: PathBuf,
     /// Which ids sandboxed builders run as (see [`IdMode`]).
     pub ids: IdMode,
+    /// `hashed-mirrors`: base URLs `builtin:fetchurl` tries first for a flat-hashed
+    /// output, as `<mirror>/<algo>/<base16 hash>`.
+    pub hashed_mirrors: Vec<String>,
 }
 
 impl BuilderConfig {
@@ -88,6 +91,7 @@ impl BuilderConfig {
             extra_platforms: Vec::new(),
             sandbox_build_dir: PathBuf::from("/build"),
             ids: IdMode::default(),
+            hashed_mirrors: Vec::new(),
         }
     }
 
@@ -731,6 +735,18 @@ fn run_builder(
             .map_err(BuildError::io("writing", &p))?;
     }
     let builder = PathBuf::from(OsStr::from_bytes(&drv.builder));
+    // What the daemon's settings give a builtin, in place of anything the derivation
+    // named so.
+    let mut env = benv.env.clone();
+    if builtin == Some("fetchurl") {
+        env.retain(|(k, _)| k != crate::builtins::HASHED_MIRRORS_VAR);
+        if !cx.cfg.hashed_mirrors.is_empty() {
+            env.push((
+                crate::builtins::HASHED_MIRRORS_VAR.into(),
+                cx.cfg.hashed_mirrors.join(" ").into(),
+            ));
+        }
+    }
 
     let log_file = cx.cfg.log_dir.as_ref().map(|d| log_path(d, drv_path));
     let mut log =
@@ -809,7 +825,7 @@ fn run_builder(
             }
             spec.builtin = builtin.map(str::to_owned);
             spec.args = benv.args.clone();
-            spec.env = benv.env.clone();
+            spec.env = env;
             if let Some((pool, lease, uid_range)) = ids {
                 (spec.host_uid, spec.host_gid) = pool.owner();
                 spec.id_slice = Some(lease.slice().clone());
@@ -848,7 +864,7 @@ fn run_builder(
             Runner::Direct(run::spawn_direct(
                 &program,
                 &args,
-                &benv.env,
+                &env,
                 host_build_dir,
                 &write,
             )?)

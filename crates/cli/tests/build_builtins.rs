@@ -73,6 +73,64 @@ fn mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
 
+/// `hashed-mirrors`, as in Nix 2.8: a flat-hashed fetch asks each mirror in order for
+/// `<mirror>/sha256/<base16 hash>` before its own URL, skips a mirror that fails (and
+/// says so in the log), and does not ask the URL once a mirror had it; an executable
+/// (recursive) fetch goes to its URL.
+#[test]
+fn hashed_mirrors_are_asked_first_for_a_flat_hash() {
+    let Some(mut f) = prepared() else { return };
+    let body = b"served by a hashed mirror\n";
+    let hex = sha256_hex(body);
+    let dir = f.served.join("mirror/sha256");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(&hex), body).unwrap();
+    for d in [f.served.join("mirror"), dir.clone()] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let base = format!("http://127.0.0.1:{}", f.port);
+    f.d.kill();
+    f.d.set_conf(&format!(
+        "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nextra-sandbox-paths = {}\nhashed-mirrors = {base}/nowhere {base}/mirror/\n",
+        f.served.display()
+    ));
+    f.d.start();
+    let url = format!("{base}/not-served");
+    let out = build_expr(&f.d, &fetchurl(&url, &hex, r#"name = "mirrored";"#));
+    assert_eq!(fs::read(&out).unwrap(), body);
+    let requests = f.server.requests();
+    let first = requests.find(&format!("GET /nowhere/sha256/{hex} "));
+    let second = requests.find(&format!("GET /mirror/sha256/{hex} "));
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "{requests}"
+    );
+    assert!(!requests.contains("GET /not-served "), "{requests}");
+    let log = f.d.client_ok("nix-store", &["-l", &out]);
+    assert!(
+        log.contains(&format!(
+            "hashed mirror '{base}/nowhere/sha256/{hex}' failed"
+        )),
+        "{log}"
+    );
+
+    // Recursive: the mirrors are not asked, the URL is.
+    let exe = f.served.join("tool2");
+    fs::write(&exe, b"#!/bin/sh\necho tool2\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut h = Hasher::new(HashAlgo::Sha256);
+    let mut bytes = Vec::new();
+    nar::dump_path(&exe, &mut bytes).unwrap();
+    h.update(&bytes);
+    let rec = h.finish().to_base16();
+    let url = format!("{base}/tool2");
+    let out = build_expr(&f.d, &fetchurl(&url, &rec, "executable = true;"));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&exe).unwrap());
+    let requests = f.server.requests();
+    assert!(requests.contains("GET /tool2 "), "{requests}");
+    assert!(!requests.contains(&format!("/sha256/{rec}")), "{requests}");
+}
+
 #[test]
 fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
     let Some(f) = prepared() else { return };

@@ -75,6 +75,9 @@ pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::Bu
     if let Some(v) = raw.get("system").filter(|v| !v.is_empty()) {
         cfg.system = v.to_owned();
     }
+    if let Some(v) = raw.get("hashed-mirrors") {
+        cfg.hashed_mirrors = v.split_whitespace().map(str::to_owned).collect();
+    }
     if let Some(v) = raw.get("extra-platforms") {
         cfg.extra_platforms = v.split_whitespace().map(str::to_owned).collect();
     }

@@ -434,6 +434,8 @@ impl Settings {
             "start-id",
             "id-count",
             "unrooted-ids-per-build",
+            // Read by the builds' configuration (`build_ops`).
+            "hashed-mirrors",
         ];
         let unknown = raw
             .names()

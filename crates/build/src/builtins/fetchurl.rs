@@ -9,8 +9,11 @@
 //! HTTP(S) goes through ureq (as the substituter does), with the derivation's
 //! `http_proxy`/`https_proxy`/`all_proxy`/`no_proxy` (its `impureEnvVars`); `file://`
 //! reads a file the sandbox can see (a `sandbox-paths` entry). Unlike Nix 2.8, TLS
-//! certificates are verified (against the built-in web PKI roots) and no
-//! `hashed-mirrors` are tried.
+//! certificates are verified (against the built-in web PKI roots).
+//!
+//! For a flat-hashed output the daemon's `hashed-mirrors` are tried first, in order,
+//! as `<mirror>/<algo>/<base16 hash>` (Nix 2.8's order and form); a mirror that fails
+//! is skipped, with a log line, and what it left of `$out` removed.
 
 use std::ffi::OsString;
 use std::fs;
@@ -20,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{is_over_limit, Bounded, BuiltinError, Env};
+use unrooted_sandbox::remove_tree;
 
 /// The most bytes one download (or the NAR it decompresses to) may have.
 pub(crate) const MAX_FETCH_BYTES: u64 = 64 << 30;
@@ -69,6 +73,62 @@ fn fetch(env: Env<'_>, max: u64) -> Result<(), BuiltinError> {
     }
     let out = PathBuf::from(env.require("out")?);
     let url = env.text("url")?;
+    for mirror in hashed_mirror_urls(env) {
+        match download(&mirror, env, &out, max) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                eprintln!("hashed mirror '{mirror}' failed: {e}");
+                if let Err(e) = remove_tree(&out) {
+                    return Err(BuiltinError::Io {
+                        action: "removing what a hashed mirror left at",
+                        path: out.clone(),
+                        source: io::Error::other(e),
+                    });
+                }
+            }
+        }
+    }
+    download(url, env, &out, max)
+}
+
+/// The URLs of the output on the daemon's hashed mirrors (none unless the output is
+/// flat-hashed and its hash parses).
+fn hashed_mirror_urls(env: Env<'_>) -> Vec<String> {
+    let Some(mirrors) = env.get(super::HASHED_MIRRORS_VAR).and_then(|m| m.to_str()) else {
+        return Vec::new();
+    };
+    if env.get("outputHashMode") != Some(std::ffi::OsStr::new("flat")) {
+        return Vec::new();
+    }
+    let algo = env
+        .get("outputHashAlgo")
+        .and_then(|a| a.to_str())
+        .filter(|a| !a.is_empty())
+        .map(str::parse::<unrooted_format::HashAlgo>);
+    let algo = match algo {
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => return Vec::new(),
+        None => None,
+    };
+    let Some(hash) = env
+        .get("outputHash")
+        .and_then(|h| h.to_str())
+        .and_then(|h| unrooted_format::Hash::parse_any(h, algo).ok())
+    else {
+        return Vec::new();
+    };
+    mirrors
+        .split_whitespace()
+        .map(|m| {
+            let sep = if m.ends_with('/') { "" } else { "/" };
+            format!("{m}{sep}{}/{}", hash.algo().name(), hash.to_base16())
+        })
+        .collect()
+}
+
+/// Downloads `url` to `out` as the derivation asks (`unpack`, `executable`).
+fn download(url: &str, env: Env<'_>, out: &std::path::Path, max: u64) -> Result<(), BuiltinError> {
+    let out = out.to_path_buf();
     let unpack = env.flag("unpack");
     let executable = env.flag("executable");
 

@@ -159,6 +159,11 @@ pub enum BuiltinError {
     },
 }
 
+/// The variable through which the daemon's `hashed-mirrors` reach `builtin:fetchurl`
+/// (space-separated base URLs); the daemon removes it from a derivation's own
+/// environment.
+pub(crate) const HASHED_MIRRORS_VAR: &str = "__unrooted_hashed_mirrors";
+
 /// The build's environment as a builtin reads it.
 #[derive(Clone, Copy)]
 pub(crate) struct Env<'a>(pub &'a [(OsString, OsString)]);

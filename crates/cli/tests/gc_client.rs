@@ -737,3 +737,106 @@ fn sigkill_mid_gc_leaves_a_consistent_store() {
     gc(&d, &[]);
     d.assert_store_clean();
 }
+
+/// Serves the roots helper socket the way systemd's `Accept=yes` socket unit does:
+/// for each connection, starts `command` (as root, the test's user) with the
+/// connection as its stdin and stdout. The socket is the daemon user's, mode 0600.
+fn socket_activated_helper(d: &TestDaemon, command: Vec<String>) -> std::thread::JoinHandle<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = d.roots_helper_socket();
+    fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let _ = fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&socket, Some(d.daemon_uid), None).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let out = conn.try_clone().unwrap();
+            let status = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .stdin(std::os::fd::OwnedFd::from(conn))
+                .stdout(std::os::fd::OwnedFd::from(out))
+                .stderr(std::process::Stdio::null())
+                .status();
+            if status.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// GC fails closed (regression of the installed system, where a placeholder
+/// `--owner-uid 4294967295` made the socket-activated helper refuse every connection
+/// and the daemon read the closed connection as "no roots", deleting a user's
+/// `~/result`). With the real helper refusing the daemon's uid, and with a helper
+/// that crashes after part of its answer, another user's `nix-collect-garbage` fails
+/// naming the cause and deletes nothing: the first user's root in its 0700 home and
+/// even the dead paths stay. The real helper, socket-activated for the right uid,
+/// then answers in full and only the dead path goes.
+#[test]
+fn gc_fails_closed_when_the_helper_refuses_or_dies() {
+    let Some(mut d) = prepared("") else { return };
+    d.stop_roots_helper();
+    let result = d.client_home().join("result");
+    let top = d
+        .client_ok(
+            "nix-build",
+            &[&expr(&d), "-A", "top", "-o", result.to_str().unwrap()],
+        )
+        .trim()
+        .to_owned();
+    let dead = add_file(&d, "dead-fails-closed", "dead\n");
+    let helper = |owner: u32, peer_uid: u32| {
+        vec![
+            unrooted_testkit::daemon::roots_helper_exe()
+                .display()
+                .to_string(),
+            "--store-dir".into(),
+            d.store_dir().display().to_string(),
+            "--state-dir".into(),
+            d.state_dir().display().to_string(),
+            "--owner-uid".into(),
+            owner.to_string(),
+            "--inetd".into(),
+            "--peer-instance".into(),
+            format!("0-1-{peer_uid}"),
+        ]
+    };
+    let refused = socket_activated_helper(&d, helper(u32::MAX, d.daemon_uid));
+    let err = d.other_err("nix-collect-garbage", &[]);
+    assert!(
+        err.contains("refusing to collect garbage") && err.contains("not uid 4294967295"),
+        "{err}"
+    );
+    assert!(
+        exists(&top) && exists(&dead),
+        "deleted with a refusing helper"
+    );
+
+    // A helper that dies after writing a root but before its answer's end.
+    drop(refused);
+    let crash = format!(
+        "printf '%s\\0' {}; kill -9 $$",
+        d.store_dir()
+            .join("00000000000000000000000000000000-x")
+            .display()
+    );
+    let crashing = socket_activated_helper(&d, vec!["/bin/sh".into(), "-c".into(), crash]);
+    let err = d.other_err("nix-collect-garbage", &[]);
+    assert!(
+        err.contains("refusing to collect garbage") && err.contains("no end-of-answer item"),
+        "{err}"
+    );
+    assert!(
+        exists(&top) && exists(&dead),
+        "deleted with a crashing helper"
+    );
+    drop(crashing);
+
+    // The real helper for the right uid: the root survives, the dead path goes.
+    let _ok = socket_activated_helper(&d, helper(d.daemon_uid, d.daemon_uid));
+    d.other_ok("nix-collect-garbage", &[]);
+    assert!(exists(&top), "{top} was collected: {}", d.log());
+    assert!(!exists(&dead), "{dead} survived");
+}

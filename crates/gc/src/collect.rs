@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 use unrooted_format::StorePath;
@@ -12,7 +13,7 @@ use unrooted_roots::{Limits, Scan, Strictness};
 use unrooted_store::{DeleteOutcome, GraphNode, LocalStore, StoreError};
 
 use crate::error::GcError;
-use crate::roots::{ask_helper, top_level, HelperAnswer, Unresolved, Walk};
+use crate::roots::{ask_helper, top_level, Framing, HelperAnswer, Unresolved, Walk};
 use crate::temp_roots::{read_temp_roots_files, TempRoots};
 
 /// Where the roots the daemon cannot read come from.
@@ -43,6 +44,9 @@ pub struct GcConfig {
     pub roots_helper: RootsHelper,
     /// The `/proc` scanned for the daemon's own runtime roots (`/proc`).
     pub proc_dir: PathBuf,
+    /// Longest the roots helper may take to answer (60 s); longer refuses the
+    /// collection.
+    pub helper_timeout: Duration,
 }
 
 impl GcConfig {
@@ -53,6 +57,7 @@ impl GcConfig {
             keep_derivations: true,
             roots_helper,
             proc_dir: PathBuf::from("/proc"),
+            helper_timeout: Duration::from_secs(60),
         }
     }
 
@@ -234,19 +239,24 @@ impl<'a> Collector<'a> {
         strict: bool,
         with_graph: bool,
     ) -> Result<(Roots, Option<Graph>, Option<SecondAnswer>), GcError> {
-        let (socket, resolves_unreadable) = match &self.config.roots_helper {
-            RootsHelper::Socket(s) => (Some(s), true),
-            RootsHelper::RuntimeOnlySocket(s) => (Some(s), false),
-            RootsHelper::None => (None, false),
+        let (socket, framing) = match &self.config.roots_helper {
+            RootsHelper::Socket(s) => (Some(s), Framing::EndMarker),
+            RootsHelper::RuntimeOnlySocket(s) => (Some(s), Framing::Eof),
+            RootsHelper::None => (None, Framing::Eof),
         };
+        // Our helper resolves the roots the daemon cannot read; upstream's reports
+        // runtime roots only.
+        let resolves_unreadable = framing == Framing::EndMarker;
+        let timeout = self.config.helper_timeout;
         let store_dir = self.store.store_dir();
-        // The answer ends at EOF, so a helper killed mid-scan (or between two
-        // items) looks like one with fewer roots, and a collection would delete what
-        // only it could see. Before deleting, the helper is therefore asked again
-        // once the first answer is complete, and the union is used: a helper that
-        // died during the first answer refuses (or resets) the second connection,
-        // which fails the collection; a helper restarted in between (or a fresh
-        // socket-activated instance) answers in full. Roots added between the two
+        // Our helper ends its answer with an end-of-answer item, so an answer cut
+        // short (a helper refused, killed or crashed, which only closes the
+        // connection) is an error, never a shorter list. Upstream's answer ends at
+        // EOF, so one killed between two items looks like one with fewer roots:
+        // before deleting, that helper is asked again once the first answer is
+        // complete, and the union is used; a helper that died during the first
+        // answer refuses (or resets) the second connection, which fails the
+        // collection; a restarted one answers in full. Roots added between the two
         // asks only make the union larger.
         //
         // The second answer is not awaited here: the caller computes liveness and
@@ -257,7 +267,8 @@ impl<'a> Collector<'a> {
         // registered after the graph is read is not in it, so it is neither dead
         // nor missed: liveness asks the database about it.
         let (local, graph, first) = std::thread::scope(|scope| {
-            let first = socket.map(|s| scope.spawn(move || ask_helper(s, store_dir)));
+            let first =
+                socket.map(|s| scope.spawn(move || ask_helper(s, store_dir, framing, timeout)));
             let local = self.local_roots(censor, log);
             let graph = match (&local, with_graph) {
                 (Ok(_), true) => Some(self.store.query_reference_graph()),
@@ -272,11 +283,13 @@ impl<'a> Collector<'a> {
         if let (Some(socket), Some(first)) = (socket, first) {
             let complete = matches!(first, Ok(HelperAnswer::Roots(_)));
             merge_answer(&mut roots, first, strict, socket)?;
-            if strict && complete {
+            if strict && complete && framing == Framing::Eof {
                 let (socket, store_dir) = (socket.clone(), store_dir.clone());
                 second = Some(SecondAnswer {
                     socket: socket.clone(),
-                    thread: std::thread::spawn(move || ask_helper(&socket, &store_dir)),
+                    thread: std::thread::spawn(move || {
+                        ask_helper(&socket, &store_dir, framing, timeout)
+                    }),
                 });
             }
         }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use unrooted_format::{HashAlgo, Hasher, StoreDir, StorePath};
+use unrooted_roots::{END_OF_ANSWER, ERROR_PREFIX};
 
 use crate::error::GcError;
 
@@ -29,8 +30,6 @@ const MAX_DEPTH: usize = 64;
 const MAX_ENTRIES: u64 = 4_000_000;
 /// Longest the walk may take; longer makes it unresolved.
 const MAX_WALK_TIME: Duration = Duration::from_secs(60);
-/// Longest the helper may take to answer.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest helper answer read (about a million roots).
 const MAX_HELPER_ANSWER: u64 = 256 << 20;
 
@@ -267,48 +266,103 @@ pub(crate) enum HelperAnswer {
     Incomplete(String),
 }
 
+/// How a helper's answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Ours: the last item is [`END_OF_ANSWER`]; an answer without it was cut short
+    /// (the helper refused, crashed, was killed or timed out) and is an error.
+    EndMarker,
+    /// Nix 2.34's `nix store roots-daemon`: the connection's end is the answer's.
+    Eof,
+}
+
 /// Asks the roots helper at `socket`: one connection, no request, NUL-terminated
 /// items until EOF. Items are absolute paths (roots; those outside our store are
 /// ignored, those inside a store path count for its top-level path) or, from our
-/// helper, error reports that do not start with `/`.
-pub(crate) fn ask_helper(socket: &Path, store_dir: &StoreDir) -> Result<HelperAnswer, GcError> {
+/// helper, error reports that do not start with `/` and the end-of-answer item.
+pub(crate) fn ask_helper(
+    socket: &Path,
+    store_dir: &StoreDir,
+    framing: Framing,
+    timeout: Duration,
+) -> Result<HelperAnswer, GcError> {
     let err = |source| GcError::AskHelper {
         socket: socket.to_owned(),
         source,
     };
     let stream = UnixStream::connect(socket).map_err(err)?;
-    stream.set_read_timeout(Some(HELPER_TIMEOUT)).map_err(err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(err)?;
     let mut bytes = Vec::new();
     (&stream)
         .take(MAX_HELPER_ANSWER + 1)
         .read_to_end(&mut bytes)
-        .map_err(err)?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no complete answer within {} s", timeout.as_secs_f32()),
+            )),
+            _ => err(e),
+        })?;
     if bytes.len() as u64 > MAX_HELPER_ANSWER {
         return Err(err(io::Error::other("answer too large")));
     }
-    parse_helper_answer(&bytes, store_dir).map_err(err)
+    parse_helper_answer(&bytes, store_dir, framing).map_err(err)
 }
 
 /// Parses the helper's bytes (exposed to the crate's tests through `ask_helper`).
-pub(crate) fn parse_helper_answer(bytes: &[u8], store_dir: &StoreDir) -> io::Result<HelperAnswer> {
+/// With [`Framing::EndMarker`], only an answer whose last item is the end marker is
+/// an answer at all; an error item makes it incomplete either way.
+pub(crate) fn parse_helper_answer(
+    bytes: &[u8],
+    store_dir: &StoreDir,
+    framing: Framing,
+) -> io::Result<HelperAnswer> {
+    let cut_short = |what: &str| io::Error::new(io::ErrorKind::UnexpectedEof, what.to_owned());
     if !bytes.is_empty() && !bytes.ends_with(b"\0") {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "answer cut short (last item not NUL-terminated)",
-        ));
+        return Err(cut_short("answer cut short (last item not NUL-terminated)"));
     }
+    let mut items: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+    items.pop(); // after the last NUL (or the whole of an empty answer)
+    let mut first_error = None;
+    let mut ended = false;
     let mut roots = BTreeSet::new();
-    for item in bytes.split(|&b| b == 0).filter(|i| !i.is_empty()) {
-        if !item.starts_with(b"/") {
-            return Ok(HelperAnswer::Incomplete(
-                String::from_utf8_lossy(item).into_owned(),
+    for item in items {
+        if ended {
+            return Err(malformed("an item after the end of the answer"));
+        }
+        if framing == Framing::EndMarker && item == END_OF_ANSWER {
+            ended = true;
+        } else if item.starts_with(b"/") {
+            if let Some(p) = top_level(store_dir, item) {
+                roots.insert(p);
+            }
+        } else if framing == Framing::EndMarker && !item.starts_with(ERROR_PREFIX.as_bytes()) {
+            return Err(malformed(
+                "an item that is neither a path, an error nor the end",
             ));
+        } else {
+            first_error.get_or_insert_with(|| String::from_utf8_lossy(item).into_owned());
         }
-        if let Some(p) = top_level(store_dir, item) {
-            roots.insert(p);
-        }
+    }
+    if let Some(message) = first_error {
+        return Ok(HelperAnswer::Incomplete(message));
+    }
+    if framing == Framing::EndMarker && !ended {
+        return Err(cut_short(if bytes.is_empty() {
+            "the helper closed the connection without answering (it refused this \
+             daemon's uid, crashed, or was stopped)"
+        } else {
+            "answer cut short (no end-of-answer item: the helper crashed or was stopped)"
+        }));
     }
     Ok(HelperAnswer::Roots(roots))
+}
+
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed answer: {what}"),
+    )
 }
 
 /// The helper's reply decoder for the fuzz targets in `fuzz/` (not an API: the
@@ -318,8 +372,14 @@ pub(crate) fn parse_helper_answer(bytes: &[u8], store_dir: &StoreDir) -> io::Res
 pub fn fuzz_parse_helper_answer(
     bytes: &[u8],
     store_dir: &StoreDir,
+    end_marker: bool,
 ) -> io::Result<Result<BTreeSet<StorePath>, String>> {
-    Ok(match parse_helper_answer(bytes, store_dir)? {
+    let framing = if end_marker {
+        Framing::EndMarker
+    } else {
+        Framing::Eof
+    };
+    Ok(match parse_helper_answer(bytes, store_dir, framing)? {
         HelperAnswer::Roots(roots) => Ok(roots),
         HelperAnswer::Incomplete(message) => Err(message),
     })

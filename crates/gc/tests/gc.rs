@@ -459,7 +459,7 @@ fn helper_roots_the_daemon_found_are_not_listed_twice() {
     let socket = tmp.path().join("helper.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let answer = format!(
-        "{}\0{}\0",
+        "{}\0{}\0end of answer\0",
         store.print_path(&readable),
         store.print_path(&hidden)
     );
@@ -531,12 +531,13 @@ fn fake_helper(socket: &std::path::Path, answers: Vec<String>) -> std::thread::J
     })
 }
 
-/// The helper's answer ends at EOF, so one killed between two items looks like a
-/// shorter list. The collector asks again once the first answer is complete and
-/// uses the union: a root only the second answer names survives, and a helper that
-/// is gone by then makes the collection fail with nothing deleted.
+/// Upstream's roots daemon (`roots-helper-runtime-only`) ends its answer at EOF, so
+/// one killed between two items looks like a shorter list. The collector asks again
+/// once the first answer is complete and uses the union: a root only the second
+/// answer names survives, and a helper that is gone by then makes the collection
+/// fail with nothing deleted.
 #[test]
-fn a_helper_answer_cut_short_loses_no_root() {
+fn an_upstream_helper_answer_cut_short_loses_no_root() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_at(tmp.path());
     let sp = |p| store.print_path(p);
@@ -545,7 +546,8 @@ fn a_helper_answer_cut_short_loses_no_root() {
     let b = text(&store, "b", "b", &[&b_dep]);
     let c = text(&store, "c", "c", &[]);
     let socket = tmp.path().join("helper.sock");
-    let config = unrooted_gc::GcConfig::new(unrooted_gc::RootsHelper::Socket(socket.clone()));
+    let helper = unrooted_gc::RootsHelper::RuntimeOnlySocket(socket.clone());
+    let config = unrooted_gc::GcConfig::new(helper);
     let temps = TempRoots::new();
 
     // Cut short, then complete (a restarted or socket-activated helper).
@@ -579,4 +581,113 @@ fn a_helper_answer_cut_short_loses_no_root() {
     for p in [&a, &b, &b_dep] {
         assert!(store.is_valid_path(p).unwrap(), "{} was deleted", sp(p));
     }
+}
+
+/// GC fails closed: our helper's answer counts only when it ends with its
+/// end-of-answer item and carries no error item. Every other outcome (a helper that
+/// closes at once because it refused this uid or crashed, an error item, an answer
+/// cut short before the end item, a malformed item, an item after the end, no answer
+/// within the time-out, no helper at all) refuses the collection with an error naming
+/// the cause, and deletes nothing; the complete answer then collects.
+#[test]
+fn gc_refuses_unless_the_helper_answer_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let sp = |p| store.print_path(p);
+    let rooted = text(&store, "rooted", "rooted", &[]);
+    let dead = text(&store, "dead", "dead", &[]);
+    let socket = tmp.path().join("helper.sock");
+    let mut config = unrooted_gc::GcConfig::new(unrooted_gc::RootsHelper::Socket(socket.clone()));
+    config.helper_timeout = std::time::Duration::from_millis(300);
+    let temps = TempRoots::new();
+    let root = sp(&rooted);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("closed at once", String::new(), "without answering"),
+        (
+            "refused",
+            "error: refusing peer 3-1-1000: not uid 4294967295\0".into(),
+            "not uid 4294967295",
+        ),
+        (
+            "error item before the end",
+            format!("{root}\0error: cannot read potential root '/home/a/result'\0end of answer\0"),
+            "cannot read potential root",
+        ),
+        ("cut short", format!("{root}\0"), "no end-of-answer item"),
+        (
+            "cut mid-item",
+            format!("{root}\0/nix/sto"),
+            "not NUL-terminated",
+        ),
+        (
+            "malformed item",
+            format!("{root}\0garbage\0end of answer\0"),
+            "malformed",
+        ),
+        (
+            "item after the end",
+            format!("end of answer\0{root}\0"),
+            "after the end",
+        ),
+    ];
+    for (what, answer, cause) in cases {
+        let _ = fs::remove_file(&socket);
+        let helper = fake_helper(&socket, vec![answer]);
+        let (r, _) = collect(
+            &store,
+            config.clone(),
+            &temps,
+            GcAction::DeleteDead,
+            u64::MAX,
+        );
+        helper.join().unwrap();
+        let e = r.expect_err(what);
+        assert!(chain(&e).contains(cause), "{what}: {}", chain(&e));
+        for p in [&rooted, &dead] {
+            assert!(store.is_valid_path(p).unwrap(), "{what}: {} deleted", sp(p));
+        }
+    }
+
+    // No answer within the time-out: the helper holds the connection open.
+    let _ = fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let hold = std::thread::spawn(move || {
+        let conn = listener.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(conn);
+    });
+    let (r, _) = collect(
+        &store,
+        config.clone(),
+        &temps,
+        GcAction::DeleteDead,
+        u64::MAX,
+    );
+    let e = r.expect_err("time-out");
+    assert!(
+        chain(&e).contains("no complete answer within"),
+        "{}",
+        chain(&e)
+    );
+    hold.join().unwrap();
+
+    // No helper listening.
+    fs::remove_file(&socket).unwrap();
+    let (r, _) = collect(
+        &store,
+        config.clone(),
+        &temps,
+        GcAction::DeleteDead,
+        u64::MAX,
+    );
+    assert!(matches!(r, Err(GcError::AskHelper { .. })), "{r:?}");
+    assert!(store.is_valid_path(&dead).unwrap());
+
+    // Complete: the dead path goes, the rooted one stays.
+    let helper = fake_helper(&socket, vec![format!("{root}\0end of answer\0")]);
+    let (r, _) = collect(&store, config, &temps, GcAction::DeleteDead, u64::MAX);
+    helper.join().unwrap();
+    let r = r.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(r.paths, BTreeSet::from([sp(&dead)]));
+    assert!(store.is_valid_path(&rooted).unwrap());
 }

@@ -374,21 +374,44 @@ pub fn is_base_name(base: &[u8]) -> bool {
         && base[HASH_LEN + 1] != b'.'
 }
 
-/// Writes the answer in upstream Nix 2.34's roots-daemon format: each root as an
-/// absolute store path followed by a NUL byte. Errors follow as items that do not
+/// Writes the answer: each root as an absolute store path followed by a NUL byte
+/// (upstream Nix 2.34's roots-daemon format), then errors as items that do not
 /// start with `/` (`error: …`), which upstream's client rejects as invalid store
-/// paths and ours as a failed scan: both then refuse to collect.
+/// paths and ours as a failed scan, then [`END_OF_ANSWER`]. Both readers refuse to
+/// collect on an error item; ours also refuses an answer without the last item.
 pub fn write_answer(out: &mut dyn Write, scan: &Scan) -> io::Result<()> {
+    write_items(out, scan)?;
+    out.write_all(END_OF_ANSWER)?;
+    out.write_all(b"\0")?;
+    out.flush()
+}
+
+/// The last item of every answer of this helper, written only once everything
+/// before it was: a reader that has not seen it got a cut-short answer (a helper
+/// that was killed, crashed, timed out, refused the peer or failed to write) and
+/// must not delete anything on its strength. It does not start with `/`, so it is
+/// never taken for a root; Nix's `nix store roots-daemon` has no such item.
+pub const END_OF_ANSWER: &[u8] = b"end of answer";
+
+/// The prefix of an item reporting why the answer is incomplete.
+pub const ERROR_PREFIX: &str = "error: ";
+
+/// Writes one error item: `error: <message>` (NUL bytes in it made spaces).
+pub fn write_error(out: &mut dyn Write, message: &str) -> io::Result<()> {
+    let text = format!("{ERROR_PREFIX}{message}").replace('\0', " ");
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\0")
+}
+
+fn write_items(out: &mut dyn Write, scan: &Scan) -> io::Result<()> {
     for root in &scan.roots {
         out.write_all(root)?;
         out.write_all(b"\0")?;
     }
     for error in &scan.errors {
-        let text = format!("error: {error}").replace('\0', " ");
-        out.write_all(text.as_bytes())?;
-        out.write_all(b"\0")?;
+        write_error(out, &error.to_string())?;
     }
-    out.flush()
+    Ok(())
 }
 
 /// The whole scan the helper answers with: roots directories, then `/proc`.

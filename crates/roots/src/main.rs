@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use unrooted_roots::{absolute, scan_all, write_answer, Limits};
+use unrooted_roots::{absolute, scan_all, write_answer, write_error, Limits};
 
 const USAGE: &str = "usage: unrooted-find-roots --store-dir DIR --state-dir DIR --owner-uid UID
     (--inetd [--peer-instance N-PID-UID] | --listen SOCKET)
@@ -175,10 +175,11 @@ fn main() -> ExitCode {
                 .as_deref()
                 .filter(|i| !peer_allowed(i, args.owner_uid))
             {
-                eprintln!(
-                    "unrooted-find-roots: refusing peer {i}: not uid {}",
-                    args.owner_uid
-                );
+                let why = format!("refusing peer {i}: not uid {}", args.owner_uid);
+                eprintln!("unrooted-find-roots: {why}");
+                // The peer learns why (it gets no end-of-answer item, so it refuses
+                // to collect either way).
+                let _ = write_error(&mut io::stdout().lock(), &why);
                 return ExitCode::from(1);
             }
             answer(&args, &mut io::BufWriter::new(io::stdout().lock())).map_err(|e| e.to_string())

@@ -55,7 +55,12 @@ impl Env {
     }
 }
 
+/// The items of a complete answer, without its last item (`end of answer`), which
+/// every complete answer has.
 fn items(out: &[u8]) -> Vec<String> {
+    let out = out
+        .strip_suffix(b"end of answer\0")
+        .unwrap_or_else(|| panic!("no end-of-answer item: {out:?}"));
     assert!(
         out.is_empty() || out.ends_with(b"\0"),
         "not NUL-terminated: {out:?}"
@@ -67,7 +72,7 @@ fn items(out: &[u8]) -> Vec<String> {
 }
 
 #[test]
-fn wire_bytes_are_nul_terminated_store_paths_then_eof() {
+fn wire_bytes_are_nul_terminated_store_paths_then_the_end_item() {
     let env = Env::new();
     symlink(env.store(B), env.p("state/gcroots/b")).unwrap();
     // A link inside a store path names its top-level path.
@@ -82,16 +87,16 @@ fn wire_bytes_are_nul_terminated_store_paths_then_eof() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = format!("{}\0{}\0", env.store(A), env.store(B));
+    let expected = format!("{}\0{}\0end of answer\0", env.store(A), env.store(B));
     assert_eq!(out.stdout, expected.as_bytes());
 }
 
 #[test]
-fn empty_answer_is_zero_bytes() {
+fn empty_answer_is_only_the_end_item() {
     let env = Env::new();
     let out = env.run(None, &[]);
     assert!(out.status.success());
-    assert_eq!(out.stdout, b"");
+    assert_eq!(out.stdout, b"end of answer\0");
 }
 
 #[test]
@@ -357,7 +362,10 @@ fn listen_mode_socket_is_owner_only_and_answers_each_connection() {
             .unwrap()
             .read_to_end(&mut bytes)
             .unwrap();
-        assert_eq!(bytes, format!("{}\0", env.store(A)).as_bytes());
+        assert_eq!(
+            bytes,
+            format!("{}\0end of answer\0", env.store(A)).as_bytes()
+        );
     }
     let _ = helper.kill();
     let _ = helper.wait();
@@ -383,9 +391,11 @@ fn listen_mode_socket_is_owner_only_and_answers_each_connection() {
 fn peer_instance_of_another_uid_is_refused() {
     let env = Env::new();
     symlink(env.store(A), env.p("state/gcroots/a")).unwrap();
+    // Refused: an error item naming why, and no end-of-answer item.
     let out = env.run(None, &["--peer-instance", "3-1234-1000"]);
     assert!(!out.status.success());
-    assert_eq!(out.stdout, b"");
+    let refused = "error: refusing peer 3-1234-1000: not uid 0\0";
+    assert_eq!(String::from_utf8_lossy(&out.stdout), refused);
     let out = env.run(None, &["--peer-instance", "3-1234-0"]);
     assert!(out.status.success());
     assert_eq!(items(&out.stdout), vec![env.store(A)]);

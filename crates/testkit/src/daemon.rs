@@ -449,7 +449,16 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
 
     /// Runs a client command that must fail and returns its stderr.
     pub fn client_err(&self, program: &str, args: &[&str]) -> String {
-        let out = self.client(program).args(args).output().expect("spawning");
+        Self::expect_err(program, args, self.client(program))
+    }
+
+    /// Runs a command as the third user that must fail and returns its stderr.
+    pub fn other_err(&self, program: &str, args: &[&str]) -> String {
+        Self::expect_err(program, args, self.other(program))
+    }
+
+    fn expect_err(program: &str, args: &[&str], mut cmd: Command) -> String {
+        let out = cmd.args(args).output().expect("spawning");
         assert!(
             !out.status.success(),
             "{program} {} succeeded but should have failed: {}",

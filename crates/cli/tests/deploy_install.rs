@@ -165,6 +165,48 @@ fn install_into_a_tree_makes_every_file_with_its_owner_and_mode() {
     assert_eq!(t, mtime("etc/systemd/system/unrooted-daemon.service"));
 }
 
+/// Regression: a second `install` while `unrooted-store.service` is active (the
+/// store bind-mounted on `.unrooted/rw-store`) made the store directory root's,
+/// through the mount point's owner and mode, and every add and build then failed.
+/// Also: `unrooted` is on root's `PATH` (`/usr/local/sbin`) and the next steps name it.
+#[test]
+fn reinstall_with_the_store_mounted_keeps_the_store_the_owners() {
+    let Some(uid) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let out = install(&root, &["--subids", "no", "--apparmor", "no"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/usr/local/sbin/unrooted doctor"), "{text}");
+    let link = fs::read_link(root.join("usr/local/sbin/unrooted")).unwrap();
+    assert_eq!(link, Path::new("/usr/local/libexec/unrooted/unrooted"));
+
+    let (store, rw) = (root.join("nix/store"), root.join("nix/.unrooted/rw-store"));
+    let mount = |args: &[&str]| {
+        let ok = Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{args:?}");
+    };
+    mount(&[
+        "mount",
+        "--bind",
+        store.to_str().unwrap(),
+        rw.to_str().unwrap(),
+    ]);
+    let again = std::panic::catch_unwind(|| {
+        install(&root, &["--subids", "no", "--apparmor", "no"]);
+    });
+    mount(&["umount", rw.to_str().unwrap()]);
+    again.unwrap();
+    let meta = fs::metadata(&store).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (uid, 0o755));
+    let meta = fs::metadata(&rw).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o755));
+}
+
 #[test]
 fn dry_run_prints_every_step_and_writes_nothing() {
     if setup().is_none() {

@@ -4,6 +4,7 @@
 //! handle locking, nscd and shadow files) and subordinate ranges are appended by the
 //! install plan. Files are small system databases; each is read with a size bound.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,48 @@ pub fn lookup_user(host: &Host, name: &str) -> Result<Option<Account>, DeployErr
     Ok(None)
 }
 
+/// The gid of `group` in group-format `text`.
+pub fn group_id(text: &str, group: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == group).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// The ids of the third field of every line of a passwd- or group-format `text`.
+fn ids_in(text: &str) -> BTreeSet<u32> {
+    text.lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect()
+}
+
+/// `SYS_UID_MIN`/`SYS_UID_MAX` of a `login.defs` text, or useradd's defaults
+/// (101..999).
+fn system_id_range(login_defs: &str) -> (u32, u32) {
+    let value = |key: &str| {
+        login_defs.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == key).then_some(())?;
+            f.next()?.parse::<u32>().ok()
+        })
+    };
+    (
+        value("SYS_UID_MIN").unwrap_or(101),
+        value("SYS_UID_MAX").unwrap_or(999),
+    )
+}
+
+/// The highest id in the system range free both as a uid and as a gid (what
+/// `useradd --system` would pick), so the store owner and its group match.
+pub fn free_system_id(passwd: &str, group: &str, login_defs: &str) -> Option<u32> {
+    let (low, high) = system_id_range(login_defs);
+    let (users, groups) = (ids_in(passwd), ids_in(group));
+    (low..=high)
+        .rev()
+        .find(|id| !users.contains(id) && !groups.contains(id))
+}
+
 /// A subordinate id range, one line of `/etc/subuid` or `/etc/subgid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubidRange {
@@ -184,6 +227,24 @@ mod tests {
         assert!(parse_user(passwd, "alic").is_none());
         assert_eq!(group_users(passwd, group, "nixbld"), vec![30001, 30002]);
         assert!(group_users(passwd, group, "none").is_empty());
+    }
+
+    /// Regression: a new store owner's ids are chosen when the plan is made, never a
+    /// placeholder (`--owner-uid 4294967295` in the roots helper's unit made the
+    /// helper refuse the daemon, and GC fail open).
+    #[test]
+    fn new_store_owner_gets_a_free_system_id_for_both_uid_and_gid() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nsys:x:999:999::/:/x\nnobody:x:65534:65534::/:/x\n";
+        let group = "root:x:0:\nlate:x:998:\nnix:x:42:\n";
+        assert_eq!(free_system_id(passwd, group, ""), Some(997));
+        let defs = "# comment\nSYS_UID_MIN  200\nSYS_UID_MAX\t300\n";
+        assert_eq!(free_system_id(passwd, group, defs), Some(300));
+        let full: String = (101..=999)
+            .map(|i| format!("u{i}:x:{i}:{i}::/:/x\n"))
+            .collect();
+        assert_eq!(free_system_id(&full, "", ""), None);
+        assert_eq!(group_id(group, "nix"), Some(42));
+        assert_eq!(group_id(group, "ni"), None);
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub enum DeployError {
     /// The store owner would be root, which defeats the point.
     #[error("the store owner must not be root (uid 0)")]
     OwnerIsRoot,
+    /// No id of the system range (`SYS_UID_MIN`..`SYS_UID_MAX`) is free both as a
+    /// uid and as a gid for a new store owner.
+    #[error("no system id is free for the store owner (create the user yourself and re-run)")]
+    NoFreeSystemId,
     /// A path given as an option is not absolute.
     #[error("{path} is not an absolute path")]
     NotAbsolute {

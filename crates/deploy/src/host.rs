@@ -143,6 +143,12 @@ impl Layout {
         self.libexec_dir.join("unrooted-sandbox")
     }
 
+    /// The administrator's `unrooted` on root's `PATH`: a link to
+    /// [`Layout::daemon_binary`] (which only root and the store owner's group may run).
+    pub fn admin_command(&self) -> PathBuf {
+        "/usr/local/sbin/unrooted".into()
+    }
+
     /// The installed roots helper (root-owned, 0755).
     pub fn roots_binary(&self) -> PathBuf {
         self.libexec_dir.join("unrooted-find-roots")

@@ -19,7 +19,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::accounts::{self, Account, DEFAULT_MAX_BUILD_SLICES, IDS_PER_BUILD};
+use crate::accounts::{self, DEFAULT_MAX_BUILD_SLICES, IDS_PER_BUILD};
 use crate::host::Layout;
 use crate::units::{self, UnitParams};
 use crate::{DeployError, Host};
@@ -68,11 +68,18 @@ pub enum Step {
     CreateGroup {
         /// The group.
         name: String,
+        /// Its gid, chosen free when the plan was made.
+        gid: u32,
     },
     /// `useradd --system` with the group of the same name (running system only).
     CreateUser {
         /// The user.
         name: String,
+        /// Its uid, chosen free when the plan was made, so that everything the
+        /// plan writes (units naming the uid among them) has the real one.
+        uid: u32,
+        /// Its primary group's gid.
+        gid: u32,
         /// Its home directory.
         home: PathBuf,
     },
@@ -97,6 +104,19 @@ pub enum Step {
         owner: (u32, u32),
         /// What it is, for the printout.
         what: String,
+    },
+    /// The mount point of the store's writable view: made like [`Step::Dir`] when
+    /// missing or empty, left alone while the store is mounted on it (changing its
+    /// owner or mode then would change the store directory's own).
+    MountPoint {
+        /// The mount point.
+        path: PathBuf,
+        /// The directory mounted there when the store's units run.
+        source: PathBuf,
+        /// Permission bits.
+        mode: u32,
+        /// Owner uid and gid.
+        owner: (u32, u32),
     },
     /// A symbolic link (replacing an existing link, never a file).
     Symlink {
@@ -132,15 +152,29 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::CreateGroup { name } => write!(f, "create system group {name}"),
-            Step::CreateUser { name, home } => write!(
+            Step::CreateGroup { name, gid } => write!(f, "create system group {name} (gid {gid})"),
+            Step::CreateUser {
+                name,
+                uid,
+                gid,
+                home,
+            } => write!(
                 f,
-                "create system user {name} (group {name}, home {}, no login shell)",
+                "create system user {name} (uid {uid}, gid {gid}, home {}, no login shell)",
                 home.display()
             ),
             Step::Dir { path, mode, owner } => write!(
                 f,
                 "directory {} mode {mode:04o} owner {}:{}",
+                path.display(),
+                owner.0,
+                owner.1
+            ),
+            Step::MountPoint {
+                path, mode, owner, ..
+            } => write!(
+                f,
+                "mount point {} mode {mode:04o} owner {}:{} (unless the store is mounted there)",
                 path.display(),
                 owner.0,
                 owner.1
@@ -242,17 +276,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
     let owner_ids = match (&existing, host.is_system()) {
         (Some(a), _) if a.uid == 0 => return Err(DeployError::OwnerIsRoot),
         (Some(a), _) if caller_can_chown => (a.uid, a.gid),
-        (None, true) => {
-            steps.push(Step::CreateGroup {
-                name: opts.owner.clone(),
-            });
-            steps.push(Step::CreateUser {
-                name: opts.owner.clone(),
-                home: l.state_dir.clone(),
-            });
-            // The ids exist only once useradd ran; `apply` resolves this placeholder.
-            (u32::MAX, u32::MAX)
-        }
+        (None, true) => new_owner_steps(host, opts, &mut steps)?,
         _ => {
             steps.push(Step::Note(format!(
                 "user {} does not exist here (or cannot be given files): files meant for it are owned by uid {}",
@@ -336,8 +360,9 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         mode: 0o700,
         owner: r,
     });
-    steps.push(Step::Dir {
+    steps.push(Step::MountPoint {
         path: l.rw_store(),
+        source: l.store_dir.clone(),
         mode: 0o755,
         owner: r,
     });
@@ -357,6 +382,17 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         mode: 0o750,
         owner: (r.0, o.1),
         what: "the daemon's unrooted binary".into(),
+    });
+    if let Some(dir) = l.admin_command().parent() {
+        steps.push(Step::Dir {
+            path: dir.to_owned(),
+            mode: 0o755,
+            owner: r,
+        });
+    }
+    steps.push(Step::Symlink {
+        path: l.admin_command(),
+        target: l.daemon_binary(),
     });
     if let Some(src) = &opts.sandbox_binary {
         steps.push(Step::File {
@@ -401,7 +437,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
             texts.push((path.clone(), accounts::read_db(&path)?.unwrap_or_default()));
         }
         let both = format!("{}\n{}", texts[0].1, texts[1].1);
-        let uid = (o.0 != u32::MAX).then_some(o.0);
+        let uid = Some(o.0);
         for (file, (path, text)) in files.iter().zip(&texts) {
             if let Some(have) = accounts::subid_range_of(text, &opts.owner, uid) {
                 let fits = have.count / u64::from(IDS_PER_BUILD);
@@ -515,8 +551,40 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         "systemctl enable --now {}",
         units::units_to_enable().join(" ")
     ));
-    next.push("unrooted doctor".into());
+    next.push(format!("{} doctor", l.admin_command().display()));
     Ok(InstallPlan { steps, next })
+}
+
+/// The steps creating the store owner and its group on the running system, with ids
+/// chosen now (free as both a uid and a gid in the system range, or the existing
+/// group's gid), so every later step and unit names the real ids; returns them.
+fn new_owner_steps(
+    host: &Host,
+    opts: &InstallOptions,
+    steps: &mut Vec<Step>,
+) -> Result<(u32, u32), DeployError> {
+    let passwd = accounts::read_db(&host.path(Path::new("/etc/passwd")))?.unwrap_or_default();
+    let groups = accounts::read_db(&host.path(Path::new("/etc/group")))?.unwrap_or_default();
+    let defs = accounts::read_db(&host.path(Path::new("/etc/login.defs")))?.unwrap_or_default();
+    let uid =
+        accounts::free_system_id(&passwd, &groups, &defs).ok_or(DeployError::NoFreeSystemId)?;
+    let gid = match accounts::group_id(&groups, &opts.owner) {
+        Some(gid) => gid,
+        None => {
+            steps.push(Step::CreateGroup {
+                name: opts.owner.clone(),
+                gid: uid,
+            });
+            uid
+        }
+    };
+    steps.push(Step::CreateUser {
+        name: opts.owner.clone(),
+        uid,
+        gid,
+        home: opts.layout.state_dir.clone(),
+    });
+    Ok((uid, gid))
 }
 
 /// Computes `uninstall`: units, binaries, profile and client configuration go; the
@@ -550,6 +618,7 @@ pub fn uninstall(
         });
     }
     for p in [
+        layout.admin_command(),
         layout.daemon_binary(),
         layout.sandbox_binary(),
         layout.roots_binary(),
@@ -619,7 +688,7 @@ fn read_binary(path: &Path) -> Result<Vec<u8>, DeployError> {
 /// The owner uid of an existing store that is not the store owner's (a root
 /// nix-daemon's), if any.
 fn foreign_store(host: &Host, l: &Layout, owner_uid: u32) -> Option<u32> {
-    // owner_uid u32::MAX: the user does not exist yet, so any existing store is another's.
+    // A store owner created by this plan owns nothing yet: any store is another's.
     let uid = fs::symlink_metadata(host.path(&l.store_dir)).ok()?.uid();
     (uid != owner_uid).then_some(uid)
 }
@@ -630,29 +699,29 @@ pub fn apply(
     plan: &InstallPlan,
     log: &mut dyn FnMut(&Step),
 ) -> Result<(), DeployError> {
-    let mut created: Option<Account> = None;
     for step in &plan.steps {
         log(step);
-        // Placeholders for a user created earlier in this run.
-        let fix = |ids: (u32, u32), created: &Option<Account>| match (ids, created) {
-            ((u32::MAX, _), Some(a)) => (a.uid, if ids.1 == u32::MAX { a.gid } else { ids.1 }),
-            ((u, u32::MAX), Some(a)) => (u, a.gid),
-            _ => ids,
-        };
         match step {
-            Step::CreateGroup { name } => {
+            Step::CreateGroup { name, gid } => {
                 if host.is_system() {
-                    run(&["groupadd", "--system", "-f", name])?;
+                    run(&["groupadd", "--system", "--gid", &gid.to_string(), name])?;
                 }
             }
-            Step::CreateUser { name, home } => {
+            Step::CreateUser {
+                name,
+                uid,
+                gid,
+                home,
+            } => {
                 if host.is_system() {
                     let home = home.display().to_string();
                     run(&[
                         "useradd",
                         "--system",
+                        "--uid",
+                        &uid.to_string(),
                         "--gid",
-                        name,
+                        &gid.to_string(),
                         "--home-dir",
                         &home,
                         "--no-create-home",
@@ -662,11 +731,19 @@ pub fn apply(
                         "unrooted Nix store owner",
                         name,
                     ])?;
-                    created = accounts::lookup_user(host, name)?;
                 }
             }
-            Step::Dir { path, mode, owner } => {
-                ensure_dir(&host.path(path), *mode, fix(*owner, &created))?
+            Step::Dir { path, mode, owner } => ensure_dir(&host.path(path), *mode, *owner)?,
+            Step::MountPoint {
+                path,
+                source,
+                mode,
+                owner,
+            } => {
+                let path = host.path(path);
+                if !same_inode(&path, &host.path(source)) {
+                    ensure_dir(&path, *mode, *owner)?
+                }
             }
             Step::File {
                 path,
@@ -674,7 +751,7 @@ pub fn apply(
                 mode,
                 owner,
                 ..
-            } => write_file(&host.path(path), contents, *mode, fix(*owner, &created))?,
+            } => write_file(&host.path(path), contents, *mode, *owner)?,
             Step::Symlink { path, target } => ensure_symlink(&host.path(path), target)?,
             Step::RemoveFile { path } => {
                 let p = host.path(path);
@@ -756,6 +833,14 @@ fn set_owner_mode(path: &Path, mode: u32, owner: (u32, u32)) -> Result<(), Deplo
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(chown_err)?;
     }
     Ok(())
+}
+
+/// Whether `a` and `b` are the same directory (a bind mount of `b` on `a`).
+fn same_inode(a: &Path, b: &Path) -> bool {
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 fn ensure_dir(path: &Path, mode: u32, owner: (u32, u32)) -> Result<(), DeployError> {

@@ -215,6 +215,23 @@ fn a_running_unprivileged_daemon_answers_and_is_not_root() {
     }
     let mut d = TestDaemon::new(unrooted(), "");
     d.start();
+    expect_daemon_identity_ok(&d);
+}
+
+/// Regression: under socket activation `SO_PEERCRED` names the socket's creator
+/// (systemd, root), and doctor failed every correct install with "the daemon runs
+/// as root". It now finds the daemon as the process holding the listening socket.
+#[test]
+fn a_socket_activated_daemon_is_identified_by_the_process_holding_the_socket() {
+    if !can_run_daemon_tests() {
+        return;
+    }
+    let mut d = TestDaemon::new(unrooted(), "");
+    d.start_socket_activated();
+    expect_daemon_identity_ok(&d);
+}
+
+fn expect_daemon_identity_ok(d: &TestDaemon) {
     let out = Command::new(unrooted())
         .arg("doctor")
         .args(["--store-owner", DAEMON_USER, "--timeout", "5"])

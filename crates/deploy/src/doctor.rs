@@ -631,46 +631,99 @@ fn daemon(host: &Host, l: &Layout, timeout: Duration, out: &mut Vec<Finding>) {
             return;
         }
     }
-    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
-        Ok(c) => c,
-        Err(e) => {
+    // SO_PEERCRED names whoever created the listening socket: under socket
+    // activation that is systemd (pid 1, root), not the daemon. The daemon is the
+    // process holding the listening socket (pid 1 aside), found through
+    // /proc/net/unix and /proc/*/fd; the peer's pid is the fallback.
+    let holders = fs::canonicalize(&socket)
+        .ok()
+        .and_then(|real| listening_inode(host, &real))
+        .map(|inode| socket_holders(host, inode))
+        .unwrap_or_default();
+    let pids: Vec<i32> = match (
+        holders.is_empty(),
+        rustix::net::sockopt::socket_peercred(&stream),
+    ) {
+        (false, _) => holders,
+        (true, Ok(c)) => vec![c.pid.as_raw_nonzero().get()],
+        (true, Err(e)) => {
             out.push(finding(
                 "daemon identity",
                 Verdict::Warn,
-                format!("SO_PEERCRED: {e}"),
+                format!("no process holds the socket, and SO_PEERCRED: {e}"),
                 None,
             ));
             return;
         }
     };
-    let pid = cred.pid.as_raw_nonzero().get();
-    let uids = proc_status(host, pid, "Uid");
+    for pid in pids {
+        out.push(identity(host, pid));
+    }
+}
+
+/// The finding for the daemon process `pid`: root is a failure, capabilities a warning.
+fn identity(host: &Host, pid: i32) -> Finding {
+    let uids = proc_status(host, pid, "Uid").unwrap_or_default();
     let cap_eff = proc_status(host, pid, "CapEff");
-    let any_root = cred.uid.is_root()
-        || uids
-            .as_deref()
-            .is_some_and(|u| u.split_whitespace().any(|x| x == "0"));
-    out.push(if any_root {
-        finding(
+    if uids.is_empty() || uids.split_whitespace().any(|x| x == "0") {
+        return finding(
             "daemon identity",
             Verdict::Fail,
-            format!("the daemon (pid {pid}) runs as root (Uid: {})", uids.unwrap_or_default()),
+            format!("the daemon (pid {pid}) runs as root (Uid: {uids})"),
             Some("stop nix-daemon (systemctl disable --now nix-daemon.socket nix-daemon.service) and start unrooted-daemon.socket"),
-        )
+        );
+    }
+    let uid = uids.split_whitespace().next().unwrap_or("?");
+    let caps = cap_eff.unwrap_or_else(|| "?".into());
+    let v = if caps.trim_start_matches('0').is_empty() {
+        Verdict::Ok
     } else {
-        let caps = cap_eff.unwrap_or_else(|| "?".into());
-        let v = if caps.trim_start_matches('0').is_empty() {
-            Verdict::Ok
-        } else {
-            Verdict::Warn
-        };
-        finding(
-            "daemon identity",
-            v,
-            format!("pid {pid}, uid {}, effective capabilities {caps}", cred.uid.as_raw()),
-            (v != Verdict::Ok).then_some("the daemon should hold no capabilities: check AmbientCapabilities= in unrooted-daemon.service"),
-        )
-    });
+        Verdict::Warn
+    };
+    finding(
+        "daemon identity",
+        v,
+        format!("pid {pid}, uid {uid}, effective capabilities {caps}"),
+        (v != Verdict::Ok).then_some("the daemon should hold no capabilities: check AmbientCapabilities= in unrooted-daemon.service"),
+    )
+}
+
+/// Most `/proc` entries, and descriptors of one process, examined.
+const MAX_PROC_ENTRIES: usize = 1 << 20;
+
+/// The socket-file system inode of the listening Unix socket bound at `path`, from
+/// `/proc/net/unix` (`Num RefCount Protocol Flags Type St Inode Path`; state 01 is
+/// listening).
+fn listening_inode(host: &Host, path: &Path) -> Option<u64> {
+    let table = read_bounded(&host.path(Path::new("/proc/net/unix")), 64 << 20)?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let listening = f.get(5) == Some(&"01");
+        (listening && f.get(7).map(Path::new) == Some(path)).then_some(())?;
+        f.get(6)?.parse().ok()
+    })
+}
+
+/// The processes other than pid 1 (systemd, under socket activation) holding a
+/// descriptor of the socket with `inode`.
+fn socket_holders(host: &Host, inode: u64) -> Vec<i32> {
+    let wanted = format!("socket:[{inode}]");
+    let Ok(procs) = fs::read_dir(host.path(Path::new("/proc"))) else {
+        return Vec::new();
+    };
+    let pids = procs
+        .take(MAX_PROC_ENTRIES)
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != 1);
+    pids.filter(|pid| {
+        let fds = host.path(&PathBuf::from(format!("/proc/{pid}/fd")));
+        fs::read_dir(fds).is_ok_and(|fds| {
+            fds.take(MAX_PROC_ENTRIES)
+                .filter_map(Result::ok)
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == wanted.as_str()))
+        })
+    })
+    .collect()
 }
 
 fn roots_helper(

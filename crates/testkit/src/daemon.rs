@@ -656,7 +656,35 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
 
     /// Starts the daemon as the daemon user and waits for its socket.
     pub fn start(&mut self) {
-        let mut cmd = Command::new("setpriv");
+        self.start_with(Command::new("setpriv"));
+    }
+
+    /// Starts the daemon socket-activated, as systemd would: root
+    /// (`systemd-socket-activate`) creates and listens on the socket, then becomes the
+    /// daemon user and the daemon (`LISTEN_FDS`), so the socket's creator, which
+    /// `SO_PEERCRED` names, is root.
+    pub fn start_socket_activated(&mut self) {
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.arg("--listen").arg(self.socket());
+        // It passes on only the variables named (taking their values from its own,
+        // which `start_with` sets).
+        for var in [
+            "PATH",
+            "NIX_STORE_DIR",
+            "NIX_STATE_DIR",
+            "NIX_LOG_DIR",
+            "NIX_CONF_DIR",
+            "NIX_DAEMON_SOCKET_PATH",
+            "NIX_CONFIG",
+            "RUST_LOG",
+        ] {
+            cmd.args(["-E", var]);
+        }
+        cmd.arg("setpriv");
+        self.start_with(cmd);
+    }
+
+    fn start_with(&mut self, mut cmd: Command) {
         cmd.arg(format!("--reuid={}", self.daemon_uid))
             .arg(format!("--regid={}", self.daemon_gid))
             .args(["--init-groups", "--inh-caps=-all", "--"])

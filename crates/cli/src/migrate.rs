@@ -40,6 +40,17 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         "{verb} {} state and {} store entries to {}; kept {} belonging to other users",
         report.state_chowned, report.store_chowned, opts.owner, report.kept
     );
+    if !report.conf.is_empty() {
+        let what = if args.dry_run {
+            "would change"
+        } else {
+            "changed"
+        };
+        println!("\nnix.conf ({what} what unrooted needs; every line that matters):");
+        for line in &report.conf {
+            println!("  {line}");
+        }
+    }
     println!("\nnow:");
     for line in &report.to_disable {
         println!("  {line}");

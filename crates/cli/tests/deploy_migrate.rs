@@ -131,10 +131,26 @@ fn a_root_daemons_store_is_served_by_the_owner_after_migration() {
     chown(&user_dir, Some(d.client_uid), None).unwrap();
     let valid_before = as_root(&d, "nix-store", &["-q", "--hash", &added, &built]);
 
+    // Debian's nix.conf turns Nix's sandbox off and names the build users' group.
+    let conf = r.join("conf/nix.conf");
+    let mut old_conf = fs::read_to_string(&conf).unwrap_or_default();
+    old_conf.push_str("sandbox = false\nbuild-users-group = nixbld\n");
+    fs::write(&conf, &old_conf).unwrap();
+
     let text = migrate(&d);
     assert!(
         text.contains("systemctl disable --now nix-daemon.socket nix-daemon.service"),
         "{text}"
+    );
+    assert!(
+        text.contains("changed: `sandbox = false` to `sandbox = true`")
+            && text.contains("removed: `build-users-group = nixbld`"),
+        "{text}"
+    );
+    let new_conf = fs::read_to_string(&conf).unwrap();
+    assert!(
+        new_conf.contains("\nsandbox = true\n") && !new_conf.contains("\nbuild-users-group"),
+        "{new_conf}"
     );
     let store_meta = fs::metadata(d.store_dir()).unwrap();
     assert_eq!(

@@ -16,6 +16,7 @@ pub mod doctor;
 mod error;
 pub mod host;
 pub mod migrate;
+pub mod nixconf;
 pub mod plan;
 pub mod units;
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::accounts::{self, Account};
 use crate::host::Layout;
+use crate::nixconf;
 use crate::{DeployError, Host};
 
 /// How `migrate` is asked to run.
@@ -48,6 +49,8 @@ pub struct MigrateReport {
     pub kept: u64,
     /// What the admin should disable or remove now.
     pub to_disable: Vec<String>,
+    /// Every line of `nix.conf` that matters, changed or kept ([`nixconf::adapt`]).
+    pub conf: Vec<String>,
 }
 
 /// Evidence that a `nix-daemon` runs: a process named so under the host's `/proc`.
@@ -195,13 +198,8 @@ pub fn migrate(
     report.store_chowned = walker.chowned;
     report.kept = walker.kept;
 
-    report.to_disable = vec![
-        "systemctl disable --now nix-daemon.socket nix-daemon.service".into(),
-        format!(
-            "remove `build-users-group` from {} (the daemon has no build users)",
-            l.conf_dir.join("nix.conf").display()
-        ),
-    ];
+    report.conf = migrate_conf(host, l, opts.dry_run)?;
+    report.to_disable = vec!["systemctl disable --now nix-daemon.socket nix-daemon.service".into()];
     if !old_owners.is_empty() && old_owners.len() > 1 {
         report.to_disable.push(format!(
             "the build users can go: for u in $(getent group {0} | cut -d: -f4 | tr , ' '); do userdel $u; done; groupdel {0}",
@@ -212,6 +210,29 @@ pub fn migrate(
         .to_disable
         .push("unrooted install (again: finishes the socket links), then systemctl enable --now the units it lists".into());
     Ok(report)
+}
+
+/// Adapts the shared `nix.conf` to unrooted (see [`nixconf::adapt`]), keeping its
+/// owner and mode; returns what was changed or kept.
+fn migrate_conf(host: &Host, l: &Layout, dry_run: bool) -> Result<Vec<String>, DeployError> {
+    let path = host.path(&l.conf_dir.join("nix.conf"));
+    let Some(old) = accounts::read_db(&path)? else {
+        return Ok(Vec::new());
+    };
+    let adapted = nixconf::adapt(&old);
+    if !dry_run && adapted.text != old {
+        let write_err = |source| DeployError::Write {
+            path: path.clone(),
+            source,
+        };
+        let tmp = path.with_extension("conf.unrooted-new");
+        let mode = fs::metadata(&path).map_err(write_err)?.permissions();
+        fs::write(&tmp, &adapted.text)
+            .and_then(|()| fs::set_permissions(&tmp, mode))
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(write_err)?;
+    }
+    Ok(adapted.report)
 }
 
 struct Walker<'a> {

@@ -170,7 +170,11 @@ impl IdMode {
                 settings.ids_per_build
             ));
         }
-        let host = match host_subids(Path::new("/"), owner_uid) {
+        // Copies of the mappers beside the daemon's binary (with file capabilities,
+        // from `unrooted install`) come first.
+        let exe = std::env::current_exe().ok();
+        let own_dir = exe.as_deref().and_then(Path::parent);
+        let host = match host_subids(Path::new("/"), owner_uid, own_dir) {
             Ok(h) => h,
             Err(e) => return single(e.to_string()),
         };
@@ -234,8 +238,9 @@ impl IdMode {
         let probe = IdMaps::reclaim(owner_uid, owner_gid, &pool.slice(0));
         if let Err(e) = helper.reclaim(&probe, &[]) {
             return single(format!(
-                "{} has subordinate ids but mapping them failed: {}",
+                "{} has subordinate ids but mapping them with {} failed: {} (a setuid-root newuidmap also needs CAP_SYS_ADMIN and CAP_DAC_OVERRIDE in the capability bounding set; `unrooted install` puts copies with file capabilities beside the daemon's binary, which need only CAP_SETUID and CAP_SETGID)",
                 pool.user,
+                pool.newuidmap.display(),
                 crate::error_chain(&e)
             ));
         }
@@ -249,8 +254,9 @@ impl IdMode {
                 "builds run in the single-id mode: the builder's uid 1000 is the store owner outside its sandbox, and concurrent builds share it ({why})"
             ),
             IdMode::Ranges(p) => format!(
-                "builds run in the id-range mode (auto-allocate-uids, and {} has subordinate ids and newuidmap works): each build gets its own {} uids and gids, so {} id-range builds can run at once (uids {}..{}, gids {}..{} of its subordinate ids; locks in {}); the builder is uid 1000 / gid 100 inside and the store owner is root",
+                "builds run in the id-range mode (auto-allocate-uids, and {} has subordinate ids and {} works): each build gets its own {} uids and gids, so {} id-range builds can run at once (uids {}..{}, gids {}..{} of its subordinate ids; locks in {}); the builder is uid 1000 / gid 100 inside and the store owner is root",
                 p.user,
+                p.newuidmap.display(),
                 p.per_build,
                 p.slices,
                 p.uid_start,

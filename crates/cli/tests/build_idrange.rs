@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -88,6 +88,16 @@ in {
 /// A started daemon on a private store, or `None` when this host cannot run the
 /// tests (and CI is not set).
 fn prepared(conf: &str) -> Option<(TestDaemon, (u32, u32))> {
+    prepared_checks()?;
+    let range = ensure_subids(DAEMON_USER).expect("subordinate ids for the daemon user");
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), conf);
+    fs::write(d.inputs().join("build.nix"), EXPR).unwrap();
+    d.start();
+    Some((d, range))
+}
+
+/// `Some` when this host can run the tests (else, outside CI, `None`: skip).
+fn prepared_checks() -> Option<()> {
     if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
         return None;
     }
@@ -112,11 +122,58 @@ fn prepared(conf: &str) -> Option<(TestDaemon, (u32, u32))> {
         eprintln!("skipping: {e}");
         return None;
     }
+    Some(())
+}
+
+/// Under the installed unit's capability bounding set (`CAP_SETUID CAP_SETGID`),
+/// Debian's setuid-root `newuidmap` cannot map the ids (it needs `CAP_SYS_ADMIN` and
+/// `CAP_DAC_OVERRIDE` too), so every builder ran as the store owner while doctor said
+/// otherwise. The daemon now says so (single-id mode, naming the mapper and the
+/// cause), and with the copies `unrooted install` puts beside its binary (file
+/// capabilities, written by the installer's own code) builders run as slice ids.
+#[test]
+fn under_the_units_bounding_set_builds_get_slices_through_file_capability_mappers() {
+    if prepared_checks().is_none() {
+        return;
+    }
     let range = ensure_subids(DAEMON_USER).expect("subordinate ids for the daemon user");
-    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), conf);
+    // The daemon's binary in a root-owned directory of its own, as installed.
+    let libexec = tempfile::tempdir().unwrap();
+    let dir = libexec.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("unrooted");
+    fs::copy(env!("CARGO_BIN_EXE_unrooted"), &exe).unwrap();
+    let mut d = TestDaemon::new(&exe, CONF);
     fs::write(d.inputs().join("build.nix"), EXPR).unwrap();
-    d.start();
-    Some((d, range))
+    d.start_with_the_units_bounding_set();
+    let log = d.log();
+    assert!(
+        log.contains("single-id mode") && log.contains("CAP_SYS_ADMIN"),
+        "{log}"
+    );
+    d.kill();
+
+    use unrooted_deploy::filecaps::{set, CAP_SETGID, CAP_SETUID};
+    for (name, cap) in [("newuidmap", CAP_SETUID), ("newgidmap", CAP_SETGID)] {
+        let copy = dir.join(name);
+        fs::copy(Path::new("/usr/bin").join(name), &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+        set(&copy, &[cap]).unwrap();
+    }
+    d.start_with_the_units_bounding_set();
+    let log = d.log();
+    assert!(
+        log.contains("id-range mode") && log.contains(&dir.join("newuidmap").display().to_string()),
+        "{log}"
+    );
+    let owner = daemon_uid(&d);
+    let child = spawn_build(&d, &["ids"]);
+    let ids = builder_ids(&d, owner, 1);
+    wait_ok(child);
+    assert!(!ids.is_empty(), "a sandboxed builder was seen");
+    for (uid, _) in ids {
+        assert!(in_range(uid, range), "uid {uid} in {range:?}");
+    }
 }
 
 fn expr(d: &TestDaemon) -> String {

@@ -260,6 +260,15 @@ fn subordinate_ids_and_apparmor_when_the_host_has_them() {
     )
     .unwrap();
     let out = install(&root, &["--chown-kept-build-dirs"]);
+    // Copies of the mappers beside the daemon, with file capabilities instead of
+    // setuid root, executable by the store owner's group only.
+    use unrooted_deploy::filecaps::{get, CAP_SETGID, CAP_SETUID};
+    for (name, cap) in [("newuidmap", CAP_SETUID), ("newgidmap", CAP_SETGID)] {
+        let copy = root.join("usr/local/libexec/unrooted").join(name);
+        let meta = fs::metadata(&copy).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o750), "{name}");
+        assert_eq!(get(&copy), Some(vec![cap]), "{name}");
+    }
     // max-jobs = 200 concurrent builds, at most Nix's default id-count (128 slices of
     // 65536), in one range free in both files: past alice's uids and bob's gids.
     let line = format!("{DAEMON_USER}:327680:8388608\n");

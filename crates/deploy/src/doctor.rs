@@ -143,6 +143,12 @@ pub fn run(opts: &DoctorOptions) -> Vec<Finding> {
     };
     subids(host, l, &owner_name, owner.as_ref(), &mut out);
     build_ids(host, l, &owner_name, owner.as_ref(), &mut out);
+    let id_ranges = out
+        .last()
+        .is_some_and(|f| f.check == "build ids" && f.detail.starts_with("id-range mode"));
+    if id_ranges {
+        id_mappers(host, l, &mut out);
+    }
     if let Some(a) = &owner {
         ownership(host, l, a, &mut out);
     }
@@ -293,6 +299,79 @@ fn subids(
 /// (`sandbox`, `auto-allocate-uids`, `start-id`, `id-count`, `unrooted-ids-per-build`)
 /// and the subordinate-ids finding just made. The daemon's start-up log says the same
 /// after also trying `newuidmap` once.
+/// Which `newuidmap`/`newgidmap` the daemon will run, and whether they can work under
+/// its unit: the copies beside its binary need their file capabilities (and should
+/// match the system's, which get security updates); the system's setuid-root ones
+/// need `CAP_SYS_ADMIN` and `CAP_DAC_OVERRIDE` in the unit's bounding set.
+fn id_mappers(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
+    use crate::filecaps::{get, CAP_SETGID, CAP_SETUID};
+    let reinstall =
+        Some("unrooted install (puts copies with file capabilities beside the daemon's binary)");
+    let copies = [("newuidmap", CAP_SETUID), ("newgidmap", CAP_SETGID)];
+    let at = |name: &str| host.path(&l.libexec_dir.join(name));
+    if copies.iter().all(|(name, _)| at(name).is_file()) {
+        for (name, cap) in copies {
+            if get(&at(name)).as_deref() != Some(&[cap][..]) {
+                out.push(finding(
+                    "id mappers",
+                    Verdict::Fail,
+                    format!(
+                        "{} lacks its file capability: builds fall back to the single-id mode",
+                        l.libexec_dir.join(name).display()
+                    ),
+                    reinstall,
+                ));
+                return;
+            }
+            let system = fs::read(host.path(&Path::new("/usr/bin").join(name))).ok();
+            if system.is_some() && system != fs::read(at(name)).ok() {
+                out.push(finding(
+                    "id mappers",
+                    Verdict::Warn,
+                    format!(
+                        "{} differs from /usr/bin/{name} (updated since the install?)",
+                        l.libexec_dir.join(name).display()
+                    ),
+                    reinstall,
+                ));
+                return;
+            }
+        }
+        out.push(finding(
+            "id mappers",
+            Verdict::Ok,
+            format!(
+                "{}/new{{u,g}}idmap with file capabilities cap_setuid, cap_setgid",
+                l.libexec_dir.display()
+            ),
+            None,
+        ));
+        return;
+    }
+    let unit = read_bounded(
+        &host.path(&l.unit_dir.join("unrooted-daemon.service")),
+        MAX_PROC_READ,
+    );
+    let bounding = unit.as_deref().and_then(|u| {
+        u.lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet=").map(str::to_owned))
+    });
+    match bounding {
+        Some(set) if !(set.contains("CAP_SYS_ADMIN") && set.contains("CAP_DAC_OVERRIDE")) => out.push(finding(
+            "id mappers",
+            Verdict::Fail,
+            format!("the setuid-root /usr/bin/newuidmap cannot map ids within the unit's CapabilityBoundingSet={set}: the daemon runs builds in the single-id mode"),
+            reinstall,
+        )),
+        _ => out.push(finding(
+            "id mappers",
+            Verdict::Ok,
+            "the system's /usr/bin/new{u,g}idmap".into(),
+            None,
+        )),
+    }
+}
+
 fn build_ids(
     host: &Host,
     l: &Layout,

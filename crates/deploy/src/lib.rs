@@ -14,6 +14,7 @@
 pub mod accounts;
 pub mod doctor;
 mod error;
+pub mod filecaps;
 pub mod host;
 pub mod migrate;
 pub mod nixconf;

@@ -118,6 +118,13 @@ pub enum Step {
         /// Owner uid and gid.
         owner: (u32, u32),
     },
+    /// File capabilities on a file written earlier in the plan (see [`crate::filecaps`]).
+    FileCaps {
+        /// The file.
+        path: PathBuf,
+        /// The capabilities, permitted and effective.
+        caps: Vec<u32>,
+    },
     /// A symbolic link (replacing an existing link, never a file).
     Symlink {
         /// The link.
@@ -192,6 +199,9 @@ impl fmt::Display for Step {
                 owner.0,
                 owner.1
             ),
+            Step::FileCaps { path, caps } => {
+                write!(f, "file capabilities {caps:?} (+ep) on {}", path.display())
+            }
             Step::Symlink { path, target } => {
                 write!(f, "link {} -> {}", path.display(), target.display())
             }
@@ -241,6 +251,35 @@ pub fn has_uidmap(host: &Host) -> bool {
     ["newuidmap", "newgidmap"]
         .iter()
         .all(|b| host.path(&Path::new("/usr/bin").join(b)).is_file())
+}
+
+/// Copies of the host's `newuidmap` and `newgidmap` beside the daemon's binary, which
+/// the daemon uses first: executable only by the store owner's group, with the file
+/// capability each needs instead of setuid root (see [`crate::filecaps`] for why the
+/// setuid programs fail within the unit's bounding set). A new `install` refreshes
+/// them after an update of the system's (`unrooted doctor` warns when they differ).
+fn mapper_steps(
+    host: &Host,
+    l: &Layout,
+    owner: (u32, u32),
+    steps: &mut Vec<Step>,
+) -> Result<(), DeployError> {
+    use crate::filecaps::{CAP_SETGID, CAP_SETUID};
+    for (name, cap) in [("newuidmap", CAP_SETUID), ("newgidmap", CAP_SETGID)] {
+        let path = l.libexec_dir.join(name);
+        steps.push(Step::File {
+            path: path.clone(),
+            contents: read_binary(&host.path(&Path::new("/usr/bin").join(name)))?,
+            mode: 0o750,
+            owner,
+            what: format!("the daemon's {name}: a copy of /usr/bin/{name} with a file capability instead of setuid root"),
+        });
+        steps.push(Step::FileCaps {
+            path,
+            caps: vec![cap],
+        });
+    }
+    Ok(())
 }
 
 /// How many concurrent builds the store owner's subordinate range is sized for when
@@ -468,7 +507,9 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
                 ),
             });
         }
-        if !has_uidmap(host) {
+        if has_uidmap(host) {
+            mapper_steps(host, l, (r.0, o.1), &mut steps)?;
+        } else {
             steps.push(Step::Note(
                 "subordinate ids requested but newuidmap/newgidmap are missing: apt-get install uidmap (dnf install shadow-utils)".into(),
             ));
@@ -622,6 +663,8 @@ pub fn uninstall(
         layout.daemon_binary(),
         layout.sandbox_binary(),
         layout.roots_binary(),
+        layout.libexec_dir.join("newuidmap"),
+        layout.libexec_dir.join("newgidmap"),
         Path::new("/etc/apparmor.d").join(units::APPARMOR_PROFILE),
         "/etc/profile.d/unrooted.sh".into(),
         layout.daemon_socket(),
@@ -753,6 +796,13 @@ pub fn apply(
                 ..
             } => write_file(&host.path(path), contents, *mode, *owner)?,
             Step::Symlink { path, target } => ensure_symlink(&host.path(path), target)?,
+            Step::FileCaps { path, caps } => {
+                let p = host.path(path);
+                if crate::filecaps::get(&p).as_deref() != Some(caps.as_slice()) {
+                    crate::filecaps::set(&p, caps)
+                        .map_err(|source| DeployError::Write { path: p, source })?;
+                }
+            }
             Step::RemoveFile { path } => {
                 let p = host.path(path);
                 match fs::remove_file(&p) {

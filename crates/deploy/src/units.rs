@@ -33,7 +33,10 @@
 //! disabled by `NoNewPrivileges=yes`, and the capability bounding set caps what even a
 //! setuid-root program gains at exec, so with subordinate ids the unit keeps
 //! `CAP_SETUID CAP_SETGID` in the *bounding* set (the daemon itself still holds none)
-//! and leaves `NoNewPrivileges` off; options that imply it for a non-root service
+//! and leaves `NoNewPrivileges` off. Within that set Debian's setuid-root programs
+//! still fail (they would also need `CAP_SYS_ADMIN` and `CAP_DAC_OVERRIDE`, see
+//! [`crate::filecaps`]), so `install` puts copies with file capabilities beside the
+//! daemon's binary, which the daemon uses first; options that imply it for a non-root service
 //! (`SystemCallFilter`, `RestrictSUIDSGID`, `ProtectKernel*`, ...) are left out too.
 //! Without subordinate ids the bounding set is empty and `NoNewPrivileges=yes`.
 //! Options that cover parts of `/proc` or `/sys` (`ProtectKernelTunables`,

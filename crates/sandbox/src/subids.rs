@@ -116,20 +116,31 @@ pub struct HostSubIds {
 }
 
 /// The first directory holding both `newuidmap` and `newgidmap` under `root` (`/`
-/// on a real host).
-pub fn find_id_mappers(root: &Path) -> Option<(PathBuf, PathBuf)> {
-    MAPPER_DIRS.iter().find_map(|dir| {
-        let dir = Path::new(dir);
+/// on a real host): `preferred` (the daemon's own directory, where `unrooted install`
+/// puts copies carrying file capabilities, which work within a capability bounding
+/// set of `CAP_SETUID CAP_SETGID` where Debian's setuid-root programs also need
+/// `CAP_SYS_ADMIN` and `CAP_DAC_OVERRIDE`), then the system's directories.
+/// `preferred` is a path of this machine, not of `root`.
+pub fn find_id_mappers(root: &Path, preferred: Option<&Path>) -> Option<(PathBuf, PathBuf)> {
+    let both = |dir: &Path, at: &dyn Fn(&Path) -> PathBuf| {
         let (u, g) = (dir.join("newuidmap"), dir.join("newgidmap"));
-        let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-        (under(&u).is_file() && under(&g).is_file()).then_some((u, g))
-    })
+        (at(&u).is_file() && at(&g).is_file()).then_some((u, g))
+    };
+    let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    preferred
+        .and_then(|dir| both(dir, &|p| p.to_owned()))
+        .or_else(|| MAPPER_DIRS.iter().find_map(|d| both(Path::new(d), &under)))
 }
 
-/// Looks up the subordinate ids of `uid` and the mappers, under `root` (`/` on a
-/// real host; a test may stand a directory in for it).
-pub fn host_subids(root: &Path, uid: u32) -> Result<HostSubIds, NoSubIds> {
-    let (newuidmap, newgidmap) = find_id_mappers(root).ok_or(NoSubIds::NoMappers)?;
+/// Looks up the subordinate ids of `uid` and the mappers (see [`find_id_mappers`]),
+/// under `root` (`/` on a real host; a test may stand a directory in for it).
+pub fn host_subids(
+    root: &Path,
+    uid: u32,
+    preferred_mappers: Option<&Path>,
+) -> Result<HostSubIds, NoSubIds> {
+    let (newuidmap, newgidmap) =
+        find_id_mappers(root, preferred_mappers).ok_or(NoSubIds::NoMappers)?;
     let passwd = read_bounded(&root.join("etc/passwd")).unwrap_or_default();
     let user = user_name(&passwd, uid).ok_or(NoSubIds::NoUserName { uid })?;
     let ranges = |file: &str| {
@@ -189,20 +200,37 @@ mod tests {
     fn host_lookup_says_what_is_missing() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        assert_eq!(host_subids(r, 998), Err(NoSubIds::NoMappers));
+        assert_eq!(host_subids(r, 998, None), Err(NoSubIds::NoMappers));
         std::fs::create_dir_all(r.join("usr/bin")).unwrap();
         std::fs::create_dir_all(r.join("etc")).unwrap();
         std::fs::write(r.join("usr/bin/newuidmap"), "").unwrap();
         std::fs::write(r.join("usr/bin/newgidmap"), "").unwrap();
-        assert_eq!(host_subids(r, 998), Err(NoSubIds::NoUserName { uid: 998 }));
+        assert_eq!(
+            host_subids(r, 998, None),
+            Err(NoSubIds::NoUserName { uid: 998 })
+        );
         std::fs::write(r.join("etc/passwd"), "nix:x:998:998::/:/bin/sh\n").unwrap();
         std::fs::write(r.join("etc/subuid"), "nix:100000:65536\n").unwrap();
-        let e = host_subids(r, 998).unwrap_err();
+        let e = host_subids(r, 998, None).unwrap_err();
         assert!(e.to_string().contains("/etc/subgid"), "{e}");
         std::fs::write(r.join("etc/subgid"), "998:200000:65536\n").unwrap();
-        let ok = host_subids(r, 998).unwrap();
+        let ok = host_subids(r, 998, None).unwrap();
         assert_eq!(ok.user, "nix");
         assert_eq!(ok.gids[0].start, 200000);
         assert_eq!(ok.newuidmap, Path::new("/usr/bin/newuidmap"));
+        // The daemon's own directory comes first when it holds both mappers (the
+        // preferred path is absolute on the host, like the daemon's executable).
+        let mine = r.join("libexec");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::write(mine.join("newuidmap"), "").unwrap();
+        let ok = host_subids(r, 998, Some(&mine)).unwrap();
+        assert_eq!(
+            ok.newuidmap,
+            Path::new("/usr/bin/newuidmap"),
+            "one is not both"
+        );
+        std::fs::write(mine.join("newgidmap"), "").unwrap();
+        let ok = host_subids(r, 998, Some(&mine)).unwrap();
+        assert_eq!(ok.newgidmap, mine.join("newgidmap"));
     }
 }

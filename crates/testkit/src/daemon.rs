@@ -659,6 +659,15 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
         self.start_with(Command::new("setpriv"));
     }
 
+    /// Starts the daemon with the capability bounding set the installed unit gives it
+    /// with subordinate ids (`CapabilityBoundingSet=CAP_SETUID CAP_SETGID`): the daemon
+    /// holds no capability, and a program it executes gains at most those two.
+    pub fn start_with_the_units_bounding_set(&mut self) {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg("--bounding-set=-all,+setuid,+setgid");
+        self.start_with(cmd);
+    }
+
     /// Starts the daemon socket-activated, as systemd would: root
     /// (`systemd-socket-activate`) creates and listens on the socket, then becomes the
     /// daemon user and the daemon (`LISTEN_FDS`), so the socket's creator, which

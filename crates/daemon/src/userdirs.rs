@@ -175,8 +175,7 @@ pub(crate) fn repair_parents(state_dir: &Path, own_uid: u32) {
 /// are logged: the client then sees the file system's error when it writes there.
 pub(crate) fn ensure(state_dir: &Path, peer: &Peer, own_uid: u32) {
     // Names come from the user database; refuse anything that is not one component.
-    if peer.user.is_empty() || peer.user.contains('/') || peer.user == "." || peer.user == ".."
-    {
+    if peer.user.is_empty() || peer.user.contains('/') || peer.user == "." || peer.user == ".." {
         return;
     }
     for parent in PARENTS {
@@ -184,7 +183,11 @@ pub(crate) fn ensure(state_dir: &Path, peer: &Peer, own_uid: u32) {
         let result = open_parent(&dir, own_uid)
             .and_then(|fd| ensure_one(&fd, &dir, &peer.user, peer.uid, own_uid));
         if let Err(e) = result {
-            tracing::warn!("preparing the directory of user '{}': {}", peer.user, report(&e));
+            tracing::warn!(
+                "preparing the directory of user '{}': {}",
+                peer.user,
+                report(&e)
+            );
         }
     }
 }
@@ -205,12 +208,11 @@ fn report(e: &dyn std::error::Error) -> String {
 /// and sets its mode to [`PARENT_MODE`] if it differs.
 fn open_parent(dir: &Path, own_uid: u32) -> Result<OwnedFd, UserDirError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(dir, flags, Mode::empty()).map_err(|source| {
-        UserDirError::OpenParent {
+    let fd =
+        rustix::fs::open(dir, flags, Mode::empty()).map_err(|source| UserDirError::OpenParent {
             dir: dir.into(),
             source,
-        }
-    })?;
+        })?;
     let st = rustix::fs::fstat(&fd).map_err(|source| UserDirError::Stat {
         path: dir.into(),
         source,
@@ -356,8 +358,7 @@ fn prepare(
     }
     let want = acl_granting(uid);
     let mut have = [0u8; 256];
-    if rustix::fs::fgetxattr(&fd, ACCESS_ACL, &mut have[..]).is_ok_and(|n| have[..n] == want[..])
-    {
+    if rustix::fs::fgetxattr(&fd, ACCESS_ACL, &mut have[..]).is_ok_and(|n| have[..n] == want[..]) {
         return Ok(());
     }
     rustix::fs::fsetxattr(&fd, ACCESS_ACL, &want, XattrFlags::empty())
@@ -411,11 +412,11 @@ fn aside_name(name: &str) -> io::Result<String> {
 /// The uid an entry's name belongs to, from the user database: the user of that
 /// name, else the entry's owner when the owner's name is that name.
 fn user_of_entry(name: &str, owner: u32) -> Option<u32> {
-    uzers::get_user_by_name(name)
-        .map(|u| u.uid())
-        .or_else(|| uzers::get_user_by_uid(owner)
+    uzers::get_user_by_name(name).map(|u| u.uid()).or_else(|| {
+        uzers::get_user_by_uid(owner)
             .filter(|u| u.name() == std::ffi::OsStr::new(name))
-            .map(|u| u.uid()))
+            .map(|u| u.uid())
+    })
 }
 
 /// Tightens one parent and judges each of its entries (at most [`MAX_SCANNED`]);
@@ -584,7 +585,11 @@ mod tests {
         let (_tmp, dir) = old_parent();
         let own = own();
         let parent = open_parent(&dir, own).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o755, "tightened");
+        assert_eq!(
+            fs::metadata(&dir).unwrap().mode() & 0o7777,
+            0o755,
+            "tightened"
+        );
         // Filesystems without ACL support refuse the xattr; then there is nothing to test.
         match ensure_one(&parent, &dir, "alice", own + 1, own) {
             Ok(()) => {
@@ -647,11 +652,17 @@ mod tests {
         for gone in ["bob", "carol", "dave", "mallory-dir"] {
             assert!(!all.contains(&gone.to_owned()), "{gone}: {all:?}");
             let prefix = format!(".squatted-{gone}-");
-            let asides = all.iter().filter(|n| n.starts_with(&prefix) && n.len() == prefix.len() + 32);
+            let asides = all
+                .iter()
+                .filter(|n| n.starts_with(&prefix) && n.len() == prefix.len() + 32);
             assert_eq!(asides.count(), 1, "{gone}: {all:?}");
         }
         let acl_ok = has_user_acl(&dir.join("erin"), 60006);
-        assert!(acl_ok || rustix::fs::getxattr(&dir, ACCESS_ACL, &mut [0u8; 8][..]) == Err(Errno::OPNOTSUPP));
+        assert!(
+            acl_ok
+                || rustix::fs::getxattr(&dir, ACCESS_ACL, &mut [0u8; 8][..])
+                    == Err(Errno::OPNOTSUPP)
+        );
         // A second start moves nothing more.
         assert_eq!(repair_parent(&dir, 0, &user_of).unwrap(), 0);
         // Then each user gets a directory of the daemon's at their connection.
@@ -662,7 +673,10 @@ mod tests {
                 assert!(m.is_dir() && m.uid() == 0, "{name}");
             }
         }
-        assert_eq!(fs::symlink_metadata(dir.join("alice")).unwrap().uid(), alice);
+        assert_eq!(
+            fs::symlink_metadata(dir.join("alice")).unwrap().uid(),
+            alice
+        );
     }
 
     /// A parent that is not the store owner's, or a symlink, is refused.

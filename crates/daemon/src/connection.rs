@@ -148,7 +148,7 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
         &s.trusted_users,
         &s.build_users_group,
         state.own_uid,
-        trust::system_group_members,
+        trust::system_group,
     ) {
         Ok(t) => t,
         Err(e) => {

@@ -737,11 +737,31 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
         cmd
     }
 
+    /// A command run as the client user against the daemon with exactly `groups` as
+    /// its supplementary groups, whatever the group database lists for it (as after
+    /// `newgrp`, or groups a login manager or directory service gave).
+    pub fn client_in_groups(&self, program: &str, groups: &[u32]) -> Command {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        self.as_user_in(
+            program,
+            (self.client_uid, self.client_gid),
+            &format!("--groups={}", list.join(",")),
+            &self.client_home(),
+        )
+    }
+
     fn as_user(&self, program: &str, uid: u32, gid: u32, home: &Path) -> Command {
+        self.as_user_in(program, (uid, gid), "--init-groups", home)
+    }
+
+    /// `program` as `ids` (uid, gid) with the supplementary groups `groups` says
+    /// (a `setpriv` option).
+    fn as_user_in(&self, program: &str, ids: (u32, u32), groups: &str, home: &Path) -> Command {
+        let (uid, gid) = ids;
         let mut cmd = Command::new("setpriv");
         cmd.arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
-            .args(["--init-groups", "--inh-caps=-all", "--"])
+            .args([groups, "--inh-caps=-all", "--"])
             .arg(program);
         self.env(&mut cmd);
         cmd.env("HOME", home)

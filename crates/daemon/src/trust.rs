@@ -22,6 +22,10 @@ pub struct Peer {
     pub gid: u32,
     /// Its user name, or the decimal uid if it has none.
     pub user: String,
+    /// Whether the uid has an account (a name in the user database).
+    pub account: bool,
+    /// When the uid is in a user's subordinate range (`/etc/subuid`), who that is.
+    pub subordinate_of: Option<String>,
     /// Its primary group's name, or the decimal gid.
     pub group: String,
     /// Its supplementary group ids as the kernel recorded them at `connect`
@@ -79,9 +83,9 @@ impl Peer {
 
     /// A peer from raw ids, with names looked up.
     pub fn from_ids(pid: u32, uid: u32, gid: u32) -> Self {
-        let user = uzers::get_user_by_uid(uid)
-            .map(|u| u.name().to_string_lossy().into_owned())
-            .unwrap_or_else(|| uid.to_string());
+        let name = uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned());
+        let account = name.is_some();
+        let user = name.unwrap_or_else(|| uid.to_string());
         let group = uzers::get_group_by_gid(gid)
             .map(|g| g.name().to_string_lossy().into_owned())
             .unwrap_or_else(|| gid.to_string());
@@ -90,6 +94,8 @@ impl Peer {
             uid,
             gid,
             user,
+            account,
+            subordinate_of: None,
             group,
             groups: Vec::new(),
         }
@@ -97,6 +103,10 @@ impl Peer {
 }
 
 /// Whether `peer` matches one of `entries` (`*`, a user name, or `@group`).
+///
+/// `*` matches a peer with an account or a user's subordinate id (charged to that
+/// user); a uid that is neither, which only root can give a process, must be
+/// listed by number.
 ///
 /// `@group` matches the peer's primary group or a group listing the user as a
 /// member, as in Nix's `matchUser`, and also a group among the peer's
@@ -117,7 +127,7 @@ pub fn matches(
                         || g.members.contains(&peer.user)
                 })
         }
-        None => e == "*" || *e == peer.user,
+        None => (e == "*" && (peer.account || peer.subordinate_of.is_some())) || *e == peer.user,
     })
 }
 
@@ -170,9 +180,23 @@ mod tests {
             uid: 1001,
             gid: 1001,
             user: user.into(),
+            account: true,
+            subordinate_of: None,
             group: group.into(),
             groups: vec![1001],
         }
+    }
+
+    /// A uid without an account is admitted by `*` only as a user's subordinate id,
+    /// else only when listed by number.
+    #[test]
+    fn accountless_uids_must_be_listed() {
+        let mut p = peer("200000", "200000");
+        p.account = false;
+        assert!(!matches(&p, &list("*"), members));
+        assert!(matches(&p, &list("200000"), members));
+        p.subordinate_of = Some("uid 1000".into());
+        assert!(matches(&p, &list("*"), members));
     }
 
     fn list(s: &str) -> Vec<String> {

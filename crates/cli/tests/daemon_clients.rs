@@ -471,6 +471,9 @@ fn as_squatter(d: &TestDaemon, script: &str) -> std::process::Output {
     d.other("sh").args(["-c", script]).output().unwrap()
 }
 
+/// How many of the former aside names the squatter makes in advance.
+const PREMADE: usize = 2000;
+
 /// Issue 15, item 4: in a store an earlier release left with world-writable (1777)
 /// per-user parents, another user squats the client's directories in every way
 /// (a directory holding a `profile` link of theirs, a symlink to a directory of
@@ -497,11 +500,9 @@ fn per_user_squatters_are_moved_aside() {
         fs::set_permissions(p, fs::Permissions::from_mode(0o1777)).unwrap();
     }
     let victim = "unrooted-test-client";
-    let last_pid: u32 = fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The aside names of the daemon's former scheme (`.squatted-<user>-<daemon
+    // pid>`) are made in advance, non-empty, for the next 2,000 pids, by one
+    // process so that it uses none of them.
     let squat = format!(
         r#"set -e
 P={profiles}; G={gcroots}; V={victim}
@@ -509,13 +510,11 @@ mkdir "$P/$V"; ln -s /nonexistent/evil "$P/$V/profile"
 mkdir "$G/evil"; ln -s "$G/evil" "$G/$V"
 echo evil > "$P/root"
 mkdir "$G/unrooted-test-daemon"
-i={first}; while [ $i -lt {last} ]; do
-  mkdir -p "$P/.squatted-$V-$i/x" "$G/.squatted-$V-$i/x"; i=$((i+1))
-done"#,
+exec perl -e 'open my $f, "<", "/proc/sys/kernel/ns_last_pid" or die; my $l = <$f>;
+  for my $i ($l + 1 .. $l + {PREMADE}) {{ for my $d (@ARGV) {{
+    mkdir "$d/.squatted-{victim}-$i" or die; mkdir "$d/.squatted-{victim}-$i/x" or die }} }}' "$P" "$G""#,
         profiles = profiles.display(),
         gcroots = gcroots.display(),
-        first = last_pid,
-        last = last_pid + 300,
     );
     let out = as_squatter(&d, &squat);
     assert!(
@@ -580,7 +579,7 @@ done; echo $n"#,
             .iter()
             .filter(|n| n.starts_with(&format!(".squatted-{victim}-")) && n.len() < 40)
             .count();
-        assert_eq!(premade, 300, "{parent}");
+        assert_eq!(premade, PREMADE, "{parent}");
         // Its squats were moved aside under 128-bit random names.
         let random = |prefix: &str| {
             names

@@ -223,6 +223,7 @@ pub struct TestDaemon {
     other_gid: u32,
     unrooted: PathBuf,
     extra_conf: String,
+    daemon_args: Vec<String>,
     helper: Option<Child>,
 }
 
@@ -277,6 +278,7 @@ impl TestDaemon {
             other_gid,
             unrooted: unrooted.to_path_buf(),
             extra_conf: nix_conf.to_owned(),
+            daemon_args: Vec::new(),
             helper: None,
         };
         daemon.write_conf();
@@ -291,6 +293,11 @@ impl TestDaemon {
         let path = self.root.path().join("conf/nix.conf");
         fs::write(&path, conf).expect("nix.conf");
         chown(&path, Some(self.daemon_uid), Some(self.daemon_gid)).expect("chown nix.conf");
+    }
+
+    /// Options given to `unrooted daemon` at its next start (e.g. its connection bounds).
+    pub fn set_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args = args.iter().map(|a| (*a).to_owned()).collect();
     }
 
     /// Replaces the text appended to the daemon's `nix.conf` (read when it starts).
@@ -652,7 +659,8 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
             .arg(format!("--regid={}", self.daemon_gid))
             .args(["--init-groups", "--inh-caps=-all", "--"])
             .arg(&self.unrooted)
-            .arg("daemon");
+            .arg("daemon")
+            .args(&self.daemon_args);
         self.env(&mut cmd);
         // The helper's socket is in a root-owned directory (its `--listen` mode
         // refuses any other), not at the default `<state>/gc-roots-socket/socket`,

@@ -679,6 +679,32 @@ mod tests {
         );
     }
 
+    /// Several first connections of one user at once: each one ends with the same
+    /// directory, which the first made.
+    #[test]
+    fn concurrent_first_connections_agree() {
+        let (_tmp, dir) = old_parent();
+        let own = own();
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let parent = open_parent(&dir, own).map_err(|e| e.to_string())?;
+                        ensure_one(&parent, &dir, "alice", own + 1, own).map_err(|e| report(&e))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            if let Err(e) = r {
+                assert!(e.contains("Operation not supported"), "{e}");
+            }
+        }
+        assert_eq!(names(&dir), ["alice"], "nothing moved aside");
+        assert_eq!(fs::symlink_metadata(dir.join("alice")).unwrap().uid(), own);
+    }
+
     /// A parent that is not the store owner's, or a symlink, is refused.
     #[test]
     fn parents_must_be_the_store_owners() {

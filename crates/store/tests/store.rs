@@ -32,8 +32,8 @@ fn open_creates_the_layout_once() {
     ] {
         assert!(root.join(d).is_dir(), "{d}");
     }
-    assert_eq!(mode("state/profiles/per-user"), 0o1777);
-    assert_eq!(mode("state/gcroots/per-user"), 0o1777);
+    assert_eq!(mode("state/profiles/per-user"), 0o755);
+    assert_eq!(mode("state/gcroots/per-user"), 0o755);
     assert_eq!(mode("state/gc.lock"), 0o600);
     assert_eq!(
         fs::read_link(root.join("state/gcroots/profiles")).unwrap(),
@@ -47,11 +47,11 @@ fn open_creates_the_layout_once() {
     // Created once: an administrator's later choice is not undone at the next open.
     fs::set_permissions(
         root.join("state/gcroots/per-user"),
-        fs::Permissions::from_mode(0o755),
+        fs::Permissions::from_mode(0o750),
     )
     .unwrap();
     drop(open_at(root));
-    assert_eq!(mode("state/gcroots/per-user"), 0o755);
+    assert_eq!(mode("state/gcroots/per-user"), 0o750);
 }
 
 #[test]

@@ -161,6 +161,14 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream, charge: &Charge) {
             return;
         }
     };
+    // The store as Nix opens it for each connection: re-made where something
+    // removed it since, the database opened anew when it was replaced.
+    if let Err(e) = state.store.revalidate() {
+        tracing::warn!(
+            "the store is not usable: {}",
+            unrooted_build::error_chain(&e)
+        );
+    }
     // Only accounts get directories: a user's subordinate ids (tens of thousands)
     // must not be able to fill the per-user parents.
     if peer.account {

@@ -44,6 +44,10 @@ in {
   fodRec = derivation (base // {
     outputHashMode = "recursive"; outputHashAlgo = "sha256"; outputHash = "@REC@";
   });
+  slow = derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo good > $out; mkdir -p d; echo x > d/f; touch /build/marker; sleep 2" ];
+  };
 }
 "#;
 
@@ -342,5 +346,85 @@ fn output_hard_links_cannot_change_registered_output() {
             }
         }
         let _ = fs::remove_file(&keep);
+    });
+}
+
+/// The entries of `dir` whose names start with `prefix`.
+fn entries_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Asserts that `path` is a directory of the daemon's user with mode 0700.
+fn assert_private(d: &TestDaemon, path: &Path) {
+    let m = fs::symlink_metadata(path).unwrap();
+    assert!(m.is_dir(), "{}", path.display());
+    assert_eq!(m.uid(), d.daemon_uid, "{}", path.display());
+    assert_eq!(m.mode() & 0o7777, 0o700, "{}", path.display());
+}
+
+#[test]
+fn build_files_are_unreachable_by_other_users_while_it_runs() {
+    in_both_modes(|d, mode| {
+        let name = format!("slow-{mode}");
+        let e = d.inputs().join("outputs.nix");
+        let mut build = d
+            .client("nix-build")
+            .args([e.to_str().unwrap(), "-A", "slow", "--no-out-link"])
+            .args(["--argstr", "name", &name, "--argstr", "kind", "none"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The build directory (under the daemon's TMPDIR, /tmp here) once the builder
+        // runs, and its output inside the sandbox root in the store's temporary area.
+        let t0 = std::time::Instant::now();
+        let (build_dir, output) = loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the build did not start"
+            );
+            let parents =
+                entries_starting(Path::new("/tmp"), &format!("unrooted-builds-{}-", d.pid()));
+            let dirs: Vec<PathBuf> = parents
+                .iter()
+                .flat_map(|p| entries_starting(p, "nix-build-"))
+                .filter(|b| b.join("marker").exists())
+                .collect();
+            let store = d.store_dir();
+            let inner = store.strip_prefix("/").unwrap().to_owned();
+            let outputs: Vec<PathBuf> = entries_starting(&store, ".unrooted-tmp-")
+                .iter()
+                .flat_map(|a| entries_starting(a, "chroot-"))
+                .flat_map(|r| fs::read_dir(r.join(&inner)).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(&format!("-{name}")))
+                .collect();
+            if let (Some(b), Some(o)) = (dirs.first(), outputs.first()) {
+                break (b.clone(), o.clone());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_private(d, build_dir.parent().unwrap());
+        let area = output.ancestors().find(|a| {
+            a.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".unrooted-tmp-"))
+        });
+        assert_private(d, area.unwrap());
+        for target in [&output, &build_dir.join("d/f")] {
+            for mut cat in [d.client("cat"), d.other("cat")] {
+                let out = cat.arg(target).output().unwrap();
+                assert!(!out.status.success(), "{} is readable", target.display());
+            }
+        }
+        let out = build.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "good\n");
     });
 }

@@ -373,7 +373,7 @@ fn build_files_are_unreachable_by_other_users_while_it_runs() {
     in_both_modes(|d, mode| {
         let name = format!("slow-{mode}");
         let e = d.inputs().join("outputs.nix");
-        let mut build = d
+        let build = d
             .client("nix-build")
             .args([e.to_str().unwrap(), "-A", "slow", "--no-out-link"])
             .args(["--argstr", "name", &name, "--argstr", "kind", "none"])

@@ -40,7 +40,7 @@ const DIRENT_BUFFER: usize = 64 * 1024;
 /// `path` itself is not followed if it is a symlink. Directory entries are sorted by
 /// their raw bytes; a file is executable in the archive iff its owner-execute bit is
 /// set. Devices, fifos and sockets are refused with an error naming them, and so is a
-/// tree nested deeper than [`MAX_DEPTH`](super::MAX_DEPTH), which no reader accepts.
+/// tree nested deeper than [`MAX_DEPTH`], which no reader accepts.
 ///
 /// For a directory or a large file the walk runs on a second thread and hands the
 /// archive to this one in chunks, so reading the tree (system calls, copies) overlaps

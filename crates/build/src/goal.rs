@@ -6,10 +6,12 @@
 //! Where things live: the host build directory is `nix-build-<name>.drv-<n>` (0700)
 //! inside a daemon-private 0700 directory under the daemon's temporary directory, so a
 //! builder's `chmod 777 /build` exposes nothing (CVE-2021-27851). The sandbox root is
-//! a fresh directory in the store's private temporary area, on the store's file system,
-//! so the outputs the builder creates in the sandbox's store directory reach the real
-//! store with one `rename`; everything else the builder left there (stray entries) is
-//! removed with the root, never registered.
+//! a fresh directory in the store's private temporary area (0700), on the store's file
+//! system. The outputs the builder creates in the sandbox's store directory are never
+//! registered themselves: each is copied into new inodes next to it in that area, and
+//! the copy is hashed, checked and renamed into the store (see [`finish_outputs`] and
+//! the crate's documentation); the originals and everything else the builder left
+//! there (stray entries) are removed with the root, never registered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

@@ -288,6 +288,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_file_stays_sparse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("sparse");
+        let f = fs::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"end", (64 << 20) - 3).unwrap();
+        let dest = tmp.path().join("copy");
+        copy_tree(&src, &dest, &mut io::sink()).unwrap();
+        let m = fs::symlink_metadata(&dest).unwrap();
+        assert_eq!(m.len(), 64 << 20);
+        assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+        assert_eq!(nar_of(&dest), nar_of(&src));
+    }
+
+    #[test]
     fn a_failed_dump_or_restore_names_its_cause() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");

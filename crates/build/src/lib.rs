@@ -41,17 +41,16 @@
 //! reach another user over the network, but hard links and descriptors kept past the
 //! sandbox are channels that need no network, and one rule is easier to trust than
 //! two (Nix's own fix of the CVE, of March 2024, copies fixed outputs only). What it
-//! costs: one more write of each output. For a small
-//! output the copy is a dump into memory and one new file (measured per output, release
-//! build: the dump 6–8 µs; the copy as much as creating and writing one small file on
+//! costs: one more write of each output. For a small output the copy is a dump into
+//! memory and one new file (measured per output, release build: the dump 6–8 µs; the copy as much as creating and writing one small file on
 //! the store's file system, 25 µs on an idle ext4 up to about 1 ms while other builds
-//! and tests ran). `./scripts/bench.sh --only build` on the shared 2-CPU
-//! development machine (load 0.1–2.4 from other work, so the figures move by more
-//! than the copy costs): without the copy, one trivial sandboxed build 0.033 s and
-//! 0.035 s against nix-daemon's 0.079 s and 0.083 s (0.42x, 0.42x), 200 builds 1.22 s
-//! and 1.92 s against 4.44 s and 5.66 s (0.27x, 0.34x); with it, one build 0.45x, 0.42x
-//! and 0.45x, 200 builds 0.26x, 0.47x and 0.37x; see the report of the
-//! `sec-outputs` branch for the last runs. Both stay within the goal (≤ 0.5x).
+//! and tests ran). `./scripts/bench.sh --only build` (unrooted / nix-daemon, on the
+//! shared 2-CPU development machine, load 0.1–2.5 from other work, so runs move by
+//! more than the copy costs): without the copy, one trivial sandboxed build 0.42x,
+//! 0.42x, 0.42x and 200 builds 0.27x, 0.34x, 0.35x; with it, one build 0.45x, 0.42x,
+//! 0.45x, 0.46x, 0.42x, 0.41x and 200 builds 0.26x, 0.47x, 0.37x, 0.35x, 0.38x, 0.40x
+//! (e.g. 0.026 s against 0.056 s, and 1.07 s against 3.04 s, at load 1.5). Both stay
+//! within the goal (≤ 0.5x), so every output is copied.
 
 pub mod builtins;
 mod env;

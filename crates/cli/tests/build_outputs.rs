@@ -338,6 +338,8 @@ fn output_hard_links_cannot_change_registered_output() {
         let _ = fs::remove_file(&keep);
         let (out, said) =
             build_with_listener(d, "fodRec", &format!("links-fod-{mode}"), "links", "link");
+        // "nolink …" where the sandbox's mount of the output refuses a link elsewhere.
+        eprintln!("{mode}: the listener said {said:?}");
         for f in files_under(Path::new(&out)) {
             let m = fs::symlink_metadata(&f).unwrap();
             assert_eq!(m.nlink(), 1, "{} keeps a hard link: {said:?}", f.display());

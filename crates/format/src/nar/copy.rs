@@ -298,7 +298,11 @@ mod tests {
         copy_tree(&src, &dest, &mut io::sink()).unwrap();
         let m = fs::symlink_metadata(&dest).unwrap();
         assert_eq!(m.len(), 64 << 20);
-        assert!(m.blocks() * 512 < 1 << 20, "{} bytes allocated", m.blocks() * 512);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "{} bytes allocated",
+            m.blocks() * 512
+        );
         assert_eq!(nar_of(&dest), nar_of(&src));
     }
 

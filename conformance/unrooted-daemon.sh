@@ -18,17 +18,25 @@ uid=$(id -u "$user")
 gid=$(id -g "$user")
 test_root=$(dirname "$NIX_STORE_DIR")
 
-# The suite made the store and state as root; they become the daemon user's, and
-# directories the suite re-creates later (clearStore removes and re-makes the store
-# and state directories while the daemon runs) inherit an ACL giving it the same.
-# ACLs only on the parents: inside the store an inherited ACL would show as group
-# write permission on every new file, which output checks rightly reject.
+# The suite made the store and state as root; they become the daemon user's. The
+# suite also removes and re-makes the store and state directories while the daemon
+# runs (clearStore): a watcher gives each re-made one to the daemon's user at once,
+# as a root nix-daemon would own what it finds. (An inherited ACL would do it too,
+# but shows as group write permission on every new file, which output checks
+# rightly reject.)
 for d in "$NIX_STORE_DIR" "$NIX_LOCALSTATE_DIR"; do
   mkdir -p "$d"
   chown -R "$uid:$gid" "$d"
-  setfacl -R -b "$d"
 done
-setfacl -m "u:$uid:rwx,d:u:$uid:rwx" "$test_root" "$NIX_LOCALSTATE_DIR"
+# The daemon makes its socket in the test's root.
+setfacl -m "u:$uid:rwx" "$test_root"
+inotifywait -q -m -e create -e moved_to --format '%w%f' "$test_root" "$NIX_LOCALSTATE_DIR" |
+  while read -r made; do
+    case "$made" in
+      "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR") chown -R "$uid:$gid" "$made" ;;
+    esac
+  done &
+watcher=$!
 
 # The roots helper: root, one instance per connection (systemd's Accept=yes).
 run=$(mktemp -d /run/unrooted-conformance.XXXXXX)
@@ -52,6 +60,8 @@ setpriv --reuid="$uid" --regid="$gid" --init-groups --inh-caps=-all -- \
 daemon=$!
 stop() {
   kill "$daemon" "$helper" 2>/dev/null || true
+  pkill -P "$watcher" 2>/dev/null || true
+  kill "$watcher" 2>/dev/null || true
   wait "$daemon" 2>/dev/null || true
   rm -rf "$run"
 }

@@ -50,6 +50,11 @@ command -v xz >/dev/null || need+=(xz-utils)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
 fi
+command -v inotifywait >/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y -qq inotify-tools >/dev/null
+# Each test's daemon wrapper watches its store with inotify; a booted container of
+# another test (scripts/systemd-test.sh) can use up root's default 128 instances.
+[ "$(cat /proc/sys/fs/inotify/max_user_instances)" -ge 1024 ] ||
+  sysctl -q -w fs.inotify.max_user_instances=1024
 id "$daemon_user" >/dev/null 2>&1 ||
   useradd --system --no-create-home --shell /usr/sbin/nologin "$daemon_user"
 if [ "$daemon" = unrooted ]; then
@@ -116,7 +121,7 @@ passed=0 failed=0 skipped=0 unexpected=()
 for t in "${selected[@]}"; do
   name=${t%.sh}
   log=$logs/${name//\//_}.log
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   env_args=(TMPDIR="$tmp" NIX_DAEMON_PACKAGE="$pkg" NIX_REMOTE= TEST_NAME="${name//\//-}")
   set +e
   # As mk/run_test.sh: init.sh first, its status not looked at.
@@ -126,7 +131,8 @@ for t in "${selected[@]}"; do
       timeout -k 10 "$timeout" bash -e "$(basename "$t")") >>"$log" 2>&1
   status=$?
   set -e
-  took=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
+  tenths=$((($(date +%s%N) - start) / 100000000))
+  took=$((tenths / 10)).$((tenths % 10))
   case $status in
     0) verdict=PASS; passed=$((passed + 1)); rm -f "$log" ;;
     99) verdict=SKIP; skipped=$((skipped + 1)); rm -f "$log" ;;
@@ -146,7 +152,7 @@ done
 echo "$passed passed, $failed failed, $skipped skipped"
 if [ -n "$expected" ]; then
   for name in "${!want[@]}"; do
-    printf '%s\n' "${selected[@]}" | grep -qx "$name.sh" || unexpected+=("$name (not in the suite)")
+    printf '%s\n' "${all[@]}" | grep -qx "$name.sh" || unexpected+=("$name (not in the suite)")
   done
   if [ ${#unexpected[@]} -gt 0 ]; then
     echo "expected to pass but did not: ${unexpected[*]} (logs in $logs)"

@@ -1148,6 +1148,8 @@ fn finish_outputs(
                 }
             };
             if got != wanted {
+                let ca = ContentAddress::Fixed { method, hash: got };
+                register_what_it_got(store, copy, &info, ca);
                 return Err(fail(
                     Status::OutputRejected,
                     format!(
@@ -1216,6 +1218,37 @@ fn finish_outputs(
         .install_built_outputs(&infos, cx.mode == BuildMode::Repair)
         .map_err(BuildError::from)?;
     Ok(outputs.clone())
+}
+
+/// After a fixed-output hash mismatch, registers the checked copy at `copy` under the
+/// path of the hash it actually has, as Nix 2.8 does (the path then matches its
+/// content, so it is as good as any content-addressed path; a later build with the
+/// right hash finds it). Only outputs without references; failures are logged, the
+/// build fails for the mismatch either way.
+fn register_what_it_got(
+    store: &LocalStore,
+    copy: &Path,
+    built: &ValidPathInfo,
+    ca: ContentAddress,
+) {
+    if !built.references.is_empty() {
+        return;
+    }
+    let none = BTreeSet::new();
+    let path = match ca.store_path(store.store_dir(), built.path.name(), &none, false) {
+        Ok(p) => p,
+        Err(e) => return tracing::warn!("the path of the hash a fixed-output build got: {e}"),
+    };
+    let mut info = ValidPathInfo::new(path, built.nar_hash);
+    info.nar_size = built.nar_size;
+    info.ultimate = true;
+    info.ca = Some(ca);
+    if let Err(e) = store.install_built_outputs(&[(copy.to_path_buf(), info)], false) {
+        tracing::warn!(
+            "registering a mismatched fixed output under the hash it got: {}",
+            error_chain(&e)
+        );
+    }
 }
 
 fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, Failure> {

@@ -166,7 +166,7 @@ pub(crate) fn repair_parents(state_dir: &Path, own_uid: u32) {
                 "moved {n} entries of {} aside: not made for the user they are named after",
                 dir.display()
             ),
-            Err(e) => tracing::warn!("{}", report(&e)),
+            Err(e) => tracing::warn!("{}", unrooted_build::error_chain(&e)),
         }
     }
 }
@@ -186,22 +186,10 @@ pub(crate) fn ensure(state_dir: &Path, peer: &Peer, own_uid: u32) {
             tracing::warn!(
                 "preparing the directory of user '{}': {}",
                 peer.user,
-                report(&e)
+                unrooted_build::error_chain(&e)
             );
         }
     }
-}
-
-/// An error with its causes, for one log line.
-fn report(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Opens a parent without following a symlink, checks that the store owner owns it,
@@ -463,7 +451,7 @@ fn repair_parent(
             Verdict::Keep => {}
             Verdict::Grant(u) => {
                 if let Err(e) = prepare(&parent, dir, name, u, own_uid, false) {
-                    tracing::warn!("{}", report(&e));
+                    tracing::warn!("{}", unrooted_build::error_chain(&e));
                 }
             }
             Verdict::Aside => {
@@ -690,7 +678,8 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         let parent = open_parent(&dir, own).map_err(|e| e.to_string())?;
-                        ensure_one(&parent, &dir, "alice", own + 1, own).map_err(|e| report(&e))
+                        ensure_one(&parent, &dir, "alice", own + 1, own)
+                            .map_err(|e| unrooted_build::error_chain(&e))
                     })
                 })
                 .collect();

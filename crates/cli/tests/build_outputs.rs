@@ -124,15 +124,28 @@ fn switch_mode(d: &mut TestDaemon, ids: &str) {
 
 /// `nix-build -A attr` with the derivation's arguments; the output paths.
 fn build(d: &TestDaemon, attr: &str, args: &[(&str, &str)]) -> Vec<String> {
-    let e = d.inputs().join("outputs.nix");
-    let mut argv: Vec<&str> = vec![e.to_str().unwrap(), "-A", attr, "--no-out-link"];
-    for (k, v) in args {
-        argv.extend(["--argstr", k, v]);
-    }
+    let argv = build_args(d, attr, args);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     d.client_ok("nix-build", &argv)
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+fn build_args(d: &TestDaemon, attr: &str, args: &[(&str, &str)]) -> Vec<String> {
+    let e = d.inputs().join("outputs.nix");
+    let mut argv: Vec<String> = vec![e.display().to_string(), "-A".into(), attr.into()];
+    argv.push("--no-out-link".into());
+    for (k, v) in args {
+        argv.extend(["--argstr".into(), k.to_string(), v.to_string()]);
+    }
+    argv
+}
+
+/// Whether builders are scoped by Landlock (kernel ≥ 6.12), so a builder cannot
+/// even connect to an abstract socket of the host.
+fn landlock_scoped() -> bool {
+    unrooted_sandbox::landlock_abi().is_some_and(|v| v >= unrooted_sandbox::LANDLOCK_SCOPE_ABI)
 }
 
 /// A unique abstract socket name.
@@ -243,23 +256,39 @@ fn assert_store_clean(d: &TestDaemon) {
 /// Builds `attr` of kind `kind` while a listener of the client user takes its
 /// descriptor (`how`), lets the listener write once the build returned, and checks
 /// the output; returns the output path and what the listener said.
+/// With Landlock's scoping (the first line of defence), the builder's `connect` to
+/// the listener's abstract socket is refused (EPERM) and the build fails: `None`.
+/// Without it, the output copy is what keeps the registered path intact.
 fn build_with_listener(
     d: &TestDaemon,
     attr: &str,
     name: &str,
     kind: &str,
     how: &str,
-) -> (String, Vec<String>) {
+) -> Option<(String, Vec<String>)> {
     let sock = socket_name(name);
-    let listener = Listener::start(d, &sock, how);
-    let out = build(d, attr, &[("name", name), ("kind", kind), ("sock", &sock)]);
+    let mut listener = Listener::start(d, &sock, how);
+    let args = [("name", name), ("kind", kind), ("sock", sock.as_str())];
+    if landlock_scoped() {
+        let argv = build_args(d, attr, &args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let err = d.client_err("nix-build", &argv);
+        assert!(
+            err.contains("hostile: connect: Operation not permitted"),
+            "{err}"
+        );
+        let _ = listener.child.kill();
+        let _ = listener.child.wait();
+        return None;
+    }
+    let out = build(d, attr, &args);
     assert_eq!(out.len(), 1, "{out:?}");
     let said = listener.write_now();
     assert!(said.iter().any(|l| l == "got"), "{said:?}");
     assert!(said.iter().any(|l| l == "wrote"), "{said:?}");
     let out = out.into_iter().next().unwrap();
     assert_unchanged(d, &out);
-    (out, said)
+    Some((out, said))
 }
 
 /// Runs `f` against one daemon in each id mode, in turn.
@@ -336,8 +365,11 @@ fn output_hard_links_cannot_change_registered_output() {
         // A fixed-output tree whose file the listener holds, and links where it can.
         let keep = d.client_home().join("keep");
         let _ = fs::remove_file(&keep);
-        let (out, said) =
-            build_with_listener(d, "fodRec", &format!("links-fod-{mode}"), "links", "link");
+        let Some((out, said)) =
+            build_with_listener(d, "fodRec", &format!("links-fod-{mode}"), "links", "link")
+        else {
+            return;
+        };
         // "nolink …" where the sandbox's mount of the output refuses a link elsewhere.
         eprintln!("{mode}: the listener said {said:?}");
         for f in files_under(Path::new(&out)) {

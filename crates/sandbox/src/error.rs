@@ -100,10 +100,12 @@ pub enum Step {
     Reclaiming = 42,
     /// Entering the slice's user namespace that the daemon mapped before and keeps.
     EnteringPremappedNamespace = 43,
+    /// Scoping the builder with Landlock (abstract Unix sockets and signals).
+    ScopingWithLandlock = 44,
 }
 
 impl Step {
-    const ALL: [Step; 43] = [
+    const ALL: [Step; 44] = [
         Step::ReadingPlan,
         Step::CreatingNamespaces,
         Step::WritingSetgroups,
@@ -147,6 +149,7 @@ impl Step {
         Step::WritingNestedMaps,
         Step::Reclaiming,
         Step::EnteringPremappedNamespace,
+        Step::ScopingWithLandlock,
     ];
 
     /// The wire code of this step.
@@ -205,6 +208,7 @@ impl Step {
             Step::SwitchingToBuilder => "switching to the builder's ids",
             Step::WritingNestedMaps => "writing the nested namespace's id maps",
             Step::Reclaiming => "giving the build's files back to the store owner:",
+            Step::ScopingWithLandlock => "scoping the builder with Landlock",
             Step::EnteringPremappedNamespace => {
                 "entering the id slice's user namespace (mapped once, kept by the daemon)"
             }

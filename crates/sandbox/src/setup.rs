@@ -253,6 +253,12 @@ fn prepare_and_exec<'b>(
         None,
         rustix::thread::set_no_new_privs(true),
     )?;
+    // Landlock's scopes where the kernel has them (Linux 6.12): no abstract Unix
+    // socket of the host (fixed-output builds share its network namespace) and no
+    // process outside the build can be reached, whatever the builder runs.
+    if sys::landlock_abi().is_some_and(|v| v >= sys::LANDLOCK_SCOPE_ABI) {
+        at_io(Step::ScopingWithLandlock, None, sys::landlock_scope())?;
+    }
     let arch = seccomp::native_arch().ok_or(fail(Step::InstallingSeccomp, None, libc::ENOSYS))?;
     at_io(
         Step::InstallingSeccomp,

@@ -49,6 +49,12 @@ pub struct InstallOptions {
     pub build_slices: Option<u32>,
     /// Write the AppArmor profile: `None` = when the kernel restricts user namespaces.
     pub apparmor: Option<bool>,
+    /// Also enable the units (running system only): with systemd running, reload it,
+    /// enable and start them and restart a running daemon (which then runs the binary
+    /// just installed); without, enable them for the next boot. Never while the store
+    /// still belongs to a root `nix-daemon` (`migrate` first). What the Debian
+    /// package's `postinst` runs.
+    pub enable: bool,
 }
 
 /// Who owns what: the store owner's ids and root's (both the caller's own ids when
@@ -244,6 +250,67 @@ pub fn sysctl(host: &Host, name: &str) -> Option<String> {
     fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().chars().take(64).collect())
+}
+
+/// Whether systemd is the running init system (`sd_booted()`: `/run/systemd/system`
+/// exists). In a chroot, an image being built or a container without systemd,
+/// `systemctl` can still enable units offline, but `--now`, `start` and
+/// `daemon-reload` fail.
+pub fn systemd_running(host: &Host) -> bool {
+    host.is_system() && host.path(Path::new("/run/systemd/system")).is_dir()
+}
+
+/// The `systemctl` steps `uninstall` runs on the running system: `disable --now` and a
+/// reload with systemd running, a plain (offline) `disable` without (`--now` would fail
+/// there, and with it the Debian package's removal).
+fn disable_steps(units: &[String], systemd: bool) -> (Vec<Step>, Vec<Step>) {
+    let mut argv: Vec<String> = vec!["systemctl".into(), "disable".into()];
+    if systemd {
+        argv.push("--now".into());
+    }
+    argv.extend(units.iter().rev().cloned());
+    let before = vec![Step::Run { argv }];
+    let after = if systemd {
+        vec![Step::Run {
+            argv: vec!["systemctl".into(), "daemon-reload".into()],
+        }]
+    } else {
+        Vec::new()
+    };
+    (before, after)
+}
+
+/// The `systemctl` steps of `install --enable` (see [`InstallOptions::enable`]).
+fn enable_steps(units: &[String], systemd: bool) -> Vec<Step> {
+    let argv = |words: &[&str]| -> Vec<String> {
+        words
+            .iter()
+            .map(|w| (*w).to_owned())
+            .chain(units.iter().cloned())
+            .collect()
+    };
+    if systemd {
+        vec![
+            Step::Run {
+                argv: vec!["systemctl".into(), "daemon-reload".into()],
+            },
+            Step::Run {
+                argv: argv(&["systemctl", "enable", "--now"]),
+            },
+            // A daemon already running (an upgrade) restarts on the new binary and unit.
+            Step::Run {
+                argv: vec![
+                    "systemctl".into(),
+                    "try-restart".into(),
+                    "unrooted-daemon.service".into(),
+                ],
+            },
+        ]
+    } else {
+        vec![Step::Run {
+            argv: argv(&["systemctl", "enable"]),
+        }]
+    }
 }
 
 /// Whether `newuidmap` and `newgidmap` are installed on the host.
@@ -587,11 +654,29 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         what: "login shells: NIX_REMOTE=daemon".into(),
     });
 
-    let mut next = vec!["systemctl daemon-reload".to_owned()];
-    next.push(format!(
-        "systemctl enable --now {}",
-        units::units_to_enable().join(" ")
-    ));
+    let mut next = Vec::new();
+    let enabled = opts.enable && host.is_system() && foreign.is_none();
+    if enabled {
+        let systemd = systemd_running(host);
+        steps.extend(enable_steps(&units::units_to_enable(), systemd));
+        if !systemd {
+            steps.push(Step::Note(
+                "systemd is not running here: the units are enabled for the next boot".into(),
+            ));
+        }
+    } else {
+        if opts.enable && foreign.is_some() {
+            steps.push(Step::Note(format!(
+                "not enabling the units: the store still belongs to a root nix-daemon; stop it, run `unrooted migrate --store-owner {}`, then `unrooted install --enable`",
+                opts.owner
+            )));
+        }
+        next.push("systemctl daemon-reload".to_owned());
+        next.push(format!(
+            "systemctl enable --now {}",
+            units::units_to_enable().join(" ")
+        ));
+    }
     next.push(format!("{} doctor", l.admin_command().display()));
     Ok(InstallPlan { steps, next })
 }
@@ -640,10 +725,9 @@ pub fn uninstall(
     let mut steps = Vec::new();
     let mut units: Vec<String> = units::units_to_enable();
     units.push("unrooted-daemon.service".into());
+    let (disable, reload) = disable_steps(&units, systemd_running(host));
     if host.is_system() {
-        let mut argv: Vec<String> = vec!["systemctl".into(), "disable".into(), "--now".into()];
-        argv.extend(units.iter().rev().cloned());
-        steps.push(Step::Run { argv });
+        steps.extend(disable);
     }
     let params = UnitParams {
         layout: layout.clone(),
@@ -711,9 +795,7 @@ pub fn uninstall(
         )));
     }
     if host.is_system() {
-        steps.push(Step::Run {
-            argv: vec!["systemctl".into(), "daemon-reload".into()],
-        });
+        steps.extend(reload);
     }
     Ok(InstallPlan {
         steps,
@@ -999,4 +1081,52 @@ fn ensure_symlink(path: &Path, target: &Path) -> Result<(), DeployError> {
         path: path.into(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argvs(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run { argv } => Some(argv.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Regression: `uninstall` ran `systemctl disable --now` and `daemon-reload`
+    /// whatever the init system; without systemd running (a chroot, an image being
+    /// built, a container booted without it) both fail, so the Debian package's
+    /// `prerm` failed and the package could not be removed.
+    #[test]
+    fn without_systemd_running_units_are_disabled_offline() {
+        let units = units::units_to_enable();
+        let (before, after) = disable_steps(&units, false);
+        assert_eq!(
+            argvs(&before),
+            ["systemctl disable unrooted-daemon.socket unrooted-find-roots.socket unrooted-store.service"]
+        );
+        assert!(after.is_empty());
+        let (before, after) = disable_steps(&units, true);
+        assert!(argvs(&before)[0].starts_with("systemctl disable --now "));
+        assert_eq!(argvs(&after), ["systemctl daemon-reload"]);
+        assert_eq!(
+            argvs(&enable_steps(&units, false)),
+            ["systemctl enable unrooted-store.service unrooted-find-roots.socket unrooted-daemon.socket"]
+        );
+        assert_eq!(
+            argvs(&enable_steps(&units, true)),
+            [
+                "systemctl daemon-reload",
+                "systemctl enable --now unrooted-store.service unrooted-find-roots.socket unrooted-daemon.socket",
+                "systemctl try-restart unrooted-daemon.service"
+            ]
+        );
+        // Only the running system has an init system to ask.
+        let tree = Host::new(Path::new("/tmp")).unwrap();
+        assert!(!systemd_running(&tree));
+    }
 }

@@ -24,7 +24,7 @@ command -v dpkg-shlibdeps >/dev/null || {
 # The three binaries of the package, from three crates.
 cargo build --release --locked -p unrooted-cli -p unrooted-roots -p unrooted-sandbox >&2
 rm -f "$target"/debian/unrooted_*.deb
-cargo deb -p unrooted-cli --no-build --no-strip --output "$target/debian/" >&2
+cargo deb -p unrooted-cli --no-build --output "$target/debian/" >&2
 deb=$(ls "$target"/debian/unrooted_*.deb)
 dpkg-deb --info "$deb" >&2
 echo "$deb"

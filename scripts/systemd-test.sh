@@ -72,11 +72,12 @@ make_base() {
     > "$cache/debootstrap.log" 2>&1 || { tail -20 "$cache/debootstrap.log"; return 1; }
   local in_new=(systemd-nspawn --quiet --register=no --keep-unit --private-users=no -D "$new"
                 env DEBIAN_FRONTEND=noninteractive)
-  "${in_new[@]}" apt-get update -qq &&
-    "${in_new[@]}" apt-get install -y -qq --no-install-recommends "${base_packages[@]}" &&
-    # The migration scenario installs Debian's root nix-daemon from the cache, offline.
-    "${in_new[@]}" apt-get install -y -qq --download-only nix-setup-systemd \
-    > "$cache/apt.log" 2>&1 || { tail -20 "$cache/apt.log"; return 1; }
+  {
+    "${in_new[@]}" apt-get update -qq &&
+      "${in_new[@]}" apt-get install -y -qq --no-install-recommends "${base_packages[@]}" &&
+      # The migration scenario installs Debian's root nix-daemon from the cache, offline.
+      "${in_new[@]}" apt-get install -y -qq --download-only nix-setup-systemd
+  } > "$cache/apt.log" 2>&1 || { tail -20 "$cache/apt.log"; return 1; }
   # No login prompt on the console, no network configuration to wait for.
   echo unrooted-ci > "$new/etc/hostname"
   ln -sf /dev/null "$new/etc/systemd/system/console-getty.service"
@@ -162,7 +163,7 @@ stop_container() {
 
 # inside CMD...: runs CMD as root in the container (all of PID 1's namespaces).
 inside() {
-  nsenter -t "$leader" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"
+  nsenter -t "$leader" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"
 }
 # as USER SCRIPT: runs the shell SCRIPT as USER in the container, in the user's home,
 # with nothing of the daemon's configuration in the environment (nix.conf says
@@ -208,7 +209,9 @@ add_users() {
 
 install_deb() {
   cp "$deb" "$scratch/$1/root/root/"
-  inside apt-get install -y --no-download "/root/$(basename "$deb")"
+  # (apt 2.6 cannot take a local .deb with --no-download; its dependencies are all
+  # in the base, so nothing is downloaded.)
+  inside apt-get install -y "/root/$(basename "$deb")"
 }
 
 daemon_pid() { inside systemctl show -p MainPID --value unrooted-daemon.service; }
@@ -220,6 +223,7 @@ note "container 1: a fresh Debian 12, the package installed"
 new_root fresh || { fail "overlay of the base"; exit 1; }
 root1=$scratch/fresh/root
 # Builders get Debian's static busybox as /bin/sh; no binary caches.
+mkdir -p "$root1/etc/nix"
 printf 'sandbox-paths = /bin/sh=/bin/busybox\nsubstituters =\n' >> "$root1/etc/nix/nix.conf"
 if ! boot fresh; then fail "container 1 boots with systemd as PID 1"; exit 1; fi
 pass "container 1 boots with systemd as PID 1 (pid $leader on the host)"
@@ -371,7 +375,9 @@ pass "container 2 boots with systemd as PID 1"
 add_users alice
 check "Debian's root nix-daemon installed (nix-setup-systemd, from the cache)" \
   inside sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download nix-setup-systemd && systemctl is-active nix-daemon.socket'
-inside sh -c 'printf "substituters =\n" >> /etc/nix/nix.conf'
+# Debian's nix-daemon serves the members of nix-users only.
+inside adduser --quiet alice nix-users
+inside sh -c 'printf "substituters =\nsandbox-paths = /bin/sh=/bin/busybox\n" >> /etc/nix/nix.conf'
 old_paths=$scratch/migrate/old-paths
 root_build() {
   as alice "printf '%s\n' '${trivial_nix//SALT/old}' > t.nix && nix-build t.nix -o ~/result && nix-env -i \$(readlink ~/result) && nix-env -q" || return 1

@@ -46,7 +46,14 @@ skip_or_fail() {
   exit 0
 }
 
-[ "$(id -u)" = 0 ] || skip_or_fail "needs root (it boots containers)"
+if [ "$(id -u)" != 0 ]; then
+  # Build the package as the caller (cargo is theirs), boot containers as root.
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    [ -n "$deb" ] || deb=$(scripts/package.sh | tail -1) || { echo "FAIL: building the package"; exit 1; }
+    exec sudo -n CI="${CI:-}" UNROOTED_CI_CACHE="${UNROOTED_CI_CACHE:-}" "$0" --deb "$deb" $($keep && echo --keep)
+  fi
+  skip_or_fail "needs root, or sudo without a password (it boots containers)"
+fi
 for tool in debootstrap systemd-nspawn nsenter mount; do
   command -v "$tool" >/dev/null || skip_or_fail "$tool missing: apt-get install debootstrap systemd-container"
 done
@@ -55,7 +62,8 @@ done
 
 # ---------------------------------------------------------------------------------
 # The cached Debian 12 root.
-cache=${UNROOTED_CI_CACHE:-/var/cache/unrooted-ci}
+cache=${UNROOTED_CI_CACHE:-}
+cache=${cache:-/var/cache/unrooted-ci}
 base=$cache/bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # What is in the base; a change here makes the next run rebuild it.
@@ -174,6 +182,15 @@ as() {
     env HOME="/home/$user" USER="$user" sh -c "cd && $1"
 }
 
+# doctor: `unrooted doctor` inside, its verdicts shown either way.
+doctor() {
+  local out rc
+  out=$(inside unrooted doctor 2>&1); rc=$?
+  printf '%s\n' "$out" | sed 's/^/     | /' >&3
+  return $rc
+}
+exec 3>&1
+
 # check NAME CMD...: PASS when CMD succeeds, else FAIL with its output.
 check() {
   local name=$1; shift
@@ -269,7 +286,7 @@ check_store_rw_for_daemon() {
     sh -c 'touch /nix/store/.probe-daemon && rm /nix/store/.probe-daemon'
 }
 check "store writable in the daemon's mount namespace (as the store owner)" check_store_rw_for_daemon
-check "unrooted doctor exits 0" inside unrooted doctor
+check "unrooted doctor exits 0" doctor
 
 build_as_alice() {
   as alice "printf '%s\n' '${trivial_nix//SALT/$1}' > t.nix && nix-build t.nix -o ~/result && cat ~/result"
@@ -336,11 +353,21 @@ check "after reboot: alice's ~/result still valid" as alice 'nix-store -q --hash
 check "after reboot: alice builds again" build_as_alice two
 check "after reboot: daemon identity" check_daemon_identity
 check "after reboot: store writable for the daemon" check_store_rw_for_daemon
-check "after reboot: unrooted doctor exits 0" inside unrooted doctor
+check "after reboot: unrooted doctor exits 0" doctor
 restart_and_build() {
   inside systemctl restart unrooted-daemon.service && build_as_alice three
 }
 check "after reboot: daemon restart keeps the writable view (systemctl restart)" restart_and_build
+
+upgrade_restarts_daemon() {
+  local before after
+  before=$(daemon_pid)
+  cp "$deb" "$scratch/fresh/root/root/" && inside apt-get install -y --reinstall "/root/$(basename "$deb")" || return 1
+  after=$(daemon_pid)
+  echo "daemon pid before $before, after $after"
+  [ "$before" != "$after" ] && [ "$after" != 0 ] && build_as_alice upgraded
+}
+check "apt install --reinstall (an upgrade): the running daemon restarts, builds work" upgrade_restarts_daemon
 
 remove_keeps_store() {
   local target; target=$(result_target) || return 1
@@ -372,9 +399,10 @@ new_root migrate || { fail "overlay of the base"; exit 1; }
 root2=$scratch/migrate/root
 if ! boot migrate; then fail "container 2 boots"; exit 1; fi
 pass "container 2 boots with systemd as PID 1"
-add_users alice
-check "Debian's root nix-daemon installed (nix-setup-systemd, from the cache)" \
-  inside sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download nix-setup-systemd && systemctl is-active nix-daemon.socket'
+add_users alice bob
+# (Its postinst starts nix-daemon.service, whose socket unit then refuses to start.)
+check "Debian's root nix-daemon installed and running (nix-setup-systemd, from the cache)" \
+  inside sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download nix-setup-systemd && systemctl is-active nix-daemon.service'
 # Debian's nix-daemon serves the members of nix-users only.
 inside adduser --quiet alice nix-users
 inside sh -c 'printf "substituters =\nsandbox-paths = /bin/sh=/bin/busybox\n" >> /etc/nix/nix.conf'
@@ -422,7 +450,16 @@ check "after migrate: the store and database belong to the store owner" \
 check "after migrate: alice's profile still lists the package" as alice 'nix-env -q | grep -q trivial'
 check "after migrate: alice builds through unrooted" build_as_alice after-migrate
 check "after migrate: daemon identity" check_daemon_identity
-check "after migrate: unrooted doctor exits 0" inside unrooted doctor
+check "after migrate: unrooted doctor exits 0" doctor
+
+note "container 2: reboot after the migration (nix-setup-systemd still installed)"
+stop_container
+if boot migrate; then pass "container 2 boots again"; else fail "container 2 boots again"; exit 1; fi
+check "after reboot: units active" inside systemctl is-active unrooted-store.service unrooted-daemon.socket unrooted-find-roots.socket
+check_not "after reboot: nix-daemon stays off" inside systemctl is-active nix-daemon.service
+check "after reboot: every old path still valid with its old hash" old_hashes_kept
+check "after reboot: a user outside nix-users (bob) builds" as bob "printf '%s\n' '${trivial_nix//SALT/bob}' > t.nix && nix-build t.nix -o ~/result"
+check "after reboot: unrooted doctor exits 0" doctor
 stop_container
 
 echo

@@ -67,6 +67,11 @@ pub fn listen(path: &Path) -> Result<UnixListener, ServerError> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0 {
         if let Some(listener) = fds.take_unix_listener(0).map_err(ServerError::Activation)? {
+            // systemd passes the socket without close-on-exec: every program the daemon
+            // started (the sandbox helpers, newuidmap) inherited it and held the
+            // listening socket for as long as it ran.
+            rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+                .map_err(|e| ServerError::Activation(e.into()))?;
             return Ok(listener);
         }
     }

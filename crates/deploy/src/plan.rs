@@ -24,6 +24,11 @@ use crate::host::Layout;
 use crate::units::{self, UnitParams};
 use crate::{DeployError, Host};
 
+/// nix-setup-systemd's tmpfiles.d entry for Nix's state directory.
+const NIX_SETUP_TMPFILES: &str = "/usr/lib/tmpfiles.d/nix-daemon.conf";
+/// Its name, masked under `/etc/tmpfiles.d` by `install`.
+const TMPFILES_NAME: &str = "nix-daemon.conf";
+
 /// How `install` is asked to set things up.
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -631,6 +636,37 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         });
     }
 
+    // Debian's nix-setup-systemd (the root nix-daemon, often left installed after a
+    // migration) resets the socket links' directory to root:nix-users 0770 at every
+    // boot through tmpfiles.d: after a reboot only members of nix-users could reach
+    // unrooted. Masked here (who may use the daemon is `allowed-users` in nix.conf).
+    if foreign.is_none() && host.path(Path::new(NIX_SETUP_TMPFILES)).is_file() {
+        let mask = Path::new("/etc/tmpfiles.d").join(TMPFILES_NAME);
+        match fs::read_link(host.path(&mask)) {
+            Ok(t) if t == Path::new("/dev/null") => {}
+            Err(_) if fs::symlink_metadata(host.path(&mask)).is_err() => {
+                steps.push(Step::Dir {
+                    path: "/etc/tmpfiles.d".into(),
+                    mode: 0o755,
+                    owner: r,
+                });
+                steps.push(Step::Symlink {
+                    path: mask,
+                    target: "/dev/null".into(),
+                });
+                steps.push(Step::Note(format!(
+                    "masked {NIX_SETUP_TMPFILES} (nix-setup-systemd): it made {} root:nix-users 0770 at every boot; to keep only nix-users on the daemon, set `allowed-users = @nix-users` in nix.conf",
+                    l.daemon_socket().parent().unwrap_or(Path::new("/")).display()
+                )));
+            }
+            _ => steps.push(Step::Note(format!(
+                "{} exists: check it does not change {} (nix-setup-systemd's makes it root:nix-users 0770 at boot)",
+                mask.display(),
+                l.daemon_socket().parent().unwrap_or(Path::new("/")).display()
+            ))),
+        }
+    }
+
     // Client side.
     let conf = l.conf_dir.join("nix.conf");
     let old = accounts::read_db(&host.path(&conf))?.unwrap_or_default();
@@ -772,6 +808,11 @@ pub fn uninstall(
                 what: "client configuration without unrooted's block".into(),
             });
         }
+    }
+    // The mask of nix-setup-systemd's tmpfiles entry, if it is ours (a link to /dev/null).
+    let mask = Path::new("/etc/tmpfiles.d").join(TMPFILES_NAME);
+    if fs::read_link(host.path(&mask)).is_ok_and(|t| t == Path::new("/dev/null")) {
+        steps.push(Step::RemoveFile { path: mask });
     }
     steps.push(Step::RemoveEmptyDir {
         path: layout.libexec_dir.clone(),
@@ -1128,5 +1169,60 @@ mod tests {
         // Only the running system has an init system to ask.
         let tree = Host::new(Path::new("/tmp")).unwrap();
         assert!(!systemd_running(&tree));
+    }
+
+    /// Regression (found by scripts/systemd-test.sh): after a migration with Debian's
+    /// nix-setup-systemd still installed, its tmpfiles.d entry made the socket links'
+    /// directory root:nix-users 0770 at the next boot, so users outside nix-users
+    /// could no longer reach the daemon. `install` masks it; `uninstall` unmasks.
+    #[test]
+    fn nix_setup_systemds_tmpfiles_entry_is_masked_and_unmasked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("usr/lib/tmpfiles.d")).unwrap();
+        fs::write(
+            root.join("usr/lib/tmpfiles.d/nix-daemon.conf"),
+            "d /nix/var/nix/daemon-socket 770 root nix-users\n",
+        )
+        .unwrap();
+        fs::write(root.join("unrooted"), "binary").unwrap();
+        let opts = InstallOptions {
+            host: Host::new(root).unwrap(),
+            layout: Layout::default(),
+            owner: "nobody-such".into(),
+            daemon_binary: root.join("unrooted"),
+            roots_binary: None,
+            sandbox_binary: None,
+            chown_kept_build_dirs: false,
+            subids: Some(false),
+            build_slices: None,
+            apparmor: Some(false),
+            enable: false,
+        };
+        let plan = install(&opts).unwrap();
+        let mask = Step::Symlink {
+            path: "/etc/tmpfiles.d/nix-daemon.conf".into(),
+            target: "/dev/null".into(),
+        };
+        assert!(plan.steps.contains(&mask), "{:?}", plan.steps);
+        apply(&opts.host, &plan, &mut |_| {}).unwrap();
+        let link = root.join("etc/tmpfiles.d/nix-daemon.conf");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        // Installed again: nothing more to do.
+        assert!(!install(&opts).unwrap().steps.contains(&mask));
+        let removal = uninstall(&opts.host, &opts.layout, false).unwrap();
+        apply(&opts.host, &removal, &mut |_| {}).unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
+        // An administrator's own file there is left alone.
+        fs::write(&link, "# mine\n").unwrap();
+        let plan = install(&opts).unwrap();
+        assert!(!plan.steps.contains(&mask));
+        assert!(plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Note(n) if n.contains("exists: check"))));
+        let removal = uninstall(&opts.host, &opts.layout, false).unwrap();
+        apply(&opts.host, &removal, &mut |_| {}).unwrap();
+        assert_eq!(fs::read_to_string(&link).unwrap(), "# mine\n");
     }
 }

@@ -460,7 +460,20 @@ fn profiles_roots_and_instantiate() {
         mode, 0o755,
         "Nix 2.8 local mode left profiles/per-user alone"
     );
-    // The daemon restores them when it starts.
+    // The daemon restores them on the next connection (found by scripts/systemd-test.sh:
+    // after `nix-store --store local --verify` by the store owner, doctor warned until
+    // the daemon restarted)...
+    d.client_ok("nix-store", &["-q", "--requisites", &drvs[0]]);
+    for parent in ["profiles/per-user", "gcroots/per-user"] {
+        let mode = fs::metadata(d.state_dir().join(parent))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o1777, "{parent} after a connection");
+    }
+    // ... and when it starts.
+    fs::set_permissions(&per_user, fs::Permissions::from_mode(0o755)).unwrap();
     d.kill();
     d.start();
     for parent in ["profiles/per-user", "gcroots/per-user"] {

@@ -19,8 +19,10 @@ use crate::trust::Peer;
 /// Mode of the shared `per-user` parents: sticky and writable by everyone, like /tmp.
 const PER_USER_MODE: u32 = 0o1777;
 
-/// Restores the mode of the `per-user` parents at start-up: Nix run in local mode by
-/// the store owner resets them to 0755, which would lock every other user out.
+/// Restores the mode of the `per-user` parents, at start-up and on every connection:
+/// Nix 2.8 run in local mode by the store owner (`nix-store --store local`, the
+/// documented way to maintain the store) resets them to 0755, which would lock every
+/// other user out of making their own directories.
 pub(crate) fn repair_parents(state_dir: &Path, own_uid: u32) {
     for parent in ["profiles/per-user", "gcroots/per-user"] {
         let dir = state_dir.join(parent);
@@ -38,6 +40,7 @@ pub(crate) fn repair_parents(state_dir: &Path, own_uid: u32) {
 
 /// Makes sure `peer` has its own directories under both `per-user` parents.
 pub(crate) fn ensure(state_dir: &Path, peer: &Peer, own_uid: u32) {
+    repair_parents(state_dir, own_uid);
     // Names come from the user database; refuse anything that is not one component.
     if peer.user.is_empty() || peer.user.contains('/') || peer.user == "." || peer.user == ".." {
         return;

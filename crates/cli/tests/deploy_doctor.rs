@@ -242,6 +242,9 @@ fn a_socket_activated_daemons_children_do_not_inherit_the_listening_socket() {
     let mut d = TestDaemon::new(unrooted(), "");
     d.start_socket_activated();
     let pid = d.pid();
+    // Under socket activation the socket is there before the daemon: doctor's
+    // handshake waits for the daemon itself.
+    expect_daemon_identity_ok(&d);
     // The daemon's own descriptor 3 (LISTEN_FDS_START) is close-on-exec.
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
     let flags = fdinfo

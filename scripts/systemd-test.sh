@@ -19,7 +19,6 @@
 # exits 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 
 deb= keep=false
 while [ $# -gt 0 ]; do
@@ -122,6 +121,7 @@ cleanup() {
   if $keep; then echo "kept $scratch"; else rm -rf "$scratch"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 # new_root NAME: an overlay of the base at $scratch/NAME/root.
 new_root() {

@@ -12,6 +12,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 cargo test --workspace --locked
 
+# Nix 2.8's own functional test suite through unrooted run as an unprivileged user
+# (docs/conformance.md): every test listed in conformance/expected-pass.txt must pass.
+if [ "$(id -u)" = 0 ]; then
+  scripts/conformance.sh --expected conformance/expected-pass.txt
+elif [ "${CI:-}" = true ]; then
+  echo "conformance: needs root, but CI=true" >&2; exit 1
+else
+  echo "conformance: SKIPPED (needs root to make the daemon's user)"
+fi
+
 # The Debian package installed into a Debian 12 container booted with systemd as PID 1
 # (units, socket activation, the read-only store, builds, GC, reboot, removal, migration
 # from a root nix-daemon). Under CI=true a missing prerequisite fails; otherwise skipped.

@@ -45,6 +45,15 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    /// A tree the build left could not be removed.
+    #[error("removing {}", path.display())]
+    Remove {
+        /// The tree.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: unrooted_sandbox::CleanupError,
+    },
     /// The store refused something (a query, canonicalisation, registration).
     #[error(transparent)]
     Store(#[from] unrooted_store::StoreError),

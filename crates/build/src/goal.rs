@@ -6,10 +6,12 @@
 //! Where things live: the host build directory is `nix-build-<name>.drv-<n>` (0700)
 //! inside a daemon-private 0700 directory under the daemon's temporary directory, so a
 //! builder's `chmod 777 /build` exposes nothing (CVE-2021-27851). The sandbox root is
-//! a fresh directory in the store's private temporary area, on the store's file system,
-//! so the outputs the builder creates in the sandbox's store directory reach the real
-//! store with one `rename`; everything else the builder left there (stray entries) is
-//! removed with the root, never registered.
+//! a fresh directory in the store's private temporary area (0700), on the store's file
+//! system. The outputs the builder creates in the sandbox's store directory are never
+//! registered themselves: each is copied into new inodes next to it in that area, and
+//! the copy is hashed, checked and renamed into the store (see [`finish_outputs`] and
+//! the crate's documentation); the originals and everything else the builder left
+//! there (stray entries) are removed with the root, never registered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -1024,7 +1026,43 @@ impl Write for OutputSink {
     }
 }
 
+/// Fresh copies of a build's outputs in the store's private temporary area; whatever
+/// of them was not installed (renamed into the store) is removed when this is dropped.
+#[derive(Default)]
+struct Copies(Vec<PathBuf>);
+
+impl Copies {
+    /// A new name for the next copy (nothing exists there yet).
+    fn add(&mut self, store: &LocalStore) -> &Path {
+        self.0.push(store.new_temp_path("output"));
+        self.0.last().map_or(Path::new(""), PathBuf::as_path)
+    }
+}
+
+impl Drop for Copies {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Err(e) = remove_tree(p) {
+                tracing::warn!("removing the output copy {}: {e}", p.display());
+            }
+        }
+    }
+}
+
 /// Checks, scans and registers the outputs found at `locations` (§5).
+///
+/// What a builder left is never registered itself: each output is first copied into
+/// new inodes in the store's private temporary area ([`nar::copy_tree`]), and the
+/// copy is what is hashed, scanned, checked and installed (issue 15, Nix
+/// CVE-2024-27297). This runs once the sandbox and all of the build's processes are
+/// gone, but a descriptor or a shared mapping of an output that a builder handed
+/// out (to another user's process, over an abstract socket of the host network that
+/// fixed-output builds share), or a hard link of it, outlives the build; none of them
+/// reaches the copy. The copy has no hard links, setuid or setgid bits, owners or
+/// extended attributes of the builder's (only a NAR's contents), and the original is
+/// removed with the sandbox root (or, unsandboxed, here, before the copy takes its
+/// place). Copying costs one more write of each output: see the crate's
+/// documentation for what that costs a build.
 fn finish_outputs(
     cx: &GoalCx<'_>,
     drv_path: &StorePath,
@@ -1038,6 +1076,7 @@ fn finish_outputs(
     let mut candidates: BTreeSet<StorePath> = closure.clone();
     candidates.extend(outputs.values().cloned());
     let mut infos: Vec<(PathBuf, ValidPathInfo)> = Vec::new();
+    let mut copies = Copies::default();
     for (name, path) in outputs {
         let at = &locations[name];
         let printed = store.print_path(path);
@@ -1075,12 +1114,16 @@ fn finish_outputs(
             refs: RefScanner::for_paths(candidates.iter()),
             extra,
         };
-        nar::dump_path(at, &mut sink).map_err(|e| {
+        // Everything below looks at the fresh copy only, which no builder process
+        // ever had, and the copy is what gets installed.
+        let copy = copies.add(store);
+        nar::copy_tree(at, copy, &mut sink).map_err(|e| {
             fail(
                 Status::OutputRejected,
                 format!("output '{printed}' of '{shown}': {}", error_chain(&e)),
             )
         })?;
+        let copied = fs::symlink_metadata(copy).map_err(BuildError::io("reading", copy))?;
         let nar_hash = sink.nar.finish();
         let references = sink.refs.found_paths(candidates.iter());
         let mut info = ValidPathInfo::new(path.clone(), nar_hash);
@@ -1095,16 +1138,18 @@ fn finish_outputs(
                     None => nar_hash,
                 },
                 FileIngestionMethod::Flat => {
-                    if !meta.is_file() || meta.mode() & 0o100 != 0 {
+                    if !copied.is_file() || copied.mode() & 0o100 != 0 {
                         return Err(fail(
                             Status::OutputRejected,
                             format!("output path '{printed}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)"),
                         ));
                     }
-                    hash_file(at, wanted.algo())?
+                    hash_file(copy, wanted.algo())?
                 }
             };
             if got != wanted {
+                let ca = ContentAddress::Fixed { method, hash: got };
+                register_what_it_got(store, copy, &info, ca);
                 return Err(fail(
                     Status::OutputRejected,
                     format!(
@@ -1130,9 +1175,19 @@ fn finish_outputs(
             }
             info.ca = Some(ContentAddress::Fixed { method, hash: got });
         }
-        infos.push((at.clone(), info));
+        infos.push((copy.to_path_buf(), info));
     }
     check_reference_constraints(store, drv, outputs, &infos, &shown)?;
+    // An unsandboxed builder wrote the store paths themselves; the copies go there.
+    for (name, path) in outputs {
+        let at = &locations[name];
+        if *at == store.real_path(path) {
+            remove_tree(at).map_err(|source| BuildError::Remove {
+                path: at.clone(),
+                source,
+            })?;
+        }
+    }
 
     if cx.mode == BuildMode::Check {
         for (_, info) in &infos {
@@ -1163,6 +1218,37 @@ fn finish_outputs(
         .install_built_outputs(&infos, cx.mode == BuildMode::Repair)
         .map_err(BuildError::from)?;
     Ok(outputs.clone())
+}
+
+/// After a fixed-output hash mismatch, registers the checked copy at `copy` under the
+/// path of the hash it actually has, as Nix 2.8 does (the path then matches its
+/// content, so it is as good as any content-addressed path; a later build with the
+/// right hash finds it). Only outputs without references; failures are logged, the
+/// build fails for the mismatch either way.
+fn register_what_it_got(
+    store: &LocalStore,
+    copy: &Path,
+    built: &ValidPathInfo,
+    ca: ContentAddress,
+) {
+    if !built.references.is_empty() {
+        return;
+    }
+    let none = BTreeSet::new();
+    let path = match ca.store_path(store.store_dir(), built.path.name(), &none, false) {
+        Ok(p) => p,
+        Err(e) => return tracing::warn!("the path of the hash a fixed-output build got: {e}"),
+    };
+    let mut info = ValidPathInfo::new(path, built.nar_hash);
+    info.nar_size = built.nar_size;
+    info.ultimate = true;
+    info.ca = Some(ca);
+    if let Err(e) = store.install_built_outputs(&[(copy.to_path_buf(), info)], false) {
+        tracing::warn!(
+            "registering a mismatched fixed output under the hash it got: {}",
+            error_chain(&e)
+        );
+    }
 }
 
 fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, Failure> {

@@ -18,6 +18,11 @@ pub struct DaemonArgs {
     /// connections idle cannot lock the others out.
     #[arg(long, default_value_t = 128, value_name = "N")]
     max_connections_per_user: usize,
+    /// Of --max-connections, how many only users holding fewer than 4 connections may
+    /// take, so that however many users fill the rest, others can still connect (at
+    /// most a quarter of --max-connections).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    reserved_connections: usize,
 }
 
 /// Runs the daemon until it is killed.
@@ -33,6 +38,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         allow_root: args.allow_root,
         max_connections: args.max_connections,
         max_connections_per_user: args.max_connections_per_user,
+        reserved_connections: args.reserved_connections,
     };
     unrooted_daemon::run(&options).context("running the daemon")?;
     Ok(ExitCode::SUCCESS)

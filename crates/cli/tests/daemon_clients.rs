@@ -264,14 +264,7 @@ fn store_commands() {
 fn profiles_roots_and_instantiate() {
     let Some(mut d) = prepared() else { return };
     let expr = write_inputs(&d);
-    // Only the daemon and clients touch this store until the profiles are checked:
-    // Nix 2.8 in local mode resets the per-user directories to 0755 (see below).
     d.start();
-    // Before the client ever connects, another user squats its profile directory in
-    // the world-writable per-user parent (made here as root for `nobody`).
-    let squatted = d.state_dir().join("profiles/per-user/unrooted-test-client");
-    fs::create_dir(&squatted).unwrap();
-    std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
     let i = d.inputs();
     let other = d.client_ok("nix-store", &["--add", i.join("tree").to_str().unwrap()]);
     let other = other.trim().to_owned();
@@ -334,21 +327,17 @@ fn profiles_roots_and_instantiate() {
     // The default profile (~/.nix-profile → profiles/per-user/<user>/profile). Nix
     // 2.8's daemon made per-user/<user> as root and chowned it to the user, and the
     // 2.8 client relies on that. Ours cannot chown: it makes the directory itself
-    // and grants the user access with an ACL, after moving a squatter's aside.
+    // and grants the user access with an ACL; the parents are writable by the store
+    // owner alone, so no user can make another's.
     let per_user = d.state_dir().join("profiles/per-user");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        fs::metadata(&per_user).unwrap().permissions().mode() & 0o7777,
-        0o1777
-    );
-    assert_eq!(
-        fs::metadata(d.state_dir().join("gcroots/per-user"))
+    for parent in ["profiles/per-user", "gcroots/per-user"] {
+        let mode = fs::metadata(d.state_dir().join(parent))
             .unwrap()
             .permissions()
-            .mode()
-            & 0o7777,
-        0o1777
-    );
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "{parent}");
+    }
     let mine = per_user.join("unrooted-test-client");
     {
         use std::os::unix::fs::MetadataExt;
@@ -357,17 +346,6 @@ fn profiles_roots_and_instantiate() {
             d.daemon_uid,
             "made by the daemon"
         );
-        let aside: Vec<_> = fs::read_dir(&per_user)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".squatted-unrooted-test-client-")
-            })
-            .collect();
-        assert_eq!(aside.len(), 1, "the squatter's directory is moved aside");
-        assert_eq!(aside[0].metadata().unwrap().uid(), 65534);
     }
     d.client_ok("nix-env", &["--set", &other]);
     d.client_ok("nix-env", &["--set", dep]);
@@ -453,28 +431,25 @@ fn profiles_roots_and_instantiate() {
         d.owner_ok("nix-store", &["-q", "--requisites", &drvs[0]])
     );
 
-    // Nix 2.8 in local mode (run above by the store owner) chmods the per-user
-    // directories back to 0755, as it does when it runs as root.
-    let mode = fs::metadata(&per_user).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(
-        mode, 0o755,
-        "Nix 2.8 local mode left profiles/per-user alone"
+    // nix-build -o: the client makes the link, the daemon the indirect root.
+    let result = home.join("result");
+    let built = d.client_ok(
+        "nix-build",
+        &[&expr, "-A", "dep", "-o", result.to_str().unwrap()],
     );
-    // The daemon restores them on the next connection (found by scripts/systemd-test.sh:
-    // after `nix-store --store local --verify` by the store owner, doctor warned until
-    // the daemon restarted)...
-    d.client_ok("nix-store", &["-q", "--requisites", &drvs[0]]);
-    for parent in ["profiles/per-user", "gcroots/per-user"] {
-        let mode = fs::metadata(d.state_dir().join(parent))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777;
-        assert_eq!(mode, 0o1777, "{parent} after a connection");
-    }
-    // ... and when it starts.
-    fs::set_permissions(&per_user, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(fs::read_link(&result).unwrap().to_str(), Some(built.trim()));
+    let auto_result = d
+        .state_dir()
+        .join("gcroots/auto")
+        .join(unrooted_auto_root_name(result.to_str().unwrap()));
+    assert_eq!(fs::read_link(auto_result).unwrap(), result);
+    // Nix 2.8 in local mode (run above by the store owner) sets the per-user
+    // parents to 0755, as the daemon does; loosened by hand, the daemon tightens
+    // them again when it starts, and keeps the user's directory.
+    let mode = fs::metadata(&per_user).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "after Nix 2.8 local mode");
     d.kill();
+    fs::set_permissions(&per_user, fs::Permissions::from_mode(0o1777)).unwrap();
     d.start();
     for parent in ["profiles/per-user", "gcroots/per-user"] {
         let mode = fs::metadata(d.state_dir().join(parent))
@@ -482,9 +457,192 @@ fn profiles_roots_and_instantiate() {
             .permissions()
             .mode()
             & 0o7777;
-        assert_eq!(mode, 0o1777, "{parent} after a restart");
+        assert_eq!(mode, 0o755, "{parent} after a restart");
     }
+    assert_eq!(
+        fs::read_link(mine.join("profile")).unwrap().to_str(),
+        Some("profile-3-link")
+    );
     d.assert_store_clean();
+}
+
+/// Runs `script` with `sh` as the third user (the squatter), returning its output.
+fn as_squatter(d: &TestDaemon, script: &str) -> std::process::Output {
+    d.other("sh").args(["-c", script]).output().unwrap()
+}
+
+/// How many of the former aside names the squatter makes in advance.
+const PREMADE: usize = 2000;
+
+/// Issue 15, item 4: in a store an earlier release left with world-writable (1777)
+/// per-user parents, another user squats the client's directories in every way
+/// (a directory holding a `profile` link of theirs, a symlink to a directory of
+/// theirs, a file under a real user's name, the daemon's former aside names made in
+/// advance as non-empty directories), and keeps trying while the daemon starts and
+/// the client connects for the first time. The daemon tightens the parents before it
+/// listens, moves every squatted entry aside under an unguessable name, and the
+/// client's directories end up the daemon's with the client's ACL: the client's Nix
+/// 2.8 writes its profile there, the squatter can neither write there nor create
+/// anything in the parents.
+#[test]
+fn per_user_squatters_are_moved_aside() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(mut d) = prepared() else { return };
+    // The layout as an earlier release made it.
+    d.start();
+    d.kill();
+    let state = d.state_dir();
+    let (profiles, gcroots) = (
+        state.join("profiles/per-user"),
+        state.join("gcroots/per-user"),
+    );
+    for p in [&profiles, &gcroots] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let victim = "unrooted-test-client";
+    // The aside names of the daemon's former scheme (`.squatted-<user>-<daemon
+    // pid>`) are made in advance, non-empty, for the next 2,000 pids, by one
+    // process so that it uses none of them.
+    let squat = format!(
+        r#"set -e
+P={profiles}; G={gcroots}; V={victim}
+mkdir "$P/$V"; ln -s /nonexistent/evil "$P/$V/profile"
+mkdir "$G/evil"; ln -s "$G/evil" "$G/$V"
+echo evil > "$P/root"
+mkdir "$G/unrooted-test-daemon"
+exec perl -e 'open my $f, "<", "/proc/sys/kernel/ns_last_pid" or die; my $l = <$f>;
+  for my $i ($l + 1 .. $l + {PREMADE}) {{ for my $d (@ARGV) {{
+    mkdir "$d/.squatted-{victim}-$i" or die; mkdir "$d/.squatted-{victim}-$i/x" or die }} }}' "$P" "$G""#,
+        profiles = profiles.display(),
+        gcroots = gcroots.display(),
+    );
+    let out = as_squatter(&d, &squat);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The squatter keeps trying (every 10 ms, for 4 s) while the daemon starts and
+    // the client first connects.
+    let race = format!(
+        r#"end=$(($(date +%s)+4)); n=0
+while [ $(date +%s) -lt $end ]; do
+  mkdir "{p}/{victim}" 2>/dev/null && n=$((n+1))
+  ln -sT /nonexistent "{g}/{victim}" 2>/dev/null && n=$((n+1))
+  sleep 0.01
+done; echo $n"#,
+        p = profiles.display(),
+        g = gcroots.display(),
+    );
+    let racer = d
+        .other("sh")
+        .args(["-c", &race])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.start();
+    let i = d.inputs();
+    fs::write(i.join("mine.txt"), "mine\n").unwrap();
+    let path = d.client_ok(
+        "nix-store",
+        &["--add", i.join("mine.txt").to_str().unwrap()],
+    );
+    let path = path.trim();
+    d.client_ok("nix-env", &["--set", path]);
+    let raced = racer.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&raced.stdout).trim(),
+        "0",
+        "entries the squatter made while the daemon started"
+    );
+
+    let log = d.log();
+    for (parent, dir) in [("profiles", &profiles), ("gcroots", &gcroots)] {
+        let m = fs::metadata(dir).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid()),
+            (0o755, d.daemon_uid),
+            "{parent}"
+        );
+        // The victim's directory is the daemon's, granting the victim.
+        let mine = dir.join(victim);
+        let m = fs::symlink_metadata(&mine).unwrap();
+        assert!(m.is_dir() && m.uid() == d.daemon_uid, "{parent}: {log}");
+        let names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        // What the squatter made in advance is all still there: nothing it prepared
+        // was in the way.
+        let premade = names
+            .iter()
+            .filter(|n| n.starts_with(&format!(".squatted-{victim}-")) && n.len() < 40)
+            .count();
+        assert_eq!(premade, PREMADE, "{parent}");
+        // Its squats were moved aside under 128-bit random names.
+        let random = |prefix: &str| {
+            names
+                .iter()
+                .filter(|n| {
+                    n.strip_prefix(prefix)
+                        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                })
+                .count()
+        };
+        assert_eq!(
+            random(&format!(".squatted-{victim}-")),
+            1,
+            "{parent}: {names:?}"
+        );
+        // Nothing made during the start stayed.
+        assert!(!names.iter().any(|n| n == "evil"), "{parent}: {names:?}");
+    }
+    for (dir, name) in [(&profiles, "root"), (&gcroots, "unrooted-test-daemon")] {
+        assert!(
+            fs::symlink_metadata(dir.join(name)).is_err(),
+            "{name} stayed"
+        );
+    }
+    // The client's Nix 2.8 wrote its profile in its directory.
+    let mine = profiles.join(victim);
+    assert_eq!(
+        fs::read_link(mine.join("profile")).unwrap().to_str(),
+        Some("profile-1-link")
+    );
+    assert_eq!(
+        fs::read_link(mine.join("profile-1-link")).unwrap().to_str(),
+        Some(path)
+    );
+    assert_eq!(
+        fs::symlink_metadata(mine.join("profile-1-link"))
+            .unwrap()
+            .uid(),
+        d.client_uid
+    );
+    // The squatter can no longer touch it, nor create anything in the parents.
+    let out = as_squatter(
+        &d,
+        &format!(
+            "ln -sfn /nonexistent {m}/profile || echo refused-1; mkdir {p}/x || echo refused-2; mv {m} {p}/y || echo refused-3",
+            m = mine.display(),
+            p = profiles.display()
+        ),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    for r in ["refused-1", "refused-2", "refused-3"] {
+        assert!(said.contains(r), "{said}");
+    }
+    assert_eq!(
+        fs::read_link(mine.join("profile")).unwrap().to_str(),
+        Some("profile-1-link")
+    );
+    // A restart moves nothing more and keeps the client's directory.
+    d.kill();
+    d.start();
+    d.client_ok("nix-env", &["--list-generations"]);
+    assert!(!d.log().contains("aside"), "{}", d.log());
+    assert_eq!(fs::symlink_metadata(&mine).unwrap().uid(), d.daemon_uid);
 }
 
 /// The name Nix gives the indirect root for `link`: base-32 of its SHA-1, computed

@@ -219,8 +219,8 @@ fn dry_run_prints_every_step_and_writes_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
         "would: directory /nix/store mode 0755",
-        "would: directory /nix/var/nix/profiles/per-user mode 1777",
-        "would: directory /nix/var/nix/gcroots/per-user mode 1777",
+        "would: directory /nix/var/nix/profiles/per-user mode 0755",
+        "would: directory /nix/var/nix/gcroots/per-user mode 0755",
         "would: file /usr/local/libexec/unrooted/unrooted-find-roots (the roots helper) mode 0755 owner 0:0",
         "would: file /etc/systemd/system/unrooted-daemon.service",
         "would: file /etc/nix/nix.conf",

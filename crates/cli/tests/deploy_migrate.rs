@@ -8,7 +8,7 @@ use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon, DAEMON_USER};
+use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon, CLIENT_USER, DAEMON_USER};
 use unrooted_testkit::nix_tool;
 
 fn unrooted() -> &'static Path {
@@ -119,7 +119,7 @@ fn a_root_daemons_store_is_served_by_the_owner_after_migration() {
         &["-p", default_profile.to_str().unwrap(), "--set", &added],
     );
     // A user's profile, in the per-user directory the old daemon gave that user.
-    let user_dir = state.join("profiles/per-user/client");
+    let user_dir = state.join("profiles/per-user").join(CLIENT_USER);
     fs::create_dir_all(&user_dir).unwrap();
     chown(&user_dir, Some(d.client_uid), None).unwrap();
     let user_profile = user_dir.join("profile");
@@ -163,10 +163,11 @@ fn a_root_daemons_store_is_served_by_the_owner_after_migration() {
     for (path, uid) in &owners {
         assert_eq!(*uid, d.daemon_uid, "{path} not handed over");
     }
-    // The user's directory stays the user's; its parent is 1777 for new users.
+    // The user's directory stays the user's; its parent is writable by the store
+    // owner alone (the daemon makes new users' directories).
     assert_eq!(fs::metadata(&user_dir).unwrap().uid(), d.client_uid);
     let per_user = fs::metadata(state.join("profiles/per-user")).unwrap();
-    assert_eq!(per_user.mode() & 0o7777, 0o1777);
+    assert_eq!(per_user.mode() & 0o7777, 0o755);
 
     // A second run (or the rest of an interrupted one) only does what is left.
     let again = migrate(&d);

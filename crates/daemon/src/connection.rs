@@ -24,6 +24,7 @@ use unrooted_store::{LocalStore, LocalStoreConfig};
 
 use crate::config::Config;
 use crate::ops::{self, OpError};
+use crate::payer::Charge;
 use crate::trust::{self, Peer};
 use crate::DaemonError;
 
@@ -133,14 +134,17 @@ impl Session<'_> {
 }
 
 /// Serves one connection to its end. Errors end only this connection.
-pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
-    let peer = match Peer::of_socket(&stream) {
+pub(crate) fn handle(state: &DaemonState, stream: UnixStream, charge: &Charge) {
+    let mut peer = match Peer::of_socket(&stream) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("{e}");
             return;
         }
     };
+    if charge.subordinate && charge.uid == peer.uid {
+        peer.subordinate_of = Some(charge.payer.to_string());
+    }
     let s = &state.config.settings;
     let trusted = match trust::authorize(
         &peer,
@@ -148,7 +152,7 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
         &s.trusted_users,
         &s.build_users_group,
         state.own_uid,
-        trust::system_group_members,
+        trust::system_group,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -157,7 +161,19 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream) {
             return;
         }
     };
-    crate::userdirs::ensure(&state.config.locations.state_dir, &peer, state.own_uid);
+    // The store as Nix opens it for each connection: re-made where something
+    // removed it since, the database opened anew when it was replaced.
+    if let Err(e) = state.store.revalidate() {
+        tracing::warn!(
+            "the store is not usable: {}",
+            unrooted_build::error_chain(&e)
+        );
+    }
+    // Only accounts get directories: a user's subordinate ids (tens of thousands)
+    // must not be able to fill the per-user parents.
+    if peer.account {
+        crate::userdirs::ensure(&state.config.locations.state_dir, &peer, state.own_uid);
+    }
     let id = state.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(user = %peer.user, pid = peer.pid, trusted, "connection {id} accepted");
     if let Err(e) = run(state, stream, peer, trusted, id) {

@@ -11,6 +11,7 @@ pub mod config;
 mod connection;
 mod gc_ops;
 mod ops;
+pub mod payer;
 pub mod server;
 mod subst_ops;
 pub mod trust;
@@ -58,8 +59,12 @@ pub struct DaemonOptions {
     pub allow_root: bool,
     /// The most connections served at once.
     pub max_connections: usize,
-    /// The most connections one user may have open at once.
+    /// The most connections one user may have open at once (a user's subordinate
+    /// ids count as that user).
     pub max_connections_per_user: usize,
+    /// Of `max_connections`, how many only users holding fewer than
+    /// [`server::FEW`] connections may take (at most a quarter).
+    pub reserved_connections: usize,
 }
 
 impl Default for DaemonOptions {
@@ -68,6 +73,7 @@ impl Default for DaemonOptions {
             allow_root: false,
             max_connections: 1024,
             max_connections_per_user: 128,
+            reserved_connections: 128,
         }
     }
 }
@@ -119,20 +125,21 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     let state = Arc::new(state);
     gc_ops::spawn_auto_gc(Arc::clone(&state));
     let active = std::sync::atomic::AtomicUsize::new(0);
-    server::serve(
-        listener,
+    let limits = server::Limits::new(
         options.max_connections,
         options.max_connections_per_user,
-        move |stream| {
-            use std::sync::atomic::Ordering;
-            active.fetch_add(1, Ordering::SeqCst);
-            connection::handle(&state, stream);
-            // The last client gone: an idle daemon keeps no spare database
-            // connections (nor their descriptors) open.
-            if active.fetch_sub(1, Ordering::SeqCst) == 1 {
-                state.store.release_idle_readers();
-            }
-        },
-    )
+        options.reserved_connections,
+    );
+    let owners = payer::SubUidOwners::load(std::path::Path::new(payer::SUBUID_FILE));
+    server::serve(listener, limits, owners, move |stream, charge| {
+        use std::sync::atomic::Ordering;
+        active.fetch_add(1, Ordering::SeqCst);
+        connection::handle(&state, stream, &charge);
+        // The last client gone: an idle daemon keeps no spare database
+        // connections (nor their descriptors) open.
+        if active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            state.store.release_idle_readers();
+        }
+    })
     .map_err(DaemonError::Serve)
 }

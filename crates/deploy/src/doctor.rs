@@ -527,11 +527,11 @@ fn ownership(host: &Host, l: &Layout, owner: &accounts::Account, out: &mut Vec<F
     for p in ["profiles/per-user", "gcroots/per-user"] {
         let path = l.state_dir.join(p);
         match fs::symlink_metadata(host.path(&path)) {
-            Ok(m) if m.is_dir() && m.mode() & 0o7777 == 0o1777 => {}
+            Ok(m) if m.is_dir() && m.mode() & 0o7777 == 0o755 => {}
             Ok(m) => note(
                 Verdict::Warn,
                 format!(
-                    "{} is mode {:04o}, not 1777: users cannot keep profiles there",
+                    "{} is mode {:04o}, not 0755: users could take each other's profiles (the daemon sets 0755 when it starts)",
                     path.display(),
                     m.mode() & 0o7777
                 ),

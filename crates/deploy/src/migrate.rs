@@ -10,7 +10,9 @@
 //!
 //! Only what root or the build users own changes hands. The per-user directories
 //! (`profiles/per-user/<user>`, `gcroots/per-user/<user>`) stay with their users:
-//! Nix 2.8 clients write their profile generations there themselves.
+//! Nix 2.8 clients write their profile generations there themselves. Their parents
+//! go to the store owner, mode 0755 as the root daemon had them: the daemon makes a
+//! new user's directory itself, so no user can create one under another's name.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -132,7 +134,7 @@ pub fn migrate(
     walker.walk(&state, &per_user, true)?;
     for p in &per_user {
         if p.is_dir() {
-            // Sticky and world-writable, like /tmp: users make their own directory.
+            // Writable by the store owner alone: the daemon makes each user's directory.
             walker.chown_one(
                 p,
                 &fs::symlink_metadata(p).map_err(|source| DeployError::Read {
@@ -141,7 +143,7 @@ pub fn migrate(
                 })?,
             )?;
             if !opts.dry_run {
-                fs::set_permissions(p, fs::Permissions::from_mode(0o1777)).map_err(|source| {
+                fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(|source| {
                     DeployError::Chown {
                         path: p.clone(),
                         source,

@@ -518,6 +518,24 @@ fn a_million_entries_in_a_roots_directory_keep_their_root_in_bounded_time() {
         .any(|(l, p)| *p == kept && l.ends_with("the-real-root")));
 }
 
+/// A full collection while a stand-in helper at the config's socket gives `answers`.
+fn collect_beside_helper(
+    store: &unrooted_store::LocalStore,
+    config: &unrooted_gc::GcConfig,
+    temps: &TempRoots,
+    answers: Vec<String>,
+) -> Result<unrooted_gc::GcResult, GcError> {
+    let (unrooted_gc::RootsHelper::Socket(socket)
+    | unrooted_gc::RootsHelper::RuntimeOnlySocket(socket)) = &config.roots_helper
+    else {
+        panic!("no helper socket");
+    };
+    let helper = fake_helper(socket, answers);
+    let (r, _) = collect(store, config.clone(), temps, GcAction::DeleteDead, u64::MAX);
+    helper.join().unwrap();
+    r
+}
+
 /// A stand-in for the roots helper at `socket`: answers one connection with each of
 /// `answers` in turn, then stops listening (later connections are refused).
 fn fake_helper(socket: &std::path::Path, answers: Vec<String>) -> std::thread::JoinHandle<()> {
@@ -551,18 +569,8 @@ fn an_upstream_helper_answer_cut_short_loses_no_root() {
     let temps = TempRoots::new();
 
     // Cut short, then complete (a restarted or socket-activated helper).
-    let helper = fake_helper(
-        &socket,
-        vec![format!("{}\0", sp(&a)), format!("{}\0{}\0", sp(&a), sp(&b))],
-    );
-    let (r, _) = collect(
-        &store,
-        config.clone(),
-        &temps,
-        GcAction::DeleteDead,
-        u64::MAX,
-    );
-    helper.join().unwrap();
+    let answers = vec![format!("{}\0", sp(&a)), format!("{}\0{}\0", sp(&a), sp(&b))];
+    let r = collect_beside_helper(&store, &config, &temps, answers);
     let r = r.unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert_eq!(r.paths, BTreeSet::from([sp(&c)]));
     for p in [&a, &b, &b_dep] {
@@ -632,15 +640,7 @@ fn gc_refuses_unless_the_helper_answer_is_complete() {
     ];
     for (what, answer, cause) in cases {
         let _ = fs::remove_file(&socket);
-        let helper = fake_helper(&socket, vec![answer]);
-        let (r, _) = collect(
-            &store,
-            config.clone(),
-            &temps,
-            GcAction::DeleteDead,
-            u64::MAX,
-        );
-        helper.join().unwrap();
+        let r = collect_beside_helper(&store, &config, &temps, vec![answer]);
         let e = r.expect_err(what);
         assert!(chain(&e).contains(cause), "{what}: {}", chain(&e));
         for p in [&rooted, &dead] {

@@ -58,4 +58,5 @@ pub use plan::{
     DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
+pub use sys::{peer_groups, MAX_PEER_GROUPS};
 pub use userns::{check_user_namespaces, reason_from_settings, UsernsReason, UsernsUnavailable};

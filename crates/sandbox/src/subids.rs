@@ -24,23 +24,47 @@ pub struct SubIdRange {
     pub count: u32,
 }
 
+/// Most ranges [`all_ranges`] returns (a host has one or a few per user).
+pub const MAX_RANGES: usize = 100_000;
+
+/// One line of a `subuid(5)` text: its owner (a name or a decimal uid) and range;
+/// `None` for malformed lines and ranges that overflow 32 bits, as shadow skips them.
+fn parse_line(line: &str) -> Option<(&str, SubIdRange)> {
+    let mut f = line.trim().split(':');
+    let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+    if f.next().is_some() || who.is_empty() {
+        return None;
+    }
+    let start: u32 = start.parse().ok()?;
+    let count: u32 = count.parse().ok()?;
+    (count > 0 && start.checked_add(count - 1).is_some())
+        .then_some((who, SubIdRange { start, count }))
+}
+
 /// The ranges of `user` (or of its numeric `uid`) in a `subuid(5)` text, in file
 /// order. Malformed lines and ranges that overflow 32 bits are skipped, as shadow does.
 pub fn ranges_of(text: &str, user: &str, uid: u32) -> Vec<SubIdRange> {
     let uid = uid.to_string();
     text.lines()
-        .filter_map(|line| {
-            let mut f = line.trim().split(':');
-            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
-            if f.next().is_some() || (who != user && who != uid) {
-                return None;
-            }
-            let start: u32 = start.parse().ok()?;
-            let count: u32 = count.parse().ok()?;
-            (count > 0 && start.checked_add(count - 1).is_some())
-                .then_some(SubIdRange { start, count })
-        })
+        .filter_map(parse_line)
+        .filter(|(who, _)| *who == user || *who == uid)
+        .map(|(_, r)| r)
         .collect()
+}
+
+/// Every range of a `subuid(5)` text with its owner as written (a name or a decimal
+/// uid), in file order, at most [`MAX_RANGES`].
+pub fn all_ranges(text: &str) -> Vec<(String, SubIdRange)> {
+    text.lines()
+        .filter_map(parse_line)
+        .take(MAX_RANGES)
+        .map(|(who, r)| (who.to_owned(), r))
+        .collect()
+}
+
+/// Reads a user database file (`/etc/subuid`, `/etc/passwd`, …), at most 16 MiB.
+pub fn read_db(path: &Path) -> std::io::Result<String> {
+    read_bounded(path)
 }
 
 /// The name of `uid` in a `passwd(5)` text.
@@ -187,6 +211,16 @@ mod tests {
             ]
         );
         assert!(ranges_of(text, "carol", 5).is_empty());
+        let all = all_ranges(text);
+        let owners: Vec<&str> = all.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(owners, ["alice", "bob", "1001"]);
+        assert_eq!(
+            all[0].1,
+            SubIdRange {
+                start: 100000,
+                count: 65536
+            }
+        );
     }
 
     #[test]

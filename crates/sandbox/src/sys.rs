@@ -2,7 +2,8 @@
 //! safely. Each is small, takes checked arguments, and says why it is sound.
 //!
 //! Everything here runs in the single-threaded helper process or its cloned child,
-//! never in the multi-threaded daemon.
+//! never in the multi-threaded daemon, except [`peer_groups`]: one `getsockopt` on a
+//! descriptor the caller owns, which is sound on any thread.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -173,4 +174,53 @@ pub(crate) fn close_from_3() -> io::Result<()> {
 pub(crate) fn exit_child(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Most supplementary groups a process can have (`NGROUPS_MAX`), so the most
+/// [`peer_groups`] returns.
+pub const MAX_PEER_GROUPS: usize = 65536;
+
+/// `SO_PEERGROUPS` (Linux 4.13): not in the `libc` crate; 59 but on SPARC.
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 0x3d;
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups of the process at the other end of the Unix socket
+/// `socket`, as the kernel recorded them when it connected (`SO_PEERGROUPS`, in the
+/// caller's user namespace), at most [`MAX_PEER_GROUPS`]. rustix has no wrapper.
+pub fn peer_groups(socket: impl std::os::fd::AsFd) -> io::Result<Vec<u32>> {
+    let fd = socket.as_fd().as_raw_fd();
+    let size = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * size)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
+        // SAFETY: `groups` holds `len` writable bytes and outlives the call; the kernel
+        // writes at most `len` bytes there and the used length into `len`, a valid
+        // socklen_t. `fd` is borrowed from `socket` for the duration of the call.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            groups.truncate((len as usize / size).min(groups.len()));
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // Too small: the kernel said how much is needed in `len`.
+        let needed = len as usize / size;
+        if e.raw_os_error() != Some(libc::ERANGE)
+            || needed <= groups.len()
+            || needed > MAX_PEER_GROUPS
+        {
+            return Err(e);
+        }
+        groups.resize(needed, 0);
+    }
 }

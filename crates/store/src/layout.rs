@@ -47,9 +47,10 @@ fn create_dirs(path: &Path, mode: u32) -> Result<bool, StoreError> {
 /// `db/reserved`.
 ///
 /// Differences from Nix 2.8, which runs as root: the `per-user` directories get mode
-/// 1777 (sticky and world-writable, like `/tmp`) when created so that each user can
-/// make their own entry, and are never chmod-ed or chown-ed afterwards; nothing is
-/// chown-ed to a client, which an unprivileged daemon cannot do.
+/// 0755 when created (writable by the store owner alone, so no user can create
+/// another's entry; the daemon makes each user's own) and are not chmod-ed here
+/// afterwards (the daemon checks them at start); nothing is chown-ed to a client,
+/// which an unprivileged daemon cannot do.
 pub(crate) fn create_layout(config: &LocalStoreConfig) -> Result<(), StoreError> {
     let store = &config.real_store_dir;
     let state = &config.state_dir;
@@ -64,8 +65,8 @@ pub(crate) fn create_layout(config: &LocalStoreConfig) -> Result<(), StoreError>
         let link = gcroots.join("profiles");
         std::os::unix::fs::symlink(&profiles, &link).map_err(create_err(&link))?;
     }
-    create_dirs(&profiles.join("per-user"), 0o1777)?;
-    create_dirs(&gcroots.join("per-user"), 0o1777)?;
+    create_dirs(&profiles.join("per-user"), 0o755)?;
+    create_dirs(&gcroots.join("per-user"), 0o755)?;
     let gc_lock = state.join("gc.lock");
     OpenOptions::new()
         .create(true)

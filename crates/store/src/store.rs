@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use unrooted_db::{Database, DbError, ValidPathInfo};
@@ -32,6 +32,8 @@ pub struct LocalStore {
     pub(crate) locks: LockMap,
     pub(crate) tmp: TempArea,
     _big_lock: File,
+    /// Device and inode of the database file the connections have open.
+    db_file: Mutex<Option<(u64, u64)>>,
 }
 
 impl LocalStore {
@@ -48,6 +50,7 @@ impl LocalStore {
             config.db,
         )?;
         let tmp = TempArea::create(&config.real_store_dir)?;
+        let db_file = Mutex::new(file_id(&db_path(&config)));
         Ok(Self {
             config,
             db: Mutex::new(db),
@@ -55,7 +58,46 @@ impl LocalStore {
             locks: LockMap::default(),
             tmp,
             _big_lock: big_lock,
+            db_file,
         })
+    }
+
+    /// Makes the store whole again when something outside removed or replaced part
+    /// of it while the daemon runs (Nix's own test suite removes and re-makes the
+    /// store and state directories between connections; `nix-daemon` opens the store
+    /// afresh for each connection): the layout is re-created where it is missing,
+    /// and a database file that is gone or not the one open is opened anew (created
+    /// empty when gone), so no connection serves a stale database. Costs a few
+    /// `stat`s when nothing changed; called as each connection starts.
+    pub fn revalidate(&self) -> Result<(), StoreError> {
+        let c = &self.config;
+        let intact = [
+            c.real_store_dir.join(".links"),
+            c.state_dir.join("profiles/per-user"),
+            c.state_dir.join("gcroots/per-user"),
+            c.state_dir.join("temproots"),
+        ]
+        .iter()
+        .all(|p| p.is_dir());
+        let mut opened = self.db_file.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = file_id(&db_path(c));
+        if intact && now.is_some() && now == *opened {
+            return Ok(());
+        }
+        create_layout(c)?;
+        self.tmp.recreate()?;
+        if now.is_some() && now == *opened {
+            return Ok(());
+        }
+        let mut db = self.db();
+        *db = Database::open(&c.state_dir.join("db"), c.store_dir.clone(), c.db)?;
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.open -= pool.idle.len();
+        pool.idle.clear();
+        pool.generation += 1;
+        *opened = file_id(&db_path(c));
+        tracing::info!("the store database was removed or replaced: opened it anew");
+        Ok(())
     }
 
     /// The configuration the store was opened with.
@@ -98,6 +140,7 @@ impl LocalStore {
             return Ok(Reader::Pooled {
                 db: Some(db),
                 pool: &self.readers,
+                generation: pool.generation,
             });
         }
         if pool.open >= MAX_READER_CONNECTIONS {
@@ -105,6 +148,7 @@ impl LocalStore {
             return Ok(Reader::Shared(self.db()));
         }
         pool.open += 1;
+        let generation = pool.generation;
         drop(pool);
         let opened = Database::open(
             &self.config.state_dir.join("db"),
@@ -120,6 +164,7 @@ impl LocalStore {
             Ok(db) => Ok(Reader::Pooled {
                 db: Some(db),
                 pool: &self.readers,
+                generation,
             }),
             Err(e) => {
                 self.readers
@@ -317,6 +362,20 @@ pub const MAX_READER_CONNECTIONS: usize = 8;
 pub(crate) struct ReaderPool {
     idle: Vec<Database>,
     open: usize,
+    /// Bumped when the database file is opened anew: connections lent before are
+    /// closed, not given back.
+    generation: u64,
+}
+
+/// The database file of the store `config` describes.
+fn db_path(config: &LocalStoreConfig) -> PathBuf {
+    config.state_dir.join("db/db.sqlite")
+}
+
+/// Device and inode of the file at `path`, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The page cache of each reader connection (SQLite's default size).
@@ -328,6 +387,8 @@ pub(crate) enum Reader<'a> {
     Pooled {
         db: Option<Database>,
         pool: &'a Mutex<ReaderPool>,
+        /// The pool's generation when it was lent.
+        generation: u64,
     },
     /// The writer's connection, held for the query.
     Shared(MutexGuard<'a, Database>),
@@ -348,12 +409,19 @@ impl std::ops::Deref for Reader<'_> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let Reader::Pooled { db, pool } = self {
+        if let Reader::Pooled {
+            db,
+            pool,
+            generation,
+        } = self
+        {
             if let Some(db) = db.take() {
-                pool.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .idle
-                    .push(db);
+                let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.generation == *generation {
+                    pool.idle.push(db);
+                } else {
+                    pool.open -= 1;
+                }
             }
         }
     }

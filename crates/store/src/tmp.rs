@@ -88,6 +88,18 @@ impl TempArea {
     }
 
     /// A fresh name inside the area (nothing exists there yet).
+    /// Makes the area's directory again when something removed it (with the store
+    /// directory around it); the flock of the old one is lost with it.
+    pub(crate) fn recreate(&self) -> Result<(), StoreError> {
+        match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(StoreError::CreateLayout {
+                path: self.dir.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn new_path(&self, what: &str) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("{what}-{n}"))

@@ -32,8 +32,8 @@ fn open_creates_the_layout_once() {
     ] {
         assert!(root.join(d).is_dir(), "{d}");
     }
-    assert_eq!(mode("state/profiles/per-user"), 0o1777);
-    assert_eq!(mode("state/gcroots/per-user"), 0o1777);
+    assert_eq!(mode("state/profiles/per-user"), 0o755);
+    assert_eq!(mode("state/gcroots/per-user"), 0o755);
     assert_eq!(mode("state/gc.lock"), 0o600);
     assert_eq!(
         fs::read_link(root.join("state/gcroots/profiles")).unwrap(),
@@ -47,11 +47,11 @@ fn open_creates_the_layout_once() {
     // Created once: an administrator's later choice is not undone at the next open.
     fs::set_permissions(
         root.join("state/gcroots/per-user"),
-        fs::Permissions::from_mode(0o755),
+        fs::Permissions::from_mode(0o750),
     )
     .unwrap();
     drop(open_at(root));
-    assert_eq!(mode("state/gcroots/per-user"), 0o755);
+    assert_eq!(mode("state/gcroots/per-user"), 0o750);
 }
 
 #[test]
@@ -619,4 +619,36 @@ fn optimise_links_identical_files() {
     }
     assert_eq!(store.optimise().unwrap().files_linked, 0, "idempotent");
     assert!(!store.verify(true, false, &mut |_| {}).unwrap());
+}
+
+/// Nix's test suite removes and re-makes the store and state directories while the
+/// daemon runs (`clearStore`): the next connection's `revalidate` re-makes the layout
+/// and opens the new, empty database, so nothing of the old store is served (its
+/// paths are invalid, queries through pooled readers too) and adds work again.
+#[test]
+fn a_store_removed_under_the_daemon_is_made_again_and_serves_no_stale_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let store = open_at(root);
+    let none = BTreeSet::new();
+    let old = store.add_text("old", b"old", &none, false).unwrap().path;
+    assert!(store.is_valid_path(&old).unwrap());
+    store.revalidate().unwrap();
+    assert!(store.is_valid_path(&old).unwrap(), "nothing changed: kept");
+
+    for d in ["store", "state"] {
+        fs::remove_dir_all(root.join(d)).unwrap();
+        fs::create_dir(root.join(d)).unwrap();
+    }
+    store.revalidate().unwrap();
+    assert!(root.join("state/db/db.sqlite").is_file());
+    assert!(root.join("state/profiles/per-user").is_dir());
+    assert!(root.join("store/.links").is_dir());
+    assert!(
+        !store.is_valid_path(&old).unwrap(),
+        "a stale path was served"
+    );
+    let new = store.add_text("new", b"new", &none, false).unwrap().path;
+    assert!(store.is_valid_path(&new).unwrap());
+    assert_eq!(fs::read(store.real_path(&new)).unwrap(), b"new");
 }

@@ -223,6 +223,7 @@ pub struct TestDaemon {
     other_gid: u32,
     unrooted: PathBuf,
     extra_conf: String,
+    daemon_args: Vec<String>,
     helper: Option<Child>,
 }
 
@@ -277,6 +278,7 @@ impl TestDaemon {
             other_gid,
             unrooted: unrooted.to_path_buf(),
             extra_conf: nix_conf.to_owned(),
+            daemon_args: Vec::new(),
             helper: None,
         };
         daemon.write_conf();
@@ -291,6 +293,11 @@ impl TestDaemon {
         let path = self.root.path().join("conf/nix.conf");
         fs::write(&path, conf).expect("nix.conf");
         chown(&path, Some(self.daemon_uid), Some(self.daemon_gid)).expect("chown nix.conf");
+    }
+
+    /// Options given to `unrooted daemon` at its next start (e.g. its connection bounds).
+    pub fn set_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args = args.iter().map(|a| (*a).to_owned()).collect();
     }
 
     /// Replaces the text appended to the daemon's `nix.conf` (read when it starts).
@@ -698,7 +705,8 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
             .arg(format!("--regid={}", self.daemon_gid))
             .args(["--init-groups", "--inh-caps=-all", "--"])
             .arg(&self.unrooted)
-            .arg("daemon");
+            .arg("daemon")
+            .args(&self.daemon_args);
         self.env(&mut cmd);
         // The helper's socket is in a root-owned directory (its `--listen` mode
         // refuses any other), not at the default `<state>/gc-roots-socket/socket`,
@@ -783,11 +791,31 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
         cmd
     }
 
+    /// A command run as the client user against the daemon with exactly `groups` as
+    /// its supplementary groups, whatever the group database lists for it (as after
+    /// `newgrp`, or groups a login manager or directory service gave).
+    pub fn client_in_groups(&self, program: &str, groups: &[u32]) -> Command {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        self.as_user_in(
+            program,
+            (self.client_uid, self.client_gid),
+            &format!("--groups={}", list.join(",")),
+            &self.client_home(),
+        )
+    }
+
     fn as_user(&self, program: &str, uid: u32, gid: u32, home: &Path) -> Command {
+        self.as_user_in(program, (uid, gid), "--init-groups", home)
+    }
+
+    /// `program` as `ids` (uid, gid) with the supplementary groups `groups` says
+    /// (a `setpriv` option).
+    fn as_user_in(&self, program: &str, ids: (u32, u32), groups: &str, home: &Path) -> Command {
+        let (uid, gid) = ids;
         let mut cmd = Command::new("setpriv");
         cmd.arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
-            .args(["--init-groups", "--inh-caps=-all", "--"])
+            .args([groups, "--inh-caps=-all", "--"])
             .arg(program);
         self.env(&mut cmd);
         cmd.env("HOME", home)

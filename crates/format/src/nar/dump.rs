@@ -24,6 +24,7 @@ use rustix::fs::{FileType, Mode, OFlags, RawDir, CWD};
 use super::error::NarError;
 use super::path::NarPath;
 use super::writer::{NarWriter, SpareSink};
+use super::MAX_DEPTH;
 
 /// Write buffer when the walk runs on the caller's thread: large enough that a hasher
 /// sees big updates and a large file takes few `read` calls, small enough to stay in
@@ -38,7 +39,8 @@ const DIRENT_BUFFER: usize = 64 * 1024;
 ///
 /// `path` itself is not followed if it is a symlink. Directory entries are sorted by
 /// their raw bytes; a file is executable in the archive iff its owner-execute bit is
-/// set. Devices, fifos and sockets are refused with an error naming them.
+/// set. Devices, fifos and sockets are refused with an error naming them, and so is a
+/// tree nested deeper than [`MAX_DEPTH`], which no reader accepts.
 ///
 /// For a directory or a large file the walk runs on a second thread and hands the
 /// archive to this one in chunks, so reading the tree (system calls, copies) overlaps
@@ -388,6 +390,13 @@ impl<'p, W: SpareSink> Dumper<'p, W> {
             .entries
             .sort_unstable_by(|a, b| names[a.0..a.0 + a.1].cmp(&names[b.0..b.0 + b.1]));
 
+        // The parser refuses what is nested deeper, so a dump stops there too, before
+        // a hostile tree costs a descriptor and a stack frame per level.
+        if depth >= MAX_DEPTH && !listing.entries.is_empty() {
+            return Err(NarError::TooDeep {
+                path: NarPath::from_raw(self.rel.clone()),
+            });
+        }
         self.writer.directory()?;
         for i in 0..listing.entries.len() {
             let (start, len, kind) = listing.entries[i];

@@ -32,9 +32,10 @@
 //!
 //! The byte tokens below are the only place the grammar's strings are spelled out;
 //! [`reader`] and [`writer`] are the one parser and the one serialiser, and everything
-//! else ([`dump`](mod@dump), [`restore`](mod@restore), [`listing`], the export format) is built
-//! on them.
+//! else ([`dump`](mod@dump), [`restore`](mod@restore), [`copy`](mod@copy), [`listing`], the
+//! export format) is built on them.
 
+pub mod copy;
 pub mod dump;
 pub mod listing;
 pub mod reader;
@@ -44,6 +45,7 @@ pub mod writer;
 mod error;
 mod path;
 
+pub use copy::copy_tree;
 pub use dump::dump_path;
 pub use error::NarError;
 pub use listing::{list, ListOptions};

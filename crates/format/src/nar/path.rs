@@ -38,6 +38,11 @@ impl NarPath {
         child
     }
 
+    /// The path whose raw bytes are `bytes` (as [`NarPath::as_bytes`] gives them).
+    pub(crate) fn from_raw(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
     pub(crate) fn push(&mut self, name: &[u8]) {
         self.0.push(b'/');
         self.0.extend_from_slice(name);

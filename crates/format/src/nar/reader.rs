@@ -195,11 +195,12 @@ pub fn copy_nar<R: Read, W: Write + ?Sized>(reader: R, out: &mut W) -> Result<u6
     }
 }
 
-/// Copies everything read through it to `out`.
-struct Tee<'w, R, W: ?Sized> {
-    inner: R,
-    out: &'w mut W,
-    failure: Option<io::Error>,
+/// Copies everything read through it to `out`; a failed write to `out` is kept in
+/// `failure` and ends the read with an error.
+pub(crate) struct Tee<'w, R, W: ?Sized> {
+    pub(crate) inner: R,
+    pub(crate) out: &'w mut W,
+    pub(crate) failure: Option<io::Error>,
 }
 
 impl<R: Read, W: Write + ?Sized> Read for Tee<'_, R, W> {

@@ -11,13 +11,18 @@
 //! directories `0755`. We set them explicitly with `fchmod` instead of touching the
 //! process-wide umask, which a library must not change under other threads.
 //!
+//! Contents are written as they arrive, except that a read of at least a block of
+//! zeros is left as a hole, so a sparse file stays sparse (the bytes read back are the
+//! same).
+//!
 //! On error the partial tree is left in place; removing it is the caller's decision.
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, CWD};
@@ -28,6 +33,9 @@ use super::reader::{read_nar, Contents, NarVisitor};
 
 /// Copy buffer for file contents.
 const COPY_BUFFER: usize = 256 * 1024;
+
+/// Smallest read of zeros left as a hole instead of written (a file system block).
+const MIN_HOLE: usize = 4096;
 
 /// Mode of a restored non-executable file.
 const FILE_MODE: u32 = 0o644;
@@ -100,10 +108,11 @@ impl NarVisitor for Restorer<'_> {
             FILE_MODE
         };
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| self.error(path, e))?;
-        let mut file = File::from(fd);
+        let file = File::from(fd);
         if self.buf.is_empty() && contents.size() > 0 {
             self.buf = vec![0; COPY_BUFFER];
         }
+        let mut at = 0u64;
         loop {
             // A read error here is the archive's; the parser reports it in place of
             // whatever we return.
@@ -113,9 +122,19 @@ impl NarVisitor for Restorer<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.error(path, e)),
             };
-            if let Err(e) = file.write_all(&self.buf[..n]) {
-                return Err(self.error(path, e));
+            let data = &self.buf[..n];
+            // A block of zeros becomes a hole: a sparse file in the archive (a
+            // builder's terabyte of nothing) stays sparse on disk.
+            let hole = n >= MIN_HOLE && data.iter().all(|&b| b == 0);
+            if !hole {
+                if let Err(e) = file.write_all_at(data, at) {
+                    return Err(self.error(path, e));
+                }
             }
+            at += n as u64;
+        }
+        if file.metadata().map_err(|e| self.error(path, e))?.len() != at {
+            file.set_len(at).map_err(|e| self.error(path, e))?;
         }
         Ok(())
     }

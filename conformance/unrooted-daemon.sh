@@ -1,0 +1,70 @@
+#!/bin/bash
+# The `nix-daemon` Nix's functional tests start (`startDaemon` in their common.sh runs
+# `$NIX_DAEMON_PACKAGE/bin/nix-daemon` as root, in the background, and later sends it
+# SIGTERM): here it starts `unrooted daemon` as the unprivileged @daemon_user@ with no
+# capabilities, and the roots helper as root beside it, socket-activated per
+# connection as `unrooted install` deploys it. scripts/conformance.sh fills in @…@.
+set -euo pipefail
+bin=@bin_dir@
+user=@daemon_user@
+
+if [ "${1:-}" = --version ]; then
+  # What the suite's isDaemonNewer reads (the third word): the protocol we serve.
+  echo "nix-daemon (Nix) 2.8.0"
+  exit 0
+fi
+
+uid=$(id -u "$user")
+gid=$(id -g "$user")
+test_root=$(dirname "$NIX_STORE_DIR")
+
+# The suite made the store and state as root; they become the daemon user's. The
+# suite also removes and re-makes the store and state directories while the daemon
+# runs (clearStore): a watcher gives each re-made one to the daemon's user at once,
+# as a root nix-daemon would own what it finds. (An inherited ACL would do it too,
+# but shows as group write permission on every new file, which output checks
+# rightly reject.)
+for d in "$NIX_STORE_DIR" "$NIX_LOCALSTATE_DIR"; do
+  mkdir -p "$d"
+  chown -R "$uid:$gid" "$d"
+done
+# The daemon makes its socket in the test's root.
+setfacl -m "u:$uid:rwx" "$test_root"
+inotifywait -q -m -e create -e moved_to --format '%w%f' "$test_root" "$NIX_LOCALSTATE_DIR" |
+  while read -r made; do
+    case "$made" in
+      "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR") chown -R "$uid:$gid" "$made" ;;
+    esac
+  done &
+watcher=$!
+
+# The roots helper: root, one instance per connection (systemd's Accept=yes).
+run=$(mktemp -d /run/unrooted-conformance.XXXXXX)
+chmod 0755 "$run"
+socket=$run/gc-roots-socket
+systemd-socket-activate --accept --inetd --listen "$socket" \
+  "$bin/unrooted-find-roots" --inetd --store-dir "$NIX_STORE_DIR" \
+  --state-dir "$NIX_STATE_DIR" --owner-uid "$uid" 2>>"$test_root/roots-helper.log" &
+helper=$!
+for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.05; done
+chown "$uid:$gid" "$socket"
+chmod 0600 "$socket"
+
+# Its own temporary directory (builds are made there); the suite's TMPDIR is root's.
+export TMPDIR=$run/tmp
+install -d -m 0700 -o "$uid" -g "$gid" "$TMPDIR"
+export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
+}roots-helper-socket = $socket"
+setpriv --reuid="$uid" --regid="$gid" --init-groups --inh-caps=-all -- \
+  "$bin/unrooted" daemon 2>>"$test_root/daemon.log" &
+daemon=$!
+stop() {
+  kill "$daemon" "$helper" 2>/dev/null || true
+  pkill -P "$watcher" 2>/dev/null || true
+  kill "$watcher" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+  rm -rf "$run"
+}
+trap 'stop; exit 0' TERM INT
+trap stop EXIT
+wait "$daemon"

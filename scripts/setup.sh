@@ -14,6 +14,11 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 # The deploy tests check the installed units with `systemd-analyze verify`.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The booted-systemd test (scripts/systemd-test.sh) makes a Debian 12 root and boots it.
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
+# The package's libc dependency (scripts/package.sh, cargo-deb).
+command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
 # Builds get their own id range through newuidmap/newgidmap (the build_idrange tests).
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)

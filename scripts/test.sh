@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of unrooted. Installs what it needs first (scripts/setup.sh).
 # Under CI=true (set by .ci/run) a missing Nix tool fails a comparison test instead of
-# skipping it.
+# skipping it, and a missing prerequisite of the booted-systemd test fails it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -21,6 +21,11 @@ elif [ "${CI:-}" = true ]; then
 else
   echo "conformance: SKIPPED (needs root to make the daemon's user)"
 fi
+
+# The Debian package installed into a Debian 12 container booted with systemd as PID 1
+# (units, socket activation, the read-only store, builds, GC, reboot, removal, migration
+# from a root nix-daemon). Under CI=true a missing prerequisite fails; otherwise skipped.
+scripts/systemd-test.sh
 
 # Bounded fuzzing of every parser of hostile input (docs/reliability.md).
 scripts/fuzz.sh --short

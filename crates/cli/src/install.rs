@@ -83,6 +83,12 @@ pub struct InstallArgs {
     /// the number of CPUs, at most 128].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     build_slices: Option<u32>,
+    /// Then enable the units: with systemd running, reload it, enable and start them
+    /// and restart a running daemon; without, enable them for the next boot. Skipped
+    /// while the store still belongs to a root nix-daemon (run `migrate` first). The
+    /// Debian package's postinst passes it.
+    #[arg(long)]
+    enable: bool,
 }
 
 /// yes, no, or decided from the host.
@@ -158,6 +164,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
         subids: args.subids.get(),
         build_slices: args.build_slices,
         apparmor: args.apparmor.get(),
+        enable: args.enable,
     };
     let plan = plan::install(&opts).context("planning the installation")?;
     execute(&host, &plan, args.dry_run)?;

@@ -231,6 +231,52 @@ fn a_socket_activated_daemon_is_identified_by_the_process_holding_the_socket() {
     expect_daemon_identity_ok(&d);
 }
 
+/// Regression (found by scripts/systemd-test.sh): systemd passes the listening socket
+/// without close-on-exec, and the daemon kept it so: its sandbox helpers (and every
+/// `newuidmap`) inherited the listening socket, and doctor listed them as daemons.
+#[test]
+fn a_socket_activated_daemons_children_do_not_inherit_the_listening_socket() {
+    if !can_run_daemon_tests() {
+        return;
+    }
+    let mut d = TestDaemon::new(unrooted(), "");
+    d.start_socket_activated();
+    let pid = d.pid();
+    // Under socket activation the socket is there before the daemon: doctor's
+    // handshake waits for the daemon itself.
+    expect_daemon_identity_ok(&d);
+    // The daemon's own descriptor 3 (LISTEN_FDS_START) is close-on-exec.
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap();
+    assert_ne!(flags & 0o2000000, 0, "fd 3 of the daemon: {fdinfo}");
+    // Its spare sandbox helper, started ahead of the first build, holds no copy: doctor
+    // names one daemon.
+    let children = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok())
+                        == Some(pid)
+                })
+            })
+            .count()
+    };
+    for _ in 0..50 {
+        if children() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    expect_daemon_identity_ok(&d);
+}
+
 fn expect_daemon_identity_ok(d: &TestDaemon) {
     let out = Command::new(unrooted())
         .arg("doctor")
@@ -249,6 +295,11 @@ fn expect_daemon_identity_ok(d: &TestDaemon) {
     assert!(
         line(&text, "daemon socket").starts_with("[ok  ] daemon socket:"),
         "{text}"
+    );
+    assert_eq!(
+        text.matches("] daemon identity:").count(),
+        1,
+        "one process holds the listening socket: {text}"
     );
     let id = line(&text, "daemon identity");
     assert!(

@@ -85,6 +85,9 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     if own_uid == 0 && !options.allow_root {
         return Err(DaemonError::Root);
     }
+    // Before anything starts a program (opening the state starts the spare sandbox
+    // helper and tries newuidmap): systemd's socket, made close-on-exec.
+    let activated = server::take_activated()?;
     let config = Config::load(|k| std::env::var(k).ok())?;
     for name in &config.settings.unknown {
         tracing::warn!("unknown setting '{name}' in the configuration is ignored");
@@ -115,7 +118,10 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         state.config.locations.store_dir,
         state.config.locations.socket_path.display()
     );
-    let listener = server::listen(&state.config.locations.socket_path)?;
+    let listener = match activated {
+        Some(l) => l,
+        None => server::bind(&state.config.locations.socket_path)?,
+    };
     let state = Arc::new(state);
     gc_ops::spawn_auto_gc(Arc::clone(&state));
     let active = std::sync::atomic::AtomicUsize::new(0);

@@ -62,16 +62,36 @@ pub enum ServerError {
     Activation(#[source] io::Error),
 }
 
-/// Gets the listening socket: the one systemd passed (`LISTEN_FDS`), or a fresh one
-/// bound at `path`, mode 0666 so every user can connect (who may actually use the
-/// daemon is decided per connection from the peer's credentials).
-pub fn listen(path: &Path) -> Result<UnixListener, ServerError> {
+/// Takes the listening socket systemd passed (`LISTEN_FDS`), if any, and makes it
+/// close-on-exec. systemd passes it without: every program the daemon started (the
+/// spare sandbox helper, `newuidmap`) inherited it and held the listening socket for as
+/// long as it ran. Called before the daemon starts any program.
+pub fn take_activated() -> Result<Option<UnixListener>, ServerError> {
     let mut fds = listenfd::ListenFd::from_env();
-    if fds.len() > 0 {
-        if let Some(listener) = fds.take_unix_listener(0).map_err(ServerError::Activation)? {
-            return Ok(listener);
-        }
+    if fds.len() == 0 {
+        return Ok(None);
     }
+    let listener = fds.take_unix_listener(0).map_err(ServerError::Activation)?;
+    if let Some(l) = &listener {
+        rustix::io::fcntl_setfd(l, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| ServerError::Activation(e.into()))?;
+    }
+    Ok(listener)
+}
+
+/// Gets the listening socket: the one systemd passed (`LISTEN_FDS`, see
+/// [`take_activated`]), or a fresh one bound at `path`, mode 0666 so every user can
+/// connect (who may actually use the daemon is decided per connection from the
+/// peer's credentials).
+pub fn listen(path: &Path) -> Result<UnixListener, ServerError> {
+    if let Some(listener) = take_activated()? {
+        return Ok(listener);
+    }
+    bind(path)
+}
+
+/// Binds a fresh listening socket at `path` (see [`listen`]).
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|source| ServerError::SocketDir {
             path: dir.into(),

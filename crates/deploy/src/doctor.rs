@@ -844,36 +844,13 @@ fn roots_helper(
         Ok(buf)
     });
     out.push(match answer {
-        Ok(buf) => {
-            let items: Vec<&[u8]> = buf.split(|&b| b == 0).filter(|i| !i.is_empty()).collect();
-            let errors = items.iter().filter(|i| i.first() != Some(&b'/')).count();
-            let me = rustix::process::geteuid().as_raw();
-            if items.is_empty() && owner.is_some_and(|o| o.uid != me) {
-                finding(
-                    "roots helper",
-                    Verdict::Ok,
-                    format!(
-                        "{} accepts connections (it answers only the store owner, so nothing came back to uid {me})",
-                        l.roots_socket().display()
-                    ),
-                    None,
-                )
-            } else if errors > 0 {
-                finding(
-                    "roots helper",
-                    Verdict::Warn,
-                    format!("answered {} roots and {errors} errors: garbage collection will refuse to run", items.len() - errors),
-                    Some("journalctl -u 'unrooted-find-roots@*' shows what it could not read"),
-                )
-            } else {
-                finding(
-                    "roots helper",
-                    Verdict::Ok,
-                    format!("answered {} roots in {} ms", items.len(), started.elapsed().as_millis()),
-                    None,
-                )
-            }
-        }
+        Ok(buf) => roots_answer(
+            &buf,
+            owner.map(|o| o.uid),
+            rustix::process::geteuid().as_raw(),
+            &l.roots_socket(),
+            started.elapsed(),
+        ),
         Err(e) => finding(
             "roots helper",
             Verdict::Warn,
@@ -881,6 +858,55 @@ fn roots_helper(
             Some("systemctl enable --now unrooted-find-roots.socket"),
         ),
     });
+}
+
+/// The verdict on the roots helper's answer `buf` to uid `me`. The helper answers the
+/// store owner only: anyone else (root running doctor) is refused with one error item
+/// (`error: refusing peer …`, or nothing from an older helper), which shows it runs
+/// and checks its peer. The owner gets roots, errors and the end-of-answer item.
+fn roots_answer(
+    buf: &[u8],
+    owner_uid: Option<u32>,
+    me: u32,
+    socket: &Path,
+    took: Duration,
+) -> Finding {
+    use unrooted_roots::{END_OF_ANSWER, ERROR_PREFIX};
+    let items: Vec<&[u8]> = buf.split(|&b| b == 0).filter(|i| !i.is_empty()).collect();
+    let not_owner = owner_uid.is_some_and(|o| o != me);
+    let refusal = [ERROR_PREFIX.as_bytes(), b"refusing peer"].concat();
+    if not_owner && (items.is_empty() || (items.len() == 1 && items[0].starts_with(&refusal))) {
+        return finding(
+            "roots helper",
+            Verdict::Ok,
+            format!(
+                "{} accepts connections (it answers only the store owner, and refused uid {me})",
+                socket.display()
+            ),
+            None,
+        );
+    }
+    let complete = items.last() == Some(&END_OF_ANSWER);
+    let roots = items.iter().filter(|i| i.first() == Some(&b'/')).count();
+    let errors = items.len() - roots - usize::from(complete);
+    if errors > 0 || !complete {
+        finding(
+            "roots helper",
+            Verdict::Warn,
+            format!(
+                "answered {roots} roots and {errors} errors{}: garbage collection will refuse to run",
+                if complete { "" } else { ", cut short (no end-of-answer item)" }
+            ),
+            Some("journalctl -u 'unrooted-find-roots@*' shows what it could not read"),
+        )
+    } else {
+        finding(
+            "roots helper",
+            Verdict::Ok,
+            format!("answered {roots} roots in {} ms", took.as_millis()),
+            None,
+        )
+    }
 }
 
 fn free_space(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
@@ -946,6 +972,37 @@ fn free_space(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the roots helper refuses everyone but the store owner with an error
+    /// item saying so; doctor, run as root, took that for a failed scan and warned
+    /// "garbage collection will refuse to run" on every correct install.
+    #[test]
+    fn the_helpers_refusal_of_root_is_fine_and_a_cut_short_answer_is_not() {
+        let sock = Path::new("/nix/var/nix/gc-roots-socket/socket");
+        let t = Duration::from_millis(3);
+        let judge = |buf: &[u8], me: u32| roots_answer(buf, Some(990), me, sock, t);
+        let refused = judge(b"error: refusing peer 0-45-0: not uid 990\0", 0);
+        assert_eq!(refused.verdict, Verdict::Ok, "{refused}");
+        assert!(refused.detail.contains("refused uid 0"), "{refused}");
+        assert_eq!(judge(b"", 0).verdict, Verdict::Ok);
+        let full = judge(b"/nix/store/a\0/nix/store/b\0end of answer\0", 990);
+        assert_eq!(full.verdict, Verdict::Ok, "{full}");
+        assert!(full.detail.starts_with("answered 2 roots"), "{full}");
+        let cut = judge(b"/nix/store/a\0", 990);
+        assert_eq!(cut.verdict, Verdict::Warn, "{cut}");
+        assert!(cut.detail.contains("cut short"), "{cut}");
+        let failed = judge(
+            b"/nix/store/a\0error: reading /home/x\0end of answer\0",
+            990,
+        );
+        assert_eq!(failed.verdict, Verdict::Warn);
+        assert!(
+            failed.detail.starts_with("answered 1 roots and 1 errors:"),
+            "{failed}"
+        );
+        // Anything but the refusal, to someone else, is still a problem.
+        assert_eq!(judge(b"error: reading /home/x\0", 0).verdict, Verdict::Warn);
+    }
 
     #[test]
     fn finds_the_topmost_store_mount() {

@@ -24,6 +24,11 @@ use crate::host::Layout;
 use crate::units::{self, UnitParams};
 use crate::{DeployError, Host};
 
+/// nix-setup-systemd's tmpfiles.d entry for Nix's state directory.
+const NIX_SETUP_TMPFILES: &str = "/usr/lib/tmpfiles.d/nix-daemon.conf";
+/// Its name, masked under `/etc/tmpfiles.d` by `install`.
+const TMPFILES_NAME: &str = "nix-daemon.conf";
+
 /// How `install` is asked to set things up.
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -49,6 +54,12 @@ pub struct InstallOptions {
     pub build_slices: Option<u32>,
     /// Write the AppArmor profile: `None` = when the kernel restricts user namespaces.
     pub apparmor: Option<bool>,
+    /// Also enable the units (running system only): with systemd running, reload it,
+    /// enable and start them and restart a running daemon (which then runs the binary
+    /// just installed); without, enable them for the next boot. Never while the store
+    /// still belongs to a root `nix-daemon` (`migrate` first). What the Debian
+    /// package's `postinst` runs.
+    pub enable: bool,
 }
 
 /// Who owns what: the store owner's ids and root's (both the caller's own ids when
@@ -244,6 +255,67 @@ pub fn sysctl(host: &Host, name: &str) -> Option<String> {
     fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().chars().take(64).collect())
+}
+
+/// Whether systemd is the running init system (`sd_booted()`: `/run/systemd/system`
+/// exists). In a chroot, an image being built or a container without systemd,
+/// `systemctl` can still enable units offline, but `--now`, `start` and
+/// `daemon-reload` fail.
+pub fn systemd_running(host: &Host) -> bool {
+    host.is_system() && host.path(Path::new("/run/systemd/system")).is_dir()
+}
+
+/// The `systemctl` steps `uninstall` runs on the running system: `disable --now` and a
+/// reload with systemd running, a plain (offline) `disable` without (`--now` would fail
+/// there, and with it the Debian package's removal).
+fn disable_steps(units: &[String], systemd: bool) -> (Vec<Step>, Vec<Step>) {
+    let mut argv: Vec<String> = vec!["systemctl".into(), "disable".into()];
+    if systemd {
+        argv.push("--now".into());
+    }
+    argv.extend(units.iter().rev().cloned());
+    let before = vec![Step::Run { argv }];
+    let after = if systemd {
+        vec![Step::Run {
+            argv: vec!["systemctl".into(), "daemon-reload".into()],
+        }]
+    } else {
+        Vec::new()
+    };
+    (before, after)
+}
+
+/// The `systemctl` steps of `install --enable` (see [`InstallOptions::enable`]).
+fn enable_steps(units: &[String], systemd: bool) -> Vec<Step> {
+    let argv = |words: &[&str]| -> Vec<String> {
+        words
+            .iter()
+            .map(|w| (*w).to_owned())
+            .chain(units.iter().cloned())
+            .collect()
+    };
+    if systemd {
+        vec![
+            Step::Run {
+                argv: vec!["systemctl".into(), "daemon-reload".into()],
+            },
+            Step::Run {
+                argv: argv(&["systemctl", "enable", "--now"]),
+            },
+            // A daemon already running (an upgrade) restarts on the new binary and unit.
+            Step::Run {
+                argv: vec![
+                    "systemctl".into(),
+                    "try-restart".into(),
+                    "unrooted-daemon.service".into(),
+                ],
+            },
+        ]
+    } else {
+        vec![Step::Run {
+            argv: argv(&["systemctl", "enable"]),
+        }]
+    }
 }
 
 /// Whether `newuidmap` and `newgidmap` are installed on the host.
@@ -564,6 +636,37 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         });
     }
 
+    // Debian's nix-setup-systemd (the root nix-daemon, often left installed after a
+    // migration) resets the socket links' directory to root:nix-users 0770 at every
+    // boot through tmpfiles.d: after a reboot only members of nix-users could reach
+    // unrooted. Masked here (who may use the daemon is `allowed-users` in nix.conf).
+    if foreign.is_none() && host.path(Path::new(NIX_SETUP_TMPFILES)).is_file() {
+        let mask = Path::new("/etc/tmpfiles.d").join(TMPFILES_NAME);
+        match fs::read_link(host.path(&mask)) {
+            Ok(t) if t == Path::new("/dev/null") => {}
+            Err(_) if fs::symlink_metadata(host.path(&mask)).is_err() => {
+                steps.push(Step::Dir {
+                    path: "/etc/tmpfiles.d".into(),
+                    mode: 0o755,
+                    owner: r,
+                });
+                steps.push(Step::Symlink {
+                    path: mask,
+                    target: "/dev/null".into(),
+                });
+                steps.push(Step::Note(format!(
+                    "masked {NIX_SETUP_TMPFILES} (nix-setup-systemd): it made {} root:nix-users 0770 at every boot; to keep only nix-users on the daemon, set `allowed-users = @nix-users` in nix.conf",
+                    l.daemon_socket().parent().unwrap_or(Path::new("/")).display()
+                )));
+            }
+            _ => steps.push(Step::Note(format!(
+                "{} exists: check it does not change {} (nix-setup-systemd's makes it root:nix-users 0770 at boot)",
+                mask.display(),
+                l.daemon_socket().parent().unwrap_or(Path::new("/")).display()
+            ))),
+        }
+    }
+
     // Client side.
     let conf = l.conf_dir.join("nix.conf");
     let old = accounts::read_db(&host.path(&conf))?.unwrap_or_default();
@@ -587,11 +690,29 @@ pub fn install(opts: &InstallOptions) -> Result<InstallPlan, DeployError> {
         what: "login shells: NIX_REMOTE=daemon".into(),
     });
 
-    let mut next = vec!["systemctl daemon-reload".to_owned()];
-    next.push(format!(
-        "systemctl enable --now {}",
-        units::units_to_enable().join(" ")
-    ));
+    let mut next = Vec::new();
+    let enabled = opts.enable && host.is_system() && foreign.is_none();
+    if enabled {
+        let systemd = systemd_running(host);
+        steps.extend(enable_steps(&units::units_to_enable(), systemd));
+        if !systemd {
+            steps.push(Step::Note(
+                "systemd is not running here: the units are enabled for the next boot".into(),
+            ));
+        }
+    } else {
+        if opts.enable && foreign.is_some() {
+            steps.push(Step::Note(format!(
+                "not enabling the units: the store still belongs to a root nix-daemon; stop it, run `unrooted migrate --store-owner {}`, then `unrooted install --enable`",
+                opts.owner
+            )));
+        }
+        next.push("systemctl daemon-reload".to_owned());
+        next.push(format!(
+            "systemctl enable --now {}",
+            units::units_to_enable().join(" ")
+        ));
+    }
     next.push(format!("{} doctor", l.admin_command().display()));
     Ok(InstallPlan { steps, next })
 }
@@ -640,10 +761,9 @@ pub fn uninstall(
     let mut steps = Vec::new();
     let mut units: Vec<String> = units::units_to_enable();
     units.push("unrooted-daemon.service".into());
+    let (disable, reload) = disable_steps(&units, systemd_running(host));
     if host.is_system() {
-        let mut argv: Vec<String> = vec!["systemctl".into(), "disable".into(), "--now".into()];
-        argv.extend(units.iter().rev().cloned());
-        steps.push(Step::Run { argv });
+        steps.extend(disable);
     }
     let params = UnitParams {
         layout: layout.clone(),
@@ -689,6 +809,11 @@ pub fn uninstall(
             });
         }
     }
+    // The mask of nix-setup-systemd's tmpfiles entry, if it is ours (a link to /dev/null).
+    let mask = Path::new("/etc/tmpfiles.d").join(TMPFILES_NAME);
+    if fs::read_link(host.path(&mask)).is_ok_and(|t| t == Path::new("/dev/null")) {
+        steps.push(Step::RemoveFile { path: mask });
+    }
     steps.push(Step::RemoveEmptyDir {
         path: layout.libexec_dir.clone(),
     });
@@ -711,9 +836,7 @@ pub fn uninstall(
         )));
     }
     if host.is_system() {
-        steps.push(Step::Run {
-            argv: vec!["systemctl".into(), "daemon-reload".into()],
-        });
+        steps.extend(reload);
     }
     Ok(InstallPlan {
         steps,
@@ -999,4 +1122,107 @@ fn ensure_symlink(path: &Path, target: &Path) -> Result<(), DeployError> {
         path: path.into(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argvs(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run { argv } => Some(argv.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Regression: `uninstall` ran `systemctl disable --now` and `daemon-reload`
+    /// whatever the init system; without systemd running (a chroot, an image being
+    /// built, a container booted without it) both fail, so the Debian package's
+    /// `prerm` failed and the package could not be removed.
+    #[test]
+    fn without_systemd_running_units_are_disabled_offline() {
+        let units = units::units_to_enable();
+        let (before, after) = disable_steps(&units, false);
+        assert_eq!(
+            argvs(&before),
+            ["systemctl disable unrooted-daemon.socket unrooted-find-roots.socket unrooted-store.service"]
+        );
+        assert!(after.is_empty());
+        let (before, after) = disable_steps(&units, true);
+        assert!(argvs(&before)[0].starts_with("systemctl disable --now "));
+        assert_eq!(argvs(&after), ["systemctl daemon-reload"]);
+        assert_eq!(
+            argvs(&enable_steps(&units, false)),
+            ["systemctl enable unrooted-store.service unrooted-find-roots.socket unrooted-daemon.socket"]
+        );
+        assert_eq!(
+            argvs(&enable_steps(&units, true)),
+            [
+                "systemctl daemon-reload",
+                "systemctl enable --now unrooted-store.service unrooted-find-roots.socket unrooted-daemon.socket",
+                "systemctl try-restart unrooted-daemon.service"
+            ]
+        );
+        // Only the running system has an init system to ask.
+        let tree = Host::new(Path::new("/tmp")).unwrap();
+        assert!(!systemd_running(&tree));
+    }
+
+    /// Regression (found by scripts/systemd-test.sh): after a migration with Debian's
+    /// nix-setup-systemd still installed, its tmpfiles.d entry made the socket links'
+    /// directory root:nix-users 0770 at the next boot, so users outside nix-users
+    /// could no longer reach the daemon. `install` masks it; `uninstall` unmasks.
+    #[test]
+    fn nix_setup_systemds_tmpfiles_entry_is_masked_and_unmasked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("usr/lib/tmpfiles.d")).unwrap();
+        fs::write(
+            root.join("usr/lib/tmpfiles.d/nix-daemon.conf"),
+            "d /nix/var/nix/daemon-socket 770 root nix-users\n",
+        )
+        .unwrap();
+        fs::write(root.join("unrooted"), "binary").unwrap();
+        let opts = InstallOptions {
+            host: Host::new(root).unwrap(),
+            layout: Layout::default(),
+            owner: "nobody-such".into(),
+            daemon_binary: root.join("unrooted"),
+            roots_binary: None,
+            sandbox_binary: None,
+            chown_kept_build_dirs: false,
+            subids: Some(false),
+            build_slices: None,
+            apparmor: Some(false),
+            enable: false,
+        };
+        let plan = install(&opts).unwrap();
+        let mask = Step::Symlink {
+            path: "/etc/tmpfiles.d/nix-daemon.conf".into(),
+            target: "/dev/null".into(),
+        };
+        assert!(plan.steps.contains(&mask), "{:?}", plan.steps);
+        apply(&opts.host, &plan, &mut |_| {}).unwrap();
+        let link = root.join("etc/tmpfiles.d/nix-daemon.conf");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        // Installed again: nothing more to do.
+        assert!(!install(&opts).unwrap().steps.contains(&mask));
+        let removal = uninstall(&opts.host, &opts.layout, false).unwrap();
+        apply(&opts.host, &removal, &mut |_| {}).unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
+        // An administrator's own file there is left alone.
+        fs::write(&link, "# mine\n").unwrap();
+        let plan = install(&opts).unwrap();
+        assert!(!plan.steps.contains(&mask));
+        assert!(plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Note(n) if n.contains("exists: check"))));
+        let removal = uninstall(&opts.host, &opts.layout, false).unwrap();
+        apply(&opts.host, &removal, &mut |_| {}).unwrap();
+        assert_eq!(fs::read_to_string(&link).unwrap(), "# mine\n");
+    }
 }

@@ -41,6 +41,7 @@ fn plan(root: &Path, slices: Option<u32>) -> Result<Vec<Step>, DeployError> {
         subids: Some(true),
         apparmor: Some(false),
         build_slices: slices,
+        enable: false,
     };
     plan::install(&opts).map(|p| p.steps)
 }

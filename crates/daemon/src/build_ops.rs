@@ -30,10 +30,20 @@ type Out = StderrWriter<BufWriter<UnixStream>>;
 /// The hidden verb of the `unrooted` binary that runs the sandbox helper.
 const HELPER_VERB: &str = "sandbox-helper";
 
+/// The daemon's own executable, which runs the sandbox helper.
+pub(crate) fn daemon_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
 /// The scheduler for this configuration. Builders are sandboxed unless the
 /// administrator set `sandbox = false`; the sandbox helper is this executable.
-pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::BuildError> {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+/// `exe` is the daemon's executable ([`daemon_exe`]; the in-process test harness names
+/// another, its own being a test binary).
+pub(crate) fn scheduler_for(
+    config: &Config,
+    exe: &std::path::Path,
+) -> Result<Scheduler, unrooted_build::BuildError> {
+    let exe = exe.to_path_buf();
     let mut cfg = BuilderConfig::new(Sandbox::new(exe.clone(), vec![HELPER_VERB.into()]));
     cfg.exec_helper = Sandbox::beside(&exe);
     match &cfg.exec_helper {

@@ -61,6 +61,16 @@ pub(crate) struct DaemonState {
 impl DaemonState {
     /// Opens the store the configuration names.
     pub fn open(config: Config, own_uid: u32) -> Result<Self, DaemonError> {
+        Self::open_for(config, own_uid, &crate::build_ops::daemon_exe())
+    }
+
+    /// [`DaemonState::open`] with `exe` standing for the daemon's executable (see
+    /// [`crate::build_ops::scheduler_for`]).
+    pub fn open_for(
+        config: Config,
+        own_uid: u32,
+        exe: &std::path::Path,
+    ) -> Result<Self, DaemonError> {
         let l = &config.locations;
         let mut store_config = LocalStoreConfig::new(
             l.store_dir.clone(),
@@ -85,7 +95,8 @@ impl DaemonState {
         store_config.fsync_paths = config.raw.get("fsync-store-paths") == Some("true");
         // The scheduler first: it gives back what builds of a killed daemon left, which
         // the store's sweep of old temporary areas could not remove otherwise.
-        let scheduler = crate::build_ops::scheduler(&config).map_err(DaemonError::Build)?;
+        let scheduler =
+            crate::build_ops::scheduler_for(&config, exe).map_err(DaemonError::Build)?;
         let store = LocalStore::open(store_config).map_err(|source| DaemonError::Store {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),
@@ -145,6 +156,13 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream, charge: &Charge) {
     if charge.subordinate && charge.uid == peer.uid {
         peer.subordinate_of = Some(charge.payer.to_string());
     }
+    serve_peer(state, stream, peer);
+}
+
+/// Serves one connection from `peer` (whom the kernel named, or, in the in-process
+/// test harness only, whom the test chose): authorisation by the configured rules,
+/// then the session.
+pub(crate) fn serve_peer(state: &DaemonState, stream: UnixStream, peer: Peer) {
     let s = &state.config.settings;
     let trusted = match trust::authorize(
         &peer,

@@ -14,6 +14,8 @@ mod ops;
 pub mod payer;
 pub mod server;
 mod subst_ops;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod trust;
 mod userdirs;
 

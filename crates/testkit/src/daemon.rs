@@ -39,27 +39,11 @@ pub fn roots_helper_exe() -> PathBuf {
             if let Some(p) = std::env::var_os("UNROOTED_FIND_ROOTS") {
                 return PathBuf::from(p);
             }
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace.join("target"))
-                .join("roots-helper-build");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "-q",
-                    "-p",
-                    "unrooted-roots",
-                    "--bin",
-                    "unrooted-find-roots",
-                ])
-                .env("CARGO_TARGET_DIR", &target)
-                .current_dir(&workspace)
-                .status()
-                .expect("running cargo to build unrooted-find-roots");
-            assert!(status.success(), "building unrooted-find-roots failed");
-            target.join("debug/unrooted-find-roots")
+            crate::workspace_binary(
+                "unrooted-roots",
+                "unrooted-find-roots",
+                "roots-helper-build",
+            )
         })
         .clone()
 }

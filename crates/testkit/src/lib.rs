@@ -39,6 +39,30 @@ pub fn nix_tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// Builds the binary `bin` of the workspace's `package` and returns its path.
+///
+/// Integration tests of another crate get no `CARGO_BIN_EXE_` for it, and the
+/// binary in `target/<profile>` exists only if something built it. So it is built
+/// here with the `cargo` that builds the tests, into `target/<subdir>`, a target
+/// directory of its own, so it never waits on the outer cargo's lock on `target/`
+/// (keep such packages small: they are built from scratch there once).
+pub fn workspace_binary(package: &str, bin: &str, subdir: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join(subdir);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&workspace)
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo to build {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    target.join("debug").join(bin)
+}
+
 /// A private Nix store and state under a temporary directory, for running the real
 /// Nix tools in local mode without touching `/nix`.
 pub struct NixEnv {

@@ -10,7 +10,10 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
-cargo test --workspace --locked
+# Tests that need root and the test users are #[ignore]d (so an ordinary `cargo test`
+# reports them as ignored, never as passed); here they run, and under CI=true a
+# missing prerequisite fails them. The GC scale measurement stays out (release only).
+cargo test --workspace --locked -- --include-ignored --skip collect_scales_linearly
 
 # Nix 2.8's own functional test suite through unrooted run as an unprivileged user
 # (docs/conformance.md): every test listed in conformance/expected-pass.txt must pass.

@@ -113,6 +113,7 @@ fn references(d: &TestDaemon, p: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn trivial_build_streams_its_log_and_stores_it() {
     let Some(d) = prepared() else { return };
     let t0 = Instant::now();
@@ -147,6 +148,7 @@ fn trivial_build_streams_its_log_and_stores_it() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn builder_runs_sandboxed_with_nix_environment() {
     let Some(d) = prepared() else { return };
     let out = build(&d, "probe");
@@ -185,6 +187,7 @@ fn unrooted_build_system() -> String {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn chain_diamond_and_references_found_by_scanning() {
     let Some(d) = prepared() else { return };
     let chain = build(&d, "chain");
@@ -206,6 +209,7 @@ fn chain_diamond_and_references_found_by_scanning() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn multiple_outputs_are_registered_together() {
     let Some(d) = prepared() else { return };
     let out = d.client_ok(
@@ -222,6 +226,7 @@ fn multiple_outputs_are_registered_together() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn fixed_output_flat_recursive_and_mismatch() {
     let Some(d) = prepared() else { return };
     let flat = build(&d, "fodFlat");
@@ -251,6 +256,7 @@ fn fixed_output_flat_recursive_and_mismatch() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn failing_builder_reports_exit_code_and_last_lines() {
     let Some(mut d) = prepared() else { return };
     let err = build_err(&d, "fail", &[]);
@@ -265,6 +271,7 @@ fn failing_builder_reports_exit_code_and_last_lines() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn busybox_from_the_store_as_sandbox_path_brings_its_closure() {
     let Some(mut d) = prepared() else { return };
     let bb = d.inputs().join("busybox");
@@ -293,6 +300,7 @@ fn busybox_from_the_store_as_sandbox_path_brings_its_closure() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn a_graph_of_200_derivations() {
     let Some(d) = prepared() else { return };
     let t0 = Instant::now();
@@ -309,6 +317,7 @@ fn a_graph_of_200_derivations() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn a_missing_opaque_path_fails_as_in_nix() {
     let Some(d) = prepared() else { return };
     let missing = format!(
@@ -395,6 +404,7 @@ fn the_one_named(d: &TestDaemon, name: &str) -> u32 {
 /// killed while it waits is not used: the build starts a helper of its own and
 /// succeeds.
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn a_spare_helper_serves_the_next_build_and_a_killed_one_is_replaced() {
     let Some(d) = prepared() else { return };
     let spare = the_one_named(&d, "sandbox-spare");
@@ -422,6 +432,7 @@ fn a_spare_helper_serves_the_next_build_and_a_killed_one_is_replaced() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn a_client_going_away_cancels_its_build() {
     let Some(d) = prepared() else { return };
     let mut client = spawn_slow(&d);
@@ -450,6 +461,7 @@ fn a_client_going_away_cancels_its_build() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn timeout_kills_the_build() {
     let Some(d) = prepared() else { return };
     let t0 = Instant::now();
@@ -459,6 +471,7 @@ fn timeout_kills_the_build() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn check_rebuilds_and_reports_non_determinism() {
     let Some(d) = prepared() else { return };
     build(&d, "trivial");
@@ -477,6 +490,7 @@ fn check_rebuilds_and_reports_non_determinism() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn keep_failed_hands_the_build_dir_to_the_client_only() {
     let Some(d) = prepared() else { return };
     let err = build_err(&d, "keep", &["--keep-failed"]);
@@ -512,6 +526,7 @@ fn keep_failed_hands_the_build_dir_to_the_client_only() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn output_modes_are_canonical_and_stray_entries_are_not_registered() {
     let Some(d) = prepared() else { return };
     let out = build(&d, "modes");
@@ -531,6 +546,7 @@ fn output_modes_are_canonical_and_stray_entries_are_not_registered() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn two_clients_building_the_same_derivation_build_it_once() {
     let Some(d) = prepared() else { return };
     let e = expr(&d);
@@ -553,6 +569,7 @@ fn two_clients_building_the_same_derivation_build_it_once() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn nix_env_installs_a_built_package_through_builtin_buildenv() {
     let Some(d) = prepared() else { return };
     let profile = d.client_home().join("profile");

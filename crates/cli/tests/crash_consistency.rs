@@ -382,6 +382,7 @@ fn class(done: usize, all: usize) -> &'static str {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn sigkill_daemon_during_imports_and_optimise() {
     let Some(mut h) = prepared(1) else { return };
     let started = Instant::now();
@@ -495,6 +496,7 @@ fn writable_dirs(d: &TestDaemon) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn sigkill_daemon_and_builders_during_builds() {
     let Some(mut h) = prepared(2) else { return };
     let started = Instant::now();
@@ -609,6 +611,7 @@ fn sigkill_daemon_and_builders_during_builds() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn sigkill_daemon_and_roots_helper_during_gc() {
     let Some(mut h) = prepared(3) else { return };
     let started = Instant::now();

@@ -49,6 +49,7 @@ fn write_inputs(d: &TestDaemon) -> String {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn daemon_is_unprivileged() {
     let Some(mut d) = prepared() else { return };
     d.start();
@@ -73,6 +74,7 @@ fn daemon_is_unprivileged() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn store_commands() {
     let Some(mut d) = prepared() else { return };
     let expr = write_inputs(&d);
@@ -261,6 +263,7 @@ fn store_commands() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn profiles_roots_and_instantiate() {
     let Some(mut d) = prepared() else { return };
     let expr = write_inputs(&d);
@@ -485,6 +488,7 @@ const PREMADE: usize = 2000;
 /// 2.8 writes its profile there, the squatter can neither write there nor create
 /// anything in the parents.
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn per_user_squatters_are_moved_aside() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Some(mut d) = prepared() else { return };

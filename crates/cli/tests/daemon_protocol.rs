@@ -86,6 +86,7 @@ fn nix_fixed_path(d: &TestDaemon, file: &Path, recursive: bool) -> String {
 const VERSIONS: [u8; 11] = [21, 22, 23, 24, 25, 26, 32, 34, 35, 37, 38];
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn every_protocol_version() {
     let Some(d) = daemon("require-sigs = false") else {
         return;
@@ -294,6 +295,7 @@ fn session_bytes(dir: &StoreDir, nar: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn stalled_and_vanishing_clients() {
     let Some(mut d) = daemon("") else { return };
     let dir = store_dir(&d);
@@ -360,6 +362,7 @@ fn stalled_and_vanishing_clients() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn sigkill_during_large_import() {
     let Some(mut d) = daemon("require-sigs = false") else {
         return;

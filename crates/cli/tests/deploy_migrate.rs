@@ -85,6 +85,7 @@ fn owners_under(dir: &Path, out: &mut Vec<(String, u32)>) {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn a_root_daemons_store_is_served_by_the_owner_after_migration() {
     if !can_run_daemon_tests() || nix_tool("nix-store").is_none() {
         return;

@@ -91,6 +91,7 @@ fn gc(d: &TestDaemon, extra: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn nix_store_gc_print_roots_live_dead_max_freed_and_delete() {
     let Some(d) = prepared("") else { return };
     let dead = add_file(&d, "dead", "dead\n");
@@ -167,6 +168,7 @@ fn nix_store_gc_print_roots_live_dead_max_freed_and_delete() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn a_second_users_result_and_profile_survive_gc_by_any_user() {
     let Some(d) = prepared("") else { return };
     let result = d.client_home().join("result");
@@ -222,6 +224,7 @@ fn a_second_users_result_and_profile_survive_gc_by_any_user() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn nix_collect_garbage_and_nix_store_gc() {
     let Some(d) = prepared("") else { return };
     // Two generations of a per-user profile in the state directory.
@@ -285,6 +288,7 @@ fn nix_collect_garbage_and_nix_store_gc() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn gc_refuses_without_the_helper_and_names_it() {
     let Some(mut d) = prepared("") else { return };
     let dead = add_file(&d, "dead", "dead\n");
@@ -339,6 +343,7 @@ fn gc_refuses_without_the_helper_and_names_it() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn the_daemon_logs_its_gc_mode_and_refuses_a_silent_opt_out() {
     let Some(mut d) = prepared("") else { return };
     let log = d.log();
@@ -402,6 +407,7 @@ fn links_during_build(d: &TestDaemon, salt: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn find_roots_is_censored_for_untrusted_clients() {
     let Some(mut d) = prepared("") else { return };
     let links = links_during_build(&d, "u");
@@ -420,6 +426,7 @@ fn find_roots_is_censored_for_untrusted_clients() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn keep_derivations_and_keep_outputs() {
     let Some(mut d) = prepared("") else { return };
     // keep-derivations (default true): a rooted output keeps its .drv.
@@ -483,6 +490,7 @@ fn keep_derivations_and_keep_outputs() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn auto_gc_below_min_free() {
     // A min-free no disk has: every check collects (all of the dead paths, as
     // max-free is unlimited).
@@ -591,6 +599,7 @@ fn exported_closure(d: &TestDaemon, salt: &str) -> (std::path::PathBuf, BTreeSet
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn gc_racing_fifty_concurrent_builds_adds_and_imports_loses_nothing() {
     // The client is not trusted, and its exports are not signed.
     let Some(d) = prepared("require-sigs = false\n") else {
@@ -706,6 +715,7 @@ fn gc_racing_fifty_concurrent_builds_adds_and_imports_loses_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn sigkill_mid_gc_leaves_a_consistent_store() {
     let Some(mut d) = prepared("") else { return };
     // Many dead paths: an import of a big export is quickest.
@@ -775,6 +785,7 @@ fn socket_activated_helper(d: &TestDaemon, command: Vec<String>) -> std::thread:
 /// even the dead paths stay. The real helper, socket-activated for the right uid,
 /// then answers in full and only the dead path goes.
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn gc_fails_closed_when_the_helper_refuses_or_dies() {
     let Some(mut d) = prepared("") else { return };
     d.stop_roots_helper();

@@ -155,6 +155,7 @@ impl Fixture {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn the_daemon_substitutes_from_a_nix_made_cache_instead_of_building() {
     let Some(mut f) = prepared() else { return };
     let server = PythonServer::start(&f.cache, None);
@@ -204,6 +205,7 @@ fn the_daemon_substitutes_from_a_nix_made_cache_instead_of_building() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn inputs_of_a_derivation_no_cache_has_are_substituted_before_it_is_built() {
     let Some(mut f) = prepared() else { return };
     let server = PythonServer::start(&f.cache, None);
@@ -260,6 +262,7 @@ fn inputs_of_a_derivation_no_cache_has_are_substituted_before_it_is_built() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn corrupted_nars_wrong_keys_and_unreachable_caches_register_nothing() {
     let Some(mut f) = prepared() else { return };
     let server = PythonServer::start(&f.cache, None);
@@ -333,6 +336,7 @@ fn corrupted_nars_wrong_keys_and_unreachable_caches_register_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn nix_copy_from_unrooted_serve() {
     let Some(mut f) = prepared() else { return };
     let server = PythonServer::start(&f.cache, None);
@@ -438,6 +442,7 @@ fn nix_copy_from_unrooted_serve() {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn query_valid_paths_with_substitute_fetches_what_the_caches_have() {
     use std::collections::BTreeSet;
     use unrooted_format::{StoreDir, StorePath};

@@ -190,6 +190,7 @@ impl Setup {
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn indirect_root_in_a_private_home_refuses_without_helper_and_survives_with_it() {
     let Some(s) = Setup::new() else { return };
     let store = open_at(&s.root);
@@ -237,6 +238,7 @@ fn indirect_root_in_a_private_home_refuses_without_helper_and_survives_with_it()
 }
 
 #[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn runtime_roots_of_another_users_processes_survive_with_the_helper() {
     let Some(s) = Setup::new() else { return };
     let store = open_at(&s.root);

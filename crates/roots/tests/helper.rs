@@ -319,13 +319,12 @@ fn runtime_roots_from_proc() {
 }
 
 #[test]
+#[ignore = "needs root; CI runs it with --include-ignored"]
 fn listen_mode_socket_is_owner_only_and_answers_each_connection() {
-    if !unrooted_testkit::daemon::is_root() {
-        assert!(
-            !unrooted_testkit::in_ci(),
-            "listen mode tests need root under CI=true"
-        );
-        eprintln!("skipping: needs root");
+    if !unrooted_testkit::require(
+        unrooted_testkit::daemon::is_root(),
+        "listen mode tests need root",
+    ) {
         return;
     }
     let (uid, _) = unrooted_testkit::daemon::test_user(unrooted_testkit::daemon::DAEMON_USER)

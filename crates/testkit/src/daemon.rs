@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::in_ci;
-
 /// The user the daemon runs as in tests.
 pub const DAEMON_USER: &str = "unrooted-test-daemon";
 /// The user the Nix client runs as in tests.
@@ -156,14 +154,10 @@ pub fn can_run_daemon_tests() -> bool {
         && test_user(DAEMON_USER).is_some()
         && test_user(CLIENT_USER).is_some()
         && test_user(OTHER_USER).is_some();
-    if !ok {
-        assert!(
-            !in_ci(),
-            "daemon tests need root to create {DAEMON_USER}/{CLIENT_USER} and switch to them, but CI=true"
-        );
-        eprintln!("skipping: daemon tests need root (to set up the unprivileged users)");
-    }
-    ok
+    crate::require(
+        ok,
+        &format!("daemon tests need root to create {DAEMON_USER}/{CLIENT_USER} and switch to them"),
+    )
 }
 
 /// Whether sandboxed builds can be tested here: the daemon tests' users, the Nix
@@ -173,23 +167,16 @@ pub fn can_run_sandboxed_builds() -> bool {
     if !can_run_daemon_tests() || crate::nix_tool("nix-build").is_none() {
         return false;
     }
-    if !Path::new("/bin/busybox").exists() {
-        assert!(
-            !in_ci(),
-            "/bin/busybox is missing (busybox-static), but CI=true"
-        );
-        eprintln!("skipping: /bin/busybox is missing");
+    if !crate::require(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing (busybox-static)",
+    ) {
         return false;
     }
-    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
-        assert!(
-            !in_ci(),
-            "{e}, but CI=true: sandboxed builds must be tested"
-        );
-        eprintln!("skipping: {e}");
-        return false;
+    match unrooted_sandbox::check_user_namespaces() {
+        Ok(()) => true,
+        Err(e) => crate::require(false, &e.to_string()),
     }
-    true
 }
 
 /// A running daemon on a private store, with the paths clients need.

@@ -19,6 +19,26 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// Reports that a test cannot run here for want of `why`: under `CI=true`, where every
+/// test must really run, a failure (this panics); otherwise a `skipping: <why>` line
+/// on stderr, and the caller returns. Tests that need root or the test users are
+/// marked `#[ignore]` instead, so that outside CI they show as ignored, not passed.
+pub fn skip(why: &str) {
+    assert!(
+        !in_ci(),
+        "{why}, but CI=true: every test must really run there"
+    );
+    eprintln!("skipping: {why}");
+}
+
+/// `ok`, after [`skip`]ping with `why` when it is false.
+pub fn require(ok: bool, why: &str) -> bool {
+    if !ok {
+        skip(why);
+    }
+    ok
+}
+
 /// Finds a Nix tool (`nix-store`, `nix-hash`, ...) on `PATH`.
 ///
 /// Returns `None` (the caller skips) when it is missing outside CI; panics under
@@ -30,11 +50,9 @@ pub fn nix_tool(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(
-            !in_ci(),
-            "{name} is not installed but CI=true: install Debian's nix-bin (apt-get install nix-bin)"
-        );
-        eprintln!("skipping: {name} not found (install nix-bin to run this comparison)");
+        skip(&format!(
+            "{name} is not installed (apt-get install nix-bin to run this comparison)"
+        ));
     }
     found
 }

@@ -8,6 +8,7 @@
 mod build;
 mod gc;
 mod harness;
+mod protocol;
 mod store;
 mod subst;
 mod trust;

@@ -382,17 +382,17 @@ fn runtime_root_of_our_own_process_is_seen_without_helper() {
     let store = open_at(tmp.path());
     let dir = file_path(&store, 'a', "cwd-holder", b"x", None);
     let by_fd = file_path(&store, 'b', "fd-holder", b"y", None);
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<'{}'; exec sleep 30",
-            store.real_path(&by_fd).display()
-        ))
-        .current_dir(tmp.path().join("store"))
-        .env("HOLD", store.print_path(&dir))
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // It says when the descriptor is open.
+    let mut child = unrooted_testkit::spawn_ready(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 3<'{}'; echo ready; exec sleep 30",
+                store.real_path(&by_fd).display()
+            ))
+            .current_dir(tmp.path().join("store"))
+            .env("HOLD", store.print_path(&dir)),
+    );
     let temps = TempRoots::new();
     let (r, _) = collect(&store, no_helper(), &temps, GcAction::DeleteDead, u64::MAX);
     let _ = child.kill();
@@ -650,9 +650,11 @@ fn gc_refuses_unless_the_helper_answer_is_complete() {
     // No answer within the time-out: the helper holds the connection open.
     let _ = fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // Held until the collection has given up on it.
+    let (given_up, wait) = std::sync::mpsc::channel::<()>();
     let hold = std::thread::spawn(move || {
         let conn = listener.accept().unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        let _ = wait.recv();
         drop(conn);
     });
     let (r, _) = collect(
@@ -662,13 +664,14 @@ fn gc_refuses_unless_the_helper_answer_is_complete() {
         GcAction::DeleteDead,
         u64::MAX,
     );
+    given_up.send(()).unwrap();
+    hold.join().unwrap();
     let e = r.expect_err("time-out");
     assert!(
         chain(&e).contains("no complete answer within"),
         "{}",
         chain(&e)
     );
-    hold.join().unwrap();
 
     // No helper listening.
     fs::remove_file(&socket).unwrap();

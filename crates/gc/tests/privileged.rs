@@ -253,17 +253,20 @@ fn runtime_roots_of_another_users_processes_survive_with_the_helper() {
     s.give_store_to_daemon();
     // A process of the client user: cwd in the store, one store file open, and a
     // store path in its environment.
-    let mut holder = Command::new("setpriv")
-        .arg(format!("--reuid={}", s.client.0))
-        .arg(format!("--regid={}", s.client.1))
-        .arg("--clear-groups")
-        .args(["sh", "-c"])
-        .arg(format!("exec 3<'{}'; exec sleep 60", fd_file.display()))
-        .current_dir(&cwd_dir)
-        .env("HOLD", &cwd_target)
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // It says when its descriptor is open.
+    let mut holder = unrooted_testkit::spawn_ready(
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", s.client.0))
+            .arg(format!("--regid={}", s.client.1))
+            .arg("--clear-groups")
+            .args(["sh", "-c"])
+            .arg(format!(
+                "exec 3<'{}'; echo ready; exec sleep 60",
+                fd_file.display()
+            ))
+            .current_dir(&cwd_dir)
+            .env("HOLD", &cwd_target),
+    );
     let (helper, socket) = s.start_helper();
     let out = s.collect_as_daemon(socket.to_str().unwrap());
     let _ = holder.kill();

@@ -299,13 +299,17 @@ fn runtime_roots_from_proc() {
         .current_dir(cwd_path.join("sub"))
         .spawn()
         .unwrap();
-    let mut by_fd = Command::new("sh")
-        .arg("-c")
-        .arg(format!("exec 3<'{}'; exec sleep 30", file_path.display()))
-        .env("UNROOTED_TEST_ENV", env.store(C))
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // `sleep` has its cwd once spawned (the exec happened); the shell says when its
+    // descriptor is open.
+    let mut by_fd = unrooted_testkit::spawn_ready(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 3<'{}'; echo ready; exec sleep 30",
+                file_path.display()
+            ))
+            .env("UNROOTED_TEST_ENV", env.store(C)),
+    );
     let out = env.run(Some(Path::new("/proc")), &[]);
     let _ = by_cwd.kill();
     let _ = by_fd.kill();

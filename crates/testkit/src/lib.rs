@@ -81,6 +81,23 @@ pub fn workspace_binary(package: &str, bin: &str, subdir: &str) -> PathBuf {
     target.join("debug").join(bin)
 }
 
+/// Starts `cmd` with its stdout piped and waits for the first line it prints: a
+/// process that says when it is ready (`sh -c "exec 3<file; echo ready; exec sleep
+/// 30"`), instead of a test sleeping for a while and hoping it is.
+pub fn spawn_ready(cmd: &mut Command) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reading the ready line");
+    assert!(!line.is_empty(), "the process ended before it was ready");
+    child
+}
+
 /// A private Nix store and state under a temporary directory, for running the real
 /// Nix tools in local mode without touching `/nix`.
 pub struct NixEnv {

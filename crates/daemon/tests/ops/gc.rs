@@ -121,3 +121,102 @@ fn a_temporary_root_keeps_a_path_while_its_connection_lives() {
         );
     }
 }
+
+const KEEP_EXPR: &str = r#"
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+  };
+in rec {
+  dep = mk "dep" "echo dep > $out";
+  top = mk "top" "echo ${dep} > $out";
+  other = mk "other" "echo other > $out";
+}
+"#;
+
+#[test]
+fn keep_derivations_and_keep_outputs() {
+    let mut h = Harness::new(Mode::Unsandboxed).unwrap();
+    if h.nix("nix-build").is_none() {
+        return;
+    }
+    let expr = h.input("keep.nix", KEEP_EXPR);
+    // keep-derivations (default true): a rooted output keeps its .drv.
+    let result = h.root().join("home/result");
+    let top = h.nix_ok(
+        "nix-build",
+        &[&expr, "-A", "top", "-o", result.to_str().unwrap()],
+    );
+    let top = top.trim().to_owned();
+    let drv = h.nix_ok("nix-store", &["-q", "--deriver", &top]);
+    let drv = drv.trim().to_owned();
+    h.nix_ok("nix-store", &["--gc"]);
+    assert!(exists(&top) && exists(&drv));
+
+    h.restart_with("keep-derivations = false\n");
+    h.nix_ok("nix-store", &["--gc"]);
+    assert!(
+        exists(&top) && !exists(&drv),
+        "keep-derivations = false kept {drv}"
+    );
+
+    // keep-outputs: a rooted .drv keeps its outputs.
+    let drv_root = h.root().join("home/drv-root");
+    let drv_root_s = drv_root.to_str().unwrap();
+    h.nix_ok(
+        "nix-instantiate",
+        &["--add-root", drv_root_s, "--indirect", &expr, "-A", "other"],
+    );
+    let drv2 = std::fs::read_link(&drv_root).unwrap();
+    let drv2 = drv2.to_str().unwrap().to_owned();
+    let out2 = h.nix_ok("nix-store", &["-r", &drv2]).trim().to_owned();
+    h.nix_ok("nix-store", &["--gc"]);
+    assert!(
+        exists(&drv2) && !exists(&out2),
+        "keep-outputs = false kept {out2}"
+    );
+    let out2 = h.nix_ok("nix-store", &["-r", &drv2]).trim().to_owned();
+    h.restart_with("keep-outputs = true\n");
+    h.nix_ok("nix-store", &["--gc"]);
+    assert!(
+        exists(&drv2) && exists(&out2),
+        "keep-outputs = true lost {out2}"
+    );
+    h.assert_store_clean();
+}
+
+#[test]
+fn max_freed_stops_early_and_the_messages_are_nixs() {
+    let h = Harness::new(Mode::Unsandboxed).unwrap();
+    if h.nix("nix-store").is_none() {
+        return;
+    }
+    let a = h.nix_ok("nix-store", &["--add", &h.input("a", "a\n")]);
+    let b = h.nix_ok("nix-store", &["--add", &h.input("b", "b\n")]);
+    let (a, b) = (a.trim(), b.trim());
+    h.nix_ok("nix-store", &["--gc", "--max-freed", "1"]);
+    assert_eq!(
+        [a, b].iter().filter(|p| exists(p)).count(),
+        1,
+        "--max-freed 1 deletes one path"
+    );
+    let out = h.nix("nix-store").unwrap().arg("--gc").output().unwrap();
+    assert!(out.status.success());
+    // Progress on stderr, the summary on stdout.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for expected in [
+        "finding garbage collector roots...",
+        "deleting garbage...",
+        "deleting unused links...",
+        "store paths deleted,",
+        "MiB freed",
+        "deleting '",
+    ] {
+        assert!(text.contains(expected), "missing '{expected}' in: {text}");
+    }
+    assert!(!exists(a) && !exists(b));
+}

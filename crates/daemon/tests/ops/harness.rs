@@ -130,6 +130,21 @@ impl Harness {
         self.daemon = Some(InProcessDaemon::start(config, &exe).expect("starting the daemon"));
     }
 
+    /// Stops the daemon and replaces the store, state and logs with empty ones at the
+    /// same places (the store directory, hence every path, stays the same), then
+    /// starts it again with `extra_conf`: a test can import what it exported into a
+    /// store that lacks it.
+    pub fn reset_store(&mut self, extra_conf: &str) {
+        self.daemon = None;
+        for dir in ["store", "state", "log"] {
+            let p = self.root.path().join(dir);
+            let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&p).status();
+            fs::remove_dir_all(&p).expect("removing the old store");
+            fs::create_dir(&p).expect("mkdir");
+        }
+        self.restart_with(extra_conf);
+    }
+
     /// Replaces the test's lines of the daemon's `nix.conf` and restarts it.
     pub fn restart_with(&mut self, extra_conf: &str) {
         extra_conf.clone_into(&mut self.extra_conf);

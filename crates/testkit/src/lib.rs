@@ -283,3 +283,5 @@ pub fn write_random_file(path: &Path, rng: &mut Rng, size: usize) {
 
 pub mod daemon;
 pub mod http;
+#[cfg(feature = "store")]
+pub mod store;

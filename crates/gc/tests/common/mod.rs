@@ -1,26 +1,21 @@
 //! Helpers shared by the collector's tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use unrooted_format::{nar, HashAlgo, Hasher, StoreDir, StorePath};
+use unrooted_format::{nar, HashAlgo, Hasher, StorePath};
 use unrooted_gc::{
     Collector, GcAction, GcConfig, GcError, GcOptions, GcResult, RootsHelper, TempRoots,
 };
 use unrooted_store::{CheckSigs, LocalStore, LocalStoreConfig, ValidPathInfo};
 
-/// The layout `NixEnv` uses: `<root>/{store,state,log}`.
+pub use unrooted_testkit::store::error_chain as chain;
+
+/// The store of `unrooted_testkit::store`, with some space reserved as Nix keeps it.
 pub fn config_at(root: &Path) -> LocalStoreConfig {
-    let store = root.join("store");
-    let mut config = LocalStoreConfig::new(
-        StoreDir::new(store.to_str().unwrap()).unwrap(),
-        store,
-        root.join("state"),
-        root.join("log"),
-    );
+    let mut config = unrooted_testkit::store::config_at(root);
     config.reserved_space = 4096;
-    config.fsync_paths = false;
     config
 }
 
@@ -83,18 +78,6 @@ pub fn collect(
 /// The explicit single-user opt-in, for tests that do not involve other users.
 pub fn no_helper() -> GcConfig {
     GcConfig::new(RootsHelper::None)
-}
-
-/// The error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut s = e.source();
-    while let Some(c) = s {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        s = c.source();
-    }
-    text
 }
 
 /// Fills `dir` with `n` entries cheaply: hard links to a few empty files (ext4

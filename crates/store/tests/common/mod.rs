@@ -1,43 +1,15 @@
-//! Shared helpers for the store's integration tests.
-#![allow(dead_code)]
+//! Shared helpers for the store's integration tests (the store under a temporary
+//! directory is `unrooted_testkit::store`'s).
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use unrooted_format::{nar, Hash, HashAlgo, StoreDir, StorePath};
-use unrooted_store::{LocalStore, LocalStoreConfig, TEMP_PREFIX};
+use unrooted_format::StorePath;
+use unrooted_store::TEMP_PREFIX;
 
-/// A store under `root` (`store`, `state`, `log`), the layout `NixEnv` uses.
-pub fn config_at(root: &Path) -> LocalStoreConfig {
-    let store = root.join("store");
-    let mut config = LocalStoreConfig::new(
-        StoreDir::new(store.to_str().unwrap()).unwrap(),
-        store,
-        root.join("state"),
-        root.join("log"),
-    );
-    config.reserved_space = 0;
-    config.fsync_paths = false;
-    config
-}
-
-pub fn open_at(root: &Path) -> LocalStore {
-    LocalStore::open(config_at(root)).unwrap()
-}
-
-/// The NAR of a tree on disk.
-pub fn nar_of(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    nar::dump_path(path, &mut out).unwrap();
-    out
-}
-
-pub fn sha256(data: &[u8]) -> Hash {
-    let mut h = unrooted_format::Hasher::new(HashAlgo::Sha256);
-    h.update(data);
-    h.finish()
-}
+pub use unrooted_testkit::store::{config_at, nar_of, open_at, sha256};
 
 /// The NAR of a single file with these bytes.
 pub fn file_nar(dir: &Path, bytes: &[u8]) -> Vec<u8> {

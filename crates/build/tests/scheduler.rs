@@ -305,9 +305,14 @@ fn without_keep_going_nothing_new_starts_after_a_failure() {
 fn a_client_going_away_kills_a_build_nobody_else_wants() {
     let Some(lab) = lab(2) else { return };
     let marker = lab.file("finished");
+    let pid_file = lab.file("pid");
     let long = lab.drv(
         "long",
-        &format!("$B sleep 30; echo x > {}; echo > $out", marker.display()),
+        &format!(
+            "echo $$ > {}; $B sleep 30; echo x > {}; echo > $out",
+            pid_file.display(),
+            marker.display()
+        ),
         &[],
     );
     let mut rec = Recorder {
@@ -326,7 +331,24 @@ fn a_client_going_away_kills_a_build_nobody_else_wants() {
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert_eq!(r[0].status, Status::Cancelled);
-    std::thread::sleep(Duration::from_millis(200));
+    // The builder (unsandboxed: its pid is ours to see) is killed, not left to run:
+    // wait for its end rather than for a while.
+    // (No pid file: it was cancelled before it started.)
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pid.is_empty()
+        && std::fs::read_to_string(&stat).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the builder outlived its cancellation"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(!marker.exists());
     let out = lab.store.query_derivation_output_map(&long).unwrap()["out"].clone();
     assert!(!lab.store.is_valid_path(&out).unwrap());

@@ -37,6 +37,11 @@ in rec {
   fodBad = fod "fod-bad" "0000000000000000000000000000000000000000000000000000000000000000";
   fail = mk "fail" "echo first line; echo about to fail; exit 3";
   whoami = mk "whoami" "echo $(id -u) $(id -g) > $out";
+  probe = derivation {
+    name = "probe"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "env | sort > $out; echo $$ $(id -u) $(id -g) $(hostname) >> $out; ls / >> $out; cat $bigPath >> $out" ];
+    passAsFile = [ "big" ]; big = "big data";
+  };
   # Unsandboxed builders have no PATH (`/path-not-set`).
   whoamiHost = mk "whoami" "echo $(/usr/bin/id -u) $(/usr/bin/id -g) > $out";
 }
@@ -229,4 +234,35 @@ fn builder_ids(mode: Mode) {
             assert!(out.starts_with(&format!("{uid} ")), "{out}");
         }
     }
+}
+
+/// The builder's environment and root in the sandbox: Nix 2.8's.
+#[test]
+fn single_id_sandbox_gives_the_builder_nixs_environment() {
+    let Some((h, expr)) = prepared(Mode::SingleId) else {
+        return;
+    };
+    let out = build(&h, &expr, "probe");
+    let text = fs::read_to_string(&out).unwrap();
+    let store = h.store_dir();
+    let store = store.as_str();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let top = store.trim_start_matches('/').split('/').next().unwrap();
+    // `ls /`: Nix's layout, the store's top directory and the sandbox-path `/bin`.
+    let mut root: Vec<&str> = vec!["bin", "build", "dev", "etc", "proc", "tmp", top];
+    root.sort();
+    root.dedup();
+    let root = root.join("\n");
+    let system = format!("{}-linux", std::env::consts::ARCH);
+    assert_eq!(
+        text,
+        format!(
+            "HOME=/homeless-shelter\nNIX_BUILD_CORES={cores}\nNIX_BUILD_TOP=/build\nNIX_LOG_FD=2\n\
+             NIX_STORE={store}\nPATH=/path-not-set\nPWD=/build\nSHLVL=1\nTEMP=/build\nTEMPDIR=/build\n\
+             TERM=xterm-256color\nTMP=/build\nTMPDIR=/build\n\
+             bigPath=/build/.attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a\n\
+             builder=/bin/sh\nname=probe\nout={out}\npassAsFile=big\nsystem={system}\n\
+             1 1000 100 localhost\n{root}\nbig data"
+        )
+    );
 }

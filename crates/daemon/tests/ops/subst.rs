@@ -3,8 +3,11 @@
 //! file exists, deleted before the daemon is asked: a success proves that nothing
 //! was built.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
+
+use unrooted_format::StorePath;
 
 use crate::harness::{Harness, Mode};
 
@@ -173,19 +176,85 @@ fn inputs_no_cache_has_are_substituted_before_building() {
 }
 
 #[test]
-fn an_untrusted_key_substitutes_nothing() {
+fn untrusted_keys_and_corrupted_nars_register_nothing() {
     let Some(mut f) = prepared("") else { return };
-    // Another key than the cache's.
-    let other_key = f.public_key.replacen("test-cache-1", "other-key", 1);
+    // Signed by a key the daemon does not trust.
+    let stranger = "stranger-1:".to_owned() + f.public_key.split_once(':').unwrap().1;
     f.h.restart_with(&format!(
-        "substituters = {}\ntrusted-public-keys = {other_key}\n",
+        "substituters = {}\ntrusted-public-keys = {stranger}\n",
         f.cache_url
     ));
+    let err = f.h.nix_err("nix-store", &["-r", &f.leaf]);
+    assert!(err.contains("lacks a valid signature"), "{err}");
+    assert!(!f.valid(&f.leaf));
+    f.h.restart_with(&format!(
+        "substituters = {}\ntrusted-public-keys = {}\n",
+        f.cache_url, f.public_key
+    ));
+    // Swap the NAR files of `other` and `leaf`: both valid xz NARs, wrong hashes.
+    let cache = f.h.root().join("cache");
+    let nar_of = |p: &str| -> PathBuf {
+        let hash = std::path::Path::new(p)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()[..32]
+            .to_owned();
+        let ni = fs::read_to_string(cache.join(format!("{hash}.narinfo"))).unwrap();
+        let rel = ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+        cache.join(rel)
+    };
+    let (leaf_nar, other_nar) = (nar_of(&f.leaf), nar_of(&f.other));
+    let saved = fs::read(&other_nar).unwrap();
+    fs::copy(&leaf_nar, &other_nar).unwrap();
     let err = f.h.nix_err("nix-store", &["-r", &f.other]);
-    assert!(!err.is_empty());
     assert!(
-        !f.valid(&f.other),
-        "a path signed by an untrusted key was registered"
+        err.contains("hash mismatch importing path") && err.contains(&f.other),
+        "{err}"
     );
+    assert!(!f.valid(&f.other));
+    // With a derivation: no fallback → the error names --fallback; with it, built.
+    let err =
+        f.h.nix_err("nix-build", &[&f.expr, "-A", "other", "--no-out-link"]);
+    assert!(err.contains("--fallback"), "{err}");
+    assert!(!f.valid(&f.other));
+    let out = f.h.nix_ok(
+        "nix-build",
+        &[&f.expr, "-A", "other", "--no-out-link", "--fallback"],
+    );
+    assert_eq!(out.trim(), f.other);
+    fs::write(&other_nar, saved).unwrap();
+    // A truncated NAR file.
+    let top_nar = nar_of(&f.top);
+    let bytes = fs::read(&top_nar).unwrap();
+    fs::write(&top_nar, &bytes[..bytes.len() / 2]).unwrap();
+    let err = f.h.nix_err("nix-store", &["-r", &f.top]);
+    assert!(err.contains(&f.top), "{err}");
+    assert!(!f.valid(&f.top));
+    f.h.assert_store_clean();
+}
+
+#[test]
+fn query_valid_paths_with_substitute_fetches_what_the_caches_have() {
+    let Some(f) = prepared("") else { return };
+    let parse = |p: &str| f.h.path(p);
+    let mut client = f.h.client();
+    // Not in any cache: a made-up path of the same store.
+    let absent = parse(&format!(
+        "{}/00000000000000000000000000000000-nowhere",
+        f.h.store_dir().as_str()
+    ));
+    let asked: BTreeSet<StorePath> = [parse(&f.other), absent.clone()].into();
+    // Without the flag only validity is asked: nothing is fetched.
+    let valid = client.query_valid_paths(asked.clone(), false).unwrap();
+    assert!(valid.is_empty(), "{valid:?}");
+    assert!(!f.valid(&f.other));
+    // With it, what the cache has is substituted first (Nix's substitutePaths),
+    // and what no cache has is just not valid.
+    let valid = client.query_valid_paths(asked, true).unwrap();
+    assert_eq!(valid, BTreeSet::from([parse(&f.other)]));
+    assert!(f.valid(&f.other));
+    assert_eq!(fs::read_to_string(&f.other).unwrap(), "other\n");
+    assert!(!f.valid(&f.h.store_dir().display(&absent)));
     f.h.assert_store_clean();
 }

@@ -25,7 +25,12 @@ struct Lab {
 }
 
 fn lab(max_jobs: usize) -> Option<Lab> {
-    if !unrooted_testkit::require(Path::new(BUSYBOX).exists(), "/bin/busybox is missing") {
+    if !Path::new(BUSYBOX).exists() {
+        assert!(
+            !unrooted_testkit::in_ci(),
+            "/bin/busybox is missing, but CI=true"
+        );
+        eprintln!("skipping: /bin/busybox is missing");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -530,6 +530,40 @@ fn kill_minus_one_only_kills_the_sandbox() {
     bystander.wait().unwrap();
 }
 
+/// A builder cannot name a process outside its build: not the daemon, not a process
+/// of the same host user, not another build. Signals, `/proc/<pid>/root` and
+/// everything `ptrace` or `pidfd_open` would need start from a pid, and outside pids
+/// do not exist in the build's PID namespace.
+#[test]
+fn processes_outside_cannot_be_signalled_traced_or_entered() {
+    let Some(lab) = Lab::new() else { return };
+    let mut bystander = lab
+        .as_daemon(Path::new(BUSYBOX))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = bystander.id();
+    assert!(pid > 100, "host pid {pid} could collide with the build's own");
+    let out = lab.sh(
+        &[],
+        &format!(
+            "$B kill -0 {pid} 2>/dev/null; echo kill=$?; \
+             $B ls /proc/{pid}/root >/dev/null 2>&1; echo root=$?; \
+             $B ls /proc | $B grep -c '^[0-9]'"
+        ),
+    );
+    // kill: no such process; /proc/<pid>: absent; /proc lists only the build's own
+    // few processes (init, sh, ls, grep).
+    let said = text(&out);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[..2], ["kill=1", "root=1"], "{said}");
+    let own: u32 = lines[2].parse().unwrap();
+    assert!(own <= 5, "{said}");
+    assert!(bystander.try_wait().unwrap().is_none());
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
 #[test]
 fn killing_the_sandbox_kills_its_whole_pid_namespace() {
     let Some(lab) = Lab::new() else { return };

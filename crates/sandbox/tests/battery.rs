@@ -543,7 +543,10 @@ fn processes_outside_cannot_be_signalled_traced_or_entered() {
         .spawn()
         .unwrap();
     let pid = bystander.id();
-    assert!(pid > 100, "host pid {pid} could collide with the build's own");
+    assert!(
+        pid > 100,
+        "host pid {pid} could collide with the build's own"
+    );
     let out = lab.sh(
         &[],
         &format!(

@@ -11,6 +11,7 @@
 //! everything here is blocking file and SQLite I/O that an async runtime would only
 //! wrap in `spawn_blocking`; a `LocalStore` is `Sync` and shared by those threads.
 
+pub mod acl;
 mod add;
 pub mod canonicalise;
 mod config;

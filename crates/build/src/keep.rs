@@ -151,38 +151,16 @@ fn walk(
 }
 
 /// The Linux `system.posix_acl_access` value: owner, the client, group, mask, other.
+/// The client may read, and enter/execute where the owner may; never write.
 pub(crate) fn acl_bytes(mode: u32, uid: u32) -> Vec<u8> {
-    const USER_OBJ: u16 = 0x01;
-    const USER: u16 = 0x02;
-    const GROUP_OBJ: u16 = 0x04;
-    const MASK: u16 = 0x10;
-    const OTHER: u16 = 0x20;
-    const UNDEFINED_ID: u32 = u32::MAX;
     let owner = ((mode >> 6) & 7) as u16;
-    let group = ((mode >> 3) & 7) as u16;
-    let other = (mode & 7) as u16;
-    // The client may read, and enter/execute where the owner may; never write.
-    let client = owner & 0o5;
-    let mut v = Vec::with_capacity(4 + 5 * 8);
-    v.extend_from_slice(&2u32.to_le_bytes());
-    for (tag, perm, id) in [
-        (USER_OBJ, owner, UNDEFINED_ID),
-        (USER, client, uid),
-        (GROUP_OBJ, group, UNDEFINED_ID),
-        (MASK, group | client, UNDEFINED_ID),
-        (OTHER, other, UNDEFINED_ID),
-    ] {
-        v.extend_from_slice(&tag.to_le_bytes());
-        v.extend_from_slice(&perm.to_le_bytes());
-        v.extend_from_slice(&id.to_le_bytes());
-    }
-    v
+    unrooted_store::acl::access_acl_granting(mode, uid, owner & 0o5)
 }
 
 fn set_acl(path: &Path, mode: u32, uid: u32) -> io::Result<()> {
     rustix::fs::lsetxattr(
         path,
-        "system.posix_acl_access",
+        unrooted_store::acl::ACCESS_ACL,
         &acl_bytes(mode, uid),
         XattrFlags::empty(),
     )

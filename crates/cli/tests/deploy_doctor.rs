@@ -84,6 +84,15 @@ fn a_fresh_install_passes_every_check_but_the_absent_daemon() {
         "{text}"
     );
     assert!(line(&text, "AppArmor").starts_with("[ok  ]"), "{text}");
+    // The running kernel's Landlock, whatever the tree: scoped from ABI 6 (Linux 6.12).
+    let scoped =
+        unrooted_sandbox::landlock_abi().is_some_and(|v| v >= unrooted_sandbox::LANDLOCK_SCOPE_ABI);
+    let expected = if scoped {
+        "[ok  ] Landlock: ABI"
+    } else {
+        "[warn] Landlock:"
+    };
+    assert!(line(&text, "Landlock").starts_with(expected), "{text}");
     assert!(
         line(&text, "store ownership").starts_with("[ok  ]"),
         "{text}"

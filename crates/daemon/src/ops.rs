@@ -57,20 +57,7 @@ impl From<StoreError> for OpError {
     }
 }
 
-/// An error and its causes on one line, as the client prints it.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
+pub(crate) use unrooted_format::error_chain as chain;
 
 type Reader = io::BufReader<UnixStream>;
 type Out = StderrWriter<BufWriter<UnixStream>>;

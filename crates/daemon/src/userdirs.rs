@@ -464,34 +464,11 @@ fn repair_parent(
     Ok(moved)
 }
 
-/// The extended attribute holding a file's access ACL.
-const ACCESS_ACL: &str = "system.posix_acl_access";
+use unrooted_store::acl::ACCESS_ACL;
 
-/// Tags and the layout of the kernel's POSIX ACL xattr (`posix_acl_xattr.h`):
-/// a version word, then 8-byte entries of tag (u16), permissions (u16), id (u32).
-const ACL_VERSION: u32 = 2;
-const ACL_USER_OBJ: u16 = 0x01;
-const ACL_USER: u16 = 0x02;
-const ACL_GROUP_OBJ: u16 = 0x04;
-const ACL_MASK: u16 = 0x10;
-const ACL_OTHER: u16 = 0x20;
-const ACL_UNDEFINED_ID: u32 = u32::MAX;
-
-/// `u::rwx,u:<uid>:rwx,g::r-x,m::rwx,o::r-x`, entries in the order the kernel requires.
+/// `u::rwx,u:<uid>:rwx,g::r-x,m::rwx,o::r-x`.
 fn acl_granting(uid: u32) -> Vec<u8> {
-    let mut out = ACL_VERSION.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (ACL_USER_OBJ, 7u16, ACL_UNDEFINED_ID),
-        (ACL_USER, 7, uid),
-        (ACL_GROUP_OBJ, 5, ACL_UNDEFINED_ID),
-        (ACL_MASK, 7, ACL_UNDEFINED_ID),
-        (ACL_OTHER, 5, ACL_UNDEFINED_ID),
-    ] {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    out
+    unrooted_store::acl::access_acl_granting(0o755, uid, 7)
 }
 
 #[cfg(test)]
@@ -507,7 +484,7 @@ mod tests {
             return false;
         };
         buf[4..n.min(buf.len())].chunks_exact(8).any(|e| {
-            u16::from_le_bytes([e[0], e[1]]) == ACL_USER
+            u16::from_le_bytes([e[0], e[1]]) == 0x02 // ACL_USER
                 && u16::from_le_bytes([e[2], e[3]]) & 2 != 0
                 && u32::from_le_bytes([e[4], e[5], e[6], e[7]]) == uid
         })

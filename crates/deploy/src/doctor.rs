@@ -125,6 +125,7 @@ pub fn run(opts: &DoctorOptions) -> Vec<Finding> {
         .unwrap_or_else(|| "unrooted".into());
     let mut out = Vec::new();
     userns(host, l, &mut out);
+    out.push(landlock(unrooted_sandbox::landlock_abi()));
     let owner = match accounts::lookup_user(host, &owner_name) {
         Ok(Some(a)) => Some(a),
         Ok(None) => {
@@ -228,6 +229,32 @@ fn userns(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
         Some(_) => finding("SELinux", Verdict::Ok, "not enforcing".into(), None),
         None => finding("SELinux", Verdict::Ok, "not enabled".into(), None),
     });
+}
+
+/// Whether builders get Landlock's scoping, from the running kernel's Landlock ABI
+/// (`None` when Landlock is absent or not in the boot's `lsm=` list).
+fn landlock(abi: Option<i64>) -> Finding {
+    let scoped = unrooted_sandbox::LANDLOCK_SCOPE_ABI;
+    match abi {
+        Some(v) if v >= scoped => finding(
+            "Landlock",
+            Verdict::Ok,
+            format!("ABI {v}: every builder is scoped (no abstract Unix socket or signal outside its build)"),
+            None,
+        ),
+        Some(v) => finding(
+            "Landlock",
+            Verdict::Warn,
+            format!("ABI {v} has no scoping (ABI {scoped}, Linux 6.12): builders are confined by their namespaces and the output copy only"),
+            Some("boot a kernel >= 6.12"),
+        ),
+        None => finding(
+            "Landlock",
+            Verdict::Warn,
+            "not enabled: builders are confined by their namespaces and the output copy only".into(),
+            Some("boot a kernel >= 6.12 with landlock in its lsm= list (/sys/kernel/security/lsm)"),
+        ),
+    }
 }
 
 fn subids(
@@ -976,6 +1003,18 @@ mod tests {
     /// Regression: the roots helper refuses everyone but the store owner with an error
     /// item saying so; doctor, run as root, took that for a failed scan and warned
     /// "garbage collection will refuse to run" on every correct install.
+    #[test]
+    fn landlock_scoping_is_reported_by_abi() {
+        assert_eq!(landlock(Some(7)).verdict, Verdict::Ok);
+        assert!(landlock(Some(7))
+            .detail
+            .starts_with("ABI 7: every builder is scoped"));
+        assert_eq!(landlock(Some(5)).verdict, Verdict::Warn);
+        assert!(landlock(Some(5)).detail.contains("no scoping"));
+        assert_eq!(landlock(None).verdict, Verdict::Warn);
+        assert!(landlock(None).detail.starts_with("not enabled"));
+    }
+
     #[test]
     fn the_helpers_refusal_of_root_is_fine_and_a_cut_short_answer_is_not() {
         let sock = Path::new("/nix/var/nix/gc-roots-socket/socket");

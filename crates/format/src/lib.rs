@@ -23,3 +23,41 @@ pub mod store_path;
 pub use content_address::{ContentAddress, FileIngestionMethod};
 pub use hash::{Hash, HashAlgo, Hasher};
 pub use store_path::{StoreDir, StorePath, StorePathError, StorePathName};
+
+/// An error and its causes on one line, joined with `: `, leaving out a cause whose
+/// text the line already holds (errors that print their source themselves): how
+/// clients, logs and warnings show an error. The one copy for the workspace; the
+/// sandbox, which depends on no crate of ours, prints its causes itself.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    enum E {
+        #[error("opening x")]
+        Outer(#[source] std::io::Error),
+        #[error("reading y: {0}")]
+        Repeats(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn causes_are_joined_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert_eq!(error_chain(&E::Outer(io())), "opening x: gone");
+        assert_eq!(error_chain(&E::Repeats(io())), "reading y: gone");
+    }
+}

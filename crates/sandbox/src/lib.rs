@@ -58,5 +58,8 @@ pub use plan::{
     DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
-pub use sys::{landlock_abi, peer_groups, LANDLOCK_SCOPE_ABI, MAX_PEER_GROUPS};
+pub use sys::{
+    call_with_no_memory, landlock_abi, peer_groups, xattrat_by_number, CALLS_WITH_NO_MEMORY,
+    LANDLOCK_SCOPE_ABI, MAX_PEER_GROUPS,
+};
 pub use userns::{check_user_namespaces, reason_from_settings, UsernsReason, UsernsUnavailable};

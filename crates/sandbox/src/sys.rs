@@ -125,6 +125,55 @@ pub fn landlock_abi() -> Option<i64> {
     (v > 0).then_some(v)
 }
 
+/// Calls one of Linux 6.13's `*xattrat` system calls, by number, on `path` (relative
+/// to the working directory) with the attribute name `user.unrooted` and no value:
+/// the probe that shows what the builder's seccomp filter answers. Without the filter
+/// the kernel answers EINVAL, ENODATA or a size; with it, ENOTSUP.
+pub fn xattrat_by_number(nr: libc::c_long, path: &std::ffi::CStr) -> io::Result<libc::c_long> {
+    let name = c"user.unrooted";
+    // SAFETY: `path` and `name` are NUL-terminated and outlive the call. The fifth
+    // argument is null with size 0: setxattrat/getxattrat refuse a size below their
+    // argument struct's without reading it, listxattrat with size 0 only returns the
+    // length it would need (writing nothing), removexattrat takes four arguments.
+    let r = unsafe {
+        libc::syscall(
+            nr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0 as libc::c_int,
+            name.as_ptr(),
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The calls [`call_with_no_memory`] may make: each reads and writes no memory of ours
+/// when every argument is 0 or null.
+pub const CALLS_WITH_NO_MEMORY: [(&str, libc::c_long); 2] =
+    [("io_uring_setup", 425), ("open_tree_attr", 467)];
+
+/// Calls one of [`CALLS_WITH_NO_MEMORY`] with all arguments 0 (null pointers, size 0):
+/// the probe that shows the builder's filter answering io_uring and calls newer than
+/// it audited with ENOSYS. `None` for a name not in the list.
+pub fn call_with_no_memory(name: &str) -> Option<io::Result<libc::c_long>> {
+    let &(_, nr) = CALLS_WITH_NO_MEMORY.iter().find(|(n, _)| *n == name)?;
+    // SAFETY: both calls take (number, pointer[, ...]) and with a null pointer and zero
+    // sizes fail before reading or writing user memory (io_uring_setup: EFAULT or
+    // EINVAL; open_tree_attr: EFAULT or EBADF); no resource is created.
+    let r = unsafe { libc::syscall(nr, 0usize, 0usize, 0usize, 0usize, 0usize) };
+    Some(if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    })
+}
+
 /// Confines this thread (and what it executes) to its own Landlock domain for
 /// abstract Unix sockets and signals: it can no longer connect to an abstract socket
 /// or signal a process made outside the domain. Restricts no file or network access.

@@ -45,6 +45,12 @@ pub enum StoreError {
     /// The database failed; the error names the operation.
     #[error(transparent)]
     Database(#[from] DbError),
+    /// A store opened only to read it has no database at all.
+    #[error("no store database in '{path}' (is NIX_STATE_DIR right?)")]
+    NoDatabase {
+        /// The database directory.
+        path: PathBuf,
+    },
     /// A name is not a valid store path name.
     #[error("invalid store path name '{name}'")]
     InvalidName {

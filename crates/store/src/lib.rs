@@ -11,6 +11,7 @@
 //! everything here is blocking file and SQLite I/O that an async runtime would only
 //! wrap in `spawn_blocking`; a `LocalStore` is `Sync` and shared by those threads.
 
+pub mod acl;
 mod add;
 pub mod canonicalise;
 mod config;
@@ -19,6 +20,7 @@ mod gc;
 mod layout;
 mod lock;
 mod optimise;
+mod reader;
 mod store;
 mod tmp;
 mod verify;
@@ -28,6 +30,7 @@ pub use config::{LocalStoreConfig, DEFAULT_RESERVED_SPACE};
 pub use error::StoreError;
 pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
 pub use optimise::OptimiseStats;
+pub use reader::StoreReader;
 pub use store::{LocalStore, MAX_READER_CONNECTIONS};
 pub use tmp::TEMP_PREFIX;
 pub use unrooted_db::{DbOptions, GraphNode, ValidPathInfo};

@@ -340,13 +340,7 @@ fn empty_files_find_subdir(dir: &OwnedFd) -> Result<Option<OsString>, (Option<Os
 
 /// The one warning for a leftover `path` that `error` kept from being removed.
 fn warn_kept(path: &Path, error: &StoreError) {
-    let mut why = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        why.push_str(": ");
-        why.push_str(&s.to_string());
-        source = s.source();
-    }
+    let why = unrooted_format::error_chain(error);
     tracing::warn!(
         "cannot remove {}, a temporary leftover of an earlier run ({why}); it is never a valid store path, so the store opens without it, but it keeps its space until an administrator removes it as root (rm -rf {})",
         path.display(),

@@ -234,13 +234,7 @@ pub enum ServeError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: Box<unrooted_db::DbError>,
-    },
-    /// There is no store database at all.
-    #[error("no store database in '{path}' (is NIX_STATE_DIR right?)")]
-    NoStore {
-        /// The database directory.
-        path: PathBuf,
+        source: Box<unrooted_store::StoreError>,
     },
     /// A worker thread could not be started.
     #[error("starting a server thread")]

@@ -605,17 +605,7 @@ pub fn to_path_info(info: &NarInfo) -> ValidPathInfo {
     v
 }
 
-/// `e` and its causes, joined with `: ` (for warnings, which are one line).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+pub use unrooted_format::error_chain;
 
 /// The dependency-ordered work list of [`Substituter::execute`].
 #[derive(Default)]

@@ -39,15 +39,3 @@ pub fn sha256(data: &[u8]) -> Hash {
     h.update(data);
     h.finish()
 }
-
-/// An error and its causes on one line, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut s = e.source();
-    while let Some(c) = s {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        s = c.source();
-    }
-    text
-}

@@ -10,7 +10,7 @@ use unrooted_gc::{
 };
 use unrooted_store::{CheckSigs, LocalStore, LocalStoreConfig, ValidPathInfo};
 
-pub use unrooted_testkit::store::error_chain as chain;
+pub use unrooted_format::error_chain as chain;
 
 /// The store of `unrooted_testkit::store`, with some space reserved as Nix keeps it.
 pub fn config_at(root: &Path) -> LocalStoreConfig {

@@ -18,12 +18,34 @@ const USAGE: &str = "usage: unrooted-sandbox helper
            [--sandbox-path TARGET=SOURCE[?]]... [--network] [--env NAME=VALUE]... \\
            [--cores N] [--work-dir DIR] [--keep-root] [--remove-build-dir] [--leak-fd] \\
            [--timeout-ms N] -- BUILDER [ARGS]...
-       unrooted-sandbox probe setxattr|lsetxattr|fsetxattr PATH";
+       unrooted-sandbox probe CALL PATH
+           (CALL: setxattr lsetxattr fsetxattr getxattr listxattr removexattr
+            setxattrat getxattrat listxattrat removexattrat
+            io_uring_setup open_tree_attr)";
+
+/// The `*xattrat` calls of Linux 6.13, one number on every ABI.
+const XATTRAT_NUMBERS: [(&str, libc::c_long); 4] = [
+    ("setxattrat", 463),
+    ("getxattrat", 464),
+    ("listxattrat", 465),
+    ("removexattrat", 466),
+];
 
 /// Runs one system call the shell cannot make and prints `ok` or `errno=N`, so tests
 /// check the exact errno a builder gets.
 fn probe(args: Vec<OsString>) -> ExitCode {
     use rustix::fs::XattrFlags;
+    if let Some(result) = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(unrooted_sandbox::call_with_no_memory)
+    {
+        match result {
+            Ok(v) => println!("ok {v}"),
+            Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
+        }
+        return ExitCode::SUCCESS;
+    }
     let (Some(op), Some(path)) = (args.first().and_then(|a| a.to_str()), args.get(1)) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
@@ -36,10 +58,26 @@ fn probe(args: Vec<OsString>) -> ExitCode {
         "fsetxattr" => std::fs::File::open(path)
             .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
             .and_then(|f| rustix::fs::fsetxattr(&f, name, value, XattrFlags::empty())),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        "getxattr" => rustix::fs::getxattr(path, name, &mut [0u8; 16]).map(drop),
+        "listxattr" => rustix::fs::listxattr(path, &mut [0u8; 256]).map(drop),
+        "removexattr" => rustix::fs::removexattr(path, name),
+        other => match XATTRAT_NUMBERS.iter().find(|(n, _)| *n == other) {
+            Some(&(_, nr)) => {
+                let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                };
+                unrooted_sandbox::xattrat_by_number(nr, &c_path)
+                    .map(drop)
+                    .map_err(|e| {
+                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)
+                    })
+            }
+            None => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match result {
         Ok(()) => println!("ok"),

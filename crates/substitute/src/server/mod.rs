@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use unrooted_db::{Database, DbOptions, ValidPathInfo};
 use unrooted_format::narinfo::{CacheInfo, Compression, NarInfo};
 use unrooted_format::signature::{SecretKey, Signature};
 use unrooted_format::store_path::HASH_PART_LEN;
 use unrooted_format::{base32, nar, StoreDir, StorePath};
+use unrooted_store::{StoreReader, ValidPathInfo};
 
 use crate::compression::{can_compress, Encoder};
 use crate::error::ServeError;
@@ -143,25 +143,17 @@ impl Server {
     }
 }
 
-fn open_db(config: &ServeConfig) -> Result<Database, ServeError> {
-    if !config.db_dir.join("schema").exists() {
-        return Err(ServeError::NoStore {
+fn open_db(config: &ServeConfig) -> Result<StoreReader, ServeError> {
+    StoreReader::open(&config.db_dir, config.store_dir.clone()).map_err(|source| {
+        ServeError::Database {
             path: config.db_dir.clone(),
-        });
-    }
-    Database::open(
-        &config.db_dir,
-        config.store_dir.clone(),
-        DbOptions::default(),
-    )
-    .map_err(|source| ServeError::Database {
-        path: config.db_dir.clone(),
-        source: Box::new(source),
+            source: Box::new(source),
+        }
     })
 }
 
 fn worker(config: &ServeConfig, rx: &Mutex<Receiver<TcpStream>>) {
-    let mut db: Option<Database> = None;
+    let mut db: Option<StoreReader> = None;
     loop {
         let stream = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
@@ -178,7 +170,7 @@ fn worker(config: &ServeConfig, rx: &Mutex<Receiver<TcpStream>>) {
 
 fn serve_connection(
     config: &ServeConfig,
-    db: &mut Option<Database>,
+    db: &mut Option<StoreReader>,
     stream: TcpStream,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(config.idle_timeout))?;
@@ -276,18 +268,14 @@ fn route(path: &str) -> Route<'_> {
 /// Looks a path up by hash part; `None` if not valid.
 fn lookup(
     config: &ServeConfig,
-    db: &mut Option<Database>,
+    db: &mut Option<StoreReader>,
     hash_part: &str,
 ) -> Result<Option<ValidPathInfo>, String> {
     if db.is_none() {
         *db = Some(open_db(config).map_err(|e| crate::error_chain(&e))?);
     }
     let conn = db.as_ref().ok_or_else(|| "no database".to_owned())?;
-    let result = conn.path_from_hash_part(hash_part).and_then(|p| match p {
-        Some(p) => conn.path_info(&p),
-        None => Ok(None),
-    });
-    result.map_err(|e| {
+    conn.path_info_by_hash_part(hash_part).map_err(|e| {
         // Reopen on the next request: the connection may be what is broken.
         *db = None;
         crate::error_chain(&e)
@@ -333,7 +321,7 @@ pub fn narinfo_for(config: &ServeConfig, info: &ValidPathInfo, nar_size: u64) ->
 /// Answers one request; returns whether the connection may stay open.
 fn respond(
     config: &ServeConfig,
-    db: &mut Option<Database>,
+    db: &mut Option<StoreReader>,
     stream: &TcpStream,
     req: &Request,
 ) -> io::Result<bool> {

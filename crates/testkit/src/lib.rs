@@ -281,7 +281,8 @@ pub fn write_random_file(path: &Path, rng: &mut Rng, size: usize) {
     }
 }
 
-pub mod daemon;
-pub mod http;
 #[cfg(feature = "store")]
 pub mod store;
+
+pub mod daemon;
+pub mod http;

@@ -24,6 +24,7 @@ use unrooted_sandbox::{Sandbox, SandboxPath};
 
 use crate::config::{Config, SandboxMode};
 use crate::connection::Session;
+use crate::LayerSettings;
 
 type Out = StderrWriter<BufWriter<UnixStream>>;
 

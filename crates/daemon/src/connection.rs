@@ -27,6 +27,7 @@ use crate::ops::{self, OpError};
 use crate::payer::Charge;
 use crate::trust::{self, Peer};
 use crate::DaemonError;
+use crate::LayerSettings;
 
 /// The version string the handshake reports (shown by `nix store ping`).
 pub(crate) const DAEMON_VERSION: &str = concat!("unrooted ", env!("CARGO_PKG_VERSION"));

@@ -1,15 +1,15 @@
 //! The unrooted daemon: it serves the Nix worker protocol on a Unix socket, as an
 //! ordinary user, for every user of the machine.
 //!
-//! It composes the lower layers and reimplements none of them: configuration and
-//! trust live here, the wire format in `unrooted-protocol`, every effect on the store
+//! It composes the lower layers and reimplements none of them: the configuration is
+//! parsed in `unrooted-config`, trust lives here, the wire format in `unrooted-protocol`, every effect on the store
 //! in `unrooted-store`. Connections are served by one thread each (see [`server`]),
 //! so this crate is synchronous like the layers it composes.
 
 mod build_ops;
-pub mod config;
 mod connection;
 mod gc_ops;
+mod layer_settings;
 mod ops;
 pub mod payer;
 pub mod server;
@@ -23,7 +23,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+pub use unrooted_config as config;
+
 pub use config::Config;
+pub use layer_settings::LayerSettings;
 
 /// Why the daemon could not start.
 #[derive(Debug, Error)]

@@ -406,13 +406,11 @@ fn build_ids(
     account: Option<&accounts::Account>,
     out: &mut Vec<Finding>,
 ) {
-    let mut raw = unrooted_daemon::config::RawSettings::default();
+    let mut raw = unrooted_config::RawSettings::default();
     let settings = raw
         .apply_file(&host.path(&l.conf_dir.join("nix.conf")))
         .map_err(|e| e.to_string())
-        .and_then(|()| {
-            unrooted_daemon::config::Settings::from_raw(&raw).map_err(|e| e.to_string())
-        });
+        .and_then(|()| unrooted_config::Settings::from_raw(&raw).map_err(|e| e.to_string()));
     let s = match settings {
         Ok(s) => s,
         Err(e) => {
@@ -433,7 +431,7 @@ fn build_ids(
             Some("give the store owner /etc/subuid and /etc/subgid ranges and install uidmap (unrooted install does both), keep auto-allocate-uids = true"),
         )
     };
-    if s.sandbox == unrooted_daemon::config::SandboxMode::Disabled {
+    if s.sandbox == unrooted_config::SandboxMode::Disabled {
         out.push(finding(
             "build ids",
             Verdict::Warn,
@@ -937,12 +935,12 @@ fn roots_answer(
 }
 
 fn free_space(host: &Host, l: &Layout, out: &mut Vec<Finding>) {
-    let mut raw = unrooted_daemon::config::RawSettings::default();
+    let mut raw = unrooted_config::RawSettings::default();
     let conf = host.path(&l.conf_dir.join("nix.conf"));
     let min_free = raw
         .apply_file(&conf)
         .ok()
-        .and_then(|()| unrooted_daemon::config::Settings::from_raw(&raw).ok())
+        .and_then(|()| unrooted_config::Settings::from_raw(&raw).ok())
         .map_or(0, |s| s.min_free);
     let store = host.path(&l.store_dir);
     let stat = match rustix::fs::statvfs(&store) {

@@ -360,11 +360,11 @@ fn mapper_steps(
 /// `max-jobs = auto` set later needs no new range) and at most
 /// [`DEFAULT_MAX_BUILD_SLICES`] (Nix's default `id-count`).
 pub fn default_build_slices(host: &Host, l: &Layout) -> u32 {
-    let mut raw = unrooted_daemon::config::RawSettings::default();
+    let mut raw = unrooted_config::RawSettings::default();
     let max_jobs = raw
         .apply_file(&host.path(&l.conf_dir.join("nix.conf")))
         .ok()
-        .and_then(|()| unrooted_daemon::config::Settings::from_raw(&raw).ok())
+        .and_then(|()| unrooted_config::Settings::from_raw(&raw).ok())
         .map_or(1, |s| s.max_jobs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let slices = max_jobs

@@ -1,5 +1,5 @@
 //! The builder's environment and the files written into its build directory
-//! (`store-formats.md` §4.8–§4.9), as a pure function of the derivation.
+//! (`docs/spec/sandbox.md` §3), as a pure function of the derivation.
 //!
 //! Start from nothing; `PATH=/path-not-set`, `HOME=/homeless-shelter`, `NIX_STORE`,
 //! `NIX_BUILD_CORES`; then every env entry of the derivation, except that a key listed
@@ -362,7 +362,8 @@ mod tests {
             .collect()
     }
 
-    /// V26 and V29 of `store-formats.md`: `env | sort` in the sandbox, minus `SHLVL`
+    /// V26 and V29 (`docs/spec/store-formats.md` §8, `docs/spec/sandbox.md` §3.1–§3.2):
+    /// `env | sort` in the sandbox, minus `SHLVL`
     /// (which the shell adds).
     #[test]
     fn sandbox_env_is_v29_byte_for_byte() {

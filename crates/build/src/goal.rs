@@ -1,7 +1,7 @@
 //! One derivation goal: load the `.drv`, check its inputs, prepare a build directory
 //! and environment, run the builder (sandboxed, or directly when the administrator
 //! set `sandbox = false`), and turn what it left into registered outputs
-//! (`store-formats.md` §5).
+//! (`docs/spec/store-formats.md` §5).
 //!
 //! Where things live: the host build directory is `nix-build-<name>.drv-<n>` (0700)
 //! inside a daemon-private 0700 directory under the daemon's temporary directory, so a
@@ -1049,7 +1049,8 @@ impl Drop for Copies {
     }
 }
 
-/// Checks, scans and registers the outputs found at `locations` (§5).
+/// Checks, scans and registers the outputs found at `locations`
+/// (`docs/spec/store-formats.md` §5).
 ///
 /// What a builder left is never registered itself: each output is first copied into
 /// new inodes in the store's private temporary area ([`nar::copy_tree`]), and the

@@ -3,12 +3,13 @@
 //! dependency order with at most `max-jobs` at once, builds a derivation wanted by
 //! several clients once and hands every waiter the result, cancels a build nobody
 //! waits for any more, and for each goal loads the `.drv`, prepares the build
-//! directory and the exact environment of Nix 2.8 (§4.8–§4.9 of `store-formats.md`),
+//! directory and the exact environment of Nix 2.8 (`docs/spec/sandbox.md` §3),
 //! runs the builder in the rootless sandbox of `unrooted-sandbox` (or, only when the
 //! administrator set `sandbox = false`, directly) — a builtin builder ([`builtins`])
 //! too, called by the sandbox's init in place of a program, never in the daemon —
 //! streams and stores its log, and
-//! registers its outputs (§5): copied into fresh inodes, canonicalised,
+//! registers its outputs (`docs/spec/store-formats.md` §5): copied into fresh inodes,
+//! canonicalised,
 //! reference-scanned, fixed-output hashes checked, moved into the store with one
 //! `rename` each and registered in one transaction. The crate is synchronous and uses plain threads: the daemon serves each
 //! connection on a thread of its own, each build is a blocking wait on a child process

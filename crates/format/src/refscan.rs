@@ -9,7 +9,7 @@
 //! set of candidates that occur anywhere in the stream, however it is chunked.
 //!
 //! Two rewriting helpers serve the cases where an output is built at one path and
-//! registered at another (spec 5 step 4, 4.7):
+//! registered at another (`docs/spec/store-formats.md` §5 item 5, §4.7):
 //! - [`HashRewriter`] replaces a 32-byte hash part by another in a stream
 //!   (`RewritingSink`), recording the offset of each replacement;
 //! - [`HashModuloSink`] hashes a stream *modulo* a hash part (`HashModuloSink`): each

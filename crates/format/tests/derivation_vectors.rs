@@ -1,4 +1,5 @@
-//! Derivation vectors from Nix 2.8 (spec §8, V14–V22): see `vectors/drv/README.md`.
+//! Derivation vectors from Nix 2.8 (`docs/spec/store-formats.md` §8, V14–V22): see
+//! `vectors/drv/README.md`.
 
 use std::collections::BTreeMap;
 use std::fs;

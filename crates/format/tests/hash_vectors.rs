@@ -1,5 +1,5 @@
-//! The hash and store-path vectors of store-formats.md §8 (V1–V13), read from the
-//! data files in `vectors/hash/` (provenance in `vectors/README.md`).
+//! The hash and store-path vectors of `docs/spec/store-formats.md` §8 (V1–V13), read
+//! from the data files in `vectors/hash/` (provenance in `vectors/README.md`).
 
 use std::collections::BTreeSet;
 use std::fs;

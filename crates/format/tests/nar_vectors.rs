@@ -1,5 +1,5 @@
-//! The NAR vectors of the spec (V7, V8, V10 ordering) as data files: parsing them,
-//! re-serialising them to the same bytes, and dumping the trees they came from.
+//! The NAR vectors of `docs/spec/store-formats.md` §8 (V7, V8, V10 ordering) as data
+//! files: parsing them, re-serialising them to the same bytes, and dumping the trees they came from.
 
 use std::fs;
 use std::io::Read;

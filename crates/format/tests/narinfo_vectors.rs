@@ -1,5 +1,5 @@
-//! narinfo vectors V23 and V24 (spec section 8), negative vectors, and a print → parse
-//! → print round trip over generated narinfos.
+//! narinfo vectors V23 and V24 (`docs/spec/store-formats.md` §8), negative vectors, and a
+//! print → parse → print round trip over generated narinfos.
 
 use std::fs;
 use std::path::PathBuf;

@@ -30,7 +30,8 @@ fn v19_output_references_multi_dev_and_itself() {
         "a621e9feec4fd3d21f8be15b31b1eaaa9f312247f8a57dd599dad260d88552b7"
     );
     let dir = StoreDir::new("/nix/store").unwrap();
-    // The input closure and the output itself, as Nix's candidate set (spec 5 step 3).
+    // The input closure and the output itself, as Nix's candidate set
+    // (`docs/spec/store-formats.md` §5 item 4).
     let candidates: BTreeSet<_> = [
         "/nix/store/vzii67nm006ckrlh2z9q7hpy8y69cmfx-dep",
         "/nix/store/vb2485g3k8ww9m9s24gkmbgh9156aymz-multi-dev",

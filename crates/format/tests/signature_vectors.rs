@@ -1,4 +1,5 @@
-//! Signature vectors V23 and V24 (spec section 8) and malformed key files.
+//! Signature vectors V23 and V24 (`docs/spec/store-formats.md` §8) and malformed key
+//! files.
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -5,7 +5,7 @@
 //! (`unrooted-find-roots`) for, over a Unix socket; a root that neither can resolve,
 //! or a helper that cannot be reached, makes the collector refuse to delete
 //! anything, because a root it cannot see is still a root (see
-//! `shared/spec/gc-roots.md`, "The central safety rule"). Only the administrator's
+//! `docs/spec/gc-roots.md` §1). Only the administrator's
 //! explicit [`RootsHelper::None`] collects without asking the helper. The API is
 //! synchronous like the store below it: a collection is blocking file and SQLite
 //! work run on the requesting connection's thread, and the only concurrency it has

@@ -1,4 +1,5 @@
-//! Reading request bodies that are pulled with `STDERR_READ` (§4).
+//! Reading request bodies that are pulled with `STDERR_READ`
+//! (`docs/spec/worker-protocol.md` §4).
 //!
 //! AddToStoreNar at 1.21–1.22 and ImportPaths send their data only when the server
 //! asks: the server writes `STDERR_READ` + a wanted length, flushes, and the client

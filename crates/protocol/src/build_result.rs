@@ -1,4 +1,5 @@
-//! Build results (§2.5): BuildResult, KeyedBuildResult, DrvOutput ids, Realisations.
+//! Build results (`docs/spec/worker-protocol.md` §2.5): BuildResult, KeyedBuildResult,
+//! DrvOutput ids, Realisations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +17,8 @@ type Result<T> = std::result::Result<T, ProtocolError>;
 /// A derivation output's identity: `sha256:<hash modulo, hex>!<output>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DrvOutput {
-    /// The derivation's hash modulo (any SHA-256 will do for clients, see §2.5).
+    /// The derivation's hash modulo (any SHA-256 will do for clients,
+    /// see `docs/spec/worker-protocol.md` §2.5).
     pub drv_hash: Hash,
     /// The output name.
     pub output_name: String,
@@ -350,7 +352,7 @@ impl KeyedBuildResult {
 }
 
 /// A placeholder hash for DrvOutput ids when the hash modulo is not at hand; clients
-/// only use the output name and the path (§2.5).
+/// only use the output name and the path (`docs/spec/worker-protocol.md` §2.5).
 pub fn dummy_drv_hash() -> Hash {
     Hash::zero(HashAlgo::Sha256)
 }

@@ -1,4 +1,5 @@
-//! DerivedPath (§2.3): what BuildPaths, BuildPathsWithResults and QueryMissing name.
+//! DerivedPath (`docs/spec/worker-protocol.md` §2.3): what BuildPaths,
+//! BuildPathsWithResults and QueryMissing name.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

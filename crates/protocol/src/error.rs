@@ -13,7 +13,8 @@ use crate::version::ProtocolVersion;
 /// Everything that can go wrong while speaking the worker protocol.
 ///
 /// Variants are named after what failed. [`ProtocolError::is_recoverable`] says whether
-/// the byte position in the client's stream is still known (§4 rule 3): if it is, the
+/// the byte position in the client's stream is still known
+/// (`docs/spec/worker-protocol.md` §4 rule 3): if it is, the
 /// server sends one `STDERR_ERROR` and keeps serving; if not, it sends one error frame
 /// and closes.
 #[derive(Debug, Error)]

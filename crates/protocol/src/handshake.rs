@@ -1,4 +1,4 @@
-//! The connection handshake (§3), for both ends.
+//! The connection handshake (`docs/spec/worker-protocol.md` §3), for both ends.
 //!
 //! Server order: read WORKER_MAGIC_1; send WORKER_MAGIC_2 and our version; read the
 //! client's version; V = min; ≥ 1.38 exchange feature sets; read the obsolete CPU

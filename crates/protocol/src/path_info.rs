@@ -1,4 +1,5 @@
-//! Path metadata on the wire: ValidPathInfo (§2.4) and substitutable infos (§5.5).
+//! Path metadata on the wire: ValidPathInfo and substitutable infos
+//! (`docs/spec/worker-protocol.md` §2.4, §5.5).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -17,7 +18,8 @@ type Result<T> = std::result::Result<T, ProtocolError>;
 pub struct UnkeyedValidPathInfo {
     /// The derivation that built it, if known.
     pub deriver: Option<StorePath>,
-    /// SHA-256 of its NAR; sent as bare lowercase hex, read leniently (§2.2).
+    /// SHA-256 of its NAR; sent as bare lowercase hex, read leniently
+    /// (`docs/spec/worker-protocol.md` §2.2).
     pub nar_hash: Hash,
     /// The paths it references.
     pub references: BTreeSet<StorePath>,

@@ -1,5 +1,5 @@
-//! The log ("stderr") channel (§4): messages the server sends while a request runs,
-//! the terminators `STDERR_LAST` / `STDERR_ERROR`, and the error frame.
+//! The log ("stderr") channel (`docs/spec/worker-protocol.md` §4): messages the server
+//! sends while a request runs, the terminators `STDERR_LAST` / `STDERR_ERROR`, and the error frame.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -62,7 +62,8 @@ impl Verbosity {
     }
 }
 
-/// An activity type (§4); unknown values are kept as they are.
+/// An activity type (`docs/spec/worker-protocol.md` §4); unknown values are kept as
+/// they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ActivityType(pub u64);
 
@@ -83,7 +84,7 @@ impl ActivityType {
     pub const BUILD_WAITING: Self = Self(111);
 }
 
-/// A result type (§4).
+/// A result type (`docs/spec/worker-protocol.md` §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ResultType(pub u64);
 

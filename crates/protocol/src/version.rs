@@ -5,7 +5,7 @@ use std::fmt;
 /// A worker-protocol version, `major << 8 | minor` on the wire (major is always 1).
 ///
 /// Handlers never compare numbers: they ask a predicate named after the change.
-/// The versions this crate speaks (§3.1 of the spec):
+/// The versions this crate speaks (`docs/spec/worker-protocol.md` §3.1):
 ///
 /// | minor | hex | added / changed | predicate |
 /// |---|---|---|---|

@@ -174,7 +174,7 @@ fn a3_add_to_store_with_framed_body() {
     assert_eq!(nar_hash.to_base16(), NAR_HASH);
     assert!(r.is_empty(), "the terminator was consumed");
 
-    // The store path follows from the CA (§2.1).
+    // The store path follows from the CA (`docs/spec/store-formats.md` §2.3).
     let ca = ContentAddress::Fixed {
         method: FileIngestionMethod::Recursive,
         hash: nar_hash,

@@ -21,7 +21,7 @@ use unrooted_protocol::{
     StderrWriter, WireContext,
 };
 
-/// The 128-byte NAR of a file `hello world\n` (from §A.3).
+/// The 128-byte NAR of a file `hello world\n` (`docs/spec/worker-protocol.md` A.3).
 fn hello_nar() -> Vec<u8> {
     vector("a3-add-to-store-request.hex")[0x50..0xd0].to_vec()
 }

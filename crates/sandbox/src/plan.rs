@@ -1,6 +1,6 @@
 //! The pure sandbox plan: which namespaces, which id maps, and the ordered list of
-//! filesystem operations that build the builder's root (Nix 2.8's layout, spec
-//! `store-formats.md` §4.10 and `sandbox.md`). Nothing here touches the system; the
+//! filesystem operations that build the builder's root (Nix 2.8's layout,
+//! `docs/spec/sandbox.md` §2–§4). Nothing here touches the system; the
 //! executor in the helper applies a [`Plan`] in order.
 
 use std::collections::BTreeSet;
@@ -557,7 +557,7 @@ pub fn host_network_files() -> Vec<SandboxPath> {
 }
 
 /// The environment Nix gives every builder before the derivation's own variables
-/// (`store-formats.md` §4.9): `PATH`, `HOME`, `NIX_STORE`, `NIX_BUILD_CORES`, the six
+/// (`docs/spec/sandbox.md` §3.1): `PATH`, `HOME`, `NIX_STORE`, `NIX_BUILD_CORES`, the six
 /// build-dir variables, `NIX_LOG_FD` and `TERM`.
 pub fn nix_base_env(
     store_dir: &Path,
@@ -697,7 +697,7 @@ impl Layout {
 }
 
 impl Plan {
-    /// The layout of Nix 2.8's sandbox (`store-formats.md` §4.10) for this spec.
+    /// The layout of Nix 2.8's sandbox (`docs/spec/sandbox.md` §4) for this spec.
     pub fn new(spec: &SandboxSpec) -> Result<Plan, PlanError> {
         for p in [&spec.root, &spec.host_build_dir] {
             if !p.is_absolute() {

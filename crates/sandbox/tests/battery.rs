@@ -1,5 +1,5 @@
-//! The acceptance battery of `sandbox.md`, run in real namespaces as an unprivileged
-//! user: when the tests run as root (as CI does), the sandbox is started through
+//! The acceptance battery of `docs/spec/sandbox.md` §8, run in real namespaces as an
+//! unprivileged user: when the tests run as root (as CI does), the sandbox is started through
 //! `setpriv` as `unrooted-test-daemon` with no capabilities; otherwise as ourselves.
 //!
 //! The builder is Debian's static busybox (`busybox-static`), bound in as a store

@@ -1,4 +1,5 @@
-//! Requests: the opcode (§5.1) and each operation's arguments, typed.
+//! Requests: the opcode (`docs/spec/worker-protocol.md` §5.1) and each operation's
+//! arguments, typed.
 //!
 //! [`read_request`] decodes one request for the negotiated version; [`Request::write`]
 //! encodes it (client side). Requests that carry a data stream decode only their
@@ -136,7 +137,8 @@ impl Opcode {
 /// How the data that follows a request's header must be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
-    /// A framed stream (§2.7): read it through [`crate::wire::FramedReader`] and
+    /// A framed stream (`docs/spec/worker-protocol.md` §2.7): read it through
+    /// [`crate::wire::FramedReader`] and
     /// always [`crate::wire::FramedReader::drain`] it before `STDERR_LAST`/`STDERR_ERROR`.
     /// AddToStore ≥ 1.25, AddToStoreNar ≥ 1.23, AddMultipleToStore, AddBuildLog.
     Framed,

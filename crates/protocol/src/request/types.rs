@@ -10,8 +10,8 @@ use crate::error::ProtocolError;
 use crate::path_info::ValidPathInfo;
 use crate::stderr::Verbosity;
 
-/// How AddToStore ingests its data (§2.2): `text:sha256`, `fixed:<algo>`,
-/// `fixed:r:<algo>`.
+/// How AddToStore ingests its data (`docs/spec/worker-protocol.md` §2.2):
+/// `text:sha256`, `fixed:<algo>`, `fixed:r:<algo>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContentAddressMethod {
     /// The data is text, hashed with SHA-256; references allowed.
@@ -79,7 +79,8 @@ impl BuildMode {
     }
 }
 
-/// The twelve words and overrides of SetOptions (§5.8), as the client sent them.
+/// The twelve words and overrides of SetOptions (`docs/spec/worker-protocol.md` §5.8),
+/// as the client sent them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
     /// Keep the build directory of failed builds.
@@ -108,12 +109,12 @@ pub struct ClientSettings {
     /// `substitute`.
     pub use_substitutes: bool,
     /// `--option name value` pairs given on the client's command line; the server
-    /// filters them by trust (§5.8).
+    /// filters them by trust (`docs/spec/worker-protocol.md` §5.8).
     pub overrides: BTreeMap<String, String>,
 }
 
 impl Default for ClientSettings {
-    /// What `nix-store` 2.8 sends with no options (§A.2).
+    /// What `nix-store` 2.8 sends with no options (`docs/spec/worker-protocol.md` A.2).
     fn default() -> Self {
         Self {
             keep_failed: false,
@@ -185,7 +186,8 @@ pub struct AddToStoreNar {
     pub dont_check_sigs: bool,
 }
 
-/// One output of a BasicDerivation as sent on the wire (§2.6), uninterpreted: the
+/// One output of a BasicDerivation as sent on the wire
+/// (`docs/spec/worker-protocol.md` §2.6), uninterpreted: the
 /// kind of output follows from which fields are empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DerivationOutputWire {
@@ -197,7 +199,8 @@ pub struct DerivationOutputWire {
     pub hash: String,
 }
 
-/// A derivation without input derivations, as BuildDerivation sends it (§2.6).
+/// A derivation without input derivations, as BuildDerivation sends it
+/// (`docs/spec/worker-protocol.md` §2.6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasicDerivation {
     /// Outputs by name.

@@ -1,4 +1,5 @@
-//! Framed streams (§2.7): `u64 n` + n raw bytes (no padding), ended by n = 0.
+//! Framed streams (`docs/spec/worker-protocol.md` §2.7): `u64 n` + n raw bytes (no
+//! padding), ended by n = 0.
 
 use std::io::{self, Read, Write};
 

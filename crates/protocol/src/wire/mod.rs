@@ -1,4 +1,5 @@
-//! Bounded reads and writes of the protocol's primitives (§2).
+//! Bounded reads and writes of the protocol's primitives
+//! (`docs/spec/worker-protocol.md` §2).
 //!
 //! Every length or count read from the peer is checked against a bound named at the
 //! call site *before* anything is allocated, and buffers grow only as bytes actually
@@ -254,7 +255,8 @@ pub fn parse_opt_path(dir: &StoreDir, text: &str) -> Result<Option<StorePath>> {
 }
 
 /// Parses a narHash as clients send it: hex, Nix base-32 or base64, with or without
-/// `sha256:`, or SRI (§2.2). Only SHA-256 is accepted.
+/// `sha256:`, or SRI
+/// (`docs/spec/worker-protocol.md` §2.2). Only SHA-256 is accepted.
 pub fn parse_nar_hash(text: &str) -> Result<Hash> {
     Hash::parse_any(text, Some(HashAlgo::Sha256)).map_err(|source| ProtocolError::InvalidHash {
         field: "narHash",

@@ -39,6 +39,8 @@ pub struct EnvParams<'a> {
     pub outputs: &'a BTreeMap<String, StorePath>,
     /// Looks up an `impureEnvVars` name in the daemon's environment.
     pub impure_env: &'a dyn Fn(&str) -> Option<String>,
+    /// Keys added to `.attrs.json` (the structured `exportReferencesGraph`).
+    pub extra_attrs: &'a [(String, Value)],
 }
 
 /// The environment, arguments and build-directory files of one build.
@@ -235,6 +237,9 @@ fn attrs_json(drv: &Derivation, p: &EnvParams<'_>) -> Result<Value, BuildError> 
         outputs.insert(name.clone(), Value::String(hash_placeholder(name)));
     }
     json.insert("outputs".to_owned(), Value::Object(outputs));
+    for (key, value) in p.extra_attrs {
+        json.insert(key.clone(), value.clone());
+    }
     // serde_json may keep insertion order; nlohmann (Nix) sorts keys.
     Ok(sorted(Value::Object(json)))
 }
@@ -377,6 +382,7 @@ mod tests {
                 cores: 2,
                 outputs: &outputs,
                 impure_env: &none,
+                extra_attrs: &[],
             },
         )
         .unwrap();
@@ -436,6 +442,7 @@ mod tests {
                 cores: 4,
                 outputs: &outputs,
                 impure_env: &lookup,
+                extra_attrs: &[],
             },
         )
         .unwrap();
@@ -488,6 +495,7 @@ mod tests {
                 cores: 1,
                 outputs: &outputs,
                 impure_env: &none,
+                extra_attrs: &[],
             },
         )
         .unwrap();

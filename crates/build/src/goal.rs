@@ -25,14 +25,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use unrooted_format::derivation::{name_from_drv_path, Derivation, DerivationOutput, DrvHasher};
 use unrooted_format::refscan::RefScanner;
 use unrooted_format::{
-    nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StoreDir, StorePath,
+    nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StorePath,
 };
 use unrooted_sandbox::{empty_dir, remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
 use unrooted_store::{LocalStore, ValidPathInfo};
 
 use crate::builtins;
+use crate::checks::{check_outputs, BuiltOutput, OutputCheckError};
 use crate::env::{builder_env, EnvParams};
 use crate::error::{error_chain, BuildError};
+use crate::export_graph::export_references_graph;
 use crate::idpool::{IdLease, IdMode, IdPool};
 use crate::keep;
 use crate::log::{log_path, BuildLog, TAIL_LINES};
@@ -353,6 +355,10 @@ pub(crate) enum GoalEvent<'a> {
     Line(&'a str),
     /// A message for the client (kept build directory, …).
     Note(&'a str),
+    /// The post-build hook starts (its command).
+    HookStarted(&'a str),
+    /// A line of the post-build hook's output.
+    HookLine(&'a str),
 }
 
 /// Everything one goal needs.
@@ -463,7 +469,11 @@ fn now() -> i64 {
 /// Builds `drv` (loaded from `drv_path`), whose input derivations are built.
 pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> BuildResult {
     let start = now();
-    let mut result = match build_inner(cx, drv_path, drv) {
+    let built = build_inner(cx, drv_path, drv).and_then(|outputs| {
+        post_build_hook(cx, drv_path, &outputs)?;
+        Ok(outputs)
+    });
+    let mut result = match built {
         Ok(outputs) => BuildResult {
             status: Status::Built,
             error: String::new(),
@@ -485,6 +495,32 @@ pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> 
     };
     result.stop_time = now();
     result
+}
+
+/// Runs `post-build-hook`, if set, for a local build that produced `outputs`
+/// ([`crate::hook`]); its failure fails the request, the outputs stay valid.
+fn post_build_hook(
+    cx: &GoalCx<'_>,
+    drv_path: &StorePath,
+    outputs: &BTreeMap<String, StorePath>,
+) -> Result<(), Failure> {
+    let Some(hook) = cx.opts.post_build_hook.as_deref() else {
+        return Ok(());
+    };
+    let store = cx.store;
+    let paths: BTreeSet<&StorePath> = outputs.values().collect();
+    let printed: Vec<String> = paths.iter().map(|p| store.print_path(p)).collect();
+    let events = cx.events;
+    events(GoalEvent::HookStarted(&hook.to_string_lossy()));
+    let mut on_line = |l: &str| events(GoalEvent::HookLine(l));
+    crate::hook::run_post_build_hook(
+        hook,
+        &store.print_path(drv_path),
+        &printed,
+        &cx.opts.hook_config,
+        &mut on_line,
+    )
+    .map_err(|e| fail(Status::MiscFailure, error_chain(&e)))
 }
 
 fn build_inner(
@@ -712,6 +748,8 @@ fn run_builder(
         host_build_dir.to_path_buf()
     };
     let impure = |k: &str| std::env::var(k).ok();
+    let graph = export_references_graph(store, drv, closure)
+        .map_err(|e| fail(Status::MiscFailure, error_chain(&e)))?;
     let benv = builder_env(
         drv,
         &EnvParams {
@@ -724,9 +762,10 @@ fn run_builder(
                 .unwrap_or_else(|| cx.cfg.effective_cores()),
             outputs,
             impure_env: &impure,
+            extra_attrs: &graph.attrs,
         },
     )?;
-    for (name, contents) in &benv.files {
+    for (name, contents) in benv.files.iter().chain(&graph.files) {
         let p = host_build_dir.join(name);
         fs::OpenOptions::new()
             .write(true)
@@ -1214,10 +1253,68 @@ fn finish_outputs(
         }
         return Ok(outputs.clone());
     }
+    sign_outputs(store, &cx.opts.secret_key_files, &mut infos)?;
     store
         .install_built_outputs(&infos, cx.mode == BuildMode::Repair)
         .map_err(BuildError::from)?;
+    if cx.opts.auto_optimise {
+        for (_, info) in &infos {
+            if let Err(e) = store.optimise_path(&info.path) {
+                tracing::warn!(
+                    "optimising {}: {}",
+                    store.print_path(&info.path),
+                    error_chain(&e)
+                );
+            }
+        }
+    }
     Ok(outputs.clone())
+}
+
+/// The largest secret key file read.
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Signs each output with every key of `secret-key-files`, as Nix 2.8's
+/// `LocalStore::signPathInfo` does for what it builds; a key that cannot be read or
+/// parsed fails the build.
+fn sign_outputs(
+    store: &LocalStore,
+    key_files: &[PathBuf],
+    infos: &mut [(PathBuf, ValidPathInfo)],
+) -> Result<(), Failure> {
+    if key_files.is_empty() {
+        return Ok(());
+    }
+    let mut keys = Vec::with_capacity(key_files.len());
+    for file in key_files {
+        let mut text = String::new();
+        fs::File::open(file)
+            .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
+            .map_err(BuildError::io("reading the secret key file", file))?;
+        let key = unrooted_format::signature::SecretKey::parse(text.trim()).map_err(|e| {
+            fail(
+                Status::MiscFailure,
+                format!("secret key file '{}': {}", file.display(), error_chain(&e)),
+            )
+        })?;
+        keys.push(key);
+    }
+    for (_, info) in infos.iter_mut() {
+        let fingerprint = info.fingerprint(store.store_dir()).map_err(|e| {
+            fail(
+                Status::MiscFailure,
+                format!(
+                    "signing '{}': {}",
+                    store.print_path(&info.path),
+                    error_chain(&e)
+                ),
+            )
+        })?;
+        for key in &keys {
+            info.sigs.insert(key.sign(&fingerprint).to_string());
+        }
+    }
+    Ok(())
 }
 
 /// After a fixed-output hash mismatch, registers the checked copy at `copy` under the
@@ -1265,8 +1362,8 @@ fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, Failure> {
     Ok(h.finish())
 }
 
-/// `allowedReferences`, `disallowedReferences`, `allowedRequisites` and
-/// `disallowedRequisites` (words: store paths or output names of this derivation).
+/// The derivation's own checks of its outputs ([`crate::checks`]), as Nix 2.8 makes
+/// them; a refusal rejects the outputs.
 fn check_reference_constraints(
     store: &LocalStore,
     drv: &Derivation,
@@ -1274,67 +1371,33 @@ fn check_reference_constraints(
     infos: &[(PathBuf, ValidPathInfo)],
     shown: &str,
 ) -> Result<(), Failure> {
-    let dir: &StoreDir = store.store_dir();
-    let words = |key: &str| -> Option<BTreeSet<StorePath>> {
-        let v = drv.env.get(key.as_bytes())?;
-        let text = String::from_utf8_lossy(v);
-        Some(
-            text.split_ascii_whitespace()
-                .filter_map(|w| outputs.get(w).cloned().or_else(|| dir.parse_path(w).ok()))
-                .collect(),
-        )
-    };
-    let by_path: BTreeMap<&StorePath, &ValidPathInfo> =
-        infos.iter().map(|(_, i)| (&i.path, i)).collect();
-    for (_, info) in infos {
-        let requisites = || -> Result<BTreeSet<StorePath>, Failure> {
-            let mut seen = BTreeSet::new();
-            let mut todo: Vec<StorePath> = vec![info.path.clone()];
-            while let Some(p) = todo.pop() {
-                if !seen.insert(p.clone()) {
-                    continue;
-                }
-                match by_path.get(&p) {
-                    Some(i) => todo.extend(i.references.iter().cloned()),
-                    None => todo.extend(store.query_references(&p).map_err(BuildError::from)?),
-                }
-            }
-            Ok(seen)
+    let built: BTreeMap<String, BuiltOutput> = outputs
+        .iter()
+        .filter_map(|(name, path)| {
+            let (_, info) = infos.iter().find(|(_, i)| i.path == *path)?;
+            Some((
+                name.clone(),
+                BuiltOutput {
+                    path: path.clone(),
+                    nar_size: info.nar_size,
+                    references: info.references.clone(),
+                },
+            ))
+        })
+        .collect();
+    let query = |p: &StorePath| -> Result<(u64, BTreeSet<StorePath>), OutputCheckError> {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| OutputCheckError::Query {
+            path: store.print_path(p),
+            source,
         };
-        let printed = store.print_path(&info.path);
-        for (key, allowed, requisite) in [
-            ("allowedReferences", true, false),
-            ("allowedRequisites", true, true),
-            ("disallowedReferences", false, false),
-            ("disallowedRequisites", false, true),
-        ] {
-            let Some(spec) = words(key) else { continue };
-            let used = if requisite {
-                requisites()?
-            } else {
-                info.references.clone()
-            };
-            for p in used {
-                if p == info.path && !requisite && allowed {
-                    // A self-reference is always allowed.
-                    continue;
-                }
-                if p == info.path && requisite {
-                    continue;
-                }
-                if spec.contains(&p) != allowed {
-                    return Err(fail(
-                        Status::OutputRejected,
-                        format!(
-                            "output '{printed}' of '{shown}' is not allowed to refer to the following paths (by {key}):\n  {}",
-                            store.print_path(&p)
-                        ),
-                    ));
-                }
-            }
+        match store.query_path_info(p) {
+            Ok(Some(info)) => Ok((info.nar_size, info.references)),
+            Ok(None) => Err(err("path is not valid".into())),
+            Err(e) => Err(err(Box::new(e))),
         }
-    }
-    Ok(())
+    };
+    check_outputs(store.store_dir(), shown, drv, &built, &query)
+        .map_err(|e| fail(Status::OutputRejected, error_chain(&e)))
 }
 
 #[cfg(test)]

@@ -28,8 +28,10 @@ use crate::payer::Charge;
 use crate::trust::{self, Peer};
 use crate::DaemonError;
 
-/// The version string the handshake reports (shown by `nix store ping`).
-pub(crate) const DAEMON_VERSION: &str = concat!("unrooted ", env!("CARGO_PKG_VERSION"));
+/// The version string the handshake reports (shown by `nix store ping` as
+/// `Version: …`): the version of Nix whose daemon this one stands in for first, as
+/// `nix-daemon` reports its own (Nix's tests/store-ping.sh looks for it), then ours.
+pub(crate) const DAEMON_VERSION: &str = concat!("2.8.0 (unrooted ", env!("CARGO_PKG_VERSION"), ")");
 
 /// How long a new connection may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

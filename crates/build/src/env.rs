@@ -61,7 +61,7 @@ pub fn pass_as_file_name(key: &[u8]) -> String {
 
 /// Replaces each `(from, to)` occurrence, left to right without overlaps (Nix's
 /// `rewriteStrings`).
-fn rewrite(data: &[u8], rewrites: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn rewrite(data: &[u8], rewrites: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = data.to_vec();
     for (from, to) in rewrites {
         if from.is_empty() || out.len() < from.len() {

@@ -14,10 +14,10 @@
 //! there (stray entries) are removed with the root, never registered.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use unrooted_format::derivation::{name_from_drv_path, Derivation, DerivationOutput, DrvHasher};
 use unrooted_format::refscan::RefScanner;
 use unrooted_format::{
-    nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StorePath,
+    nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StoreDir, StorePath,
 };
 use unrooted_sandbox::{empty_dir, remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
 use unrooted_store::{LocalStore, ValidPathInfo};
 
 use crate::builtins;
 use crate::checks::{check_outputs, BuiltOutput, OutputCheckError};
-use crate::env::{builder_env, EnvParams};
+use crate::env::{builder_env, rewrite, EnvParams};
 use crate::error::{error_chain, BuildError};
 use crate::export_graph::export_references_graph;
 use crate::idpool::{IdLease, IdMode, IdPool};
@@ -750,7 +750,32 @@ fn run_builder(
     let impure = |k: &str| std::env::var(k).ok();
     let graph = export_references_graph(store, drv, closure)
         .map_err(|e| fail(Status::MiscFailure, error_chain(&e)))?;
-    let benv = builder_env(
+    // Unsandboxed, a builder cannot be handed the path of an output that is valid
+    // already (it is in use, and in its way): as Nix does, such outputs are built at a
+    // scratch path and the hash parts are rewritten, in the builder's environment now
+    // and in what it wrote afterwards.
+    let scratch: BTreeMap<String, StorePath> = if sandboxed {
+        BTreeMap::new()
+    } else {
+        let mut m = BTreeMap::new();
+        for (name, p) in outputs {
+            if store.is_valid_path(p).map_err(BuildError::from)? {
+                m.insert(name.clone(), fallback_path(dir, drv_path, p));
+            }
+        }
+        m
+    };
+    let _scratch_guard = ScratchGuard(scratch.values().map(|p| store.real_path(p)).collect());
+    let to_scratch: Vec<(Vec<u8>, Vec<u8>)> = scratch
+        .iter()
+        .map(|(name, s)| {
+            (
+                outputs[name].hash_part().as_bytes().to_vec(),
+                s.hash_part().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    let mut benv = builder_env(
         drv,
         &EnvParams {
             store_dir: dir,
@@ -765,6 +790,17 @@ fn run_builder(
             extra_attrs: &graph.attrs,
         },
     )?;
+    if !to_scratch.is_empty() {
+        for (_, v) in benv.env.iter_mut() {
+            *v = OsString::from_vec(rewrite(v.as_bytes(), &to_scratch));
+        }
+        for a in benv.args.iter_mut() {
+            *a = OsString::from_vec(rewrite(a.as_bytes(), &to_scratch));
+        }
+        for (_, contents) in benv.files.iter_mut() {
+            *contents = rewrite(contents, &to_scratch);
+        }
+    }
     for (name, contents) in benv.files.iter().chain(&graph.files) {
         let p = host_build_dir.join(name);
         fs::OpenOptions::new()
@@ -891,6 +927,9 @@ fn run_builder(
                     let _ = remove_tree(&store.real_path(p));
                 }
             }
+            for p in scratch.values() {
+                let _ = remove_tree(&store.real_path(p));
+            }
             // `sandbox = false`: a builtin runs in a process of its own too (the
             // helper's binary, which has the builtins), never in the daemon.
             let (program, args) = match builtin {
@@ -1014,12 +1053,120 @@ fn run_builder(
                     .path
                     .join(dir.as_str().trim_start_matches('/'))
                     .join(p.to_base_name()),
-                None => store.real_path(p),
+                None => store.real_path(scratch.get(name).unwrap_or(p)),
             };
             (name.clone(), at)
         })
         .collect();
-    finish_outputs(cx, drv_path, drv, outputs, &locations, closure)
+    if scratch.is_empty() {
+        return finish_outputs(cx, drv_path, drv, outputs, &locations, closure);
+    }
+    // Scratch hash parts back to the real ones, in every output; the valid outputs
+    // built again are then dropped (not when repairing: they replace the old ones).
+    let back: Vec<(Vec<u8>, Vec<u8>)> = to_scratch.into_iter().map(|(f, t)| (t, f)).collect();
+    for at in locations.values() {
+        if fs::symlink_metadata(at).is_ok() {
+            rewrite_tree(at, &back).map_err(|e| {
+                fail(
+                    Status::OutputRejected,
+                    format!(
+                        "rewriting hashes in '{}': {}",
+                        at.display(),
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+        }
+    }
+    let keep = |name: &String| cx.mode == BuildMode::Repair || !scratch.contains_key(name);
+    let wanted: BTreeMap<String, StorePath> = outputs
+        .iter()
+        .filter(|(n, _)| keep(n))
+        .map(|(n, p)| (n.clone(), p.clone()))
+        .collect();
+    let wanted_at: BTreeMap<String, PathBuf> =
+        locations.into_iter().filter(|(n, _)| keep(n)).collect();
+    // The dropped outputs can still be referred to.
+    let mut candidates = closure.clone();
+    candidates.extend(outputs.values().cloned());
+    finish_outputs(cx, drv_path, drv, &wanted, &wanted_at, &candidates)?;
+    Ok(outputs.clone())
+}
+
+/// Nix's `makeFallbackPath` for a valid output `path` of `drv_path`: where an
+/// unsandboxed builder builds it instead.
+fn fallback_path(dir: &StoreDir, drv_path: &StorePath, path: &StorePath) -> StorePath {
+    dir.make_store_path(
+        &format!(
+            "rewrite:{}:{}",
+            drv_path.to_base_name(),
+            path.to_base_name()
+        ),
+        &[0u8; 32],
+        path.name(),
+    )
+}
+
+/// The scratch trees of a build, removed on every way out.
+struct ScratchGuard(Vec<PathBuf>);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if fs::symlink_metadata(p).is_ok() {
+                if let Err(e) = remove_tree(p) {
+                    tracing::warn!("removing the scratch output {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+/// The largest output whose hashes are rewritten (in memory, as Nix does).
+const MAX_REWRITE: u64 = 1 << 30;
+
+/// Why an output's hashes could not be rewritten.
+#[derive(Debug, thiserror::Error)]
+enum RewriteError {
+    #[error("serialising")]
+    Dump(#[source] nar::NarError),
+    #[error("the output is larger than {MAX_REWRITE} bytes")]
+    TooLarge,
+    #[error("removing the original")]
+    Remove(#[source] unrooted_sandbox::CleanupError),
+    #[error("restoring")]
+    Restore(#[source] nar::NarError),
+}
+
+/// Replaces hash parts in the tree at `at` (names, contents and link targets: its
+/// NAR), in place.
+fn rewrite_tree(at: &Path, rewrites: &[(Vec<u8>, Vec<u8>)]) -> Result<(), RewriteError> {
+    struct Bounded(Vec<u8>);
+    impl Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0.len() as u64 + buf.len() as u64 > MAX_REWRITE {
+                return Err(io::Error::other("too large"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Bounded(Vec::new());
+    if let Err(e) = nar::dump_path(at, &mut sink) {
+        return Err(if sink.0.len() as u64 + (64 << 10) > MAX_REWRITE {
+            RewriteError::TooLarge
+        } else {
+            RewriteError::Dump(e)
+        });
+    }
+    let rewritten = rewrite(&sink.0, rewrites);
+    drop(sink);
+    remove_tree(at).map_err(RewriteError::Remove)?;
+    nar::restore(rewritten.as_slice(), at).map_err(RewriteError::Restore)?;
+    Ok(())
 }
 
 /// Empties a sandbox root when dropped, keeping it as a spare (named `spare`) or

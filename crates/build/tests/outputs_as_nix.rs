@@ -342,3 +342,58 @@ fn auto_optimise_store_links_new_outputs() {
     assert_eq!(meta(&one).nlink(), 3, "two outputs and .links");
     assert_ne!(meta(&one).ino(), meta(&three).ino());
 }
+
+#[test]
+fn unsandboxed_rebuild_redirects_valid_outputs_and_rewrites_hashes() {
+    let Some(lab) = lab(1) else { return };
+    // multiple-outputs.nix's `a`: `second` links to `first`.
+    let a = lab.drv_with(
+        "multiple-outputs-a",
+        "$B mkdir $first $second; $B test -z \"$all\"; echo first > $first/file; echo second > $second/file; $B ln -s $first $second/link",
+        &[],
+        &["first", "second"],
+        &[],
+    );
+    let (r, _) = lab.build(&[&a], &BuildOptions::default());
+    assert_eq!(r[0].status, Status::Built, "{}", r[0].error);
+    let map = lab.store.query_derivation_output_map(&a).unwrap();
+    let (first, second) = (map["first"].clone(), map["second"].clone());
+    let hash1 = lab
+        .store
+        .query_path_info(&second)
+        .unwrap()
+        .unwrap()
+        .nar_hash;
+    let first_ino = std::fs::metadata(lab.store.real_path(&first).join("file"))
+        .unwrap()
+        .ino();
+
+    // Delete `second` only; the rebuild finds `first` valid and must not be given it.
+    lab.store.invalidate_paths(&[second.clone()]).unwrap();
+    lab.store.delete_invalid_path(&second).unwrap();
+    assert!(!lab.store.real_path(&second).exists());
+    let (r, _) = lab.build(&[&a], &BuildOptions::default());
+    assert_eq!(r[0].status, Status::Built, "{}", r[0].error);
+    let info = lab.store.query_path_info(&second).unwrap().unwrap();
+    assert_eq!(
+        info.nar_hash, hash1,
+        "the rewritten output is the one built before"
+    );
+    assert_eq!(info.references, BTreeSet::from([first.clone()]));
+    let link = std::fs::read_link(lab.store.real_path(&second).join("link")).unwrap();
+    assert_eq!(link, lab.store.real_path(&first));
+    // The valid output is untouched and no scratch path is left in the store.
+    let ino = std::fs::metadata(lab.store.real_path(&first).join("file"))
+        .unwrap()
+        .ino();
+    assert_eq!(ino, first_ino);
+    let entries: Vec<String> = lab
+        .store
+        .store_entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_string_lossy().into_owned())
+        .filter(|e| !e.starts_with('.') && !e.ends_with(".lock"))
+        .collect();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+}

@@ -30,6 +30,9 @@ for d in "$NIX_STORE_DIR" "$NIX_LOCALSTATE_DIR"; do
 done
 # The daemon makes its socket in the test's root.
 setfacl -m "u:$uid:rwx" "$test_root"
+# A post-build hook runs as the daemon's user (root with nix-daemon): the suite's
+# hooks write where the test runs, its home (flake-local-settings' post-hook-ran).
+if [ -d "${TEST_HOME:-}" ]; then setfacl -m "u:$uid:rwx" "$TEST_HOME"; fi
 # Two kinds of files the suite makes as root in the test's root are for the daemon,
 # which a root nix-daemon (and the unsandboxed builders it runs as root) reaches
 # whatever their modes: secret keys (`nix-store --generate-binary-cache-key … sk1`,

@@ -28,7 +28,7 @@ use unrooted_format::{
     nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StoreDir, StorePath,
 };
 use unrooted_sandbox::{empty_dir, remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
-use unrooted_store::{LocalStore, ValidPathInfo};
+use unrooted_store::{LocalStore, OutputLocks, ValidPathInfo};
 
 use crate::builtins;
 use crate::checks::{check_outputs, BuiltOutput, OutputCheckError};
@@ -650,6 +650,10 @@ fn build_inner(
     };
     let ids = lease.as_ref().map(|(p, l)| (*p, l, uid_range));
 
+    // The outputs' locks, held until they are registered, as Nix holds them.
+    let held = store
+        .lock_outputs(&outputs.values().cloned().collect())
+        .map_err(BuildError::from)?;
     let host_build_dir = cx.dirs.new_dir(drv_path)?;
     let result = run_builder(
         cx,
@@ -661,7 +665,9 @@ fn build_inner(
         builtin,
         &host_build_dir,
         ids,
+        &held,
     );
+    drop(held);
     if let Some((pool, lease)) = &lease {
         // A sandbox that failed during its setup may have handed the build directory
         // to the builder's ids already.
@@ -737,6 +743,7 @@ fn run_builder(
     builtin: Option<&'static str>,
     host_build_dir: &Path,
     ids: Ids<'_>,
+    held: &OutputLocks<'_>,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let dir = store.store_dir();
@@ -1059,7 +1066,7 @@ fn run_builder(
         })
         .collect();
     if scratch.is_empty() {
-        return finish_outputs(cx, drv_path, drv, outputs, &locations, closure);
+        return finish_outputs(cx, drv_path, drv, outputs, &locations, closure, held);
     }
     // Scratch hash parts back to the real ones, in every output; the valid outputs
     // built again are then dropped (not when repairing: they replace the old ones).
@@ -1089,7 +1096,7 @@ fn run_builder(
     // The dropped outputs can still be referred to.
     let mut candidates = closure.clone();
     candidates.extend(outputs.values().cloned());
-    finish_outputs(cx, drv_path, drv, &wanted, &wanted_at, &candidates)?;
+    finish_outputs(cx, drv_path, drv, &wanted, &wanted_at, &candidates, held)?;
     Ok(outputs.clone())
 }
 
@@ -1256,6 +1263,7 @@ fn finish_outputs(
     outputs: &BTreeMap<String, StorePath>,
     locations: &BTreeMap<String, PathBuf>,
     closure: &BTreeSet<StorePath>,
+    held: &OutputLocks<'_>,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let shown = store.print_path(drv_path);
@@ -1402,11 +1410,11 @@ fn finish_outputs(
     }
     sign_outputs(store, &cx.opts.secret_key_files, &mut infos)?;
     store
-        .install_built_outputs(&infos, cx.mode == BuildMode::Repair)
+        .install_built_outputs_held(&infos, cx.mode == BuildMode::Repair, Some(held))
         .map_err(BuildError::from)?;
     if cx.opts.auto_optimise {
         for (_, info) in &infos {
-            if let Err(e) = store.optimise_path(&info.path) {
+            if let Err(e) = store.optimise_path(&info.path, Some(held)) {
                 tracing::warn!(
                     "optimising {}: {}",
                     store.print_path(&info.path),

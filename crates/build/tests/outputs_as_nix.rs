@@ -397,3 +397,23 @@ fn unsandboxed_rebuild_redirects_valid_outputs_and_rewrites_hashes() {
         .collect();
     assert_eq!(entries.len(), 3, "{entries:?}");
 }
+
+#[test]
+fn output_locks_are_held_for_the_whole_build() {
+    let Some(lab) = lab(1) else { return };
+    // gc-concurrent.builder.sh: `test -e "$out.lock"` while it runs.
+    let d = lab.drv_with(
+        "locked",
+        "$B test -e $out.lock; $B test -e $dev.lock; $B mkdir $out $dev",
+        &[],
+        &["out", "dev"],
+        &[],
+    );
+    let (r, _) = lab.build(&[&d], &BuildOptions::default());
+    assert_eq!(r[0].status, Status::Built, "{}", r[0].error);
+    // Released and removed once the outputs are registered.
+    for o in ["out", "dev"] {
+        let lock = format!("{}.lock", lab.output(&d, o));
+        assert!(!std::path::Path::new(&lock).exists(), "{lock}");
+    }
+}

@@ -27,6 +27,7 @@ pub use add::CheckSigs;
 pub use config::{LocalStoreConfig, DEFAULT_RESERVED_SPACE};
 pub use error::StoreError;
 pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
+pub use lock::OutputLocks;
 pub use optimise::OptimiseStats;
 pub use store::{LocalStore, MAX_READER_CONNECTIONS};
 pub use tmp::TEMP_PREFIX;

@@ -163,6 +163,48 @@ impl LockMap {
     }
 }
 
+/// The locks of a build's outputs (`<output>.lock`, Nix's `outputLocks`), held from
+/// before the builder starts until the outputs are registered, so that another process
+/// (a `nix-store` in local mode on the same store, the collector) sees the build;
+/// released, and the lock files removed, on drop.
+pub struct OutputLocks<'a> {
+    paths: std::collections::BTreeSet<unrooted_format::StorePath>,
+    _locks: Vec<PathLock<'a>>,
+}
+
+impl std::fmt::Debug for OutputLocks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputLocks")
+            .field("paths", &self.paths)
+            .finish()
+    }
+}
+
+impl OutputLocks<'_> {
+    /// Whether `path`'s lock is among these.
+    pub fn holds(&self, path: &unrooted_format::StorePath) -> bool {
+        self.paths.contains(path)
+    }
+}
+
+impl crate::LocalStore {
+    /// Locks the output paths of a build, in one global order, waiting for other
+    /// holders.
+    pub fn lock_outputs(
+        &self,
+        paths: &std::collections::BTreeSet<unrooted_format::StorePath>,
+    ) -> Result<OutputLocks<'_>, StoreError> {
+        let mut locks = Vec::with_capacity(paths.len());
+        for p in paths {
+            locks.push(self.locks.lock(&self.real_path(p))?);
+        }
+        Ok(OutputLocks {
+            paths: paths.clone(),
+            _locks: locks,
+        })
+    }
+}
+
 impl Drop for PathLock<'_> {
     fn drop(&mut self) {
         if let Some(mut file) = self.file.take() {

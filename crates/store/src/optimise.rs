@@ -52,10 +52,18 @@ impl LocalStore {
 
     /// Hard-links the files of one valid path through `.links` (`auto-optimise-store`,
     /// as Nix does for each path it registers).
-    pub fn optimise_path(&self, path: &StorePath) -> Result<OptimiseStats, StoreError> {
+    /// `held`: the caller's locks, when they include `path`'s.
+    pub fn optimise_path(
+        &self,
+        path: &StorePath,
+        held: Option<&crate::OutputLocks<'_>>,
+    ) -> Result<OptimiseStats, StoreError> {
         let mut stats = OptimiseStats::default();
         let real = self.real_path(path);
-        let _lock = self.locks.lock(&real)?;
+        let _lock = match held {
+            Some(h) if h.holds(path) => None,
+            _ => Some(self.locks.lock(&real)?),
+        };
         if self.is_valid_path(path)? {
             self.optimise_tree(&real, &mut HashSet::new(), &mut stats)?;
         }

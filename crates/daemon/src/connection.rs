@@ -163,6 +163,9 @@ pub(crate) fn handle(state: &DaemonState, stream: UnixStream, charge: &Charge) {
             return;
         }
     };
+    // While a connection lasts its work may leave things in the store's temporary
+    // area; once the last one ends the area goes (when empty).
+    let _use = state.store.in_use();
     // The store as Nix opens it for each connection: re-made where something
     // removed it since, the database opened anew when it was replaced.
     if let Err(e) = state.store.revalidate() {

@@ -29,7 +29,7 @@ pub use error::StoreError;
 pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
 pub use lock::OutputLocks;
 pub use optimise::OptimiseStats;
-pub use store::{LocalStore, MAX_READER_CONNECTIONS};
+pub use store::{LocalStore, StoreUse, MAX_READER_CONNECTIONS};
 pub use tmp::TEMP_PREFIX;
 pub use unrooted_db::{DbOptions, GraphNode, ValidPathInfo};
 pub use verify::VerifyMessage;

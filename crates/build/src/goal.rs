@@ -76,6 +76,27 @@ pub struct BuilderConfig {
     /// `hashed-mirrors`: base URLs `builtin:fetchurl` tries first for a flat-hashed
     /// output, as `<mirror>/<algo>/<base16 hash>`.
     pub hashed_mirrors: Vec<String>,
+    /// `system-features`: what a derivation's `requiredSystemFeatures` may ask for
+    /// (Nix's default: `nixos-test`, `benchmark`, `big-parallel`, and `kvm` when
+    /// `/dev/kvm` can be opened).
+    pub system_features: BTreeSet<String>,
+}
+
+/// Nix 2.8's default `system-features`.
+pub fn default_system_features() -> BTreeSet<String> {
+    let mut f: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if rustix::fs::access(
+        "/dev/kvm",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok()
+    {
+        f.insert("kvm".to_owned());
+    }
+    f
 }
 
 impl BuilderConfig {
@@ -96,6 +117,7 @@ impl BuilderConfig {
             sandbox_build_dir: PathBuf::from("/build"),
             ids: IdMode::default(),
             hashed_mirrors: Vec::new(),
+            system_features: default_system_features(),
         }
     }
 
@@ -599,16 +621,25 @@ fn build_inner(
             format!("cannot build '{shown}': 'builtin:fetchurl' must be a fixed-output derivation"),
         ));
     }
+    // Nix's `canBuildLocally`: the platform, and every required feature among
+    // `system-features` (`uid-range` is checked against the id pool below).
     let system = String::from_utf8_lossy(&drv.system);
-    if builtin.is_none()
-        && system != cx.cfg.system
-        && !cx.cfg.extra_platforms.iter().any(|p| *p == system)
-    {
+    let required: BTreeSet<String> = required_features(drv).into_iter().collect();
+    let platform_ok = builtin.is_some()
+        || system == cx.cfg.system
+        || cx.cfg.extra_platforms.iter().any(|p| *p == system);
+    let features_ok = required
+        .iter()
+        .all(|f| f == "uid-range" || cx.cfg.system_features.contains(f));
+    if !platform_ok || !features_ok {
+        let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
         return Err(fail(
             Status::MiscFailure,
             format!(
-                "a '{system}' with features {{}} is required to build '{shown}', but I am a '{}'",
-                cx.cfg.system
+                "a '{system}' with features {{{}}} is required to build '{shown}', but I am a '{}' with features {{{}}}",
+                join(&required),
+                cx.cfg.system,
+                join(&cx.cfg.system_features)
             ),
         ));
     }

@@ -417,3 +417,39 @@ fn output_locks_are_held_for_the_whole_build() {
         assert!(!std::path::Path::new(&lock).exists(), "{lock}");
     }
 }
+
+#[test]
+fn required_system_features_are_checked_against_system_features() {
+    let Some(lab) = lab(1) else { return };
+    let d = lab.drv_with(
+        "needs-kvm-and-more",
+        "echo x > $out",
+        &[],
+        &["out"],
+        &[("requiredSystemFeatures", "big-parallel no-such-feature")],
+    );
+    let (r, _) = lab.build(&[&d], &BuildOptions::default());
+    assert!(!r[0].status.is_success());
+    let have = unrooted_build::default_system_features()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let system = unrooted_build::default_system();
+    assert_eq!(
+        r[0].error,
+        format!(
+            "a '{system}' with features {{big-parallel, no-such-feature}} is required to build '{}', but I am a '{system}' with features {{{have}}}",
+            lab.store.print_path(&d)
+        )
+    );
+    // Features the machine has are fine.
+    let ok = lab.drv_with(
+        "needs-big-parallel",
+        "echo x > $out",
+        &[],
+        &["out"],
+        &[("requiredSystemFeatures", "big-parallel benchmark")],
+    );
+    let (r, _) = lab.build(&[&ok], &BuildOptions::default());
+    assert_eq!(r[0].status, Status::Built, "{}", r[0].error);
+}

@@ -78,6 +78,9 @@ pub(crate) fn scheduler(config: &Config) -> Result<Scheduler, unrooted_build::Bu
     if let Some(v) = raw.get("hashed-mirrors") {
         cfg.hashed_mirrors = v.split_whitespace().map(str::to_owned).collect();
     }
+    if let Some(v) = raw.get("system-features") {
+        cfg.system_features = v.split_whitespace().map(str::to_owned).collect();
+    }
     if let Some(v) = raw.get("extra-platforms") {
         cfg.extra_platforms = v.split_whitespace().map(str::to_owned).collect();
     }

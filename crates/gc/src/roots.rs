@@ -290,7 +290,7 @@ pub(crate) fn ask_helper(
         socket: socket.to_owned(),
         source,
     };
-    let stream = UnixStream::connect(socket).map_err(err)?;
+    let stream = unrooted_store::unix_socket::connect(socket).map_err(err)?;
     stream.set_read_timeout(Some(timeout)).map_err(err)?;
     let mut bytes = Vec::new();
     (&stream)

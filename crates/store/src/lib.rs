@@ -21,6 +21,7 @@ mod lock;
 mod optimise;
 mod store;
 mod tmp;
+pub mod unix_socket;
 mod verify;
 
 pub use add::CheckSigs;

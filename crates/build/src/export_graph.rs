@@ -115,7 +115,7 @@ pub(crate) fn export_references_graph(
     };
     let spec = String::from_utf8_lossy(spec);
     let tokens: Vec<&str> = spec.split_ascii_whitespace().collect();
-    if tokens.len() % 2 != 0 {
+    if !tokens.len().is_multiple_of(2) {
         return Err(ExportGraphError::OddTokens(spec.into_owned()));
     }
     for pair in tokens.chunks(2) {

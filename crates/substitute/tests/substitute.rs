@@ -654,7 +654,7 @@ fn a_cache_for_another_store_directory_serves_content_addressed_paths() {
     );
     // Not without its content address: input-addressed paths are not looked for there.
     assert!(s.query(&our_path, &obs).is_none());
-    s.hint_content_address(our_path.clone(), ca.clone());
+    s.hint_content_address(our_path.clone(), ca);
     let done = s
         .substitute(&b.store, &set(&our_path), &obs)
         .unwrap()

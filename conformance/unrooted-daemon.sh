@@ -74,6 +74,8 @@ stop() {
   kill "$daemon" "$helper" 2>/dev/null || true
   pkill -P "$watcher" 2>/dev/null || true
   kill "$watcher" 2>/dev/null || true
+  # inotifywait is this shell's child (the pipeline's first part), not the loop's.
+  pkill -P $$ -x inotifywait 2>/dev/null || true
   wait "$daemon" 2>/dev/null || true
   rm -rf "$run"
 }

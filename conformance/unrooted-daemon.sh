@@ -30,10 +30,22 @@ for d in "$NIX_STORE_DIR" "$NIX_LOCALSTATE_DIR"; do
 done
 # The daemon makes its socket in the test's root.
 setfacl -m "u:$uid:rwx" "$test_root"
+# A post-build hook runs as the daemon's user (root with nix-daemon): the suite's
+# hooks write where the test runs, its home (flake-local-settings' post-hook-ran).
+if [ -d "${TEST_HOME:-}" ]; then setfacl -m "u:$uid:rwx" "$TEST_HOME"; fi
+# Two kinds of files the suite makes as root in the test's root are for the daemon,
+# which a root nix-daemon (and the unsandboxed builders it runs as root) reaches
+# whatever their modes: secret keys (`nix-store --generate-binary-cache-key … sk1`,
+# 0600, named in `--secret-key-files`: the daemon signs what it builds with them) and
+# FIFOs a builder writes to (gc-concurrent's test1.fifo). The daemon's user gets read
+# access to the one and read-write access to the other, as an administrator gives the
+# store owner the keys it signs with.
 inotifywait -q -m -e create -e moved_to --format '%w%f' "$test_root" "$NIX_LOCALSTATE_DIR" |
   while read -r made; do
     case "$made" in
       "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR") chown -R "$uid:$gid" "$made" ;;
+      "$test_root"/sk[0-9]*) [ -f "$made" ] && setfacl -m "u:$uid:r" "$made" ;;
+      "$test_root"/*.fifo) [ -p "$made" ] && setfacl -m "u:$uid:rw" "$made" ;;
     esac
   done &
 watcher=$!
@@ -62,6 +74,8 @@ stop() {
   kill "$daemon" "$helper" 2>/dev/null || true
   pkill -P "$watcher" 2>/dev/null || true
   kill "$watcher" 2>/dev/null || true
+  # inotifywait is this shell's child (the pipeline's first part), not the loop's.
+  pkill -P $$ -x inotifywait 2>/dev/null || true
   wait "$daemon" 2>/dev/null || true
   rm -rf "$run"
 }

@@ -4,7 +4,7 @@
 # See docs/conformance.md.
 #
 #   scripts/conformance.sh [--daemon unrooted|nix] [--only a.sh,b.sh] [--expected FILE]
-#                          [--timeout SECONDS] [--keep-logs DIR]
+#                          [--timeout SECONDS] [--keep-logs DIR] [--clients-as USER]
 #
 # --daemon unrooted (default): `unrooted daemon` as the unprivileged user
 #   unrooted-conf-daemon (no capabilities), with the roots helper unrooted-find-roots
@@ -15,12 +15,16 @@
 #   test fails.
 # Test scripts and clients run as root (the suite's `init.sh` writes the store's
 # configuration), the daemon as its own user.
+# --clients-as USER (the second mode): test scripts and clients run as USER, another
+#   unprivileged user (made if missing); the daemon the suite starts is started for it
+#   by a root launcher of this runner (the wrapper needs root to set up). See
+#   docs/conformance.md for what fails there and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
 daemon=unrooted only="" expected="" timeout=300
-logs=""
+logs="" clients=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --daemon) daemon=$2; shift 2 ;;
@@ -28,7 +32,8 @@ while [ $# -gt 0 ]; do
     --expected) expected=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --keep-logs) logs=$2; shift 2 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    --clients-as) clients=$2; shift 2 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +41,7 @@ case "$daemon" in unrooted|nix) ;; *) echo "--daemon unrooted|nix" >&2; exit 2 ;
 [ "$(id -u)" = 0 ] || { echo "conformance.sh: run as root (it makes the daemon's user)" >&2; exit 2; }
 
 work=${UNROOTED_CONFORMANCE_DIR:-/var/tmp/unrooted-conformance}
-logs=${logs:-$work/logs-$daemon}
+logs=${logs:-$work/logs-$daemon${clients:+-as-$clients}}
 daemon_user=unrooted-conf-daemon
 
 # --- set-up: packages, the daemon's user, the binaries -------------------------------
@@ -63,8 +68,9 @@ if [ "$daemon" = unrooted ]; then
   mkdir -p "$bin_dir"
   # Root-owned copies outside the repository (whose parents the daemon's user may not
   # be able to enter), as `unrooted install` puts them.
-  install -m 0755 target/release/unrooted target/release/unrooted-find-roots "$bin_dir/"
-  [ -x target/release/unrooted-sandbox ] && install -m 0755 target/release/unrooted-sandbox "$bin_dir/"
+  rel=${CARGO_TARGET_DIR:-target}/release
+  install -m 0755 "$rel/unrooted" "$rel/unrooted-find-roots" "$bin_dir/"
+  [ -x "$rel/unrooted-sandbox" ] && install -m 0755 "$rel/unrooted-sandbox" "$bin_dir/"
 fi
 
 # --- the suite, from Debian's source package of the client ---------------------------
@@ -92,6 +98,18 @@ if [ ! -f "$src/.prepared" ]; then
   touch "$src/.prepared"
 fi
 tests_dir=$src/tests
+if [ -n "$clients" ]; then
+  id "$clients" >/dev/null 2>&1 ||
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$clients"
+  # The client's own copy of the suite: tests write into their directory (./result).
+  copy=$work/suite-as-$clients
+  rm -rf "$copy" "$work/tests-as-$clients"
+  mkdir -p "$copy"
+  cp -a "$tests_dir" "$copy/tests"
+  ln -s "$src/scripts" "$copy/scripts"
+  chown -R "$clients:" "$copy/tests"
+  tests_dir=$copy/tests
+fi
 mapfile -t all < <(sed -n '/^nix_tests = /,/^$/p' "$tests_dir/local.mk" | tr -d '\\' | tr ' ' '\n' | grep '\.sh$')
 
 # --- the daemon the suite starts (`startDaemon` runs $NIX_DAEMON_PACKAGE/bin/nix-daemon) --
@@ -105,6 +123,54 @@ else
   chmod 0755 "$pkg/bin/nix-daemon"
 fi
 
+# --- the second mode: a root launcher starts the daemon for the client's scripts ------
+tmp=$work/tmp${clients:+-as-$clients}
+as_client=()
+if [ -n "$clients" ]; then
+  as_client=(setpriv --reuid="$clients" --regid="$(id -g "$clients")" --init-groups)
+  mkdir -p "$pkg/libexec" "$tmp"
+  mv "$pkg/bin/nix-daemon" "$pkg/libexec/nix-daemon"
+  req=$work/launch-$clients.fifo
+  rm -f "$req"
+  mkfifo -m 0600 "$req"
+  chown "$clients" "$req"
+  # The suite's startDaemon runs this as the client: it hands its environment to the
+  # launcher and stays until killDaemon's SIGTERM, which it passes on.
+  {
+    echo '#!/bin/bash'
+    echo 'set -eu'
+    echo "[ \"\${1:-}\" = --version ] && exec $pkg/libexec/nix-daemon --version"
+    echo "d=\$(mktemp -d $tmp/launch.XXXXXX)"
+    echo 'env -0 >"$d/env"'
+    echo "echo \"start \$d\" >$req"
+    echo "trap 'echo \"stop \$d\" >$req; exit 0' TERM INT"
+    echo 'while :; do sleep 1 & wait $! || true; done'
+  } >"$pkg/bin/nix-daemon"
+  chmod 0755 "$pkg/bin/nix-daemon"
+  (
+    declare -A pids=()
+    while :; do
+      read -r verb dir <"$req" || continue
+      [ "$verb" = quit ] && break
+      case "$dir" in "$tmp"/launch.*) ;; *) continue ;; esac
+      case "$verb" in
+        start)
+          mapfile -d '' vars <"$dir/env"
+          env -i "${vars[@]}" "$pkg/libexec/nix-daemon" </dev/null >/dev/null 2>&1 &
+          pids[$dir]=$! ;;
+        stop)
+          if [ -n "${pids[$dir]:-}" ]; then
+            kill -TERM "${pids[$dir]}" 2>/dev/null || true
+            wait "${pids[$dir]}" 2>/dev/null || true
+            unset "pids[$dir]"
+          fi ;;
+      esac
+    done
+  ) &
+  launcher=$!
+  trap 'echo "quit -" >"$req"; wait "$launcher" 2>/dev/null || true' EXIT
+fi
+
 # --- the run -----------------------------------------------------------------------
 declare -A want=()
 if [ -n "$expected" ]; then
@@ -114,9 +180,9 @@ selected=("${all[@]}")
 [ -n "$only" ] && IFS=, read -r -a selected <<<"$only"
 rm -rf "$logs"
 mkdir -p "$logs"
-tmp=$work/tmp
 mkdir -p "$tmp"
 chmod 0755 "$work" "$tmp"
+if [ -n "$clients" ]; then chown "$clients:" "$tmp"; fi
 passed=0 failed=0 skipped=0 unexpected=()
 for t in "${selected[@]}"; do
   name=${t%.sh}
@@ -125,10 +191,10 @@ for t in "${selected[@]}"; do
   env_args=(TMPDIR="$tmp" NIX_DAEMON_PACKAGE="$pkg" NIX_REMOTE= TEST_NAME="${name//\//-}")
   set +e
   # As mk/run_test.sh: init.sh first, its status not looked at.
-  (cd "$tests_dir" && env "${env_args[@]}" bash -e init.sh) >"$log" 2>&1
+  (cd "$tests_dir" && "${as_client[@]}" env "${env_args[@]}" bash -e init.sh) >"$log" 2>&1
   echo "--- the test" >>"$log"
   (cd "$tests_dir/$(dirname "$t")" && env "${env_args[@]}" \
-      timeout -k 10 "$timeout" bash -e "$(basename "$t")") >>"$log" 2>&1
+      timeout -k 10 "$timeout" "${as_client[@]}" bash -e "$(basename "$t")") >>"$log" 2>&1
   status=$?
   set -e
   tenths=$((($(date +%s%N) - start) / 100000000))

@@ -39,6 +39,8 @@ pub struct EnvParams<'a> {
     pub outputs: &'a BTreeMap<String, StorePath>,
     /// Looks up an `impureEnvVars` name in the daemon's environment.
     pub impure_env: &'a dyn Fn(&str) -> Option<String>,
+    /// Keys added to `.attrs.json` (the structured `exportReferencesGraph`).
+    pub extra_attrs: &'a [(String, Value)],
 }
 
 /// The environment, arguments and build-directory files of one build.
@@ -59,7 +61,7 @@ pub fn pass_as_file_name(key: &[u8]) -> String {
 
 /// Replaces each `(from, to)` occurrence, left to right without overlaps (Nix's
 /// `rewriteStrings`).
-fn rewrite(data: &[u8], rewrites: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn rewrite(data: &[u8], rewrites: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = data.to_vec();
     for (from, to) in rewrites {
         if from.is_empty() || out.len() < from.len() {
@@ -235,6 +237,9 @@ fn attrs_json(drv: &Derivation, p: &EnvParams<'_>) -> Result<Value, BuildError> 
         outputs.insert(name.clone(), Value::String(hash_placeholder(name)));
     }
     json.insert("outputs".to_owned(), Value::Object(outputs));
+    for (key, value) in p.extra_attrs {
+        json.insert(key.clone(), value.clone());
+    }
     // serde_json may keep insertion order; nlohmann (Nix) sorts keys.
     Ok(sorted(Value::Object(json)))
 }
@@ -378,6 +383,7 @@ mod tests {
                 cores: 2,
                 outputs: &outputs,
                 impure_env: &none,
+                extra_attrs: &[],
             },
         )
         .unwrap();
@@ -437,6 +443,7 @@ mod tests {
                 cores: 4,
                 outputs: &outputs,
                 impure_env: &lookup,
+                extra_attrs: &[],
             },
         )
         .unwrap();
@@ -489,6 +496,7 @@ mod tests {
                 cores: 1,
                 outputs: &outputs,
                 impure_env: &none,
+                extra_attrs: &[],
             },
         )
         .unwrap();

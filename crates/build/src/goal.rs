@@ -14,10 +14,10 @@
 //! there (stray entries) are removed with the root, never registered.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +28,13 @@ use unrooted_format::{
     nar, ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StoreDir, StorePath,
 };
 use unrooted_sandbox::{empty_dir, remove_tree, Plan, Sandbox, SandboxPath, SandboxSpec};
-use unrooted_store::{LocalStore, ValidPathInfo};
+use unrooted_store::{LocalStore, OutputLocks, ValidPathInfo};
 
 use crate::builtins;
-use crate::env::{builder_env, EnvParams};
+use crate::checks::{check_outputs, BuiltOutput, OutputCheckError};
+use crate::env::{builder_env, rewrite, EnvParams};
 use crate::error::{error_chain, BuildError};
+use crate::export_graph::export_references_graph;
 use crate::idpool::{IdLease, IdMode, IdPool};
 use crate::keep;
 use crate::log::{log_path, BuildLog, TAIL_LINES};
@@ -74,6 +76,27 @@ pub struct BuilderConfig {
     /// `hashed-mirrors`: base URLs `builtin:fetchurl` tries first for a flat-hashed
     /// output, as `<mirror>/<algo>/<base16 hash>`.
     pub hashed_mirrors: Vec<String>,
+    /// `system-features`: what a derivation's `requiredSystemFeatures` may ask for
+    /// (Nix's default: `nixos-test`, `benchmark`, `big-parallel`, and `kvm` when
+    /// `/dev/kvm` can be opened).
+    pub system_features: BTreeSet<String>,
+}
+
+/// Nix 2.8's default `system-features`.
+pub fn default_system_features() -> BTreeSet<String> {
+    let mut f: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if rustix::fs::access(
+        "/dev/kvm",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok()
+    {
+        f.insert("kvm".to_owned());
+    }
+    f
 }
 
 impl BuilderConfig {
@@ -94,6 +117,7 @@ impl BuilderConfig {
             sandbox_build_dir: PathBuf::from("/build"),
             ids: IdMode::default(),
             hashed_mirrors: Vec::new(),
+            system_features: default_system_features(),
         }
     }
 
@@ -353,6 +377,10 @@ pub(crate) enum GoalEvent<'a> {
     Line(&'a str),
     /// A message for the client (kept build directory, …).
     Note(&'a str),
+    /// The post-build hook starts (its command).
+    HookStarted(&'a str),
+    /// A line of the post-build hook's output.
+    HookLine(&'a str),
 }
 
 /// Everything one goal needs.
@@ -463,7 +491,11 @@ fn now() -> i64 {
 /// Builds `drv` (loaded from `drv_path`), whose input derivations are built.
 pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> BuildResult {
     let start = now();
-    let mut result = match build_inner(cx, drv_path, drv) {
+    let built = build_inner(cx, drv_path, drv).and_then(|outputs| {
+        post_build_hook(cx, drv_path, &outputs)?;
+        Ok(outputs)
+    });
+    let mut result = match built {
         Ok(outputs) => BuildResult {
             status: Status::Built,
             error: String::new(),
@@ -485,6 +517,32 @@ pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> 
     };
     result.stop_time = now();
     result
+}
+
+/// Runs `post-build-hook`, if set, for a local build that produced `outputs`
+/// ([`crate::hook`]); its failure fails the request, the outputs stay valid.
+fn post_build_hook(
+    cx: &GoalCx<'_>,
+    drv_path: &StorePath,
+    outputs: &BTreeMap<String, StorePath>,
+) -> Result<(), Failure> {
+    let Some(hook) = cx.opts.post_build_hook.as_deref() else {
+        return Ok(());
+    };
+    let store = cx.store;
+    let paths: BTreeSet<&StorePath> = outputs.values().collect();
+    let printed: Vec<String> = paths.iter().map(|p| store.print_path(p)).collect();
+    let events = cx.events;
+    events(GoalEvent::HookStarted(&hook.to_string_lossy()));
+    let mut on_line = |l: &str| events(GoalEvent::HookLine(l));
+    crate::hook::run_post_build_hook(
+        hook,
+        &store.print_path(drv_path),
+        &printed,
+        &cx.opts.hook_config,
+        &mut on_line,
+    )
+    .map_err(|e| fail(Status::MiscFailure, error_chain(&e)))
 }
 
 fn build_inner(
@@ -563,16 +621,25 @@ fn build_inner(
             format!("cannot build '{shown}': 'builtin:fetchurl' must be a fixed-output derivation"),
         ));
     }
+    // Nix's `canBuildLocally`: the platform, and every required feature among
+    // `system-features` (`uid-range` is checked against the id pool below).
     let system = String::from_utf8_lossy(&drv.system);
-    if builtin.is_none()
-        && system != cx.cfg.system
-        && !cx.cfg.extra_platforms.iter().any(|p| *p == system)
-    {
+    let required: BTreeSet<String> = required_features(drv).into_iter().collect();
+    let platform_ok = builtin.is_some()
+        || system == cx.cfg.system
+        || cx.cfg.extra_platforms.iter().any(|p| *p == system);
+    let features_ok = required
+        .iter()
+        .all(|f| f == "uid-range" || cx.cfg.system_features.contains(f));
+    if !platform_ok || !features_ok {
+        let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
         return Err(fail(
             Status::MiscFailure,
             format!(
-                "a '{system}' with features {{}} is required to build '{shown}', but I am a '{}'",
-                cx.cfg.system
+                "a '{system}' with features {{{}}} is required to build '{shown}', but I am a '{}' with features {{{}}}",
+                join(&required),
+                cx.cfg.system,
+                join(&cx.cfg.system_features)
             ),
         ));
     }
@@ -614,6 +681,10 @@ fn build_inner(
     };
     let ids = lease.as_ref().map(|(p, l)| (*p, l, uid_range));
 
+    // The outputs' locks, held until they are registered, as Nix holds them.
+    let held = store
+        .lock_outputs(&outputs.values().cloned().collect())
+        .map_err(BuildError::from)?;
     let host_build_dir = cx.dirs.new_dir(drv_path)?;
     let result = run_builder(
         cx,
@@ -625,7 +696,9 @@ fn build_inner(
         builtin,
         &host_build_dir,
         ids,
+        &held,
     );
+    drop(held);
     if let Some((pool, lease)) = &lease {
         // A sandbox that failed during its setup may have handed the build directory
         // to the builder's ids already.
@@ -701,6 +774,7 @@ fn run_builder(
     builtin: Option<&'static str>,
     host_build_dir: &Path,
     ids: Ids<'_>,
+    held: &OutputLocks<'_>,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let dir = store.store_dir();
@@ -712,7 +786,34 @@ fn run_builder(
         host_build_dir.to_path_buf()
     };
     let impure = |k: &str| std::env::var(k).ok();
-    let benv = builder_env(
+    let graph = export_references_graph(store, drv, closure)
+        .map_err(|e| fail(Status::MiscFailure, error_chain(&e)))?;
+    // Unsandboxed, a builder cannot be handed the path of an output that is valid
+    // already (it is in use, and in its way): as Nix does, such outputs are built at a
+    // scratch path and the hash parts are rewritten, in the builder's environment now
+    // and in what it wrote afterwards.
+    let scratch: BTreeMap<String, StorePath> = if sandboxed {
+        BTreeMap::new()
+    } else {
+        let mut m = BTreeMap::new();
+        for (name, p) in outputs {
+            if store.is_valid_path(p).map_err(BuildError::from)? {
+                m.insert(name.clone(), fallback_path(dir, drv_path, p));
+            }
+        }
+        m
+    };
+    let _scratch_guard = ScratchGuard(scratch.values().map(|p| store.real_path(p)).collect());
+    let to_scratch: Vec<(Vec<u8>, Vec<u8>)> = scratch
+        .iter()
+        .map(|(name, s)| {
+            (
+                outputs[name].hash_part().as_bytes().to_vec(),
+                s.hash_part().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    let mut benv = builder_env(
         drv,
         &EnvParams {
             store_dir: dir,
@@ -724,9 +825,21 @@ fn run_builder(
                 .unwrap_or_else(|| cx.cfg.effective_cores()),
             outputs,
             impure_env: &impure,
+            extra_attrs: &graph.attrs,
         },
     )?;
-    for (name, contents) in &benv.files {
+    if !to_scratch.is_empty() {
+        for (_, v) in benv.env.iter_mut() {
+            *v = OsString::from_vec(rewrite(v.as_bytes(), &to_scratch));
+        }
+        for a in benv.args.iter_mut() {
+            *a = OsString::from_vec(rewrite(a.as_bytes(), &to_scratch));
+        }
+        for (_, contents) in benv.files.iter_mut() {
+            *contents = rewrite(contents, &to_scratch);
+        }
+    }
+    for (name, contents) in benv.files.iter().chain(&graph.files) {
         let p = host_build_dir.join(name);
         fs::OpenOptions::new()
             .write(true)
@@ -852,6 +965,9 @@ fn run_builder(
                     let _ = remove_tree(&store.real_path(p));
                 }
             }
+            for p in scratch.values() {
+                let _ = remove_tree(&store.real_path(p));
+            }
             // `sandbox = false`: a builtin runs in a process of its own too (the
             // helper's binary, which has the builtins), never in the daemon.
             let (program, args) = match builtin {
@@ -975,12 +1091,120 @@ fn run_builder(
                     .path
                     .join(dir.as_str().trim_start_matches('/'))
                     .join(p.to_base_name()),
-                None => store.real_path(p),
+                None => store.real_path(scratch.get(name).unwrap_or(p)),
             };
             (name.clone(), at)
         })
         .collect();
-    finish_outputs(cx, drv_path, drv, outputs, &locations, closure)
+    if scratch.is_empty() {
+        return finish_outputs(cx, drv_path, drv, outputs, &locations, closure, held);
+    }
+    // Scratch hash parts back to the real ones, in every output; the valid outputs
+    // built again are then dropped (not when repairing: they replace the old ones).
+    let back: Vec<(Vec<u8>, Vec<u8>)> = to_scratch.into_iter().map(|(f, t)| (t, f)).collect();
+    for at in locations.values() {
+        if fs::symlink_metadata(at).is_ok() {
+            rewrite_tree(at, &back).map_err(|e| {
+                fail(
+                    Status::OutputRejected,
+                    format!(
+                        "rewriting hashes in '{}': {}",
+                        at.display(),
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+        }
+    }
+    let keep = |name: &String| cx.mode == BuildMode::Repair || !scratch.contains_key(name);
+    let wanted: BTreeMap<String, StorePath> = outputs
+        .iter()
+        .filter(|(n, _)| keep(n))
+        .map(|(n, p)| (n.clone(), p.clone()))
+        .collect();
+    let wanted_at: BTreeMap<String, PathBuf> =
+        locations.into_iter().filter(|(n, _)| keep(n)).collect();
+    // The dropped outputs can still be referred to.
+    let mut candidates = closure.clone();
+    candidates.extend(outputs.values().cloned());
+    finish_outputs(cx, drv_path, drv, &wanted, &wanted_at, &candidates, held)?;
+    Ok(outputs.clone())
+}
+
+/// Nix's `makeFallbackPath` for a valid output `path` of `drv_path`: where an
+/// unsandboxed builder builds it instead.
+fn fallback_path(dir: &StoreDir, drv_path: &StorePath, path: &StorePath) -> StorePath {
+    dir.make_store_path(
+        &format!(
+            "rewrite:{}:{}",
+            drv_path.to_base_name(),
+            path.to_base_name()
+        ),
+        &[0u8; 32],
+        path.name(),
+    )
+}
+
+/// The scratch trees of a build, removed on every way out.
+struct ScratchGuard(Vec<PathBuf>);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if fs::symlink_metadata(p).is_ok() {
+                if let Err(e) = remove_tree(p) {
+                    tracing::warn!("removing the scratch output {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+/// The largest output whose hashes are rewritten (in memory, as Nix does).
+const MAX_REWRITE: u64 = 1 << 30;
+
+/// Why an output's hashes could not be rewritten.
+#[derive(Debug, thiserror::Error)]
+enum RewriteError {
+    #[error("serialising")]
+    Dump(#[source] nar::NarError),
+    #[error("the output is larger than {MAX_REWRITE} bytes")]
+    TooLarge,
+    #[error("removing the original")]
+    Remove(#[source] unrooted_sandbox::CleanupError),
+    #[error("restoring")]
+    Restore(#[source] nar::NarError),
+}
+
+/// Replaces hash parts in the tree at `at` (names, contents and link targets: its
+/// NAR), in place.
+fn rewrite_tree(at: &Path, rewrites: &[(Vec<u8>, Vec<u8>)]) -> Result<(), RewriteError> {
+    struct Bounded(Vec<u8>);
+    impl Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0.len() as u64 + buf.len() as u64 > MAX_REWRITE {
+                return Err(io::Error::other("too large"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Bounded(Vec::new());
+    if let Err(e) = nar::dump_path(at, &mut sink) {
+        return Err(if sink.0.len() as u64 + (64 << 10) > MAX_REWRITE {
+            RewriteError::TooLarge
+        } else {
+            RewriteError::Dump(e)
+        });
+    }
+    let rewritten = rewrite(&sink.0, rewrites);
+    drop(sink);
+    remove_tree(at).map_err(RewriteError::Remove)?;
+    nar::restore(rewritten.as_slice(), at).map_err(RewriteError::Restore)?;
+    Ok(())
 }
 
 /// Empties a sandbox root when dropped, keeping it as a spare (named `spare`) or
@@ -1071,6 +1295,7 @@ fn finish_outputs(
     outputs: &BTreeMap<String, StorePath>,
     locations: &BTreeMap<String, PathBuf>,
     closure: &BTreeSet<StorePath>,
+    held: &OutputLocks<'_>,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let shown = store.print_path(drv_path);
@@ -1215,10 +1440,68 @@ fn finish_outputs(
         }
         return Ok(outputs.clone());
     }
+    sign_outputs(store, &cx.opts.secret_key_files, &mut infos)?;
     store
-        .install_built_outputs(&infos, cx.mode == BuildMode::Repair)
+        .install_built_outputs_held(&infos, cx.mode == BuildMode::Repair, Some(held))
         .map_err(BuildError::from)?;
+    if cx.opts.auto_optimise {
+        for (_, info) in &infos {
+            if let Err(e) = store.optimise_path(&info.path, Some(held)) {
+                tracing::warn!(
+                    "optimising {}: {}",
+                    store.print_path(&info.path),
+                    error_chain(&e)
+                );
+            }
+        }
+    }
     Ok(outputs.clone())
+}
+
+/// The largest secret key file read.
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Signs each output with every key of `secret-key-files`, as Nix 2.8's
+/// `LocalStore::signPathInfo` does for what it builds; a key that cannot be read or
+/// parsed fails the build.
+fn sign_outputs(
+    store: &LocalStore,
+    key_files: &[PathBuf],
+    infos: &mut [(PathBuf, ValidPathInfo)],
+) -> Result<(), Failure> {
+    if key_files.is_empty() {
+        return Ok(());
+    }
+    let mut keys = Vec::with_capacity(key_files.len());
+    for file in key_files {
+        let mut text = String::new();
+        fs::File::open(file)
+            .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
+            .map_err(BuildError::io("reading the secret key file", file))?;
+        let key = unrooted_format::signature::SecretKey::parse(text.trim()).map_err(|e| {
+            fail(
+                Status::MiscFailure,
+                format!("secret key file '{}': {}", file.display(), error_chain(&e)),
+            )
+        })?;
+        keys.push(key);
+    }
+    for (_, info) in infos.iter_mut() {
+        let fingerprint = info.fingerprint(store.store_dir()).map_err(|e| {
+            fail(
+                Status::MiscFailure,
+                format!(
+                    "signing '{}': {}",
+                    store.print_path(&info.path),
+                    error_chain(&e)
+                ),
+            )
+        })?;
+        for key in &keys {
+            info.sigs.insert(key.sign(&fingerprint).to_string());
+        }
+    }
+    Ok(())
 }
 
 /// After a fixed-output hash mismatch, registers the checked copy at `copy` under the
@@ -1266,8 +1549,8 @@ fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, Failure> {
     Ok(h.finish())
 }
 
-/// `allowedReferences`, `disallowedReferences`, `allowedRequisites` and
-/// `disallowedRequisites` (words: store paths or output names of this derivation).
+/// The derivation's own checks of its outputs ([`crate::checks`]), as Nix 2.8 makes
+/// them; a refusal rejects the outputs.
 fn check_reference_constraints(
     store: &LocalStore,
     drv: &Derivation,
@@ -1275,67 +1558,33 @@ fn check_reference_constraints(
     infos: &[(PathBuf, ValidPathInfo)],
     shown: &str,
 ) -> Result<(), Failure> {
-    let dir: &StoreDir = store.store_dir();
-    let words = |key: &str| -> Option<BTreeSet<StorePath>> {
-        let v = drv.env.get(key.as_bytes())?;
-        let text = String::from_utf8_lossy(v);
-        Some(
-            text.split_ascii_whitespace()
-                .filter_map(|w| outputs.get(w).cloned().or_else(|| dir.parse_path(w).ok()))
-                .collect(),
-        )
-    };
-    let by_path: BTreeMap<&StorePath, &ValidPathInfo> =
-        infos.iter().map(|(_, i)| (&i.path, i)).collect();
-    for (_, info) in infos {
-        let requisites = || -> Result<BTreeSet<StorePath>, Failure> {
-            let mut seen = BTreeSet::new();
-            let mut todo: Vec<StorePath> = vec![info.path.clone()];
-            while let Some(p) = todo.pop() {
-                if !seen.insert(p.clone()) {
-                    continue;
-                }
-                match by_path.get(&p) {
-                    Some(i) => todo.extend(i.references.iter().cloned()),
-                    None => todo.extend(store.query_references(&p).map_err(BuildError::from)?),
-                }
-            }
-            Ok(seen)
+    let built: BTreeMap<String, BuiltOutput> = outputs
+        .iter()
+        .filter_map(|(name, path)| {
+            let (_, info) = infos.iter().find(|(_, i)| i.path == *path)?;
+            Some((
+                name.clone(),
+                BuiltOutput {
+                    path: path.clone(),
+                    nar_size: info.nar_size,
+                    references: info.references.clone(),
+                },
+            ))
+        })
+        .collect();
+    let query = |p: &StorePath| -> Result<(u64, BTreeSet<StorePath>), OutputCheckError> {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| OutputCheckError::Query {
+            path: store.print_path(p),
+            source,
         };
-        let printed = store.print_path(&info.path);
-        for (key, allowed, requisite) in [
-            ("allowedReferences", true, false),
-            ("allowedRequisites", true, true),
-            ("disallowedReferences", false, false),
-            ("disallowedRequisites", false, true),
-        ] {
-            let Some(spec) = words(key) else { continue };
-            let used = if requisite {
-                requisites()?
-            } else {
-                info.references.clone()
-            };
-            for p in used {
-                if p == info.path && !requisite && allowed {
-                    // A self-reference is always allowed.
-                    continue;
-                }
-                if p == info.path && requisite {
-                    continue;
-                }
-                if spec.contains(&p) != allowed {
-                    return Err(fail(
-                        Status::OutputRejected,
-                        format!(
-                            "output '{printed}' of '{shown}' is not allowed to refer to the following paths (by {key}):\n  {}",
-                            store.print_path(&p)
-                        ),
-                    ));
-                }
-            }
+        match store.query_path_info(p) {
+            Ok(Some(info)) => Ok((info.nar_size, info.references)),
+            Ok(None) => Err(err("path is not valid".into())),
+            Err(e) => Err(err(Box::new(e))),
         }
-    }
-    Ok(())
+    };
+    check_outputs(store.store_dir(), shown, drv, &built, &query)
+        .map_err(|e| fail(Status::OutputRejected, error_chain(&e)))
 }
 
 #[cfg(test)]

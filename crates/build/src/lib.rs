@@ -54,9 +54,12 @@
 //! within the goal (≤ 0.5x), so every output is copied.
 
 pub mod builtins;
+pub mod checks;
 mod env;
 mod error;
+mod export_graph;
 mod goal;
+mod hook;
 mod idpool;
 mod keep;
 mod log;
@@ -69,7 +72,11 @@ use unrooted_format::StorePath;
 
 pub use env::{attrs_sh, builder_env, pass_as_file_name, BuilderEnv, EnvParams};
 pub use error::{error_chain, BuildError};
-pub use goal::{default_system, load_derivation, output_hashes, output_paths, BuilderConfig};
+pub use export_graph::ExportGraphError;
+pub use goal::{
+    default_system, default_system_features, load_derivation, output_hashes, output_paths,
+    BuilderConfig,
+};
 pub use idpool::{IdLease, IdMode, IdPool, IdSettings, MIN_IDS_PER_BUILD};
 pub use log::{log_path, BuildLog, MAX_LINE, TAIL_LINES};
 pub use scheduler::{BuildObserver, Scheduler, Target};
@@ -173,6 +180,16 @@ pub struct BuildOptions {
     pub cores: Option<u32>,
     /// The client's uid, who gets read access to kept build directories.
     pub client_uid: Option<u32>,
+    /// `post-build-hook`: run after every local build, as the store owner, with
+    /// `DRV_PATH` and `OUT_PATHS` ([`crate::hook`]).
+    pub post_build_hook: Option<std::path::PathBuf>,
+    /// The `NIX_CONFIG` the hook gets when the daemon's environment has none (the
+    /// settings in effect, `name = value` lines).
+    pub hook_config: String,
+    /// `secret-key-files`: every locally built output is signed with each key.
+    pub secret_key_files: Vec<std::path::PathBuf>,
+    /// `auto-optimise-store`: new outputs are hard-linked through `.links`.
+    pub auto_optimise: bool,
 }
 
 impl Default for BuildOptions {
@@ -185,6 +202,10 @@ impl Default for BuildOptions {
             timeout: 0,
             cores: None,
             client_uid: None,
+            post_build_hook: None,
+            hook_config: String::new(),
+            secret_key_files: Vec::new(),
+            auto_optimise: false,
         }
     }
 }

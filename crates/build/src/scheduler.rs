@@ -60,6 +60,14 @@ pub trait BuildObserver {
     fn log_line(&mut self, drv: &StorePath, line: &str) -> bool;
     /// A message about `drv` for the client (a kept build directory).
     fn note(&mut self, drv: &StorePath, text: &str) -> bool;
+    /// `drv`'s post-build hook (`hook`, the command) starts.
+    fn hook_started(&mut self, _drv: &StorePath, _hook: &str) -> bool {
+        true
+    }
+    /// A line of the output of `drv`'s post-build hook.
+    fn hook_line(&mut self, _drv: &StorePath, _line: &str) -> bool {
+        true
+    }
     /// `drv` finished (also for failures of dependencies).
     fn finished(&mut self, drv: &StorePath, result: &BuildResult) -> bool;
     /// Called every tick: whether the client is still connected.
@@ -72,6 +80,8 @@ enum Msg {
     Started(StorePath),
     Line(StorePath, String),
     Note(StorePath, String),
+    HookStarted(StorePath, String),
+    HookLine(StorePath, String),
     /// A goal has its result: the request loop looks again at once instead of at its
     /// next tick.
     Finished,
@@ -539,6 +549,8 @@ impl Scheduler {
                     Msg::Started(d) => observer.started(d),
                     Msg::Line(d, l) => observer.log_line(d, l),
                     Msg::Note(d, t) => observer.note(d, t),
+                    Msg::HookStarted(d, h) => observer.hook_started(d, h),
+                    Msg::HookLine(d, l) => observer.hook_line(d, l),
                     Msg::Finished => true,
                 };
                 if !ok {
@@ -556,6 +568,8 @@ impl Scheduler {
                 Msg::Started(d) => observer.started(d),
                 Msg::Line(d, l) => observer.log_line(d, l),
                 Msg::Note(d, t) => observer.note(d, t),
+                Msg::HookStarted(d, h) => observer.hook_started(d, h),
+                Msg::HookLine(d, l) => observer.hook_line(d, l),
                 Msg::Finished => true,
             };
         }
@@ -636,6 +650,10 @@ impl Scheduler {
         let events = |e: GoalEvent<'_>| match e {
             GoalEvent::Line(l) => g.broadcast(|| Msg::Line(g.drv.clone(), l.to_owned())),
             GoalEvent::Note(t) => g.broadcast(|| Msg::Note(g.drv.clone(), t.to_owned())),
+            GoalEvent::HookStarted(h) => {
+                g.broadcast(|| Msg::HookStarted(g.drv.clone(), h.to_owned()))
+            }
+            GoalEvent::HookLine(l) => g.broadcast(|| Msg::HookLine(g.drv.clone(), l.to_owned())),
         };
         let cancelled = || g.cancel.load(Ordering::SeqCst);
         let cx = GoalCx {

@@ -203,6 +203,11 @@ impl RawSettings {
         self.0.get(name).map(String::as_str)
     }
 
+    /// Every setting with its value, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Every setting name that was set.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)

@@ -89,6 +89,9 @@ pub(crate) fn scheduler_for(
     if let Some(v) = raw.get("hashed-mirrors") {
         cfg.hashed_mirrors = v.split_whitespace().map(str::to_owned).collect();
     }
+    if let Some(v) = raw.get("system-features") {
+        cfg.system_features = v.split_whitespace().map(str::to_owned).collect();
+    }
     if let Some(v) = raw.get("extra-platforms") {
         cfg.extra_platforms = v.split_whitespace().map(str::to_owned).collect();
     }
@@ -151,7 +154,38 @@ fn options(s: &Session<'_>, mode: BuildMode) -> BuildOptions {
             .and_then(|v| v.parse().ok())
             .or_else(|| s.state.config.raw.get(name).and_then(|v| v.parse().ok()))
     };
+    // Settings a trusted client may set for its requests (SetOptions keeps only what
+    // it may), else the daemon's.
+    let setting = |name: &str| -> Option<&str> {
+        s.settings
+            .overrides
+            .get(name)
+            .map(String::as_str)
+            .or_else(|| s.state.config.raw.get(name))
+    };
+    let post_build_hook = setting("post-build-hook")
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    // What `NIX_CONFIG` tells the hook's Nix commands: the daemon's settings with the
+    // client's over them (Nix's `globalConfig.toKeyValue()`).
+    let mut config: BTreeMap<&str, &str> = s.state.config.raw.iter().collect();
+    config.extend(
+        s.settings
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let hook_config: String = config.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     BuildOptions {
+        post_build_hook,
+        hook_config,
+        secret_key_files: setting("secret-key-files")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(PathBuf::from)
+            .collect(),
+        auto_optimise: setting("auto-optimise-store") == Some("true"),
         mode: match mode {
             BuildMode::Normal => Mode::Normal,
             BuildMode::Repair => Mode::Repair,
@@ -171,6 +205,8 @@ struct ClientObserver<'s, 'o> {
     s: &'s Session<'s>,
     out: &'o mut Out,
     activities: HashMap<StorePath, ActivityId>,
+    /// The running post-build hooks' activities.
+    hooks: HashMap<StorePath, ActivityId>,
     top: BTreeSet<StorePath>,
 }
 
@@ -228,7 +264,43 @@ impl BuildObserver for ClientObserver<'_, '_> {
         self.sent(r)
     }
 
+    fn hook_started(&mut self, drv: &StorePath, hook: &str) -> bool {
+        let shown = self.s.cx.store_dir.display(drv);
+        let parent = self.activities.get(drv).copied();
+        let r = self.out.start_activity(
+            Verbosity::Info,
+            ActivityType::POST_BUILD_HOOK,
+            &format!("running post-build-hook '{hook}'"),
+            vec![Field::String(shown.into_bytes())],
+            parent,
+        );
+        match r {
+            Ok(id) => {
+                self.hooks.insert(drv.clone(), id);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn hook_line(&mut self, drv: &StorePath, line: &str) -> bool {
+        let Some(&id) = self.hooks.get(drv) else {
+            return true;
+        };
+        let r = self.out.result(
+            id,
+            ResultType::POST_BUILD_LOG_LINE,
+            vec![Field::String(line.as_bytes().to_vec())],
+        );
+        self.sent(r)
+    }
+
     fn finished(&mut self, drv: &StorePath, result: &Result_) -> bool {
+        if let Some(id) = self.hooks.remove(drv) {
+            if self.out.stop_activity(id).is_err() {
+                return false;
+            }
+        }
         if let Some(id) = self.activities.remove(drv) {
             if self.out.stop_activity(id).is_err() {
                 return false;
@@ -328,6 +400,7 @@ fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -
         s,
         out,
         activities: HashMap::new(),
+        hooks: HashMap::new(),
         top,
     };
     let results = s

@@ -29,8 +29,10 @@ use crate::trust::{self, Peer};
 use crate::DaemonError;
 use crate::LayerSettings;
 
-/// The version string the handshake reports (shown by `nix store ping`).
-pub(crate) const DAEMON_VERSION: &str = concat!("unrooted ", env!("CARGO_PKG_VERSION"));
+/// The version string the handshake reports (shown by `nix store ping` as
+/// `Version: …`): the version of Nix whose daemon this one stands in for first, as
+/// `nix-daemon` reports its own (Nix's tests/store-ping.sh looks for it), then ours.
+pub(crate) const DAEMON_VERSION: &str = concat!("2.8.0 (unrooted ", env!("CARGO_PKG_VERSION"), ")");
 
 /// How long a new connection may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -180,6 +182,9 @@ pub(crate) fn serve_peer(state: &DaemonState, stream: UnixStream, peer: Peer) {
             return;
         }
     };
+    // While a connection lasts its work may leave things in the store's temporary
+    // area; once the last one ends the area goes (when empty).
+    let _use = state.store.in_use();
     // The store as Nix opens it for each connection: re-made where something
     // removed it since, the database opened anew when it was replaced.
     if let Err(e) = state.store.revalidate() {

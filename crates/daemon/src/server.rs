@@ -108,7 +108,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
             })
         }
     }
-    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+    let listener = unrooted_store::unix_socket::bind(path).map_err(|source| ServerError::Bind {
         path: path.into(),
         source,
     })?;

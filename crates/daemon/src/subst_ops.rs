@@ -439,6 +439,23 @@ fn walk(
                     let Ok(d) = unrooted_build::load_derivation(store, drv) else {
                         continue;
                     };
+                    // Fixed outputs can come from caches of other store directories.
+                    for out in d.outputs.values() {
+                        if let unrooted_format::derivation::DerivationOutput::Fixed {
+                            method,
+                            hash,
+                            path,
+                        } = out
+                        {
+                            sub.hint_content_address(
+                                path.clone(),
+                                unrooted_format::ContentAddress::Fixed {
+                                    method: *method,
+                                    hash: *hash,
+                                },
+                            );
+                        }
+                    }
                     let want = invalid_outputs(store, &d, outputs.as_ref());
                     if want.as_ref().is_some_and(BTreeSet::is_empty) {
                         continue;

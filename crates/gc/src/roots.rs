@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -290,7 +289,7 @@ pub(crate) fn ask_helper(
         socket: socket.to_owned(),
         source,
     };
-    let stream = UnixStream::connect(socket).map_err(err)?;
+    let stream = unrooted_store::unix_socket::connect(socket).map_err(err)?;
     stream.set_read_timeout(Some(timeout)).map_err(err)?;
     let mut bytes = Vec::new();
     (&stream)

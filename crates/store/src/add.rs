@@ -656,11 +656,26 @@ impl LocalStore {
         outputs: &[(PathBuf, ValidPathInfo)],
         repair: bool,
     ) -> Result<(), StoreError> {
+        self.install_built_outputs_held(outputs, repair, None)
+    }
+
+    /// [`LocalStore::install_built_outputs`] by a build that holds the locks of its
+    /// outputs (`held`, from [`LocalStore::lock_outputs`]); paths not among them are
+    /// locked here.
+    pub fn install_built_outputs_held(
+        &self,
+        outputs: &[(PathBuf, ValidPathInfo)],
+        repair: bool,
+        held: Option<&crate::OutputLocks<'_>>,
+    ) -> Result<(), StoreError> {
         let mut order: Vec<&(PathBuf, ValidPathInfo)> = outputs.iter().collect();
         // One global lock order, so two installers of overlapping sets cannot deadlock.
         order.sort_by(|a, b| a.1.path.cmp(&b.1.path));
         let mut locks = Vec::with_capacity(order.len());
         for (_, info) in &order {
+            if held.is_some_and(|h| h.holds(&info.path)) {
+                continue;
+            }
             locks.push(self.locks.lock(&self.real_path(&info.path))?);
         }
         let mut regs = Vec::with_capacity(order.len());

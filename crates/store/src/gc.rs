@@ -22,10 +22,10 @@
 //! each creation cost time in proportion to the paths already deleted.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fd::OwnedFd;
@@ -269,20 +269,13 @@ fn open_and_try_lock(name: &Path) -> Result<Option<File>, StoreError> {
         path: name.to_owned(),
         source,
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(name)
-        .map_err(err)?;
+    let file = crate::lock::open_lock_file(name).map_err(err)?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(e) if e == Errno::WOULDBLOCK => return Ok(None),
         Err(e) => return Err(err(e.into())),
     }
-    if file.metadata().map_err(err)?.size() != 0 {
+    if crate::lock::is_stale(&file.metadata().map_err(err)?) {
         return Ok(None);
     }
     Ok(Some(file))

@@ -23,15 +23,17 @@ mod optimise;
 mod reader;
 mod store;
 mod tmp;
+pub mod unix_socket;
 mod verify;
 
 pub use add::CheckSigs;
 pub use config::{LocalStoreConfig, DEFAULT_RESERVED_SPACE};
 pub use error::StoreError;
 pub use gc::{DeleteOutcome, DeletionLock, LinksStats};
+pub use lock::OutputLocks;
 pub use optimise::OptimiseStats;
 pub use reader::StoreReader;
-pub use store::{LocalStore, MAX_READER_CONNECTIONS};
+pub use store::{LocalStore, StoreUse, MAX_READER_CONNECTIONS};
 pub use tmp::TEMP_PREFIX;
 pub use unrooted_db::{DbOptions, GraphNode, ValidPathInfo};
 pub use verify::VerifyMessage;

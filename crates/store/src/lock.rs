@@ -38,6 +38,32 @@ pub(crate) struct PathLock<'a> {
     file: Option<File>,
 }
 
+/// Opens (creating it, 0600) the lock file `path` as Nix does, read-write; a lock
+/// file someone else made that the store owner may not write (a root `nix-store` in
+/// local mode makes them root's 0644, and Nix's test suite `touch`es them as root) is
+/// opened read-only instead, which `flock` needs no more than.
+pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path);
+    match rw {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            OpenOptions::new().read(true).open(path).map_err(|_| e)
+        }
+        other => other,
+    }
+}
+
+/// Whether a lock file we hold a lock on is no longer the lock: its holder marked it
+/// (one byte written) or removed it (no links left) after we opened it.
+pub(crate) fn is_stale(meta: &std::fs::Metadata) -> bool {
+    meta.size() != 0 || meta.nlink() == 0
+}
+
 impl LockMap {
     /// Locks `target` (a path in the real store directory) by locking
     /// `<target>.lock`, waiting as long as another holder needs.
@@ -67,16 +93,9 @@ impl LockMap {
             source,
         };
         loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&lock.key)
-                .map_err(err)?;
+            let file = open_lock_file(&lock.key).map_err(err)?;
             flock(&file, FlockOperation::LockExclusive).map_err(|e| err(e.into()))?;
-            let stale = file.metadata().map_err(err)?.size() != 0;
+            let stale = is_stale(&file.metadata().map_err(err)?);
             if !stale {
                 lock.file = Some(file);
                 return Ok(lock);
@@ -109,14 +128,7 @@ impl LockMap {
             path: lock.key.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock.key)
-            .map_err(err)?;
+        let file = open_lock_file(&lock.key).map_err(err)?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(None),
@@ -124,7 +136,7 @@ impl LockMap {
         }
         // A stale file (its holder deleted it after we opened it) is a lock nobody
         // else can see; report "busy" and let the caller come back later.
-        if file.metadata().map_err(err)?.size() != 0 {
+        if is_stale(&file.metadata().map_err(err)?) {
             return Ok(None);
         }
         lock.file = Some(file);
@@ -151,6 +163,48 @@ impl LockMap {
     }
 }
 
+/// The locks of a build's outputs (`<output>.lock`, Nix's `outputLocks`), held from
+/// before the builder starts until the outputs are registered, so that another process
+/// (a `nix-store` in local mode on the same store, the collector) sees the build;
+/// released, and the lock files removed, on drop.
+pub struct OutputLocks<'a> {
+    paths: std::collections::BTreeSet<unrooted_format::StorePath>,
+    _locks: Vec<PathLock<'a>>,
+}
+
+impl std::fmt::Debug for OutputLocks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputLocks")
+            .field("paths", &self.paths)
+            .finish()
+    }
+}
+
+impl OutputLocks<'_> {
+    /// Whether `path`'s lock is among these.
+    pub fn holds(&self, path: &unrooted_format::StorePath) -> bool {
+        self.paths.contains(path)
+    }
+}
+
+impl crate::LocalStore {
+    /// Locks the output paths of a build, in one global order, waiting for other
+    /// holders.
+    pub fn lock_outputs(
+        &self,
+        paths: &std::collections::BTreeSet<unrooted_format::StorePath>,
+    ) -> Result<OutputLocks<'_>, StoreError> {
+        let mut locks = Vec::with_capacity(paths.len());
+        for p in paths {
+            locks.push(self.locks.lock(&self.real_path(p))?);
+        }
+        Ok(OutputLocks {
+            paths: paths.clone(),
+            _locks: locks,
+        })
+    }
+}
+
 impl Drop for PathLock<'_> {
     fn drop(&mut self) {
         if let Some(mut file) = self.file.take() {
@@ -162,5 +216,31 @@ impl Drop for PathLock<'_> {
         let mut held = self.map.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.remove(&self.key);
         self.map.released.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn lock_files_of_others_lock_read_only_and_unlinked_ones_are_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        // A lock file someone else made, read-only to us (as a root client's `touch`
+        // is to the store owner): flock needs no write access.
+        let p = dir.path().join("x.lock");
+        std::fs::write(&p, b"").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let ro = OpenOptions::new().read(true).open(&p).unwrap();
+        flock(&ro, FlockOperation::NonBlockingLockExclusive).unwrap();
+        assert!(!is_stale(&ro.metadata().unwrap()));
+        // Its holder removed it after we opened it: stale, even though nobody could
+        // write the marker byte.
+        std::fs::remove_file(&p).unwrap();
+        assert!(is_stale(&ro.metadata().unwrap()));
+        // open_lock_file makes a missing one, 0600.
+        let f = open_lock_file(&p).unwrap();
+        assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
     }
 }

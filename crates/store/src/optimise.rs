@@ -15,6 +15,8 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use unrooted_format::StorePath;
+
 use crate::canonicalise::set_store_mtime;
 use crate::error::StoreError;
 use crate::store::LocalStore;
@@ -44,6 +46,26 @@ impl LocalStore {
             }
             tracing::debug!(path = %real.display(), "optimising path");
             self.optimise_tree(&real, &mut seen, &mut stats)?;
+        }
+        Ok(stats)
+    }
+
+    /// Hard-links the files of one valid path through `.links` (`auto-optimise-store`,
+    /// as Nix does for each path it registers).
+    /// `held`: the caller's locks, when they include `path`'s.
+    pub fn optimise_path(
+        &self,
+        path: &StorePath,
+        held: Option<&crate::OutputLocks<'_>>,
+    ) -> Result<OptimiseStats, StoreError> {
+        let mut stats = OptimiseStats::default();
+        let real = self.real_path(path);
+        let _lock = match held {
+            Some(h) if h.holds(path) => None,
+            _ => Some(self.locks.lock(&real)?),
+        };
+        if self.is_valid_path(path)? {
+            self.optimise_tree(&real, &mut HashSet::new(), &mut stats)?;
         }
         Ok(stats)
     }

@@ -100,6 +100,14 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Marks the store as in use (a daemon's connection) until the guard is dropped;
+    /// when the last use ends, the private temporary area is removed if it is empty,
+    /// so nothing of the daemon's stays in the store directory between operations.
+    pub fn in_use(&self) -> StoreUse<'_> {
+        self.tmp.enter();
+        StoreUse(self)
+    }
+
     /// The configuration the store was opened with.
     pub fn config(&self) -> &LocalStoreConfig {
         &self.config
@@ -424,5 +432,15 @@ impl Drop for Reader<'_> {
                 }
             }
         }
+    }
+}
+
+/// A use of the store (see [`LocalStore::in_use`]).
+#[derive(Debug)]
+pub struct StoreUse<'a>(&'a LocalStore);
+
+impl Drop for StoreUse<'_> {
+    fn drop(&mut self) {
+        self.0.tmp.leave();
     }
 }

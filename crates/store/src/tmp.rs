@@ -22,7 +22,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use rustix::fs::{self as rfs, flock, AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
@@ -34,11 +35,20 @@ use crate::error::StoreError;
 pub const TEMP_PREFIX: &str = ".unrooted-tmp-";
 
 /// A locked private directory inside the store for work in progress.
+///
+/// It exists only while it is used: [`TempArea::tidy`] removes it once empty when no
+/// user ([`crate::StoreUse`], a daemon's connection) is left, and the next
+/// [`TempArea::new_path`] makes it again (locked anew), so that between operations
+/// the store directory holds nothing of ours, as with Nix (its test suite ends with
+/// `rmdir $NIX_STORE_DIR`). A `RwLock` keeps a removal from slipping in between a new
+/// name and its use.
 #[derive(Debug)]
 pub(crate) struct TempArea {
     dir: PathBuf,
     // Held open for the flock; dropping it releases the area to the next sweeper.
-    _lock: File,
+    lock: Mutex<Option<File>>,
+    gate: RwLock<()>,
+    users: AtomicUsize,
     counter: AtomicU64,
 }
 
@@ -82,25 +92,75 @@ impl TempArea {
         drop(store_lock);
         Ok(Self {
             dir,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
+            gate: RwLock::new(()),
+            users: AtomicUsize::new(0),
             counter: AtomicU64::new(0),
         })
+    }
+
+    /// One more user: the area is not removed until it is gone.
+    pub(crate) fn enter(&self) {
+        self.users.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One user fewer; the last removes the area if it is empty.
+    pub(crate) fn leave(&self) {
+        if self.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tidy();
+        }
+    }
+
+    /// Removes the area if nobody uses it and it is empty (emptied sandbox roots kept
+    /// for the next build, or work in progress of a thread outside any user, keep it).
+    pub(crate) fn tidy(&self) {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        if self.users.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if fs::remove_dir(&self.dir).is_ok() {
+            *lock = None;
+        }
     }
 
     /// A fresh name inside the area (nothing exists there yet).
     /// Makes the area's directory again when something removed it (with the store
     /// directory around it); the flock of the old one is lost with it.
     pub(crate) fn recreate(&self) -> Result<(), StoreError> {
+        let mut lock = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(StoreError::CreateLayout {
-                path: self.dir.clone(),
-                source: e,
-            }),
-            _ => Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::CreateLayout {
+                    path: self.dir.clone(),
+                    source: e,
+                })
+            }
+            Err(_) if lock.is_some() => return Ok(()),
+            _ => {}
         }
+        // A new directory (or one we hold no lock on): lock it, so no other store
+        // instance sweeps it as a dead one.
+        let file = open_dir(&self.dir).map_err(|source| StoreError::Lock {
+            path: self.dir.clone(),
+            source,
+        })?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|e| StoreError::Lock {
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
+        *lock = Some(file);
+        Ok(())
     }
 
+    /// A fresh name inside the area, which exists (made again if it was removed);
+    /// nothing exists at the name yet.
     pub(crate) fn new_path(&self, what: &str) -> PathBuf {
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = self.recreate() {
+            // The caller's creation fails with the cause.
+            tracing::warn!("the temporary area: {e}");
+        }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("{what}-{n}"))
     }

@@ -652,3 +652,34 @@ fn a_store_removed_under_the_daemon_is_made_again_and_serves_no_stale_state() {
     assert!(store.is_valid_path(&new).unwrap());
     assert_eq!(fs::read(store.real_path(&new)).unwrap(), b"new");
 }
+
+/// Nix's test suite ends with `rmdir $NIX_STORE_DIR` after a collection: between
+/// uses nothing of ours may be left there, and the area comes back when needed.
+#[test]
+fn temporary_area_is_gone_when_the_last_use_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = open_at(root);
+    let store = root.join("store");
+    let first = s.in_use();
+    let second = s.in_use();
+    let p = s.new_temp_path("work");
+    fs::write(&p, b"in progress").unwrap();
+    drop(first);
+    assert_eq!(temp_entries(&store).len(), 1, "a use is left");
+    drop(second);
+    assert_eq!(temp_entries(&store).len(), 1, "not empty: kept");
+    fs::remove_file(&p).unwrap();
+    drop(s.in_use());
+    assert!(temp_entries(&store).is_empty());
+    // Made again (and locked: a second store's sweep leaves it alone) on demand.
+    let u = s.in_use();
+    let p = s.new_temp_path("again");
+    fs::write(&p, b"x").unwrap();
+    let other = open_at(root);
+    assert!(p.exists(), "a live area is not swept");
+    drop(other);
+    fs::remove_file(&p).unwrap();
+    drop(u);
+    assert!(temp_entries(&store).is_empty());
+}

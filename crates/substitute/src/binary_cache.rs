@@ -217,6 +217,11 @@ impl BinaryCache {
         }
     }
 
+    /// The store directory the cache is for.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
     /// The cache's URL (without parameters or trailing `/`).
     pub fn url(&self) -> &str {
         &self.url

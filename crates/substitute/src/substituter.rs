@@ -9,7 +9,7 @@ use std::thread;
 
 use unrooted_format::narinfo::NarInfo;
 use unrooted_format::signature::TrustedKeys;
-use unrooted_format::{StoreDir, StorePath};
+use unrooted_format::{ContentAddress, StoreDir, StorePath};
 use unrooted_store::{CheckSigs, LocalStore, StoreError, ValidPathInfo};
 
 use crate::binary_cache::{BinaryCache, RetryPolicy};
@@ -151,6 +151,8 @@ pub struct Substituter {
     caches: Vec<BinaryCache>,
     disk: Option<Arc<NarInfoCache>>,
     config: SubstituterConfig,
+    /// Content addresses known in advance ([`Substituter::hint_content_address`]).
+    content_addresses: Mutex<BTreeMap<StorePath, ContentAddress>>,
 }
 
 /// Runs `f` over `items` on up to `jobs` threads, keeping the order.
@@ -202,6 +204,30 @@ impl Substituter {
         });
         let mut caches = Vec::new();
         for (url, r) in urls.iter().zip(opened) {
+            // A cache made for another store directory (`?store=…`) still serves
+            // content-addressed paths, under the path they have there (Nix 2.8's
+            // substitution goal); it is kept for those only.
+            let r = match r {
+                Err(SubstituteError::StoreDirMismatch {
+                    theirs,
+                    url: u,
+                    ours,
+                }) => match StoreDir::new(&theirs) {
+                    Ok(dir) => BinaryCache::open(
+                        url,
+                        &dir,
+                        &config.transport,
+                        config.retry,
+                        disk.as_deref(),
+                    ),
+                    Err(_) => Err(SubstituteError::StoreDirMismatch {
+                        url: u,
+                        theirs,
+                        ours,
+                    }),
+                },
+                other => other,
+            };
             match r {
                 Ok(c) => caches.push(c),
                 Err(e) => observer.warn(&format!(
@@ -216,7 +242,18 @@ impl Substituter {
             caches,
             disk,
             config,
+            content_addresses: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Tells the substituter the content address `path` will have (a fixed output of
+    /// a derivation), so that caches for another store directory can be asked for it
+    /// under the path it has there.
+    pub fn hint_content_address(&self, path: StorePath, ca: ContentAddress) {
+        self.content_addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path, ca);
     }
 
     /// The usable caches, best first.
@@ -232,9 +269,36 @@ impl Substituter {
     /// Asks the caches in turn for `path`; the first that has it answers. A cache
     /// that fails is reported to `observer` and passed over.
     pub fn query(&self, path: &StorePath, observer: &dyn Observer) -> Option<Substitutable> {
+        let ca = self
+            .content_addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .cloned();
         for (i, cache) in self.caches.iter().enumerate() {
-            match cache.query_narinfo(path, self.disk.as_deref()) {
-                Ok(Some(info)) => return Some(Substitutable { cache: i, info }),
+            let foreign = cache.store_dir() != &self.store_dir;
+            // There, a content-addressed path (without references) has the path its
+            // content address gives in that store directory.
+            let asked = match (&ca, foreign) {
+                (_, false) => path.clone(),
+                (None, true) => continue,
+                (Some(ca), true) => {
+                    match ca.store_path(cache.store_dir(), path.name(), &BTreeSet::new(), false) {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            match cache.query_narinfo(&asked, self.disk.as_deref()) {
+                Ok(Some(mut info)) => {
+                    if foreign {
+                        if !info.references.is_empty() || info.ca.as_ref() != ca.as_ref() {
+                            continue;
+                        }
+                        info.store_path = path.clone();
+                    }
+                    return Some(Substitutable { cache: i, info });
+                }
                 Ok(None) => {}
                 Err(e) => observer.warn(&format!("warning: {}", error_chain(&e))),
             }

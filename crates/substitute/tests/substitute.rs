@@ -595,3 +595,76 @@ fn a_narinfo_for_another_path_or_with_an_escaping_url_is_refused() {
         .unwrap_err();
     assert!(matches!(err, SubstituteError::UnsafeNarUrl { .. }), "{err}");
 }
+
+/// Nix's tests/fetchurl.sh: `nix store add-file` into `file://…?store=/fnord/store`,
+/// then a fixed-output fetch substituted from it. A cache for another store directory
+/// serves a content-addressed path (no references) under the path it has there, and
+/// nothing else.
+#[test]
+fn a_cache_for_another_store_directory_serves_content_addressed_paths() {
+    use unrooted_format::{ContentAddress, FileIngestionMethod, HashAlgo};
+    let tmp = tempfile::tempdir().unwrap();
+    let theirs = StoreDir::new("/fnord/store").unwrap();
+    let ours = StoreDir::new(STORE_DIR).unwrap();
+    let contents = b"#! /bin/sh\necho fetched\n";
+    let ca = ContentAddress::Fixed {
+        method: FileIngestionMethod::Flat,
+        hash: HashAlgo::Sha256.digest(contents),
+    };
+    let name = StorePathName::new("fetchurl.sh").unwrap();
+    let none = BTreeSet::new();
+    let their_path = ca.store_path(&theirs, &name, &none, false).unwrap();
+    let our_path = ca.store_path(&ours, &name, &none, false).unwrap();
+    assert_ne!(their_path, our_path);
+    let file = tmp.path().join("f");
+    fs::write(&file, contents).unwrap();
+    let mut nar = Vec::new();
+    nar::dump_path(&file, &mut nar).unwrap();
+    let cache = tmp.path().join("cache");
+    fs::create_dir_all(cache.join("nar")).unwrap();
+    fs::write(
+        cache.join("nix-cache-info"),
+        "StoreDir: /fnord/store\nWantMassQuery: 1\nPriority: 30\n",
+    )
+    .unwrap();
+    let nar_hash = Hash::sha256(sha256(&nar));
+    fs::write(
+        cache.join(format!("nar/{}.nar", nar_hash.to_base32())),
+        &nar,
+    )
+    .unwrap();
+    fs::write(
+        cache.join(format!("{}.narinfo", their_path.hash_part())),
+        format!(
+            "StorePath: {}\nURL: nar/{}.nar\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \nCA: {ca}\n",
+            theirs.display(&their_path),
+            nar_hash.to_base32(),
+            nar_hash.to_prefixed_base32(),
+            nar.len()
+        ),
+    )
+    .unwrap();
+    let url = format!("file://{}?store=/fnord/store", cache.display());
+    let obs = Recorder::default();
+    let b = Store::new(&[]);
+    let s = substituter(vec![url], &[], &obs);
+    assert!(
+        obs.warnings.lock().unwrap().is_empty(),
+        "kept, without a warning"
+    );
+    // Not without its content address: input-addressed paths are not looked for there.
+    assert!(s.query(&our_path, &obs).is_none());
+    s.hint_content_address(our_path.clone(), ca);
+    let done = s
+        .substitute(&b.store, &set(&our_path), &obs)
+        .unwrap()
+        .into_result()
+        .unwrap();
+    assert_eq!(done, set(&our_path));
+    let info = b.store.query_path_info(&our_path).unwrap().unwrap();
+    assert_eq!(info.ca, Some(ca));
+    assert_eq!(
+        fs::read(b.dir.path().join("store").join(our_path.to_base_name())).unwrap(),
+        contents
+    );
+}

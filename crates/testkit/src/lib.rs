@@ -224,3 +224,4 @@ pub fn write_random_file(path: &Path, rng: &mut Rng, size: usize) {
 
 pub mod daemon;
 pub mod http;
+pub mod trixie;

@@ -331,3 +331,160 @@ fn nix_env_with_client_side_profiles() {
     f.ok("nix-collect-garbage", &["-d"]);
     assert_eq!(f.ok("nix-env", &["--list-generations"]).lines().count(), 1);
 }
+
+#[test]
+fn store_subcommands() {
+    let Some(f) = prepared() else { return };
+    let e = f.expr.as_str();
+    let inputs = f.d.inputs();
+    let dir = inputs.join("tree");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a"), "A\n").unwrap();
+    fs::write(dir.join("b"), "A\n").unwrap();
+    let added = f.ok("nix", &["store", "add", dir.to_str().unwrap()]);
+    let added = added.trim();
+    assert!(added.ends_with("-tree"), "{added}");
+    let ls = f.ok("nix", &["store", "ls", "-R", added]);
+    assert!(ls.contains("./a") && ls.contains("./b"), "{ls}");
+    assert_eq!(f.ok("nix", &["store", "cat", &format!("{added}/a")]), "A\n");
+    let nar =
+        f.d.trixie_client(&f.root, "nix")
+            .args(["store", "dump-path", added])
+            .output()
+            .unwrap();
+    assert!(nar.status.success());
+    assert!(nar.stdout.len() > 100);
+    // path-from-hash-part
+    let base = Path::new(added).file_name().unwrap().to_str().unwrap();
+    let hash = &base[..32];
+    assert_eq!(
+        f.ok("nix", &["store", "path-from-hash-part", hash]).trim(),
+        added
+    );
+    // verify: contents fine; a content-addressed path needs no signature (as in Nix's
+    // verify.cc), a built input-addressed one without signatures fails --sigs-needed.
+    let hello = f.ok(
+        "nix",
+        &["build", "-f", e, "hello", "--print-out-paths", "--no-link"],
+    );
+    let hello = hello.trim();
+    f.ok("nix", &["store", "verify", added, hello]);
+    f.ok("nix", &["store", "verify", "--sigs-needed", "1", added]);
+    let err = f.err("nix", &["store", "verify", "--sigs-needed", "1", hello]);
+    assert!(err.contains("is untrusted"), "{err}");
+    let ca = f.ok("nix", &["store", "make-content-addressed", hello, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ca).expect(&ca);
+    let rewritten = v["rewrites"][hello].as_str().expect(&ca);
+    assert!(rewritten.ends_with("-hello"), "{ca}");
+    let info = f.ok("nix", &["path-info", "--json", rewritten]);
+    assert!(info.contains("\"ca\":\"fixed:r:sha256:"), "{info}");
+    // optimise: any user may ask, as with nix-daemon.
+    let opt =
+        f.d.trixie_client(&f.root, "nix")
+            .args(["store", "optimise"])
+            .output()
+            .unwrap();
+    f.d.expect_ok("nix store optimise", &opt);
+    let (a, b) = (
+        fs::metadata(format!("{added}/a")).unwrap(),
+        fs::metadata(format!("{added}/b")).unwrap(),
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        a.ino(),
+        b.ino(),
+        "equal files are hard-linked after optimise"
+    );
+    // delete: a live path is refused, a dead one deleted; --ignore-liveness is refused
+    // for an untrusted user.
+    let dep = f.ok("nix", &["build", "-f", e, "dep", "--print-out-paths"]);
+    let dep = dep.trim();
+    let err = f.err("nix", &["store", "delete", dep]);
+    assert!(err.contains("alive") || err.contains("live"), "{err}");
+    let err = f.err("nix", &["store", "delete", "--ignore-liveness", dep]);
+    assert!(err.contains("trusted") || err.contains("ignore"), "{err}");
+    assert!(Path::new(dep).exists());
+    f.ok("nix", &["store", "delete", added]);
+    assert!(!Path::new(added).exists());
+    // gc: the result link (an indirect root made by the client) keeps dep.
+    let gc = f.ok("nix", &["store", "gc"]);
+    eprintln!("{gc}");
+    assert!(Path::new(dep).exists());
+    // repair: a trusted-only operation in Nix; an untrusted user gets an error.
+    let err = f.err("nix", &["store", "repair", dep]);
+    assert!(err.contains("trusted") || err.contains("repair"), "{err}");
+}
+
+#[test]
+fn copy_to_and_from_a_file_cache() {
+    let Some(f) = prepared() else { return };
+    let e = f.expr.as_str();
+    let dep = f.ok(
+        "nix",
+        &["build", "-f", e, "dep", "--print-out-paths", "--no-link"],
+    );
+    let dep = dep.trim();
+    let cache = f.d.client_home().join("cache");
+    let url = format!("file://{}", cache.display());
+    f.ok("nix", &["copy", "--to", &url, dep]);
+    assert!(cache.join("nix-cache-info").exists());
+    let narinfos = fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".narinfo")
+        })
+        .count();
+    assert_eq!(narinfos, 2);
+    // Delete both from the store, then copy them back: unsigned paths are refused for
+    // an untrusted user, even with --no-check-sigs (nix-daemon ignores it from them).
+    f.ok("nix", &["store", "delete", dep]);
+    assert!(!Path::new(dep).exists());
+    for extra in [&[][..], &["--no-check-sigs"][..]] {
+        let mut args = vec!["copy"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--from", &url, dep]);
+        let err = f.err("nix", &args);
+        assert!(err.contains("lacks a signature by a trusted key"), "{err}");
+    }
+    // Signed by the client with a key the daemon trusts, the copy back is accepted.
+    let sk = f.ok("nix", &["key", "generate-secret", "--key-name", "test-1"]);
+    let sk_file = f.d.client_home().join("sk");
+    fs::write(&sk_file, &sk).unwrap();
+    let pk =
+        f.d.trixie_client(&f.root, "sh")
+            .args(["-c", "nix key convert-secret-to-public < sk"])
+            .output()
+            .unwrap();
+    let pk = f.d.expect_ok("nix key convert-secret-to-public", &pk);
+    let mut f = f;
+    f.d.kill();
+    f.d.set_conf(&format!("{CONF}trusted-public-keys = {}\n", pk.trim()));
+    f.d.start();
+    let signed = f.d.client_home().join("signed");
+    let url = format!(
+        "file://{}?secret-key={}",
+        signed.display(),
+        sk_file.display()
+    );
+    f.ok(
+        "nix",
+        &[
+            "copy",
+            "--from",
+            &format!("file://{}", cache.display()),
+            "--to",
+            &url,
+            "--no-check-sigs",
+            dep,
+        ],
+    );
+    let back = format!("file://{}", signed.display());
+    f.ok("nix", &["copy", "--from", &back, dep]);
+    assert!(Path::new(dep).exists());
+    let info = f.ok("nix", &["path-info", "--json", dep]);
+    assert!(info.contains("test-1:"), "{info}");
+}

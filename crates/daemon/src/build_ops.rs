@@ -161,6 +161,19 @@ struct ClientObserver<'s, 'o> {
     out: &'o mut Out,
     activities: HashMap<StorePath, ActivityId>,
     top: BTreeSet<StorePath>,
+    mode: Mode,
+}
+
+/// The text of a derivation's `build` activity, as Nix's `DerivationGoal` words it:
+/// a requested derivation rebuilt by `--check`/`--rebuild` is "checking outputs of",
+/// by `--repair` "repairing outputs of"; everything else (dependencies included,
+/// which Nix builds normally) is "building".
+fn build_activity_text(mode: Mode, requested: bool, shown: &str) -> String {
+    match (mode, requested) {
+        (Mode::Check, true) => format!("checking outputs of '{shown}'"),
+        (Mode::Repair, true) => format!("repairing outputs of '{shown}'"),
+        _ => format!("building '{shown}'"),
+    }
 }
 
 impl ClientObserver<'_, '_> {
@@ -179,10 +192,11 @@ impl BuildObserver for ClientObserver<'_, '_> {
             }
         }
         let shown = self.s.cx.store_dir.display(drv);
+        let text = build_activity_text(self.mode, self.top.contains(drv), &shown);
         let r = self.out.start_activity(
             Verbosity::Info,
             ActivityType::BUILD,
-            &format!("building '{shown}'"),
+            &text,
             vec![
                 Field::String(shown.into_bytes()),
                 Field::String(Vec::new()),
@@ -318,6 +332,7 @@ fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -
         out,
         activities: HashMap::new(),
         top,
+        mode: opts.mode,
     };
     let results = s
         .state
@@ -480,4 +495,33 @@ pub(crate) fn query_missing(
         unknown,
         ..MissingInfo::default()
     })
+}
+
+#[cfg(test)]
+mod activity_text_tests {
+    use super::{build_activity_text, Mode};
+
+    /// Issue 19: `nix build --rebuild` printed "building" where Nix (2.8 and 2.26)
+    /// prints "checking outputs of" (derivation-goal.cc).
+    #[test]
+    fn check_and_repair_are_worded_as_in_nix() {
+        let p = "/nix/store/x-a.drv";
+        assert_eq!(
+            build_activity_text(Mode::Normal, true, p),
+            "building '/nix/store/x-a.drv'"
+        );
+        assert_eq!(
+            build_activity_text(Mode::Check, true, p),
+            "checking outputs of '/nix/store/x-a.drv'"
+        );
+        assert_eq!(
+            build_activity_text(Mode::Repair, true, p),
+            "repairing outputs of '/nix/store/x-a.drv'"
+        );
+        // A dependency built on the way is built normally.
+        assert_eq!(
+            build_activity_text(Mode::Check, false, p),
+            "building '/nix/store/x-a.drv'"
+        );
+    }
 }

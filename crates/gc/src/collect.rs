@@ -461,6 +461,8 @@ impl<'a> Collector<'a> {
                 return Ok(result);
             }
             GcAction::ReturnDead => {
+                // Nix (2.8 and 2.26, gc.cc) says this when it collects without deleting.
+                log("determining live/dead paths...");
                 result.paths = graph
                     .keys()
                     .filter(|p| !live.contains(*p))
@@ -470,8 +472,12 @@ impl<'a> Collector<'a> {
             }
             GcAction::DeleteDead | GcAction::DeleteSpecific(_) => {}
         }
-        log("deleting garbage...");
         let specific = matches!(options.action, GcAction::DeleteSpecific(_));
+        // Nix announces the sweep only when collecting all garbage, never for the
+        // paths of `nix-store --delete` / `nix store delete` (gc.cc, 2.8 and 2.26).
+        if !specific {
+            log("deleting garbage...");
+        }
         let limit_reached =
             self.delete_in_batches(&order, specific, options.max_freed, log, &mut result)?;
         if options.action == GcAction::DeleteDead && !limit_reached {

@@ -137,11 +137,18 @@ fn print_live_print_dead_delete_specific_and_refusals() {
     let temps = TempRoots::new();
     let (r, _) = collect(&store, no_helper(), &temps, GcAction::ReturnLive, u64::MAX);
     assert_eq!(r.unwrap().paths, [sp(&live)].into_iter().collect());
-    let (r, _) = collect(&store, no_helper(), &temps, GcAction::ReturnDead, u64::MAX);
+    let (r, log) = collect(&store, no_helper(), &temps, GcAction::ReturnDead, u64::MAX);
     assert_eq!(
         r.unwrap().paths,
         [sp(&dead), sp(&dead_ref)].into_iter().collect()
     );
+    // Issue 19: the messages of Nix's gc.cc (2.8 and 2.26), compared side by side with
+    // Debian 13's nix-daemon: a dry run determines, it does not delete.
+    assert!(
+        log.iter().any(|l| l == "determining live/dead paths..."),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l == "deleting garbage..."), "{log:?}");
 
     let (r, _) = collect(
         &store,
@@ -165,7 +172,7 @@ fn print_live_print_dead_delete_specific_and_refusals() {
     );
     assert!(matches!(r, Err(GcError::Referenced { .. })), "{r:?}");
     assert!(store.is_valid_path(&dead).unwrap());
-    let (r, _) = collect(
+    let (r, log) = collect(
         &store,
         no_helper(),
         &temps,
@@ -175,6 +182,14 @@ fn print_live_print_dead_delete_specific_and_refusals() {
     assert_eq!(
         r.unwrap().paths,
         [sp(&dead), sp(&dead_ref)].into_iter().collect()
+    );
+    // Deleting named paths is not announced as a sweep ("deleting garbage..." is
+    // printed only when all garbage is collected), but each deletion is.
+    assert!(!log.iter().any(|l| l == "deleting garbage..."), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| *l == format!("deleting '{}'", sp(&dead))),
+        "{log:?}"
     );
     assert!(store.is_valid_path(&live).unwrap());
 

@@ -3,7 +3,7 @@
 //! with `debootstrap --variant=minbase trixie` (cached in
 //! `/var/cache/unrooted-ci/trixie`, or `$UNROOTED_CI_CACHE/trixie`).
 //!
-//! A client command runs in a private mount namespace (`unshare --mount`) chrooted into
+//! A client command runs in a private mount namespace (`unshare --mount`) with its root switched (`pivot_root`) to
 //! that root, with the test's directories (store, state, socket, homes) bound at the
 //! same paths as outside, the host's `/dev`, a fresh `/proc` and the host's user
 //! database, then as an unprivileged user (`setpriv`), so it talks to `unrooted daemon`
@@ -61,6 +61,9 @@ const ENTER: &str = r#"
 set -e
 root=$1 uid=$2 gid=$3 cwd=$4 n=$5
 shift 5
+# The root becomes the namespace's root with pivot_root, not a chroot: the kernel
+# refuses new user namespaces to a chrooted process, and nix-daemon's sandbox needs them.
+mount --bind "$root" "$root"
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 for f in passwd group; do mount --bind "/etc/$f" "$root/etc/$f"; done
@@ -69,7 +72,11 @@ while [ "$n" -gt 0 ]; do
   [ -d "$root$d" ] || { echo "trixie client: $d has no mount point in $root" >&2; exit 127; }
   mount --rbind "$d" "$root$d"
 done
-exec /usr/sbin/chroot "$root" setpriv --reuid="$uid" --regid="$gid" --init-groups --inh-caps=-all -- \
+cd "$root"
+/usr/sbin/pivot_root . mnt
+cd /
+umount -l /mnt
+exec setpriv --reuid="$uid" --regid="$gid" --init-groups --inh-caps=-all -- \
   sh -c 'cd "$0" && exec "$@"' "$cwd" "$@"
 "#;
 
@@ -175,5 +182,75 @@ impl TestDaemon {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// Debian 13's own `nix-daemon` 2.26, run from the trixie root as the daemon's user
+/// (an ordinary user, as an administrator could run it since Nix 2.14 keeps profiles
+/// client-side) on a [`TestDaemon`]'s store, state and socket: the competitor every
+/// workflow is compared with. Start it after [`TestDaemon::reset_store`] (or instead of
+/// [`TestDaemon::start`]) so both daemons serve identical, same-path stores. Killed (by
+/// its pid) when dropped.
+pub struct TrixieNixDaemon {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl TrixieNixDaemon {
+    /// Starts `nix-daemon` for `d` and waits for its socket.
+    pub fn start(d: &TestDaemon, root: &Path) -> Self {
+        let (uid, gid) = crate::daemon::test_user(crate::daemon::DAEMON_USER).expect("daemon user");
+        let r = d.root();
+        let log = r.join("nix-daemon.log");
+        let mut cmd = trixie_command(
+            root,
+            (uid, gid),
+            &[top_level(r)],
+            &d.state_dir(),
+            "nix-daemon",
+        );
+        cmd.env("NIX_STORE_DIR", d.store_dir())
+            .env("NIX_STATE_DIR", d.state_dir())
+            .env("NIX_LOG_DIR", r.join("log"))
+            .env("NIX_CONF_DIR", r.join("conf"))
+            .env("NIX_DAEMON_SOCKET_PATH", d.socket())
+            .env("HOME", d.state_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("nix-daemon log"));
+        let socket = d.socket();
+        let _ = std::fs::remove_file(&socket);
+        if let Some(parent) = socket.parent() {
+            std::fs::create_dir_all(parent).expect("socket directory");
+            let _ = std::os::unix::fs::chown(parent, Some(uid), Some(gid));
+        }
+        let mut child = cmd.spawn().expect("starting nix-daemon");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                panic!(
+                    "nix-daemon exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nix-daemon made no socket"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, log }
+    }
+
+    /// What `nix-daemon` logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TrixieNixDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -488,3 +488,45 @@ fn copy_to_and_from_a_file_cache() {
     let info = f.ok("nix", &["path-info", "--json", dep]);
     assert!(info.contains("test-1:"), "{info}");
 }
+
+/// A local flake whose only input is a path (no network, no registry): `nix build`,
+/// `nix shell -c`, and `nix profile install` / `upgrade` of a flake element.
+#[test]
+fn local_flake_build_shell_and_profile_upgrade() {
+    let Some(f) = prepared() else { return };
+    let inputs = f.d.inputs();
+    let src = inputs.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("version"), "1.0").unwrap();
+    let flake = f.d.client_home().join("flake");
+    fs::create_dir(&flake).unwrap();
+    let text = format!(
+        r#"{{
+  inputs.src = {{ url = "path:{}"; flake = false; }};
+  outputs = {{ self, src }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "tool-${{builtins.readFile (src + "/version")}}";
+      system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "mkdir -p $out/bin; printf '#!/bin/sh\necho tool %s\n' ${{builtins.readFile (src + "/version")}} > $out/bin/tool; chmod +x $out/bin/tool" ];
+    }};
+  }};
+}}
+"#,
+        src.display()
+    );
+    fs::write(flake.join("flake.nix"), text).unwrap();
+    let (uid, gid) = f.d.client_ids();
+    std::os::unix::fs::chown(&flake, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(flake.join("flake.nix"), Some(uid), Some(gid)).unwrap();
+    let r = format!("path:{}", flake.display());
+    let out = f.ok("nix", &["build", &r, "--print-out-paths", "--no-link"]);
+    assert!(out.trim().ends_with("-tool-1.0"), "{out}");
+    let out = f.ok("nix", &["shell", &r, "-c", "tool"]);
+    assert_eq!(out, "tool 1.0\n");
+    f.ok("nix", &["profile", "install", &r]);
+    assert_eq!(f.ok("sh", &["-c", "~/.nix-profile/bin/tool"]), "tool 1.0\n");
+    fs::write(src.join("version"), "2.0").unwrap();
+    f.ok("nix", &["flake", "update", "--flake", &r]);
+    f.ok("nix", &["profile", "upgrade", "--all"]);
+    assert_eq!(f.ok("sh", &["-c", "~/.nix-profile/bin/tool"]), "tool 2.0\n");
+}

@@ -63,8 +63,9 @@ if [ "$daemon" = unrooted ]; then
   mkdir -p "$bin_dir"
   # Root-owned copies outside the repository (whose parents the daemon's user may not
   # be able to enter), as `unrooted install` puts them.
-  install -m 0755 target/release/unrooted target/release/unrooted-find-roots "$bin_dir/"
-  [ -x target/release/unrooted-sandbox ] && install -m 0755 target/release/unrooted-sandbox "$bin_dir/"
+  release=${CARGO_TARGET_DIR:-target}/release
+  install -m 0755 "$release/unrooted" "$release/unrooted-find-roots" "$bin_dir/"
+  [ -x "$release/unrooted-sandbox" ] && install -m 0755 "$release/unrooted-sandbox" "$bin_dir/"
 fi
 
 # --- the suite, from Debian's source package of the client ---------------------------

@@ -530,3 +530,51 @@ fn local_flake_build_shell_and_profile_upgrade() {
     f.ok("nix", &["profile", "upgrade", "--all"]);
     assert_eq!(f.ok("sh", &["-c", "~/.nix-profile/bin/tool"]), "tool 2.0\n");
 }
+
+/// Issue 19, item 5: a temporary root a connection added (twice, as a client that
+/// does not skip repeats would) keeps its path alive against another user's
+/// `nix store delete` until that connection closes, and not after.
+#[test]
+fn temp_roots_last_for_the_connections_life() {
+    let Some(f) = prepared() else { return };
+    let file = f.d.inputs().join("temp.txt");
+    fs::write(&file, "held by a temp root\n").unwrap();
+    let p = f.ok("nix-store", &["--add", file.to_str().unwrap()]);
+    let p = p.trim().to_owned();
+    let base = Path::new(&p).file_name().unwrap().to_str().unwrap();
+    let path = unrooted_format::StorePath::from_base_name(base).unwrap();
+    let dir = unrooted_format::StoreDir::new(f.d.store_dir().to_str().unwrap()).unwrap();
+    let (uid, gid) = f.d.other_ids();
+    let stream = f.d.connect_as(uid, gid).unwrap();
+    let mut holder = unrooted_protocol::client::Client::handshake(
+        stream.try_clone().unwrap(),
+        stream,
+        dir,
+        unrooted_protocol::ProtocolVersion::new(1, 38),
+    )
+    .unwrap();
+    holder.add_temp_root(&path).unwrap();
+    holder.add_temp_root(&path).unwrap();
+    let err = f.err("nix", &["store", "delete", &p]);
+    assert!(err.contains("since it is still alive"), "{err}");
+    drop(holder);
+    // The daemon notices the closed connection and drops its roots.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out =
+            f.d.trixie_client(&f.root, "nix")
+                .args(["store", "delete", &p])
+                .output()
+                .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still alive after the holder disconnected: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!Path::new(&p).exists());
+}

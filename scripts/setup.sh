@@ -45,3 +45,7 @@ done
 for user in unrooted-test-daemon unrooted-test-client unrooted-test-other; do
   id "$user" >/dev/null 2>&1 || as_root useradd --system --create-home --shell /usr/sbin/nologin "$user"
 done
+
+# The second client of the tests, Debian 13's Nix 2.26, in a Debian 13 root made once per
+# machine (scripts/trixie-root.sh, cached in /var/cache/unrooted-ci/trixie).
+"$(dirname "${BASH_SOURCE[0]}")/trixie-root.sh" >/dev/null

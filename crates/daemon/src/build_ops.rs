@@ -3,6 +3,14 @@
 //! messages Nix 2.8 clients expect while a build runs: one `build` activity (type 105,
 //! `building '<drv>'`, fields drvPath, machine "", curRound 1, nrRounds 1) per
 //! derivation, a `buildLogLine` result (101) per line of its log, and its stop.
+//!
+//! Around them, the activities of Nix's `Worker` that newer clients' progress bar is
+//! drawn from (issue 19, checked against Debian 13's nix-daemon 2.26): `realise`
+//! (102), `builds` (104) and `copyPaths` (103), all at level 0 with no text, with a
+//! `progress` result (105: done, expected, running, failed) on `builds` and
+//! `copyPaths` and two `setExpected` results (106: file transfers, copied paths) on
+//! `realise` whenever a count changes, as `Worker::updateProgress` sends them; and the
+//! debug-level "querying info about missing paths" activity of `queryMissing`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufWriter;
@@ -208,6 +216,165 @@ struct ClientObserver<'s, 'o> {
     /// The running post-build hooks' activities.
     hooks: HashMap<StorePath, ActivityId>,
     top: BTreeSet<StorePath>,
+    mode: Mode,
+    progress: Option<WorkerProgress>,
+}
+
+/// The counts behind Nix's `Worker::updateProgress`, for the derivations this request
+/// builds (`expected` are those not finished yet, as Nix counts its live goals).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct BuildCounts {
+    expected: u64,
+    done: u64,
+    running: u64,
+    failed: u64,
+}
+
+impl BuildCounts {
+    /// The `progress` fields of the `builds` activity: done, done + expected, running,
+    /// failed.
+    fn fields(&self) -> Vec<Field> {
+        vec![
+            Field::Int(self.done),
+            Field::Int(self.done + self.expected),
+            Field::Int(self.running),
+            Field::Int(self.failed),
+        ]
+    }
+
+    /// A counted build started.
+    fn started(&mut self) {
+        self.running += 1;
+    }
+
+    /// A counted build ended with `status` (`was_running` when it had started).
+    fn finished(&mut self, status: Status, was_running: bool) {
+        self.expected = self.expected.saturating_sub(1);
+        if was_running {
+            self.running = self.running.saturating_sub(1);
+        }
+        if status == Status::Built {
+            self.done += 1;
+        } else if !status.is_success() && status != Status::DependencyFailed {
+            self.failed += 1;
+        }
+    }
+}
+
+/// The `realise`, `builds` and `copyPaths` activities of one request.
+struct WorkerProgress {
+    realise: ActivityId,
+    builds: ActivityId,
+    copy_paths: ActivityId,
+    counts: BuildCounts,
+    /// The derivations counted (those the scheduler said it would build).
+    counted: BTreeSet<StorePath>,
+    running: BTreeSet<StorePath>,
+}
+
+impl WorkerProgress {
+    /// Starts the three activities, as Nix's `Worker` constructor does, and sends the
+    /// first counts.
+    fn start(
+        out: &mut Out,
+        counted: BTreeSet<StorePath>,
+    ) -> std::result::Result<Self, unrooted_protocol::ProtocolError> {
+        let mut start = |kind| out.start_activity(Verbosity::Error, kind, "", Vec::new(), None);
+        let realise = start(ActivityType::REALISE)?;
+        let builds = start(ActivityType::BUILDS)?;
+        let copy_paths = start(ActivityType::COPY_PATHS)?;
+        let p = Self {
+            realise,
+            builds,
+            copy_paths,
+            counts: BuildCounts {
+                expected: counted.len() as u64,
+                ..BuildCounts::default()
+            },
+            counted,
+            running: BTreeSet::new(),
+        };
+        p.update(out)?;
+        Ok(p)
+    }
+
+    /// `Worker::updateProgress`: builds, substitutions (none here), expected
+    /// downloads and copies (none).
+    fn update(&self, out: &mut Out) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
+        out.result(self.builds, ResultType::PROGRESS, self.counts.fields())?;
+        out.result(
+            self.copy_paths,
+            ResultType::PROGRESS,
+            vec![Field::Int(0), Field::Int(0), Field::Int(0), Field::Int(0)],
+        )?;
+        for kind in [ActivityType::FILE_TRANSFER, ActivityType::COPY_PATH] {
+            out.result(
+                self.realise,
+                ResultType::SET_EXPECTED,
+                vec![Field::Int(kind.0), Field::Int(0)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn started(
+        &mut self,
+        drv: &StorePath,
+        out: &mut Out,
+    ) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
+        if self.counted.contains(drv) && self.running.insert(drv.clone()) {
+            self.counts.started();
+            self.update(out)?;
+        }
+        Ok(())
+    }
+
+    fn finished(
+        &mut self,
+        drv: &StorePath,
+        status: Status,
+        out: &mut Out,
+    ) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
+        if self.counted.remove(drv) {
+            let was_running = self.running.remove(drv);
+            self.counts.finished(status, was_running);
+            self.update(out)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the activities in the order Nix's `Worker` destructor does.
+    fn stop(self, out: &mut Out) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
+        out.stop_activity(self.copy_paths)?;
+        out.stop_activity(self.builds)?;
+        out.stop_activity(self.realise)
+    }
+}
+
+/// The debug-level activity Nix's `queryMissing` runs in, started and stopped.
+pub(crate) fn query_missing_activity(
+    out: &mut Out,
+) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
+    let id = out.start_activity(
+        Verbosity::Debug,
+        ActivityType::UNKNOWN,
+        "querying info about missing paths",
+        Vec::new(),
+        None,
+    )?;
+    out.stop_activity(id)
+}
+
+/// The text of a derivation's `build` activity, as Nix's `DerivationGoal` words it:
+/// a requested derivation rebuilt by `--check`/`--rebuild` is "checking outputs of",
+/// by `--repair` "repairing outputs of"; everything else (dependencies included,
+/// which Nix builds normally) is "building".
+fn build_activity_text(mode: Mode, requested: bool, shown: &str) -> String {
+    match (mode, requested) {
+        (Mode::Check, true) => format!("checking outputs of '{shown}'"),
+        (Mode::Repair, true) => format!("repairing outputs of '{shown}'"),
+        _ => format!("building '{shown}'"),
+    }
 }
 
 impl ClientObserver<'_, '_> {
@@ -226,10 +393,12 @@ impl BuildObserver for ClientObserver<'_, '_> {
             }
         }
         let shown = self.s.cx.store_dir.display(drv);
+        let text = build_activity_text(self.mode, self.top.contains(drv), &shown);
+        let mut progress_sent = Ok(());
         let r = self.out.start_activity(
             Verbosity::Info,
             ActivityType::BUILD,
-            &format!("building '{shown}'"),
+            &text,
             vec![
                 Field::String(shown.into_bytes()),
                 Field::String(Vec::new()),
@@ -238,12 +407,17 @@ impl BuildObserver for ClientObserver<'_, '_> {
             ],
             None,
         );
+        if let Some(p) = self.progress.as_mut() {
+            if r.is_ok() {
+                progress_sent = p.started(drv, self.out);
+            }
+        }
         match r {
-            Ok(id) => {
+            Ok(id) if progress_sent.is_ok() => {
                 self.activities.insert(drv.clone(), id);
                 self.out.flush().is_ok()
             }
-            Err(_) => false,
+            _ => false,
         }
     }
 
@@ -298,6 +472,11 @@ impl BuildObserver for ClientObserver<'_, '_> {
     fn finished(&mut self, drv: &StorePath, result: &Result_) -> bool {
         if let Some(id) = self.hooks.remove(drv) {
             if self.out.stop_activity(id).is_err() {
+                return false;
+            }
+        }
+        if let Some(p) = self.progress.as_mut() {
+            if p.finished(drv, result.status, self.out).is_err() {
                 return false;
             }
         }
@@ -396,17 +575,36 @@ fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -
     s.state.auto_gc.poke();
     root_build_closure(s, &targets);
     let opts = options(s, mode);
+    // What will be built (the scheduler's plan, as QueryMissing answers it), counted
+    // in the progress the client's bar shows; unknown when the plan cannot be made
+    // (the build then fails with its own error).
+    let counted = s
+        .state
+        .scheduler
+        .will_build(&s.state.store, &targets)
+        .map(|(will, _)| will)
+        .unwrap_or_default();
+    // A client that went away is noticed by the scheduler through `connected`.
+    let progress = WorkerProgress::start(out, counted).ok();
+    if progress.is_some() {
+        let _ = query_missing_activity(out);
+    }
     let mut observer = ClientObserver {
         s,
         out,
         activities: HashMap::new(),
         hooks: HashMap::new(),
         top,
+        mode: opts.mode,
+        progress,
     };
     let results = s
         .state
         .scheduler
         .build(&s.state.store, &targets, &opts, &mut observer);
+    if let Some(p) = observer.progress.take() {
+        let _ = p.stop(observer.out);
+    }
     for r in &results {
         for p in r.outputs.values() {
             s.add_temp_root(p);
@@ -564,4 +762,33 @@ pub(crate) fn query_missing(
         unknown,
         ..MissingInfo::default()
     })
+}
+
+#[cfg(test)]
+mod activity_text_tests {
+    use super::{build_activity_text, Mode};
+
+    /// Issue 19: `nix build --rebuild` printed "building" where Nix (2.8 and 2.26)
+    /// prints "checking outputs of" (derivation-goal.cc).
+    #[test]
+    fn check_and_repair_are_worded_as_in_nix() {
+        let p = "/nix/store/x-a.drv";
+        assert_eq!(
+            build_activity_text(Mode::Normal, true, p),
+            "building '/nix/store/x-a.drv'"
+        );
+        assert_eq!(
+            build_activity_text(Mode::Check, true, p),
+            "checking outputs of '/nix/store/x-a.drv'"
+        );
+        assert_eq!(
+            build_activity_text(Mode::Repair, true, p),
+            "repairing outputs of '/nix/store/x-a.drv'"
+        );
+        // A dependency built on the way is built normally.
+        assert_eq!(
+            build_activity_text(Mode::Check, false, p),
+            "building '/nix/store/x-a.drv'"
+        );
+    }
 }

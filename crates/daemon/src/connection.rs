@@ -6,7 +6,6 @@
 //! its end, framed bodies drained); otherwise one error is sent and the connection is
 //! closed, since nothing further on it could be parsed reliably.
 
-use std::collections::BTreeSet;
 use std::io::{BufReader, BufWriter};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,7 +227,9 @@ fn run(
         } else {
             TrustedFlag::NotTrusted
         },
-        features: BTreeSet::new(),
+        // Protocol 1.38's features this daemon honours; the connection uses the
+        // intersection with the client's (none for a client that sends none).
+        features: unrooted_protocol::Features::SERVED.names(),
     };
     let store_dir = state.config.locations.store_dir.clone();
     let limits = WireContext::new(ProtocolVersion::MIN_SUPPORTED, store_dir.clone()).limits;
@@ -247,7 +248,10 @@ fn run(
         state,
         peer,
         trusted,
-        cx: WireContext::new(version, store_dir),
+        cx: WireContext {
+            features: unrooted_protocol::Features::from_names(&client.features),
+            ..WireContext::new(version, store_dir)
+        },
         settings: ClientSettings::default(),
         id,
     };

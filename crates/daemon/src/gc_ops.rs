@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use unrooted_gc::{Collector, GcAction, GcError, GcOptions, RootsHelper};
 use unrooted_protocol::reply::{write_roots, GcResult as WireGcResult};
-use unrooted_protocol::request::{GcAction as WireAction, GcOptions as WireOptions};
+use unrooted_protocol::request::{GcAction as WireAction, GcOptions as WireOptions, GcPaths};
 use unrooted_protocol::stderr::Verbosity;
 use unrooted_protocol::{ProtocolError, StderrWriter};
 
@@ -62,6 +62,52 @@ fn gc_error_message(e: &GcError, helper: &RootsHelper) -> String {
     }
 }
 
+/// The collector's action for a request's action and paths, as Nix 2.35's gc.cc
+/// reads them: the specific-path forms of the listing actions list the whole store
+/// (nothing in unrooted restricts a listing), DeleteSpecific of the whole store is
+/// refused, and so is collecting the garbage among specific paths without the
+/// `delete-dead-specific-referrers` feature (`tagged`), which only that form can ask
+/// for.
+fn gc_action(action: WireAction, paths: GcPaths, tagged: bool) -> Result<GcAction, OpError> {
+    Ok(match (action, paths) {
+        (WireAction::ReturnLive, _) => GcAction::ReturnLive,
+        (WireAction::ReturnDead, _) => GcAction::ReturnDead,
+        (WireAction::DeleteDead, GcPaths::WholeStore) => GcAction::DeleteDead,
+        (WireAction::DeleteDead, GcPaths::Specific { .. }) if !tagged => {
+            return Err(OpError::Client(
+                "Garbage collecting specific paths requested but it is not supported by the negotiated protocol".into(),
+            ))
+        }
+        (
+            WireAction::DeleteDead,
+            GcPaths::Specific {
+                paths,
+                delete_referrers,
+            },
+        ) => GcAction::DeleteDeadWithin {
+            paths,
+            referrers: delete_referrers,
+        },
+        (WireAction::DeleteSpecific, GcPaths::WholeStore) => {
+            return Err(OpError::Client("Cannot delete the entire store".into()))
+        }
+        (
+            WireAction::DeleteSpecific,
+            GcPaths::Specific {
+                paths,
+                delete_referrers: false,
+            },
+        ) => GcAction::DeleteSpecific(paths),
+        (
+            WireAction::DeleteSpecific,
+            GcPaths::Specific {
+                paths,
+                delete_referrers: true,
+            },
+        ) => GcAction::DeleteSpecificWithReferrers(paths),
+    })
+}
+
 /// CollectGarbage: one collector per request, each progress line a STDERR_NEXT.
 pub(crate) fn collect_garbage(
     s: &Session<'_>,
@@ -71,13 +117,9 @@ pub(crate) fn collect_garbage(
     if options.ignore_liveness {
         return Err(OpError::Client(GcError::IgnoreLiveness.to_string()));
     }
-    let action = match options.action {
-        WireAction::ReturnLive => GcAction::ReturnLive,
-        WireAction::ReturnDead => GcAction::ReturnDead,
-        WireAction::DeleteDead => GcAction::DeleteDead,
-        WireAction::DeleteSpecific => GcAction::DeleteSpecific(options.paths_to_delete),
-    };
-    let deleting = matches!(action, GcAction::DeleteDead | GcAction::DeleteSpecific(_));
+    let tagged = s.cx.features.delete_dead_specific_referrers;
+    let action = gc_action(options.action, options.paths, tagged)?;
+    let deleting = action.deletes();
     let state = s.state;
     let _barrier = deleting.then(|| state.gc_barrier.collecting());
     let collector = Collector::new(&state.store, state.gc_config.clone(), &state.temp_roots);

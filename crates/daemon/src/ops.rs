@@ -214,6 +214,8 @@ pub(crate) fn perform(
             reply(out, |w| Ok(wire::write_paths(w, &dir, &found)?))
         }
         Request::QueryMissing(targets) => {
+            // As nix-daemon, in its debug-level activity (the client shows it with -vvvv).
+            crate::build_ops::query_missing_activity(out)?;
             // With a cache, inputs of derivations to build may be substituted.
             let missing = match crate::subst_ops::query_missing(s, &targets, out) {
                 Some(m) => m,

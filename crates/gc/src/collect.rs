@@ -78,6 +78,36 @@ pub enum GcAction {
     DeleteDead,
     /// `--delete`: delete these paths, which must be dead.
     DeleteSpecific(BTreeSet<StorePath>),
+    /// `nix store delete --also-referrers` (Nix 2.35, protocol feature
+    /// `delete-dead-specific-referrers`): these paths, which must be dead, and every
+    /// path that refers to them, directly or not (all dead too: liveness follows
+    /// references).
+    DeleteSpecificWithReferrers(BTreeSet<StorePath>),
+    /// `nix store delete --skip-alive` (Nix 2.35, same feature): of these paths, the
+    /// dead ones; live ones are skipped without error. With `referrers`, the paths
+    /// that refer to them go too; without, a path that a path outside the deleted
+    /// set refers to is skipped.
+    DeleteDeadWithin {
+        /// The paths to consider.
+        paths: BTreeSet<StorePath>,
+        /// Whether their referrers go with them.
+        referrers: bool,
+    },
+}
+
+impl GcAction {
+    /// Whether the action deletes anything.
+    pub fn deletes(&self) -> bool {
+        !matches!(self, Self::ReturnLive | Self::ReturnDead)
+    }
+
+    /// Whether a path that cannot be deleted stops the collection with an error.
+    fn all_or_error(&self) -> bool {
+        matches!(
+            self,
+            Self::DeleteSpecific(_) | Self::DeleteSpecificWithReferrers(_)
+        )
+    }
 }
 
 /// A CollectGarbage request.
@@ -428,10 +458,7 @@ impl<'a> Collector<'a> {
             .map_err(lock_err)?;
         flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
 
-        let deleting = matches!(
-            options.action,
-            GcAction::DeleteDead | GcAction::DeleteSpecific(_)
-        );
+        let deleting = options.action.deletes();
         if deleting {
             self.store.remove_reserved_space()?;
         }
@@ -461,6 +488,8 @@ impl<'a> Collector<'a> {
                 return Ok(result);
             }
             GcAction::ReturnDead => {
+                // Nix (2.8 and 2.26, gc.cc) says this when it collects without deleting.
+                log("determining live/dead paths...");
                 result.paths = graph
                     .keys()
                     .filter(|p| !live.contains(*p))
@@ -468,10 +497,21 @@ impl<'a> Collector<'a> {
                     .collect();
                 return Ok(result);
             }
-            GcAction::DeleteDead | GcAction::DeleteSpecific(_) => {}
+            GcAction::DeleteDead
+            | GcAction::DeleteSpecific(_)
+            | GcAction::DeleteSpecificWithReferrers(_)
+            | GcAction::DeleteDeadWithin { .. } => {}
         }
-        log("deleting garbage...");
-        let specific = matches!(options.action, GcAction::DeleteSpecific(_));
+        let specific = options.action.all_or_error();
+        // Nix announces the sweep only when collecting all garbage, never for the
+        // paths of `nix-store --delete` / `nix store delete` (gc.cc, 2.8 and 2.26);
+        // the forms only Nix 2.35 sends are announced as 2.35 does.
+        match options.action {
+            GcAction::DeleteDead => log("deleting garbage..."),
+            GcAction::DeleteSpecificWithReferrers(_) => log("deleting specified paths..."),
+            GcAction::DeleteDeadWithin { .. } => log("deleting garbage within specified paths..."),
+            _ => {}
+        }
         let limit_reached =
             self.delete_in_batches(&order, specific, options.max_freed, log, &mut result)?;
         if options.action == GcAction::DeleteDead && !limit_reached {
@@ -510,6 +550,30 @@ impl<'a> Collector<'a> {
                     });
                 }
                 self.store.query_valid_paths(paths)?.into_iter().collect()
+            }
+            GcAction::DeleteSpecificWithReferrers(paths) => {
+                if let Some(p) = paths.iter().find(|p| live.contains(*p)) {
+                    return Err(GcError::StillAlive {
+                        path: self.store.print_path(p),
+                    });
+                }
+                let valid = self.store.query_valid_paths(paths)?;
+                referrer_closure(graph, valid.into_iter().collect())
+                    .into_iter()
+                    .collect()
+            }
+            GcAction::DeleteDeadWithin { paths, referrers } => {
+                let dead: BTreeSet<StorePath> = paths
+                    .iter()
+                    .filter(|p| graph.contains_key(*p) && !live.contains(*p))
+                    .cloned()
+                    .collect();
+                let set = if *referrers {
+                    referrer_closure(graph, dead)
+                } else {
+                    without_outside_referrers(graph, dead)
+                };
+                set.into_iter().collect()
             }
         };
         self.referrers_first(graph, &dead)
@@ -805,5 +869,56 @@ impl<'a> Collector<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Who refers to each path of `graph` (self-references left out).
+fn referrers_of(graph: &Graph) -> BTreeMap<&StorePath, Vec<&StorePath>> {
+    let mut referrers: BTreeMap<&StorePath, Vec<&StorePath>> = BTreeMap::new();
+    for (p, node) in graph {
+        for r in &node.references {
+            if r != p {
+                referrers.entry(r).or_default().push(p);
+            }
+        }
+    }
+    referrers
+}
+
+/// Every path of `graph` that refers to `start`, directly or not, and `start`.
+fn referrer_closure(graph: &Graph, start: BTreeSet<StorePath>) -> BTreeSet<StorePath> {
+    let referrers = referrers_of(graph);
+    let mut out = start;
+    let mut queue: Vec<StorePath> = out.iter().cloned().collect();
+    while let Some(p) = queue.pop() {
+        for r in referrers.get(&p).into_iter().flatten() {
+            if out.insert((*r).clone()) {
+                queue.push((*r).clone());
+            }
+        }
+    }
+    out
+}
+
+/// The largest part of `set` in which every path's referrers (in `graph`) are in the
+/// part too: a path something outside refers to cannot go, nor then what it refers to.
+fn without_outside_referrers(graph: &Graph, mut set: BTreeSet<StorePath>) -> BTreeSet<StorePath> {
+    let referrers = referrers_of(graph);
+    loop {
+        let blocked: Vec<StorePath> = set
+            .iter()
+            .filter(|p| {
+                referrers
+                    .get(p)
+                    .is_some_and(|rs| rs.iter().any(|r| !set.contains(*r)))
+            })
+            .cloned()
+            .collect();
+        if blocked.is_empty() {
+            return set;
+        }
+        for p in blocked {
+            set.remove(&p);
+        }
     }
 }

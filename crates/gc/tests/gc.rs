@@ -137,11 +137,18 @@ fn print_live_print_dead_delete_specific_and_refusals() {
     let temps = TempRoots::new();
     let (r, _) = collect(&store, no_helper(), &temps, GcAction::ReturnLive, u64::MAX);
     assert_eq!(r.unwrap().paths, [sp(&live)].into_iter().collect());
-    let (r, _) = collect(&store, no_helper(), &temps, GcAction::ReturnDead, u64::MAX);
+    let (r, log) = collect(&store, no_helper(), &temps, GcAction::ReturnDead, u64::MAX);
     assert_eq!(
         r.unwrap().paths,
         [sp(&dead), sp(&dead_ref)].into_iter().collect()
     );
+    // Issue 19: the messages of Nix's gc.cc (2.8 and 2.26), compared side by side with
+    // Debian 13's nix-daemon: a dry run determines, it does not delete.
+    assert!(
+        log.iter().any(|l| l == "determining live/dead paths..."),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l == "deleting garbage..."), "{log:?}");
 
     let (r, _) = collect(
         &store,
@@ -165,7 +172,7 @@ fn print_live_print_dead_delete_specific_and_refusals() {
     );
     assert!(matches!(r, Err(GcError::Referenced { .. })), "{r:?}");
     assert!(store.is_valid_path(&dead).unwrap());
-    let (r, _) = collect(
+    let (r, log) = collect(
         &store,
         no_helper(),
         &temps,
@@ -175,6 +182,14 @@ fn print_live_print_dead_delete_specific_and_refusals() {
     assert_eq!(
         r.unwrap().paths,
         [sp(&dead), sp(&dead_ref)].into_iter().collect()
+    );
+    // Deleting named paths is not announced as a sweep ("deleting garbage..." is
+    // printed only when all garbage is collected), but each deletion is.
+    assert!(!log.iter().any(|l| l == "deleting garbage..."), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| *l == format!("deleting '{}'", sp(&dead))),
+        "{log:?}"
     );
     assert!(store.is_valid_path(&live).unwrap());
 
@@ -692,4 +707,73 @@ fn gc_refuses_unless_the_helper_answer_is_complete() {
     let r = r.unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert_eq!(r.paths, BTreeSet::from([sp(&dead)]));
     assert!(store.is_valid_path(&rooted).unwrap());
+}
+
+/// Issue 19: the two forms Nix 2.35 sends with `delete-dead-specific-referrers`:
+/// `nix store delete --also-referrers` (the paths, which must be dead, with every
+/// path that refers to them) and `--skip-alive` (the dead ones among the paths; live
+/// ones, and without referrers those something outside refers to, skipped silently).
+#[test]
+fn delete_with_referrers_and_skip_alive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_at(tmp.path());
+    let state = tmp.path().join("state");
+    let sp = |p| store.print_path(p);
+    let live = text(&store, "live", "l", &[]);
+    let dead = text(&store, "dead", "d", &[]);
+    let dead_ref = text(&store, "dead-referrer", "r", &[&dead]);
+    let dead_ref2 = text(&store, "dead-referrer-2", "r2", &[&dead_ref]);
+    let lone = text(&store, "lone", "x", &[]);
+    symlink(sp(&live), state.join("gcroots/l")).unwrap();
+    let temps = TempRoots::new();
+
+    // --skip-alive without referrers: live skipped, dead kept for its referrer, lone
+    // deleted; no error.
+    let (r, log) = collect(
+        &store,
+        no_helper(),
+        &temps,
+        GcAction::DeleteDeadWithin {
+            paths: [live.clone(), dead.clone(), lone.clone()].into(),
+            referrers: false,
+        },
+        u64::MAX,
+    );
+    assert_eq!(r.unwrap().paths, [sp(&lone)].into_iter().collect());
+    assert!(
+        log.iter()
+            .any(|l| l == "deleting garbage within specified paths..."),
+        "{log:?}"
+    );
+    assert!(store.is_valid_path(&live).unwrap() && store.is_valid_path(&dead).unwrap());
+
+    // --also-referrers of a live path: refused, as a plain delete is.
+    let (r, _) = collect(
+        &store,
+        no_helper(),
+        &temps,
+        GcAction::DeleteSpecificWithReferrers([live.clone()].into()),
+        u64::MAX,
+    );
+    assert!(matches!(r, Err(GcError::StillAlive { .. })), "{r:?}");
+
+    // --also-referrers of a dead path: it and its referrers, transitively.
+    let (r, log) = collect(
+        &store,
+        no_helper(),
+        &temps,
+        GcAction::DeleteSpecificWithReferrers([dead.clone()].into()),
+        u64::MAX,
+    );
+    assert_eq!(
+        r.unwrap().paths,
+        [sp(&dead), sp(&dead_ref), sp(&dead_ref2)]
+            .into_iter()
+            .collect()
+    );
+    assert!(
+        log.iter().any(|l| l == "deleting specified paths..."),
+        "{log:?}"
+    );
+    assert!(store.is_valid_path(&live).unwrap());
 }

@@ -47,6 +47,7 @@ impl<R: Read, W: Write> Client<R, W> {
             version: info.version,
             store_dir,
             limits,
+            features: crate::Features::from_names(&info.features),
         };
         let mut c = Self {
             reader,

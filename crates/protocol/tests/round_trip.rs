@@ -13,7 +13,7 @@ use unrooted_protocol::path_info::SubstitutablePathInfo;
 use unrooted_protocol::reply::{self, GcResult, MissingInfo, RealisationReply};
 use unrooted_protocol::request::{
     AddToStoreNar, BasicDerivation, BuildMode, ClientSettings, ContentAddressMethod,
-    DerivationOutputWire, GcAction, GcOptions,
+    DerivationOutputWire, GcAction, GcOptions, GcPaths,
 };
 use unrooted_protocol::stderr::Verbosity;
 use unrooted_protocol::{
@@ -157,7 +157,10 @@ fn samples() -> Vec<Request> {
         Request::SetOptions(settings),
         Request::CollectGarbage(GcOptions {
             action: GcAction::DeleteSpecific,
-            paths_to_delete: [dep(), hello()].into(),
+            paths: GcPaths::Specific {
+                paths: [dep(), hello()].into(),
+                delete_referrers: false,
+            },
             ignore_liveness: false,
             max_freed: u64::MAX,
         }),

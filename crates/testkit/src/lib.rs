@@ -286,3 +286,4 @@ pub mod store;
 
 pub mod daemon;
 pub mod http;
+pub mod trixie;

@@ -9,7 +9,7 @@ use unrooted_format::{FileIngestionMethod, StorePathName};
 use super::types::{
     AddToStoreNar, BasicDerivation, BuildMode, ClientSettings, ContentAddressMethod,
 };
-use super::types::{DerivationOutputWire, GcAction, GcOptions};
+use super::types::{DerivationOutputWire, GcAction, GcOptions, GcPaths};
 use super::{body_of, Opcode, Request};
 use crate::build_result::{DrvOutput, Realisation};
 use crate::derived_path::DerivedPath;
@@ -127,9 +127,34 @@ fn decode_args<R: Read + ?Sized>(d: &mut Decoder<'_, R>, op: Opcode) -> Result<R
         O::CollectGarbage => {
             let a = d.u64("gc action")?;
             let action = d.soft(GcAction::from_wire(a), || GcAction::ReturnLive)?;
+            let paths = if d.cx.features.delete_dead_specific_referrers {
+                match d.u64("whole store indicator")? {
+                    0 => GcPaths::Specific {
+                        paths: d.paths("paths to delete")?,
+                        delete_referrers: d.bool("delete referrers")?,
+                    },
+                    1 => GcPaths::WholeStore,
+                    value => {
+                        return Err(ProtocolError::ValueOutOfRange {
+                            field: "whole store indicator",
+                            value,
+                        })
+                    }
+                }
+            } else {
+                let paths = d.paths("paths to delete")?;
+                if action != GcAction::DeleteSpecific && paths.is_empty() {
+                    GcPaths::WholeStore
+                } else {
+                    GcPaths::Specific {
+                        paths,
+                        delete_referrers: false,
+                    }
+                }
+            };
             let opts = GcOptions {
                 action,
-                paths_to_delete: d.paths("paths to delete")?,
+                paths,
                 ignore_liveness: d.bool("ignore liveness")?,
                 max_freed: d.u64("max freed")?,
             };

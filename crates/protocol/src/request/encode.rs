@@ -5,11 +5,12 @@ use std::io::Write;
 use unrooted_format::hash::HashAlgo;
 use unrooted_format::FileIngestionMethod;
 
-use super::types::{BasicDerivation, ClientSettings, ContentAddressMethod};
+use super::types::{BasicDerivation, ClientSettings, ContentAddressMethod, GcAction, GcPaths};
 use super::Request;
 use crate::derived_path::DerivedPath;
 use crate::error::ProtocolError;
 use crate::wire::{self, WireContext};
+use std::collections::BTreeSet;
 
 type Result<T> = std::result::Result<T, ProtocolError>;
 
@@ -103,7 +104,34 @@ impl Request {
             Self::SetOptions(s) => write_settings(w, cx, s)?,
             Self::CollectGarbage(o) => {
                 wire::write_u64(w, o.action as u64)?;
-                wire::write_paths(w, dir, &o.paths_to_delete)?;
+                match (&o.paths, cx.features.delete_dead_specific_referrers) {
+                    (GcPaths::WholeStore, true) => wire::write_u64(w, 1)?,
+                    (
+                        GcPaths::Specific {
+                            paths,
+                            delete_referrers,
+                        },
+                        true,
+                    ) => {
+                        wire::write_u64(w, 0)?;
+                        wire::write_paths(w, dir, paths)?;
+                        wire::write_bool(w, *delete_referrers)?;
+                    }
+                    (GcPaths::WholeStore, false) => wire::write_paths(w, dir, &BTreeSet::new())?,
+                    (
+                        GcPaths::Specific {
+                            paths,
+                            delete_referrers: false,
+                        },
+                        false,
+                    ) if o.action == GcAction::DeleteSpecific => wire::write_paths(w, dir, paths)?,
+                    (GcPaths::Specific { .. }, false) => {
+                        return Err(ProtocolError::Unrepresentable {
+                            what: "collecting specific paths other than by DeleteSpecific, or with their referrers, without delete-dead-specific-referrers",
+                            version: cx.version,
+                        })
+                    }
+                }
                 wire::write_bool(w, o.ignore_liveness)?;
                 wire::write_u64(w, o.max_freed)?;
                 for _ in 0..3 {

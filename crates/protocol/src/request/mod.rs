@@ -17,7 +17,7 @@ use unrooted_format::{ContentAddress, StorePath, StorePathName};
 pub use decode::read_request;
 pub use types::{
     AddToStoreNar, BasicDerivation, BuildMode, ClientSettings, ContentAddressMethod,
-    DerivationOutputWire, GcAction, GcOptions,
+    DerivationOutputWire, GcAction, GcOptions, GcPaths,
 };
 
 use crate::build_result::{DrvOutput, Realisation};

@@ -162,13 +162,32 @@ impl GcAction {
     }
 }
 
+/// Which paths CollectGarbage is about (Nix 2.35's `GCOptions::GCPaths`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcPaths {
+    /// Every path of the store.
+    WholeStore,
+    /// Only these, with (`delete_referrers`) or without the paths that refer to them.
+    Specific {
+        /// The paths.
+        paths: BTreeSet<StorePath>,
+        /// Whether their referrers go too (`nix store delete --also-referrers`).
+        delete_referrers: bool,
+    },
+}
+
 /// The arguments of CollectGarbage.
+///
+/// Without the `delete-dead-specific-referrers` feature the paths are a plain set,
+/// read as Nix 2.35 reads it: empty and not DeleteSpecific is the whole store,
+/// anything else specific paths without referrers. With it, a tag (0: specific, then
+/// the set and the delete-referrers flag; 1: whole store) comes first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcOptions {
     /// What to do.
     pub action: GcAction,
-    /// For DeleteSpecific.
-    pub paths_to_delete: BTreeSet<StorePath>,
+    /// Which paths.
+    pub paths: GcPaths,
     /// Refused for everyone ("you are not allowed to ignore liveness").
     pub ignore_liveness: bool,
     /// Stop after freeing this many bytes (`u64::MAX` = unlimited).

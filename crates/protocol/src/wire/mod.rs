@@ -65,6 +65,8 @@ pub struct WireContext {
     pub store_dir: StoreDir,
     /// Bounds for reads.
     pub limits: Limits,
+    /// The features negotiated (protocol ≥ 1.38; none before).
+    pub features: crate::Features,
 }
 
 impl WireContext {
@@ -74,6 +76,7 @@ impl WireContext {
             version,
             store_dir,
             limits: Limits::default(),
+            features: crate::Features::default(),
         }
     }
 }

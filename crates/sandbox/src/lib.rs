@@ -53,9 +53,10 @@ pub use cleanup::{empty_dir, remove_tree};
 pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
 pub use helper::{builtin_main, helper_main, helper_main_with_builtins, Builtin, BuiltinFn};
 pub use plan::{
-    etc_passwd, host_network_files, nix_base_env, Exec, IdMapEntry, IdMapMethod, IdMaps, IdSlice,
-    MountOp, Namespaces, Plan, Program, SandboxPath, SandboxSpec, BUILDER_GID, BUILDER_UID,
-    DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
+    etc_passwd, host_network_files, nix_base_env, pasta_resolv_conf, Exec, IdMapEntry, IdMapMethod,
+    IdMaps, IdSlice, MountOp, Namespaces, Pasta, Plan, Program, SandboxPath, SandboxSpec,
+    BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, PASTA_ADDRESS,
+    PASTA_GATEWAY, PASTA_INTERFACE, PASTA_PREFIX, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
 pub use sys::{landlock_abi, peer_groups, LANDLOCK_SCOPE_ABI, MAX_PEER_GROUPS};

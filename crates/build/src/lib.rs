@@ -68,7 +68,9 @@ use unrooted_format::StorePath;
 
 pub use env::{attrs_sh, builder_env, pass_as_file_name, BuilderEnv, EnvParams};
 pub use error::{error_chain, BuildError};
-pub use goal::{default_system, load_derivation, output_hashes, output_paths, BuilderConfig};
+pub use goal::{
+    default_system, load_derivation, output_hashes, output_paths, BuilderConfig, FixedOutputNetwork,
+};
 pub use idpool::{IdLease, IdMode, IdPool, IdSettings, MIN_IDS_PER_BUILD};
 pub use log::{log_path, BuildLog, MAX_LINE, TAIL_LINES};
 pub use scheduler::{BuildObserver, Scheduler, Target};

@@ -409,6 +409,11 @@ fn start_network(
     let inner_userns = open_ns(pid, "user")?;
     let netns = open_ns(pid, "net")?;
     let (ready_r, ready_w) = pipe_with(PipeFlags::CLOEXEC).map_err(|e| failed(e.raw_os_error()))?;
+    // pasta reopens it as its pid file (`/proc/self/fd/1`) with the builder's ids:
+    // the pipe, this helper's, must let them write (only a process that may look
+    // into pasta's descriptors can name it).
+    rustix::fs::fchmod(&ready_w, rustix::fs::Mode::from_raw_mode(0o222))
+        .map_err(|e| failed(e.raw_os_error()))?;
     let helper = rustix::process::getpid();
     let started = match sys::clone_into_namespaces(0) {
         Ok(Cloned::Child) => {

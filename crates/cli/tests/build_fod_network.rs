@@ -111,8 +111,13 @@ fn prepared(extra: &str) -> Option<Fixture> {
 /// Builds the probing fixed-output derivation (it always fails) and returns what the
 /// builder reported, one `channel: outcome` line each.
 fn probe(f: &Fixture, tag: &str) -> Vec<String> {
+    probe_with(f, tag, "")
+}
+
+/// [`probe`] with more attributes for the derivation.
+fn probe_with(f: &Fixture, tag: &str, attrs: &str) -> Vec<String> {
     let expr = format!(
-        r#"derivation {{ name = "netprobe-{tag}"; system = builtins.currentSystem; builder = "/hostile";
+        r#"derivation {{ name = "netprobe-{tag}"; system = builtins.currentSystem; builder = "/hostile"; {attrs}
              args = [ "netprobe" "{}" "{}" ];
              outputHashMode = "flat"; outputHashAlgo = "sha256";
              outputHash = "0000000000000000000000000000000000000000000000000000000000000000"; }}"#,
@@ -176,6 +181,35 @@ fn fixed_output_builder_on_pasta_reaches_the_host_only_through_the_gateway() {
         .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.contains("pas")))
         .collect();
     assert!(left.is_empty(), "pasta processes left: {left:?}");
+}
+
+/// The `uid-range` layout (the builder is root with 65,536 ids in its nested user
+/// namespace): pasta still runs as uid 1000 there and attaches the same way.
+#[test]
+fn uid_range_fixed_output_builder_on_pasta_is_confined_the_same_way() {
+    let Some(f) = prepared("") else { return };
+    if unrooted_testkit::daemon::ensure_subids(unrooted_testkit::daemon::DAEMON_USER).is_none() {
+        assert!(
+            !unrooted_testkit::in_ci(),
+            "subordinate ids are needed, and CI=true"
+        );
+        eprintln!("skipping: no subordinate ids for the daemon user");
+        return;
+    }
+    let got = probe_with(
+        &f,
+        "uid-range",
+        r#"requiredSystemFeatures = [ "uid-range" ];"#,
+    );
+    assert_eq!(
+        got,
+        [
+            "abstract: Connection refused",
+            "loopback: Connection refused",
+            "procnet: unseen",
+            "gateway: HTTP/1.0 200 OK",
+        ]
+    );
 }
 
 #[test]

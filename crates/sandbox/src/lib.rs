@@ -65,9 +65,15 @@
 //! `pasta --netns /proc/self/fd/0 --netns-only …` with the namespace on stdin and a
 //! pipe on stdout as its pid file: pasta writes its pid once the interface is
 //! configured and it has isolated itself, and only then does the init go on to the
-//! builder (measured in this container: 25–80 ms, median about 60 ms, and 31 MB of
-//! pasta's resident memory per running fixed-output build, nearly all of it pasta's
-//! own start-up: it touches its packet buffers). The helper kills pasta once the
+//! builder. That wait is what pasta costs: 25–80 ms (median about 60 ms) on the
+//! shared 2-CPU development machine, nearly all of it pasta's own start-up, which
+//! touches its 31 MB of packet buffers (its resident memory per running fixed-output
+//! build). `./scripts/bench.sh --only build`, release build, load 3–5, two runs: one
+//! `sandbox-run` of `/bin/sh -c true` 3.37 / 3.58 ms with the host's network, 58.3 /
+//! 58.2 ms with its own namespace and pasta; one trivial fixed-output `nix-build`
+//! 0.062 / 0.080 s on pasta against nix-daemon 2.8's 0.048 / 0.079 s on the host's
+//! network (1.27x / 1.01x), while ordinary builds, which get no pasta, stay at 0.45x /
+//! 0.43x (one) and 0.29x / 0.35x (200). The helper kills pasta once the
 //! builder's init has been reaped. So pasta has no more rights than the builder:
 //! on the host it is the builder's uid (in the id-range mode an id of the build's
 //! slice that owns nothing of the store; in the single-id mode the store owner, as

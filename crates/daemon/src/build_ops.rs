@@ -556,3 +556,44 @@ pub(crate) fn query_missing(
         ..MissingInfo::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_output_network;
+    use std::os::unix::fs::PermissionsExt;
+    use unrooted_build::FixedOutputNetwork as Net;
+
+    #[test]
+    fn fixed_output_network_is_pasta_when_found_and_host_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pasta = dir.path().join("pasta");
+        std::fs::write(&pasta, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&pasta, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().as_os_str();
+        // Found in PATH by name (the default), or at the configured path.
+        assert_eq!(
+            fixed_output_network(None, None, Some(path)),
+            Net::Pasta(pasta.clone())
+        );
+        let p = pasta.to_str().unwrap();
+        assert_eq!(
+            fixed_output_network(Some("pasta"), Some(p), None),
+            Net::Pasta(pasta.clone())
+        );
+        // Not there: missing, never the host's network on its own.
+        assert_eq!(
+            fixed_output_network(None, Some("/nonexistent/pasta"), Some(path)),
+            Net::Missing("/nonexistent/pasta".into())
+        );
+        // A relative path is not looked up relative to anything.
+        assert!(matches!(
+            fixed_output_network(None, Some("bin/pasta"), Some(path)),
+            Net::Missing(_)
+        ));
+        // The host's network only when asked for.
+        assert_eq!(
+            fixed_output_network(Some("host"), Some(p), Some(path)),
+            Net::Host
+        );
+    }
+}

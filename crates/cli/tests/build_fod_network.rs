@@ -288,3 +288,16 @@ fn missing_pasta_fails_fixed_output_builders_by_name() {
         "{err}"
     );
 }
+
+/// Under the installed unit's capability bounding set (the daemon holds no
+/// capability; only `CAP_SETUID`/`CAP_SETGID` are bounded in for `newuidmap`), pasta
+/// still attaches: the capabilities it keeps are the builder's nested namespace's.
+#[test]
+fn pasta_works_under_the_units_bounding_set() {
+    let Some(mut f) = prepared("") else { return };
+    f.d.kill();
+    f.d.start_with_the_units_bounding_set();
+    let got = probe(&f, "bounded");
+    assert_eq!(got[3], "gateway: HTTP/1.0 200 OK", "{got:?}");
+    assert_eq!(got[1], "loopback: Connection refused", "{got:?}");
+}

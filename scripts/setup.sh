@@ -21,6 +21,8 @@ command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
 command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
 # Builds get their own id range through newuidmap/newgidmap (the build_idrange tests).
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
+# Fixed-output builds get their network through pasta (the build_fod_network tests).
+command -v pasta >/dev/null || need_apt+=(passt)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # Wait for another apt or dpkg run (unattended upgrades) instead of failing.
@@ -40,6 +42,12 @@ fi
 for comp in rustfmt clippy; do
   cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$comp"
 done
+
+# pasta runs as a build's ids and opens /dev/net/tun: 0666, as Debian's udev rule
+# makes it (containers without udev leave it 0600).
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  as_root chmod 0666 /dev/net/tun
+fi
 
 # The integration tests run the daemon as one unprivileged user and clients as two others.
 for user in unrooted-test-daemon unrooted-test-client unrooted-test-other; do

@@ -51,6 +51,14 @@ let
   };
 in {
   one = mk "bench-one-${seed}" "echo hello > $out";
+  # Fixed-output: its own network namespace with pasta in unrooted (issue 15), the
+  # host's network in nix-daemon 2.8.
+  fod = derivation {
+    name = "bench-fod-${seed}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo hello > $out" ];
+    outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+  };
   many = builtins.genList (i: mk "bench-many-${seed}-${toString i}" "echo ${toString i} > $out") (builtins.fromJSON n);
 }
 "#;
@@ -278,6 +286,25 @@ fn workloads(
         )),
     );
 
+    // One trivial fixed-output build, the same way: unrooted's gets a network
+    // namespace of its own and pasta (when installed), nix-daemon 2.8's the host's.
+    let mut fod = vec![Vec::new(); daemons.len()];
+    for run in 0..=(opts.runs * 3).max(9) {
+        for i in turns(daemons.len(), run) {
+            let (t, paths) = nix_build(&daemons[i], expr, "fod", 1)?;
+            ensure!(paths == 1, "{} built {paths} paths", daemons[i].label);
+            if run > 0 {
+                fod[i].push(t);
+            }
+        }
+    }
+    time_row(
+        "one trivial fixed-output build",
+        median_of(&mut fod[0]).as_secs_f64(),
+        median_of(&mut fod[1]).as_secs_f64(),
+        None,
+    );
+
     // Many independent derivations in one nix-build, max-jobs = 2.
     let mut many = vec![0.0; daemons.len()];
     for i in turns(daemons.len(), 0) {
@@ -324,12 +351,23 @@ fn workloads(
         w = work.display()
     );
     let version_body = format!("{} --version >/dev/null", opts.unrooted.display());
-    let cases = [
+    // The same with a fixed-output build's network: the host's, and pasta's.
+    let network_loop = sandbox_loop.replace(" -- /bin/sh", " --network -- /bin/sh");
+    let pasta = ["/usr/bin/pasta", "/usr/local/bin/pasta"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
+    let pasta_loop =
+        pasta.map(|p| sandbox_loop.replace(" -- /bin/sh", &format!(" --pasta {p} -- /bin/sh")));
+    let mut cases = vec![
         ("unshare -Urmpfn true", script("unshare -Urmpfn true")),
         ("unrooted sandbox-run /bin/sh -c true", sandbox_loop),
         ("unrooted --version (exec floor)", script(&version_body)),
         ("/bin/true (fork+exec floor)", script("/bin/true")),
+        ("  the same, --network (host's)", network_loop),
     ];
+    if let Some(l) = pasta_loop {
+        cases.push(("  the same, --pasta (own netns + pasta)", l));
+    }
     // Warm up each case, then time them in turn, round after round, and keep each
     // one's best: interleaving exposes every case to the same drifts of the shared
     // machine's load, which timing one case after another does not.

@@ -80,6 +80,8 @@ pub struct BuilderConfig {
     /// (Nix's default: `nixos-test`, `benchmark`, `big-parallel`, and `kvm` when
     /// `/dev/kvm` can be opened).
     pub system_features: BTreeSet<String>,
+    /// How sandboxed fixed-output builds reach the network.
+    pub fixed_output_network: FixedOutputNetwork,
 }
 
 /// Nix 2.8's default `system-features`.
@@ -97,6 +99,25 @@ pub fn default_system_features() -> BTreeSet<String> {
         f.insert("kvm".to_owned());
     }
     f
+}
+
+/// How sandboxed fixed-output builds reach the network (`fixed-output-network` and
+/// `pasta-path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FixedOutputNetwork {
+    /// In a network namespace of the build's own, through this `pasta` (the default
+    /// when it is found): no abstract socket, loopback listener or `/proc/net` of the
+    /// host is in reach; the host's loopback is reached at
+    /// [`unrooted_sandbox::PASTA_GATEWAY`].
+    Pasta(PathBuf),
+    /// `pasta` was wanted but is not there (the path looked for): a fixed-output build
+    /// that executes a program fails, naming it (closed, not open); `builtin:fetchurl`,
+    /// the daemon's own code run in the sandbox, which cannot be made to use an
+    /// abstract socket, shares the host's network instead, with a warning.
+    Missing(PathBuf),
+    /// The host's network namespace, as in Nix 2.8 (`fixed-output-network = host`,
+    /// which the administrator must ask for).
+    Host,
 }
 
 impl BuilderConfig {
@@ -118,6 +139,7 @@ impl BuilderConfig {
             ids: IdMode::default(),
             hashed_mirrors: Vec::new(),
             system_features: default_system_features(),
+            fixed_output_network: FixedOutputNetwork::Host,
         }
     }
 
@@ -467,6 +489,49 @@ pub fn output_hashes(
 pub(crate) struct Failure {
     pub status: Status,
     pub msg: String,
+}
+
+/// Gives a sandboxed fixed-output build its network: `pasta`'s, with the host's
+/// `/etc/services` and `/etc/hosts` and a resolver file naming pasta's gateway, or
+/// the host's network with its three files.
+fn fixed_output_network(
+    spec: &mut SandboxSpec,
+    how: &FixedOutputNetwork,
+    builtin: Option<&str>,
+) -> Result<(), Failure> {
+    let host_files = unrooted_sandbox::host_network_files();
+    match how {
+        FixedOutputNetwork::Pasta(pasta) => {
+            spec.pasta = Some(unrooted_sandbox::Pasta::new(pasta.clone()));
+            spec.network_files = host_files
+                .into_iter()
+                .filter(|f| f.target != Path::new("/etc/resolv.conf"))
+                .collect();
+            let host = fs::read("/etc/resolv.conf").unwrap_or_default();
+            spec.resolv_conf = Some(unrooted_sandbox::pasta_resolv_conf(&host));
+        }
+        FixedOutputNetwork::Host => spec.network_files = host_files,
+        FixedOutputNetwork::Missing(pasta) if builtin == Some("fetchurl") => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "{} is missing: builtin:fetchurl shares the host's network (the daemon's own fetcher, which cannot reach abstract sockets); fixed-output builds that run a program fail until passt is installed",
+                    pasta.display()
+                )
+            });
+            spec.network_files = host_files;
+        }
+        FixedOutputNetwork::Missing(pasta) => {
+            return Err(fail(
+                Status::MiscFailure,
+                format!(
+                    "fixed-output builds get their network through pasta, and {} is not there: install pasta (Debian's package passt), set pasta-path to it, or let fixed-output builds share the host's network with fixed-output-network = host",
+                    pasta.display()
+                ),
+            ))
+        }
+    }
+    Ok(())
 }
 
 fn fail(status: Status, msg: impl Into<String>) -> Failure {
@@ -930,13 +995,7 @@ fn run_builder(
             spec.sandbox_paths = cx.cfg.sandbox_paths.clone();
             spec.network = fixed;
             if fixed {
-                spec.network_files = unrooted_sandbox::host_network_files();
-                static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| {
-                    tracing::info!(
-                        "fixed-output builds share the host's network (as in Nix 2.8), with its /etc/resolv.conf, /etc/services and /etc/hosts"
-                    )
-                });
+                fixed_output_network(&mut spec, &cx.cfg.fixed_output_network, builtin)?;
             }
             spec.builtin = builtin.map(str::to_owned);
             spec.args = benv.args.clone();

@@ -75,7 +75,7 @@ pub use error::{error_chain, BuildError};
 pub use export_graph::ExportGraphError;
 pub use goal::{
     default_system, default_system_features, load_derivation, output_hashes, output_paths,
-    BuilderConfig,
+    BuilderConfig, FixedOutputNetwork,
 };
 pub use idpool::{IdLease, IdMode, IdPool, IdSettings, MIN_IDS_PER_BUILD};
 pub use log::{log_path, BuildLog, MAX_LINE, TAIL_LINES};

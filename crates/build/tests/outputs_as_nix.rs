@@ -369,7 +369,9 @@ fn unsandboxed_rebuild_redirects_valid_outputs_and_rewrites_hashes() {
         .ino();
 
     // Delete `second` only; the rebuild finds `first` valid and must not be given it.
-    lab.store.invalidate_paths(std::slice::from_ref(&second)).unwrap();
+    lab.store
+        .invalidate_paths(std::slice::from_ref(&second))
+        .unwrap();
     lab.store.delete_invalid_path(&second).unwrap();
     assert!(!lab.store.real_path(&second).exists());
     let (r, _) = lab.build(&[&a], &BuildOptions::default());

@@ -45,6 +45,10 @@ pub struct SandboxArgs {
     /// Share the host network, as fixed-output derivations do (default: loopback only).
     #[arg(long)]
     network: bool,
+    /// A network namespace of its own, connected through this `pasta`, as fixed-output
+    /// derivations get by default (implies the network).
+    #[arg(long, value_name = "PATH")]
+    pasta: Option<PathBuf>,
     /// An extra environment variable NAME=VALUE (repeatable), after Nix's own.
     #[arg(long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
@@ -113,8 +117,16 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|e| SandboxPath::parse(e))
         .collect::<Result<_, _>>()?;
-    spec.network = args.network;
-    if args.network {
+    spec.network = args.network || args.pasta.is_some();
+    if let Some(pasta) = &args.pasta {
+        spec.pasta = Some(unrooted_sandbox::Pasta::new(pasta.clone()));
+        spec.network_files = unrooted_sandbox::host_network_files()
+            .into_iter()
+            .filter(|f| f.target != std::path::Path::new("/etc/resolv.conf"))
+            .collect();
+        let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        spec.resolv_conf = Some(unrooted_sandbox::pasta_resolv_conf(&host));
+    } else if args.network {
         spec.network_files = unrooted_sandbox::host_network_files();
     }
     spec.args = builder_args.to_vec();

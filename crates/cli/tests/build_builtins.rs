@@ -54,6 +54,27 @@ fn prepared() -> Option<Fixture> {
     })
 }
 
+/// Whether the daemon's fixed-output builds run on pasta's network (pasta installed
+/// where the daemon finds it, with a usable `/dev/net/tun`); otherwise they share the
+/// host's (builtin:fetchurl falls back to it when pasta is missing).
+fn on_pasta() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    ["/usr/bin/pasta", "/usr/local/bin/pasta"]
+        .iter()
+        .any(|p| Path::new(p).is_file())
+        && fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006)
+}
+
+/// Where a fixed-output build reaches the test's HTTP server on the host's loopback:
+/// pasta's gateway, or 127.0.0.1 on the host's network.
+fn host() -> &'static str {
+    if on_pasta() {
+        unrooted_sandbox::PASTA_GATEWAY
+    } else {
+        "127.0.0.1"
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Hash::sha256(sha256(bytes)).to_base16()
 }
@@ -89,7 +110,7 @@ fn hashed_mirrors_are_asked_first_for_a_flat_hash() {
     for d in [f.served.join("mirror"), dir.clone()] {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let base = format!("http://127.0.0.1:{}", f.port);
+    let base = format!("http://{}:{}", host(), f.port);
     f.d.kill();
     f.d.set_conf(&format!(
         "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nextra-sandbox-paths = {}\nhashed-mirrors = {base}/nowhere {base}/mirror/\n",
@@ -137,7 +158,7 @@ fn hashed_mirrors_are_asked_first_for_a_flat_hash() {
 fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
     let Some(f) = prepared() else { return };
     let body = fs::read(f.served.join("f")).unwrap();
-    let url = format!("http://127.0.0.1:{}/f", f.port);
+    let url = format!("http://{}:{}/f", host(), f.port);
     let out = build_expr(&f.d, &fetchurl(&url, &sha256_hex(&body), ""));
     assert_eq!(fs::read(&out).unwrap(), body);
     assert_eq!(mode(Path::new(&out)), 0o444);
@@ -156,8 +177,22 @@ fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
     assert!(log.contains(&format!("downloading '{url}'")), "{log}");
 
     // A host name is resolved inside the sandbox, through the host's /etc/hosts
-    // bound there (another name, so another output path, which must be built).
+    // bound there (another name, so another output path, which must be built). On
+    // pasta's network `localhost` is the sandbox's own loopback: the name resolves,
+    // and nothing answers there.
     let by_name = format!("http://localhost:{}/f", f.port);
+    if on_pasta() {
+        let err = f.d.client_err(
+            "nix-build",
+            &[
+                "-E",
+                &fetchurl(&by_name, &sha256_hex(&body), r#"name = "by-name";"#),
+                "--no-out-link",
+            ],
+        );
+        assert!(err.contains("Connection refused"), "{err}");
+        return;
+    }
     let again = build_expr(
         &f.d,
         &fetchurl(&by_name, &sha256_hex(&body), r#"name = "by-name";"#),
@@ -177,7 +212,7 @@ fn fetchurl_downloads_over_http_from_inside_the_sandbox() {
     let mut bytes = Vec::new();
     nar::dump_path(&exe, &mut bytes).unwrap();
     h.update(&bytes);
-    let url = format!("http://127.0.0.1:{}/tool", f.port);
+    let url = format!("http://{}:{}/tool", host(), f.port);
     let out = build_expr(
         &f.d,
         &fetchurl(&url, &h.finish().to_base16(), "executable = true;"),
@@ -200,14 +235,14 @@ fn fetchurl_unpacks_a_nar_plain_or_xz_compressed() {
     nar::dump_path(&tree, &mut bytes).unwrap();
     fs::write(f.served.join("tree.nar"), &bytes).unwrap();
     let hash = Hash::sha256(sha256(&bytes)).to_base16();
-    let mut urls = vec![format!("http://127.0.0.1:{}/tree.nar", f.port)];
+    let mut urls = vec![format!("http://{}:{}/tree.nar", host(), f.port)];
     // `.xz` at the end of the URL means the NAR is xz-compressed (Nix's rule).
     let xz = Command::new("xz")
         .args(["-k", "-z"])
         .arg(f.served.join("tree.nar"))
         .status();
     match xz {
-        Ok(s) if s.success() => urls.push(format!("http://127.0.0.1:{}/tree.nar.xz", f.port)),
+        Ok(s) if s.success() => urls.push(format!("http://{}:{}/tree.nar.xz", host(), f.port)),
         _ => eprintln!("xz is not installed: only the plain NAR is fetched"),
     }
     for (i, url) in urls.iter().enumerate() {
@@ -274,7 +309,7 @@ fn fetchurl_reads_file_urls_only_where_the_sandbox_sees_them() {
 fn fetchurl_hash_mismatch_reports_both_hashes_and_never_registers_the_specified_path() {
     let Some(f) = prepared() else { return };
     let body = fs::read(f.served.join("f")).unwrap();
-    let url = format!("http://127.0.0.1:{}/f", f.port);
+    let url = format!("http://{}:{}/f", host(), f.port);
     let wrong = sha256_hex(b"something else");
     let expr = fetchurl(&url, &wrong, "");
     let out_path =
@@ -424,7 +459,12 @@ fn fixed_output_builds_see_the_hosts_resolver_files_and_others_do_not() {
         unrooted_testkit::skip("this host has no /etc/resolv.conf");
         return;
     };
-    let mut want = resolv.clone();
+    // On pasta's network, the host's file with pasta's gateway as the only resolver.
+    let mut want = if on_pasta() {
+        unrooted_sandbox::pasta_resolv_conf(&resolv)
+    } else {
+        resolv.clone()
+    };
     want.extend_from_slice(b"hosts: files dns\nservices: files\n");
     let fod = format!(
         r#"derivation {{ name = "sees-resolv"; system = builtins.currentSystem; builder = "/bin/sh";

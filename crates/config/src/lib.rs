@@ -445,6 +445,8 @@ impl Settings {
             "unrooted-ids-per-build",
             // Read by the builds' configuration (`build_ops`).
             "hashed-mirrors",
+            "fixed-output-network",
+            "pasta-path",
         ];
         let unknown = raw
             .names()

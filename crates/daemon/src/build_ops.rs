@@ -107,6 +107,13 @@ pub(crate) fn scheduler_for(
         cfg.sandbox_build_dir = PathBuf::from(v);
     }
     if cfg.sandbox {
+        cfg.fixed_output_network = fixed_output_network(
+            raw.get("fixed-output-network"),
+            raw.get("pasta-path"),
+            std::env::var_os("PATH").as_deref(),
+        );
+    }
+    if cfg.sandbox {
         if let Err(e) = unrooted_sandbox::check_user_namespaces() {
             tracing::warn!("builds will fail until this is fixed: {e}");
         }
@@ -137,6 +144,74 @@ pub(crate) fn scheduler_for(
         tracing::warn!("sandbox = false: builders run unsandboxed as the store owner");
     }
     Scheduler::new(cfg)
+}
+
+/// `fixed-output-network` (`pasta`, the default, or `host`) and `pasta-path` (a path,
+/// or a name looked up in `PATH`; default `pasta`), logged at start: the host's network
+/// with a warning, as it must be asked for; a missing pasta (or an unusable
+/// `/dev/net/tun`) with a warning saying what fails.
+fn fixed_output_network(
+    mode: Option<&str>,
+    pasta_path: Option<&str>,
+    path_var: Option<&std::ffi::OsStr>,
+) -> unrooted_build::FixedOutputNetwork {
+    use unrooted_build::FixedOutputNetwork as Net;
+    match mode {
+        Some("host") => {
+            tracing::warn!(
+                "fixed-output-network = host: fixed-output builds share the host's network namespace, so their builders can reach the host's abstract Unix sockets, loopback listeners and /proc/net (use pasta unless you must)"
+            );
+            return Net::Host;
+        }
+        None | Some("pasta") | Some("") => {}
+        Some(other) => {
+            tracing::warn!("fixed-output-network = {other} is not 'pasta' or 'host': using pasta")
+        }
+    }
+    let wanted = pasta_path.filter(|p| !p.is_empty()).unwrap_or("pasta");
+    let executable = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if wanted.contains('/') {
+        Some(PathBuf::from(wanted)).filter(|p| p.is_absolute() && executable(p))
+    } else {
+        path_var
+            .into_iter()
+            .flat_map(std::env::split_paths)
+            .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+            .map(|d| d.join(wanted))
+            .find(|p| executable(p))
+    };
+    match found {
+        Some(p) => {
+            // pasta runs as the builder's ids, so the device must be open to all, as
+            // Debian's udev rule makes it (0666).
+            let tun = std::fs::metadata("/dev/net/tun");
+            let usable = tun.as_ref().is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.permissions().mode() & 0o006 == 0o006
+            });
+            if usable {
+                tracing::info!(
+                    "fixed-output builds get a network namespace of their own, connected through {}",
+                    p.display()
+                );
+            } else {
+                tracing::warn!(
+                    "fixed-output builds get their network through {}, which needs /dev/net/tun readable and writable by all (mode 0666, as udev makes it on Debian): they will fail until it is",
+                    p.display()
+                );
+            }
+            Net::Pasta(p)
+        }
+        None => {
+            tracing::warn!(
+                "pasta ({wanted}) is not installed: fixed-output builds that run a program will fail (install Debian's passt, set pasta-path, or set fixed-output-network = host); builtin:fetchurl shares the host's network meanwhile"
+            );
+            Net::Missing(PathBuf::from(wanted))
+        }
+    }
 }
 
 /// A target of the scheduler for a DerivedPath.
@@ -789,6 +864,47 @@ mod activity_text_tests {
         assert_eq!(
             build_activity_text(Mode::Check, false, p),
             "building '/nix/store/x-a.drv'"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_output_network;
+    use std::os::unix::fs::PermissionsExt;
+    use unrooted_build::FixedOutputNetwork as Net;
+
+    #[test]
+    fn fixed_output_network_is_pasta_when_found_and_host_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pasta = dir.path().join("pasta");
+        std::fs::write(&pasta, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&pasta, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().as_os_str();
+        // Found in PATH by name (the default), or at the configured path.
+        assert_eq!(
+            fixed_output_network(None, None, Some(path)),
+            Net::Pasta(pasta.clone())
+        );
+        let p = pasta.to_str().unwrap();
+        assert_eq!(
+            fixed_output_network(Some("pasta"), Some(p), None),
+            Net::Pasta(pasta.clone())
+        );
+        // Not there: missing, never the host's network on its own.
+        assert_eq!(
+            fixed_output_network(None, Some("/nonexistent/pasta"), Some(path)),
+            Net::Missing("/nonexistent/pasta".into())
+        );
+        // A relative path is not looked up relative to anything.
+        assert!(matches!(
+            fixed_output_network(None, Some("bin/pasta"), Some(path)),
+            Net::Missing(_)
+        ));
+        // The host's network only when asked for.
+        assert_eq!(
+            fixed_output_network(Some("host"), Some(p), Some(path)),
+            Net::Host
         );
     }
 }

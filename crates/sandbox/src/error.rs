@@ -102,10 +102,15 @@ pub enum Step {
     EnteringPremappedNamespace = 43,
     /// Scoping the builder with Landlock (abstract Unix sockets and signals).
     ScopingWithLandlock = 44,
+    /// Starting `pasta`, the user-mode network of a fixed-output build (the path is
+    /// the program).
+    StartingPasta = 45,
+    /// Waiting, in the sandbox, for `pasta` to attach to the build's network namespace.
+    WaitingForNetwork = 46,
 }
 
 impl Step {
-    const ALL: [Step; 44] = [
+    const ALL: [Step; 46] = [
         Step::ReadingPlan,
         Step::CreatingNamespaces,
         Step::WritingSetgroups,
@@ -150,6 +155,8 @@ impl Step {
         Step::Reclaiming,
         Step::EnteringPremappedNamespace,
         Step::ScopingWithLandlock,
+        Step::StartingPasta,
+        Step::WaitingForNetwork,
     ];
 
     /// The wire code of this step.
@@ -209,6 +216,10 @@ impl Step {
             Step::WritingNestedMaps => "writing the nested namespace's id maps",
             Step::Reclaiming => "giving the build's files back to the store owner:",
             Step::ScopingWithLandlock => "scoping the builder with Landlock",
+            Step::StartingPasta => {
+                "starting the fixed-output build's user-mode network (pasta's own message is in the build log) with"
+            }
+            Step::WaitingForNetwork => "waiting for pasta to attach the build's network",
             Step::EnteringPremappedNamespace => {
                 "entering the id slice's user namespace (mapped once, kept by the daemon)"
             }

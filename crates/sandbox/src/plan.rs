@@ -46,11 +46,106 @@ pub const ROOT_TMPFS_OPTIONS: &str = "size=1m,mode=0755";
 /// The host devices bound into `/dev` (Nix 2.8's list; `kvm` is added on request).
 pub const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
 
+/// The gateway address of a fixed-output build's user-mode network, as the builder
+/// sees it (Lix's choice: an IPv4 link-local address, which no host network routes).
+/// `pasta` maps connections to it to the host's loopback (so a service listening on
+/// the host's `127.0.0.1` is reached at this address, never at the sandbox's own
+/// `127.0.0.1`) and forwards DNS sent to it to the host's first resolver.
+pub const PASTA_GATEWAY: &str = "169.254.1.1";
+/// The builder's own address in that network.
+pub const PASTA_ADDRESS: &str = "169.254.1.2";
+/// Its prefix length.
+pub const PASTA_PREFIX: &str = "16";
+/// The interface `pasta` creates in the build's network namespace.
+pub const PASTA_INTERFACE: &str = "eth0";
+
+/// `pasta` (Debian's `passt` package), the user-mode network stack of a fixed-output
+/// build: the program and the arguments [`Pasta::new`] gives it. The helper starts it
+/// once the build's network namespace exists, as the builder's own ids with only
+/// `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` in the builder's nested user namespace (see
+/// the crate's documentation), and the namespace's descriptor on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pasta {
+    /// The `pasta` executable (an absolute path).
+    pub program: PathBuf,
+    /// Its arguments (after argv\[0\]).
+    pub args: Vec<OsString>,
+}
+
+impl Pasta {
+    /// `program` with the arguments every build uses: stay in the foreground (the
+    /// helper kills it when the build ends), log only errors, configure the interface
+    /// with [`PASTA_ADDRESS`] and [`PASTA_GATEWAY`] (where DNS is forwarded to the
+    /// host's resolver), forward no port in either direction (`-t`, `-u`, `-T`, `-U`
+    /// `none`: the default `auto` would make the host's loopback listeners appear on
+    /// the sandbox's own loopback, and the builder's listeners on the host), and write
+    /// its pid to stdout once it is ready. The network namespace is its stdin.
+    pub fn new(program: PathBuf) -> Self {
+        let args = [
+            "--foreground",
+            "--quiet",
+            "--config-net",
+            "--netns",
+            "/proc/self/fd/0",
+            "--netns-only",
+            "--no-netns-quit",
+            "--ns-ifname",
+            PASTA_INTERFACE,
+            "--address",
+            PASTA_ADDRESS,
+            "--netmask",
+            PASTA_PREFIX,
+            "--gateway",
+            PASTA_GATEWAY,
+            "--dns-forward",
+            PASTA_GATEWAY,
+            "-t",
+            "none",
+            "-u",
+            "none",
+            "-T",
+            "none",
+            "-U",
+            "none",
+            "--pid",
+            "/proc/self/fd/1",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        Pasta { program, args }
+    }
+}
+
+/// The `/etc/resolv.conf` of a build on `pasta`'s network: the host's, with its
+/// `nameserver` lines replaced by [`PASTA_GATEWAY`], where `pasta` forwards DNS to the
+/// host's first resolver (which may be on the host's loopback, out of the builder's
+/// reach), as Lix does. `search`, `options` and the rest are kept.
+pub fn pasta_resolv_conf(host: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(host.len() + 32);
+    for line in host.split_inclusive(|&b| b == b'\n') {
+        let word = line
+            .split(|b| b.is_ascii_whitespace())
+            .find(|w| !w.is_empty());
+        if word == Some(b"nameserver".as_slice()) {
+            continue;
+        }
+        out.extend_from_slice(line);
+        if !line.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    out.extend_from_slice(format!("nameserver {PASTA_GATEWAY}\n").as_bytes());
+    out
+}
+
 /// Which namespaces the sandbox gets. User, mount and PID are always new; a plan without
 /// them is refused by the executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Namespaces {
-    /// A new network namespace (false only for fixed-output derivations).
+    /// A new network namespace (false only for fixed-output derivations on the host's
+    /// network). With [`Plan::pasta`] it is made with the nested user namespace, so it
+    /// belongs to that one (see the crate's documentation).
     pub net: bool,
     /// A new IPC namespace.
     pub ipc: bool,
@@ -409,6 +504,9 @@ pub struct Plan {
     /// builder has ended, from inside the build's own user namespace (kept alive by a
     /// descriptor), so no second mapping is needed; only with `id_maps.switch_ids`.
     pub reclaim: Vec<PathBuf>,
+    /// The user-mode network attached to the build's network namespace (fixed-output
+    /// builds), or none (loopback only, or the host's network).
+    pub pasta: Option<Pasta>,
 }
 
 /// One `sandbox-paths` entry: `target=source` or `path`, with `?` = optional.
@@ -466,8 +564,15 @@ pub struct SandboxSpec {
     pub inputs: Vec<PathBuf>,
     /// `sandbox-paths` and `extra-sandbox-paths`, bound read-only.
     pub sandbox_paths: Vec<SandboxPath>,
-    /// Share the host network (fixed-output derivations); otherwise only loopback.
+    /// A fixed-output build's network access: the host's network, or with `pasta` a
+    /// user-mode network of its own; otherwise only loopback.
     pub network: bool,
+    /// With `network`: reach the network through this `pasta` in a network namespace of
+    /// the build's own instead of sharing the host's.
+    pub pasta: Option<Pasta>,
+    /// With `network`: the sandbox's `/etc/resolv.conf` (see [`pasta_resolv_conf`]),
+    /// written instead of a host file bound.
+    pub resolv_conf: Option<Vec<u8>>,
     /// The daemon's uid, which the builder's uid 1000 maps to.
     pub host_uid: u32,
     /// The daemon's gid, which gid 100 maps to.
@@ -517,6 +622,8 @@ impl SandboxSpec {
             inputs: Vec::new(),
             sandbox_paths: Vec::new(),
             network: false,
+            pasta: None,
+            resolv_conf: None,
             host_uid: rustix::process::getuid().as_raw(),
             host_gid: rustix::process::getgid().as_raw(),
             id_slice: None,
@@ -752,6 +859,9 @@ impl Plan {
         l.file(Path::new("/etc/group"), ETC_GROUP)?;
         if spec.network {
             l.file(Path::new("/etc/nsswitch.conf"), ETC_NSSWITCH_NETWORK)?;
+            if let Some(resolv) = &spec.resolv_conf {
+                l.file(Path::new("/etc/resolv.conf"), resolv)?;
+            }
             for f in &spec.network_files {
                 l.bind(&f.source, &f.target, true, f.optional)?;
             }
@@ -846,7 +956,7 @@ impl Plan {
 
         Ok(Plan {
             namespaces: Namespaces {
-                net: !spec.network,
+                net: !spec.network || spec.pasta.is_some(),
                 ipc: true,
                 uts: true,
             },
@@ -866,6 +976,11 @@ impl Plan {
                 spec.reclaim.clone()
             } else {
                 Vec::new()
+            },
+            pasta: if spec.network {
+                spec.pasta.clone()
+            } else {
+                None
             },
         })
     }
@@ -1118,6 +1233,44 @@ mod tests {
         assert!(!plan.mounts.iter().any(
             |op| matches!(op, MountOp::WriteFile { path, .. } if path == Path::new("/etc/nsswitch.conf"))
         ));
+    }
+
+    #[test]
+    fn pasta_builds_get_their_own_netns_and_the_gateway_as_resolver() {
+        let mut s = spec();
+        s.network = true;
+        s.pasta = Some(Pasta::new("/usr/bin/pasta".into()));
+        s.resolv_conf = Some(pasta_resolv_conf(
+            b"# generated\nnameserver 127.0.0.53\nsearch example.org\nnameserver ::1\noptions edns0",
+        ));
+        let plan = Plan::new(&s).unwrap();
+        assert!(plan.namespaces.net);
+        assert_eq!(
+            plan.pasta.as_ref().unwrap().program,
+            Path::new("/usr/bin/pasta")
+        );
+        let args: Vec<&str> = plan
+            .pasta
+            .as_ref()
+            .unwrap()
+            .args
+            .iter()
+            .map(|a| a.to_str().unwrap())
+            .collect();
+        // No port is forwarded either way.
+        for flag in ["-t", "-u", "-T", "-U"] {
+            let i = args.iter().position(|a| *a == flag).unwrap();
+            assert_eq!(args[i + 1], "none", "{flag}");
+        }
+        assert!(plan.mounts.contains(&MountOp::WriteFile {
+            path: "/etc/resolv.conf".into(),
+            contents: b"# generated\nsearch example.org\noptions edns0\nnameserver 169.254.1.1\n"
+                .to_vec(),
+            mode: 0o444,
+        }));
+        // Without the network, pasta is not planned.
+        s.network = false;
+        assert_eq!(Plan::new(&s).unwrap().pasta, None);
     }
 
     #[test]

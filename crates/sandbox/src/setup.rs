@@ -41,8 +41,14 @@ fn at_io<T>(step: Step, path: Option<&Path>, r: io::Result<T>) -> Setup<T> {
 
 /// The child's whole life: wait for the id maps, set up, exec (or call the builtin).
 /// Never returns.
-pub(crate) fn run_child(plan: &Plan, go: OwnedFd, err: OwnedFd, builtins: &[Builtin]) -> ! {
-    let report = match prepare_and_exec(plan, go, &err, builtins) {
+pub(crate) fn run_child(
+    plan: &Plan,
+    go: OwnedFd,
+    err: OwnedFd,
+    net: Option<OwnedFd>,
+    builtins: &[Builtin],
+) -> ! {
+    let report = match prepare_and_exec(plan, go, &err, net, builtins) {
         Ok((name, f)) => {
             // The setup is complete: closing the error pipe tells the helper the
             // builder runs, as the exec's close-on-exec does for a program. Nothing
@@ -69,6 +75,7 @@ fn prepare_and_exec<'b>(
     plan: &Plan,
     go: OwnedFd,
     err: &OwnedFd,
+    net: Option<OwnedFd>,
     builtins: &'b [Builtin],
 ) -> Setup<(&'b str, BuiltinFn)> {
     // A builtin this binary does not have fails before anything is set up.
@@ -124,7 +131,9 @@ fn prepare_and_exec<'b>(
             rustix::system::setdomainname(plan.domainname.as_bytes()),
         )?;
     }
-    if plan.namespaces.net {
+    // A build on pasta's network gets its network namespace with the nested user
+    // namespace below instead.
+    if plan.namespaces.net && plan.pasta.is_none() {
         at_io(Step::BringingUpLoopback, None, sys::loopback_up())?;
     }
 
@@ -187,7 +196,11 @@ fn prepare_and_exec<'b>(
     if plan.id_maps.switch_ids {
         switch_to_builder(&plan.id_maps, err)?;
     }
-    enter_nested_namespace(&plan.id_maps)?;
+    let with_pasta = plan.pasta.is_some();
+    enter_nested_namespace(&plan.id_maps, with_pasta)?;
+    if with_pasta {
+        attach_network(net)?;
+    }
     // Guix's check, on every build: a locked mount cannot be unmounted even by the
     // namespace's own root (EINVAL). Anything else means the builder could uncover
     // what lies beneath its mounts, so it must not run.
@@ -364,14 +377,14 @@ fn switch_to_builder(ids: &IdMaps, err: &OwnedFd) -> Setup<()> {
 /// A process may map its own ids (one each) in a namespace it just created. The
 /// `uid-range` layout maps 65,536 ids, which needs `CAP_SETUID` in the *outer*
 /// namespace: a forked writer that stays there writes those maps.
-fn enter_nested_namespace(ids: &IdMaps) -> Setup<()> {
+fn enter_nested_namespace(ids: &IdMaps, net: bool) -> Setup<()> {
     if ids.nested_range {
-        return enter_nested_namespace_range();
+        return enter_nested_namespace_range(net);
     }
     at_io(
         Step::EnteringNestedNamespace,
         None,
-        sys::unshare_user_and_mount(),
+        sys::unshare_user_and_mount(net),
     )?;
     // A process may map its own ids in a namespace it just created; no helper needed.
     let write = |step, file: &str, text: String| {
@@ -391,7 +404,7 @@ fn enter_nested_namespace(ids: &IdMaps) -> Setup<()> {
     Ok(())
 }
 
-fn enter_nested_namespace_range() -> Setup<()> {
+fn enter_nested_namespace_range(net: bool) -> Setup<()> {
     let (ready_r, ready_w) = at(
         Step::WritingNestedMaps,
         None,
@@ -432,7 +445,7 @@ fn enter_nested_namespace_range() -> Setup<()> {
     let unshared = at_io(
         Step::EnteringNestedNamespace,
         None,
-        sys::unshare_user_and_mount(),
+        sys::unshare_user_and_mount(net),
     );
     if unshared.is_ok() {
         let _ = rustix::io::write(&ready_w, b"g");
@@ -447,6 +460,22 @@ fn enter_nested_namespace_range() -> Setup<()> {
     match status.and_then(|(_, s)| s.exit_status()) {
         Some(0) => Ok(()),
         _ => Err(fail(Step::WritingNestedMaps, None, libc::EPERM)),
+    }
+}
+
+/// A build on pasta's network, just after its network namespace was made with the
+/// nested user namespace: brings `lo` up, tells the helper (one byte on `net`), which
+/// starts `pasta` on the namespace, and waits until the helper says pasta is ready
+/// (one byte back). EOF means the helper could not start it (its report says why).
+fn attach_network(net: Option<OwnedFd>) -> Setup<()> {
+    let net = net.ok_or(fail(Step::WaitingForNetwork, None, libc::EBADF))?;
+    at_io(Step::BringingUpLoopback, None, sys::loopback_up())?;
+    at(Step::WaitingForNetwork, None, rustix::io::write(&net, b"n"))?;
+    let mut byte = [0u8; 1];
+    match rustix::io::read(&net, &mut byte) {
+        Ok(1) if byte == *b"p" => Ok(()),
+        Ok(_) => Err(fail(Step::WaitingForNetwork, None, libc::EPIPE)),
+        Err(e) => Err(fail(Step::WaitingForNetwork, None, e.raw_os_error())),
     }
 }
 

@@ -50,14 +50,18 @@ pub(crate) fn clone_into_namespaces(flags: libc::c_int) -> io::Result<Cloned> {
 }
 
 /// `unshare(CLONE_NEWUSER | CLONE_NEWNS)` for the nested namespace that locks the
-/// mounts.
-pub(crate) fn unshare_user_and_mount() -> io::Result<()> {
+/// mounts, with `CLONE_NEWNET` too when `net` (the network namespace of a build on
+/// `pasta`'s network, which then belongs to the nested user namespace).
+pub(crate) fn unshare_user_and_mount(net: bool) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
+    let mut flags = UnshareFlags::NEWUSER | UnshareFlags::NEWNS;
+    if net {
+        flags |= UnshareFlags::NEWNET;
+    }
     // SAFETY: the unsafety of unshare_unsafe concerns CLONE_FILES, which makes other
     // threads' descriptors invalid; these flags do not include it, and the sandboxed
     // child has a single thread anyway.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }
-        .map_err(io::Error::from)
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
 }
 
 /// Installs a seccomp filter for this thread (its children inherit it).

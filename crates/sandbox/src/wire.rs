@@ -15,7 +15,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use crate::error::Step;
-use crate::plan::{Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Plan, Program};
+use crate::plan::{
+    Exec, IdMapEntry, IdMapMethod, IdMaps, MountOp, Namespaces, Pasta, Plan, Program,
+};
 
 /// What the daemon asks of a helper: run a build, or give a finished build's files
 /// back to the store owner.
@@ -40,7 +42,7 @@ pub enum Request {
     },
 }
 
-const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-4\n";
+const PLAN_MAGIC: &[u8] = b"unrooted-sandbox-plan-5\n";
 const RECLAIM_MAGIC: &[u8] = b"unrooted-sandbox-reclaim-1\n";
 const MAP_NAMESPACE_MAGIC: &[u8] = b"unrooted-sandbox-map-namespace-1\n";
 /// The largest plan frame accepted (a closure of 100 000 paths is far below this).
@@ -347,6 +349,17 @@ pub fn encode_plan_with(plan: &Plan, method: &IdMapMethod) -> Vec<u8> {
     for p in &plan.reclaim {
         e.os(p.as_os_str());
     }
+    match &plan.pasta {
+        None => e.u8(0),
+        Some(pasta) => {
+            e.u8(1);
+            e.os(pasta.program.as_os_str());
+            e.len(pasta.args.len());
+            for a in &pasta.args {
+                e.os(a);
+            }
+        }
+    }
     e.0
 }
 
@@ -428,6 +441,19 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
     for _ in 0..n {
         reclaim.push(d.path()?);
     }
+    let pasta = match d.u8()? {
+        0 => None,
+        1 => {
+            let program = d.path()?;
+            let n = d.len()?;
+            let mut args = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                args.push(d.os()?);
+            }
+            Some(Pasta { program, args })
+        }
+        _ => return Err("bad network stack"),
+    };
     d.end()?;
     Ok(Plan {
         namespaces,
@@ -444,6 +470,7 @@ pub fn decode_plan(bytes: &[u8]) -> Result<Plan, &'static str> {
             cwd,
         },
         reclaim,
+        pasta,
     })
 }
 
@@ -885,6 +912,15 @@ mod tests {
         s.network_files = vec![SandboxPath::parse("/etc/hosts".as_ref()).unwrap()];
         let p = Plan::new(&s).unwrap();
         assert_eq!(p.exec.program, Program::Builtin("fetchurl".into()));
+        let body = encode_plan(&p);
+        assert_eq!(decode_plan(&body), Ok(p));
+        for n in 0..body.len() {
+            assert!(decode_plan(&body[..n]).is_err(), "{n}");
+        }
+        // On pasta's network: the program and its arguments travel with the plan.
+        s.pasta = Some(crate::plan::Pasta::new("/usr/bin/pasta".into()));
+        let p = Plan::new(&s).unwrap();
+        assert!(p.namespaces.net && p.pasta.is_some());
         let body = encode_plan(&p);
         assert_eq!(decode_plan(&body), Ok(p));
         for n in 0..body.len() {

@@ -15,7 +15,7 @@ use unrooted_sandbox::{
 
 const USAGE: &str = "usage: unrooted-sandbox helper
        unrooted-sandbox run --store-dir DIR --build-dir DIR [--input PATH]... \\
-           [--sandbox-path TARGET=SOURCE[?]]... [--network] [--env NAME=VALUE]... \\
+           [--sandbox-path TARGET=SOURCE[?]]... [--network] [--pasta PATH] [--env NAME=VALUE]... \\
            [--cores N] [--work-dir DIR] [--keep-root] [--remove-build-dir] [--leak-fd] \\
            [--timeout-ms N] -- BUILDER [ARGS]...
        unrooted-sandbox probe CALL PATH
@@ -116,6 +116,7 @@ struct RunArgs {
     inputs: Vec<PathBuf>,
     sandbox_paths: Vec<SandboxPath>,
     network: bool,
+    pasta: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
     cores: u32,
     work_dir: PathBuf,
@@ -135,6 +136,7 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
         inputs: Vec::new(),
         sandbox_paths: Vec::new(),
         network: false,
+        pasta: None,
         env: Vec::new(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         work_dir: std::env::temp_dir(),
@@ -156,6 +158,7 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
             Some("--input") => r.inputs.push(value()?.into()),
             Some("--sandbox-path") => r.sandbox_paths.push(SandboxPath::parse(&value()?)?),
             Some("--network") => r.network = true,
+            Some("--pasta") => r.pasta = Some(value()?.into()),
             Some("--env") => {
                 let v = value()?;
                 let b = v.as_bytes();
@@ -208,7 +211,10 @@ fn run(args: Vec<OsString>) -> AnyResult<ExitCode> {
     let mut spec = SandboxSpec::new(root, store_dir.clone(), build_dir.clone(), builder.into());
     spec.inputs = a.inputs;
     spec.sandbox_paths = a.sandbox_paths;
-    spec.network = a.network;
+    spec.network = a.network || a.pasta.is_some();
+    if let Some(pasta) = a.pasta {
+        spec.pasta = Some(unrooted_sandbox::Pasta::new(pasta));
+    }
     spec.args = builder_args.to_vec();
     spec.env = nix_base_env(&store_dir, &spec.sandbox_build_dir, a.cores);
     spec.env.extend(a.env);

@@ -15,6 +15,13 @@
  *       mmap   like fork, but the leftover writes through the mapping only.
  *     Exits 0 at once either way.
  *
+ *   hostile netprobe <socket> <port>          (a fixed-output builder, issue 15 item 2)
+ *     Prints one line per channel to stderr (the build log) and fails the build:
+ *     "abstract: ok|<error>" (connect to the host's abstract socket <socket>),
+ *     "loopback: ok|<error>" (TCP connect to 127.0.0.1:<port>), "procnet: seen|unseen"
+ *     (whether /proc/net/unix lists @<socket>), "gateway: <status line>|<error>"
+ *     (GET /f from pasta's gateway 169.254.1.1:<port>, the host's loopback).
+ *
  *   hostile listen <socket> <how> <dir>       (another local user, outside)
  *     Binds <socket>, prints "ready", takes one descriptor, answers, prints "got";
  *     how = fd: keeps the descriptor; mmap: maps it shared and writable and closes
@@ -34,6 +41,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 static const char GOOD[] = "good\n";
@@ -227,7 +236,67 @@ static int listen_and_write(const char *sock, const char *how, const char *dir) 
     return 0;
 }
 
+static int tcp_to(const char *ip, int port) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    return s;
+}
+
+static int netprobe(const char *name, int port) {
+    struct sockaddr_un a;
+    socklen_t len = abstract_addr(&a, name);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s >= 0 && connect(s, (struct sockaddr *)&a, len) == 0)
+        fprintf(stderr, "abstract: ok\n");
+    else
+        fprintf(stderr, "abstract: %s\n", strerror(errno));
+    if (s >= 0) close(s);
+
+    s = tcp_to("127.0.0.1", port);
+    if (s >= 0) {
+        fprintf(stderr, "loopback: ok\n");
+        close(s);
+    } else {
+        fprintf(stderr, "loopback: %s\n", strerror(errno));
+    }
+
+    char want[200];
+    snprintf(want, sizeof want, "@%s", name);
+    FILE *f = fopen("/proc/net/unix", "r");
+    int seen = 0;
+    char line[512];
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, want)) seen = 1;
+    if (f) fclose(f);
+    fprintf(stderr, "procnet: %s\n", seen ? "seen" : "unseen");
+
+    s = tcp_to("169.254.1.1", port);
+    if (s < 0) {
+        fprintf(stderr, "gateway: %s\n", strerror(errno));
+    } else {
+        const char req[] = "GET /f HTTP/1.0\r\nHost: gateway\r\n\r\n";
+        char buf[256] = {0};
+        ssize_t n = 0;
+        if (write(s, req, sizeof req - 1) == (ssize_t)(sizeof req - 1)) n = read(s, buf, sizeof buf - 1);
+        char *eol = n > 0 ? strpbrk(buf, "\r\n") : NULL;
+        if (eol) *eol = 0;
+        fprintf(stderr, "gateway: %s\n", n > 0 ? buf : "no answer");
+        close(s);
+    }
+    return 1;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "netprobe") == 0)
+        return netprobe(argv[2], atoi(argv[3]));
     if (argc == 5 && strcmp(argv[1], "build") == 0)
         return build(argv[2], argv[3], (unsigned)atoi(argv[4]));
     if (argc == 5 && strcmp(argv[1], "listen") == 0)

@@ -21,6 +21,8 @@ command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
 command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
 # Builds get their own id range through newuidmap/newgidmap (the build_idrange tests).
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
+# The ssh-ng:// tests (crates/cli/tests/remote_ssh.rs) start a private sshd.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # Wait for another apt or dpkg run (unattended upgrades) instead of failing.

@@ -46,7 +46,9 @@ enum Command {
     /// Reads the configuration as Nix does (NIX_STORE_DIR, NIX_STATE_DIR, NIX_LOG_DIR,
     /// NIX_CONF_DIR/nix.conf, NIX_DAEMON_SOCKET_PATH) and listens on the daemon
     /// socket, or on the socket systemd passes (LISTEN_FDS). Clients set
-    /// NIX_REMOTE=daemon. Refuses to run as root.
+    /// NIX_REMOTE=daemon. Refuses to run as root. With --stdio, serves one
+    /// connection on stdin/stdout through the running daemon (the far side of
+    /// ssh-ng://).
     Daemon(daemon::DaemonArgs),
     /// Run a command in a build sandbox made from arguments (a debugging verb).
     SandboxRun(sandbox::SandboxArgs),

@@ -13,6 +13,7 @@ mod gc_ops;
 mod ops;
 pub mod payer;
 pub mod server;
+pub mod stdio;
 mod subst_ops;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -4,6 +4,7 @@
 //! Nix 2.8 command named in its help. Errors are reported as one line on stderr with
 //! a non-zero exit status; nothing here panics on bad input.
 
+mod copy;
 mod daemon;
 mod doctor;
 mod drv;
@@ -69,6 +70,9 @@ enum Command {
     /// Serve the store over HTTP as a binary cache (read-only), for `nix copy --from`
     /// and as a substituter of other machines.
     Serve(serve::ServeArgs),
+    /// Upload the closures of store paths to an S3-compatible binary cache (run as the
+    /// store owner, with its AWS credentials), signed and compressed.
+    Copy(copy::CopyArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Copy(args) => copy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -350,3 +350,86 @@ fn s3_servers_that_fail_or_stall_give_a_clear_error_in_bounded_time() {
     }
     d.assert_store_clean();
 }
+
+#[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
+fn outputs_built_here_are_uploaded_after_the_build_and_failures_lose_nothing() {
+    if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-build").is_none() {
+        return;
+    }
+    let Some(exe) = moto_exe() else { return };
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let moto = Moto::start(&exe, &d.root().join("moto.log"));
+    let url = format!("{}&compression=zstd", moto.url());
+    let expr = d.inputs().join("s3.nix");
+    fs::write(&expr, EXPR).unwrap();
+    let expr = expr.to_str().unwrap().to_owned();
+    let keys = owner_dir(&d, "keys");
+    let (sk, pk) = (keys.join("secret"), keys.join("public"));
+    d.owner_ok(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key",
+            "test-s3-1",
+            sk.to_str().unwrap(),
+            pk.to_str().unwrap(),
+        ],
+    );
+    let public_key = fs::read_to_string(&pk).unwrap().trim().to_owned();
+
+    // An S3 server that fails every request: the build's result is unaffected.
+    let port = bad_server(false);
+    d.set_conf(&format!(
+        "post-build-upload = s3://cache?endpoint=http://127.0.0.1:{port}\nsecret-key-files = {}\n",
+        sk.display()
+    ));
+    d.set_daemon_env(&AWS);
+    d.start();
+    let t = Instant::now();
+    let leaf = d.client_ok("nix-build", &[&expr, "-A", "leaf", "--no-out-link"]);
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(fs::read_to_string(leaf.trim()).unwrap(), "leaf\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("post-build-upload: uploading to") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.valid_paths_local().iter().any(|p| p == leaf.trim()));
+
+    // A working one: the closure lands there, signed, after the build.
+    d.kill();
+    d.reset_store();
+    d.set_conf(&format!(
+        "post-build-upload = {url}\nsecret-key-files = {}\n",
+        sk.display()
+    ));
+    d.start();
+    let top = d
+        .client_ok("nix-build", &[&expr, "-A", "top", "--no-out-link"])
+        .trim()
+        .to_owned();
+    let key = format!("{}.narinfo", hash_part(&top));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("post-build-upload: ") || !d.log().contains("uploaded to") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let narinfo = String::from_utf8(moto.get(&key)).unwrap();
+    assert!(
+        narinfo.contains("Compression: zstd") && narinfo.contains("Sig: test-s3-1:"),
+        "{narinfo}"
+    );
+
+    // A second store substitutes the closure from it, signatures checked.
+    d.kill();
+    d.reset_store();
+    d.set_conf(&format!(
+        "substituters = {url}\ntrusted-public-keys = {public_key}\n"
+    ));
+    d.start();
+    let out = d.client_ok("nix-store", &["-r", &top]);
+    assert_eq!(out.trim(), top);
+    let info = d.client_ok("nix", &["path-info", "--sigs", "-r", &top]);
+    assert_eq!(info.matches("test-s3-1:").count(), 2, "{info}");
+    d.assert_store_clean();
+}

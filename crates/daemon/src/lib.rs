@@ -12,6 +12,7 @@ mod connection;
 mod gc_ops;
 mod ops;
 pub mod payer;
+mod post_build;
 pub mod server;
 pub mod stdio;
 mod subst_ops;

@@ -151,3 +151,22 @@ fn upload(serve: &ServeConfig, cache: &str, paths: &[StorePath]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_from_the_url() {
+        assert_eq!(compression_of("s3://b"), Compression::Xz);
+        assert_eq!(
+            compression_of("s3://b?region=x&compression=zstd"),
+            Compression::Zstd
+        );
+        assert_eq!(compression_of("s3://b?compression=none"), Compression::None);
+        assert_eq!(
+            compression_of("s3://b?compression=lzip-ish"),
+            Compression::Xz
+        );
+    }
+}

@@ -25,7 +25,13 @@ use crate::transport::{Body, Transport, TransportOptions};
 /// A bucket of an S3-compatible service.
 pub struct S3Transport {
     base: String,
+    /// For small objects (narinfos, `nix-cache-info`): the whole request within the
+    /// stall time-out.
     bucket: Box<Bucket>,
+    /// For NARs and uploads, which may rightly take longer than that: no total
+    /// deadline, but the HTTP client's own bound on each read and on connecting
+    /// (30 s each in attohttpc), so a stalled transfer still ends.
+    long: Box<Bucket>,
 }
 
 impl fmt::Debug for S3Transport {
@@ -155,12 +161,15 @@ impl S3Transport {
         } else {
             bucket
         };
+        let mut long = bucket.clone();
+        long.set_request_timeout(None);
         bucket.set_request_timeout(Some(options.stall_timeout));
         // The caller retries, a bounded number of times.
         s3::set_retries(0);
         Ok(Self {
             base: format!("s3://{}", parsed.bucket),
             bucket,
+            long,
         })
     }
 
@@ -179,7 +188,7 @@ impl S3Transport {
         reader: &mut impl io::Read,
         content_type: &str,
     ) -> Result<(), TransportError> {
-        self.bucket
+        self.long
             .put_object_stream_with_content_type(reader, rel, content_type)
             .map(|_| ())
             .map_err(s3_error)
@@ -236,7 +245,11 @@ impl Transport for S3Transport {
     fn get(&self, rel: &str) -> Result<Option<Body>, TransportError> {
         let (reader, pipe) = io::pipe().map_err(|source| TransportError::Io { source })?;
         let (tx, rx) = mpsc::sync_channel(1);
-        let bucket = self.bucket.clone();
+        let bucket = if rel.starts_with("nar/") {
+            self.long.clone()
+        } else {
+            self.bucket.clone()
+        };
         let key = rel.to_owned();
         let done = tx.clone();
         std::thread::Builder::new()

@@ -8,6 +8,11 @@
 //! `AWS_SESSION_TOKEN`) in the daemon's environment, else the `profile` (default
 //! `default`) of `~/.aws/credentials`. Nothing a client sends reaches them.
 //!
+//! Known gap: on an error status `rust-s3` reads the whole error body into memory
+//! before returning (bodies of successful requests are streamed and bounded by the
+//! caller); a hostile endpoint could make that large. The endpoint is one the
+//! administrator configured.
+//!
 //! The library's own retries are turned off: the caller's ([`crate::binary_cache`])
 //! are the bounded ones, and every request has a deadline (the stall time-out).
 

@@ -277,6 +277,19 @@ fn ssh_ng_clients_reach_the_daemon_through_stdio_with_the_ssh_users_trust() {
     );
     d.assert_store_clean();
 
+    // And back (QueryPathInfo, NarFromPath over the relay) into another store of
+    // the client's.
+    let back = r
+        .local
+        .replace("/real&", "/real2&")
+        .replace("/state&", "/state2&");
+    ok(&d, &r, &["copy", "--from", &r.uri, "--to", &back, &path]);
+    let home = d.client_home();
+    let copied = home
+        .join("real2")
+        .join(Path::new(&path).file_name().unwrap());
+    assert_eq!(fs::read_to_string(copied).unwrap(), "hello over ssh\n");
+
     // No daemon: the relay says so instead of serving the store itself.
     d.kill();
     let e = err(&d, &r, &["store", "ping", "--store", &r.uri]);

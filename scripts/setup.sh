@@ -23,6 +23,10 @@ command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
 # Fixed-output builds get their network through pasta (the build_fod_network tests).
 command -v pasta >/dev/null || need_apt+=(passt)
+# The ssh-ng:// tests (crates/cli/tests/remote_ssh.rs) start a private sshd.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# The s3:// tests (crates/cli/tests/subst_s3.rs) run moto's S3 server from a venv.
+command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # Wait for another apt or dpkg run (unattended upgrades) instead of failing.
@@ -57,3 +61,10 @@ done
 # The second client of the tests, Debian 13's Nix 2.26, in a Debian 13 root made once per
 # machine (scripts/trixie-root.sh, cached in /var/cache/unrooted-ci/trixie).
 "$(dirname "${BASH_SOURCE[0]}")/trixie-root.sh" >/dev/null
+# A local S3 server for the s3:// tests: moto from PyPI, in its own venv (Debian's
+# Python refuses system-wide pip installs). The tests look for it here, or at
+# $UNROOTED_MOTO_SERVER.
+if [ ! -x /opt/unrooted-moto/bin/moto_server ]; then
+  as_root python3 -m venv /opt/unrooted-moto
+  as_root /opt/unrooted-moto/bin/pip install -q 'moto[server]'
+fi

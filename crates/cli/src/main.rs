@@ -4,6 +4,7 @@
 //! Nix 2.8 command named in its help. Errors are reported as one line on stderr with
 //! a non-zero exit status; nothing here panics on bad input.
 
+mod copy;
 mod daemon;
 mod doctor;
 mod drv;
@@ -46,7 +47,9 @@ enum Command {
     /// Reads the configuration as Nix does (NIX_STORE_DIR, NIX_STATE_DIR, NIX_LOG_DIR,
     /// NIX_CONF_DIR/nix.conf, NIX_DAEMON_SOCKET_PATH) and listens on the daemon
     /// socket, or on the socket systemd passes (LISTEN_FDS). Clients set
-    /// NIX_REMOTE=daemon. Refuses to run as root.
+    /// NIX_REMOTE=daemon. Refuses to run as root. With --stdio, serves one
+    /// connection on stdin/stdout through the running daemon (the far side of
+    /// ssh-ng://).
     Daemon(daemon::DaemonArgs),
     /// Run a command in a build sandbox made from arguments (a debugging verb).
     SandboxRun(sandbox::SandboxArgs),
@@ -67,6 +70,9 @@ enum Command {
     /// Serve the store over HTTP as a binary cache (read-only), for `nix copy --from`
     /// and as a substituter of other machines.
     Serve(serve::ServeArgs),
+    /// Upload the closures of store paths to an S3-compatible binary cache (run as the
+    /// store owner, with its AWS credentials), signed and compressed.
+    Copy(copy::CopyArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Copy(args) => copy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -307,6 +307,7 @@ const CLIENT_SIDE: &[&str] = &[
     "extra-platforms",
     "system-features",
     "secret-key-files",
+    "post-build-upload",
     "timeout",
     "max-silent-time",
     "auto-optimise-store",

@@ -555,6 +555,13 @@ impl BuildObserver for ClientObserver<'_, '_> {
                 return false;
             }
         }
+        // Built here (not substituted, not already valid): to the upload caches,
+        // without waiting for them.
+        if result.status == Status::Built {
+            if let Some(u) = &self.s.state.uploader {
+                u.enqueue(result.outputs.values().cloned().collect());
+            }
+        }
         if let Some(id) = self.activities.remove(drv) {
             if self.out.stop_activity(id).is_err() {
                 return false;

@@ -57,6 +57,8 @@ pub(crate) struct DaemonState {
     pub auto_gc: crate::gc_ops::AutoGc,
     /// What binary caches answered lately (shared by all connections).
     pub narinfo_cache: Option<std::sync::Arc<unrooted_substitute::NarInfoCache>>,
+    /// `post-build-upload`: outputs built here go to these caches afterwards.
+    pub uploader: Option<crate::post_build::Uploader>,
     next_connection: AtomicU64,
 }
 
@@ -107,7 +109,9 @@ impl DaemonState {
         let s = &config.settings;
         let auto_gc = crate::gc_ops::AutoGc::new(s.min_free, s.max_free, s.min_free_check_interval);
         let narinfo_cache = crate::subst_ops::open_narinfo_cache(&config);
+        let uploader = crate::post_build::Uploader::start(&config);
         Ok(Self {
+            uploader,
             narinfo_cache,
             config,
             store,

@@ -12,7 +12,9 @@ mod gc_ops;
 mod layer_settings;
 mod ops;
 pub mod payer;
+mod post_build;
 pub mod server;
+pub mod stdio;
 mod subst_ops;
 #[cfg(feature = "test-support")]
 pub mod testing;

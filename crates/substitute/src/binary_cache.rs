@@ -115,7 +115,9 @@ impl BinaryCache {
         disk: Option<&NarInfoCache>,
     ) -> Result<Self, SubstituteError> {
         let (base, priority_override) = split_params(url);
-        let transport = open_transport(base, options)?;
+        // An s3:// cache's parameters (endpoint, region, profile) are its address.
+        let transport =
+            open_transport(if base.starts_with("s3://") { url } else { base }, options)?;
         Self::with_transport(transport, store_dir, priority_override, retry, disk)
     }
 

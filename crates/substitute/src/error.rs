@@ -81,6 +81,15 @@ pub enum SubstituteError {
         #[source]
         source: TransportError,
     },
+    /// An `s3://` cache could not be set up (credentials, region, bucket).
+    #[error("setting up the S3 cache '{url}'")]
+    S3Setup {
+        /// The cache URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The cache has no `nix-cache-info`.
     #[error("'{url}' is not a binary cache: it has no nix-cache-info")]
     NotACache {

@@ -2,7 +2,7 @@
 //!
 //! The client side ([`Substituter`]) reads `nix-cache-info` and `<hash>.narinfo`
 //! from each configured cache through a [`Transport`] (HTTP(S) with ureq, or
-//! `file://`; an S3 transport would be one more implementation), remembers answers in
+//! `file://`, or `s3://` with rust-s3, see [`s3`]), remembers answers in
 //! an on-disk [`NarInfoCache`] with Nix's TTLs, checks signatures against the trusted
 //! keys, and streams each NAR through its decompressor (xz, zstd, bzip2 or none)
 //! straight into [`LocalStore::add_to_store_nar`](unrooted_store::LocalStore), which
@@ -20,9 +20,11 @@ mod binary_cache;
 pub mod compression;
 mod disk_cache;
 mod error;
+pub mod s3;
 pub mod server;
 mod substituter;
 mod transport;
+pub mod upload;
 
 pub use binary_cache::{BinaryCache, RetryPolicy, DEFAULT_PRIORITY};
 pub use disk_cache::{

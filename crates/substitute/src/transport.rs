@@ -1,6 +1,6 @@
 //! How files are fetched from a cache: a small [`Transport`] trait with an HTTP(S)
-//! implementation (ureq, blocking, with a connection pool) and a `file://` one. An S3
-//! transport would be a third implementation of the same trait.
+//! implementation (ureq, blocking, with a connection pool), a `file://` one, and the
+//! S3 one in [`crate::s3`].
 
 use std::fmt;
 use std::fs::File;
@@ -80,7 +80,7 @@ impl Default for TransportOptions {
     }
 }
 
-/// Opens the transport for a cache URL: `http://`, `https://` or `file://`.
+/// Opens the transport for a cache URL: `http://`, `https://`, `file://` or `s3://`.
 pub fn open_transport(
     url: &str,
     options: &TransportOptions,
@@ -97,12 +97,14 @@ pub fn open_transport(
             base: base.to_owned(),
             root: PathBuf::from(path),
         }))
+    } else if base.starts_with("s3://") {
+        Ok(Box::new(crate::s3::S3Transport::open(url, options)?))
     } else if base.starts_with("http://") || base.starts_with("https://") {
         Ok(Box::new(HttpTransport::new(base, options)))
     } else {
         Err(SubstituteError::InvalidUrl {
             url: url.to_owned(),
-            reason: "only http://, https:// and file:// caches are supported",
+            reason: "only http://, https://, file:// and s3:// caches are supported",
         })
     }
 }
@@ -222,7 +224,7 @@ mod tests {
 
     #[test]
     fn unsupported_scheme() {
-        let err = open_transport("s3://bucket", &TransportOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("s3://bucket"), "{err}");
+        let err = open_transport("ftp://host/c", &TransportOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("ftp://host/c"), "{err}");
     }
 }

@@ -195,6 +195,7 @@ pub struct TestDaemon {
     unrooted: PathBuf,
     extra_conf: String,
     daemon_args: Vec<String>,
+    daemon_env: Vec<(String, String)>,
     helper: Option<Child>,
 }
 
@@ -250,6 +251,7 @@ impl TestDaemon {
             unrooted: unrooted.to_path_buf(),
             extra_conf: nix_conf.to_owned(),
             daemon_args: Vec::new(),
+            daemon_env: Vec::new(),
             helper: None,
         };
         daemon.write_conf();
@@ -269,6 +271,15 @@ impl TestDaemon {
     /// Options given to `unrooted daemon` at its next start (e.g. its connection bounds).
     pub fn set_daemon_args(&mut self, args: &[&str]) {
         self.daemon_args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
+    /// Environment variables the daemon gets at its next start (e.g. the store
+    /// owner's S3 credentials).
+    pub fn set_daemon_env(&mut self, vars: &[(&str, &str)]) {
+        self.daemon_env = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// Replaces the text appended to the daemon's `nix.conf` (read when it starts).
@@ -690,6 +701,7 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
                 self.roots_helper_socket().display()
             ),
         );
+        cmd.envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

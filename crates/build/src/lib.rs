@@ -181,7 +181,7 @@ pub struct BuildOptions {
     /// The client's uid, who gets read access to kept build directories.
     pub client_uid: Option<u32>,
     /// `post-build-hook`: run after every local build, as the store owner, with
-    /// `DRV_PATH` and `OUT_PATHS` ([`crate::hook`]).
+    /// `DRV_PATH` and `OUT_PATHS` (the `hook` module).
     pub post_build_hook: Option<std::path::PathBuf>,
     /// The `NIX_CONFIG` the hook gets when the daemon's environment has none (the
     /// settings in effect, `name = value` lines).

@@ -150,6 +150,7 @@ fn probe_with(f: &Fixture, tag: &str, attrs: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root, the test users and pasta; CI runs it with --include-ignored"]
 fn fixed_output_builder_on_pasta_reaches_the_host_only_through_the_gateway() {
     let Some(f) = prepared("") else { return };
     assert!(
@@ -186,6 +187,7 @@ fn fixed_output_builder_on_pasta_reaches_the_host_only_through_the_gateway() {
 /// The `uid-range` layout (the builder is root with 65,536 ids in its nested user
 /// namespace): pasta still runs as uid 1000 there and attaches the same way.
 #[test]
+#[ignore = "needs root, the test users and pasta; CI runs it with --include-ignored"]
 fn uid_range_fixed_output_builder_on_pasta_is_confined_the_same_way() {
     let Some(f) = prepared("") else { return };
     if unrooted_testkit::daemon::ensure_subids(unrooted_testkit::daemon::DAEMON_USER).is_none() {
@@ -213,6 +215,7 @@ fn uid_range_fixed_output_builder_on_pasta_is_confined_the_same_way() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and pasta; CI runs it with --include-ignored"]
 fn fetchurl_on_pasta_fetches_from_the_hosts_loopback_through_the_gateway() {
     let Some(f) = prepared("") else { return };
     let body = b"served on the host's loopback\n";
@@ -247,6 +250,7 @@ fn fetchurl_on_pasta_fetches_from_the_hosts_loopback_through_the_gateway() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and pasta; CI runs it with --include-ignored"]
 fn host_network_must_be_asked_for_and_is_warned_about() {
     let Some(f) = prepared("fixed-output-network = host\n") else {
         return;
@@ -269,6 +273,7 @@ fn host_network_must_be_asked_for_and_is_warned_about() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and pasta; CI runs it with --include-ignored"]
 fn missing_pasta_fails_fixed_output_builders_by_name() {
     let Some(f) = prepared("pasta-path = /nonexistent/pasta\n") else {
         return;
@@ -293,6 +298,7 @@ fn missing_pasta_fails_fixed_output_builders_by_name() {
 /// capability; only `CAP_SETUID`/`CAP_SETGID` are bounded in for `newuidmap`), pasta
 /// still attaches: the capabilities it keeps are the builder's nested namespace's.
 #[test]
+#[ignore = "needs root, the test users and pasta; CI runs it with --include-ignored"]
 fn pasta_works_under_the_units_bounding_set() {
     let Some(mut f) = prepared("") else { return };
     f.d.kill();

@@ -88,6 +88,7 @@ fn lines(s: &str) -> Vec<&str> {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn client_is_nix_2_26_and_talks_to_the_daemon() {
     let Some(f) = prepared() else { return };
     let v = f.ok("nix", &["--version"]);
@@ -110,6 +111,7 @@ fn client_is_nix_2_26_and_talks_to_the_daemon() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn build_with_output_selection() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -175,6 +177,7 @@ fn build_with_output_selection() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn build_log_keep_going_and_rebuild() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -225,6 +228,7 @@ fn build_log_keep_going_and_rebuild() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn path_info_closure_sizes_json() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -270,6 +274,7 @@ fn path_info_closure_sizes_json() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn profiles_are_client_side() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -316,6 +321,7 @@ fn profiles_are_client_side() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn nix_env_with_client_side_profiles() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -333,6 +339,7 @@ fn nix_env_with_client_side_profiles() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn store_subcommands() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -416,6 +423,7 @@ fn store_subcommands() {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn copy_to_and_from_a_file_cache() {
     let Some(f) = prepared() else { return };
     let e = f.expr.as_str();
@@ -492,6 +500,7 @@ fn copy_to_and_from_a_file_cache() {
 /// A local flake whose only input is a path (no network, no registry): `nix build`,
 /// `nix shell -c`, and `nix profile install` / `upgrade` of a flake element.
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn local_flake_build_shell_and_profile_upgrade() {
     let Some(f) = prepared() else { return };
     let inputs = f.d.inputs();
@@ -535,6 +544,7 @@ fn local_flake_build_shell_and_profile_upgrade() {
 /// does not skip repeats would) keeps its path alive against another user's
 /// `nix store delete` until that connection closes, and not after.
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn temp_roots_last_for_the_connections_life() {
     let Some(f) = prepared() else { return };
     let file = f.d.inputs().join("temp.txt");

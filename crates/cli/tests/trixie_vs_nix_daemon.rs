@@ -277,6 +277,7 @@ fn clear_home(d: &TestDaemon) {
 }
 
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn every_workflow_as_with_nix_daemon() {
     if !can_run_sandboxed_builds() {
         return;
@@ -340,6 +341,7 @@ fn every_workflow_as_with_nix_daemon() {
 /// Issue 19, item 3: the activity stream of one substitution (from a signed
 /// `file://` cache the daemon is configured with), unrooted against nix-daemon 2.26.
 #[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn substitution_activity_stream_as_with_nix_daemon() {
     if !can_run_sandboxed_builds() {
         return;

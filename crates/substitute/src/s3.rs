@@ -13,7 +13,7 @@
 //! caller); a hostile endpoint could make that large. The endpoint is one the
 //! administrator configured.
 //!
-//! The library's own retries are turned off: the caller's ([`crate::binary_cache`])
+//! The library's own retries are turned off: the caller's (`binary_cache`)
 //! are the bounded ones, and every request has a deadline (the stall time-out).
 
 use std::fmt;

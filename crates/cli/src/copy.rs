@@ -4,10 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use unrooted_daemon::config::Locations;
-use unrooted_format::narinfo::Compression;
-use unrooted_format::signature::SecretKey;
-use unrooted_substitute::server::ServeConfig;
 use unrooted_substitute::TransportOptions;
 
 use crate::serve::ServeCompression;
@@ -34,38 +30,16 @@ pub struct CopyArgs {
 /// Uploads the closures. The store is found as Nix finds it (`NIX_STORE_DIR`,
 /// `NIX_STATE_DIR`) and only read.
 pub fn run(args: CopyArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let locations =
-        Locations::from_env(|k| std::env::var(k).ok()).context("reading the environment")?;
-    let mut config = ServeConfig::new(
-        locations.store_dir.clone(),
-        PathBuf::from(locations.store_dir.as_str()),
-        locations.state_dir.join("db"),
-    );
-    if let Some(file) = &args.secret_key_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the secret key file '{}'", file.display()))?;
-        let key = SecretKey::parse(text.trim())
-            .with_context(|| format!("parsing the secret key in '{}'", file.display()))?;
-        config.secret_key = Some(key);
-    }
-    config.compression = match args.compression {
-        ServeCompression::None => Compression::None,
-        ServeCompression::Xz => Compression::Xz,
-        ServeCompression::Zstd => Compression::Zstd,
-        ServeCompression::Bzip2 => Compression::Bzip2,
-    };
+    let config = crate::serve::read_only_store_config(
+        "warn",
+        args.secret_key_file.as_deref(),
+        args.compression,
+    )?;
     let paths = args
         .paths
         .iter()
         .map(|p| {
-            locations
+            config
                 .store_dir
                 .parse_path(p.trim_end_matches('/'))
                 .with_context(|| format!("'{p}' is not a store path"))

@@ -43,13 +43,18 @@ pub struct ServeArgs {
     priority: i32,
 }
 
-/// Serves until killed. The store is found as Nix finds it (`NIX_STORE_DIR`,
-/// `NIX_STATE_DIR`) and only read.
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// Starts logging at `default_level` and describes the store found as Nix finds it
+/// (`NIX_STORE_DIR`, `NIX_STATE_DIR`), to be read only, with the narinfo signing key
+/// and NAR compression: what `serve` and `copy` share.
+pub(crate) fn read_only_store_config(
+    default_level: &str,
+    secret_key_file: Option<&std::path::Path>,
+    compression: ServeCompression,
+) -> anyhow::Result<ServeConfig> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -60,19 +65,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         PathBuf::from(locations.store_dir.as_str()),
         locations.state_dir.join("db"),
     );
-    if let Some(file) = &args.secret_key_file {
+    if let Some(file) = secret_key_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading the secret key file '{}'", file.display()))?;
         let key = SecretKey::parse(text.trim())
             .with_context(|| format!("parsing the secret key in '{}'", file.display()))?;
         config.secret_key = Some(key);
     }
-    config.compression = match args.compression {
+    config.compression = match compression {
         ServeCompression::None => Compression::None,
         ServeCompression::Xz => Compression::Xz,
         ServeCompression::Zstd => Compression::Zstd,
         ServeCompression::Bzip2 => Compression::Bzip2,
     };
+    Ok(config)
+}
+
+/// Serves until killed. The store is found as Nix finds it (`NIX_STORE_DIR`,
+/// `NIX_STATE_DIR`) and only read.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config =
+        read_only_store_config("info", args.secret_key_file.as_deref(), args.compression)?;
     config.max_connections = args.max_connections.max(1);
     config.priority = args.priority;
     let server = Server::bind(&args.listen, config).context("starting the binary cache server")?;

@@ -247,7 +247,7 @@ fn ssh_ng_clients_reach_the_daemon_through_stdio_with_the_ssh_users_trust() {
     let ping = client(&d, &r, &["store", "ping", "--store", &r.uri]);
     let said = String::from_utf8_lossy(&ping.stderr);
     assert!(ping.status.success(), "{said}\n{}", r.sshd.log());
-    assert!(said.contains("Version: unrooted"), "{said}");
+    assert!(said.contains("Version: 2.8.0 (unrooted "), "{said}");
 
     // A path of the client's own store (content-addressed, so an untrusted user may
     // copy it without a signature).

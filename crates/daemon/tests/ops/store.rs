@@ -20,7 +20,7 @@ fn handshake_queries_and_text_adds() {
         info.daemon_version
             .as_deref()
             .unwrap_or("")
-            .starts_with("unrooted "),
+            .starts_with("2.8.0 (unrooted "),
         "{info:?}"
     );
     assert!(c.query_all_valid_paths().unwrap().is_empty());

@@ -1,7 +1,7 @@
 //! `unrooted sandbox-run`: run one command in a build sandbox made from arguments, to
 //! see what a builder would see; and the hidden `sandbox-helper` verb, the
 //! single-threaded process that sets a sandbox up (see the `unrooted-sandbox` crate)
-//! and runs the builtin builders of `unrooted-build` inside it, or, with `--builtin`,
+//! and runs the builtin builders of `unrooted-builder` inside it, or, with `--builtin`,
 //! runs one unsandboxed (`sandbox = false`).
 
 use std::ffi::OsString;
@@ -79,7 +79,7 @@ pub struct HelperArgs {
 
 /// Runs the hidden helper verb; never returns.
 pub fn helper(args: HelperArgs) -> ! {
-    let builtins = unrooted_build::builtins::BUILTINS;
+    let builtins = unrooted_builder::builtins::BUILTINS;
     match args.builtin {
         Some(name) => unrooted_sandbox::builtin_main(builtins, &name),
         None => unrooted_sandbox::helper_main_with_builtins(builtins),

@@ -1,5 +1,5 @@
 //! The build operations (BuildPaths, BuildPathsWithResults, BuildDerivation,
-//! QueryMissing) on top of the shared [`unrooted_build::Scheduler`], and the log
+//! QueryMissing) on top of the shared [`unrooted_builder::Scheduler`], and the log
 //! messages Nix 2.8 clients expect while a build runs: one `build` activity (type 105,
 //! `building '<drv>'`, fields drvPath, machine "", curRound 1, nrRounds 1) per
 //! derivation, a `buildLogLine` result (101) per line of its log, and its stop.
@@ -17,7 +17,7 @@ use std::io::BufWriter;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use unrooted_build::{
+use unrooted_builder::{
     error_chain, BuildMode as Mode, BuildObserver, BuildOptions, BuildResult as Result_,
     BuilderConfig, Scheduler, Status, Target,
 };
@@ -51,7 +51,7 @@ pub(crate) fn daemon_exe() -> PathBuf {
 pub(crate) fn scheduler_for(
     config: &Config,
     exe: &std::path::Path,
-) -> Result<Scheduler, unrooted_build::BuildError> {
+) -> Result<Scheduler, unrooted_builder::BuildError> {
     let exe = exe.to_path_buf();
     let mut cfg = BuilderConfig::new(Sandbox::new(exe.clone(), vec![HELPER_VERB.into()]));
     cfg.exec_helper = Sandbox::beside(&exe);
@@ -117,7 +117,7 @@ pub(crate) fn scheduler_for(
         if let Err(e) = unrooted_sandbox::check_user_namespaces() {
             tracing::warn!("builds will fail until this is fixed: {e}");
         }
-        cfg.ids = unrooted_build::IdMode::detect(
+        cfg.ids = unrooted_builder::IdMode::detect(
             &config.id_settings(),
             rustix::process::getuid().as_raw(),
             rustix::process::getgid().as_raw(),
@@ -126,7 +126,7 @@ pub(crate) fn scheduler_for(
         );
         // Before the store's and the build directories' sweeps: what a daemon killed
         // mid-build left owned by its slices is the store owner's again.
-        if let unrooted_build::IdMode::Ranges(pool) = &cfg.ids {
+        if let unrooted_builder::IdMode::Ranges(pool) = &cfg.ids {
             if (pool.slices() as usize) < cfg.max_jobs {
                 tracing::warn!(
                     "max-jobs = {} but the id pool holds {} slices: builds past those wait for one (give the store owner more subordinate ids, or see id-count)",
@@ -154,8 +154,8 @@ fn fixed_output_network(
     mode: Option<&str>,
     pasta_path: Option<&str>,
     path_var: Option<&std::ffi::OsStr>,
-) -> unrooted_build::FixedOutputNetwork {
-    use unrooted_build::FixedOutputNetwork as Net;
+) -> unrooted_builder::FixedOutputNetwork {
+    use unrooted_builder::FixedOutputNetwork as Net;
     match mode {
         Some("host") => {
             tracing::warn!(
@@ -629,7 +629,7 @@ fn root_build_closure(s: &Session<'_>, targets: &[Target]) {
         s.add_temp_root(&drv);
         // A derivation that is missing or unreadable fails in the scheduler with
         // its usual error; there is nothing more to root for it.
-        let Ok(d) = unrooted_build::load_derivation(store, &drv) else {
+        let Ok(d) = unrooted_builder::load_derivation(store, &drv) else {
             continue;
         };
         for out in d.outputs.values() {
@@ -790,8 +790,8 @@ fn realisations(
     outputs: &BTreeMap<String, StorePath>,
 ) -> BTreeMap<DrvOutput, Realisation> {
     let store = &s.state.store;
-    let hashes = unrooted_build::load_derivation(store, drv_path)
-        .and_then(|d| unrooted_build::output_hashes(store, &d))
+    let hashes = unrooted_builder::load_derivation(store, drv_path)
+        .and_then(|d| unrooted_builder::output_hashes(store, &d))
         .unwrap_or_else(|e| {
             tracing::warn!(
                 "hashing {}: {}",
@@ -879,7 +879,7 @@ mod activity_text_tests {
 mod tests {
     use super::fixed_output_network;
     use std::os::unix::fs::PermissionsExt;
-    use unrooted_build::FixedOutputNetwork as Net;
+    use unrooted_builder::FixedOutputNetwork as Net;
 
     #[test]
     fn fixed_output_network_is_pasta_when_found_and_host_only_when_asked() {

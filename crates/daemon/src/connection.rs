@@ -45,7 +45,7 @@ pub(crate) struct DaemonState {
     /// The daemon's own uid (the store owner).
     pub own_uid: u32,
     /// Builds for every connection.
-    pub scheduler: unrooted_build::Scheduler,
+    pub scheduler: unrooted_builder::Scheduler,
     /// Temporary roots of open connections (by connection id) and of adds and builds
     /// in progress: paths in use, which the collector must keep.
     pub temp_roots: TempRoots,
@@ -193,7 +193,7 @@ pub(crate) fn serve_peer(state: &DaemonState, stream: UnixStream, peer: Peer) {
     if let Err(e) = state.store.revalidate() {
         tracing::warn!(
             "the store is not usable: {}",
-            unrooted_build::error_chain(&e)
+            unrooted_builder::error_chain(&e)
         );
     }
     // Only accounts get directories: a user's subordinate ids (tens of thousands)

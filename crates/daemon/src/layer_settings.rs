@@ -14,7 +14,7 @@ pub trait LayerSettings {
     /// The collector's settings.
     fn gc_config(&self) -> Result<GcConfig, ConfigError>;
     /// The settings that choose which ids builders run as.
-    fn id_settings(&self) -> unrooted_build::IdSettings;
+    fn id_settings(&self) -> unrooted_builder::IdSettings;
 }
 
 impl LayerSettings for Config {
@@ -69,9 +69,9 @@ impl LayerSettings for Config {
     }
 
     /// The settings that choose which ids builders run as.
-    fn id_settings(&self) -> unrooted_build::IdSettings {
+    fn id_settings(&self) -> unrooted_builder::IdSettings {
         let s = &self.settings;
-        unrooted_build::IdSettings {
+        unrooted_builder::IdSettings {
             auto_allocate_uids: s.auto_allocate_uids,
             start_id: s.start_id,
             id_count: s.id_count,

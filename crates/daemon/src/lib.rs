@@ -50,7 +50,7 @@ pub enum DaemonError {
     },
     /// The build scheduler could not be set up.
     #[error("setting up builds")]
-    Build(#[source] unrooted_build::BuildError),
+    Build(#[source] unrooted_builder::BuildError),
     /// The socket could not be set up.
     #[error("setting up the daemon socket")]
     Server(#[from] server::ServerError),
@@ -108,8 +108,8 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     if build_cfg.sandbox {
         // Said once: the single-id mode is the weaker one.
         match &build_cfg.ids {
-            ids @ unrooted_build::IdMode::Ranges(_) => tracing::info!("{}", ids.describe()),
-            ids @ unrooted_build::IdMode::Single { .. } => tracing::warn!("{}", ids.describe()),
+            ids @ unrooted_builder::IdMode::Ranges(_) => tracing::info!("{}", ids.describe()),
+            ids @ unrooted_builder::IdMode::Single { .. } => tracing::warn!("{}", ids.describe()),
         }
     }
     let s = &state.config.settings;

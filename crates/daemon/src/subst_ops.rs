@@ -436,7 +436,7 @@ fn walk(
                         w.unknown.insert(drv.clone());
                         continue;
                     }
-                    let Ok(d) = unrooted_build::load_derivation(store, drv) else {
+                    let Ok(d) = unrooted_builder::load_derivation(store, drv) else {
                         continue;
                     };
                     // Fixed outputs can come from caches of other store directories.
@@ -584,7 +584,7 @@ fn needs_work(s: &Session<'_>, p: &DerivedPath) -> bool {
     match p {
         DerivedPath::Opaque(path) => !store.is_valid_path(path).unwrap_or(true),
         DerivedPath::Built { drv_path, outputs } => {
-            let Ok(d) = unrooted_build::load_derivation(store, drv_path) else {
+            let Ok(d) = unrooted_builder::load_derivation(store, drv_path) else {
                 return false;
             };
             let names: Option<BTreeSet<String>> = match outputs {

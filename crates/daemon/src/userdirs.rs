@@ -166,7 +166,7 @@ pub(crate) fn repair_parents(state_dir: &Path, own_uid: u32) {
                 "moved {n} entries of {} aside: not made for the user they are named after",
                 dir.display()
             ),
-            Err(e) => tracing::warn!("{}", unrooted_build::error_chain(&e)),
+            Err(e) => tracing::warn!("{}", unrooted_builder::error_chain(&e)),
         }
     }
 }
@@ -186,7 +186,7 @@ pub(crate) fn ensure(state_dir: &Path, peer: &Peer, own_uid: u32) {
             tracing::warn!(
                 "preparing the directory of user '{}': {}",
                 peer.user,
-                unrooted_build::error_chain(&e)
+                unrooted_builder::error_chain(&e)
             );
         }
     }
@@ -451,7 +451,7 @@ fn repair_parent(
             Verdict::Keep => {}
             Verdict::Grant(u) => {
                 if let Err(e) = prepare(&parent, dir, name, u, own_uid, false) {
-                    tracing::warn!("{}", unrooted_build::error_chain(&e));
+                    tracing::warn!("{}", unrooted_builder::error_chain(&e));
                 }
             }
             Verdict::Aside => {
@@ -656,7 +656,7 @@ mod tests {
                     s.spawn(|| {
                         let parent = open_parent(&dir, own).map_err(|e| e.to_string())?;
                         ensure_one(&parent, &dir, "alice", own + 1, own)
-                            .map_err(|e| unrooted_build::error_chain(&e))
+                            .map_err(|e| unrooted_builder::error_chain(&e))
                     })
                 })
                 .collect();

@@ -28,7 +28,7 @@
 //! instead of executing a file, and exits with its status (an error goes to the build
 //! log). The builtins themselves are not in this crate: the binary that runs
 //! the helper passes a table of them to [`helper_main_with_builtins`] (the `unrooted`
-//! binary passes `unrooted-build`'s), so the sandbox depends on no build logic and the
+//! binary passes `unrooted-builder`'s), so the sandbox depends on no build logic and the
 //! builtins on no sandbox internals; a name missing from the table fails the setup at
 //! the exec step. [`builtin_main`] runs one unsandboxed, for `sandbox = false`.
 //!

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use unrooted_build::checks::{check_outputs, BuiltOutput, OutputCheckError};
-use unrooted_build::{BuildOptions, Status};
+use unrooted_builder::checks::{check_outputs, BuiltOutput, OutputCheckError};
+use unrooted_builder::{BuildOptions, Status};
 use unrooted_format::derivation::{Derivation, DerivationOutput};
 use unrooted_format::signature::SecretKey;
 use unrooted_format::StorePath;
@@ -432,11 +432,11 @@ fn required_system_features_are_checked_against_system_features() {
     );
     let (r, _) = lab.build(&[&d], &BuildOptions::default());
     assert!(!r[0].status.is_success());
-    let have = unrooted_build::default_system_features()
+    let have = unrooted_builder::default_system_features()
         .into_iter()
         .collect::<Vec<_>>()
         .join(", ");
-    let system = unrooted_build::default_system();
+    let system = unrooted_builder::default_system();
     assert_eq!(
         r[0].error,
         format!(

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use unrooted_build::{
+use unrooted_builder::{
     BuildObserver, BuildOptions, BuildResult, BuilderConfig, Scheduler, Status, Target,
 };
 use unrooted_format::derivation::{Derivation, DerivationOutput, DrvHasher};
@@ -73,7 +73,7 @@ impl Lab {
         for (k, v) in [
             ("builder", BUSYBOX),
             ("name", name),
-            ("system", &unrooted_build::default_system()),
+            ("system", &unrooted_builder::default_system()),
             ("outputs", &outputs.join(" ")),
         ] {
             env.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
@@ -100,13 +100,13 @@ impl Lab {
                 .collect(),
             input_drvs,
             input_srcs: BTreeSet::new(),
-            system: unrooted_build::default_system().into_bytes(),
+            system: unrooted_builder::default_system().into_bytes(),
             builder: BUSYBOX.as_bytes().to_vec(),
             args: vec![b"sh".to_vec(), b"-c".to_vec(), script.into_bytes()],
             env,
         };
         let store = &self.store;
-        let load = |p: &StorePath| unrooted_build::load_derivation(store, p);
+        let load = |p: &StorePath| unrooted_builder::load_derivation(store, p);
         DrvHasher::new(dir.clone(), load)
             .fill_output_paths(&mut drv)
             .unwrap();

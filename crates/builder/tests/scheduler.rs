@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use unrooted_build::{BuildMode, BuildOptions, Status, Target};
+use unrooted_builder::{BuildMode, BuildOptions, Status, Target};
 use unrooted_format::StorePath;
 
 mod common;

@@ -31,7 +31,7 @@ use unrooted_protocol::{
 use unrooted_sandbox::{Sandbox, SandboxPath};
 
 use crate::config::{Config, SandboxMode};
-use crate::connection::Session;
+use crate::session::Session;
 use crate::LayerSettings;
 
 type Out = StderrWriter<BufWriter<UnixStream>>;

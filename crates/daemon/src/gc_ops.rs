@@ -24,8 +24,9 @@ use unrooted_protocol::request::{GcAction as WireAction, GcOptions as WireOption
 use unrooted_protocol::stderr::Verbosity;
 use unrooted_protocol::{ProtocolError, StderrWriter};
 
-use crate::connection::{DaemonState, Session};
 use crate::ops::{chain, OpError};
+use crate::session::Session;
+use crate::state::DaemonState;
 
 type Out = StderrWriter<BufWriter<UnixStream>>;
 

@@ -14,6 +14,8 @@ mod ops;
 pub mod payer;
 mod post_build;
 pub mod server;
+mod session;
+mod state;
 pub mod stdio;
 mod subst_ops;
 #[cfg(feature = "test-support")]
@@ -99,7 +101,7 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     for name in &config.settings.unknown {
         tracing::warn!("unknown setting '{name}' in the configuration is ignored");
     }
-    let state = connection::DaemonState::open(config, own_uid)?;
+    let state = state::DaemonState::open(config, own_uid)?;
     userdirs::repair_parents(&state.config.locations.state_dir, own_uid);
     // Everything the start-up log says comes before the socket appears, so whoever
     // waits for the socket (systemd, tests) finds the whole log.

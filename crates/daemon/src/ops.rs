@@ -26,7 +26,7 @@ use unrooted_protocol::{
 };
 use unrooted_store::{CheckSigs, StoreError, ValidPathInfo, VerifyMessage};
 
-use crate::connection::Session;
+use crate::session::Session;
 
 /// How a request failed.
 pub(crate) enum OpError {
@@ -656,7 +656,7 @@ pub(crate) fn hold_for_add<'a>(
     path: Option<&StorePath>,
     references: &BTreeSet<StorePath>,
 ) -> Result<TempRootGuard<'a>> {
-    let state: &'a crate::connection::DaemonState = s.state;
+    let state: &'a crate::state::DaemonState = s.state;
     let guard = state
         .temp_roots
         .hold(path.into_iter().chain(references).cloned());

@@ -27,7 +27,7 @@ use unrooted_substitute::{
     SubstituterConfig,
 };
 
-use crate::connection::Session;
+use crate::session::Session;
 
 type Out = StderrWriter<BufWriter<UnixStream>>;
 

@@ -6,18 +6,19 @@
 //! in `unrooted-store`. Connections are served by one thread each (see [`server`]),
 //! so this crate is synchronous like the layers it composes.
 
-mod build_ops;
+mod auto_gc;
 mod connection;
-mod gc_ops;
+mod gc_barrier;
 mod layer_settings;
 mod ops;
 pub mod payer;
 mod post_build;
+mod roots_helper;
+mod scheduler;
 pub mod server;
 mod session;
 mod state;
 pub mod stdio;
-mod subst_ops;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod trust;
@@ -105,7 +106,10 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     userdirs::repair_parents(&state.config.locations.state_dir, own_uid);
     // Everything the start-up log says comes before the socket appears, so whoever
     // waits for the socket (systemd, tests) finds the whole log.
-    tracing::info!("{}", gc_ops::describe_mode(&state.gc_config.roots_helper));
+    tracing::info!(
+        "{}",
+        roots_helper::describe_mode(&state.gc_config.roots_helper)
+    );
     let build_cfg = state.scheduler.config();
     if build_cfg.sandbox {
         // Said once: the single-id mode is the weaker one.
@@ -132,7 +136,7 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         None => server::bind(&state.config.locations.socket_path)?,
     };
     let state = Arc::new(state);
-    gc_ops::spawn_auto_gc(Arc::clone(&state));
+    auto_gc::spawn_auto_gc(Arc::clone(&state));
     let active = std::sync::atomic::AtomicUsize::new(0);
     let limits = server::Limits::new(
         options.max_connections,

@@ -105,13 +105,33 @@ pub(super) fn walk(
     targets: &[DerivedPath],
     observer: &dyn Observer,
 ) -> Result<Walk, SubstituteError> {
-    let store = &s.state.store;
-    let mut w = Walk {
-        own: vec![BTreeSet::new(); targets.len()],
-        inputs: vec![BTreeSet::new(); targets.len()],
-        ..Walk::default()
+    let mut walker = Walker {
+        store: &s.state.store,
+        sub,
+        observer,
+        w: Walk {
+            own: vec![BTreeSet::new(); targets.len()],
+            inputs: vec![BTreeSet::new(); targets.len()],
+            ..Walk::default()
+        },
+        seen_drvs: BTreeSet::new(),
+        seen_paths: BTreeSet::new(),
+        fetch: BTreeMap::new(),
+        missing: BTreeSet::new(),
+        roots: BTreeSet::new(),
     };
-    let mut level: Vec<Node> = targets
+    let mut level = top_nodes(targets);
+    while !level.is_empty() {
+        let wants = walker.wants(level);
+        walker.ask(&wants)?;
+        level = walker.settle(wants);
+    }
+    Ok(walker.finish())
+}
+
+/// The nodes of the targets themselves.
+fn top_nodes(targets: &[DerivedPath]) -> Vec<Node> {
+    targets
         .iter()
         .enumerate()
         .map(|(target, p)| match p {
@@ -130,142 +150,209 @@ pub(super) fn walk(
                 top: true,
             },
         })
-        .collect();
-    let mut seen_drvs: BTreeSet<StorePath> = BTreeSet::new();
-    let mut seen_paths: BTreeSet<StorePath> = BTreeSet::new();
-    let mut fetch = BTreeMap::new();
-    let mut missing = BTreeSet::new();
-    let mut roots: BTreeSet<StorePath> = BTreeSet::new();
-    while !level.is_empty() {
-        // What each node wants (`None`: built whatever the caches have).
-        let mut wants: Vec<(Node, Option<BTreeSet<StorePath>>, Option<Derivation>)> = Vec::new();
+        .collect()
+}
+
+/// A node with what it wants (`None`: built whatever the caches have) and, for a
+/// derivation, the derivation.
+type Want = (Node, Option<BTreeSet<StorePath>>, Option<Derivation>);
+
+/// The state of a [`walk`] between levels.
+struct Walker<'a> {
+    store: &'a unrooted_store::LocalStore,
+    sub: &'a Substituter,
+    observer: &'a dyn Observer,
+    /// What is found so far.
+    w: Walk,
+    seen_drvs: BTreeSet<StorePath>,
+    seen_paths: BTreeSet<StorePath>,
+    /// What the caches have, of the paths asked about.
+    fetch: BTreeMap<StorePath, unrooted_substitute::Substitutable>,
+    /// What the caches lack, of the paths asked about.
+    missing: BTreeSet<StorePath>,
+    /// The wanted paths the caches have in full: their closures are fetched.
+    roots: BTreeSet<StorePath>,
+}
+
+impl Walker<'_> {
+    /// What each node of `level` wants, leaving out nodes seen before and nodes
+    /// with nothing to do.
+    fn wants(&mut self, level: Vec<Node>) -> Vec<Want> {
+        let mut wants = Vec::new();
         for node in level {
-            match &node {
-                Node::Path { path, top, .. } => {
-                    if !*top && !seen_paths.insert(path.clone()) {
-                        continue;
-                    }
-                    if store.is_valid_path(path).unwrap_or(true) {
-                        continue;
-                    }
-                    let want = BTreeSet::from([path.clone()]);
-                    wants.push((node, Some(want), None));
-                }
+            let want = match &node {
+                Node::Path { path, top, .. } => self.path_want(path, *top),
                 Node::Drv {
                     drv, outputs, top, ..
-                } => {
-                    if !*top && !seen_drvs.insert(drv.clone()) {
-                        continue;
-                    }
-                    if !store.is_valid_path(drv).unwrap_or(true) {
-                        w.unknown.insert(drv.clone());
-                        continue;
-                    }
-                    let Ok(d) = unrooted_builder::load_derivation(store, drv) else {
-                        continue;
-                    };
-                    // Fixed outputs can come from caches of other store directories.
-                    for out in d.outputs.values() {
-                        if let unrooted_format::derivation::DerivationOutput::Fixed {
-                            method,
-                            hash,
-                            path,
-                        } = out
-                        {
-                            sub.hint_content_address(
-                                path.clone(),
-                                unrooted_format::ContentAddress::Fixed {
-                                    method: *method,
-                                    hash: *hash,
-                                },
-                            );
-                        }
-                    }
-                    let want = invalid_outputs(store, &d, outputs.as_ref());
-                    if want.as_ref().is_some_and(BTreeSet::is_empty) {
-                        continue;
-                    }
-                    wants.push((node, want, Some(d)));
-                }
+                } => self.drv_want(drv, outputs.as_ref(), *top),
+            };
+            if let Some((want, d)) = want {
+                wants.push((node, want, d));
             }
         }
+        wants
+    }
+
+    /// What an opaque path wants: itself, when it is not valid.
+    fn path_want(
+        &mut self,
+        path: &StorePath,
+        top: bool,
+    ) -> Option<(Option<BTreeSet<StorePath>>, Option<Derivation>)> {
+        if !top && !self.seen_paths.insert(path.clone()) {
+            return None;
+        }
+        if self.store.is_valid_path(path).unwrap_or(true) {
+            return None;
+        }
+        Some((Some(BTreeSet::from([path.clone()])), None))
+    }
+
+    /// What a derivation wants: its invalid wanted outputs.
+    fn drv_want(
+        &mut self,
+        drv: &StorePath,
+        outputs: Option<&BTreeSet<String>>,
+        top: bool,
+    ) -> Option<(Option<BTreeSet<StorePath>>, Option<Derivation>)> {
+        if !top && !self.seen_drvs.insert(drv.clone()) {
+            return None;
+        }
+        if !self.store.is_valid_path(drv).unwrap_or(true) {
+            self.w.unknown.insert(drv.clone());
+            return None;
+        }
+        let d = unrooted_builder::load_derivation(self.store, drv).ok()?;
+        self.hint_fixed_outputs(&d);
+        let want = invalid_outputs(self.store, &d, outputs);
+        if want.as_ref().is_some_and(BTreeSet::is_empty) {
+            return None;
+        }
+        Some((want, Some(d)))
+    }
+
+    /// Fixed outputs can come from caches of other store directories.
+    fn hint_fixed_outputs(&self, d: &Derivation) {
+        for out in d.outputs.values() {
+            if let unrooted_format::derivation::DerivationOutput::Fixed { method, hash, path } = out
+            {
+                self.sub.hint_content_address(
+                    path.clone(),
+                    unrooted_format::ContentAddress::Fixed {
+                        method: *method,
+                        hash: *hash,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Asks the caches about the wanted paths not asked about before.
+    fn ask(&mut self, wants: &[Want]) -> Result<(), SubstituteError> {
         let asked: BTreeSet<StorePath> = wants
             .iter()
             .filter_map(|(_, want, _)| want.as_ref())
             .flatten()
-            .filter(|p| !fetch.contains_key(*p) && !missing.contains(*p))
+            .filter(|p| !self.fetch.contains_key(*p) && !self.missing.contains(*p))
             .cloned()
             .collect();
         if !asked.is_empty() {
-            let plan = sub.plan(store, &asked, observer)?;
-            fetch.extend(plan.fetch);
-            missing.extend(plan.missing);
+            let plan = self.sub.plan(self.store, &asked, self.observer)?;
+            self.fetch.extend(plan.fetch);
+            self.missing.extend(plan.missing);
         }
-        let ok = complete(&fetch, &missing);
+        Ok(())
+    }
+
+    /// Records what the caches have of each node's wants; returns the next level:
+    /// the inputs of the derivations to build.
+    fn settle(&mut self, wants: Vec<Want>) -> Vec<Node> {
+        let ok = complete(&self.fetch, &self.missing);
         let mut next = Vec::new();
         for (node, want, d) in wants {
             let cached = want.as_ref().is_some_and(|ps| ps.is_subset(&ok));
             match node {
-                Node::Path { path, target, top } => {
-                    if top {
-                        w.own[target].insert(path.clone());
-                    }
-                    if cached {
-                        if !top {
-                            w.inputs[target].insert(path.clone());
-                        }
-                        roots.insert(path);
-                    } else if top {
-                        w.unknown.insert(path);
-                    }
-                }
+                Node::Path { path, target, top } => self.settle_path(path, target, top, cached),
                 Node::Drv {
                     drv, target, top, ..
                 } => {
                     let want = want.unwrap_or_default();
-                    if top {
-                        w.own[target].extend(want.iter().cloned());
-                    }
-                    if cached {
-                        if !top {
-                            w.inputs[target].extend(want.iter().cloned());
-                        }
-                        roots.extend(want);
-                        continue;
-                    }
-                    w.build.insert(drv);
-                    let Some(d) = d else { continue };
-                    for (input, outs) in d.input_drvs {
-                        next.push(Node::Drv {
-                            drv: input,
-                            outputs: Some(outs),
-                            target,
-                            top: false,
-                        });
-                    }
-                    for path in d.input_srcs {
-                        next.push(Node::Path {
-                            path,
-                            target,
-                            top: false,
-                        });
+                    if self.settle_drv(drv, want, target, top, cached) {
+                        next.extend(d.map(|d| input_nodes(d, target)).unwrap_or_default());
                     }
                 }
             }
         }
-        level = next;
+        next
     }
-    // The closures of the roots.
-    let mut stack: Vec<StorePath> = roots.into_iter().collect();
-    while let Some(p) = stack.pop() {
-        if w.plan.fetch.contains_key(&p) {
-            continue;
+
+    fn settle_path(&mut self, path: StorePath, target: usize, top: bool, cached: bool) {
+        if top {
+            self.w.own[target].insert(path.clone());
         }
-        let Some(found) = fetch.remove(&p) else {
-            continue;
-        };
-        stack.extend(found.info.references.iter().cloned());
-        w.plan.fetch.insert(p, found);
+        if cached {
+            if !top {
+                self.w.inputs[target].insert(path.clone());
+            }
+            self.roots.insert(path);
+        } else if top {
+            self.w.unknown.insert(path);
+        }
     }
-    Ok(w)
+
+    /// Whether `drv` is to be built (its inputs then walked in turn).
+    fn settle_drv(
+        &mut self,
+        drv: StorePath,
+        want: BTreeSet<StorePath>,
+        target: usize,
+        top: bool,
+        cached: bool,
+    ) -> bool {
+        if top {
+            self.w.own[target].extend(want.iter().cloned());
+        }
+        if cached {
+            if !top {
+                self.w.inputs[target].extend(want.iter().cloned());
+            }
+            self.roots.extend(want);
+            return false;
+        }
+        self.w.build.insert(drv);
+        true
+    }
+
+    /// The walk's result, with the closures of the roots to fetch.
+    fn finish(mut self) -> Walk {
+        let mut stack: Vec<StorePath> = self.roots.into_iter().collect();
+        while let Some(p) = stack.pop() {
+            if self.w.plan.fetch.contains_key(&p) {
+                continue;
+            }
+            let Some(found) = self.fetch.remove(&p) else {
+                continue;
+            };
+            stack.extend(found.info.references.iter().cloned());
+            self.w.plan.fetch.insert(p, found);
+        }
+        self.w
+    }
+}
+
+/// The nodes of a derivation to build: the wanted outputs of its input derivations
+/// and its input sources.
+fn input_nodes(d: Derivation, target: usize) -> Vec<Node> {
+    let drvs = d.input_drvs.into_iter().map(|(input, outs)| Node::Drv {
+        drv: input,
+        outputs: Some(outs),
+        target,
+        top: false,
+    });
+    let srcs = d.input_srcs.into_iter().map(|path| Node::Path {
+        path,
+        target,
+        top: false,
+    });
+    drvs.chain(srcs).collect()
 }

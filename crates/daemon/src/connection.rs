@@ -9,7 +9,7 @@
 use std::io::{BufReader, BufWriter};
 use std::os::unix::net::UnixStream;
 
-use unrooted_protocol::handshake::{ServerHello, TrustedFlag};
+use unrooted_protocol::handshake::{ClientHello, ServerHello, TrustedFlag};
 use unrooted_protocol::request::ClientSettings;
 use unrooted_protocol::{
     read_request, server_handshake, BodyKind, DaemonError as WireError, FramedReader,
@@ -89,6 +89,10 @@ pub(crate) fn serve_peer(state: &DaemonState, stream: UnixStream, peer: Peer) {
     state.temp_roots.remove_owner(id);
 }
 
+type Reader = BufReader<UnixStream>;
+type Out = StderrWriter<BufWriter<UnixStream>>;
+
+/// The handshake, then the session's requests until the client hangs up.
 fn run(
     state: &DaemonState,
     stream: UnixStream,
@@ -103,27 +107,8 @@ fn run(
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     let writer = BufWriter::with_capacity(64 << 10, stream);
     let mut out = StderrWriter::new(writer, ProtocolVersion::MIN_SUPPORTED);
-    let hello = ServerHello {
-        version: ProtocolVersion::RECOMMENDED,
-        daemon_version: DAEMON_VERSION.to_owned(),
-        trust: if trusted {
-            TrustedFlag::Trusted
-        } else {
-            TrustedFlag::NotTrusted
-        },
-        // Protocol 1.38's features this daemon honours; the connection uses the
-        // intersection with the client's (none for a client that sends none).
-        features: unrooted_protocol::Features::SERVED.names(),
-    };
     let store_dir = state.config.locations.store_dir.clone();
-    let limits = WireContext::new(ProtocolVersion::MIN_SUPPORTED, store_dir.clone()).limits;
-    // A client has a bounded time to finish the handshake, so a connection that is
-    // opened and never spoken on does not hold its slot for ever. After the
-    // handshake a client may stay idle (Nix keeps pooled connections open while it
-    // evaluates), so the limit is lifted.
-    set_read_timeout(&reader, Some(HANDSHAKE_TIMEOUT))?;
-    let client = server_handshake(&mut reader, out.get_mut(), &hello, &limits)?;
-    set_read_timeout(&reader, None)?;
+    let client = handshake(&mut reader, &mut out, trusted, &store_dir)?;
     let version = client.version;
     out = StderrWriter::new(out.into_inner(), version);
     out.last()?;
@@ -139,13 +124,52 @@ fn run(
         settings: ClientSettings::default(),
         id,
     };
+    serve_requests(&mut session, &mut reader, &mut out)
+}
+
+/// The server's side of the handshake, within [`HANDSHAKE_TIMEOUT`].
+fn handshake(
+    reader: &mut Reader,
+    out: &mut Out,
+    trusted: bool,
+    store_dir: &unrooted_format::StoreDir,
+) -> Result<ClientHello, ProtocolError> {
+    let hello = ServerHello {
+        version: ProtocolVersion::RECOMMENDED,
+        daemon_version: DAEMON_VERSION.to_owned(),
+        trust: if trusted {
+            TrustedFlag::Trusted
+        } else {
+            TrustedFlag::NotTrusted
+        },
+        // Protocol 1.38's features this daemon honours; the connection uses the
+        // intersection with the client's (none for a client that sends none).
+        features: unrooted_protocol::Features::SERVED.names(),
+    };
+    let limits = WireContext::new(ProtocolVersion::MIN_SUPPORTED, store_dir.clone()).limits;
+    // A client has a bounded time to finish the handshake, so a connection that is
+    // opened and never spoken on does not hold its slot for ever. After the
+    // handshake a client may stay idle (Nix keeps pooled connections open while it
+    // evaluates), so the limit is lifted.
+    set_read_timeout(reader, Some(HANDSHAKE_TIMEOUT))?;
+    let client = server_handshake(reader, out.get_mut(), &hello, &limits)?;
+    set_read_timeout(reader, None)?;
+    Ok(client)
+}
+
+/// Reads and performs requests until the client hangs up or the stream is lost.
+fn serve_requests(
+    session: &mut Session<'_>,
+    reader: &mut Reader,
+    out: &mut Out,
+) -> Result<(), ProtocolError> {
     loop {
-        let request = match read_request(&mut reader, &session.cx) {
+        let request = match read_request(reader, &session.cx) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) if e.is_recoverable() => {
                 if e.body_to_drain() == Some(BodyKind::Framed) {
-                    FramedReader::new(&mut reader, session.cx.limits.max_frame)
+                    FramedReader::new(&mut *reader, session.cx.limits.max_frame)
                         .drain()
                         .map_err(|source| ProtocolError::Read {
                             field: "framed body",
@@ -162,7 +186,7 @@ fn run(
             }
         };
         let op = request.opcode();
-        match ops::perform(&mut session, request, &mut reader, &mut out) {
+        match ops::perform(session, request, reader, out) {
             Ok(()) => {}
             Err(OpError::Client(msg)) => {
                 tracing::debug!("{op:?} failed: {msg}");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use unrooted_builder::{BuilderConfig, Scheduler};
 use unrooted_sandbox::{Sandbox, SandboxPath};
 
-use crate::config::{Config, SandboxMode};
+use crate::config::{Config, RawSettings, SandboxMode};
 use crate::LayerSettings;
 
 /// The hidden verb of the `unrooted` binary that runs the sandbox helper.
@@ -26,6 +26,31 @@ pub(crate) fn scheduler_for(
     config: &Config,
     exe: &std::path::Path,
 ) -> Result<Scheduler, unrooted_builder::BuildError> {
+    let s = &config.settings;
+    let mut cfg = with_helpers(exe, s.sandbox != SandboxMode::Disabled);
+    cfg.sandbox_paths = sandbox_paths(&s.sandbox_paths);
+    cfg.log_dir = Some(config.locations.log_dir.clone());
+    cfg.max_jobs = usize::try_from(s.max_jobs).unwrap_or(usize::MAX);
+    cfg.cores = u32::try_from(s.cores).unwrap_or(0);
+    let raw = &config.raw;
+    apply_raw_settings(&mut cfg, raw);
+    if cfg.sandbox {
+        cfg.fixed_output_network = fixed_output_network(
+            raw.get("fixed-output-network"),
+            raw.get("pasta-path"),
+            std::env::var_os("PATH").as_deref(),
+        );
+        set_up_ids(&mut cfg, config);
+    } else {
+        tracing::warn!("sandbox = false: builders run unsandboxed as the store owner");
+    }
+    Scheduler::new(cfg)
+}
+
+/// The builders' configuration with its sandbox helpers: `exe`, and
+/// `unrooted-sandbox` when it is installed beside it; with `sandbox`, each keeps a
+/// spare waiting for the next build.
+fn with_helpers(exe: &std::path::Path, sandbox: bool) -> BuilderConfig {
     let exe = exe.to_path_buf();
     let mut cfg = BuilderConfig::new(Sandbox::new(exe.clone(), vec![HELPER_VERB.into()]));
     cfg.exec_helper = Sandbox::beside(&exe);
@@ -38,8 +63,7 @@ pub(crate) fn scheduler_for(
             "builders are started through this executable (install unrooted-sandbox beside it for a faster start)"
         ),
     }
-    let s = &config.settings;
-    cfg.sandbox = s.sandbox != SandboxMode::Disabled;
+    cfg.sandbox = sandbox;
     if cfg.sandbox {
         // The helper that starts builders keeps a spare waiting for the next build.
         match cfg.exec_helper.take() {
@@ -47,8 +71,12 @@ pub(crate) fn scheduler_for(
             None => cfg.helper = cfg.helper.clone().with_spare_helper(),
         }
     }
-    cfg.sandbox_paths = s
-        .sandbox_paths
+    cfg
+}
+
+/// The valid entries of `sandbox-paths`, with a warning for each other one.
+fn sandbox_paths(entries: &[String]) -> Vec<SandboxPath> {
+    entries
         .iter()
         .filter_map(|e| match SandboxPath::parse(e.as_ref()) {
             Ok(p) => Some(p),
@@ -57,11 +85,11 @@ pub(crate) fn scheduler_for(
                 None
             }
         })
-        .collect();
-    cfg.log_dir = Some(config.locations.log_dir.clone());
-    cfg.max_jobs = usize::try_from(s.max_jobs).unwrap_or(usize::MAX);
-    cfg.cores = u32::try_from(s.cores).unwrap_or(0);
-    let raw = &config.raw;
+        .collect()
+}
+
+/// The settings of builds that only the raw configuration holds.
+fn apply_raw_settings(cfg: &mut BuilderConfig, raw: &RawSettings) {
     if let Some(v) = raw.get("max-build-log-size").and_then(|v| v.parse().ok()) {
         cfg.max_log_size = v;
     }
@@ -80,44 +108,37 @@ pub(crate) fn scheduler_for(
     if let Some(v) = raw.get("sandbox-build-dir").filter(|v| v.starts_with('/')) {
         cfg.sandbox_build_dir = PathBuf::from(v);
     }
-    if cfg.sandbox {
-        cfg.fixed_output_network = fixed_output_network(
-            raw.get("fixed-output-network"),
-            raw.get("pasta-path"),
-            std::env::var_os("PATH").as_deref(),
-        );
+}
+
+/// The ids sandboxed builds run as (subordinate id slices, or the single id), and
+/// what builds of a killed daemon left owned by its slices given back.
+fn set_up_ids(cfg: &mut BuilderConfig, config: &Config) {
+    if let Err(e) = unrooted_sandbox::check_user_namespaces() {
+        tracing::warn!("builds will fail until this is fixed: {e}");
     }
-    if cfg.sandbox {
-        if let Err(e) = unrooted_sandbox::check_user_namespaces() {
-            tracing::warn!("builds will fail until this is fixed: {e}");
-        }
-        cfg.ids = unrooted_builder::IdMode::detect(
-            &config.id_settings(),
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-            &config.locations.state_dir,
-            &cfg.helper,
-        );
-        // Before the store's and the build directories' sweeps: what a daemon killed
-        // mid-build left owned by its slices is the store owner's again.
-        if let unrooted_builder::IdMode::Ranges(pool) = &cfg.ids {
-            if (pool.slices() as usize) < cfg.max_jobs {
-                tracing::warn!(
-                    "max-jobs = {} but the id pool holds {} slices: builds past those wait for one (give the store owner more subordinate ids, or see id-count)",
-                    cfg.max_jobs,
-                    pool.slices()
-                );
-            }
-            pool.reclaim_leftovers(
-                &cfg.helper,
-                std::path::Path::new(config.locations.store_dir.as_str()),
-                &cfg.tmp_dir,
+    cfg.ids = unrooted_builder::IdMode::detect(
+        &config.id_settings(),
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+        &config.locations.state_dir,
+        &cfg.helper,
+    );
+    // Before the store's and the build directories' sweeps: what a daemon killed
+    // mid-build left owned by its slices is the store owner's again.
+    if let unrooted_builder::IdMode::Ranges(pool) = &cfg.ids {
+        if (pool.slices() as usize) < cfg.max_jobs {
+            tracing::warn!(
+                "max-jobs = {} but the id pool holds {} slices: builds past those wait for one (give the store owner more subordinate ids, or see id-count)",
+                cfg.max_jobs,
+                pool.slices()
             );
         }
-    } else {
-        tracing::warn!("sandbox = false: builders run unsandboxed as the store owner");
+        pool.reclaim_leftovers(
+            &cfg.helper,
+            std::path::Path::new(config.locations.store_dir.as_str()),
+            &cfg.tmp_dir,
+        );
     }
-    Scheduler::new(cfg)
 }
 
 /// `fixed-output-network` (`pasta`, the default, or `host`) and `pasta-path` (a path,

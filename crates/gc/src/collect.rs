@@ -281,24 +281,7 @@ impl<'a> Collector<'a> {
         if options.ignore_liveness {
             return Err(GcError::IgnoreLiveness);
         }
-        let state = self.store.config().state_dir.clone();
-        let lock_path = state.join("gc.lock");
-        let lock_err = |source| GcError::Lock {
-            path: lock_path.clone(),
-            source,
-        };
-        // Exclusive for the whole run: one collection at a time, ours or Nix's, and
-        // Nix tools that add temporary roots wait for (or talk to) the running one.
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(lock_err)?;
-        flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
-
+        let lock = self.lock()?;
         let deleting = options.action.deletes();
         if deleting {
             self.store.remove_reserved_space()?;
@@ -321,38 +304,12 @@ impl<'a> Collector<'a> {
                 order = self.deletion_order(&graph, &live, &options.action)?;
             }
         }
+        if let Some(listed) = self.listing(&options.action, &graph, &live, log) {
+            return Ok(listed);
+        }
         let mut result = GcResult::default();
-        let print = |p: &StorePath| self.store.print_path(p);
-        match &options.action {
-            GcAction::ReturnLive => {
-                result.paths = live.iter().map(print).collect();
-                return Ok(result);
-            }
-            GcAction::ReturnDead => {
-                // Nix (2.8 and 2.26, gc.cc) says this when it collects without deleting.
-                log("determining live/dead paths...");
-                result.paths = graph
-                    .keys()
-                    .filter(|p| !live.contains(*p))
-                    .map(print)
-                    .collect();
-                return Ok(result);
-            }
-            GcAction::DeleteDead
-            | GcAction::DeleteSpecific(_)
-            | GcAction::DeleteSpecificWithReferrers(_)
-            | GcAction::DeleteDeadWithin { .. } => {}
-        }
         let specific = options.action.all_or_error();
-        // Nix announces the sweep only when collecting all garbage, never for the
-        // paths of `nix-store --delete` / `nix store delete` (gc.cc, 2.8 and 2.26);
-        // the forms only Nix 2.35 sends are announced as 2.35 does.
-        match options.action {
-            GcAction::DeleteDead => log("deleting garbage..."),
-            GcAction::DeleteSpecificWithReferrers(_) => log("deleting specified paths..."),
-            GcAction::DeleteDeadWithin { .. } => log("deleting garbage within specified paths..."),
-            _ => {}
-        }
+        announce_sweep(&options.action, log);
         let limit_reached =
             self.delete_in_batches(&order, specific, options.max_freed, log, &mut result)?;
         if options.action == GcAction::DeleteDead && !limit_reached {
@@ -367,6 +324,60 @@ impl<'a> Collector<'a> {
         ));
         drop(lock);
         Ok(result)
+    }
+
+    /// Takes `gc.lock`, exclusive for the whole run: one collection at a time, ours
+    /// or Nix's, and Nix tools that add temporary roots wait for (or talk to) the
+    /// running one.
+    fn lock(&self) -> Result<std::fs::File, GcError> {
+        let state = self.store.config().state_dir.clone();
+        let lock_path = state.join("gc.lock");
+        let lock_err = |source| GcError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
+        Ok(lock)
+    }
+
+    /// The answer of a listing action (ReturnLive, ReturnDead); `None` for the
+    /// deleting ones.
+    fn listing(
+        &self,
+        action: &GcAction,
+        graph: &Graph,
+        live: &BTreeSet<StorePath>,
+        log: &mut dyn FnMut(&str),
+    ) -> Option<GcResult> {
+        let print = |p: &StorePath| self.store.print_path(p);
+        let paths = match action {
+            GcAction::ReturnLive => live.iter().map(print).collect(),
+            GcAction::ReturnDead => {
+                // Nix (2.8 and 2.26, gc.cc) says this when it collects without deleting.
+                log("determining live/dead paths...");
+                graph
+                    .keys()
+                    .filter(|p| !live.contains(*p))
+                    .map(print)
+                    .collect()
+            }
+            GcAction::DeleteDead
+            | GcAction::DeleteSpecific(_)
+            | GcAction::DeleteSpecificWithReferrers(_)
+            | GcAction::DeleteDeadWithin { .. } => return None,
+        };
+        Some(GcResult {
+            paths,
+            ..GcResult::default()
+        })
     }
 
     /// What a deleting action deletes, referrers first (empty for the others); a
@@ -467,6 +478,18 @@ impl<'a> Collector<'a> {
         }
         post.reverse();
         Ok(post)
+    }
+}
+
+/// Nix announces the sweep only when collecting all garbage, never for the paths of
+/// `nix-store --delete` / `nix store delete` (gc.cc, 2.8 and 2.26); the forms only
+/// Nix 2.35 sends are announced as 2.35 does.
+fn announce_sweep(action: &GcAction, log: &mut dyn FnMut(&str)) {
+    match action {
+        GcAction::DeleteDead => log("deleting garbage..."),
+        GcAction::DeleteSpecificWithReferrers(_) => log("deleting specified paths..."),
+        GcAction::DeleteDeadWithin { .. } => log("deleting garbage within specified paths..."),
+        _ => {}
     }
 }
 

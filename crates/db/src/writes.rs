@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use unrooted_format::{ContentAddress, StorePath};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use unrooted_format::{ContentAddress, StoreDir, StorePath};
 
 use crate::database::{valid_path_id, Database};
 use crate::error::DbError;
@@ -61,65 +61,10 @@ impl Database {
             })?;
         let now = unix_now();
         for reg in paths {
-            let info = &reg.info;
-            let path = display(&info.path);
-            let err = |source| DbError::RegisterPath {
-                path: path.clone(),
-                source,
-            };
-            let existing = valid_path_id(&tx, &path).map_err(err)?;
-            let nar_size = (info.nar_size != 0).then_some(info.nar_size);
-            let ultimate = info.ultimate.then_some(1i64);
-            let sigs = join_sigs(&info.sigs);
-            let ca = info.ca.as_ref().map(ContentAddress::to_string);
-            let hash = info.nar_hash.to_prefixed_base16();
-            if existing.is_some() {
-                tx.prepare_cached(UPDATE_PATH_INFO)
-                    .and_then(|mut s| s.execute(params![nar_size, hash, ultimate, sigs, ca, path]))
-                    .map_err(err)?;
-            } else {
-                let time = if info.registration_time == 0 {
-                    now
-                } else {
-                    info.registration_time
-                };
-                let deriver = info.deriver.as_ref().map(display);
-                tx.prepare_cached(REGISTER_VALID_PATH)
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            path, hash, time, deriver, nar_size, ultimate, sigs, ca
-                        ])
-                    })
-                    .map_err(err)?;
-                let id = tx.last_insert_rowid();
-                for (output, out_path) in &reg.derivation_outputs {
-                    tx.prepare_cached(ADD_DERIVATION_OUTPUT)
-                        .and_then(|mut s| s.execute(params![id, output, display(out_path)]))
-                        .map_err(err)?;
-                }
-            }
+            write_path_row(&tx, &store_dir, reg, now)?;
         }
         for reg in paths {
-            let path = display(&reg.info.path);
-            let err = |source| DbError::RegisterPath {
-                path: path.clone(),
-                source,
-            };
-            let referrer = valid_path_id(&tx, &path)
-                .map_err(err)?
-                .ok_or_else(|| DbError::NotValid { path: path.clone() })?;
-            for reference in &reg.info.references {
-                let ref_text = display(reference);
-                let id = valid_path_id(&tx, &ref_text).map_err(err)?.ok_or_else(|| {
-                    DbError::RegisterInvalidReference {
-                        path: path.clone(),
-                        reference: ref_text.clone(),
-                    }
-                })?;
-                tx.prepare_cached(ADD_REFERENCE)
-                    .and_then(|mut s| s.execute(params![referrer, id]))
-                    .map_err(err)?;
-            }
+            write_references(&tx, &store_dir, reg)?;
         }
         check_acyclic(paths).map_err(|p| DbError::RegisterCycle { path: display(p) })?;
         tx.commit().map_err(|source| DbError::Transaction {
@@ -221,6 +166,85 @@ impl Database {
             source,
         })
     }
+}
+
+/// The `ValidPaths` row of `reg` (updated when the path is valid already) and, for a
+/// new `.drv`, its `DerivationOutputs` rows.
+fn write_path_row(
+    conn: &Connection,
+    store_dir: &StoreDir,
+    reg: &Registration,
+    now: u64,
+) -> Result<(), DbError> {
+    let display = |p: &StorePath| store_dir.display(p);
+    let info = &reg.info;
+    let path = display(&info.path);
+    let err = |source| DbError::RegisterPath {
+        path: path.clone(),
+        source,
+    };
+    let existing = valid_path_id(conn, &path).map_err(err)?;
+    let nar_size = (info.nar_size != 0).then_some(info.nar_size);
+    let ultimate = info.ultimate.then_some(1i64);
+    let sigs = join_sigs(&info.sigs);
+    let ca = info.ca.as_ref().map(ContentAddress::to_string);
+    let hash = info.nar_hash.to_prefixed_base16();
+    if existing.is_some() {
+        conn.prepare_cached(UPDATE_PATH_INFO)
+            .and_then(|mut s| s.execute(params![nar_size, hash, ultimate, sigs, ca, path]))
+            .map_err(err)?;
+        return Ok(());
+    }
+    let time = if info.registration_time == 0 {
+        now
+    } else {
+        info.registration_time
+    };
+    let deriver = info.deriver.as_ref().map(display);
+    conn.prepare_cached(REGISTER_VALID_PATH)
+        .and_then(|mut s| {
+            s.execute(params![
+                path, hash, time, deriver, nar_size, ultimate, sigs, ca
+            ])
+        })
+        .map_err(err)?;
+    let id = conn.last_insert_rowid();
+    for (output, out_path) in &reg.derivation_outputs {
+        conn.prepare_cached(ADD_DERIVATION_OUTPUT)
+            .and_then(|mut s| s.execute(params![id, output, display(out_path)]))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The `Refs` rows of `reg`, whose references must be valid (or registered in the
+/// same batch, before).
+fn write_references(
+    conn: &Connection,
+    store_dir: &StoreDir,
+    reg: &Registration,
+) -> Result<(), DbError> {
+    let path = store_dir.display(&reg.info.path);
+    let err = |source| DbError::RegisterPath {
+        path: path.clone(),
+        source,
+    };
+    let referrer = valid_path_id(conn, &path)
+        .map_err(err)?
+        .ok_or_else(|| DbError::NotValid { path: path.clone() })?;
+    for reference in &reg.info.references {
+        let ref_text = store_dir.display(reference);
+        let id = valid_path_id(conn, &ref_text)
+            .map_err(err)?
+            .ok_or_else(|| DbError::RegisterInvalidReference {
+                path: path.clone(),
+                reference: ref_text.clone(),
+            })?;
+        conn.prepare_cached(ADD_REFERENCE)
+            .and_then(|mut s| s.execute(params![referrer, id]))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 fn join_sigs(sigs: &BTreeSet<String>) -> Option<String> {

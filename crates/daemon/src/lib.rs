@@ -106,6 +106,36 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     userdirs::repair_parents(&state.config.locations.state_dir, own_uid);
     // Everything the start-up log says comes before the socket appears, so whoever
     // waits for the socket (systemd, tests) finds the whole log.
+    log_start(&state, own_uid);
+    let listener = match activated {
+        Some(l) => l,
+        None => server::bind(&state.config.locations.socket_path)?,
+    };
+    let state = Arc::new(state);
+    auto_gc::spawn_auto_gc(Arc::clone(&state));
+    let active = std::sync::atomic::AtomicUsize::new(0);
+    let limits = server::Limits::new(
+        options.max_connections,
+        options.max_connections_per_user,
+        options.reserved_connections,
+    );
+    let owners = payer::SubUidOwners::load(std::path::Path::new(payer::SUBUID_FILE));
+    server::serve(listener, limits, owners, move |stream, charge| {
+        use std::sync::atomic::Ordering;
+        active.fetch_add(1, Ordering::SeqCst);
+        connection::handle(&state, stream, &charge);
+        // The last client gone: an idle daemon keeps no spare database
+        // connections (nor their descriptors) open.
+        if active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            state.store.release_idle_readers();
+        }
+    })
+    .map_err(DaemonError::Serve)
+}
+
+/// The start-up log: where roots come from, the ids builds run as, automatic
+/// collection, and what is served.
+fn log_start(state: &state::DaemonState, own_uid: u32) {
     tracing::info!(
         "{}",
         roots_helper::describe_mode(&state.gc_config.roots_helper)
@@ -131,28 +161,4 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         state.config.locations.store_dir,
         state.config.locations.socket_path.display()
     );
-    let listener = match activated {
-        Some(l) => l,
-        None => server::bind(&state.config.locations.socket_path)?,
-    };
-    let state = Arc::new(state);
-    auto_gc::spawn_auto_gc(Arc::clone(&state));
-    let active = std::sync::atomic::AtomicUsize::new(0);
-    let limits = server::Limits::new(
-        options.max_connections,
-        options.max_connections_per_user,
-        options.reserved_connections,
-    );
-    let owners = payer::SubUidOwners::load(std::path::Path::new(payer::SUBUID_FILE));
-    server::serve(listener, limits, owners, move |stream, charge| {
-        use std::sync::atomic::Ordering;
-        active.fetch_add(1, Ordering::SeqCst);
-        connection::handle(&state, stream, &charge);
-        // The last client gone: an idle daemon keeps no spare database
-        // connections (nor their descriptors) open.
-        if active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            state.store.release_idle_readers();
-        }
-    })
-    .map_err(DaemonError::Serve)
 }

@@ -11,12 +11,12 @@
 
 mod add;
 mod add_legacy;
-pub(crate) mod build;
-pub(crate) mod gc;
+mod build;
+mod gc;
 mod maintain;
 mod options;
 mod query;
-pub(crate) mod subst;
+mod subst;
 
 use std::io::{self, BufWriter};
 use std::os::unix::net::UnixStream;

@@ -24,12 +24,7 @@ pub(super) fn perform(s: &mut Session<'_>, request: Request, out: &mut Out) -> R
             let valid = store.is_valid_path(&p)?;
             reply(out, |w| Ok(wire::write_bool(w, valid)?))
         }
-        Request::QueryPathHash(p) => {
-            let info = valid_info(s, &p)?;
-            reply(out, |w| {
-                Ok(wire::write_bytes(w, info.nar_hash.to_base16().as_bytes())?)
-            })
-        }
+        Request::QueryPathHash(p) => path_hash(s, &p, out),
         Request::QueryReferences(p) => {
             let info = valid_info(s, &p)?;
             reply(out, |w| Ok(wire::write_paths(w, &dir, &info.references)?))
@@ -44,12 +39,7 @@ pub(super) fn perform(s: &mut Session<'_>, request: Request, out: &mut Out) -> R
                 Ok(wire::write_opt_path(w, &dir, deriver.as_ref())?)
             })
         }
-        Request::QueryPathInfo(p) => {
-            let info = store.query_path_info(&p)?.map(|i| to_wire(&i).info);
-            reply(out, |w| {
-                write_query_path_info_reply(w, &s.cx, info.as_ref())
-            })
-        }
+        Request::QueryPathInfo(p) => path_info(s, &p, out),
         Request::QueryValidPaths { paths, substitute } => {
             query_valid_paths(s, &paths, substitute, out)
         }
@@ -79,6 +69,22 @@ pub(super) fn perform(s: &mut Session<'_>, request: Request, out: &mut Out) -> R
         }
         other => Err(misrouted("query", &other)),
     }
+}
+
+/// QueryPathHash: the NAR hash of valid `p`, in base 16.
+fn path_hash(s: &Session<'_>, p: &StorePath, out: &mut Out) -> Result {
+    let info = valid_info(s, p)?;
+    reply(out, |w| {
+        Ok(wire::write_bytes(w, info.nar_hash.to_base16().as_bytes())?)
+    })
+}
+
+/// QueryPathInfo: the record of `p`, or that it is not valid.
+fn path_info(s: &Session<'_>, p: &StorePath, out: &mut Out) -> Result {
+    let info = s.state.store.query_path_info(p)?.map(|i| to_wire(&i).info);
+    reply(out, |w| {
+        write_query_path_info_reply(w, &s.cx, info.as_ref())
+    })
 }
 
 /// QueryValidPaths: which of `paths` are valid, after fetching, when `substitute`

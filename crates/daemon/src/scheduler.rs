@@ -164,21 +164,7 @@ fn fixed_output_network(
         }
     }
     let wanted = pasta_path.filter(|p| !p.is_empty()).unwrap_or("pasta");
-    let executable = |p: &std::path::Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let found = if wanted.contains('/') {
-        Some(PathBuf::from(wanted)).filter(|p| p.is_absolute() && executable(p))
-    } else {
-        path_var
-            .into_iter()
-            .flat_map(std::env::split_paths)
-            .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
-            .map(|d| d.join(wanted))
-            .find(|p| executable(p))
-    };
-    match found {
+    match find_executable(wanted, path_var) {
         Some(p) => {
             // pasta runs as the builder's ids, so the device must be open to all, as
             // Debian's udev rule makes it (0666).
@@ -206,6 +192,25 @@ fn fixed_output_network(
             );
             Net::Missing(PathBuf::from(wanted))
         }
+    }
+}
+
+/// `wanted` when it is an absolute path to an executable file; a name is looked up in
+/// `path_var` (`PATH`), then in `/usr/bin` and `/usr/local/bin`.
+fn find_executable(wanted: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let executable = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if wanted.contains('/') {
+        Some(PathBuf::from(wanted)).filter(|p| p.is_absolute() && executable(p))
+    } else {
+        path_var
+            .into_iter()
+            .flat_map(std::env::split_paths)
+            .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+            .map(|d| d.join(wanted))
+            .find(|p| executable(p))
     }
 }
 

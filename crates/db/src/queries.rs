@@ -45,24 +45,7 @@ impl Database {
     /// The record of `path`, or `None` if it is not valid.
     pub fn path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, DbError> {
         let text = self.display(path);
-        let q = |source| query_err("querying path info", &text, source);
-        let mut stmt = self.conn.prepare_cached(QUERY_PATH_INFO).map_err(q)?;
-        let row = stmt
-            .query_row([&text], |row| {
-                Ok(RawInfo {
-                    id: row.get(0)?,
-                    hash: row.get(1)?,
-                    registration_time: row.get(2)?,
-                    deriver: row.get(3)?,
-                    nar_size: row.get(4)?,
-                    ultimate: row.get(5)?,
-                    sigs: row.get(6)?,
-                    ca: row.get(7)?,
-                })
-            })
-            .optional()
-            .map_err(q)?;
-        let Some(raw) = row else {
+        let Some(raw) = self.raw_info(&text)? else {
             return Ok(None);
         };
         let nar_hash = Hash::parse_prefixed(&raw.hash)
@@ -109,6 +92,26 @@ impl Database {
             sigs,
             ca,
         }))
+    }
+
+    /// The `ValidPaths` row of the path printed as `text`, as stored.
+    fn raw_info(&self, text: &str) -> Result<Option<RawInfo>, DbError> {
+        let q = |source| query_err("querying path info", text, source);
+        let mut stmt = self.conn.prepare_cached(QUERY_PATH_INFO).map_err(q)?;
+        stmt.query_row([text], |row| {
+            Ok(RawInfo {
+                id: row.get(0)?,
+                hash: row.get(1)?,
+                registration_time: row.get(2)?,
+                deriver: row.get(3)?,
+                nar_size: row.get(4)?,
+                ultimate: row.get(5)?,
+                sigs: row.get(6)?,
+                ca: row.get(7)?,
+            })
+        })
+        .optional()
+        .map_err(q)
     }
 
     fn references_by_id(&self, id: i64, text: &str) -> Result<BTreeSet<StorePath>, DbError> {

@@ -2,9 +2,8 @@
 //! it cannot read come from, and what a client is told when a collection failed for
 //! want of them.
 
+use unrooted_format::error_chain as chain;
 use unrooted_gc::{GcError, RootsHelper};
-
-use crate::ops::chain;
 
 /// The client's error for a failed collection, with what to do about the helper.
 pub(crate) fn gc_error_message(e: &GcError, helper: &RootsHelper) -> String {

@@ -6,6 +6,7 @@
 //! in `unrooted-store`. Connections are served by one thread each (see [`server`]),
 //! so this crate is synchronous like the layers it composes.
 
+mod auto_collect;
 mod auto_gc;
 mod connection;
 mod gc_barrier;
@@ -112,7 +113,7 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         None => server::bind(&state.config.locations.socket_path)?,
     };
     let state = Arc::new(state);
-    auto_gc::spawn_auto_gc(Arc::clone(&state));
+    auto_collect::spawn_auto_gc(Arc::clone(&state));
     let active = std::sync::atomic::AtomicUsize::new(0);
     let limits = server::Limits::new(
         options.max_connections,

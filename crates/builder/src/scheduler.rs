@@ -24,8 +24,9 @@ use unrooted_format::derivation::Derivation;
 use unrooted_format::StorePath;
 use unrooted_store::LocalStore;
 
+use crate::config::BuilderConfig;
 use crate::error::{error_chain, BuildError};
-use crate::goal::{self, BuildDirs, BuilderConfig, GoalCx, GoalEvent};
+use crate::goal::{self, BuildDirs, GoalCx, GoalEvent};
 use crate::{BuildMode, BuildOptions, BuildResult, Status};
 
 /// How long the request loop sleeps between looks at its goals and its client.

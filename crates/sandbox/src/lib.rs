@@ -110,6 +110,7 @@
 //! running unsandboxed.
 #![deny(unsafe_code)]
 
+mod builtins;
 mod cleanup;
 mod error;
 mod helper;
@@ -122,9 +123,10 @@ mod sys;
 mod userns;
 pub mod wire;
 
+pub use builtins::{builtin_main, Builtin, BuiltinFn};
 pub use cleanup::{empty_dir, remove_tree};
 pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
-pub use helper::{builtin_main, helper_main, helper_main_with_builtins, Builtin, BuiltinFn};
+pub use helper::{helper_main, helper_main_with_builtins};
 pub use plan::{
     etc_passwd, host_network_files, nix_base_env, pasta_resolv_conf, Exec, IdMapEntry, IdMapMethod,
     IdMaps, IdSlice, MountOp, Namespaces, Pasta, Plan, Program, SandboxPath, SandboxSpec,

@@ -14,8 +14,8 @@ use rustix::fs::{self as rfs, Mode, OFlags, StatVfsMountFlags};
 use rustix::io::Errno;
 use rustix::mount::{self, MountFlags, MountPropagationFlags, UnmountFlags};
 
+use crate::builtins::{call_builtin, Builtin, BuiltinFn};
 use crate::error::Step;
-use crate::helper::{call_builtin, Builtin, BuiltinFn};
 use crate::plan::{IdMapEntry, IdMaps, MountOp, Plan, Program};
 use crate::seccomp;
 use crate::sys;

@@ -115,6 +115,7 @@ mod cleanup;
 mod error;
 mod helper;
 mod plan;
+mod sandbox_run;
 pub mod seccomp;
 mod setup;
 mod spawn;
@@ -133,6 +134,7 @@ pub use plan::{
     BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, PASTA_ADDRESS,
     PASTA_GATEWAY, PASTA_INTERFACE, PASTA_PREFIX, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
+pub use sandbox_run::{exit_code, PreparedRun, SandboxRun, SandboxRunError};
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
 pub use sys::{
     call_with_no_memory, landlock_abi, peer_groups, xattrat_by_number, CALLS_WITH_NO_MEMORY,

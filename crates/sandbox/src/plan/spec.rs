@@ -47,10 +47,10 @@ impl SandboxPath {
     }
 }
 
-/// What a build needs from the sandbox; [`Plan::new`] turns it into a [`Plan`].
+/// What a build needs from the sandbox; [`Plan::new`](crate::Plan::new) turns it into a [`Plan`](crate::Plan).
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
-    /// Host path of the fresh, empty root directory (see [`Plan::root`]).
+    /// Host path of the fresh, empty root directory (see [`Plan::root`](crate::Plan::root)).
     pub root: PathBuf,
     /// The store directory (`/nix/store`), the same path inside and outside.
     pub store_dir: PathBuf,
@@ -68,7 +68,7 @@ pub struct SandboxSpec {
     /// With `network`: reach the network through this `pasta` in a network namespace of
     /// the build's own instead of sharing the host's.
     pub pasta: Option<Pasta>,
-    /// With `network`: the sandbox's `/etc/resolv.conf` (see [`pasta_resolv_conf`]),
+    /// With `network`: the sandbox's `/etc/resolv.conf` (see [`pasta_resolv_conf`](crate::pasta_resolv_conf)),
     /// written instead of a host file bound.
     pub resolv_conf: Option<Vec<u8>>,
     /// The daemon's uid, which the builder's uid 1000 maps to.
@@ -82,20 +82,20 @@ pub struct SandboxSpec {
     /// (needs `id_slice`).
     pub uid_range: bool,
     /// With `id_slice`: host paths given back to the store owner after the build
-    /// (see [`Plan::reclaim`]).
+    /// (see [`Plan::reclaim`](crate::Plan::reclaim)).
     pub reclaim: Vec<PathBuf>,
     /// The builder's path inside the sandbox.
     pub builder: PathBuf,
     /// Arguments after argv\[0\] (which is the builder's basename, as in Nix).
     pub args: Vec<OsString>,
-    /// The complete environment (see [`nix_base_env`]).
+    /// The complete environment (see [`nix_base_env`](crate::nix_base_env)).
     pub env: Vec<(OsString, OsString)>,
     /// Run this builtin builder (`fetchurl` for `builtin:fetchurl`) in the sandbox's
     /// init instead of executing `builder` (which is then ignored).
     pub builtin: Option<String>,
     /// With `network`: host files bound read-only into the sandbox's `/etc`, as Nix
     /// gives fixed-output derivations `/etc/resolv.conf`, `/etc/services` and
-    /// `/etc/hosts` (see [`host_network_files`]).
+    /// `/etc/hosts` (see [`host_network_files`](crate::host_network_files)).
     pub network_files: Vec<SandboxPath>,
     /// `/dev/shm` size (`sandbox-dev-shm-size`, default `50%`).
     pub dev_shm_size: String,

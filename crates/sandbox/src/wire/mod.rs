@@ -43,7 +43,7 @@ pub enum Request {
     },
     /// Make a user namespace with these maps (written by `newuidmap`/`newgidmap`) and
     /// send its descriptor back with the final report, for builds to enter later
-    /// ([`IdMapMethod::Enter`]).
+    /// ([`IdMapMethod::Enter`](crate::IdMapMethod::Enter)).
     MapNamespace {
         /// The namespace's maps.
         id_maps: IdMaps,

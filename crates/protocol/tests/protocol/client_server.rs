@@ -1,7 +1,7 @@
 //! The client against our own server functions over a socket pair, and against a
 //! real `nix-daemon --stdio` (Nix 2.8) with a private store.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, BufWriter};

@@ -1,7 +1,7 @@
 //! Appendix A vectors: decoding yields the right typed values and encoding reproduces
 //! the captured bytes exactly.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

@@ -1,6 +1,6 @@
 //! Hostile and broken input: refused with the right error, promptly, never a panic.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};

@@ -11,7 +11,7 @@ use unrooted_format::derivation::{Derivation, DerivationOutput};
 use unrooted_format::signature::SecretKey;
 use unrooted_format::StorePath;
 
-mod common;
+use crate::common;
 use common::lab;
 
 #[test]

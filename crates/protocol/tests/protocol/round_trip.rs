@@ -1,7 +1,7 @@
 //! Encode → decode round trips of every request kind and the replies, at every
 //! version where an encoding changes (including those no 2.8 client speaks).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

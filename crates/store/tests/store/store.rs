@@ -1,6 +1,6 @@
 //! The local store on its own: layout, adds, errors, locking, verify, optimise.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -43,7 +43,7 @@ fn as_root(d: &TestDaemon, program: &str, args: &[&str]) -> String {
 ///
 /// `migrate` refuses while any process named `nix-daemon` runs on the host, and this
 /// test cannot stop other tests' and tools' root `nix-daemon`s from running beside it
-/// (`crates/protocol/tests/client_server.rs` starts one, `unrooted-bench` another, and
+/// (`crates/protocol/tests/protocol/client_server.rs` starts one, `unrooted-bench` another, and
 /// a test runner may run binaries in parallel); with the host's `/proc` this test then
 /// failed whenever one happened to run. In its own namespace `migrate` sees only
 /// itself; the refusal is tested on a prepared `/proc` in

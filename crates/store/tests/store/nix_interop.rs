@@ -1,6 +1,6 @@
 //! Interop with the real Nix 2.8 tools, both ways, on a private store (`NixEnv`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

@@ -4,7 +4,7 @@
 //! the roots helper runs as root. Tests run as root only to set this up; under
 //! `CI=true` they must not skip.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{lchown, symlink, PermissionsExt};
@@ -129,7 +129,12 @@ impl Setup {
             .arg(format!("--regid={}", self.daemon.1))
             .arg("--clear-groups")
             .arg(std::env::current_exe().unwrap())
-            .args(["--exact", "gc_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "privileged::gc_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ROOT, &self.root)
             .env(CHILD_HELPER, helper)
             .output()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use unrooted_builder::{BuildMode, BuildOptions, Status, Target};
 use unrooted_format::StorePath;
 
-mod common;
+use crate::common;
 use common::{lab, Recorder};
 
 #[test]

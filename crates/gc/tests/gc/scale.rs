@@ -1,6 +1,6 @@
 //! Collection time against store size (ignored by default: a measurement).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::symlink;
 use std::time::Instant;
@@ -9,7 +9,7 @@ use common::{no_helper, open_at, text};
 use unrooted_gc::{Collector, GcAction, GcOptions, TempRoots};
 
 #[test]
-#[ignore = "a measurement: cargo test --release -p unrooted-gc --test scale -- --ignored --nocapture"]
+#[ignore = "a measurement: cargo test --release -p unrooted-gc --test gc scale:: -- --ignored --nocapture"]
 fn collect_scales_linearly() {
     let n: usize = std::env::var("GC_SCALE_PATHS")
         .ok()

@@ -2,7 +2,7 @@
 //! the messages Nix prints, deletion order, limits, leftovers, and crash consistency
 //! checked with the real `nix-store --verify --check-contents`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -2,7 +2,7 @@
 //! moments; after each kill the store must have no valid path with missing or wrong
 //! contents, and reopening must sweep the dead process's temporaries.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -59,7 +59,12 @@ fn sigkill_at_random_moments_never_leaves_a_broken_valid_path() {
     let mut total_valid = 0;
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, root)
             .env("UNROOTED_CRASH_SEED", round.to_string())
             .spawn()

@@ -5,7 +5,7 @@
 //! delete-referrers flag, or 1 for the whole store). Byte vectors built field by
 //! field from those serialisers; each form at 1.38 with the feature and without.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -31,8 +31,13 @@ fn collect_scales_linearly() {
         max_freed: u64::MAX,
     };
     if std::env::var_os("GC_SCALE_PAUSE").is_some() {
-        eprintln!("READY");
-        std::thread::sleep(std::time::Duration::from_secs(3));
+        // For attaching a profiler: the collection starts once a line arrives on
+        // stdin (sent when it has attached), not after a guessed delay.
+        eprintln!("READY (send a line on stdin to start the collection)");
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .expect("reading stdin");
     }
     let cpu0 = cpu_secs();
     let start = Instant::now();

@@ -12,8 +12,9 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::common::hostile;
 use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
 use unrooted_testkit::http::PythonServer;
 
@@ -36,36 +37,6 @@ fn pasta() -> Option<PathBuf> {
             None
         }
     }
-}
-
-/// The hostile program, compiled once per test process.
-fn hostile() -> Option<PathBuf> {
-    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/hostile.c");
-            let dir =
-                std::env::temp_dir().join(format!("unrooted-netprobe-{}", std::process::id()));
-            fs::create_dir_all(&dir).ok()?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).ok()?;
-            let exe = dir.join("hostile");
-            let ok = std::process::Command::new("gcc")
-                .args(["-static", "-O1", "-o"])
-                .arg(&exe)
-                .arg(&src)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                assert!(
-                    !unrooted_testkit::in_ci(),
-                    "gcc -static failed, but CI=true"
-                );
-                eprintln!("skipping: cannot compile {}", src.display());
-                return None;
-            }
-            Some(exe)
-        })
-        .clone()
 }
 
 struct Fixture {

@@ -20,6 +20,7 @@ use std::process::{Child, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::common::hostile;
 use unrooted_format::{nar, Hash, HashAlgo, Hasher};
 use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
 
@@ -50,35 +51,6 @@ in {
   };
 }
 "#;
-
-/// The hostile program, compiled once per test process.
-fn hostile() -> Option<PathBuf> {
-    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/hostile.c");
-            let dir = std::env::temp_dir().join(format!("unrooted-hostile-{}", std::process::id()));
-            fs::create_dir_all(&dir).ok()?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).ok()?;
-            let exe = dir.join("hostile");
-            let status = std::process::Command::new("gcc")
-                .args(["-static", "-O1", "-o"])
-                .arg(&exe)
-                .arg(&src)
-                .status();
-            match status {
-                Ok(s) if s.success() => Some(exe),
-                _ => {
-                    unrooted_testkit::skip(&format!(
-                        "cannot compile {} with gcc -static",
-                        src.display()
-                    ));
-                    None
-                }
-            }
-        })
-        .clone()
-}
 
 /// A daemon in the given id mode whose builds can run `/hostile`.
 fn prepared(ids: &str) -> Option<TestDaemon> {

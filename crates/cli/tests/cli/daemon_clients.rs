@@ -6,23 +6,9 @@
 //! same content in local mode must give the same path without creating a new one.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read};
 
 use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
-
-/// Derivations with dependencies and a local source file; builders use only the
-/// shell, so the store owner can build them with Nix 2.8 in local mode.
-const EXPR: &str = r#"
-let
-  mk = name: script: derivation {
-    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
-  };
-in rec {
-  dep = mk "dep" "echo dep > $out";
-  top = mk "top" "echo ${dep} ${./src.txt} > $out";
-  note = builtins.toFile "note" "a note";
-  other = mk "other" "echo ${note} > $out";
-}
-"#;
 
 fn prepared() -> Option<TestDaemon> {
     if !can_run_daemon_tests() || unrooted_testkit::nix_tool("nix-store").is_none() {
@@ -36,16 +22,7 @@ fn lines(s: &str) -> Vec<String> {
 }
 
 fn write_inputs(d: &TestDaemon) -> String {
-    let i = d.inputs();
-    fs::write(i.join("src.txt"), "source\n").unwrap();
-    fs::write(i.join("expr.nix"), EXPR).unwrap();
-    fs::write(i.join("hello.txt"), "hello world\n").unwrap();
-    fs::create_dir(i.join("tree")).unwrap();
-    fs::write(i.join("tree/a"), "a\n").unwrap();
-    fs::create_dir(i.join("tree/sub")).unwrap();
-    fs::write(i.join("tree/sub/b"), "b\n").unwrap();
-    std::os::unix::fs::symlink("../a", i.join("tree/sub/link")).unwrap();
-    i.join("expr.nix").to_str().unwrap().to_owned()
+    unrooted_testkit::inputs::write_client_inputs(&d.inputs())
 }
 
 #[test]
@@ -338,9 +315,10 @@ exec perl -e 'open my $f, "<", "/proc/sys/kernel/ns_last_pid" or die; my $l = <$
         String::from_utf8_lossy(&out.stderr)
     );
     // The squatter keeps trying (every 10 ms, for 4 s) while the daemon starts and
-    // the client first connects.
+    // the client first connects; it says when it has begun, and the daemon starts then.
     let race = format!(
         r#"end=$(($(date +%s)+4)); n=0
+echo racing
 while [ $(date +%s) -lt $end ]; do
   mkdir "{p}/{victim}" 2>/dev/null && n=$((n+1))
   ln -sT /nonexistent "{g}/{victim}" 2>/dev/null && n=$((n+1))
@@ -349,13 +327,16 @@ done; echo $n"#,
         p = profiles.display(),
         g = gcroots.display(),
     );
-    let racer = d
+    let mut racer = d
         .other("sh")
         .args(["-c", &race])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut raced = BufReader::new(racer.stdout.take().unwrap());
+    let mut line = String::new();
+    raced.read_line(&mut line).unwrap();
+    assert_eq!(line, "racing\n", "the squatter did not start");
     d.start();
     let i = d.inputs();
     fs::write(i.join("mine.txt"), "mine\n").unwrap();
@@ -365,9 +346,11 @@ done; echo $n"#,
     );
     let path = path.trim();
     d.client_ok("nix-env", &["--set", path]);
-    let raced = racer.wait_with_output().unwrap();
+    let mut made = String::new();
+    raced.read_to_string(&mut made).unwrap();
+    racer.wait().unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&raced.stdout).trim(),
+        made.trim(),
         "0",
         "entries the squatter made while the daemon started"
     );

@@ -6,11 +6,8 @@ use std::os::unix::fs::chown;
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::unrooted;
 use unrooted_testkit::daemon::{can_run_daemon_tests, is_root, test_user, TestDaemon, DAEMON_USER};
-
-fn unrooted() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_unrooted"))
-}
 
 /// An installed tree with user namespaces on, or `None` (skip) when not root.
 fn installed() -> Option<tempfile::TempDir> {

@@ -9,11 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::unrooted;
 use unrooted_testkit::daemon::{is_root, test_user, DAEMON_USER};
-
-fn unrooted() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_unrooted"))
-}
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,12 +8,9 @@ use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::unrooted;
 use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon, CLIENT_USER, DAEMON_USER};
 use unrooted_testkit::nix_tool;
-
-fn unrooted() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_unrooted"))
-}
 
 /// A Nix 2.8 command run as root in local mode on the test daemon's store.
 fn as_root(d: &TestDaemon, program: &str, args: &[&str]) -> String {

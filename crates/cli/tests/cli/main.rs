@@ -11,6 +11,7 @@ mod build_fod_network;
 mod build_idrange;
 mod build_outputs;
 mod build_sandbox;
+mod common;
 mod crash_consistency;
 mod daemon_clients;
 mod daemon_protocol;

@@ -4,13 +4,16 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use unrooted_testkit::{expect_success, generate_tree, nix_tool, write_random_file, Rng};
+use unrooted_testkit::{expect_success, file_modes as modes, nix_dump, nix_tool, seeded_tree};
 
 const SEEDS: [u64; 3] = [3, 17, 99];
+
+fn tree(dir: &Path, seed: u64) -> PathBuf {
+    seeded_tree(dir, seed, 200, 3 * 1024 * 1024 + 1, 5 * 1024 * 1024 + 7)
+}
 
 fn unrooted() -> Command {
     Command::new(env!("CARGO_BIN_EXE_unrooted"))
@@ -28,41 +31,6 @@ fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
     let _ = input.write_all(stdin);
     drop(input);
     child.wait_with_output().expect("waiting")
-}
-
-fn tree(dir: &Path, seed: u64) -> PathBuf {
-    let root = dir.join(format!("tree-{seed}"));
-    generate_tree(&root, seed, 200, 3 * 1024 * 1024 + 1);
-    write_random_file(
-        &root.join("large"),
-        &mut Rng::new(seed),
-        5 * 1024 * 1024 + 7,
-    );
-    root
-}
-
-fn nix_dump(nix_store: &Path, path: &Path) -> Vec<u8> {
-    let out = Command::new(nix_store)
-        .arg("--dump")
-        .arg(path)
-        .output()
-        .expect("spawning nix-store");
-    expect_success("nix-store --dump", &out);
-    out.stdout
-}
-
-fn modes(root: &Path) -> Vec<(PathBuf, u32)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        out.push((path.strip_prefix(root).unwrap().to_path_buf(), meta.mode()));
-        if meta.is_dir() {
-            stack.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Renames every entry whose name holds `%`.

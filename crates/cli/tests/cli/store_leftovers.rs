@@ -8,14 +8,10 @@
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
-use std::path::Path;
 use std::process::Command;
 
+use crate::common::unrooted;
 use unrooted_testkit::daemon::{can_run_daemon_tests, TestDaemon};
-
-fn unrooted() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_unrooted"))
-}
 
 /// The daemon's log lines at level WARN that mention `needle`.
 fn warnings_naming(log: &str, needle: &str) -> Vec<String> {

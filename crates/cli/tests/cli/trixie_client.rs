@@ -11,29 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
-use unrooted_testkit::trixie::trixie_root;
+use unrooted_testkit::trixie::{trixie_root, workflow_expr};
 
 const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nmax-jobs = 2\n\
                     extra-experimental-features = flakes\n";
 
-/// Derivations built with busybox's `sh` (the daemon's sandbox binds it at `/bin/sh`).
-const EXPR: &str = r#"
-let
-  mk = name: script: attrs: derivation ({
-    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" script ];
-  } // attrs);
-in rec {
-  hello = mk "hello" "echo building hello; echo hello > $out" {};
-  multi = mk "multi" "echo o > $out; echo d > $dev; echo doc > $doc" {
-    outputs = [ "out" "dev" "doc" ];
-  };
-  dep = mk "dep" "echo ${hello} > $out" {};
-  pkg = mk "pkg-1.0" "mkdir -p $out/bin; printf '#!/bin/sh\necho pkg 1.0\n' > $out/bin/pkg; chmod +x $out/bin/pkg" {};
-  fails = mk "fails" "echo about to fail; exit 1" {};
-  fails2 = mk "fails2" "exit 1" {};
-  random = mk "random" "echo $RANDOM$RANDOM > $out" {};
-}
+/// What this test adds to the derivations of [`workflow_expr`].
+const EXTRA: &str = r#"  random = mk "random" "echo $RANDOM$RANDOM > $out" {};
 "#;
 
 struct Fixture {
@@ -58,7 +42,7 @@ fn prepared() -> Option<Fixture> {
     let root = trixie_root()?;
     let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), CONF);
     let expr = d.inputs().join("pkgs.nix");
-    fs::write(&expr, EXPR).unwrap();
+    fs::write(&expr, workflow_expr(EXTRA)).unwrap();
     d.start();
     d.start_roots_helper();
     let expr = expr.to_str().unwrap().to_owned();

@@ -9,30 +9,15 @@ use std::fs;
 use std::process::Output;
 
 use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
-use unrooted_testkit::trixie::{trixie_root, TrixieNixDaemon};
+use unrooted_testkit::trixie::{trixie_root, workflow_expr, TrixieNixDaemon};
 
 /// Builds run in both daemons' sandboxes with busybox as `/bin/sh`, from a copy in the
 /// test's inputs (the trixie root, where `nix-daemon` runs, has no busybox of its own).
 const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=@BUSYBOX@\nmax-jobs = 2\n\
                     extra-experimental-features = flakes\n";
 
-const EXPR: &str = r#"
-let
-  mk = name: script: attrs: derivation ({
-    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" script ];
-  } // attrs);
-in rec {
-  hello = mk "hello" "echo building hello; echo hello > $out" {};
-  multi = mk "multi" "echo o > $out; echo d > $dev; echo doc > $doc" {
-    outputs = [ "out" "dev" "doc" ];
-  };
-  dep = mk "dep" "echo ${hello} > $out" {};
-  pkg = mk "pkg-1.0" "mkdir -p $out/bin; printf '#!/bin/sh\necho pkg 1.0\n' > $out/bin/pkg; chmod +x $out/bin/pkg" {};
-  fails = mk "fails" "echo about to fail; exit 1" {};
-  fails2 = mk "fails2" "exit 1" {};
-  progress = mk "progress" "echo one; echo two; echo ${dep} > $out" {};
-}
+/// What this test adds to the derivations of [`workflow_expr`].
+const EXTRA: &str = r#"  progress = mk "progress" "echo one; echo two; echo ${dep} > $out" {};
 "#;
 
 /// How a step's outcomes are compared.
@@ -287,7 +272,7 @@ fn every_workflow_as_with_nix_daemon() {
     let busybox = d.inputs().join("busybox");
     fs::copy("/bin/busybox", &busybox).unwrap();
     d.set_conf(&CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()));
-    fs::write(d.inputs().join("pkgs.nix"), EXPR).unwrap();
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
     fs::write(d.inputs().join("file"), "a file\n").unwrap();
     fs::create_dir(d.inputs().join("tree")).unwrap();
     fs::write(d.inputs().join("tree/a"), "A\n").unwrap();
@@ -351,7 +336,7 @@ fn substitution_activity_stream_as_with_nix_daemon() {
     let busybox = d.inputs().join("busybox");
     fs::copy("/bin/busybox", &busybox).unwrap();
     let conf = CONF.replace("@BUSYBOX@", busybox.to_str().unwrap());
-    fs::write(d.inputs().join("pkgs.nix"), EXPR).unwrap();
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
     let cache = d.inputs().join("cache");
     fs::create_dir(&cache).unwrap();
     let (uid, gid) = d.client_ids();

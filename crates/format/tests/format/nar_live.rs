@@ -5,82 +5,24 @@
 //! Under `CI=true` a missing `nix-store` fails these tests instead of skipping them.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use unrooted_format::nar;
-use unrooted_testkit::{expect_success, generate_tree, nix_tool, write_random_file, Rng};
+use unrooted_testkit::{
+    file_modes as modes, nix_dump, nix_restore, nix_tool, seeded_tree, write_random_file, Rng,
+};
 
 const SEEDS: [u64; 4] = [1, 7, 42, 2024];
 
 /// A generated tree plus one file of a few MiB, so large contents are always covered.
 fn tree(dir: &Path, seed: u64) -> PathBuf {
-    let root = dir.join(format!("tree-{seed}"));
-    generate_tree(&root, seed, 250, 3 * 1024 * 1024 + 5);
-    write_random_file(
-        &root.join("large"),
-        &mut Rng::new(seed),
-        4 * 1024 * 1024 + 3,
-    );
-    root
-}
-
-fn nix_dump(nix_store: &Path, path: &Path) -> Vec<u8> {
-    let out = Command::new(nix_store)
-        .arg("--dump")
-        .arg(path)
-        .output()
-        .expect("spawning nix-store");
-    expect_success("nix-store --dump", &out);
-    out.stdout
-}
-
-fn nix_restore(nix_store: &Path, nar: &[u8], dest: &Path) {
-    use std::io::Write;
-    let mut child = Command::new(nix_store)
-        .arg("--restore")
-        .arg(dest)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning nix-store");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(nar)
-        .expect("feeding nix-store");
-    let out = child.wait_with_output().expect("waiting for nix-store");
-    expect_success("nix-store --restore", &out);
+    seeded_tree(dir, seed, 250, 3 * 1024 * 1024 + 5, 4 * 1024 * 1024 + 3)
 }
 
 fn our_dump(path: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     nar::dump_path(path, &mut out).unwrap_or_else(|e| panic!("dumping {}: {e}", path.display()));
-    out
-}
-
-/// Every path under `root` (relative) with its file type and permission bits.
-fn modes(root: &Path) -> Vec<(PathBuf, u32)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let meta = fs::symlink_metadata(&path).unwrap();
-            out.push((path.strip_prefix(root).unwrap().to_path_buf(), meta.mode()));
-            if meta.is_dir() {
-                walk(root, &path, out);
-            }
-        }
-    }
-    let mut out = vec![(PathBuf::new(), fs::symlink_metadata(root).unwrap().mode())];
-    if fs::symlink_metadata(root).unwrap().is_dir() {
-        walk(root, root, &mut out);
-    }
     out
 }
 

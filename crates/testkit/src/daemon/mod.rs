@@ -14,8 +14,8 @@ mod users;
 
 pub use roots_helper::roots_helper_exe;
 pub use users::{
-    can_run_daemon_tests, can_run_sandboxed_builds, ensure_subids, is_root, test_user, CLIENT_USER,
-    DAEMON_USER, OTHER_USER, TEST_SUBID_COUNT,
+    can_run_daemon_tests, can_run_sandboxed_builds, can_sandbox_as_this_user, ensure_subids,
+    is_root, test_user, CLIENT_USER, DAEMON_USER, OTHER_USER, TEST_SUBID_COUNT,
 };
 
 use std::fs;

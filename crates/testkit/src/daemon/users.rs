@@ -130,9 +130,13 @@ pub fn can_run_daemon_tests() -> bool {
 /// client, Debian's static busybox (the builders' `/bin/sh`) and unprivileged user
 /// namespaces. Under `CI=true` each missing piece is a failure, never a skip.
 pub fn can_run_sandboxed_builds() -> bool {
-    if !can_run_daemon_tests() || crate::nix_tool("nix-build").is_none() {
-        return false;
-    }
+    can_run_daemon_tests() && crate::nix_tool("nix-build").is_some() && can_sandbox_as_this_user()
+}
+
+/// Whether builders can run in the sandbox as the current user, in the single-id
+/// mode: Debian's static busybox (the builders' `/bin/sh`) and unprivileged user
+/// namespaces. Under `CI=true` each missing piece is a failure, never a skip.
+pub fn can_sandbox_as_this_user() -> bool {
     if !crate::require(
         Path::new("/bin/busybox").exists(),
         "/bin/busybox is missing (busybox-static)",

@@ -23,9 +23,9 @@ command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
 command -v newuidmap >/dev/null || need_apt+=(uidmap)
 # Fixed-output builds get their network through pasta (the build_fod_network tests).
 command -v pasta >/dev/null || need_apt+=(passt)
-# The ssh-ng:// tests (crates/cli/tests/remote_ssh.rs) start a private sshd.
+# The ssh-ng:// tests (crates/cli/tests/cli/remote_ssh.rs) start a private sshd.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
-# The s3:// tests (crates/cli/tests/subst_s3.rs) run moto's S3 server from a venv.
+# The s3:// tests (crates/cli/tests/cli/subst_s3.rs) run moto's S3 server from a venv.
 command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then

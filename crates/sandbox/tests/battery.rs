@@ -9,10 +9,11 @@
 //! `CI=true` a missing busybox, test user or user-namespace support fails the test.
 
 use std::fs;
-use std::os::unix::fs::{chown, symlink, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{chown, symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use unrooted_testkit::daemon::{is_root, test_user, DAEMON_USER};
 
@@ -569,15 +570,52 @@ fn processes_outside_cannot_be_signalled_traced_or_entered() {
 fn killing_the_sandbox_kills_its_whole_pid_namespace() {
     let Some(lab) = Lab::new() else { return };
     let build = lab.build_dir("timeout");
-    let started = std::time::Instant::now();
+    // The late writer holds the write end of a FIFO whose read end this test opened
+    // first: end-of-file on it means every process that could still write `late` is
+    // gone, so the test waits for that instead of sleeping past the writer's 2 s.
+    let alive = build.join("alive");
+    let made = Command::new("mkfifo")
+        .args(["-m", "0600"])
+        .arg(&alive)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    lab.give(std::slice::from_ref(&alive));
+    let mut reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&alive)
+        .unwrap();
+    let started = Instant::now();
     let out = lab.sh_in(
         &build,
         &["--timeout-ms", "500"],
-        "($B sleep 2; echo late > /build/late) & $B setsid $B sleep 100 & echo started; exec $B sleep 100",
+        "(exec 3>/build/alive; : > /build/opened; $B sleep 2; echo late > /build/late) & \
+         $B setsid $B sleep 100 & \
+         while ! $B test -e /build/opened; do $B usleep 10000; done; echo started; exec $B sleep 100",
     );
     assert_eq!(out.status.code(), Some(128 + 9), "killed by SIGKILL");
     assert!(started.elapsed() < Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        build.join("opened").exists(),
+        "the late writer did not start before the timeout"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 16];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a process outlived the sandbox (it still holds /build/alive)"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
     assert!(
         !build.join("late").exists(),
         "a process outlived the sandbox"

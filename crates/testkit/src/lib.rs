@@ -265,6 +265,77 @@ pub fn generate_tree(dir: &Path, seed: u64, files: usize, large_size: usize) {
     }
 }
 
+/// A generated tree `<dir>/tree-<seed>` (see [`generate_tree`]) of `files` entries,
+/// some of `large_size` bytes, plus one file `large` of `big_size` bytes, so large
+/// contents are always covered.
+pub fn seeded_tree(
+    dir: &Path,
+    seed: u64,
+    files: usize,
+    large_size: usize,
+    big_size: usize,
+) -> PathBuf {
+    let root = dir.join(format!("tree-{seed}"));
+    generate_tree(&root, seed, files, large_size);
+    write_random_file(&root.join("large"), &mut Rng::new(seed), big_size);
+    root
+}
+
+/// `nix-store --dump path` (the real Nix tool at `nix_store`): the NAR it writes.
+pub fn nix_dump(nix_store: &Path, path: &Path) -> Vec<u8> {
+    let out = Command::new(nix_store)
+        .arg("--dump")
+        .arg(path)
+        .output()
+        .expect("spawning nix-store");
+    expect_success("nix-store --dump", &out);
+    out.stdout
+}
+
+/// `nix-store --restore dest` fed `nar` on its stdin, panicking on failure.
+pub fn nix_restore(nix_store: &Path, nar: &[u8], dest: &Path) {
+    let mut child = Command::new(nix_store)
+        .arg("--restore")
+        .arg(dest)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning nix-store");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(nar)
+        .expect("feeding nix-store");
+    let out = child.wait_with_output().expect("waiting for nix-store");
+    expect_success("nix-store --restore", &out);
+}
+
+/// Every path under `root` (relative, `root` itself as the empty path) with its file
+/// type and permission bits (`st_mode`), sorted: two trees that should be the same
+/// compare equal with this.
+pub fn file_modes(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).expect("reading metadata");
+        out.push((
+            path.strip_prefix(root).expect("under root").to_path_buf(),
+            meta.mode(),
+        ));
+        if meta.is_dir() {
+            stack.extend(
+                fs::read_dir(&path)
+                    .expect("reading a directory")
+                    .map(|e| e.expect("a directory entry").path()),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Writes `size` pseudo-random bytes to `path`.
 pub fn write_random_file(path: &Path, rng: &mut Rng, size: usize) {
     let mut f = fs::File::create(path).expect("creating file");
@@ -286,4 +357,5 @@ pub mod store;
 
 pub mod daemon;
 pub mod http;
+pub mod inputs;
 pub mod trixie;

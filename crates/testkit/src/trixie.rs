@@ -18,6 +18,32 @@ use std::process::Command;
 use crate::daemon::TestDaemon;
 use crate::in_ci;
 
+/// Derivations built with busybox's `sh` (the daemon's sandbox binds it at `/bin/sh`)
+/// for the workflows of Debian 13's client (`crates/cli/tests/cli/trixie_*.rs`):
+/// `hello`, `multi` (three outputs), `dep`, `pkg`, `fails`, `fails2`, then the
+/// attributes `extra` adds (lines of `name = …;`).
+pub fn workflow_expr(extra: &str) -> String {
+    format!("{WORKFLOW_HEAD}{extra}}}\n")
+}
+
+/// The text of [`workflow_expr`] up to the attributes a test adds.
+const WORKFLOW_HEAD: &str = r#"
+let
+  mk = name: script: attrs: derivation ({
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" script ];
+  } // attrs);
+in rec {
+  hello = mk "hello" "echo building hello; echo hello > $out" {};
+  multi = mk "multi" "echo o > $out; echo d > $dev; echo doc > $doc" {
+    outputs = [ "out" "dev" "doc" ];
+  };
+  dep = mk "dep" "echo ${hello} > $out" {};
+  pkg = mk "pkg-1.0" "mkdir -p $out/bin; printf '#!/bin/sh\necho pkg 1.0\n' > $out/bin/pkg; chmod +x $out/bin/pkg" {};
+  fails = mk "fails" "echo about to fail; exit 1" {};
+  fails2 = mk "fails2" "exit 1" {};
+"#;
+
 /// What `scripts/trixie-root.sh` writes into the root's `/.unrooted-root` when done.
 const MARKER: &str = ".unrooted-root";
 

@@ -6,19 +6,6 @@ use std::fs;
 
 use crate::harness::{expect_ok, nobody, Harness, Mode};
 
-const EXPR: &str = r#"
-let
-  mk = name: script: derivation {
-    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
-  };
-in rec {
-  dep = mk "dep" "echo dep > $out";
-  top = mk "top" "echo ${dep} ${./src.txt} > $out";
-  note = builtins.toFile "note" "a note";
-  other = mk "other" "echo ${note} > $out";
-}
-"#;
-
 fn prepared() -> Option<Harness> {
     let h = Harness::new(Mode::Unsandboxed)?;
     h.nix("nix-store")?;
@@ -30,16 +17,7 @@ fn lines(s: &str) -> Vec<String> {
 }
 
 fn write_inputs(d: &Harness) -> String {
-    let i = d.inputs();
-    fs::write(i.join("src.txt"), "source\n").unwrap();
-    fs::write(i.join("expr.nix"), EXPR).unwrap();
-    fs::write(i.join("hello.txt"), "hello world\n").unwrap();
-    fs::create_dir(i.join("tree")).unwrap();
-    fs::write(i.join("tree/a"), "a\n").unwrap();
-    fs::create_dir(i.join("tree/sub")).unwrap();
-    fs::write(i.join("tree/sub/b"), "b\n").unwrap();
-    std::os::unix::fs::symlink("../a", i.join("tree/sub/link")).unwrap();
-    i.join("expr.nix").to_str().unwrap().to_owned()
+    unrooted_testkit::inputs::write_client_inputs(&d.inputs())
 }
 
 #[test]

@@ -61,7 +61,7 @@ impl Harness {
 
     /// As [`Harness::new`], with `extra_conf` appended to the daemon's `nix.conf`.
     pub fn with_conf(mode: Mode, extra_conf: &str) -> Option<Self> {
-        if mode == Mode::SingleId && !can_sandbox() {
+        if mode == Mode::SingleId && !unrooted_testkit::daemon::can_sandbox_as_this_user() {
             return None;
         }
         let root = tempfile::Builder::new()
@@ -319,21 +319,6 @@ pub fn expect_err(program: &str, args: &[&str], out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Whether single-id sandboxed builds can run here (busybox for `/bin/sh`, user
-/// namespaces); under `CI=true` they must.
-fn can_sandbox() -> bool {
-    if !unrooted_testkit::require(
-        Path::new("/bin/busybox").exists(),
-        "/bin/busybox is missing (busybox-static)",
-    ) {
-        return false;
-    }
-    match unrooted_sandbox::check_user_namespaces() {
-        Ok(()) => true,
-        Err(e) => unrooted_testkit::require(false, &e.to_string()),
-    }
 }
 
 /// The directory holding `unrooted-sandbox`, built once per test process: the

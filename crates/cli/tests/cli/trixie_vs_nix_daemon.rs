@@ -1,0 +1,408 @@
+//! Issue 19: every workflow of Debian 13's Nix 2.26 client run side by side against
+//! `unrooted daemon` and against Debian 13's own `nix-daemon` 2.26 run as the same
+//! ordinary user (what an administrator would try first), on identical stores at the
+//! same paths (the store is reset between the two), as the same unprivileged client.
+//! Each step's exit status and output must be equal, except for the daemon's version
+//! string; "unrooted must do at least what it does".
+
+use std::fs;
+use std::process::Output;
+
+use unrooted_testkit::daemon::{can_run_sandboxed_builds, TestDaemon};
+use unrooted_testkit::trixie::{trixie_root, workflow_expr, TrixieNixDaemon};
+
+/// Builds run in both daemons' sandboxes with busybox as `/bin/sh`, from a copy in the
+/// test's inputs (the trixie root, where `nix-daemon` runs, has no busybox of its own).
+const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=@BUSYBOX@\nmax-jobs = 2\n\
+                    extra-experimental-features = flakes\n";
+
+/// What this test adds to the derivations of [`workflow_expr`].
+const EXTRA: &str = r#"  progress = mk "progress" "echo one; echo two; echo ${dep} > $out" {};
+"#;
+
+/// How a step's outcomes are compared.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// Equal exit status and output (after [`normalize`]).
+    Same,
+    /// unrooted must succeed with output; nix-daemon's outcome is only shown (after
+    /// its collection lost live paths, it may "succeed" with nothing left to show).
+    AtLeast,
+    /// A collection: both succeed, and unrooted deletes nothing nix-daemon keeps
+    /// (nix-daemon run as an ordinary user cannot read the roots in the client's 0700
+    /// home, so it may delete more: paths a profile still uses).
+    GcSafety,
+}
+use Expect::*;
+
+/// The workflow, one shell command per step, run in the client's home with `$E` the
+/// expression, `$I` the inputs directory.
+const STEPS: &[(Expect, &str)] = &[
+    (Same, "nix store info --json"),
+    (Same, "nix-store --add $I/file"),
+    (Same, "nix store add $I/tree"),
+    (Same, "nix store ls -R $(nix store add $I/tree)"),
+    (Same, "nix store cat $(nix store add $I/tree)/a"),
+    (Same, "nix store dump-path $(nix store add $I/tree) | sha256sum"),
+    (Same, "nix store path-from-hash-part $(basename $(nix store add $I/tree) | cut -c1-32)"),
+    (Same, "nix build -f $E 'multi^dev' --print-out-paths --no-link"),
+    (Same, "nix build -f $E 'multi^*' --print-out-paths --no-link"),
+    (Same, "nix build -f $E 'multi^out,doc' --print-out-paths --no-link"),
+    (Same, "nix build -f $E multi --json --no-link | sed 's/\"[a-zA-Z]*Time\":[0-9]*,\\?//g'"),
+    (Same, "nix build -f $E hello && readlink result && cat result"),
+    (Same, "nix build -L -f $E dep --no-link"),
+    // The activity stream of one build (what the progress bar is drawn from): each
+    // start (type, text), result (type) and stop, in order, ids left out.
+    (Same, "nix build --log-format internal-json -v -f $E progress --no-link 2>&1 | grep '^@nix'"),
+    (Same, "nix log -f $E hello"),
+    (Same, "nix build --keep-going -f $E fails fails2 pkg --no-link"),
+    (Same, "nix build -f $E hello --rebuild --no-link"),
+    (Same, "nix path-info -rsS --json $(nix build -f $E dep --print-out-paths --no-link)"),
+    (Same, "nix path-info -rsS $(nix build -f $E dep --print-out-paths --no-link)"),
+    (Same, "nix why-depends $(nix build -f $E dep --print-out-paths --no-link) $(nix build -f $E hello --print-out-paths --no-link)"),
+    (Same, "nix store verify $(nix build -f $E hello --print-out-paths --no-link)"),
+    (Same, "nix store verify --sigs-needed 1 $(nix build -f $E hello --print-out-paths --no-link)"),
+    (Same, "nix store verify --sigs-needed 1 $(nix store add $I/tree)"),
+    (Same, "nix store make-content-addressed --json $(nix build -f $E hello --print-out-paths --no-link)"),
+    (Same, "nix store optimise"),
+    (Same, "nix store delete $(readlink result)"),
+    (Same, "nix store delete --ignore-liveness $(readlink result)"),
+    (Same, "nix store repair $(readlink result)"),
+    (Same, "nix profile install -f $E pkg"),
+    (Same, "nix profile install -f $E hello"),
+    (Same, "nix profile list"),
+    (Same, "~/.nix-profile/bin/pkg"),
+    (Same, "nix profile history"),
+    (Same, "nix profile remove hello"),
+    (Same, "nix profile rollback"),
+    (Same, "nix profile list"),
+    (Same, "nix profile wipe-history"),
+    (Same, "nix profile history"),
+    (Same, "nix-env -q"),
+    (Same, "nix-env -p ~/envprofile -f $E -iA pkg && nix-env -p ~/envprofile -q"),
+    (Same, "nix-env -p ~/envprofile -f $E -iA hello && nix-env -p ~/envprofile -e pkg && nix-env -p ~/envprofile -q"),
+    (Same, "nix-env -p ~/envprofile --rollback && nix-env -p ~/envprofile -q"),
+    (Same, "nix-env -p ~/envprofile --list-generations | wc -l"),
+    (Same, "nix copy --to file://$HOME/cache $(nix build -f $E dep --print-out-paths --no-link) && ls $HOME/cache | sort"),
+    (Same, "nix store delete $(nix build -f $E multi --print-out-paths --no-link)"),
+    (Same, "nix copy --from file://$HOME/cache $(nix build -f $E dep --print-out-paths --no-link)"),
+    (Same, "rm result; nix store gc --dry-run | sort"),
+    (GcSafety, "nix store gc"),
+    (AtLeast, "~/.nix-profile/bin/pkg"),
+    (AtLeast, "nix profile list"),
+    (GcSafety, "nix-collect-garbage -d"),
+    (AtLeast, "~/.nix-profile/bin/pkg"),
+    (AtLeast, "nix-env -p ~/envprofile -q"),
+];
+
+/// One step's outcome.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// What may differ between two daemons doing the same thing, made equal: the
+/// daemon's version; registration times; the order of builds started at once and of
+/// deletions (nix-daemon's follows a hash table); `-0.00 MiB`; nix-daemon's
+/// "cannot read potential root" warnings (counted in the test, they are its GC
+/// weakness as an ordinary user); and two messages whose wording changed between Nix
+/// releases (2.8's, which unrooted sends, and 2.26's): the "For full logs" hint and
+/// the "To find out why" hint.
+fn normalize(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut activities = Activities::default();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        if let Some(json) = l.strip_prefix("@nix ") {
+            if let Some(kept) = activities.normalize(json) {
+                out.push(format!("@nix {kept}"));
+            }
+            continue;
+        }
+        if l.starts_with("cannot read potential root '") {
+            continue;
+        }
+        let mut l = l.to_owned();
+        if let Some(i) = l.find("\"version\":") {
+            let rest = &l[i..];
+            let end = rest
+                .find(',')
+                .or_else(|| rest.find('}'))
+                .unwrap_or(rest.len());
+            l = format!("{}\"version\":V{}", &l[..i], &rest[end..]);
+        }
+        while let Some(i) = l.find("\"registrationTime\":") {
+            let rest = &l[i + 19..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            l = format!("{}\"registrationtime\":T{}", &l[..i], &rest[end..]);
+        }
+        l = l.replace("-0.00 MiB", "0.00 MiB");
+        l = l.replace(" and nix-store --query --referrers", "");
+        if l.trim() == "For full logs, run:" {
+            if let Some(next) = lines.next() {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                l = format!("{indent}For full logs, run '{}'.", next.trim());
+            }
+        }
+        out.push(l);
+    }
+    // Runs of concurrent starts and of deletions, sorted.
+    let mut i = 0;
+    while i < out.len() {
+        let key = |l: &str| l.starts_with("building '") || l.starts_with("deleting '");
+        if key(&out[i]) {
+            let start = i;
+            while i < out.len() && key(&out[i]) {
+                i += 1;
+            }
+            out[start..i].sort();
+        } else {
+            i += 1;
+        }
+    }
+    out.join("\n")
+}
+
+/// The activity stream of `--log-format internal-json`, made comparable: ids numbered
+/// in order of appearance, and of the `progress` (105) and `setExpected` (106) results
+/// only those that change what the progress bar shows (nix-daemon counts a goal for
+/// every derivation it looks at, even one already built, and takes it back at once:
+/// the expected count moves without anything on the bar changing).
+#[derive(Default)]
+struct Activities {
+    ids: std::collections::HashMap<u64, u64>,
+    shown: std::collections::HashMap<(u64, u64), serde_json::Value>,
+}
+
+impl Activities {
+    fn normalize(&mut self, json: &str) -> Option<String> {
+        let mut v: serde_json::Value = serde_json::from_str(json).ok()?;
+        for key in ["id", "parent"] {
+            if let Some(id) = v.get(key).and_then(|i| i.as_u64()).filter(|i| *i != 0) {
+                let n = self.ids.len() as u64 + 1;
+                let new = *self.ids.entry(id).or_insert(n);
+                v[key] = new.into();
+            }
+        }
+        if v["action"] == "result" {
+            let id = v["id"].as_u64().unwrap_or(0);
+            let fields = v["fields"].clone();
+            let shown = match v["type"].as_u64() {
+                // done, running, failed (not expected).
+                Some(105) => Some((105, serde_json::json!([fields[0], fields[2], fields[3]]))),
+                Some(106) => Some((
+                    106 * 1000 + fields[0].as_u64().unwrap_or(0),
+                    fields[1].clone(),
+                )),
+                _ => None,
+            };
+            if let Some((kind, value)) = shown {
+                if self.shown.get(&(id, kind)) == Some(&value) {
+                    return None;
+                }
+                self.shown.insert((id, kind), value);
+            }
+        }
+        Some(v.to_string())
+    }
+}
+
+fn outcome(o: &Output) -> Outcome {
+    Outcome {
+        success: o.status.success(),
+        stdout: normalize(&String::from_utf8_lossy(&o.stdout)),
+        stderr: normalize(&String::from_utf8_lossy(&o.stderr)),
+    }
+}
+
+/// The paths a collection's output says it deleted.
+fn deleted(o: &Outcome) -> std::collections::BTreeSet<String> {
+    o.stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("deleting '")?.strip_suffix('\''))
+        .filter(|p| !p.ends_with(".lock"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn run_all(d: &TestDaemon, root: &std::path::Path) -> Vec<Outcome> {
+    let e = d.inputs().join("pkgs.nix");
+    STEPS
+        .iter()
+        .map(|(_, step)| {
+            let o = d
+                .trixie_client(root, "sh")
+                .args(["-c", step])
+                .env("E", &e)
+                .env("I", d.inputs())
+                .output()
+                .expect("spawning");
+            outcome(&o)
+        })
+        .collect()
+}
+
+fn clear_home(d: &TestDaemon) {
+    for e in fs::read_dir(d.client_home()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            let _ = std::process::Command::new("chmod")
+                .args(["-R", "u+w"])
+                .arg(&p)
+                .status();
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn every_workflow_as_with_nix_daemon() {
+    if !can_run_sandboxed_builds() {
+        return;
+    }
+    let Some(root) = trixie_root() else { return };
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let busybox = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &busybox).unwrap();
+    d.set_conf(&CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()));
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
+    fs::write(d.inputs().join("file"), "a file\n").unwrap();
+    fs::create_dir(d.inputs().join("tree")).unwrap();
+    fs::write(d.inputs().join("tree/a"), "A\n").unwrap();
+    fs::write(d.inputs().join("tree/b"), "A\n").unwrap();
+
+    d.start();
+    d.start_roots_helper();
+    let ours = run_all(&d, &root);
+    let our_log = d.log();
+    d.reset_store();
+    clear_home(&d);
+    let nd = TrixieNixDaemon::start(&d, &root);
+    let theirs = run_all(&d, &root);
+    let their_log = nd.log();
+    drop(nd);
+
+    let mut diffs = Vec::new();
+    for (((expect, step), a), b) in STEPS.iter().zip(&ours).zip(&theirs) {
+        let ok = match expect {
+            Same => a == b,
+            AtLeast => {
+                if a != b {
+                    eprintln!("`{step}`: unrooted {a:?}, nix-daemon {b:?}");
+                }
+                a.success && !a.stdout.is_empty()
+            }
+            GcSafety => {
+                let (da, db) = (deleted(a), deleted(b));
+                let extra: Vec<_> = db.difference(&da).collect();
+                if !extra.is_empty() {
+                    eprintln!("nix-daemon (ordinary user) deleted what unrooted kept: {extra:?}");
+                }
+                a.success && b.success && da.is_subset(&db)
+            }
+        };
+        if !ok {
+            diffs.push(format!(
+                "step `{step}` ({expect:?}):\n  unrooted:   {a:?}\n  nix-daemon: {b:?}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} steps differ:\n{}\n--- unrooted log ---\n{our_log}\n--- nix-daemon log ---\n{their_log}",
+        diffs.len(),
+        STEPS.len(),
+        diffs.join("\n")
+    );
+}
+
+/// Issue 19, item 3: the activity stream of one substitution (from a signed
+/// `file://` cache the daemon is configured with), unrooted against nix-daemon 2.26.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn substitution_activity_stream_as_with_nix_daemon() {
+    if !can_run_sandboxed_builds() {
+        return;
+    }
+    let Some(root) = trixie_root() else { return };
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let busybox = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &busybox).unwrap();
+    let conf = CONF.replace("@BUSYBOX@", busybox.to_str().unwrap());
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
+    let cache = d.inputs().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let (uid, gid) = d.client_ids();
+    std::os::unix::fs::chown(&cache, Some(uid), Some(gid)).unwrap();
+    // A key made by the client, trusted by the daemon.
+    let client = |d: &TestDaemon, script: &str| {
+        let o = d
+            .trixie_client(&root, "sh")
+            .args(["-c", script])
+            .env("E", d.inputs().join("pkgs.nix"))
+            .env("C", &cache)
+            .output()
+            .unwrap();
+        (d.expect_ok(script, &o), o)
+    };
+    let (_, _) = client(
+        &d,
+        "nix key generate-secret --key-name cache-1 > ~/sk && nix key convert-secret-to-public < ~/sk > ~/pk",
+    );
+    let pk = fs::read_to_string(d.client_home().join("pk")).unwrap();
+    d.set_conf(&format!(
+        "{conf}substituters = file://{}\ntrusted-public-keys = {}\n",
+        cache.display(),
+        pk.trim()
+    ));
+    d.start();
+    client(
+        &d,
+        "nix copy --to \"file://$C?secret-key=$HOME/sk\" $(nix build -f $E dep --print-out-paths --no-link)",
+    );
+    let step = "nix build --log-format internal-json -v -f $E dep --no-link 2>&1 | grep '^@nix'";
+    d.reset_store();
+    d.start();
+    let (_, ours) = client(&d, step);
+    let ours = outcome(&ours);
+    d.reset_store();
+    let nd = TrixieNixDaemon::start(&d, &root);
+    let (_, theirs) = client(&d, step);
+    let theirs = outcome(&theirs);
+    let their_log = nd.log();
+    drop(nd);
+    // What matches now: one copy-path activity (100) per substituted path, with
+    // nix-daemon's text and fields. Not yet (issue 19, item 3, left open): nix-daemon
+    // runs substitutions inside the worker, under a `substitute` activity (108) each,
+    // with copyPaths progress and setExpected download/NAR sizes, after
+    // query-path-info activities (109) in queryMissing; unrooted substitutes before its
+    // worker activities start and adds a file-transfer child (101). The streams are
+    // printed side by side until they are equal.
+    let copies = |s: &str| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .lines()
+            .filter(|l| l.contains("\"type\":100"))
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(&l[5..]).unwrap();
+                format!("{} {}", v["text"], v["fields"])
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(copies(&ours.stdout).len(), 2, "{}", ours.stdout);
+    assert_eq!(copies(&ours.stdout), copies(&theirs.stdout), "{their_log}");
+    if ours.stdout != theirs.stdout {
+        eprintln!(
+            "activity streams still differ\n--- unrooted ---\n{}\n--- nix-daemon ---\n{}",
+            ours.stdout, theirs.stdout
+        );
+    }
+}

@@ -126,7 +126,7 @@ kill 'TERM', $pid; waitpid($pid, 0); exit 0;
         )
     }
 
-    /// A command run as the third user (see [`OTHER_USER`]) against the daemon.
+    /// A command run as the third user (see [`OTHER_USER`](super::OTHER_USER)) against the daemon.
     pub fn other(&self, program: &str) -> Command {
         self.as_user(program, self.other_uid, self.other_gid, &self.other_home())
     }

@@ -23,7 +23,7 @@ pub fn decompressor<'a>(
 ) -> Option<Box<dyn Read + Send + 'a>> {
     Some(match c {
         Compression::None => compressed,
-        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(compressed)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(compressed)),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(compressed)),
         Compression::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 16, compressed))
@@ -46,7 +46,7 @@ pub struct Encoder<W: Write> {
 
 enum EncoderInner<W: Write> {
     None(W),
-    Xz(xz2::write::XzEncoder<W>),
+    Xz(liblzma::write::XzEncoder<W>),
     Bzip2(bzip2::write::BzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
@@ -58,7 +58,7 @@ impl<W: Write> Encoder<W> {
     pub fn new(c: Compression, out: W) -> Option<io::Result<Self>> {
         let inner = match c {
             Compression::None => Ok(EncoderInner::None(out)),
-            Compression::Xz => Ok(EncoderInner::Xz(xz2::write::XzEncoder::new(out, 1))),
+            Compression::Xz => Ok(EncoderInner::Xz(liblzma::write::XzEncoder::new(out, 1))),
             Compression::Bzip2 => Ok(EncoderInner::Bzip2(bzip2::write::BzEncoder::new(
                 out,
                 bzip2::Compression::new(6),

@@ -140,7 +140,7 @@ fn download(url: &str, env: Env<'_>, out: &std::path::Path, max: u64) -> Result<
         last: std::time::Instant::now(),
     };
     let body: Box<dyn Read + '_> = if unpack && url.ends_with(".xz") {
-        Box::new(xz2::read::XzDecoder::new(body))
+        Box::new(liblzma::read::XzDecoder::new(body))
     } else {
         Box::new(body)
     };

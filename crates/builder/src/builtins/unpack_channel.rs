@@ -104,7 +104,7 @@ fn decompressed(mut file: fs::File, src: &Path) -> Result<Box<dyn Read>, Builtin
     } else if head.starts_with(b"BZh") {
         Box::new(bzip2::read::MultiBzDecoder::new(whole))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(xz2::read::XzDecoder::new_multi_decoder(whole))
+        Box::new(liblzma::read::XzDecoder::new_multi_decoder(whole))
     } else {
         whole
     })

@@ -1,5 +1,5 @@
 //! How files are fetched from a cache: a small [`Transport`] trait with an HTTP(S)
-//! implementation (ureq, blocking, with a connection pool), a `file://` one, and the
+//! implementation (`unrooted-fetch`'s blocking client, with a connection pool), a `file://` one, and the
 //! S3 one in [`crate::s3`].
 
 use std::fmt;
@@ -7,6 +7,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use unrooted_fetch::{FetchError, HttpClient, HttpOptions};
 
 use crate::error::{SubstituteError, TransportError};
 
@@ -109,10 +111,10 @@ pub fn open_transport(
     }
 }
 
-/// A cache over HTTP or HTTPS (rustls, with the webpki roots).
+/// A cache over HTTP or HTTPS, through the shared [`HttpClient`].
 pub struct HttpTransport {
     base: String,
-    agent: ureq::Agent,
+    client: HttpClient,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -126,16 +128,15 @@ impl fmt::Debug for HttpTransport {
 impl HttpTransport {
     /// A transport for the cache at `base` (no trailing `/`).
     pub fn new(base: &str, options: &TransportOptions) -> Self {
-        let mut builder = ureq::AgentBuilder::new()
-            .timeout_read(options.stall_timeout)
-            .max_idle_connections_per_host(options.connections.max(1))
-            .user_agent(concat!("unrooted/", env!("CARGO_PKG_VERSION")));
-        if !options.connect_timeout.is_zero() {
-            builder = builder.timeout_connect(options.connect_timeout);
-        }
+        let options = HttpOptions {
+            connect_timeout: Some(options.connect_timeout).filter(|t| !t.is_zero()),
+            stall_timeout: options.stall_timeout,
+            idle_connections_per_host: options.connections,
+            proxy: None,
+        };
         Self {
             base: base.to_owned(),
-            agent: builder.build(),
+            client: HttpClient::new(&options).expect("no proxy, so nothing to refuse"),
         }
     }
 }
@@ -146,20 +147,18 @@ impl Transport for HttpTransport {
     }
 
     fn get(&self, rel: &str) -> Result<Option<Body>, TransportError> {
-        match self.agent.get(&self.url_of(rel)).call() {
-            Ok(resp) => {
-                let length = resp
-                    .header("Content-Length")
-                    .and_then(|v| v.trim().parse().ok());
-                Ok(Some(Body {
-                    reader: Box::new(resp.into_reader()),
-                    length,
-                }))
-            }
-            Err(ureq::Error::Status(404 | 403 | 410, _)) => Ok(None),
-            Err(ureq::Error::Status(status, _)) => Err(TransportError::Status { status }),
-            Err(ureq::Error::Transport(t)) => Err(TransportError::Network {
-                source: Box::new(t),
+        match self.client.get(&self.url_of(rel)) {
+            Ok(resp) => Ok(Some(Body {
+                reader: resp.reader,
+                length: resp.length,
+            })),
+            Err(FetchError::Status {
+                status: 404 | 403 | 410,
+                ..
+            }) => Ok(None),
+            Err(FetchError::Status { status, .. }) => Err(TransportError::Status { status }),
+            Err(e) => Err(TransportError::Network {
+                source: Box::new(e),
             }),
         }
     }

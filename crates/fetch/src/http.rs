@@ -31,17 +31,18 @@ pub struct HttpOptions {
     pub proxy: Option<String>,
 }
 
-/// A response whose status was a success, its body not yet read.
-pub struct Response {
-    /// The body.
+/// A body being read (of a response whose status was a success, or of a file), with
+/// its length when it is known.
+pub struct Body {
+    /// The bytes.
     pub reader: Box<dyn Read + Send>,
-    /// `Content-Length`, when the server stated one.
+    /// `Content-Length` (or the file's size), when known.
     pub length: Option<u64>,
 }
 
-impl fmt::Debug for Response {
+impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Response")
+        f.debug_struct("Body")
             .field("length", &self.length)
             .finish()
     }
@@ -85,7 +86,7 @@ impl HttpClient {
 
     /// `GET url`, following redirects; an error status (4xx, 5xx) is
     /// [`FetchError::Status`].
-    pub fn get(&self, url: &str) -> Result<Response, FetchError> {
+    pub fn get(&self, url: &str) -> Result<Body, FetchError> {
         match self.agent.get(url).call() {
             Ok(resp) => {
                 let length = resp
@@ -93,7 +94,7 @@ impl HttpClient {
                     .get("content-length")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse().ok());
-                Ok(Response {
+                Ok(Body {
                     reader: Box::new(resp.into_body().into_reader()),
                     length,
                 })

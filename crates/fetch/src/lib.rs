@@ -17,6 +17,4 @@ mod http;
 pub use bounded::{is_over_limit, Bounded, OverLimit};
 pub use decompress::{can_decompress, decompressor};
 pub use error::FetchError;
-pub use http::{
-    HttpClient, HttpOptions, Response, MAX_IDLE_CONNECTIONS, MAX_REDIRECTS, USER_AGENT,
-};
+pub use http::{Body, HttpClient, HttpOptions, MAX_IDLE_CONNECTIONS, MAX_REDIRECTS, USER_AGENT};

@@ -4,29 +4,14 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use unrooted_fetch::Body;
 use unrooted_fetch::{FetchError, HttpClient, HttpOptions};
 
 use crate::error::{SubstituteError, TransportError};
-
-/// A response body being read, with its length when the server stated one.
-pub struct Body {
-    /// The bytes.
-    pub reader: Box<dyn Read + Send>,
-    /// `Content-Length` (or the file size), if known.
-    pub length: Option<u64>,
-}
-
-impl fmt::Debug for Body {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Body")
-            .field("length", &self.length)
-            .finish()
-    }
-}
 
 /// Fetches files of one cache by their path relative to the cache's root.
 ///
@@ -148,10 +133,7 @@ impl Transport for HttpTransport {
 
     fn get(&self, rel: &str) -> Result<Option<Body>, TransportError> {
         match self.client.get(&self.url_of(rel)) {
-            Ok(resp) => Ok(Some(Body {
-                reader: resp.reader,
-                length: resp.length,
-            })),
+            Ok(body) => Ok(Some(body)),
             Err(FetchError::Status {
                 status: 404 | 403 | 410,
                 ..

@@ -120,28 +120,9 @@ pub fn check_outputs(
     outputs: &BTreeMap<String, BuiltOutput>,
     query: &QueryFn<'_>,
 ) -> Result<(), OutputCheckError> {
-    let by_path: BTreeMap<&StorePath, &BuiltOutput> =
-        outputs.values().map(|o| (&o.path, o)).collect();
-    let closure = |start: &StorePath| -> Result<(BTreeSet<StorePath>, u64), OutputCheckError> {
-        let mut done = BTreeSet::new();
-        let mut size = 0u64;
-        let mut left = VecDeque::from([start.clone()]);
-        while let Some(p) = left.pop_front() {
-            if done.contains(&p) {
-                continue;
-            }
-            if done.len() >= MAX_CLOSURE {
-                break;
-            }
-            let (nar_size, refs) = match by_path.get(&p) {
-                Some(o) => (o.nar_size, o.references.clone()),
-                None => query(&p)?,
-            };
-            size = size.saturating_add(nar_size);
-            left.extend(refs);
-            done.insert(p);
-        }
-        Ok((done, size))
+    let closures = Closures {
+        built: outputs.values().map(|o| (&o.path, o)).collect(),
+        query,
     };
     let structured = match drv.structured_attrs_json() {
         Some(Ok(json)) => Some(json),
@@ -155,63 +136,121 @@ pub fn check_outputs(
                 else {
                     continue;
                 };
-                let strings = |attr: &str| -> Result<Option<Vec<String>>, OutputCheckError> {
-                    let Some(v) = entry.get(attr) else {
-                        return Ok(None);
-                    };
-                    let bad = || OutputCheckError::NotStrings {
+                Checks::structured(entry, drv_path)?
+            }
+            None => Checks::from_env(drv),
+        };
+        checks.check(dir, outputs, info, &closures)?;
+    }
+    Ok(())
+}
+
+/// Closures of built outputs and the paths they refer to.
+struct Closures<'a> {
+    /// The outputs just built, by path (not valid yet, so not for `query`).
+    built: BTreeMap<&'a StorePath, &'a BuiltOutput>,
+    query: &'a QueryFn<'a>,
+}
+
+impl Closures<'_> {
+    /// The closure of `start` (at most [`MAX_CLOSURE`] paths) and its total NAR size.
+    fn of(&self, start: &StorePath) -> Result<(BTreeSet<StorePath>, u64), OutputCheckError> {
+        let mut done = BTreeSet::new();
+        let mut size = 0u64;
+        let mut left = VecDeque::from([start.clone()]);
+        while let Some(p) = left.pop_front() {
+            if done.contains(&p) {
+                continue;
+            }
+            if done.len() >= MAX_CLOSURE {
+                break;
+            }
+            let (nar_size, refs) = match self.built.get(&p) {
+                Some(o) => (o.nar_size, o.references.clone()),
+                None => (self.query)(&p)?,
+            };
+            size = size.saturating_add(nar_size);
+            left.extend(refs);
+            done.insert(p);
+        }
+        Ok((done, size))
+    }
+}
+
+impl Checks {
+    /// An output's entry of `outputChecks` (structured attributes).
+    fn structured(
+        entry: &serde_json::Map<String, Value>,
+        drv_path: &str,
+    ) -> Result<Self, OutputCheckError> {
+        let strings = |attr: &str| -> Result<Option<Vec<String>>, OutputCheckError> {
+            let Some(v) = entry.get(attr) else {
+                return Ok(None);
+            };
+            let bad = || OutputCheckError::NotStrings {
+                attr: attr.to_owned(),
+                drv: drv_path.to_owned(),
+            };
+            let items = v.as_array().ok_or_else(bad)?;
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        };
+        let size = |attr: &str| -> Result<Option<u64>, OutputCheckError> {
+            entry
+                .get(attr)
+                .map(|v| {
+                    v.as_u64().ok_or_else(|| OutputCheckError::NotSize {
                         attr: attr.to_owned(),
                         drv: drv_path.to_owned(),
-                    };
-                    let items = v.as_array().ok_or_else(bad)?;
-                    items
-                        .iter()
-                        .map(|i| i.as_str().map(str::to_owned).ok_or_else(bad))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map(Some)
-                };
-                let size = |attr: &str| -> Result<Option<u64>, OutputCheckError> {
-                    entry
-                        .get(attr)
-                        .map(|v| {
-                            v.as_u64().ok_or_else(|| OutputCheckError::NotSize {
-                                attr: attr.to_owned(),
-                                drv: drv_path.to_owned(),
-                            })
-                        })
-                        .transpose()
-                };
-                Checks {
-                    ignore_self_refs: false,
-                    max_size: size("maxSize")?,
-                    max_closure_size: size("maxClosureSize")?,
-                    allowed_references: strings("allowedReferences")?,
-                    allowed_requisites: strings("allowedRequisites")?,
-                    disallowed_references: strings("disallowedReferences")?,
-                    disallowed_requisites: strings("disallowedRequisites")?,
-                }
-            }
-            None => {
-                let words = |key: &str| {
-                    drv.env.get(key.as_bytes()).map(|v| {
-                        String::from_utf8_lossy(v)
-                            .split_ascii_whitespace()
-                            .map(str::to_owned)
-                            .collect::<Vec<_>>()
                     })
-                };
-                Checks {
-                    ignore_self_refs: true,
-                    allowed_references: words("allowedReferences"),
-                    allowed_requisites: words("allowedRequisites"),
-                    disallowed_references: words("disallowedReferences"),
-                    disallowed_requisites: words("disallowedRequisites"),
-                    ..Checks::default()
-                }
-            }
+                })
+                .transpose()
         };
+        Ok(Checks {
+            ignore_self_refs: false,
+            max_size: size("maxSize")?,
+            max_closure_size: size("maxClosureSize")?,
+            allowed_references: strings("allowedReferences")?,
+            allowed_requisites: strings("allowedRequisites")?,
+            disallowed_references: strings("disallowedReferences")?,
+            disallowed_requisites: strings("disallowedRequisites")?,
+        })
+    }
+
+    /// The words of the environment variables (without structured attributes), for
+    /// every output alike.
+    fn from_env(drv: &Derivation) -> Self {
+        let words = |key: &str| {
+            drv.env.get(key.as_bytes()).map(|v| {
+                String::from_utf8_lossy(v)
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+        };
+        Checks {
+            ignore_self_refs: true,
+            allowed_references: words("allowedReferences"),
+            allowed_requisites: words("allowedRequisites"),
+            disallowed_references: words("disallowedReferences"),
+            disallowed_requisites: words("disallowedRequisites"),
+            ..Checks::default()
+        }
+    }
+
+    /// Checks one built output.
+    fn check(
+        &self,
+        dir: &StoreDir,
+        outputs: &BTreeMap<String, BuiltOutput>,
+        info: &BuiltOutput,
+        closures: &Closures<'_>,
+    ) -> Result<(), OutputCheckError> {
         let printed = dir.display(&info.path);
-        if let Some(limit) = checks.max_size {
+        if let Some(limit) = self.max_size {
             if info.nar_size > limit {
                 return Err(OutputCheckError::TooLarge {
                     path: printed,
@@ -220,8 +259,8 @@ pub fn check_outputs(
                 });
             }
         }
-        if let Some(limit) = checks.max_closure_size {
-            let size = closure(&info.path)?.1;
+        if let Some(limit) = self.max_closure_size {
+            let size = closures.of(&info.path)?.1;
             if size > limit {
                 return Err(OutputCheckError::ClosureTooLarge {
                     path: printed,
@@ -231,29 +270,19 @@ pub fn check_outputs(
             }
         }
         for (spec, allowed, recursive) in [
-            (&checks.allowed_references, true, false),
-            (&checks.allowed_requisites, true, true),
-            (&checks.disallowed_references, false, false),
-            (&checks.disallowed_requisites, false, true),
+            (&self.allowed_references, true, false),
+            (&self.allowed_requisites, true, true),
+            (&self.disallowed_references, false, false),
+            (&self.disallowed_requisites, false, true),
         ] {
             let Some(spec) = spec else { continue };
-            let mut wanted = BTreeSet::new();
-            for word in spec {
-                let path = match dir.parse_path(word) {
-                    Ok(p) => p,
-                    Err(_) => match outputs.get(word.as_str()) {
-                        Some(o) => o.path.clone(),
-                        None => return Err(OutputCheckError::IllegalSpecifier(word.clone())),
-                    },
-                };
-                wanted.insert(path);
-            }
+            let wanted = resolve_specifiers(dir, outputs, spec)?;
             let mut used = if recursive {
-                closure(&info.path)?.0
+                closures.of(&info.path)?.0
             } else {
                 info.references.clone()
             };
-            if recursive && checks.ignore_self_refs {
+            if recursive && self.ignore_self_refs {
                 used.remove(&info.path);
             }
             let bad: Vec<String> = used
@@ -268,6 +297,27 @@ pub fn check_outputs(
                 });
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The paths a list of specifiers names: store paths, or names of the derivation's
+/// outputs.
+fn resolve_specifiers(
+    dir: &StoreDir,
+    outputs: &BTreeMap<String, BuiltOutput>,
+    spec: &[String],
+) -> Result<BTreeSet<StorePath>, OutputCheckError> {
+    let mut wanted = BTreeSet::new();
+    for word in spec {
+        let path = match dir.parse_path(word) {
+            Ok(p) => p,
+            Err(_) => match outputs.get(word.as_str()) {
+                Some(o) => o.path.clone(),
+                None => return Err(OutputCheckError::IllegalSpecifier(word.clone())),
+            },
+        };
+        wanted.insert(path);
+    }
+    Ok(wanted)
 }

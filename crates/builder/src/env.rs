@@ -96,12 +96,6 @@ pub fn builder_env(drv: &Derivation, p: &EnvParams<'_>) -> Result<BuilderEnv, Bu
         })
         .collect();
     let build_dir = p.build_dir.as_os_str().as_encoded_bytes().to_vec();
-    let in_build_dir = |name: &str| {
-        let mut v = build_dir.clone();
-        v.push(b'/');
-        v.extend_from_slice(name.as_bytes());
-        v
-    };
     let mut env: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut files = Vec::new();
     env.insert(b"PATH".to_vec(), b"/path-not-set".to_vec());
@@ -114,29 +108,9 @@ pub fn builder_env(drv: &Derivation, p: &EnvParams<'_>) -> Result<BuilderEnv, Bu
         b"NIX_BUILD_CORES".to_vec(),
         p.cores.to_string().into_bytes(),
     );
-
     let structured = drv.structured_attrs().is_some();
     if !structured {
-        let pass_as_file: Vec<&[u8]> = drv
-            .env
-            .get(b"passAsFile".as_slice())
-            .map(|v| {
-                v.split(|b| b.is_ascii_whitespace())
-                    .filter(|w| !w.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (key, value) in &drv.env {
-            if pass_as_file.contains(&key.as_slice()) {
-                let name = pass_as_file_name(key);
-                files.push((name.clone(), rewrite(value, &rewrites)));
-                let mut var = key.clone();
-                var.extend_from_slice(b"Path");
-                env.insert(var, in_build_dir(&name));
-            } else {
-                env.insert(key.clone(), value.clone());
-            }
-        }
+        derivation_vars(drv, &build_dir, &rewrites, &mut env, &mut files);
     }
     for var in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
         env.insert(var.as_bytes().to_vec(), build_dir.clone());
@@ -156,25 +130,9 @@ pub fn builder_env(drv: &Derivation, p: &EnvParams<'_>) -> Result<BuilderEnv, Bu
     }
     env.insert(b"NIX_LOG_FD".to_vec(), b"2".to_vec());
     env.insert(b"TERM".to_vec(), b"xterm-256color".to_vec());
-
     if structured {
-        let json = attrs_json(drv, p)?;
-        let text = serde_json::to_string(&json).map_err(|e| BuildError::StructuredAttrs {
-            drv: drv.name.clone(),
-            reason: e.to_string(),
-        })?;
-        files.push((
-            ".attrs.json".to_owned(),
-            rewrite(text.as_bytes(), &rewrites),
-        ));
-        files.push((
-            ".attrs.sh".to_owned(),
-            rewrite(attrs_sh(&json).as_bytes(), &rewrites),
-        ));
-        env.insert(b"NIX_ATTRS_JSON_FILE".to_vec(), in_build_dir(".attrs.json"));
-        env.insert(b"NIX_ATTRS_SH_FILE".to_vec(), in_build_dir(".attrs.sh"));
+        structured_attrs_files(drv, p, &build_dir, &rewrites, &mut env, &mut files)?;
     }
-
     let env = env
         .into_iter()
         .map(|(k, v)| {
@@ -190,6 +148,76 @@ pub fn builder_env(drv: &Derivation, p: &EnvParams<'_>) -> Result<BuilderEnv, Bu
         .map(|a| OsString::from_vec(rewrite(a, &rewrites)))
         .collect();
     Ok(BuilderEnv { env, args, files })
+}
+
+/// `<build dir>/<name>`.
+fn in_build_dir(build_dir: &[u8], name: &str) -> Vec<u8> {
+    let mut v = build_dir.to_vec();
+    v.push(b'/');
+    v.extend_from_slice(name.as_bytes());
+    v
+}
+
+/// Without structured attributes: the derivation's variables, those named by
+/// `passAsFile` as files in the build directory (`<name>Path` naming each).
+fn derivation_vars(
+    drv: &Derivation,
+    build_dir: &[u8],
+    rewrites: &[(Vec<u8>, Vec<u8>)],
+    env: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+    files: &mut Vec<(String, Vec<u8>)>,
+) {
+    let pass_as_file: Vec<&[u8]> = drv
+        .env
+        .get(b"passAsFile".as_slice())
+        .map(|v| {
+            v.split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, value) in &drv.env {
+        if pass_as_file.contains(&key.as_slice()) {
+            let name = pass_as_file_name(key);
+            files.push((name.clone(), rewrite(value, rewrites)));
+            let mut var = key.clone();
+            var.extend_from_slice(b"Path");
+            env.insert(var, in_build_dir(build_dir, &name));
+        } else {
+            env.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// With structured attributes: `.attrs.json` and `.attrs.sh` in the build directory,
+/// and the variables naming them.
+fn structured_attrs_files(
+    drv: &Derivation,
+    p: &EnvParams<'_>,
+    build_dir: &[u8],
+    rewrites: &[(Vec<u8>, Vec<u8>)],
+    env: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+    files: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), BuildError> {
+    let json = attrs_json(drv, p)?;
+    let text = serde_json::to_string(&json).map_err(|e| BuildError::StructuredAttrs {
+        drv: drv.name.clone(),
+        reason: e.to_string(),
+    })?;
+    files.push((".attrs.json".to_owned(), rewrite(text.as_bytes(), rewrites)));
+    files.push((
+        ".attrs.sh".to_owned(),
+        rewrite(attrs_sh(&json).as_bytes(), rewrites),
+    ));
+    env.insert(
+        b"NIX_ATTRS_JSON_FILE".to_vec(),
+        in_build_dir(build_dir, ".attrs.json"),
+    );
+    env.insert(
+        b"NIX_ATTRS_SH_FILE".to_vec(),
+        in_build_dir(build_dir, ".attrs.sh"),
+    );
+    Ok(())
 }
 
 /// The `impureEnvVars` names (structured: a list in `__json`; otherwise words).

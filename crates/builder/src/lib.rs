@@ -55,6 +55,7 @@
 
 pub mod builtins;
 pub mod checks;
+mod config;
 mod env;
 mod error;
 mod export_graph;
@@ -70,13 +71,11 @@ use std::collections::BTreeMap;
 
 use unrooted_format::StorePath;
 
+pub use config::{default_system, default_system_features, BuilderConfig, FixedOutputNetwork};
 pub use env::{attrs_sh, builder_env, pass_as_file_name, BuilderEnv, EnvParams};
 pub use error::{error_chain, BuildError};
 pub use export_graph::ExportGraphError;
-pub use goal::{
-    default_system, default_system_features, load_derivation, output_hashes, output_paths,
-    BuilderConfig, FixedOutputNetwork,
-};
+pub use goal::{load_derivation, output_hashes, output_paths};
 pub use idpool::{IdLease, IdMode, IdPool, IdSettings, MIN_IDS_PER_BUILD};
 pub use log::{log_path, BuildLog, MAX_LINE, TAIL_LINES};
 pub use scheduler::{BuildObserver, Scheduler, Target};

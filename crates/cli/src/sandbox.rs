@@ -7,12 +7,12 @@
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use unrooted_sandbox::{nix_base_env, remove_tree, BuildStatus, Sandbox, SandboxPath, SandboxSpec};
+use unrooted_sandbox::{exit_code, BuildStatus, Sandbox, SandboxPath, SandboxRun, SandboxRunError};
 
 /// The hidden verb the sandbox re-executes this binary with.
 pub const HELPER_VERB: &str = "sandbox-helper";
@@ -88,54 +88,35 @@ pub fn helper(args: HelperArgs) -> ! {
 
 /// Runs the command in a sandbox; the exit code is the builder's (128+N for signal N).
 pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
-    let (builder, builder_args) = args.command.split_first().context("no command given")?;
     if !args.build_dir.exists() {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&args.build_dir)
             .with_context(|| format!("creating {}", args.build_dir.display()))?;
     }
-    let work_dir = args.work_dir.unwrap_or_else(std::env::temp_dir);
-    // The root lives in a 0700 parent only this user can enter, as under the daemon.
-    let parent = work_dir.join(format!("unrooted-sandbox-{}", std::process::id()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
-    let root = parent.join("root");
-    std::fs::DirBuilder::new().mode(0o700).create(&root)?;
-
-    let mut spec = SandboxSpec::new(
-        root.clone(),
-        args.store_dir.clone(),
-        args.build_dir.clone(),
-        builder.into(),
-    );
-    spec.inputs = args.inputs;
-    spec.sandbox_paths = args
-        .sandbox_paths
-        .iter()
-        .map(|e| SandboxPath::parse(e))
-        .collect::<Result<_, _>>()?;
-    spec.network = args.network || args.pasta.is_some();
-    if let Some(pasta) = &args.pasta {
-        spec.pasta = Some(unrooted_sandbox::Pasta::new(pasta.clone()));
-        spec.network_files = unrooted_sandbox::host_network_files()
-            .into_iter()
-            .filter(|f| f.target != std::path::Path::new("/etc/resolv.conf"))
-            .collect();
-        let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        spec.resolv_conf = Some(unrooted_sandbox::pasta_resolv_conf(&host));
-    } else if args.network {
-        spec.network_files = unrooted_sandbox::host_network_files();
-    }
-    spec.args = builder_args.to_vec();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    spec.env = nix_base_env(&args.store_dir, &spec.sandbox_build_dir, cores);
+    let mut env = Vec::new();
     for kv in &args.env {
         let (k, v) = kv.split_once('=').context("--env wants NAME=VALUE")?;
-        spec.env.push((k.into(), v.into()));
+        env.push((k.into(), v.into()));
     }
+    let prepared = SandboxRun {
+        store_dir: args.store_dir,
+        build_dir: args.build_dir,
+        inputs: args.inputs,
+        sandbox_paths: args
+            .sandbox_paths
+            .iter()
+            .map(|e| SandboxPath::parse(e))
+            .collect::<Result<_, _>>()?,
+        network: args.network,
+        pasta: args.pasta,
+        host_network_files: true,
+        env,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        command: args.command,
+    }
+    .prepare()?;
 
     // The helper the daemon would start for this builder.
     let exe = std::env::current_exe().context("finding this executable")?;
@@ -143,14 +124,14 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         Sandbox::beside(&exe).unwrap_or_else(|| Sandbox::new(exe, vec![HELPER_VERB.into()]));
     let stdout = std::io::stdout();
     let started = std::time::Instant::now();
-    let mut result = sandbox.run(&spec, stdout.as_fd());
+    let mut result: Result<BuildStatus, SandboxRunError> = prepared
+        .run(&sandbox, stdout.as_fd(), None)
+        .map_err(SandboxRunError::from);
     for _ in 1..args.repeat {
         if result.is_err() {
             break;
         }
-        unrooted_sandbox::empty_dir(&root)?;
-        unrooted_sandbox::empty_dir(&args.build_dir)?;
-        result = sandbox.run(&spec, stdout.as_fd());
+        result = prepared.run_again(&sandbox, stdout.as_fd());
     }
     if args.repeat > 1 {
         eprintln!(
@@ -159,24 +140,27 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             started.elapsed().as_secs_f64() * 1e3 / f64::from(args.repeat)
         );
     }
+    let keep = report_outputs(prepared.root(), &args.outputs) || args.keep_root;
+    if keep {
+        eprintln!("sandbox root kept at {}", prepared.root().display());
+    } else {
+        prepared.remove()?;
+    }
+    Ok(exit_code(result?))
+}
 
-    let mut keep = args.keep_root;
-    for out in &args.outputs {
+/// Says which of the expected `outputs` the command created in the sandbox root;
+/// true if any was (the root is then kept).
+fn report_outputs(root: &Path, outputs: &[PathBuf]) -> bool {
+    let mut created = false;
+    for out in outputs {
         let inside = root.join(out.strip_prefix("/").unwrap_or(out));
         if inside.symlink_metadata().is_ok() {
             eprintln!("output {} created at {}", out.display(), inside.display());
-            keep = true;
+            created = true;
         } else {
             eprintln!("output {} was not created", out.display());
         }
     }
-    if keep {
-        eprintln!("sandbox root kept at {}", root.display());
-    } else {
-        remove_tree(&parent)?;
-    }
-    Ok(match result? {
-        BuildStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        BuildStatus::Signaled(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
-    })
+    created
 }

@@ -399,6 +399,55 @@ fn parse_size(v: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
+/// `sandbox`: `true` (the default), `false` or `relaxed`.
+fn sandbox_mode(raw: &RawSettings) -> Result<SandboxMode, ConfigError> {
+    Ok(match raw.get("sandbox") {
+        None | Some("true") => SandboxMode::Enabled,
+        Some("false") => SandboxMode::Disabled,
+        Some("relaxed") => SandboxMode::Relaxed,
+        Some(v) => {
+            return Err(ConfigError::Value {
+                name: "sandbox".into(),
+                value: v.into(),
+                expected: "'true', 'false' or 'relaxed'",
+            })
+        }
+    })
+}
+
+/// The settings [`Settings::from_raw`] reads (the others are unknown to the daemon,
+/// unless they are the client's).
+const KNOWN: &[&str] = &[
+    "allowed-users",
+    "trusted-users",
+    "max-jobs",
+    "cores",
+    "sandbox",
+    "sandbox-paths",
+    "substituters",
+    "trusted-substituters",
+    "trusted-public-keys",
+    "require-sigs",
+    "keep-outputs",
+    "keep-derivations",
+    "min-free",
+    "max-free",
+    "min-free-check-interval",
+    "use-roots-daemon",
+    "roots-helper-socket",
+    "roots-helper-runtime-only",
+    "unrooted-gc-without-roots-helper",
+    "build-users-group",
+    "auto-allocate-uids",
+    "start-id",
+    "id-count",
+    "unrooted-ids-per-build",
+    // Read by the builds' configuration (the daemon's `scheduler`).
+    "hashed-mirrors",
+    "fixed-output-network",
+    "pasta-path",
+];
+
 impl Settings {
     /// Types the raw settings, with Nix 2.8's defaults.
     pub fn from_raw(raw: &RawSettings) -> Result<Self, ConfigError> {
@@ -407,51 +456,10 @@ impl Settings {
             Some("auto") => cpus,
             _ => integer(raw, "max-jobs", 1)?,
         };
-        let sandbox = match raw.get("sandbox") {
-            None | Some("true") => SandboxMode::Enabled,
-            Some("false") => SandboxMode::Disabled,
-            Some("relaxed") => SandboxMode::Relaxed,
-            Some(v) => {
-                return Err(ConfigError::Value {
-                    name: "sandbox".into(),
-                    value: v.into(),
-                    expected: "'true', 'false' or 'relaxed'",
-                })
-            }
-        };
-        let known = [
-            "allowed-users",
-            "trusted-users",
-            "max-jobs",
-            "cores",
-            "sandbox",
-            "sandbox-paths",
-            "substituters",
-            "trusted-substituters",
-            "trusted-public-keys",
-            "require-sigs",
-            "keep-outputs",
-            "keep-derivations",
-            "min-free",
-            "max-free",
-            "min-free-check-interval",
-            "use-roots-daemon",
-            "roots-helper-socket",
-            "roots-helper-runtime-only",
-            "unrooted-gc-without-roots-helper",
-            "build-users-group",
-            "auto-allocate-uids",
-            "start-id",
-            "id-count",
-            "unrooted-ids-per-build",
-            // Read by the builds' configuration (`build_ops`).
-            "hashed-mirrors",
-            "fixed-output-network",
-            "pasta-path",
-        ];
+        let sandbox = sandbox_mode(raw)?;
         let unknown = raw
             .names()
-            .filter(|n| !known.contains(n) && !CLIENT_SIDE.contains(n))
+            .filter(|n| !KNOWN.contains(n) && !CLIENT_SIDE.contains(n))
             .map(str::to_owned)
             .collect();
         Ok(Self {

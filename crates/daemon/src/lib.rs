@@ -6,16 +6,20 @@
 //! in `unrooted-store`. Connections are served by one thread each (see [`server`]),
 //! so this crate is synchronous like the layers it composes.
 
-mod build_ops;
+mod auto_collect;
+mod auto_gc;
 mod connection;
-mod gc_ops;
+mod gc_barrier;
 mod layer_settings;
 mod ops;
 pub mod payer;
 mod post_build;
+mod roots_helper;
+mod scheduler;
 pub mod server;
+mod session;
+mod state;
 pub mod stdio;
-mod subst_ops;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod trust;
@@ -99,11 +103,44 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
     for name in &config.settings.unknown {
         tracing::warn!("unknown setting '{name}' in the configuration is ignored");
     }
-    let state = connection::DaemonState::open(config, own_uid)?;
+    let state = state::DaemonState::open(config, own_uid)?;
     userdirs::repair_parents(&state.config.locations.state_dir, own_uid);
     // Everything the start-up log says comes before the socket appears, so whoever
     // waits for the socket (systemd, tests) finds the whole log.
-    tracing::info!("{}", gc_ops::describe_mode(&state.gc_config.roots_helper));
+    log_start(&state, own_uid);
+    let listener = match activated {
+        Some(l) => l,
+        None => server::bind(&state.config.locations.socket_path)?,
+    };
+    let state = Arc::new(state);
+    auto_collect::spawn_auto_gc(Arc::clone(&state));
+    let active = std::sync::atomic::AtomicUsize::new(0);
+    let limits = server::Limits::new(
+        options.max_connections,
+        options.max_connections_per_user,
+        options.reserved_connections,
+    );
+    let owners = payer::SubUidOwners::load(std::path::Path::new(payer::SUBUID_FILE));
+    server::serve(listener, limits, owners, move |stream, charge| {
+        use std::sync::atomic::Ordering;
+        active.fetch_add(1, Ordering::SeqCst);
+        connection::handle(&state, stream, &charge);
+        // The last client gone: an idle daemon keeps no spare database
+        // connections (nor their descriptors) open.
+        if active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            state.store.release_idle_readers();
+        }
+    })
+    .map_err(DaemonError::Serve)
+}
+
+/// The start-up log: where roots come from, the ids builds run as, automatic
+/// collection, and what is served.
+fn log_start(state: &state::DaemonState, own_uid: u32) {
+    tracing::info!(
+        "{}",
+        roots_helper::describe_mode(&state.gc_config.roots_helper)
+    );
     let build_cfg = state.scheduler.config();
     if build_cfg.sandbox {
         // Said once: the single-id mode is the weaker one.
@@ -125,28 +162,4 @@ pub fn run(options: &DaemonOptions) -> Result<(), DaemonError> {
         state.config.locations.store_dir,
         state.config.locations.socket_path.display()
     );
-    let listener = match activated {
-        Some(l) => l,
-        None => server::bind(&state.config.locations.socket_path)?,
-    };
-    let state = Arc::new(state);
-    gc_ops::spawn_auto_gc(Arc::clone(&state));
-    let active = std::sync::atomic::AtomicUsize::new(0);
-    let limits = server::Limits::new(
-        options.max_connections,
-        options.max_connections_per_user,
-        options.reserved_connections,
-    );
-    let owners = payer::SubUidOwners::load(std::path::Path::new(payer::SUBUID_FILE));
-    server::serve(listener, limits, owners, move |stream, charge| {
-        use std::sync::atomic::Ordering;
-        active.fetch_add(1, Ordering::SeqCst);
-        connection::handle(&state, stream, &charge);
-        // The last client gone: an idle daemon keeps no spare database
-        // connections (nor their descriptors) open.
-        if active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            state.store.release_idle_readers();
-        }
-    })
-    .map_err(DaemonError::Serve)
 }

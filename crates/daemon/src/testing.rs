@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::connection::{self, DaemonState};
+use crate::connection;
+use crate::state::DaemonState;
 use crate::trust::Peer;
 use crate::{Config, DaemonError};
 

@@ -14,8 +14,12 @@
 mod database;
 mod error;
 mod path_info;
+mod queries;
 pub mod schema;
+mod writes;
 
-pub use database::{Database, DbOptions, GraphNode, Registration};
+pub use database::{Database, DbOptions};
 pub use error::{CorruptValue, DbError};
 pub use path_info::ValidPathInfo;
+pub use queries::GraphNode;
+pub use writes::Registration;

@@ -108,12 +108,7 @@ pub fn migrate(
     if owner.uid == 0 {
         return Err(DeployError::OwnerIsRoot);
     }
-    let passwd = accounts::read_db(&host.path(Path::new("/etc/passwd")))?.unwrap_or_default();
-    let groups = accounts::read_db(&host.path(Path::new("/etc/group")))?.unwrap_or_default();
-    let mut old_owners: BTreeSet<u32> = accounts::group_users(&passwd, &groups, &opts.build_group)
-        .into_iter()
-        .collect();
-    old_owners.insert(0);
+    let old_owners = old_owners(host, &opts.build_group)?;
     let mut report = MigrateReport::default();
     let mut walker = Walker {
         owner: &owner,
@@ -122,9 +117,48 @@ pub fn migrate(
         chowned: 0,
         kept: 0,
     };
+    migrate_state(opts, &mut walker, log)?;
+    report.state_chowned = walker.chowned;
+    walker.chowned = 0;
+    migrate_store(opts, &mut walker, log)?;
+    report.store_chowned = walker.chowned;
+    report.kept = walker.kept;
 
-    // The state first: the database and its lock files, roots and profiles. The
-    // per-user subdirectories belong to their users and stay theirs.
+    report.conf = migrate_conf(host, l, opts.dry_run)?;
+    report.to_disable = vec!["systemctl disable --now nix-daemon.socket nix-daemon.service".into()];
+    if !old_owners.is_empty() && old_owners.len() > 1 {
+        report.to_disable.push(format!(
+            "the build users can go: for u in $(getent group {0} | cut -d: -f4 | tr , ' '); do userdel $u; done; groupdel {0}",
+            opts.build_group
+        ));
+    }
+    report
+        .to_disable
+        .push("unrooted install (again: finishes the socket links), then systemctl enable --now the units it lists".into());
+    Ok(report)
+}
+
+/// The uids whose files become the store owner's: root and the build users (members
+/// of `build_group`).
+fn old_owners(host: &Host, build_group: &str) -> Result<BTreeSet<u32>, DeployError> {
+    let passwd = accounts::read_db(&host.path(Path::new("/etc/passwd")))?.unwrap_or_default();
+    let groups = accounts::read_db(&host.path(Path::new("/etc/group")))?.unwrap_or_default();
+    let mut old: BTreeSet<u32> = accounts::group_users(&passwd, &groups, build_group)
+        .into_iter()
+        .collect();
+    old.insert(0);
+    Ok(old)
+}
+
+/// The state first: the database and its lock files, roots and profiles (the
+/// per-user subdirectories belong to their users and stay theirs), the old daemon's
+/// leftovers removed, then the logs.
+fn migrate_state(
+    opts: &MigrateOptions,
+    walker: &mut Walker<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), DeployError> {
+    let (host, l) = (&opts.host, &opts.layout);
     let state = host.path(&l.state_dir);
     log(&format!("state: {}", l.state_dir.display()));
     let per_user: Vec<PathBuf> = ["profiles/per-user", "gcroots/per-user"]
@@ -152,11 +186,28 @@ pub fn migrate(
             }
         }
     }
-    // The old daemon's socket and its build-user lock files are of no use any more.
+    remove_stale(opts, &state, log)?;
+    let log_dir = host.path(&l.log_dir);
+    if log_dir.exists() {
+        log(&format!("logs: {}", l.log_dir.display()));
+        walker.walk(&log_dir, &[], true)?;
+    }
+    Ok(())
+}
+
+/// The old daemon's socket and its build-user lock files are of no use any more.
+fn remove_stale(
+    opts: &MigrateOptions,
+    state: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), DeployError> {
     for stale in ["daemon-socket/socket", "userpool"] {
         let p = state.join(stale);
         if let Ok(m) = fs::symlink_metadata(&p) {
-            log(&format!("remove {}", l.state_dir.join(stale).display()));
+            log(&format!(
+                "remove {}",
+                opts.layout.state_dir.join(stale).display()
+            ));
             if !opts.dry_run {
                 let r = if m.is_dir() {
                     fs::remove_dir_all(&p)
@@ -167,17 +218,18 @@ pub fn migrate(
             }
         }
     }
-    let log_dir = host.path(&l.log_dir);
-    if log_dir.exists() {
-        log(&format!("logs: {}", l.log_dir.display()));
-        walker.walk(&log_dir, &[], true)?;
-    }
-    report.state_chowned = walker.chowned;
+    Ok(())
+}
 
-    // Then every store path, and the store directory itself last: its owner is the
-    // mark of a finished migration.
-    walker.chowned = 0;
-    let store = host.path(&l.store_dir);
+/// Then every store path, and the store directory itself last: its owner is the mark
+/// of a finished migration.
+fn migrate_store(
+    opts: &MigrateOptions,
+    walker: &mut Walker<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), DeployError> {
+    let l = &opts.layout;
+    let store = opts.host.path(&l.store_dir);
     log(&format!(
         "store: {} (every path; the directory itself last)",
         l.store_dir.display()
@@ -197,21 +249,7 @@ pub fn migrate(
             }
         })?;
     }
-    report.store_chowned = walker.chowned;
-    report.kept = walker.kept;
-
-    report.conf = migrate_conf(host, l, opts.dry_run)?;
-    report.to_disable = vec!["systemctl disable --now nix-daemon.socket nix-daemon.service".into()];
-    if !old_owners.is_empty() && old_owners.len() > 1 {
-        report.to_disable.push(format!(
-            "the build users can go: for u in $(getent group {0} | cut -d: -f4 | tr , ' '); do userdel $u; done; groupdel {0}",
-            opts.build_group
-        ));
-    }
-    report
-        .to_disable
-        .push("unrooted install (again: finishes the socket links), then systemctl enable --now the units it lists".into());
-    Ok(report)
+    Ok(())
 }
 
 /// Adapts the shared `nix.conf` to unrooted (see [`nixconf::adapt`]), keeping its

@@ -115,15 +115,36 @@ pub fn mount_unit_name(path: &Path) -> String {
 /// Every unit file, in the order they are written.
 pub fn unit_files(p: &UnitParams) -> Vec<UnitFile> {
     let l = &p.layout;
+    vec![
+        UnitFile {
+            name: STORE_UNIT.into(),
+            text: store_unit(l),
+        },
+        UnitFile {
+            name: "unrooted-daemon.socket".into(),
+            text: daemon_socket_unit(l),
+        },
+        UnitFile {
+            name: "unrooted-daemon.service".into(),
+            text: daemon_service_unit(p),
+        },
+        UnitFile {
+            name: "unrooted-find-roots.socket".into(),
+            text: roots_socket_unit(p),
+        },
+        UnitFile {
+            name: "unrooted-find-roots@.service".into(),
+            text: roots_service_unit(p),
+        },
+    ]
+}
+
+/// [`STORE_UNIT`]: the store read-only for everyone but the daemon.
+fn store_unit(l: &Layout) -> String {
     let store = l.store_dir.display();
     let rw = l.rw_store();
     let rw = rw.display();
-    let exe = l.daemon_binary();
-    let exe = exe.display();
-    let roots_exe = l.roots_binary();
-    let roots_exe = roots_exe.display();
-
-    let store_mounts = format!(
+    format!(
         "# Installed by `unrooted install`. The store, read-only for every process of the
 # system (root included) except the unrooted daemon. First a private bind of the store
 # at {rw}, in a directory only root can enter (the daemon's writable view), then a
@@ -144,9 +165,12 @@ ExecStop=/bin/sh -euc 'umount \"$$0\"; umount \"$$1\"' {store} {rw}
 WantedBy=multi-user.target
 ",
         private = l.private_dir().display(),
-    );
+    )
+}
 
-    let daemon_socket = format!(
+/// The daemon's socket.
+fn daemon_socket_unit(l: &Layout) -> String {
+    format!(
         "# Installed by `unrooted install`. Clients use {link}, a link to this socket.
 [Unit]
 Description=unrooted Nix store daemon socket
@@ -161,8 +185,12 @@ WantedBy=sockets.target
 ",
         link = l.daemon_socket().display(),
         sock = l.daemon_socket_real().display(),
-    );
+    )
+}
 
+/// The daemon service's capability lines: what `newuidmap`/`newgidmap` need with
+/// subordinate ids, and `CAP_CHOWN` for kept build directories.
+fn daemon_privileges(p: &UnitParams) -> String {
     let mut caps = Vec::new();
     if p.subids {
         caps.extend(["CAP_SETUID", "CAP_SETGID"]);
@@ -196,8 +224,19 @@ WantedBy=sockets.target
     if !p.subids {
         privs.push_str("RestrictSUIDSGID=yes\nLockPersonality=yes\n");
     }
+    privs
+}
 
-    let daemon_service = format!(
+/// The daemon's service.
+fn daemon_service_unit(p: &UnitParams) -> String {
+    let l = &p.layout;
+    let store = l.store_dir.display();
+    let rw = l.rw_store();
+    let rw = rw.display();
+    let exe = l.daemon_binary();
+    let exe = exe.display();
+    let privs = daemon_privileges(p);
+    format!(
         "# Installed by `unrooted install`. See docs/install.md for why each line is here.
 [Unit]
 Description=unrooted Nix store daemon (unprivileged)
@@ -232,9 +271,13 @@ Also=unrooted-daemon.socket
         state = l.state_dir.display(),
         log = l.log_dir.display(),
         conf = l.conf_dir.display(),
-    );
+    )
+}
 
-    let roots_socket = format!(
+/// The roots helper's socket, the store owner's alone.
+fn roots_socket_unit(p: &UnitParams) -> String {
+    let l = &p.layout;
+    format!(
         "# Installed by `unrooted install`. Only the store owner may connect (mode 0600);
 # the daemon finds it through the link {link}.
 [Unit]
@@ -256,9 +299,16 @@ WantedBy=sockets.target
         sock = l.roots_socket_real().display(),
         owner = p.owner,
         group = p.group,
-    );
+    )
+}
 
-    let roots_service = format!(
+/// The roots helper's service, run as root once per connection.
+fn roots_service_unit(p: &UnitParams) -> String {
+    let l = &p.layout;
+    let store = l.store_dir.display();
+    let roots_exe = l.roots_binary();
+    let roots_exe = roots_exe.display();
+    format!(
         "# Installed by `unrooted install`. Runs as root, once per connection, reads roots
 # the store owner cannot, writes only to its connection. The binary lives outside the
 # store, owned by root, so the store owner cannot replace what root runs.
@@ -299,30 +349,7 @@ RuntimeMaxSec=60
 ",
         state = l.state_dir.display(),
         uid = p.owner_uid,
-    );
-
-    vec![
-        UnitFile {
-            name: STORE_UNIT.into(),
-            text: store_mounts,
-        },
-        UnitFile {
-            name: "unrooted-daemon.socket".into(),
-            text: daemon_socket,
-        },
-        UnitFile {
-            name: "unrooted-daemon.service".into(),
-            text: daemon_service,
-        },
-        UnitFile {
-            name: "unrooted-find-roots.socket".into(),
-            text: roots_socket,
-        },
-        UnitFile {
-            name: "unrooted-find-roots@.service".into(),
-            text: roots_service,
-        },
-    ]
+    )
 }
 
 /// The service that makes the store read-only outside the daemon.

@@ -4,144 +4,29 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 use unrooted_format::StorePath;
 use unrooted_roots::{Limits, Scan, Strictness};
-use unrooted_store::{DeleteOutcome, GraphNode, LocalStore, StoreError};
+use unrooted_store::{GraphNode, LocalStore};
 
+use crate::config::{GcAction, GcConfig, GcOptions, GcResult, RootsHelper};
 use crate::error::GcError;
 use crate::roots::{ask_helper, top_level, Framing, HelperAnswer, Unresolved, Walk};
 use crate::temp_roots::{read_temp_roots_files, TempRoots};
 
-/// Where the roots the daemon cannot read come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootsHelper {
-    /// Our helper (`unrooted-find-roots`) at this socket: it resolves indirect,
-    /// per-user and runtime roots as root, so roots the daemon cannot read count
-    /// as resolved when it answers completely.
-    Socket(PathBuf),
-    /// Upstream Nix's roots daemon (`nix store roots-daemon`, Nix ≥ 2.34) at this
-    /// socket: runtime roots only, so a root the daemon cannot read still refuses
-    /// the collection.
-    RuntimeOnlySocket(PathBuf),
-    /// No helper, by the administrator's explicit choice (single-user setups): other
-    /// users' runtime roots are not seen. Roots the daemon cannot read still refuse
-    /// the collection.
-    None,
-}
-
-/// The daemon's collector settings.
-#[derive(Debug, Clone)]
-pub struct GcConfig {
-    /// `keep-outputs` (default false): a live `.drv` keeps its valid outputs.
-    pub keep_outputs: bool,
-    /// `keep-derivations` (default true): a live path keeps its valid deriver.
-    pub keep_derivations: bool,
-    /// The roots helper.
-    pub roots_helper: RootsHelper,
-    /// The `/proc` scanned for the daemon's own runtime roots (`/proc`).
-    pub proc_dir: PathBuf,
-    /// Longest the roots helper may take to answer (60 s); longer refuses the
-    /// collection.
-    pub helper_timeout: Duration,
-}
-
-impl GcConfig {
-    /// Nix's defaults with this helper.
-    pub fn new(roots_helper: RootsHelper) -> Self {
-        Self {
-            keep_outputs: false,
-            keep_derivations: true,
-            roots_helper,
-            proc_dir: PathBuf::from("/proc"),
-            helper_timeout: Duration::from_secs(60),
-        }
-    }
-
-    /// The helper socket's default place, `<state>/gc-roots-socket/socket`.
-    pub fn default_helper_socket(state_dir: &Path) -> PathBuf {
-        state_dir.join("gc-roots-socket/socket")
-    }
-}
-
-/// What CollectGarbage asks for (worker protocol action codes 0–3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GcAction {
-    /// `--print-live`: the live paths, nothing deleted.
-    ReturnLive,
-    /// `--print-dead`: the dead paths, nothing deleted.
-    ReturnDead,
-    /// `--gc`: delete every dead path.
-    DeleteDead,
-    /// `--delete`: delete these paths, which must be dead.
-    DeleteSpecific(BTreeSet<StorePath>),
-    /// `nix store delete --also-referrers` (Nix 2.35, protocol feature
-    /// `delete-dead-specific-referrers`): these paths, which must be dead, and every
-    /// path that refers to them, directly or not (all dead too: liveness follows
-    /// references).
-    DeleteSpecificWithReferrers(BTreeSet<StorePath>),
-    /// `nix store delete --skip-alive` (Nix 2.35, same feature): of these paths, the
-    /// dead ones; live ones are skipped without error. With `referrers`, the paths
-    /// that refer to them go too; without, a path that a path outside the deleted
-    /// set refers to is skipped.
-    DeleteDeadWithin {
-        /// The paths to consider.
-        paths: BTreeSet<StorePath>,
-        /// Whether their referrers go with them.
-        referrers: bool,
-    },
-}
-
-impl GcAction {
-    /// Whether the action deletes anything.
-    pub fn deletes(&self) -> bool {
-        !matches!(self, Self::ReturnLive | Self::ReturnDead)
-    }
-
-    /// Whether a path that cannot be deleted stops the collection with an error.
-    fn all_or_error(&self) -> bool {
-        matches!(
-            self,
-            Self::DeleteSpecific(_) | Self::DeleteSpecificWithReferrers(_)
-        )
-    }
-}
-
-/// A CollectGarbage request.
-#[derive(Debug, Clone)]
-pub struct GcOptions {
-    /// What to do.
-    pub action: GcAction,
-    /// `ignore-liveness`: always refused.
-    pub ignore_liveness: bool,
-    /// Stop deleting once this many bytes are freed (`u64::MAX`: no limit).
-    pub max_freed: u64,
-}
-
-/// What a collection returned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcResult {
-    /// Live, dead or deleted paths as the action says, printed, sorted.
-    pub paths: BTreeSet<String>,
-    /// Bytes freed (deleted paths, invalid leftovers, pruned `.links`).
-    pub bytes_freed: u64,
-}
-
 /// A collector over one store, created per request.
 pub struct Collector<'a> {
-    store: &'a LocalStore,
-    config: GcConfig,
-    temp_roots: &'a TempRoots,
+    pub(crate) store: &'a LocalStore,
+    pub(crate) config: GcConfig,
+    pub(crate) temp_roots: &'a TempRoots,
 }
 
 /// Every valid path with its references and deriver.
 type Graph = BTreeMap<StorePath, GraphNode>;
 
 /// All roots: store path → how it is rooted (link, `{temp:…}`, `{censored}`).
-type Roots = BTreeMap<StorePath, BTreeSet<String>>;
+pub(crate) type Roots = BTreeMap<StorePath, BTreeSet<String>>;
 
 /// The helper's second answer, on its way.
 struct SecondAnswer {
@@ -191,50 +76,6 @@ fn merge_answer(
     }
     Ok(added)
 }
-
-/// A batch checked and invalidated ([`Collector::begin_batch`]).
-struct Begun {
-    /// Pending in the registry.
-    accepted: Vec<StorePath>,
-    /// Invalid in the database now.
-    invalidated: Vec<StorePath>,
-    /// A path kept because a valid path outside the batch refers to it, and that
-    /// referrer.
-    blocker: Option<(StorePath, StorePath)>,
-}
-
-/// A thread deleting part of a batch: what became of the paths it did, and the
-/// error that stopped it.
-type DeletingThread<'scope> =
-    std::thread::ScopedJoinHandle<'scope, (Vec<DeleteOutcome>, Option<StoreError>)>;
-
-/// A batch being deleted from disk: the threads, each with its part of `paths`.
-struct InFlight<'scope, 'env> {
-    accepted: Vec<StorePath>,
-    paths: Arc<[StorePath]>,
-    parts: Vec<(std::ops::Range<usize>, DeletingThread<'scope>)>,
-    _env: std::marker::PhantomData<&'env ()>,
-}
-
-/// Paths invalidated per database transaction when no `max_freed` is given. A
-/// transaction writes every page it touched to the WAL once, and deleting paths
-/// spread over the whole store touches most pages of `ValidPaths` and its index
-/// whatever the batch size: 4096 rather than 256 made invalidating 10,000 paths
-/// take a third of the time. Larger batches gain little more, and keep more paths
-/// pending (a client asking for one of them waits for its batch).
-const BATCH: usize = 4096;
-
-/// Threads deleting an invalidated batch from disk, at most. Removing entries of
-/// one directory is serialised by the kernel (the directory's lock), so more
-/// threads only contend for it: measured on 10,000 single-file paths, one, two and
-/// four threads took the same time. Two keep the file system busy while the other
-/// thread prepares its next group, and leave room for the main thread
-/// invalidating the next batch.
-const DELETE_THREADS: usize = 2;
-
-/// Paths per deleting thread, at least (a thread for a few paths costs more than it
-/// saves).
-const DELETE_THREAD_MIN: usize = 32;
 
 impl<'a> Collector<'a> {
     /// A collector for `store` with the daemon's settings and temporary roots.
@@ -440,24 +281,7 @@ impl<'a> Collector<'a> {
         if options.ignore_liveness {
             return Err(GcError::IgnoreLiveness);
         }
-        let state = self.store.config().state_dir.clone();
-        let lock_path = state.join("gc.lock");
-        let lock_err = |source| GcError::Lock {
-            path: lock_path.clone(),
-            source,
-        };
-        // Exclusive for the whole run: one collection at a time, ours or Nix's, and
-        // Nix tools that add temporary roots wait for (or talk to) the running one.
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(lock_err)?;
-        flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
-
+        let lock = self.lock()?;
         let deleting = options.action.deletes();
         if deleting {
             self.store.remove_reserved_space()?;
@@ -480,38 +304,12 @@ impl<'a> Collector<'a> {
                 order = self.deletion_order(&graph, &live, &options.action)?;
             }
         }
+        if let Some(listed) = self.listing(&options.action, &graph, &live, log) {
+            return Ok(listed);
+        }
         let mut result = GcResult::default();
-        let print = |p: &StorePath| self.store.print_path(p);
-        match &options.action {
-            GcAction::ReturnLive => {
-                result.paths = live.iter().map(print).collect();
-                return Ok(result);
-            }
-            GcAction::ReturnDead => {
-                // Nix (2.8 and 2.26, gc.cc) says this when it collects without deleting.
-                log("determining live/dead paths...");
-                result.paths = graph
-                    .keys()
-                    .filter(|p| !live.contains(*p))
-                    .map(print)
-                    .collect();
-                return Ok(result);
-            }
-            GcAction::DeleteDead
-            | GcAction::DeleteSpecific(_)
-            | GcAction::DeleteSpecificWithReferrers(_)
-            | GcAction::DeleteDeadWithin { .. } => {}
-        }
         let specific = options.action.all_or_error();
-        // Nix announces the sweep only when collecting all garbage, never for the
-        // paths of `nix-store --delete` / `nix store delete` (gc.cc, 2.8 and 2.26);
-        // the forms only Nix 2.35 sends are announced as 2.35 does.
-        match options.action {
-            GcAction::DeleteDead => log("deleting garbage..."),
-            GcAction::DeleteSpecificWithReferrers(_) => log("deleting specified paths..."),
-            GcAction::DeleteDeadWithin { .. } => log("deleting garbage within specified paths..."),
-            _ => {}
-        }
+        announce_sweep(&options.action, log);
         let limit_reached =
             self.delete_in_batches(&order, specific, options.max_freed, log, &mut result)?;
         if options.action == GcAction::DeleteDead && !limit_reached {
@@ -526,6 +324,60 @@ impl<'a> Collector<'a> {
         ));
         drop(lock);
         Ok(result)
+    }
+
+    /// Takes `gc.lock`, exclusive for the whole run: one collection at a time, ours
+    /// or Nix's, and Nix tools that add temporary roots wait for (or talk to) the
+    /// running one.
+    fn lock(&self) -> Result<std::fs::File, GcError> {
+        let state = self.store.config().state_dir.clone();
+        let lock_path = state.join("gc.lock");
+        let lock_err = |source| GcError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
+        Ok(lock)
+    }
+
+    /// The answer of a listing action (ReturnLive, ReturnDead); `None` for the
+    /// deleting ones.
+    fn listing(
+        &self,
+        action: &GcAction,
+        graph: &Graph,
+        live: &BTreeSet<StorePath>,
+        log: &mut dyn FnMut(&str),
+    ) -> Option<GcResult> {
+        let print = |p: &StorePath| self.store.print_path(p);
+        let paths = match action {
+            GcAction::ReturnLive => live.iter().map(print).collect(),
+            GcAction::ReturnDead => {
+                // Nix (2.8 and 2.26, gc.cc) says this when it collects without deleting.
+                log("determining live/dead paths...");
+                graph
+                    .keys()
+                    .filter(|p| !live.contains(*p))
+                    .map(print)
+                    .collect()
+            }
+            GcAction::DeleteDead
+            | GcAction::DeleteSpecific(_)
+            | GcAction::DeleteSpecificWithReferrers(_)
+            | GcAction::DeleteDeadWithin { .. } => return None,
+        };
+        Some(GcResult {
+            paths,
+            ..GcResult::default()
+        })
     }
 
     /// What a deleting action deletes, referrers first (empty for the others); a
@@ -627,248 +479,17 @@ impl<'a> Collector<'a> {
         post.reverse();
         Ok(post)
     }
+}
 
-    /// Deletes `order` (referrers first) in batches; returns whether `max_freed` was
-    /// reached.
-    ///
-    /// Without a limit, the batches form a pipeline: while one invalidated batch is
-    /// deleted from disk by other threads, the next one is checked and invalidated
-    /// (the database and the store directory are different bottlenecks). The order
-    /// that matters for a crash, a batch invalid in the database before any of its
-    /// files go, holds for every batch; the order in which invalid paths leave the
-    /// disk does not matter. With a limit, each path is finished before the next
-    /// one starts, as the bytes freed decide whether to go on.
-    fn delete_in_batches(
-        &self,
-        order: &[StorePath],
-        specific: bool,
-        max_freed: u64,
-        log: &mut dyn FnMut(&str),
-        result: &mut GcResult,
-    ) -> Result<bool, GcError> {
-        let pipelined = max_freed == u64::MAX;
-        let batch = if pipelined { BATCH } else { 1 };
-        std::thread::scope(|scope| {
-            let mut in_flight: Option<InFlight<'_, '_>> = None;
-            let mut error = None;
-            let mut limit_reached = false;
-            for chunk in order.chunks(batch) {
-                let begun = match self.begin_batch(chunk) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                };
-                // A requested path that is in use stops the deletion; the blocker
-                // names who uses it.
-                let stop = specific && begun.invalidated.len() < chunk.len();
-                let blocker = begun.blocker.clone().filter(|_| specific);
-                let flight = self.start_deletion(scope, begun);
-                let previous = if pipelined {
-                    in_flight.replace(flight)
-                } else {
-                    Some(flight)
-                };
-                if let Some(previous) = previous {
-                    if let Err(e) = self.finish_deletion(previous, log, result) {
-                        error = Some(e);
-                        break;
-                    }
-                }
-                if let Some((path, referrer)) = blocker {
-                    error = Some(GcError::Referenced {
-                        path: self.store.print_path(&path),
-                        referrer: self.store.print_path(&referrer),
-                    });
-                    break;
-                }
-                if stop {
-                    break;
-                }
-                if result.bytes_freed >= max_freed {
-                    limit_reached = true;
-                    break;
-                }
-            }
-            // Whatever failed, the batch in flight finishes and leaves the pending
-            // state.
-            if let Some(flight) = in_flight.take() {
-                let finished = self.finish_deletion(flight, log, result);
-                if let (None, Err(e)) = (&error, finished) {
-                    error = Some(e);
-                }
-            }
-            match error {
-                Some(e) => Err(e),
-                None => Ok(limit_reached),
-            }
-        })
-    }
-
-    /// The final check and the invalidation of one batch. The paths accepted are
-    /// pending in the registry until [`Collector::finish_deletion`].
-    fn begin_batch(&self, chunk: &[StorePath]) -> Result<Begun, GcError> {
-        let state_dir = &self.store.config().state_dir;
-        let nix_temp = read_temp_roots_files(state_dir, self.store.store_dir())?;
-        // A path is deleted only when nothing valid outside this batch refers to it:
-        // a referrer that appeared since the liveness pass (a new path added by a
-        // client) or that was kept keeps it alive. The referrers are read for the
-        // whole batch before the registry is locked; one registered after this
-        // read is still caught, by the database, which refuses to invalidate a
-        // path a valid one refers to (see `invalidate`).
-        let referrers = self.store.query_referrers_of_many(chunk)?;
-        let mut blocker: Option<(StorePath, StorePath)> = None;
-        let accepted = {
-            let in_batch: BTreeSet<&StorePath> = chunk.iter().collect();
-            self.temp_roots.begin_deletion(chunk, |c, _| {
-                if nix_temp.contains(c) {
-                    return true;
-                }
-                let outside = referrers
-                    .get(c)
-                    .and_then(|refs| refs.iter().find(|r| *r != c && !in_batch.contains(r)));
-                match outside {
-                    Some(r) => {
-                        blocker.get_or_insert((c.clone(), r.clone()));
-                        true
-                    }
-                    None => false,
-                }
-            })
-        };
-        let invalidated = self.invalidate(&accepted);
-        Ok(Begun {
-            accepted,
-            invalidated,
-            blocker,
-        })
-    }
-
-    /// Invalidates `accepted` in one transaction; the paths invalidated.
-    fn invalidate(&self, accepted: &[StorePath]) -> Vec<StorePath> {
-        if accepted.is_empty() {
-            Vec::new()
-        } else if self.store.invalidate_paths(accepted).is_ok() {
-            accepted.to_vec()
-        } else {
-            // A referrer appeared between the check and the transaction (the database
-            // refuses to drop a referenced row): go one by one, keeping those.
-            accepted
-                .iter()
-                .filter(|p| {
-                    self.store
-                        .invalidate_paths(std::slice::from_ref(*p))
-                        .is_ok()
-                })
-                .cloned()
-                .collect()
-        }
-    }
-
-    /// Starts deleting an invalidated batch from disk: a few threads share it, as
-    /// removing a file mostly waits for the file system.
-    fn start_deletion<'scope, 'env>(
-        &'env self,
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-        begun: Begun,
-    ) -> InFlight<'scope, 'env> {
-        let paths: Arc<[StorePath]> = begun.invalidated.into();
-        let threads = DELETE_THREADS.min(paths.len().div_ceil(DELETE_THREAD_MIN));
-        let share = paths.len().div_ceil(threads.max(1)).max(1);
-        let parts = (0..paths.len())
-            .step_by(share)
-            .map(|start| {
-                let range = start..(start + share).min(paths.len());
-                let paths = Arc::clone(&paths);
-                let part = range.clone();
-                let handle = scope.spawn(move || {
-                    let mut outcomes = Vec::with_capacity(part.len());
-                    let r = self
-                        .store
-                        .deletion_lock()
-                        .delete_invalid_paths(&paths[part], &mut outcomes);
-                    (outcomes, r.err())
-                });
-                (range, handle)
-            })
-            .collect();
-        InFlight {
-            accepted: begun.accepted,
-            paths,
-            parts,
-            _env: std::marker::PhantomData,
-        }
-    }
-
-    /// Waits for a batch's deletion, reports it, and ends its pending state;
-    /// returns how many paths were deleted.
-    fn finish_deletion(
-        &self,
-        flight: InFlight<'_, '_>,
-        log: &mut dyn FnMut(&str),
-        result: &mut GcResult,
-    ) -> Result<usize, GcError> {
-        // Each thread's outcomes are those of the first paths of its part: what was
-        // deleted before an error is still reported.
-        let mut error = None;
-        for (range, handle) in flight.parts {
-            let (done, e) = handle
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            for (p, outcome) in flight.paths[range].iter().zip(&done) {
-                let printed = self.store.print_path(p);
-                log(&format!("deleting '{printed}'"));
-                if let DeleteOutcome::Deleted { bytes } = outcome {
-                    result.bytes_freed += bytes;
-                }
-                result.paths.insert(printed);
-            }
-            error = error.or(e);
-        }
-        self.temp_roots.finish_deletion(&flight.accepted);
-        match error {
-            Some(e) => Err(e.into()),
-            None => Ok(flight.paths.len()),
-        }
-    }
-
-    /// Deletes entries of the store directory that are not valid paths: leftovers
-    /// of crashes (including collections killed between invalidation and deletion)
-    /// and stale lock files. Rooted names and names whose lock is held are kept.
-    fn delete_leftovers(
-        &self,
-        roots: &Roots,
-        log: &mut dyn FnMut(&str),
-        result: &mut GcResult,
-    ) -> Result<(), GcError> {
-        let store_dir = self.store.store_dir();
-        let mut lock = self.store.deletion_lock();
-        for name in self.store.store_entries()? {
-            let Some(text) = name.to_str() else {
-                continue;
-            };
-            let path = StorePath::from_base_name(text).ok();
-            if let Some(p) = &path {
-                if roots.contains_key(p) || self.store.is_valid_path(p)? {
-                    continue;
-                }
-            }
-            let pending: Vec<StorePath> = path.iter().cloned().collect();
-            let accepted = self.temp_roots.begin_deletion(&pending, |_, _| false);
-            if accepted.len() != pending.len() {
-                continue;
-            }
-            let outcome = lock.delete_garbage_entry(&name);
-            self.temp_roots.finish_deletion(&accepted);
-            if let DeleteOutcome::Deleted { bytes } = outcome? {
-                if path.is_some() {
-                    log(&format!("deleting '{}/{text}'", store_dir.as_str()));
-                }
-                result.bytes_freed += bytes;
-            }
-        }
-        Ok(())
+/// Nix announces the sweep only when collecting all garbage, never for the paths of
+/// `nix-store --delete` / `nix store delete` (gc.cc, 2.8 and 2.26); the forms only
+/// Nix 2.35 sends are announced as 2.35 does.
+fn announce_sweep(action: &GcAction, log: &mut dyn FnMut(&str)) {
+    match action {
+        GcAction::DeleteDead => log("deleting garbage..."),
+        GcAction::DeleteSpecificWithReferrers(_) => log("deleting specified paths..."),
+        GcAction::DeleteDeadWithin { .. } => log("deleting garbage within specified paths..."),
+        _ => {}
     }
 }
 

@@ -31,11 +31,14 @@
 //!   untrusted clients). AddIndirectRoot / AddPermRoot: [`add_indirect_root`].
 
 mod collect;
+mod config;
+mod delete;
 mod error;
 mod roots;
 mod temp_roots;
 
-pub use collect::{Collector, GcAction, GcConfig, GcOptions, GcResult, RootsHelper};
+pub use collect::Collector;
+pub use config::{GcAction, GcConfig, GcOptions, GcResult, RootsHelper};
 pub use error::GcError;
 pub use roots::{add_indirect_root, fuzz_parse_helper_answer, indirect_root_name};
 pub use temp_roots::{TempRootGuard, TempRoots};

@@ -110,10 +110,12 @@
 //! running unsandboxed.
 #![deny(unsafe_code)]
 
+mod builtins;
 mod cleanup;
 mod error;
 mod helper;
 mod plan;
+mod sandbox_run;
 pub mod seccomp;
 mod setup;
 mod spawn;
@@ -122,15 +124,17 @@ mod sys;
 mod userns;
 pub mod wire;
 
+pub use builtins::{builtin_main, Builtin, BuiltinFn};
 pub use cleanup::{empty_dir, remove_tree};
 pub use error::{CleanupError, MountLockOutcome, PlanError, SandboxError, Step};
-pub use helper::{builtin_main, helper_main, helper_main_with_builtins, Builtin, BuiltinFn};
+pub use helper::{helper_main, helper_main_with_builtins};
 pub use plan::{
     etc_passwd, host_network_files, nix_base_env, pasta_resolv_conf, Exec, IdMapEntry, IdMapMethod,
     IdMaps, IdSlice, MountOp, Namespaces, Pasta, Plan, Program, SandboxPath, SandboxSpec,
     BUILDER_GID, BUILDER_UID, DEVICES, ETC_GROUP, ETC_HOSTS, ETC_NSSWITCH_NETWORK, PASTA_ADDRESS,
     PASTA_GATEWAY, PASTA_INTERFACE, PASTA_PREFIX, ROOT_TMPFS_OPTIONS, UID_RANGE_IDS,
 };
+pub use sandbox_run::{exit_code, PreparedRun, SandboxRun, SandboxRunError};
 pub use spawn::{BuildStatus, Sandbox, SandboxChild};
 pub use sys::{
     call_with_no_memory, landlock_abi, peer_groups, xattrat_by_number, CALLS_WITH_NO_MEMORY,

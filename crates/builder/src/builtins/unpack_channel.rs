@@ -131,29 +131,17 @@ pub(crate) fn unpack_tarball(
     src: &Path,
     dest: &Path,
 ) -> Result<(), BuiltinError> {
-    let bad = |reason: String| BuiltinError::BadTar {
-        tarball: src.to_path_buf(),
-        reason,
+    let mut tar = TarStream {
+        // Headers and padding count too, so the stream as a whole is bounded.
+        reader: Bounded::new(reader, MAX_UNPACKED + MAX_ENTRIES * 2048, "the tarball"),
+        src,
+        unpacked: 0,
+        pending: Pending::default(),
     };
-    let read_err = |e: io::Error| {
-        if is_over_limit(&e) {
-            BuiltinError::TooLarge {
-                what: format!("the tarball '{}'", src.display()),
-                max: MAX_UNPACKED,
-                builtin: "unpack-channel",
-            }
-        } else {
-            bad(format!("reading it: {e}"))
-        }
-    };
-    // Headers and padding count too, so the stream as a whole is bounded.
-    let mut reader = Bounded::new(reader, MAX_UNPACKED + MAX_ENTRIES * 2048, "the tarball");
-    let mut unpacked: u64 = 0;
     let mut entries: u64 = 0;
-    let mut pending = Pending::default();
     let mut block = [0u8; 512];
     loop {
-        if !read_block(&mut reader, &mut block).map_err(read_err)? {
+        if !read_block(&mut tar.reader, &mut block).map_err(|e| tar.read_err(e))? {
             // Missing end-of-archive blocks: GNU tar accepts this too.
             break;
         }
@@ -168,152 +156,256 @@ pub(crate) fn unpack_tarball(
                 builtin: "unpack-channel",
             });
         }
-        let header = tar::Header::from_byte_slice(&block);
-        check_checksum(&block).map_err(bad)?;
+        tar.entry(&block, dest)?;
+    }
+    Ok(())
+}
+
+/// A tar stream being unpacked.
+struct TarStream<'a, R> {
+    reader: Bounded<R>,
+    /// The tarball, for errors.
+    src: &'a Path,
+    /// File contents unpacked so far.
+    unpacked: u64,
+    /// What extension headers said about the next entry.
+    pending: Pending,
+}
+
+/// An entry of the stream, once its name is known to stay inside.
+struct Entry {
+    /// Its name as written, for errors.
+    shown: String,
+    /// Its path relative to the destination.
+    rel: PathBuf,
+    /// Where it goes.
+    target: PathBuf,
+    /// Its data's size, and the padding after the data.
+    size: u64,
+    padding: u64,
+}
+
+impl Entry {
+    fn hostile(&self, src: &Path, reason: &'static str) -> BuiltinError {
+        BuiltinError::HostileEntry {
+            tarball: src.to_path_buf(),
+            entry: self.shown.clone(),
+            reason,
+        }
+    }
+}
+
+impl<R: Read> TarStream<'_, R> {
+    fn bad(&self, reason: String) -> BuiltinError {
+        BuiltinError::BadTar {
+            tarball: self.src.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn read_err(&self, e: io::Error) -> BuiltinError {
+        if is_over_limit(&e) {
+            BuiltinError::TooLarge {
+                what: format!("the tarball '{}'", self.src.display()),
+                max: MAX_UNPACKED,
+                builtin: "unpack-channel",
+            }
+        } else {
+            self.bad(format!("reading it: {e}"))
+        }
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), BuiltinError> {
+        skip(&mut self.reader, n).map_err(|e| self.read_err(e))
+    }
+
+    /// One entry, its header in `block`.
+    fn entry(&mut self, block: &[u8; 512], dest: &Path) -> Result<(), BuiltinError> {
+        let header = tar::Header::from_byte_slice(block);
+        check_checksum(block).map_err(|r| self.bad(r))?;
         let kind = header.entry_type();
-        let size = match pending.size.take() {
+        let size = match self.pending.size.take() {
             Some(s) => s,
             None => header
                 .entry_size()
-                .map_err(|e| bad(format!("an entry size: {e}")))?,
+                .map_err(|e| self.bad(format!("an entry size: {e}")))?,
         };
         let padding = (512 - size % 512) % 512;
-
         if kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions() {
-            if size > MAX_NAME {
-                return Err(bad(format!(
-                    "an extension header of {size} bytes (at most {MAX_NAME})"
-                )));
-            }
-            let mut data = vec![0u8; size as usize];
-            reader.read_exact(&mut data).map_err(read_err)?;
-            skip(&mut reader, padding).map_err(read_err)?;
-            if kind.is_pax_local_extensions() {
-                for ext in tar::PaxExtensions::new(&data) {
-                    let ext = ext.map_err(|e| bad(format!("a pax header: {e}")))?;
-                    match ext.key_bytes() {
-                        b"path" => pending.path = Some(ext.value_bytes().to_vec()),
-                        b"linkpath" => pending.link = Some(ext.value_bytes().to_vec()),
-                        b"size" => {
-                            let s = ext
-                                .value()
-                                .ok()
-                                .and_then(|v| v.parse().ok())
-                                .ok_or_else(|| bad("a pax size that is not a number".into()))?;
-                            pending.size = Some(s);
-                        }
-                        _ => {}
-                    }
-                }
-            } else {
-                // GNU names are NUL-terminated.
-                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                data.truncate(end);
-                if kind.is_gnu_longname() {
-                    pending.path = Some(data);
-                } else {
-                    pending.link = Some(data);
-                }
-            }
-            continue;
+            return self.extension(kind, size, padding);
         }
         if kind.is_pax_global_extensions() {
-            skip(&mut reader, size + padding).map_err(read_err)?;
-            continue;
+            return self.skip(size + padding);
         }
-
-        let name = pending
+        let name = self
+            .pending
             .path
             .take()
             .unwrap_or_else(|| header.path_bytes().into_owned());
-        let link = pending
+        let link = self
+            .pending
             .link
             .take()
             .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
         let shown = String::from_utf8_lossy(&name).into_owned();
-        let hostile = |reason| BuiltinError::HostileEntry {
-            tarball: src.to_path_buf(),
-            entry: shown.clone(),
-            reason,
-        };
-        let Some(rel) = relative(&name).map_err(hostile)? else {
+        let rel = match relative(&name) {
+            Ok(Some(rel)) => rel,
             // `./` itself.
-            skip(&mut reader, size + padding).map_err(read_err)?;
-            continue;
+            Ok(None) => return self.skip(size + padding),
+            Err(reason) => {
+                return Err(BuiltinError::HostileEntry {
+                    tarball: self.src.to_path_buf(),
+                    entry: shown,
+                    reason,
+                })
+            }
         };
-        let target = dest.join(&rel);
+        let entry = Entry {
+            shown,
+            target: dest.join(&rel),
+            rel,
+            size,
+            padding,
+        };
+        let hostile = |reason| entry.hostile(self.src, reason);
         // Old (v7) archives mark a directory by a trailing `/` on a file entry.
         if kind.is_dir() || (kind.is_file() && name.ends_with(b"/")) {
-            make_parents(dest, &rel, true).map_err(hostile)?;
-            skip(&mut reader, size + padding).map_err(read_err)?;
-            continue;
+            make_parents(dest, &entry.rel, true).map_err(hostile)?;
+            return self.skip(size + padding);
         }
         if kind.is_file() || kind.is_contiguous() {
-            make_parents(dest, &rel, false).map_err(hostile)?;
-            replace_non_dir(&target).map_err(hostile)?;
-            unpacked += size;
-            if unpacked > MAX_UNPACKED {
-                return Err(BuiltinError::TooLarge {
-                    what: format!("the contents of '{}'", src.display()),
-                    max: MAX_UNPACKED,
-                    builtin: "unpack-channel",
-                });
-            }
-            let mode = header.mode().unwrap_or(0o644);
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 })
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&target)
-                .map_err(io_err("creating", &target))?;
-            let mut left = size;
-            let mut buf = vec![0u8; (64u64 << 10).min(size.max(1)) as usize];
-            while left > 0 {
-                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = reader.read(&mut buf[..want]).map_err(read_err)?;
-                if n == 0 {
-                    return Err(bad(format!("it ends inside '{shown}'")));
-                }
-                file.write_all(&buf[..n])
-                    .map_err(io_err("writing", &target))?;
-                left -= n as u64;
-            }
-            skip(&mut reader, padding).map_err(read_err)?;
-            continue;
+            return self.file(&entry, dest, header.mode().unwrap_or(0o644));
         }
         if kind.is_symlink() || kind.is_hard_link() {
             let link = link.ok_or_else(|| hostile("a link without a target"))?;
-            if link.len() as u64 > MAX_NAME {
-                return Err(hostile("a link target that is too long"));
-            }
-            make_parents(dest, &rel, false).map_err(hostile)?;
-            replace_non_dir(&target).map_err(hostile)?;
-            if kind.is_symlink() {
-                if !symlink_stays_inside(&rel, &link) {
-                    return Err(hostile("a symlink pointing out of the tree"));
-                }
-                std::os::unix::fs::symlink(OsString::from_vec(link), &target)
-                    .map_err(io_err("creating", &target))?;
-            } else {
-                let from = relative(&link)
-                    .map_err(hostile)?
-                    .ok_or_else(|| hostile("a hard link to the top directory"))?;
-                let existing = dest.join(&from);
-                // Only to a regular file unpacked before, reached without a symlink.
-                make_parents(dest, &from, false).map_err(hostile)?;
-                match fs::symlink_metadata(&existing) {
-                    Ok(m) if m.file_type().is_file() => {}
-                    _ => return Err(hostile("a hard link to something not unpacked before")),
-                }
-                fs::hard_link(&existing, &target).map_err(io_err("linking", &target))?;
-            }
-            skip(&mut reader, size + padding).map_err(read_err)?;
-            continue;
+            return self.link(&entry, dest, kind.is_symlink(), link);
         }
-        return Err(hostile("a device, FIFO or other special file"));
+        Err(hostile("a device, FIFO or other special file"))
     }
-    Ok(())
+
+    /// A GNU long name or link, or a pax header: remembered for the next entry.
+    fn extension(
+        &mut self,
+        kind: tar::EntryType,
+        size: u64,
+        padding: u64,
+    ) -> Result<(), BuiltinError> {
+        if size > MAX_NAME {
+            return Err(self.bad(format!(
+                "an extension header of {size} bytes (at most {MAX_NAME})"
+            )));
+        }
+        let mut data = vec![0u8; size as usize];
+        self.reader
+            .read_exact(&mut data)
+            .map_err(|e| self.read_err(e))?;
+        self.skip(padding)?;
+        if !kind.is_pax_local_extensions() {
+            // GNU names are NUL-terminated.
+            let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+            data.truncate(end);
+            if kind.is_gnu_longname() {
+                self.pending.path = Some(data);
+            } else {
+                self.pending.link = Some(data);
+            }
+            return Ok(());
+        }
+        for ext in tar::PaxExtensions::new(&data) {
+            let ext = ext.map_err(|e| self.bad(format!("a pax header: {e}")))?;
+            match ext.key_bytes() {
+                b"path" => self.pending.path = Some(ext.value_bytes().to_vec()),
+                b"linkpath" => self.pending.link = Some(ext.value_bytes().to_vec()),
+                b"size" => {
+                    let s = ext
+                        .value()
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| self.bad("a pax size that is not a number".into()))?;
+                    self.pending.size = Some(s);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A regular file, executable or not as its mode says.
+    fn file(&mut self, entry: &Entry, dest: &Path, mode: u32) -> Result<(), BuiltinError> {
+        let hostile = |reason| entry.hostile(self.src, reason);
+        let target = &entry.target;
+        make_parents(dest, &entry.rel, false).map_err(hostile)?;
+        replace_non_dir(target).map_err(hostile)?;
+        self.unpacked += entry.size;
+        if self.unpacked > MAX_UNPACKED {
+            return Err(BuiltinError::TooLarge {
+                what: format!("the contents of '{}'", self.src.display()),
+                max: MAX_UNPACKED,
+                builtin: "unpack-channel",
+            });
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 })
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(target)
+            .map_err(io_err("creating", target))?;
+        let mut left = entry.size;
+        let mut buf = vec![0u8; (64u64 << 10).min(entry.size.max(1)) as usize];
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self
+                .reader
+                .read(&mut buf[..want])
+                .map_err(|e| self.read_err(e))?;
+            if n == 0 {
+                return Err(self.bad(format!("it ends inside '{}'", entry.shown)));
+            }
+            file.write_all(&buf[..n])
+                .map_err(io_err("writing", target))?;
+            left -= n as u64;
+        }
+        self.skip(entry.padding)
+    }
+
+    /// A symlink that stays inside the tree, or a hard link to a regular file
+    /// unpacked before.
+    fn link(
+        &mut self,
+        entry: &Entry,
+        dest: &Path,
+        symbolic: bool,
+        link: Vec<u8>,
+    ) -> Result<(), BuiltinError> {
+        let hostile = |reason| entry.hostile(self.src, reason);
+        let target = &entry.target;
+        if link.len() as u64 > MAX_NAME {
+            return Err(hostile("a link target that is too long"));
+        }
+        make_parents(dest, &entry.rel, false).map_err(hostile)?;
+        replace_non_dir(target).map_err(hostile)?;
+        if symbolic {
+            if !symlink_stays_inside(&entry.rel, &link) {
+                return Err(hostile("a symlink pointing out of the tree"));
+            }
+            std::os::unix::fs::symlink(OsString::from_vec(link), target)
+                .map_err(io_err("creating", target))?;
+        } else {
+            let from = relative(&link)
+                .map_err(hostile)?
+                .ok_or_else(|| hostile("a hard link to the top directory"))?;
+            let existing = dest.join(&from);
+            // Only to a regular file unpacked before, reached without a symlink.
+            make_parents(dest, &from, false).map_err(hostile)?;
+            match fs::symlink_metadata(&existing) {
+                Ok(m) if m.file_type().is_file() => {}
+                _ => return Err(hostile("a hard link to something not unpacked before")),
+            }
+            fs::hard_link(&existing, target).map_err(io_err("linking", target))?;
+        }
+        self.skip(entry.size + entry.padding)
+    }
 }
 
 /// Reads one 512-byte block; `false` at a clean end of the stream.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use unrooted_format::hash::HashAlgo;
-use unrooted_format::{FileIngestionMethod, StorePathName};
+use unrooted_format::{ContentAddress, FileIngestionMethod, StorePath, StorePathName};
 
 use super::types::{
     AddToStoreNar, BasicDerivation, BuildMode, ClientSettings, ContentAddressMethod,
@@ -68,47 +68,13 @@ fn decode_args<R: Read + ?Sized>(d: &mut Decoder<'_, R>, op: Opcode) -> Result<R
         O::QueryPathHash => Request::QueryPathHash(d.path("path")?),
         O::QueryReferences => Request::QueryReferences(d.path("path")?),
         O::QueryReferrers => Request::QueryReferrers(d.path("path")?),
-        O::AddToStore if v.has_framed_add_to_store() => {
-            let name = store_name(d, "name")?;
-            let m = d.short("content-address method")?;
-            let method = d.soft(ContentAddressMethod::parse(&m), || {
-                ContentAddressMethod::Text
-            })?;
-            Request::AddToStore {
-                name,
-                method,
-                references: d.paths("references")?,
-                repair: d.bool("repair")?,
-            }
-        }
-        O::AddToStore => {
-            let name = store_name(d, "name")?;
-            let fixed = d.bool("fixed")?;
-            let recursive = d.u64("recursive")?;
-            let algo = d.short("hash algorithm")?;
-            let method = legacy_method(fixed, recursive, &algo);
-            let method = d.soft(method, || ContentAddressMethod::Text)?;
-            Request::AddToStore {
-                name,
-                method,
-                references: Default::default(),
-                repair: false,
-            }
-        }
+        O::AddToStore => add_to_store(d)?,
         O::AddTextToStore => Request::AddTextToStore {
             name: store_name(d, "name")?,
             text: d.text("text")?,
             references: d.paths("references")?,
         },
-        O::BuildPaths => {
-            let paths = DerivedPath::decode_list(d)?;
-            let mode = if v.has_build_mode() {
-                build_mode(d)?
-            } else {
-                BuildMode::Normal
-            };
-            Request::BuildPaths { paths, mode }
-        }
+        O::BuildPaths => build_paths(d)?,
         O::BuildPathsWithResults => Request::BuildPathsWithResults {
             paths: DerivedPath::decode_list(d)?,
             mode: build_mode(d)?,
@@ -124,45 +90,7 @@ fn decode_args<R: Read + ?Sized>(d: &mut Decoder<'_, R>, op: Opcode) -> Result<R
         },
         O::QueryDeriver => Request::QueryDeriver(d.path("path")?),
         O::SetOptions => Request::SetOptions(settings(d)?),
-        O::CollectGarbage => {
-            let a = d.u64("gc action")?;
-            let action = d.soft(GcAction::from_wire(a), || GcAction::ReturnLive)?;
-            let paths = if d.cx.features.delete_dead_specific_referrers {
-                match d.u64("whole store indicator")? {
-                    0 => GcPaths::Specific {
-                        paths: d.paths("paths to delete")?,
-                        delete_referrers: d.bool("delete referrers")?,
-                    },
-                    1 => GcPaths::WholeStore,
-                    value => {
-                        return Err(ProtocolError::ValueOutOfRange {
-                            field: "whole store indicator",
-                            value,
-                        })
-                    }
-                }
-            } else {
-                let paths = d.paths("paths to delete")?;
-                if action != GcAction::DeleteSpecific && paths.is_empty() {
-                    GcPaths::WholeStore
-                } else {
-                    GcPaths::Specific {
-                        paths,
-                        delete_referrers: false,
-                    }
-                }
-            };
-            let opts = GcOptions {
-                action,
-                paths,
-                ignore_liveness: d.bool("ignore liveness")?,
-                max_freed: d.u64("max freed")?,
-            };
-            for _ in 0..3 {
-                d.u64("obsolete gc field")?;
-            }
-            Request::CollectGarbage(opts)
-        }
+        O::CollectGarbage => Request::CollectGarbage(gc_options(d)?),
         O::QuerySubstitutablePathInfo => Request::QuerySubstitutablePathInfo(d.path("path")?),
         O::QueryDerivationOutputs => Request::QueryDerivationOutputs(d.path("path")?),
         O::QueryAllValidPaths => Request::QueryAllValidPaths,
@@ -173,19 +101,9 @@ fn decode_args<R: Read + ?Sized>(d: &mut Decoder<'_, R>, op: Opcode) -> Result<R
         O::ImportPaths => Request::ImportPaths,
         O::QueryDerivationOutputNames => Request::QueryDerivationOutputNames(d.path("path")?),
         O::QueryPathFromHashPart => Request::QueryPathFromHashPart(d.short("hash part")?),
-        O::QuerySubstitutablePathInfos if v.has_substitutable_infos_with_ca() => {
-            let n = d.count("paths")?;
-            let mut map = BTreeMap::new();
-            for _ in 0..n {
-                let p = d.path("path")?;
-                let ca = d.opt_ca("ca")?;
-                map.insert(p, ca);
-            }
-            Request::QuerySubstitutablePathInfos(map)
+        O::QuerySubstitutablePathInfos => {
+            Request::QuerySubstitutablePathInfos(substitutable_path_infos(d)?)
         }
-        O::QuerySubstitutablePathInfos => Request::QuerySubstitutablePathInfos(
-            d.paths("paths")?.into_iter().map(|p| (p, None)).collect(),
-        ),
         O::QueryValidPaths => Request::QueryValidPaths {
             paths: d.paths("paths")?,
             substitute: v.has_query_valid_paths_substitute() && d.bool("substitute")?,
@@ -214,28 +132,8 @@ fn decode_args<R: Read + ?Sized>(d: &mut Decoder<'_, R>, op: Opcode) -> Result<R
         }),
         O::QueryMissing => Request::QueryMissing(DerivedPath::decode_list(d)?),
         O::QueryDerivationOutputMap => Request::QueryDerivationOutputMap(d.path("path")?),
-        O::RegisterDrvOutput if v.has_realisation_json() => {
-            let json = d.text("realisation")?;
-            let res = Realisation::from_json(&json);
-            Request::RegisterDrvOutput(d.soft(res, placeholder_realisation)?)
-        }
-        O::RegisterDrvOutput => {
-            let id = d.short("DrvOutput id")?;
-            let id = d.soft(DrvOutput::parse(&id), || placeholder_realisation().id)?;
-            let out_path = d.base_name("outPath")?;
-            Request::RegisterDrvOutput(Realisation {
-                id,
-                out_path,
-                signatures: Default::default(),
-                dependent_realisations: Default::default(),
-            })
-        }
-        O::QueryRealisation => {
-            let id = d.short("DrvOutput id")?;
-            Request::QueryRealisation(
-                d.soft(DrvOutput::parse(&id), || placeholder_realisation().id)?,
-            )
-        }
+        O::RegisterDrvOutput => Request::RegisterDrvOutput(realisation(d)?),
+        O::QueryRealisation => Request::QueryRealisation(drv_output(d)?),
         O::AddMultipleToStore => Request::AddMultipleToStore {
             repair: d.bool("repair")?,
             dont_check_sigs: d.bool("dontCheckSigs")?,
@@ -246,6 +144,129 @@ fn decode_args<R: Read + ?Sized>(d: &mut Decoder<'_, R>, op: Opcode) -> Result<R
             gc_root: d.string(MAX_PATH_LEN, "gc root")?,
         },
     })
+}
+
+/// AddToStore's arguments: from 1.25 the name, method, references and repair flag;
+/// before, the name and the fixed-output method of a NAR.
+fn add_to_store<R: Read + ?Sized>(d: &mut Decoder<'_, R>) -> Result<Request> {
+    let name = store_name(d, "name")?;
+    if d.cx.version.has_framed_add_to_store() {
+        let m = d.short("content-address method")?;
+        let method = d.soft(ContentAddressMethod::parse(&m), || {
+            ContentAddressMethod::Text
+        })?;
+        return Ok(Request::AddToStore {
+            name,
+            method,
+            references: d.paths("references")?,
+            repair: d.bool("repair")?,
+        });
+    }
+    let fixed = d.bool("fixed")?;
+    let recursive = d.u64("recursive")?;
+    let algo = d.short("hash algorithm")?;
+    let method = legacy_method(fixed, recursive, &algo);
+    let method = d.soft(method, || ContentAddressMethod::Text)?;
+    Ok(Request::AddToStore {
+        name,
+        method,
+        references: Default::default(),
+        repair: false,
+    })
+}
+
+/// BuildPaths' arguments: the paths, and the mode from 1.15.
+fn build_paths<R: Read + ?Sized>(d: &mut Decoder<'_, R>) -> Result<Request> {
+    let paths = DerivedPath::decode_list(d)?;
+    let mode = if d.cx.version.has_build_mode() {
+        build_mode(d)?
+    } else {
+        BuildMode::Normal
+    };
+    Ok(Request::BuildPaths { paths, mode })
+}
+
+/// CollectGarbage's arguments: the action, the paths (in the form the
+/// `delete-dead-specific-referrers` feature gives them, or the older one), and the
+/// options.
+fn gc_options<R: Read + ?Sized>(d: &mut Decoder<'_, R>) -> Result<GcOptions> {
+    let a = d.u64("gc action")?;
+    let action = d.soft(GcAction::from_wire(a), || GcAction::ReturnLive)?;
+    let paths = if d.cx.features.delete_dead_specific_referrers {
+        match d.u64("whole store indicator")? {
+            0 => GcPaths::Specific {
+                paths: d.paths("paths to delete")?,
+                delete_referrers: d.bool("delete referrers")?,
+            },
+            1 => GcPaths::WholeStore,
+            value => {
+                return Err(ProtocolError::ValueOutOfRange {
+                    field: "whole store indicator",
+                    value,
+                })
+            }
+        }
+    } else {
+        let paths = d.paths("paths to delete")?;
+        if action != GcAction::DeleteSpecific && paths.is_empty() {
+            GcPaths::WholeStore
+        } else {
+            GcPaths::Specific {
+                paths,
+                delete_referrers: false,
+            }
+        }
+    };
+    let opts = GcOptions {
+        action,
+        paths,
+        ignore_liveness: d.bool("ignore liveness")?,
+        max_freed: d.u64("max freed")?,
+    };
+    for _ in 0..3 {
+        d.u64("obsolete gc field")?;
+    }
+    Ok(opts)
+}
+
+/// QuerySubstitutablePathInfos' paths, each with its content address from 1.22.
+fn substitutable_path_infos<R: Read + ?Sized>(
+    d: &mut Decoder<'_, R>,
+) -> Result<BTreeMap<StorePath, Option<ContentAddress>>> {
+    if !d.cx.version.has_substitutable_infos_with_ca() {
+        return Ok(d.paths("paths")?.into_iter().map(|p| (p, None)).collect());
+    }
+    let n = d.count("paths")?;
+    let mut map = BTreeMap::new();
+    for _ in 0..n {
+        let p = d.path("path")?;
+        let ca = d.opt_ca("ca")?;
+        map.insert(p, ca);
+    }
+    Ok(map)
+}
+
+/// RegisterDrvOutput's realisation: JSON from 1.31, its id and path before.
+fn realisation<R: Read + ?Sized>(d: &mut Decoder<'_, R>) -> Result<Realisation> {
+    if d.cx.version.has_realisation_json() {
+        let json = d.text("realisation")?;
+        let res = Realisation::from_json(&json);
+        return d.soft(res, placeholder_realisation);
+    }
+    let id = drv_output(d)?;
+    let out_path = d.base_name("outPath")?;
+    Ok(Realisation {
+        id,
+        out_path,
+        signatures: Default::default(),
+        dependent_realisations: Default::default(),
+    })
+}
+
+/// A DrvOutput id (`<hash>!<output>`).
+fn drv_output<R: Read + ?Sized>(d: &mut Decoder<'_, R>) -> Result<DrvOutput> {
+    let id = d.short("DrvOutput id")?;
+    d.soft(DrvOutput::parse(&id), || placeholder_realisation().id)
 }
 
 /// AddToStore < 1.25: `fixed = 0` means recursive SHA-256 whatever else was sent,

@@ -5,13 +5,10 @@
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use unrooted_sandbox::{
-    helper_main, nix_base_env, remove_tree, BuildStatus, Sandbox, SandboxPath, SandboxSpec,
-};
+use unrooted_sandbox::{exit_code, helper_main, remove_tree, Sandbox, SandboxPath, SandboxRun};
 
 const USAGE: &str = "usage: unrooted-sandbox helper
        unrooted-sandbox run --store-dir DIR --build-dir DIR [--input PATH]... \\
@@ -110,21 +107,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run`'s command line: the sandbox to make, and what only this front end does.
 struct RunArgs {
     store_dir: Option<PathBuf>,
     build_dir: Option<PathBuf>,
-    inputs: Vec<PathBuf>,
-    sandbox_paths: Vec<SandboxPath>,
-    network: bool,
-    pasta: Option<PathBuf>,
-    env: Vec<(OsString, OsString)>,
-    cores: u32,
-    work_dir: PathBuf,
+    run: SandboxRun,
     keep_root: bool,
     remove_build_dir: bool,
     leak_fd: bool,
     timeout: Option<std::time::Duration>,
-    command: Vec<OsString>,
 }
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -133,18 +124,23 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
     let mut r = RunArgs {
         store_dir: None,
         build_dir: None,
-        inputs: Vec::new(),
-        sandbox_paths: Vec::new(),
-        network: false,
-        pasta: None,
-        env: Vec::new(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        work_dir: std::env::temp_dir(),
+        run: SandboxRun {
+            store_dir: PathBuf::new(),
+            build_dir: PathBuf::new(),
+            inputs: Vec::new(),
+            sandbox_paths: Vec::new(),
+            network: false,
+            pasta: None,
+            host_network_files: false,
+            env: Vec::new(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            work_dir: std::env::temp_dir(),
+            command: Vec::new(),
+        },
         keep_root: false,
         remove_build_dir: false,
         leak_fd: false,
         timeout: None,
-        command: Vec::new(),
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -155,24 +151,13 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
         match arg.to_str() {
             Some("--store-dir") => r.store_dir = Some(value()?.into()),
             Some("--build-dir") => r.build_dir = Some(value()?.into()),
-            Some("--input") => r.inputs.push(value()?.into()),
-            Some("--sandbox-path") => r.sandbox_paths.push(SandboxPath::parse(&value()?)?),
-            Some("--network") => r.network = true,
-            Some("--pasta") => r.pasta = Some(value()?.into()),
-            Some("--env") => {
-                let v = value()?;
-                let b = v.as_bytes();
-                let i = b
-                    .iter()
-                    .position(|&c| c == b'=')
-                    .ok_or("--env wants NAME=VALUE")?;
-                r.env.push((
-                    std::ffi::OsStr::from_bytes(&b[..i]).to_owned(),
-                    std::ffi::OsStr::from_bytes(&b[i + 1..]).to_owned(),
-                ));
-            }
-            Some("--cores") => r.cores = value()?.to_str().ok_or("--cores")?.parse()?,
-            Some("--work-dir") => r.work_dir = value()?.into(),
+            Some("--input") => r.run.inputs.push(value()?.into()),
+            Some("--sandbox-path") => r.run.sandbox_paths.push(SandboxPath::parse(&value()?)?),
+            Some("--network") => r.run.network = true,
+            Some("--pasta") => r.run.pasta = Some(value()?.into()),
+            Some("--env") => r.run.env.push(env_entry(&value()?)?),
+            Some("--cores") => r.run.cores = value()?.to_str().ok_or("--cores")?.parse()?,
+            Some("--work-dir") => r.run.work_dir = value()?.into(),
             Some("--keep-root") => r.keep_root = true,
             Some("--remove-build-dir") => r.remove_build_dir = true,
             Some("--leak-fd") => r.leak_fd = true,
@@ -181,7 +166,7 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
                 r.timeout = Some(std::time::Duration::from_millis(ms));
             }
             Some("--") => {
-                r.command = it.collect();
+                r.run.command = it.collect();
                 break;
             }
             _ => return Err(format!("unexpected argument {arg:?}\n{USAGE}").into()),
@@ -190,34 +175,24 @@ fn parse(args: Vec<OsString>) -> AnyResult<RunArgs> {
     Ok(r)
 }
 
+/// `NAME=VALUE`, split at the first `=`.
+fn env_entry(v: &std::ffi::OsStr) -> AnyResult<(OsString, OsString)> {
+    let b = v.as_bytes();
+    let i = b
+        .iter()
+        .position(|&c| c == b'=')
+        .ok_or("--env wants NAME=VALUE")?;
+    Ok((
+        std::ffi::OsStr::from_bytes(&b[..i]).to_owned(),
+        std::ffi::OsStr::from_bytes(&b[i + 1..]).to_owned(),
+    ))
+}
+
 fn run(args: Vec<OsString>) -> AnyResult<ExitCode> {
-    let a = parse(args)?;
-    let store_dir = a.store_dir.ok_or("--store-dir is required")?;
-    let build_dir = a.build_dir.ok_or("--build-dir is required")?;
-    let (builder, builder_args) = a.command.split_first().ok_or("no command given")?;
-
-    // A daemon-private parent (0700) for the fresh root, as the daemon will have.
-    let parent = a.work_dir.join(format!(
-        "unrooted-sandbox-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos()
-    ));
-    std::fs::DirBuilder::new().mode(0o700).create(&parent)?;
-    let root = parent.join("root");
-    std::fs::DirBuilder::new().mode(0o700).create(&root)?;
-
-    let mut spec = SandboxSpec::new(root, store_dir.clone(), build_dir.clone(), builder.into());
-    spec.inputs = a.inputs;
-    spec.sandbox_paths = a.sandbox_paths;
-    spec.network = a.network || a.pasta.is_some();
-    if let Some(pasta) = a.pasta {
-        spec.pasta = Some(unrooted_sandbox::Pasta::new(pasta));
-    }
-    spec.args = builder_args.to_vec();
-    spec.env = nix_base_env(&store_dir, &spec.sandbox_build_dir, a.cores);
-    spec.env.extend(a.env);
+    let mut a = parse(args)?;
+    a.run.store_dir = a.store_dir.ok_or("--store-dir is required")?;
+    a.run.build_dir = a.build_dir.ok_or("--build-dir is required")?;
+    let prepared = a.run.prepare()?;
 
     // A descriptor the builder must not see (the battery's EBADF row): not
     // close-on-exec, so only the sandbox's own closing keeps it out.
@@ -233,38 +208,14 @@ fn run(args: Vec<OsString>) -> AnyResult<ExitCode> {
     let helper = std::env::current_exe()?;
     let sandbox = Sandbox::new(helper, vec!["helper".into()]);
     let stdout = std::io::stdout();
-    let result = run_with_timeout(&sandbox, &spec, stdout.as_fd(), a.timeout);
+    let result = prepared.run(&sandbox, stdout.as_fd(), a.timeout);
     if !a.keep_root {
-        remove_tree(&parent)?;
+        prepared.remove()?;
     } else {
-        eprintln!("unrooted-sandbox: kept {}", parent.display());
+        eprintln!("unrooted-sandbox: kept {}", prepared.parent().display());
     }
     if a.remove_build_dir {
-        remove_tree(&build_dir)?;
+        remove_tree(&a.run.build_dir)?;
     }
-    Ok(match result? {
-        BuildStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        BuildStatus::Signaled(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
-    })
-}
-
-/// Runs the builder, killing it (and its whole PID namespace) after `timeout`.
-fn run_with_timeout(
-    sandbox: &Sandbox,
-    spec: &SandboxSpec,
-    log: std::os::fd::BorrowedFd<'_>,
-    timeout: Option<std::time::Duration>,
-) -> Result<BuildStatus, unrooted_sandbox::SandboxError> {
-    let Some(timeout) = timeout else {
-        return sandbox.run(spec, log);
-    };
-    let plan = unrooted_sandbox::Plan::new(spec)?;
-    let mut child = sandbox.spawn(&plan, log)?;
-    match child.wait_timeout(timeout)? {
-        Some(status) => Ok(status),
-        None => {
-            child.kill()?;
-            child.wait()
-        }
-    }
+    Ok(exit_code(result?))
 }

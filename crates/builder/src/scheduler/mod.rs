@@ -14,9 +14,12 @@
 //! away, or a build failed without keep-going — unsubscribes; a goal left without
 //! subscribers is cancelled, which kills its builder.
 
+mod graph;
+mod request;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,9 +27,12 @@ use unrooted_format::derivation::Derivation;
 use unrooted_format::StorePath;
 use unrooted_store::LocalStore;
 
-use crate::error::{error_chain, BuildError};
-use crate::goal::{self, BuildDirs, BuilderConfig, GoalCx, GoalEvent};
+use crate::config::BuilderConfig;
+use crate::error::BuildError;
+use crate::goal::{self, BuildDirs, GoalCx, GoalEvent};
 use crate::{BuildMode, BuildOptions, BuildResult, Status};
+use graph::RequestGraph;
+use request::RequestLoop;
 
 /// How long the request loop sleeps between looks at its goals and its client.
 const TICK: Duration = Duration::from_millis(50);
@@ -282,297 +288,24 @@ impl Scheduler {
         observer: &mut dyn BuildObserver,
     ) -> Vec<BuildResult> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let mut nodes: Vec<Node> = Vec::new();
-        let mut index: HashMap<StorePath, usize> = HashMap::new();
-        let mut results: Vec<Option<BuildResult>> = vec![None; targets.len()];
-        let mut target_nodes: Vec<Option<usize>> = vec![None; targets.len()];
-
-        // The graph.
-        let mut todo: Vec<(StorePath, BuildMode)> = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
-            match t {
-                Target::Opaque(p) => {
-                    results[i] = Some(match store.is_valid_path(p) {
-                        Ok(true) => BuildResult::new(Status::AlreadyValid, ""),
-                        Ok(false) => BuildResult::new(
-                            Status::MiscFailure,
-                            format!(
-                                "path '{}' is required, but there is no substituter that can build it",
-                                store.print_path(p)
-                            ),
-                        ),
-                        Err(e) => BuildResult::new(Status::MiscFailure, error_chain(&e)),
-                    });
-                }
-                Target::Built { drv, outputs } => {
-                    let loaded = goal::load_derivation(store, drv).and_then(|d| {
-                        let missing = missing_outputs(store, &d, outputs.as_ref())?;
-                        Ok((d, missing))
-                    });
-                    match loaded {
-                        Err(e) => {
-                            results[i] =
-                                Some(BuildResult::new(Status::MiscFailure, error_chain(&e)))
-                        }
-                        Ok((d, missing)) => {
-                            if opts.mode == BuildMode::Normal && !missing {
-                                let mut r = BuildResult::new(Status::AlreadyValid, "");
-                                r.outputs = goal::output_paths(store, drv, &d).unwrap_or_default();
-                                results[i] = Some(r);
-                            } else {
-                                todo.push((drv.clone(), opts.mode));
-                                target_nodes[i] = Some(usize::MAX);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        while let Some((drv_path, mode)) = todo.pop() {
-            if let Some(&k) = index.get(&drv_path) {
-                if mode != BuildMode::Normal {
-                    nodes[k].mode = mode;
-                }
-                continue;
-            }
-            if nodes.len() >= MAX_NODES {
-                break;
-            }
-            let k = nodes.len();
-            index.insert(drv_path.clone(), k);
-            let mut node = Node {
-                drv_path: drv_path.clone(),
-                drv: None,
-                mode,
-                dep_paths: Vec::new(),
-                deps: Vec::new(),
-                state: NodeState::Pending,
-                chain: Vec::new(),
-            };
-            match goal::load_derivation(store, &drv_path) {
-                Ok(d) => {
-                    for (input, outs) in &d.input_drvs {
-                        let needed = store
-                            .is_valid_path(input)
-                            .map_err(BuildError::from)
-                            .and_then(|valid| {
-                                if !valid {
-                                    return Ok(true);
-                                }
-                                let di = goal::load_derivation(store, input)?;
-                                missing_outputs(store, &di, Some(outs))
-                            });
-                        match needed {
-                            Ok(false) => {}
-                            Ok(true) | Err(_) => {
-                                node.dep_paths.push(input.clone());
-                                todo.push((input.clone(), BuildMode::Normal));
-                            }
-                        }
-                    }
-                    node.drv = Some(Arc::new(d));
-                }
-                Err(e) => {
-                    node.state = NodeState::Done(Arc::new(BuildResult::new(
-                        Status::MiscFailure,
-                        error_chain(&e),
-                    )));
-                }
-            }
-            nodes.push(node);
-        }
-        for node in nodes.iter_mut() {
-            node.deps = node
-                .dep_paths
-                .iter()
-                .filter_map(|p| index.get(p).copied())
-                .collect();
-        }
-        for (i, t) in targets.iter().enumerate() {
-            if target_nodes[i].is_some() {
-                if let Target::Built { drv, .. } = t {
-                    target_nodes[i] = index.get(drv).copied();
-                    if target_nodes[i].is_none() {
-                        results[i] = Some(BuildResult::new(
-                            Status::MiscFailure,
-                            "too many derivations in one request",
-                        ));
-                    }
-                }
-            }
-        }
-
+        let mut graph = RequestGraph::new(store, targets, opts);
         let (tx, rx) = sync_channel::<Msg>(CHANNEL_BOUND);
         std::thread::scope(|scope| {
-            self.run_request(scope, store, opts, request, &mut nodes, &tx, &rx, observer);
+            RequestLoop {
+                scheduler: self,
+                scope,
+                store,
+                opts,
+                request,
+                tx: &tx,
+                rx: &rx,
+                observer,
+                stopping: false,
+                gone: false,
+            }
+            .run(&mut graph.nodes);
         });
-
-        for (i, k) in target_nodes.iter().enumerate() {
-            if let Some(k) = *k {
-                let r = match &nodes[k].state {
-                    NodeState::Done(r) => (**r).clone(),
-                    _ => BuildResult::new(Status::Cancelled, "the build was cancelled"),
-                };
-                results[i] = Some(r);
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| BuildResult::new(Status::Cancelled, "not built")))
-            .collect()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_request<'scope, 'env: 'scope>(
-        &'env self,
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-        store: &'env LocalStore,
-        opts: &'env BuildOptions,
-        request: u64,
-        nodes: &mut [Node],
-        tx: &SyncSender<Msg>,
-        rx: &Receiver<Msg>,
-        observer: &mut dyn BuildObserver,
-    ) {
-        let mut stopping = false;
-        let mut gone = false;
-        loop {
-            // Start what can start; fail what cannot.
-            for k in 0..nodes.len() {
-                if !matches!(nodes[k].state, NodeState::Pending) {
-                    continue;
-                }
-                let mut failed_dep = None;
-                let mut all_done = true;
-                for &d in &nodes[k].deps {
-                    match &nodes[d].state {
-                        NodeState::Done(r) if !r.status.is_success() => {
-                            failed_dep.get_or_insert(d);
-                        }
-                        NodeState::Done(_) => {}
-                        _ => all_done = false,
-                    }
-                }
-                if let Some(d) = failed_dep {
-                    let mut chain = vec![nodes[d].drv_path.clone()];
-                    chain.extend(nodes[d].chain.iter().cloned());
-                    let failed = nodes[k]
-                        .deps
-                        .iter()
-                        .filter(|&&d| matches!(&nodes[d].state, NodeState::Done(r) if !r.status.is_success()))
-                        .count();
-                    let shown: Vec<String> = chain
-                        .iter()
-                        .map(|p| format!("'{}'", store.print_path(p)))
-                        .collect();
-                    let r = BuildResult::new(
-                        Status::DependencyFailed,
-                        format!(
-                            "{failed} dependencies of derivation '{}' failed to build (failed: {})",
-                            store.print_path(&nodes[k].drv_path),
-                            shown.join(" <- ")
-                        ),
-                    );
-                    nodes[k].chain = chain;
-                    if !observer.finished(&nodes[k].drv_path, &r) {
-                        gone = true;
-                    }
-                    nodes[k].state = NodeState::Done(Arc::new(r));
-                    continue;
-                }
-                if !all_done || stopping || gone {
-                    continue;
-                }
-                let goal = self.claim(scope, store, opts, &nodes[k], request, tx.clone());
-                nodes[k].state = NodeState::Running(goal);
-            }
-            // Collect finished goals.
-            for node in nodes.iter_mut() {
-                let NodeState::Running(g) = &node.state else {
-                    continue;
-                };
-                let Some(r) = g.result() else { continue };
-                g.unsubscribe(request);
-                if !observer.finished(&node.drv_path, &r) {
-                    gone = true;
-                }
-                if !r.status.is_success() && !opts.keep_going {
-                    stopping = true;
-                }
-                node.state = NodeState::Done(r);
-            }
-            if stopping || gone {
-                // Nothing new starts; pending nodes end as cancelled, and goals only this
-                // request waits for are cancelled.
-                for node in nodes.iter_mut() {
-                    match &node.state {
-                        NodeState::Pending => {
-                            node.state = NodeState::Done(Arc::new(BuildResult::new(
-                                Status::Cancelled,
-                                format!(
-                                    "build of '{}' was not started because another build failed",
-                                    store.print_path(&node.drv_path)
-                                ),
-                            )))
-                        }
-                        NodeState::Running(g) if gone => {
-                            g.unsubscribe(request);
-                            node.state = NodeState::Done(Arc::new(BuildResult::new(
-                                Status::Cancelled,
-                                "the client went away",
-                            )));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            if nodes.iter().all(|n| matches!(n.state, NodeState::Done(_))) {
-                break;
-            }
-            // Relay log messages until the next look.
-            let mut first = true;
-            loop {
-                let msg = if first {
-                    first = false;
-                    match rx.recv_timeout(TICK) {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                } else {
-                    match rx.try_recv() {
-                        Ok(m) => m,
-                        Err(_) => break,
-                    }
-                };
-                let ok = match &msg {
-                    Msg::Started(d) => observer.started(d),
-                    Msg::Line(d, l) => observer.log_line(d, l),
-                    Msg::Note(d, t) => observer.note(d, t),
-                    Msg::HookStarted(d, h) => observer.hook_started(d, h),
-                    Msg::HookLine(d, l) => observer.hook_line(d, l),
-                    Msg::Finished => true,
-                };
-                if !ok {
-                    gone = true;
-                    break;
-                }
-            }
-            if !gone && !observer.connected() {
-                gone = true;
-            }
-        }
-        // Lines still queued belong to builds that just ended; pass them on.
-        while let Ok(msg) = rx.try_recv() {
-            let _ = match &msg {
-                Msg::Started(d) => observer.started(d),
-                Msg::Line(d, l) => observer.log_line(d, l),
-                Msg::Note(d, t) => observer.note(d, t),
-                Msg::HookStarted(d, h) => observer.hook_started(d, h),
-                Msg::HookLine(d, l) => observer.hook_line(d, l),
-                Msg::Finished => true,
-            };
-        }
+        graph.results()
     }
 
     /// Subscribes to the goal building `node`, starting it if nobody is.

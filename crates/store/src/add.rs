@@ -27,7 +27,8 @@ use unrooted_format::{
     ContentAddress, FileIngestionMethod, Hash, HashAlgo, Hasher, StorePath, StorePathName,
 };
 
-use crate::canonicalise::{canonicalise_entry, canonicalise_path_metadata, delete_tree};
+use crate::canonicalise::{canonicalise_entry, canonicalise_path_metadata};
+use crate::delete::delete_tree;
 use crate::error::StoreError;
 use crate::store::LocalStore;
 
@@ -527,73 +528,20 @@ impl LocalStore {
     /// The caller holds the path's lock.
     fn install(
         &self,
-        mut received: Received,
+        received: Received,
         reg: Registration,
         repair: bool,
     ) -> Result<(), StoreError> {
         let tmp = received.tmp.clone();
         let real = self.real_path(&reg.info.path);
         canonicalise_path_metadata(&tmp)?;
-        // Moving a directory to another parent rewrites its `..`, which needs write
-        // permission on the directory itself; it is made read-only again at its final
-        // name below.
-        make_top_writable(&tmp)?;
         let exists = fs::symlink_metadata(&real).is_ok();
-        if exists && repair && self.is_valid_path(&reg.info.path)? {
-            // A valid path must never be missing, even for an instant: swap the
-            // repaired copy in atomically, then delete the old one.
-            make_top_writable(&real)?;
-            match renameat_with(CWD, &tmp, CWD, &real, RenameFlags::EXCHANGE) {
-                Ok(()) => {}
-                Err(e) => {
-                    return Err(StoreError::Move {
-                        from: tmp.clone(),
-                        to: real.clone(),
-                        source: e.into(),
-                    })
-                }
-            }
-            // `tmp` now holds the old copy, which `received`'s drop deletes.
-            canonicalise_entry(&real)?;
-        } else {
-            loop {
-                match renameat_with(CWD, &tmp, CWD, &real, RenameFlags::NOREPLACE) {
-                    Ok(()) => break,
-                    Err(e) if e == rustix::io::Errno::EXIST || e == rustix::io::Errno::NOTEMPTY => {
-                        // An invalid leftover (an add interrupted after its rename, or
-                        // garbage): move it into our area and delete it from there.
-                        tracing::info!(path = %real.display(), "replacing invalid path on disk");
-                        let garbage = self.tmp.new_path("garbage");
-                        make_top_writable(&real)?;
-                        fs::rename(&real, &garbage).map_err(|source| StoreError::Move {
-                            from: real.clone(),
-                            to: garbage.clone(),
-                            source,
-                        })?;
-                        delete_tree(&garbage)?;
-                    }
-                    Err(e) => {
-                        return Err(StoreError::Move {
-                            from: tmp.clone(),
-                            to: real.clone(),
-                            source: e.into(),
-                        })
-                    }
-                }
-            }
-            received.installed = true;
-            canonicalise_entry(&real)?;
-        }
+        // A valid path must never be missing, even for an instant: a repair swaps
+        // the new copy in atomically (and the old one is deleted).
+        let swap = exists && repair && self.is_valid_path(&reg.info.path)?;
+        self.move_into_place(received, &real, swap)?;
         if self.config.fsync_paths {
-            let store =
-                File::open(&self.config.real_store_dir).map_err(|source| StoreError::Sync {
-                    path: self.config.real_store_dir.clone(),
-                    source,
-                })?;
-            rustix::fs::syncfs(&store).map_err(|e| StoreError::Sync {
-                path: real.clone(),
-                source: e.into(),
-            })?;
+            self.sync_store()?;
         }
         self.db().register_paths(&[reg])?;
         Ok(())
@@ -699,15 +647,7 @@ impl LocalStore {
             regs.push(Registration::new(info.clone()));
         }
         if self.config.fsync_paths && !regs.is_empty() {
-            let store =
-                File::open(&self.config.real_store_dir).map_err(|source| StoreError::Sync {
-                    path: self.config.real_store_dir.clone(),
-                    source,
-                })?;
-            rustix::fs::syncfs(&store).map_err(|e| StoreError::Sync {
-                path: self.config.real_store_dir.clone(),
-                source: e.into(),
-            })?;
+            self.sync_store()?;
         }
         self.db().register_paths(&regs)?;
         drop(locks);
@@ -724,6 +664,9 @@ impl LocalStore {
         swap: bool,
     ) -> Result<(), StoreError> {
         let tmp = received.tmp.clone();
+        // Moving a directory to another parent rewrites its `..`, which needs write
+        // permission on the directory itself; it is made read-only again at its final
+        // name below (`canonicalise_entry`).
         make_top_writable(&tmp)?;
         if swap {
             make_top_writable(real)?;
@@ -742,15 +685,7 @@ impl LocalStore {
             match renameat_with(CWD, &tmp, CWD, real, RenameFlags::NOREPLACE) {
                 Ok(()) => break,
                 Err(e) if e == rustix::io::Errno::EXIST || e == rustix::io::Errno::NOTEMPTY => {
-                    tracing::info!(path = %real.display(), "replacing invalid path on disk");
-                    let garbage = self.tmp.new_path("garbage");
-                    make_top_writable(real)?;
-                    fs::rename(real, &garbage).map_err(|source| StoreError::Move {
-                        from: real.to_owned(),
-                        to: garbage.clone(),
-                        source,
-                    })?;
-                    delete_tree(&garbage)?;
+                    self.remove_invalid_leftover(real)?;
                 }
                 Err(e) => {
                     return Err(StoreError::Move {
@@ -764,5 +699,32 @@ impl LocalStore {
         received.installed = true;
         canonicalise_entry(real)?;
         Ok(())
+    }
+
+    /// Removes what is at `real`, which is not a valid path (an add interrupted after
+    /// its rename, or garbage): moves it into our temporary area and deletes it from
+    /// there. The caller holds the path's lock.
+    fn remove_invalid_leftover(&self, real: &Path) -> Result<(), StoreError> {
+        tracing::info!(path = %real.display(), "replacing invalid path on disk");
+        let garbage = self.tmp.new_path("garbage");
+        make_top_writable(real)?;
+        fs::rename(real, &garbage).map_err(|source| StoreError::Move {
+            from: real.to_owned(),
+            to: garbage.clone(),
+            source,
+        })?;
+        delete_tree(&garbage)
+    }
+
+    /// Flushes the store's file system (`fsync-store-paths`), before what was added
+    /// to it is registered.
+    fn sync_store(&self) -> Result<(), StoreError> {
+        let dir = &self.config.real_store_dir;
+        let err = |source| StoreError::Sync {
+            path: dir.clone(),
+            source,
+        };
+        let store = File::open(dir).map_err(err)?;
+        rustix::fs::syncfs(&store).map_err(|e| err(e.into()))
     }
 }

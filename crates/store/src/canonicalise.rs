@@ -14,7 +14,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Timespec, Timestamps, CWD, UTIME_OMIT};
 
@@ -117,44 +117,4 @@ fn remove_xattrs(path: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Deletes the tree at `path` (which may be a read-only store tree), making
-/// directories writable as needed. A missing `path` is not an error.
-pub(crate) fn delete_tree(path: &Path) -> Result<(), StoreError> {
-    let err = |p: &Path, source| StoreError::Delete {
-        path: p.to_owned(),
-        source,
-    };
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(path, e)),
-    };
-    if !meta.is_dir() {
-        return match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(path, e)),
-            _ => Ok(()),
-        };
-    }
-    if meta.mode() & 0o700 != 0o700 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| err(path, e))?;
-    }
-    let children: Vec<PathBuf> = fs::read_dir(path)
-        .map_err(|e| err(path, e))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(path, e))?;
-    for child in children {
-        delete_tree(&child)?;
-    }
-    match fs::remove_dir(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(path, e)),
-        _ => Ok(()),
-    }
-}
-
-/// Whether a name in the store directory is one of our temporary entries.
-pub(crate) fn is_temporary_name(name: &[u8]) -> bool {
-    name.starts_with(crate::tmp::TEMP_PREFIX.as_bytes())
 }

@@ -30,16 +30,15 @@ use std::path::{Path, PathBuf};
 
 use rustix::fd::OwnedFd;
 use rustix::fs::{
-    flock, open, renameat_with, statat, unlinkat, AtFlags, FileType, FlockOperation, Mode, OFlags,
-    RenameFlags,
+    open, renameat_with, statat, unlinkat, AtFlags, FileType, Mode, OFlags, RenameFlags,
 };
 use rustix::io::Errno;
 
 use unrooted_format::StorePath;
 
-use crate::canonicalise::is_temporary_name;
 use crate::error::StoreError;
 use crate::store::LocalStore;
+use crate::tmp::is_temporary_name;
 
 /// What became of one entry the collector asked the store to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +170,7 @@ impl DeletionLock<'_> {
                 }
             }
         }
-        match open_and_try_lock(&name) {
+        match crate::lock::open_locked(&name, crate::lock::LockHow::TryExclusive) {
             Ok(Some(file)) => {
                 self.slots[slot] = Some(Carrier {
                     file,
@@ -259,26 +258,6 @@ impl Drop for DeletionLock<'_> {
             self.release(slot);
         }
     }
-}
-
-/// Opens (creating it if needed) and locks the lock file `name` without waiting:
-/// `None` when another process holds it or it is stale (its holder unlinked it
-/// after we opened it), as the store's other path locks do.
-fn open_and_try_lock(name: &Path) -> Result<Option<File>, StoreError> {
-    let err = |source| StoreError::Lock {
-        path: name.to_owned(),
-        source,
-    };
-    let file = crate::lock::open_lock_file(name).map_err(err)?;
-    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(e) if e == Errno::WOULDBLOCK => return Ok(None),
-        Err(e) => return Err(err(e.into())),
-    }
-    if crate::lock::is_stale(&file.metadata().map_err(err)?) {
-        return Ok(None);
-    }
-    Ok(Some(file))
 }
 
 /// Suffixes of entries that belong to a store path being built (Nix's build

@@ -104,18 +104,6 @@ fn reserve_space(path: &Path, size: u64) {
 /// so holding it shared keeps a migration from running under us.
 pub(crate) fn take_big_lock(state_dir: &Path) -> Result<File, StoreError> {
     let path = state_dir.join("db/big-lock");
-    let err = |source| StoreError::Lock {
-        path: path.clone(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared).map_err(|e| err(e.into()))?;
-    Ok(file)
+    let file = crate::lock::open_locked(&path, crate::lock::LockHow::Shared)?;
+    Ok(file.expect("a shared lock is waited for"))
 }

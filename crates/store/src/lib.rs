@@ -15,6 +15,7 @@ pub mod acl;
 mod add;
 pub mod canonicalise;
 mod config;
+mod delete;
 mod error;
 mod gc;
 mod layout;

@@ -64,6 +64,51 @@ pub(crate) fn is_stale(meta: &std::fs::Metadata) -> bool {
     meta.size() != 0 || meta.nlink() == 0
 }
 
+/// How [`open_locked`] takes its lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockHow {
+    /// Exclusively, waiting for other holders; a file that turned stale while we
+    /// waited is opened and locked anew (Nix's `PathLocks`).
+    Exclusive,
+    /// Exclusively without waiting: `None` when another process holds it or it turned
+    /// stale, so the caller can skip the path and come back later.
+    TryExclusive,
+    /// Shared, waiting; for a lock file that is never deleted or marked (`big-lock`),
+    /// so it is never stale.
+    Shared,
+}
+
+/// Opens the lock file `path` ([`open_lock_file`]) and `flock`s it as `how` says: the
+/// one way the store takes a lock file. `None` only with [`LockHow::TryExclusive`].
+pub(crate) fn open_locked(path: &Path, how: LockHow) -> Result<Option<File>, StoreError> {
+    let err = |source| StoreError::Lock {
+        path: path.to_owned(),
+        source,
+    };
+    loop {
+        let file = open_lock_file(path).map_err(err)?;
+        let operation = match how {
+            LockHow::Exclusive => FlockOperation::LockExclusive,
+            LockHow::TryExclusive => FlockOperation::NonBlockingLockExclusive,
+            LockHow::Shared => FlockOperation::LockShared,
+        };
+        match flock(&file, operation) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && how == LockHow::TryExclusive => {
+                return Ok(None)
+            }
+            Err(e) => return Err(err(e.into())),
+        }
+        if how == LockHow::Shared || !is_stale(&file.metadata().map_err(err)?) {
+            return Ok(Some(file));
+        }
+        if how == LockHow::TryExclusive {
+            return Ok(None);
+        }
+        tracing::debug!(path = %path.display(), "lock file became stale, retrying");
+    }
+}
+
 impl LockMap {
     /// Locks `target` (a path in the real store directory) by locking
     /// `<target>.lock`, waiting as long as another holder needs.
@@ -88,20 +133,8 @@ impl LockMap {
             key: lock_path,
             file: None,
         };
-        let err = |source| StoreError::Lock {
-            path: lock.key.clone(),
-            source,
-        };
-        loop {
-            let file = open_lock_file(&lock.key).map_err(err)?;
-            flock(&file, FlockOperation::LockExclusive).map_err(|e| err(e.into()))?;
-            let stale = is_stale(&file.metadata().map_err(err)?);
-            if !stale {
-                lock.file = Some(file);
-                return Ok(lock);
-            }
-            tracing::debug!(path = %lock.key.display(), "lock file became stale, retrying");
-        }
+        lock.file = open_locked(&lock.key, LockHow::Exclusive)?;
+        Ok(lock)
     }
 }
 
@@ -124,23 +157,12 @@ impl LockMap {
             key: lock_path,
             file: None,
         };
-        let err = |source| StoreError::Lock {
-            path: lock.key.clone(),
-            source,
-        };
-        let file = open_lock_file(&lock.key).map_err(err)?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(None),
-            Err(e) => return Err(err(e.into())),
-        }
         // A stale file (its holder deleted it after we opened it) is a lock nobody
-        // else can see; report "busy" and let the caller come back later.
-        if is_stale(&file.metadata().map_err(err)?) {
-            return Ok(None);
-        }
-        lock.file = Some(file);
-        Ok(Some(lock))
+        // else can see: "busy", as when another process holds it.
+        Ok(open_locked(&lock.key, LockHow::TryExclusive)?.map(|file| {
+            lock.file = Some(file);
+            lock
+        }))
     }
 }
 
@@ -242,5 +264,24 @@ mod tests {
         // open_lock_file makes a missing one, 0600.
         let f = open_lock_file(&p).unwrap();
         assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn one_opener_for_every_way_of_locking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("y.lock");
+        let held = open_locked(&p, LockHow::Exclusive).unwrap().unwrap();
+        // Held by another open file description: busy.
+        assert!(open_locked(&p, LockHow::TryExclusive).unwrap().is_none());
+        drop(held);
+        let again = open_locked(&p, LockHow::TryExclusive).unwrap().unwrap();
+        // Marked stale by its holder (Nix's protocol): busy for a try.
+        (&again).write_all(b"d").unwrap();
+        drop(again);
+        assert!(open_locked(&p, LockHow::TryExclusive).unwrap().is_none());
+        // A shared lock never looks at the marker.
+        let a = open_locked(&p, LockHow::Shared).unwrap().unwrap();
+        let b = open_locked(&p, LockHow::Shared).unwrap().unwrap();
+        drop((a, b));
     }
 }

@@ -28,11 +28,16 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use rustix::fs::{self as rfs, flock, AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::canonicalise::{delete_tree, is_temporary_name};
+use crate::delete::delete_tree;
 use crate::error::StoreError;
 
 /// Prefix of every temporary name this crate creates in the store directory.
 pub const TEMP_PREFIX: &str = ".unrooted-tmp-";
+
+/// Whether a name in the store directory is one of our temporary entries.
+pub(crate) fn is_temporary_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX.as_bytes())
+}
 
 /// A locked private directory inside the store for work in progress.
 ///

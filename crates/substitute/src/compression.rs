@@ -1,37 +1,12 @@
-//! Decompressing NARs as they arrive and compressing them as they are served, plus
-//! the byte limits every network stream goes through.
+//! Compressing NARs as they are served; decompressing them as they arrive and the
+//! byte limits every network stream goes through are `unrooted-fetch`'s, re-exported
+//! here.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 
 use unrooted_format::narinfo::Compression;
 
-/// Whether NARs compressed with `c` can be read here (none, xz, bzip2, zstd).
-pub fn can_decompress(c: Compression) -> bool {
-    matches!(
-        c,
-        Compression::None | Compression::Xz | Compression::Bzip2 | Compression::Zstd
-    )
-}
-
-/// Wraps `compressed` in a decompressor for `c`; `None` for a method not supported
-/// (see [`can_decompress`]). Concatenated xz and bzip2 streams are read as one, as
-/// Nix's decompressors do; data that is corrupt or ends early is an error
-/// (`InvalidData` or `UnexpectedEof`), never a short stream passed off as complete.
-pub fn decompressor<'a>(
-    c: Compression,
-    compressed: Box<dyn Read + Send + 'a>,
-) -> Option<Box<dyn Read + Send + 'a>> {
-    Some(match c {
-        Compression::None => compressed,
-        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(compressed)),
-        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(compressed)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 16, compressed))
-                .ok()?,
-        ),
-        _ => return None,
-    })
-}
+pub use unrooted_fetch::{can_decompress, decompressor, is_over_limit, Bounded, OverLimit};
 
 /// Whether `unrooted serve` can compress with `c` (none, xz, bzip2, zstd).
 pub fn can_compress(c: Compression) -> bool {
@@ -46,7 +21,7 @@ pub struct Encoder<W: Write> {
 
 enum EncoderInner<W: Write> {
     None(W),
-    Xz(xz2::write::XzEncoder<W>),
+    Xz(liblzma::write::XzEncoder<W>),
     Bzip2(bzip2::write::BzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
@@ -58,7 +33,7 @@ impl<W: Write> Encoder<W> {
     pub fn new(c: Compression, out: W) -> Option<io::Result<Self>> {
         let inner = match c {
             Compression::None => Ok(EncoderInner::None(out)),
-            Compression::Xz => Ok(EncoderInner::Xz(xz2::write::XzEncoder::new(out, 1))),
+            Compression::Xz => Ok(EncoderInner::Xz(liblzma::write::XzEncoder::new(out, 1))),
             Compression::Bzip2 => Ok(EncoderInner::Bzip2(bzip2::write::BzEncoder::new(
                 out,
                 bzip2::Compression::new(6),
@@ -100,50 +75,10 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// A reader that fails (rather than silently stopping, as `Read::take` does) once
-/// more than `max` bytes come out of `inner`: a cache that sends more than it
-/// announced is broken or hostile.
-pub struct Bounded<R> {
-    inner: R,
-    remaining: u64,
-    what: &'static str,
-}
-
-impl<R: Read> Bounded<R> {
-    /// Allows at most `max` bytes; `what` names the stream in the error.
-    pub fn new(inner: R, max: u64, what: &'static str) -> Self {
-        Self {
-            inner,
-            remaining: max,
-            what,
-        }
-    }
-}
-
-impl<R: Read> Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        // Read one byte more than allowed so that an overlong stream is noticed.
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining.saturating_add(1)).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        if n as u64 > self.remaining {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is longer than announced", self.what),
-            ));
-        }
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn round_trip(c: Compression, data: &[u8]) -> Vec<u8> {
         let mut enc = Encoder::new(c, Vec::new()).unwrap().unwrap();
@@ -203,19 +138,5 @@ mod tests {
                 .read_to_end(&mut out);
             assert!(r.is_err() || out != data, "{c}: corruption unnoticed");
         }
-    }
-
-    #[test]
-    fn bounded_refuses_overlong_streams() {
-        let mut out = Vec::new();
-        Bounded::new(&[1u8; 10][..], 10, "x")
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out.len(), 10);
-        let err = Bounded::new(&[1u8; 11][..], 10, "NAR")
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("NAR"));
     }
 }

@@ -1,30 +1,17 @@
 //! How files are fetched from a cache: a small [`Transport`] trait with an HTTP(S)
-//! implementation (ureq, blocking, with a connection pool), a `file://` one, and the
+//! implementation (`unrooted-fetch`'s blocking client, with a connection pool), a `file://` one, and the
 //! S3 one in [`crate::s3`].
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use unrooted_fetch::Body;
+use unrooted_fetch::{FetchError, HttpClient, HttpOptions};
+
 use crate::error::{SubstituteError, TransportError};
-
-/// A response body being read, with its length when the server stated one.
-pub struct Body {
-    /// The bytes.
-    pub reader: Box<dyn Read + Send>,
-    /// `Content-Length` (or the file size), if known.
-    pub length: Option<u64>,
-}
-
-impl fmt::Debug for Body {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Body")
-            .field("length", &self.length)
-            .finish()
-    }
-}
 
 /// Fetches files of one cache by their path relative to the cache's root.
 ///
@@ -109,10 +96,10 @@ pub fn open_transport(
     }
 }
 
-/// A cache over HTTP or HTTPS (rustls, with the webpki roots).
+/// A cache over HTTP or HTTPS, through the shared [`HttpClient`].
 pub struct HttpTransport {
     base: String,
-    agent: ureq::Agent,
+    client: HttpClient,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -126,16 +113,15 @@ impl fmt::Debug for HttpTransport {
 impl HttpTransport {
     /// A transport for the cache at `base` (no trailing `/`).
     pub fn new(base: &str, options: &TransportOptions) -> Self {
-        let mut builder = ureq::AgentBuilder::new()
-            .timeout_read(options.stall_timeout)
-            .max_idle_connections_per_host(options.connections.max(1))
-            .user_agent(concat!("unrooted/", env!("CARGO_PKG_VERSION")));
-        if !options.connect_timeout.is_zero() {
-            builder = builder.timeout_connect(options.connect_timeout);
-        }
+        let options = HttpOptions {
+            connect_timeout: Some(options.connect_timeout).filter(|t| !t.is_zero()),
+            stall_timeout: options.stall_timeout,
+            idle_connections_per_host: options.connections,
+            proxy: None,
+        };
         Self {
             base: base.to_owned(),
-            agent: builder.build(),
+            client: HttpClient::new(&options).expect("no proxy, so nothing to refuse"),
         }
     }
 }
@@ -146,20 +132,15 @@ impl Transport for HttpTransport {
     }
 
     fn get(&self, rel: &str) -> Result<Option<Body>, TransportError> {
-        match self.agent.get(&self.url_of(rel)).call() {
-            Ok(resp) => {
-                let length = resp
-                    .header("Content-Length")
-                    .and_then(|v| v.trim().parse().ok());
-                Ok(Some(Body {
-                    reader: Box::new(resp.into_reader()),
-                    length,
-                }))
-            }
-            Err(ureq::Error::Status(404 | 403 | 410, _)) => Ok(None),
-            Err(ureq::Error::Status(status, _)) => Err(TransportError::Status { status }),
-            Err(ureq::Error::Transport(t)) => Err(TransportError::Network {
-                source: Box::new(t),
+        match self.client.get(&self.url_of(rel)) {
+            Ok(body) => Ok(Some(body)),
+            Err(FetchError::Status {
+                status: 404 | 403 | 410,
+                ..
+            }) => Ok(None),
+            Err(FetchError::Status { status, .. }) => Err(TransportError::Status { status }),
+            Err(e) => Err(TransportError::Network {
+                source: Box::new(e),
             }),
         }
     }

@@ -6,7 +6,7 @@
 //! so the hash the daemon verifies afterwards is what makes the network access safe,
 //! which is also why nothing here trusts the content.
 //!
-//! HTTP(S) goes through ureq (as the substituter does), with the derivation's
+//! HTTP(S) goes through `unrooted-fetch`'s client (the substituter's), with the derivation's
 //! `http_proxy`/`https_proxy`/`all_proxy`/`no_proxy` (its `impureEnvVars`); `file://`
 //! reads a file the sandbox can see (a `sandbox-paths` entry). Unlike Nix 2.8, TLS
 //! certificates are verified (against the built-in web PKI roots).
@@ -22,7 +22,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{is_over_limit, Bounded, BuiltinError, Env};
+use super::{BuiltinError, Env};
+use unrooted_fetch::{is_over_limit, Bounded, FetchError, HttpClient, HttpOptions};
+use unrooted_format::narinfo::Compression;
 use unrooted_sandbox::remove_tree;
 
 /// The most bytes one download (or the NAR it decompresses to) may have.
@@ -139,12 +141,15 @@ fn download(url: &str, env: Env<'_>, out: &std::path::Path, max: u64) -> Result<
         bytes: 0,
         last: std::time::Instant::now(),
     };
-    let body: Box<dyn Read + '_> = if unpack && url.ends_with(".xz") {
-        Box::new(xz2::read::XzDecoder::new(body))
+    // Nix 2.8 decompresses only an unpacked `.xz`, whatever else the name says.
+    let compression = if unpack && url.ends_with(".xz") {
+        Compression::Xz
     } else {
-        Box::new(body)
+        Compression::None
     };
-    let mut body = Bounded::new(body, max);
+    let body = unrooted_fetch::decompressor(compression, Box::new(body))
+        .expect("none and xz are always supported");
+    let mut body = Bounded::new(body, max, "the download");
     let too_large = || BuiltinError::TooLarge {
         what: format!("the download from '{url}'"),
         max,
@@ -214,7 +219,7 @@ fn libc_nofollow() -> i32 {
 }
 
 /// The body of `url`.
-fn open(url: &str, env: Env<'_>) -> Result<Box<dyn Read>, BuiltinError> {
+fn open(url: &str, env: Env<'_>) -> Result<Box<dyn Read + Send>, BuiltinError> {
     if let Some(rest) = url.strip_prefix("file://") {
         let path = file_url_path(rest).ok_or_else(|| BuiltinError::UnsupportedUrl {
             url: url.to_owned(),
@@ -230,27 +235,27 @@ fn open(url: &str, env: Env<'_>) -> Result<Box<dyn Read>, BuiltinError> {
             url: url.to_owned(),
         });
     }
-    let mut agent = ureq::AgentBuilder::new()
-        .timeout_connect(CONNECT_TIMEOUT)
-        .timeout_read(STALL_TIMEOUT)
-        .user_agent(concat!("unrooted/", env!("CARGO_PKG_VERSION")));
-    if let Some(proxy) = proxy_for(url, env) {
-        let proxy = ureq::Proxy::new(&proxy).map_err(|source| BuiltinError::Download {
-            url: url.to_owned(),
-            source: Box::new(source),
-        })?;
-        agent = agent.proxy(proxy);
-    }
-    match agent.build().get(url).call() {
-        Ok(resp) => Ok(Box::new(resp.into_reader())),
-        Err(ureq::Error::Status(status, _)) => Err(BuiltinError::HttpStatus {
+    let options = HttpOptions {
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        stall_timeout: STALL_TIMEOUT,
+        idle_connections_per_host: 1,
+        proxy: proxy_for(url, env),
+    };
+    let download = |source: Box<dyn std::error::Error + Send + Sync>| BuiltinError::Download {
+        url: url.to_owned(),
+        source,
+    };
+    let response = HttpClient::new(&options).and_then(|client| client.get(url));
+    match response {
+        Ok(resp) => Ok(resp.reader),
+        Err(FetchError::Status { status, .. }) => Err(BuiltinError::HttpStatus {
             url: url.to_owned(),
             status,
         }),
-        Err(ureq::Error::Transport(t)) => Err(BuiltinError::Download {
-            url: url.to_owned(),
-            source: Box::new(t),
-        }),
+        Err(FetchError::Network { source, .. } | FetchError::Proxy { source, .. }) => {
+            Err(download(Box::new(source)))
+        }
+        Err(e) => Err(download(Box::new(e))),
     }
 }
 

@@ -201,57 +201,9 @@ impl<'a> Env<'a> {
     }
 }
 
-/// A reader that fails once more than `max` bytes came through it: a bound on what a
-/// server, a decompressor or an archive may make a builtin write.
-pub(crate) struct Bounded<R> {
-    inner: R,
-    left: u64,
-    max: u64,
-}
-
-impl<R> Bounded<R> {
-    pub(crate) fn new(inner: R, max: u64) -> Self {
-        Self {
-            inner,
-            left: max,
-            max,
-        }
-    }
-}
-
-/// The marker of [`Bounded`]'s error, so callers can tell it from an I/O failure.
-#[derive(Debug, thiserror::Error)]
-#[error("more than {0} bytes")]
-pub(crate) struct OverLimit(pub u64);
-
-impl<R: io::Read> io::Read for Bounded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            // One byte more would exceed the bound: look whether there is one.
-            let mut probe = [0u8; 1];
-            return match self.inner.read(&mut probe)? {
-                0 => Ok(0),
-                _ => Err(io::Error::other(OverLimit(self.max))),
-            };
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Whether an I/O error is [`Bounded`]'s.
-pub(crate) fn is_over_limit(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<OverLimit>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     #[test]
     fn names_and_env() {
@@ -276,19 +228,5 @@ mod tests {
             env.require("c").unwrap_err().to_string(),
             "attribute 'c' missing"
         );
-    }
-
-    #[test]
-    fn bounded_reader_allows_exactly_max_bytes() {
-        let mut out = Vec::new();
-        Bounded::new(&[7u8; 10][..], 10)
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out.len(), 10);
-        let err = Bounded::new(&[7u8; 11][..], 10)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
-        assert!(is_over_limit(&err), "{err}");
-        assert!(!is_over_limit(&io::Error::other("x")));
     }
 }

@@ -19,7 +19,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::{is_over_limit, Bounded, BuiltinError, Env};
+use super::{BuiltinError, Env};
+use unrooted_fetch::{is_over_limit, Bounded};
+use unrooted_format::narinfo::Compression;
 
 /// The most entries one tarball may have.
 const MAX_ENTRIES: u64 = 1_000_000;
@@ -98,16 +100,21 @@ fn decompressed(mut file: fs::File, src: &Path) -> Result<Box<dyn Read>, Builtin
         }
     }
     let head = &magic[..have];
-    let whole: Box<dyn Read> = Box::new(io::Cursor::new(head.to_vec()).chain(file));
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(whole))
-    } else if head.starts_with(b"BZh") {
-        Box::new(bzip2::read::MultiBzDecoder::new(whole))
+    let whole: Box<dyn Read + Send> = Box::new(io::Cursor::new(head.to_vec()).chain(file));
+    // gzip is a tarball's compression but never a NAR's, so it is not among the
+    // shared dispatch's methods.
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Box::new(flate2::read::MultiGzDecoder::new(whole)));
+    }
+    let compression = if head.starts_with(b"BZh") {
+        Compression::Bzip2
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(xz2::read::XzDecoder::new_multi_decoder(whole))
+        Compression::Xz
     } else {
-        whole
-    })
+        Compression::None
+    };
+    Ok(unrooted_fetch::decompressor(compression, whole)
+        .expect("none, bzip2 and xz are always supported"))
 }
 
 /// What a run of extension headers said about the entry after them.
@@ -126,7 +133,7 @@ pub(crate) fn unpack_tarball(
 ) -> Result<(), BuiltinError> {
     let mut tar = TarStream {
         // Headers and padding count too, so the stream as a whole is bounded.
-        reader: Bounded::new(reader, MAX_UNPACKED + MAX_ENTRIES * 2048),
+        reader: Bounded::new(reader, MAX_UNPACKED + MAX_ENTRIES * 2048, "the tarball"),
         src,
         unpacked: 0,
         pending: Pending::default(),

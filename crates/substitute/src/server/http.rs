@@ -1,8 +1,9 @@
 //! The little HTTP/1.1 `unrooted serve` speaks: `GET` and `HEAD` requests with
-//! bounded heads, keep-alive, `Content-Length` or chunked responses. Nothing else is
-//! needed by Nix's curl-based client, and every size read from the peer is bounded.
+//! bounded heads (parsed by `httparse`, the parser of hyper), keep-alive,
+//! `Content-Length` or chunked responses. Nothing else is needed by Nix's curl-based
+//! client, and every size read from the peer is bounded.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 
 /// Longest request line or header line accepted.
 pub const MAX_LINE: usize = 8 * 1024;
@@ -39,100 +40,83 @@ pub enum BadRequest {
     Status(u16),
 }
 
-fn read_line(r: &mut impl BufRead, budget: &mut usize) -> io::Result<Option<Vec<u8>>> {
-    let mut line = Vec::new();
-    let max = MAX_LINE.min(*budget) as u64 + 1;
-    let n = r.by_ref().take(max).read_until(b'\n', &mut line)?;
-    if n == 0 {
-        return Ok(None);
+/// Reads one request head, parsed by `httparse` (hyper's parser). `Ok(None)` when the
+/// peer closed the connection before sending anything; refusals come back as
+/// `Ok(Some(Err(..)))`. Only the head is consumed from `r`, so a pipelined next
+/// request stays there.
+pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Result<Request, BadRequest>>> {
+    let mut head = Vec::new();
+    loop {
+        let available = r.fill_buf()?;
+        if available.is_empty() {
+            return Ok((!head.is_empty()).then_some(Err(BadRequest::Status(400))));
+        }
+        let before = head.len();
+        let take = available.len().min(MAX_HEAD - before);
+        head.extend_from_slice(&available[..take]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&head) {
+            Ok(httparse::Status::Complete(len)) => {
+                r.consume(len - before);
+                return Ok(Some(request_of(&parsed)));
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => r.consume(take),
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Ok(Some(Err(BadRequest::Status(431))))
+            }
+            Err(_) => return Ok(Some(Err(BadRequest::Status(400)))),
+        }
     }
-    *budget = budget.saturating_sub(n);
-    Ok(Some(line))
 }
 
-/// Reads one request head. `Ok(None)` when the peer closed the connection before
-/// sending anything; `Err(Ok(..))`-style refusals come back as `Ok(Some(Err(..)))`.
-pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Result<Request, BadRequest>>> {
-    let mut budget = MAX_HEAD;
-    let Some(first) = read_line(r, &mut budget)? else {
-        return Ok(None);
-    };
-    if !first.ends_with(b"\n") {
-        return Ok(Some(Err(BadRequest::Status(
-            if budget == 0 || first.len() > MAX_LINE {
-                431
-            } else {
-                400
-            },
-        ))));
-    }
-    let bad = || Ok(Some(Err(BadRequest::Status(400))));
-    let Ok(first) = std::str::from_utf8(&first) else {
-        return bad();
-    };
-    let mut parts = first.trim_end_matches(['\r', '\n']).split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+/// What a complete head asks for, or why it is refused: a line over [`MAX_LINE`]
+/// (431), a method other than `GET`/`HEAD` (405), a body, or a target that is not a
+/// path (400).
+fn request_of(parsed: &httparse::Request<'_, '_>) -> Result<Request, BadRequest> {
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
     else {
-        return bad();
+        return Err(BadRequest::Status(400));
     };
+    let request_line = method.len() + target.len() + "HTTP/1.1".len() + 2;
+    let longest_header = parsed
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 2);
+    if request_line.max(longest_header.max().unwrap_or(0)) > MAX_LINE {
+        return Err(BadRequest::Status(431));
+    }
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
-        _ => return Ok(Some(Err(BadRequest::Status(405)))),
+        _ => return Err(BadRequest::Status(405)),
     };
-    let mut keep_alive = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => return bad(),
-    };
-    let mut has_body = false;
-    let mut headers = 0;
-    loop {
-        let Some(line) = read_line(r, &mut budget)? else {
-            return bad();
-        };
-        if !line.ends_with(b"\n") {
-            return Ok(Some(Err(BadRequest::Status(431))));
-        }
-        let line = String::from_utf8_lossy(&line);
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        headers += 1;
-        if headers > MAX_HEADERS {
-            return Ok(Some(Err(BadRequest::Status(431))));
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return bad();
-        };
+    let mut keep_alive = version == 1;
+    for header in parsed.headers.iter() {
+        let value = String::from_utf8_lossy(header.value);
         let value = value.trim();
-        if name.eq_ignore_ascii_case("connection") {
+        if header.name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 keep_alive = false;
             } else if value.eq_ignore_ascii_case("keep-alive") {
                 keep_alive = true;
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || (name.eq_ignore_ascii_case("content-length") && value != "0")
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding")
+            || (header.name.eq_ignore_ascii_case("content-length") && value != "0")
         {
-            has_body = true;
+            // GET and HEAD carry no body; one we would have to skip is refused instead.
+            return Err(BadRequest::Status(400));
         }
     }
-    if has_body {
-        // GET and HEAD carry no body; one we would have to skip is refused instead.
-        return bad();
-    }
     let Some(path) = target.strip_prefix('/') else {
-        return bad();
+        return Err(BadRequest::Status(400));
     };
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    Ok(Some(Ok(Request {
+    Ok(Request {
         method,
         path: path.to_owned(),
         keep_alive,
-    })))
+    })
 }
 
 /// The reason phrase of the statuses we send.
@@ -294,6 +278,18 @@ mod tests {
         ]
         .concat();
         assert_eq!(parse(&huge), Some(Err(BadRequest::Status(431))));
+    }
+
+    #[test]
+    fn heads_split_over_reads_and_pipelined_requests() {
+        let two = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n";
+        // A buffer of 3 bytes: every head arrives in many reads.
+        let mut r = io::BufReader::with_capacity(3, &two[..]);
+        let a = read_request(&mut r).unwrap().unwrap().unwrap();
+        let b = read_request(&mut r).unwrap().unwrap().unwrap();
+        assert_eq!((a.method, a.path.as_str()), (Method::Get, "a"));
+        assert_eq!((b.method, b.path.as_str()), (Method::Head, "b"));
+        assert_eq!(read_request(&mut r).unwrap(), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! so this crate is synchronous like the layers it composes.
 
 mod build_ops;
+mod client_sigs;
 mod connection;
 mod gc_ops;
 mod layer_settings;

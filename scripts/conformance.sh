@@ -116,7 +116,9 @@ if [ -n "$clients" ] || [ -n "$force" ]; then
   rm -rf "$copy"
   mkdir -p "$copy"
   cp -a "$tests_dir" "$copy/tests"
-  ln -s "$src/scripts" "$copy/scripts"
+  # What tests read beside the suite: ../scripts (bash-profile), ../src (restricted:
+  # `-I src=../src`, which restricted evaluation resolves, so a copy, not a link).
+  cp -a "$src/scripts" "$src/src" "$copy/"
   tests_dir=$copy/tests
 fi
 if [ -n "$force" ]; then

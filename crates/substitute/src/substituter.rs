@@ -357,7 +357,8 @@ impl Substituter {
         items
             .into_iter()
             .zip(found)
-            .filter_map(|(p, f)| f.then(|| p.clone()))
+            .filter(|(_, f)| *f)
+            .map(|(p, _)| p.clone())
             .collect()
     }
 

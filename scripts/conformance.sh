@@ -240,7 +240,7 @@ for t in "${selected[@]}"; do
   echo "$verdict $name (${took}s)"
   if [ -n "${want[$name]:-}" ] && [ $verdict != PASS ]; then unexpected+=("$name"); fi
   # The daemon (and the roots helper) of a test never outlive it.
-  pkill -u "$daemon_user" >/dev/null 2>&1 || true
+  if [ "$daemon" = unrooted ]; then pkill -u "$daemon_user" >/dev/null 2>&1 || true; fi
   rm -rf "$tmp/nix-test"
 done
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -37,15 +37,15 @@ if [ -d "${TEST_HOME:-}" ]; then setfacl -m "u:$uid:rwx" "$TEST_HOME"; fi
 # which a root nix-daemon (and the unsandboxed builders it runs as root) reaches
 # whatever their modes: secret keys (`nix-store --generate-binary-cache-key … sk1`,
 # 0600, named in `--secret-key-files`: the daemon signs what it builds with them) and
-# FIFOs a builder writes to (gc-concurrent's test1.fifo). The daemon's user gets read
-# access to the one and read-write access to the other, as an administrator gives the
-# store owner the keys it signs with.
+# FIFOs a builder reads or writes (gc-concurrent's test1.fifo, gc-auto's fifoLock).
+# The daemon's user gets read access to the one and read-write access to the other,
+# as an administrator gives the store owner the keys it signs with.
 inotifywait -q -m -e create -e moved_to --format '%w%f' "$test_root" "$NIX_LOCALSTATE_DIR" |
   while read -r made; do
     case "$made" in
       "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR") chown -R "$uid:$gid" "$made" ;;
       "$test_root"/sk[0-9]*) [ -f "$made" ] && setfacl -m "u:$uid:r" "$made" ;;
-      "$test_root"/*.fifo) [ -p "$made" ] && setfacl -m "u:$uid:rw" "$made" ;;
+      *) [ -p "$made" ] && setfacl -m "u:$uid:rw" "$made" ;;
     esac
   done &
 watcher=$!

@@ -5,6 +5,7 @@
 #
 #   scripts/conformance.sh [--daemon unrooted|nix] [--only a.sh,b.sh] [--expected FILE]
 #                          [--timeout SECONDS] [--keep-logs DIR] [--clients-as USER]
+#                          [--force-daemon]
 #
 # --daemon unrooted (default): `unrooted daemon` as the unprivileged user
 #   unrooted-conf-daemon (no capabilities), with the roots helper unrooted-find-roots
@@ -19,12 +20,18 @@
 #   unprivileged user (made if missing); the daemon the suite starts is started for it
 #   by a root launcher of this runner (the wrapper needs root to set up). See
 #   docs/conformance.md for what fails there and why.
+# --force-daemon: the tests that skip themselves in daemon mode (`needLocalStore` or
+#   `buggyNeedLocalStore` as their first statement: timeout, check, referrers, repair,
+#   gc-auto, gc-non-blocking, dump-db, binary-cache, fetchClosure, eval-store,
+#   ca/concurrent-builds, ca/substitute, linux-sandbox) run through the daemon anyway,
+#   from a copy of the suite in which that one line is a no-op (`:`); nothing else of
+#   the test changes. See docs/conformance.md for which of them mean something there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
 daemon=unrooted only="" expected="" timeout=300
-logs="" clients=""
+logs="" clients="" force=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --daemon) daemon=$2; shift 2 ;;
@@ -33,7 +40,8 @@ while [ $# -gt 0 ]; do
     --timeout) timeout=$2; shift 2 ;;
     --keep-logs) logs=$2; shift 2 ;;
     --clients-as) clients=$2; shift 2 ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    --force-daemon) force=1; shift ;;
+    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +49,7 @@ case "$daemon" in unrooted|nix) ;; *) echo "--daemon unrooted|nix" >&2; exit 2 ;
 [ "$(id -u)" = 0 ] || { echo "conformance.sh: run as root (it makes the daemon's user)" >&2; exit 2; }
 
 work=${UNROOTED_CONFORMANCE_DIR:-/var/tmp/unrooted-conformance}
-logs=${logs:-$work/logs-$daemon${clients:+-as-$clients}}
+logs=${logs:-$work/logs-$daemon${clients:+-as-$clients}${force:+-forced}}
 daemon_user=unrooted-conf-daemon
 
 # --- set-up: packages, the daemon's user, the binaries -------------------------------
@@ -87,28 +95,42 @@ if [ ! -f "$src/.prepared" ]; then
   mkdir -p "$work/dl"
   (cd "$work/dl" && apt-get source --download-only "nix=$(dpkg-query -W -f '${source:Version}' nix-bin)" >/dev/null 2>&1)
   tar -C "$work" -xf "$work"/dl/nix_"$version".orig.tar.*
-  # The substitutions Nix's build makes (configure's @…@ values for this machine).
-  coreutils=$(dirname "$(command -v cat)")
-  for f in common.sh config.nix; do
-    sed -e "s|@bash@|/bin/bash|g" -e "s|@coreutils@|$coreutils|g" \
-        -e "s|@system@|$(uname -m)-linux|g" -e "s|@bindir@|/usr/bin|g" \
-        -e "s|@sandbox_shell@|/bin/busybox|g" -e "s|@PACKAGE_VERSION@|$version|g" \
-        -e "s|@dot@||g" <"$src/tests/$f.in" >"$src/tests/$f"
-  done
   touch "$src/.prepared"
 fi
+# The substitutions Nix's build makes (configure's @…@ values for this machine), for
+# the files `test-deps` of tests/local.mk names (tests/ca/config.nix.in is a link to
+# ../config.nix.in, made into a file of its own as Nix's build does).
+coreutils=$(dirname "$(command -v cat)")
+for f in common.sh config.nix ca/config.nix; do
+  sed -e "s|@bash@|/bin/bash|g" -e "s|@coreutils@|$coreutils|g" \
+      -e "s|@system@|$(uname -m)-linux|g" -e "s|@bindir@|/usr/bin|g" \
+      -e "s|@sandbox_shell@|/bin/busybox|g" -e "s|@PACKAGE_VERSION@|$version|g" \
+      -e "s|@dot@||g" <"$src/tests/$f.in" >"$src/tests/$f.tmp"
+  mv "$src/tests/$f.tmp" "$src/tests/$f"
+done
 tests_dir=$src/tests
+if [ -n "$clients" ] || [ -n "$force" ]; then
+  # A copy of the suite: the client's own (tests write into their directory,
+  # ./result), and/or one whose daemon-mode skips are no-ops.
+  copy=$work/suite${clients:+-as-$clients}${force:+-forced}
+  rm -rf "$copy"
+  mkdir -p "$copy"
+  cp -a "$tests_dir" "$copy/tests"
+  # What tests read beside the suite: ../scripts (bash-profile), ../src (restricted:
+  # `-I src=../src`, which restricted evaluation resolves, so a copy, not a link).
+  cp -a "$src/scripts" "$src/src" "$copy/"
+  tests_dir=$copy/tests
+fi
+if [ -n "$force" ]; then
+  # Only the skip statement itself becomes `:` (its argument, the reason, stays
+  # visible in the log); what the test checks is unchanged.
+  find "$tests_dir" -name '*.sh' ! -name common.sh -exec sed -i -E \
+    's/^([[:space:]]*)(buggyNeedLocalStore|needLocalStore)([[:space:]]|$)/\1: forced through the daemon by conformance.sh --force-daemon: \2\3/' {} +
+fi
 if [ -n "$clients" ]; then
   id "$clients" >/dev/null 2>&1 ||
     useradd --system --no-create-home --shell /usr/sbin/nologin "$clients"
-  # The client's own copy of the suite: tests write into their directory (./result).
-  copy=$work/suite-as-$clients
-  rm -rf "$copy" "$work/tests-as-$clients"
-  mkdir -p "$copy"
-  cp -a "$tests_dir" "$copy/tests"
-  ln -s "$src/scripts" "$copy/scripts"
-  chown -R "$clients:" "$copy/tests"
-  tests_dir=$copy/tests
+  chown -R "$clients:" "$tests_dir"
 fi
 mapfile -t all < <(sed -n '/^nix_tests = /,/^$/p' "$tests_dir/local.mk" | tr -d '\\' | tr ' ' '\n' | grep '\.sh$')
 
@@ -190,8 +212,14 @@ for t in "${selected[@]}"; do
   start=$(date +%s%N)
   env_args=(TMPDIR="$tmp" NIX_DAEMON_PACKAGE="$pkg" NIX_REMOTE= TEST_NAME="${name//\//-}")
   set +e
-  # As mk/run_test.sh: init.sh first, its status not looked at.
-  (cd "$tests_dir" && "${as_client[@]}" env "${env_args[@]}" bash -e init.sh) >"$log" 2>&1
+  # As mk/run_test.sh: init.sh first, its status not looked at. In the second mode
+  # without a daemon: init.sh's common.sh would start one whose socket (the daemon's)
+  # its own `chmod -R u+w $TEST_ROOT` then cannot change, and it would stop before
+  # writing nix.conf; the set-up talks to no daemon but for `nix-store --init`, which
+  # then makes the database locally, as the daemon does at its first connection.
+  init_args=("${env_args[@]}")
+  [ -n "$clients" ] && init_args+=(NIX_DAEMON_PACKAGE=)
+  (cd "$tests_dir" && "${as_client[@]}" env "${init_args[@]}" bash -e init.sh) >"$log" 2>&1
   echo "--- the test" >>"$log"
   (cd "$tests_dir/$(dirname "$t")" && env "${env_args[@]}" \
       timeout -k 10 "$timeout" "${as_client[@]}" bash -e "$(basename "$t")") >>"$log" 2>&1
@@ -212,7 +240,7 @@ for t in "${selected[@]}"; do
   echo "$verdict $name (${took}s)"
   if [ -n "${want[$name]:-}" ] && [ $verdict != PASS ]; then unexpected+=("$name"); fi
   # The daemon (and the roots helper) of a test never outlive it.
-  pkill -u "$daemon_user" >/dev/null 2>&1 || true
+  if [ "$daemon" = unrooted ]; then pkill -u "$daemon_user" >/dev/null 2>&1 || true; fi
   rm -rf "$tmp/nix-test"
 done
 echo "$passed passed, $failed failed, $skipped skipped"

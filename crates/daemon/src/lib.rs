@@ -8,6 +8,7 @@
 
 mod auto_collect;
 mod auto_gc;
+mod client_sigs;
 mod connection;
 mod gc_barrier;
 mod layer_settings;

@@ -118,7 +118,16 @@ impl BinaryCache {
         // An s3:// cache's parameters (endpoint, region, profile) are its address.
         let transport =
             open_transport(if base.starts_with("s3://") { url } else { base }, options)?;
-        Self::with_transport(transport, store_dir, priority_override, retry, disk)
+        // A `file://` cache's `nix-cache-info` is read afresh each time, never from
+        // the lookup cache, as Nix reads a local binary cache's at each opening: it
+        // is a file on this machine that may change between two requests (its
+        // narinfos are still remembered, as Nix does).
+        let info_from = if base.starts_with("file://") {
+            None
+        } else {
+            disk
+        };
+        Self::with_transport(transport, store_dir, priority_override, retry, info_from)
     }
 
     /// Opens a cache through any transport (an S3 one, or a test's).

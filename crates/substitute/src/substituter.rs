@@ -324,6 +324,44 @@ impl Substituter {
             .collect()
     }
 
+    /// Which of `paths` the caches that invite mass queries have: Nix's
+    /// `querySubstitutablePaths` (QuerySubstitutablePaths, what `nix-env -qas` asks),
+    /// which asks only the caches for this store directory whose `nix-cache-info`
+    /// says `WantMassQuery: 1`. The others still substitute a path asked for by name
+    /// ([`Substituter::query`]).
+    pub fn query_mass(
+        &self,
+        paths: &BTreeSet<StorePath>,
+        observer: &dyn Observer,
+    ) -> BTreeSet<StorePath> {
+        let caches: Vec<&BinaryCache> = self
+            .caches
+            .iter()
+            .filter(|c| c.want_mass_query() && c.store_dir() == &self.store_dir)
+            .collect();
+        if caches.is_empty() {
+            return BTreeSet::new();
+        }
+        let items: Vec<&StorePath> = paths.iter().collect();
+        let found = parallel_map(&items, self.config.jobs, |p| {
+            caches
+                .iter()
+                .any(|cache| match cache.query_narinfo(p, self.disk.as_deref()) {
+                    Ok(info) => info.is_some(),
+                    Err(e) => {
+                        observer.warn(&format!("warning: {}", error_chain(&e)));
+                        false
+                    }
+                })
+        });
+        items
+            .into_iter()
+            .zip(found)
+            .filter(|(_, f)| *f)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
     /// What fetching `paths` and everything they refer to would take: the paths
     /// missing from `store`, found through the caches' references.
     ///

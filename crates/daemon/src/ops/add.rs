@@ -276,11 +276,7 @@ fn add_to_store_nar(
     out: &mut Out,
 ) -> Result {
     let mut info = from_wire(&req.info);
-    let check = if s.trusted && req.dont_check_sigs {
-        CheckSigs::DontCheck
-    } else {
-        CheckSigs::Check
-    };
+    let check = crate::client_sigs::check_sigs(s, req.dont_check_sigs);
     if !s.trusted {
         info.ultimate = false;
     }
@@ -334,11 +330,7 @@ fn add_multiple_items<R: BufRead>(
     if repair && !s.trusted {
         return Err(client(REPAIR_UNTRUSTED));
     }
-    let check = if s.trusted && dont_check_sigs {
-        CheckSigs::DontCheck
-    } else {
-        CheckSigs::Check
-    };
+    let check = crate::client_sigs::check_sigs(s, dont_check_sigs);
     let count = wire::read_count(body, s.cx.limits.max_count, "path count")?;
     for _ in 0..count {
         let item = WirePathInfo::read_multiple_item(body, &s.cx)?;

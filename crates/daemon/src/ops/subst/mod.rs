@@ -75,12 +75,19 @@ fn ensure_path(s: &Session<'_>, p: &StorePath, out: &mut Out) -> Result {
 }
 
 /// Whether `p` (or what it waited for) is merely absent from the caches, as
-/// opposed to a substitution that went wrong.
+/// opposed to a substitution that went wrong. A NAR the cache no longer has (its
+/// narinfo still there) counts as absent: Nix's `SubstituteGone`, which "behaves the
+/// same as the substitute never having existed in the first place" (the derivation
+/// is built, `--fallback` or not).
 fn only_missing(failed: &BTreeMap<StorePath, SubstituteError>, p: &StorePath) -> bool {
     let mut cur = p.clone();
     for _ in 0..failed.len() + 1 {
         match failed.get(&cur) {
             Some(SubstituteError::NotSubstitutable { .. }) => return true,
+            Some(SubstituteError::Download {
+                source: unrooted_substitute::TransportError::Status { status: 404 },
+                ..
+            }) => return true,
             Some(SubstituteError::DependencyFailed { reference, .. }) => {
                 let Some(base) = reference.rsplit('/').next() else {
                     return false;
@@ -268,7 +275,8 @@ pub(crate) fn query_missing(
     })
 }
 
-/// QuerySubstitutablePaths: which of `paths` some cache has.
+/// QuerySubstitutablePaths: which of `paths` some cache that invites mass queries
+/// (`WantMassQuery: 1`) has, as Nix 2.8's `LocalStore::querySubstitutablePaths`.
 fn substitutable_paths(
     s: &Session<'_>,
     paths: &BTreeSet<StorePath>,
@@ -278,9 +286,9 @@ fn substitutable_paths(
         return BTreeSet::new();
     };
     let observer = ClientObserver::new(s, out);
-    let found = sub.query_many(paths, &observer);
+    let found = sub.query_mass(paths, &observer);
     observer.flush();
-    found.into_keys().collect()
+    found
 }
 
 /// QuerySubstitutablePathInfos: what the caches say of `paths`.

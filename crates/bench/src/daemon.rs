@@ -29,6 +29,7 @@ use unrooted_testkit::daemon::{test_user, DAEMON_USER};
 
 use crate::mem::{self, Peak, Sampler};
 use crate::nar::generate;
+use crate::store_ops;
 use crate::util::{median, median_of, time_command};
 
 /// What the daemon workloads need from the command line.
@@ -49,12 +50,13 @@ pub struct Options {
     pub query_secs: f64,
     /// Concurrent connections in the concurrent query measurements.
     pub connections: usize,
+    /// AddIndirectRoot requests sent over one connection.
+    pub indirect_roots: usize,
 }
 
 /// The goals the issue sets.
-const GOAL_QUERIES: f64 = 3.0;
 const GOAL_IMPORT: f64 = 1.5;
-const GOAL_MEMORY: f64 = 0.5;
+const GOAL_MEMORY: f64 = 0.1;
 
 pub(crate) type Conn = Client<BufReader<UnixStream>, BufWriter<UnixStream>>;
 
@@ -469,8 +471,12 @@ fn workloads(
         targets.push(info.path);
     }
     let dur = Duration::from_secs_f64(opts.query_secs / QUERY_TRIALS as f64);
+    let floors = [1, opts.connections]
+        .map(|conns| pingpong_rate(conns, dur))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for op in [Query::IsValidPath, Query::QueryPathInfo] {
-        for conns in [1, opts.connections] {
+        for (conns, floor) in [1, opts.connections].into_iter().zip(&floors) {
             // Short interleaved trials, so that a burst of load elsewhere on the
             // machine or an unlucky placement of threads on CPUs (which alone can
             // change a one-connection rate several times over) does not fall on one
@@ -496,22 +502,13 @@ fn workloads(
                 "ops/s",
                 rate(&trials[0]),
                 rate(&trials[1]),
-                Some(GOAL_QUERIES),
+                None,
             );
-            let (u, n) = (cpu_us(&trials[0]), cpu_us(&trials[1]));
-            println!(
-                "{:<38} {:<8} {u:>11.1} {n:>11.1} {:>8.2}x  (lower is better)",
-                "  daemon CPU per op",
-                "us",
-                u / n
-            );
+            store_ops::floor_row(rate(&trials[0]), rate(&trials[1]), *floor);
+            store_ops::cpu_row(cpu_us(&trials[0]), cpu_us(&trials[1]));
         }
     }
 
-    let floors = [1, opts.connections]
-        .map(|conns| pingpong_rate(conns, dur))
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
         "{:<38} {:<8} {:>11.0} {:>11.0}  (1 and {} connections; no daemon)",
         "  socket round-trip floor", "ops/s", floors[0], floors[1], opts.connections
@@ -535,7 +532,17 @@ fn workloads(
         "paths/s",
         rates[0],
         rates[1],
-        None,
+        Some(store_ops::GOAL_SMALL_ADDS),
+    );
+
+    sampler.phase("indirect roots");
+    let rates = store_ops::indirect_roots(daemons, &targets, opts.indirect_roots)?;
+    row(
+        &format!("{} AddIndirectRoot, 1 connection", opts.indirect_roots),
+        "roots/s",
+        rates[0],
+        rates[1],
+        Some(store_ops::GOAL_INDIRECT_ROOTS),
     );
 
     sampler.phase("nix-store --add");

@@ -472,7 +472,7 @@ fn workloads(
     }
     let dur = Duration::from_secs_f64(opts.query_secs / QUERY_TRIALS as f64);
     let floors = [1, opts.connections]
-        .map(|conns| pingpong_rate(conns, dur))
+        .map(|conns| store_ops::Floor::measure(conns, dur, QUERY_TRIALS, pingpong_rate))
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
     for op in [Query::IsValidPath, Query::QueryPathInfo] {
@@ -504,15 +504,12 @@ fn workloads(
                 rate(&trials[1]),
                 None,
             );
-            store_ops::floor_row(rate(&trials[0]), rate(&trials[1]), *floor);
-            store_ops::cpu_row(cpu_us(&trials[0]), cpu_us(&trials[1]));
+            store_ops::floor_row(rate(&trials[0]), rate(&trials[1]), floor);
+            store_ops::cpu_row(cpu_us(&trials[0]), cpu_us(&trials[1]), floor);
         }
     }
 
-    println!(
-        "{:<38} {:<8} {:>11.0} {:>11.0}  (1 and {} connections; no daemon)",
-        "  socket round-trip floor", "ops/s", floors[0], floors[1], opts.connections
-    );
+    store_ops::print_floors(&floors, opts.connections);
     // nix-daemon's connection processes take a moment to exit once their client
     // hangs up; their memory belongs to the queries, not to what comes next.
     for d in daemons {
@@ -523,10 +520,7 @@ fn workloads(
     }
 
     sampler.phase("small paths");
-    let rates = daemons
-        .iter()
-        .map(|d| small_paths(d, opts.small_paths))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rates = store_ops::interleaved(daemons, opts.small_paths, small_paths)?;
     row(
         &format!("{} small paths, one by one", opts.small_paths),
         "paths/s",
@@ -771,11 +765,12 @@ fn pingpong_rate(conns: usize, dur: Duration) -> anyhow::Result<f64> {
     Ok(rates[rates.len() / 2])
 }
 
-/// Adds `n` small text paths with distinct contents over one connection; paths/s.
-fn small_paths(d: &Daemon, n: usize) -> anyhow::Result<f64> {
+/// Adds small text paths `first..first + n` with distinct contents over one
+/// connection; paths/s.
+fn small_paths(d: &Daemon, first: usize, n: usize) -> anyhow::Result<f64> {
     let mut c = d.connect()?;
     let start = Instant::now();
-    for i in 0..n {
+    for i in first..first + n {
         let name = StorePathName::new(&format!("small-{i}"))?;
         let text = format!("small path {i}\n");
         let info = c

@@ -19,6 +19,7 @@
 
 mod build;
 mod daemon;
+mod floor;
 mod gc;
 mod mem;
 mod nar;
@@ -123,6 +124,8 @@ fn uptime(when: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The echo server of the socket floor is this binary, started by itself.
+    floor::serve_if_asked();
     let args = Args::parse();
     let unrooted = fs::canonicalize(&args.unrooted).with_context(|| {
         format!(

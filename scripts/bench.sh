@@ -14,4 +14,6 @@ if ! [ -x /usr/sbin/nginx ]; then
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq nginx-light >/dev/null || true
 fi
 cargo build --release --locked --quiet -p unrooted-cli -p unrooted-bench -p unrooted-roots -p unrooted-sandbox
-exec target/release/unrooted-bench --unrooted target/release/unrooted "$@"
+# Cargo builds into CARGO_TARGET_DIR when it is set; run what it built.
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target/release/unrooted-bench" --unrooted "$target/release/unrooted" "$@"

@@ -19,9 +19,11 @@
 
 mod build;
 mod daemon;
+mod floor;
 mod gc;
 mod mem;
 mod nar;
+mod store_ops;
 mod subst;
 mod util;
 
@@ -65,6 +67,10 @@ struct Args {
     /// Concurrent connections in the concurrent query measurements.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// AddIndirectRoot requests the daemon workload sends over one connection (as
+    /// `nix-build -o` does, each after an AddTempRoot).
+    #[arg(long, default_value_t = 2500)]
+    indirect_roots: usize,
     /// Independent trivial derivations built by one `nix-build` in the build workload.
     #[arg(long, default_value_t = 200)]
     builds: usize,
@@ -118,6 +124,8 @@ fn uptime(when: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The echo server of the socket floor is this binary, started by itself.
+    floor::serve_if_asked();
     let args = Args::parse();
     let unrooted = fs::canonicalize(&args.unrooted).with_context(|| {
         format!(
@@ -150,6 +158,7 @@ fn main() -> anyhow::Result<()> {
             small_paths: args.small_paths,
             query_secs: args.query_secs,
             connections: args.connections,
+            indirect_roots: args.indirect_roots.max(1),
         })?;
     }
     if selected(Workload::Build) {

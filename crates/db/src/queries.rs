@@ -44,6 +44,33 @@ impl Database {
 
     /// The record of `path`, or `None` if it is not valid.
     pub fn path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, DbError> {
+        // The row and its references are two statements: outside a transaction
+        // each would take and drop the database's shared lock (two `fcntl`s each)
+        // and could see different snapshots; inside one read transaction they take
+        // it once and see one snapshot. Inside a caller's transaction, that one.
+        if !self.conn.is_autocommit() {
+            return self.path_info_in_snapshot(path);
+        }
+        let q = |source| query_err("beginning a read transaction", "", source);
+        self.conn
+            .prepare_cached("begin")
+            .and_then(|mut s| s.execute([]))
+            .map_err(q)?;
+        let result = self.path_info_in_snapshot(path);
+        // A read transaction has nothing to keep: ending it cannot lose anything,
+        // and it must end even when the query failed, or the connection would pin
+        // its snapshot (and the WAL) for ever.
+        let end = self
+            .conn
+            .prepare_cached("commit")
+            .and_then(|mut s| s.execute([]));
+        if end.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("rollback");
+        }
+        result
+    }
+
+    fn path_info_in_snapshot(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, DbError> {
         let text = self.display(path);
         let Some(raw) = self.raw_info(&text)? else {
             return Ok(None);

@@ -408,13 +408,21 @@ pub fn add_indirect_root(state_dir: &Path, link: &Path) -> Result<(), GcError> {
             "an indirect root must be an absolute path",
         )));
     }
-    fs::create_dir_all(&dir).map_err(err(&dir))?;
     let name = dir.join(indirect_root_name(link));
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(link, &tmp).map_err(err(&tmp))?;
+    // Two system calls in the usual case (symlink, rename), as Nix's makeSymlink:
+    // the directory is made only when the link cannot be, and a leftover of an
+    // earlier process with this pid is removed only when it is in the way.
+    if let Err(e) = std::os::unix::fs::symlink(link, &tmp) {
+        match e.kind() {
+            io::ErrorKind::NotFound => fs::create_dir_all(&dir).map_err(err(&dir))?,
+            io::ErrorKind::AlreadyExists => fs::remove_file(&tmp).map_err(err(&tmp))?,
+            _ => return Err(err(&tmp)(e)),
+        }
+        std::os::unix::fs::symlink(link, &tmp).map_err(err(&tmp))?;
+    }
     fs::rename(&tmp, &name).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         err(&name)(e)

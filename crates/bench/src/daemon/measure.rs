@@ -157,11 +157,12 @@ pub(super) fn pingpong_rate(conns: usize, dur: Duration) -> anyhow::Result<f64> 
     Ok(rates[rates.len() / 2])
 }
 
-/// Adds `n` small text paths with distinct contents over one connection; paths/s.
-pub(super) fn small_paths(d: &Daemon, n: usize) -> anyhow::Result<f64> {
+/// Adds small text paths `first..first + n` with distinct contents over one
+/// connection; paths/s.
+pub(super) fn small_paths(d: &Daemon, first: usize, n: usize) -> anyhow::Result<f64> {
     let mut c = d.connect()?;
     let start = Instant::now();
-    for i in 0..n {
+    for i in first..first + n {
         let name = StorePathName::new(&format!("small-{i}"))?;
         let text = format!("small path {i}\n");
         let info = c

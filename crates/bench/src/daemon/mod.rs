@@ -25,6 +25,7 @@ use unrooted_testkit::daemon::{test_user, DAEMON_USER};
 
 use crate::mem::{self, Peak, Sampler};
 use crate::nar::generate;
+use crate::store_ops;
 use crate::util::median;
 
 mod measure;
@@ -51,12 +52,13 @@ pub struct Options {
     pub query_secs: f64,
     /// Concurrent connections in the concurrent query measurements.
     pub connections: usize,
+    /// AddIndirectRoot requests sent over one connection.
+    pub indirect_roots: usize,
 }
 
 /// The goals the issue sets.
-const GOAL_QUERIES: f64 = 3.0;
 const GOAL_IMPORT: f64 = 1.5;
-const GOAL_MEMORY: f64 = 0.5;
+const GOAL_MEMORY: f64 = 0.1;
 
 /// Runs the daemon workloads and prints their tables.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -202,6 +204,15 @@ fn workloads(
 ) -> anyhow::Result<()> {
     sampler.phase("queries");
     header();
+    let targets = query_targets(daemons)?;
+    query_workloads(opts, daemons, &targets)?;
+    wait_for_connection_processes(daemons);
+    small_and_root_workloads(opts, daemons, sampler, &targets)?;
+    add_workload(opts, daemons, sampler, tree, concat)
+}
+
+/// Adds to each daemon's store the path the query workloads ask about.
+fn query_targets(daemons: &[Daemon]) -> anyhow::Result<Vec<unrooted_format::StorePath>> {
     let mut targets = Vec::new();
     for d in daemons {
         let mut c = d.connect()?;
@@ -213,9 +224,23 @@ fn workloads(
         )?;
         targets.push(info.path);
     }
+    Ok(targets)
+}
+
+/// IsValidPath and QueryPathInfo over 1 and `opts.connections` connections, each
+/// against the socket floor of the same number of connections.
+fn query_workloads(
+    opts: &Options,
+    daemons: &[Daemon],
+    targets: &[unrooted_format::StorePath],
+) -> anyhow::Result<()> {
     let dur = Duration::from_secs_f64(opts.query_secs / QUERY_TRIALS as f64);
+    let floors = [1, opts.connections]
+        .map(|conns| store_ops::Floor::measure(conns, dur, QUERY_TRIALS, pingpong_rate))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for op in [Query::IsValidPath, Query::QueryPathInfo] {
-        for conns in [1, opts.connections] {
+        for (conns, floor) in [1, opts.connections].into_iter().zip(&floors) {
             // Short interleaved trials, so that a burst of load elsewhere on the
             // machine or an unlucky placement of threads on CPUs (which alone can
             // change a one-connection rate several times over) does not fall on one
@@ -226,63 +251,83 @@ fn workloads(
                     trials[i].push(query_rate(&daemons[i], &targets[i], conns, dur, op)?);
                 }
             }
-            let rate = |t: &[QueryRun]| {
-                let mut r: Vec<f64> = t.iter().map(|q| q.ops as f64 / q.secs).collect();
-                r.sort_by(f64::total_cmp);
-                r[r.len() / 2]
-            };
-            let cpu_us = |t: &[QueryRun]| {
-                let ops: u64 = t.iter().map(|q| q.ops).sum();
-                t.iter().map(|q| q.cpu_secs).sum::<f64>() * 1e6 / ops as f64
-            };
             let plural = if conns == 1 { "" } else { "s" };
             row(
                 &format!("{op:?}, {conns} connection{plural}"),
                 "ops/s",
-                rate(&trials[0]),
-                rate(&trials[1]),
-                Some(GOAL_QUERIES),
+                median_rate(&trials[0]),
+                median_rate(&trials[1]),
+                None,
             );
-            let (u, n) = (cpu_us(&trials[0]), cpu_us(&trials[1]));
-            println!(
-                "{:<38} {:<8} {u:>11.1} {n:>11.1} {:>8.2}x  (lower is better)",
-                "  daemon CPU per op",
-                "us",
-                u / n
-            );
+            store_ops::floor_row(median_rate(&trials[0]), median_rate(&trials[1]), floor);
+            store_ops::cpu_row(cpu_us_per_op(&trials[0]), cpu_us_per_op(&trials[1]), floor);
         }
     }
+    store_ops::print_floors(&floors, opts.connections);
+    Ok(())
+}
 
-    let floors = [1, opts.connections]
-        .map(|conns| pingpong_rate(conns, dur))
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    println!(
-        "{:<38} {:<8} {:>11.0} {:>11.0}  (1 and {} connections; no daemon)",
-        "  socket round-trip floor", "ops/s", floors[0], floors[1], opts.connections
-    );
-    // nix-daemon's connection processes take a moment to exit once their client
-    // hangs up; their memory belongs to the queries, not to what comes next.
+/// The median rate of query trials, in ops/s.
+fn median_rate(trials: &[QueryRun]) -> f64 {
+    let mut r: Vec<f64> = trials.iter().map(|q| q.ops as f64 / q.secs).collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
+/// The daemon's CPU time per query over all trials, in microseconds.
+fn cpu_us_per_op(trials: &[QueryRun]) -> f64 {
+    let ops: u64 = trials.iter().map(|q| q.ops).sum();
+    trials.iter().map(|q| q.cpu_secs).sum::<f64>() * 1e6 / ops as f64
+}
+
+/// nix-daemon's connection processes take a moment to exit once their client hangs
+/// up; their memory belongs to the queries, not to what comes next.
+fn wait_for_connection_processes(daemons: &[Daemon]) {
     for d in daemons {
         let deadline = Instant::now() + Duration::from_secs(2);
         while mem::tree(d.pid()).len() > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
 
+/// Small paths added one by one, then AddIndirectRoot over one connection.
+fn small_and_root_workloads(
+    opts: &Options,
+    daemons: &[Daemon],
+    sampler: &Sampler,
+    targets: &[unrooted_format::StorePath],
+) -> anyhow::Result<()> {
     sampler.phase("small paths");
-    let rates = daemons
-        .iter()
-        .map(|d| small_paths(d, opts.small_paths))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rates = store_ops::interleaved(daemons, opts.small_paths, small_paths)?;
     row(
         &format!("{} small paths, one by one", opts.small_paths),
         "paths/s",
         rates[0],
         rates[1],
-        None,
+        Some(store_ops::GOAL_SMALL_ADDS),
     );
 
+    sampler.phase("indirect roots");
+    let rates = store_ops::indirect_roots(daemons, targets, opts.indirect_roots)?;
+    row(
+        &format!("{} AddIndirectRoot, 1 connection", opts.indirect_roots),
+        "roots/s",
+        rates[0],
+        rates[1],
+        Some(store_ops::GOAL_INDIRECT_ROOTS),
+    );
+    Ok(())
+}
+
+/// `nix-store --add` of the generated tree, against the hashing floor.
+fn add_workload(
+    opts: &Options,
+    daemons: &[Daemon],
+    sampler: &Sampler,
+    tree: &Path,
+    concat: &Path,
+) -> anyhow::Result<()> {
     sampler.phase("nix-store --add");
     let add = add_tree(opts, daemons, tree)?;
     let times = &add.wall;

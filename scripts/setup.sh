@@ -27,6 +27,9 @@ command -v pasta >/dev/null || need_apt+=(passt)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 # The s3:// tests (crates/cli/tests/cli/subst_s3.rs) run moto's S3 server from a venv.
 command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# `nix develop` with the Nix 2.26 client (trixie_vs_nix_daemon.rs) builds its
+# environment with bash in the sandbox: a static one, bound at /bin/bash.
+[ -x /bin/bash-static ] || need_apt+=(bash-static)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # Wait for another apt or dpkg run (unattended upgrades) instead of failing.

@@ -255,6 +255,18 @@ impl BinaryCache {
         path: &StorePath,
         disk: Option<&NarInfoCache>,
     ) -> Result<Option<NarInfo>, SubstituteError> {
+        self.query_narinfo_noting(path, disk, &mut |_| {})
+    }
+
+    /// [`BinaryCache::query_narinfo`], calling `asking(true)` before the cache itself
+    /// is asked (`disk` remembers nothing fresh of `path`) and `asking(false)` after,
+    /// as Nix's `queryPathInfoUncached` runs its `query-path-info` activity.
+    pub fn query_narinfo_noting(
+        &self,
+        path: &StorePath,
+        disk: Option<&NarInfoCache>,
+        asking: &mut dyn FnMut(bool),
+    ) -> Result<Option<NarInfo>, SubstituteError> {
         let hash_part = path.hash_part();
         let rel = format!("{hash_part}.narinfo");
         let full = self.transport.url_of(&rel);
@@ -268,7 +280,12 @@ impl BinaryCache {
         let (text, fresh) = match remembered {
             Lookup::Absent => return Ok(None),
             Lookup::Present(text) => (Some(text), false),
-            Lookup::Unknown => (Self::fetch_text(&*self.transport, self.retry, &rel)?, true),
+            Lookup::Unknown => {
+                asking(true);
+                let text = Self::fetch_text(&*self.transport, self.retry, &rel);
+                asking(false);
+                (text?, true)
+            }
         };
         let info = match &text {
             None => None,

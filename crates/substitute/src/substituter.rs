@@ -72,6 +72,14 @@ pub trait Observer: Sync {
     fn download_progress(&self, _id: u64, _done: u64, _expected: u64) {}
     /// The download ended, successfully (`ok`) or not.
     fn download_finished(&self, _id: u64, _ok: bool) {}
+    /// The cache at `cache_url` is asked for the narinfo of `path` (shown in the
+    /// cache's store directory), nothing fresh being remembered of it. Returns an id
+    /// for [`Observer::query_finished`].
+    fn query_started(&self, _path: &str, _cache_url: &str) -> u64 {
+        0
+    }
+    /// The cache answered (or failed) the query `id`.
+    fn query_finished(&self, _id: u64) {}
 }
 
 /// An [`Observer`] that ignores everything.
@@ -289,7 +297,16 @@ impl Substituter {
                     }
                 }
             };
-            match cache.query_narinfo(&asked, self.disk.as_deref()) {
+            let shown = cache.store_dir().display(&asked);
+            let mut id = 0;
+            let mut asking = |started: bool| {
+                if started {
+                    id = observer.query_started(&shown, cache.url());
+                } else {
+                    observer.query_finished(id);
+                }
+            };
+            match cache.query_narinfo_noting(&asked, self.disk.as_deref(), &mut asking) {
                 Ok(Some(mut info)) => {
                     if foreign {
                         if !info.references.is_empty() || info.ca.as_ref() != ca.as_ref() {

@@ -225,7 +225,17 @@ pub struct TrixieNixDaemon {
 impl TrixieNixDaemon {
     /// Starts `nix-daemon` for `d` and waits for its socket.
     pub fn start(d: &TestDaemon, root: &Path) -> Self {
-        let (uid, gid) = crate::daemon::test_user(crate::daemon::DAEMON_USER).expect("daemon user");
+        let ids = crate::daemon::test_user(crate::daemon::DAEMON_USER).expect("daemon user");
+        Self::start_as(d, root, ids)
+    }
+
+    /// Starts `nix-daemon` for `d` as root (as Debian's `nix-setup-systemd` runs it),
+    /// with no capability dropped, and waits for its socket.
+    pub fn start_as_root(d: &TestDaemon, root: &Path) -> Self {
+        Self::start_as(d, root, (0, 0))
+    }
+
+    fn start_as(d: &TestDaemon, root: &Path, (uid, gid): (u32, u32)) -> Self {
         let r = d.root();
         let log = r.join("nix-daemon.log");
         let mut cmd = trixie_command(

@@ -119,7 +119,7 @@ fn substitute_invalid(s: &Session<'_>, paths: &BTreeSet<StorePath>, out: &mut Ou
     for p in paths {
         s.add_temp_root(p);
     }
-    let outcomes = subst::substitute_targets(s, &missing, out);
+    let outcomes = subst::substitute_targets(s, &missing, out, None);
     for o in &outcomes {
         if let Outcome::Failed(why) = o {
             out.log(Verbosity::Warn, &format!("warning: {why}"))?;

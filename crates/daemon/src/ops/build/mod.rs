@@ -8,6 +8,8 @@ mod observer;
 mod progress;
 mod run;
 
+pub(super) use progress::{start_query_missing, WorkerProgress};
+
 use unrooted_protocol::request::BuildMode;
 use unrooted_protocol::{
     BuildResult, BuildStatus, DerivedPath, KeyedBuildResult, OutputsSpec, Request,
@@ -35,9 +37,18 @@ pub(super) fn perform(s: &mut Session<'_>, request: Request, out: &mut Out) -> R
 /// target is valid.
 fn build_paths(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -> Result {
     check_build_mode(s, mode)?;
-    let rest = substitute_before_build(s, paths, mode, out)?;
-    if !rest.is_empty() {
-        run::build_paths(s, &rest, mode, out).map_err(client)?;
+    let mut worker = start_worker(paths, out);
+    let rest = match substitute_before_build(s, paths, mode, out, worker.as_mut()) {
+        Ok(rest) => rest,
+        Err(e) => {
+            stop_worker(worker, out)?;
+            return Err(e);
+        }
+    };
+    if rest.is_empty() {
+        stop_worker(worker, out)?;
+    } else {
+        run::build_paths(s, &rest, mode, out, worker).map_err(client)?;
     }
     // Every wanted output is valid now; keep them for this client.
     unsatisfied(s, paths)?;
@@ -52,10 +63,12 @@ fn build_paths_with_results(
     out: &mut Out,
 ) -> Result {
     check_build_mode(s, mode)?;
+    let mut worker = start_worker(&paths, out);
     let settled = if mode == BuildMode::Normal {
-        let outcomes = subst::substitute_targets(s, &paths, out);
+        let outcomes = subst::substitute_targets(s, &paths, out, worker.as_mut());
         subst::settled_results(s, &paths, &outcomes)
     } else {
+        query_missing_in(worker.as_ref(), out)?;
         paths.iter().map(|_| None).collect()
     };
     let rest: Vec<DerivedPath> = paths
@@ -64,7 +77,7 @@ fn build_paths_with_results(
         .filter(|(_, r)| r.is_none())
         .map(|(p, _)| p.clone())
         .collect();
-    let mut built = run::build_paths_with_results(s, &rest, mode, out).into_iter();
+    let mut built = run::build_paths_with_results(s, &rest, mode, out, worker).into_iter();
     let results: Vec<KeyedBuildResult> = paths
         .into_iter()
         .zip(settled)
@@ -108,7 +121,9 @@ fn build_derivation(
         drv_path,
         outputs: OutputsSpec::All,
     };
-    let result = run::build_paths_with_results(s, std::slice::from_ref(&path), mode, out)
+    let worker = start_worker(std::slice::from_ref(&path), out);
+    query_missing_in(worker.as_ref(), out)?;
+    let result = run::build_paths_with_results(s, std::slice::from_ref(&path), mode, out, worker)
         .pop()
         .unwrap_or_else(|| BuildResult::new(BuildStatus::MiscFailure, "nothing was built"));
     reply(out, |w| result.write(w, &s.cx))
@@ -116,14 +131,48 @@ fn build_derivation(
 
 /// QueryMissing: what a build of `targets` would build, fetch, and not find.
 fn query_missing(s: &Session<'_>, targets: &[DerivedPath], out: &mut Out) -> Result {
-    // As nix-daemon, in its debug-level activity (the client shows it with -vvvv).
-    progress::query_missing_activity(out)?;
+    // As nix-daemon, in its debug-level activity (the client shows it with -vvvv),
+    // with the caches' `query-path-info` activities inside.
+    let querying = start_query_missing(out)?;
     // With a cache, inputs of derivations to build may be substituted.
-    let missing = match subst::query_missing(s, targets, out) {
+    let found = subst::query_missing(s, targets, out);
+    out.stop_activity(querying)?;
+    let missing = match found {
         Some(m) => m,
         None => run::query_missing(s, targets).map_err(client)?,
     };
     reply(out, |w| missing.write(w, &s.cx))
+}
+
+/// Starts the activities of Nix's `Worker` for a request of `paths`: its first
+/// count is one derivation goal per derivation named.
+fn start_worker(paths: &[DerivedPath], out: &mut Out) -> Option<WorkerProgress> {
+    let drvs: std::collections::BTreeSet<&unrooted_format::StorePath> = paths
+        .iter()
+        .filter_map(|p| match p {
+            DerivedPath::Built { drv_path, .. } => Some(drv_path),
+            DerivedPath::Opaque(_) => None,
+        })
+        .collect();
+    WorkerProgress::start(out, drvs.len() as u64).ok()
+}
+
+/// Stops the activities of [`start_worker`].
+fn stop_worker(worker: Option<WorkerProgress>, out: &mut Out) -> Result {
+    if let Some(w) = worker {
+        w.stop(out)?;
+    }
+    Ok(())
+}
+
+/// The "querying info about missing paths" activity of `Worker::run`, when no cache
+/// is asked (a worker that does not substitute).
+fn query_missing_in(worker: Option<&WorkerProgress>, out: &mut Out) -> Result {
+    if worker.is_some() {
+        let id = start_query_missing(out)?;
+        out.stop_activity(id)?;
+    }
+    Ok(())
 }
 
 /// Refuses a repair asked for by an untrusted client.
@@ -183,11 +232,13 @@ fn substitute_before_build(
     paths: &[DerivedPath],
     mode: BuildMode,
     out: &mut Out,
+    worker: Option<&mut WorkerProgress>,
 ) -> Result<Vec<DerivedPath>> {
     if mode != BuildMode::Normal {
+        query_missing_in(worker.as_deref(), out)?;
         return Ok(paths.to_vec());
     }
-    let outcomes = subst::substitute_targets(s, paths, out);
+    let outcomes = subst::substitute_targets(s, paths, out, worker);
     let fallback = subst::fallback(s);
     let mut rest = Vec::new();
     for (p, o) in paths.iter().zip(outcomes) {

@@ -7,7 +7,7 @@
 //! debug-level "querying info about missing paths" activity of `queryMissing`; and
 //! the text of a derivation's `build` activity.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use unrooted_builder::{BuildMode as Mode, Status};
 use unrooted_format::StorePath;
@@ -56,8 +56,24 @@ impl BuildCounts {
     }
 }
 
-/// The `realise`, `builds` and `copyPaths` activities of one request.
-pub(super) struct WorkerProgress {
+/// The counts behind the `copyPaths` progress and the `realise` activity's expected
+/// sizes in Nix's `Worker::updateProgress`: substitution goals expected, done,
+/// running and failed, and the download (compressed) and NAR bytes expected and done.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct SubstCounts {
+    expected: u64,
+    done: u64,
+    running: u64,
+    failed: u64,
+    expected_download: u64,
+    done_download: u64,
+    expected_nar: u64,
+    done_nar: u64,
+}
+
+/// The `realise`, `builds` and `copyPaths` activities of one request (Nix's
+/// `Worker`), with the counts of its builds and substitutions.
+pub(crate) struct WorkerProgress {
     realise: ActivityId,
     builds: ActivityId,
     copy_paths: ActivityId,
@@ -65,14 +81,20 @@ pub(super) struct WorkerProgress {
     /// The derivations counted (those the scheduler said it would build).
     counted: BTreeSet<StorePath>,
     running: BTreeSet<StorePath>,
+    subst: SubstCounts,
+    /// The download and NAR sizes of each substitution announced and not finished.
+    sizes: HashMap<StorePath, (u64, u64)>,
 }
+
+type Sent = std::result::Result<(), unrooted_protocol::ProtocolError>;
 
 impl WorkerProgress {
     /// Starts the three activities, as Nix's `Worker` constructor does, and sends the
-    /// first counts.
-    pub(super) fn start(
+    /// first counts, with `goals` derivations expected (Nix's first count is the
+    /// derivation goals of the request itself, made before anything is looked at).
+    pub(crate) fn start(
         out: &mut Out,
-        counted: BTreeSet<StorePath>,
+        goals: u64,
     ) -> std::result::Result<Self, unrooted_protocol::ProtocolError> {
         let mut start = |kind| out.start_activity(Verbosity::Error, kind, "", Vec::new(), None);
         let realise = start(ActivityType::REALISE)?;
@@ -83,39 +105,111 @@ impl WorkerProgress {
             builds,
             copy_paths,
             counts: BuildCounts {
-                expected: counted.len() as u64,
+                expected: goals,
                 ..BuildCounts::default()
             },
-            counted,
+            counted: BTreeSet::new(),
             running: BTreeSet::new(),
+            subst: SubstCounts::default(),
+            sizes: HashMap::new(),
         };
         p.update(out)?;
         Ok(p)
     }
 
-    /// `Worker::updateProgress`: builds, substitutions (none here), expected
-    /// downloads and copies (none).
-    pub(super) fn update(
-        &self,
-        out: &mut Out,
-    ) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
+    /// The derivations the build will build (the scheduler's plan, as QueryMissing
+    /// answers it), counted from now on instead of the first guess.
+    pub(crate) fn plan_builds(&mut self, counted: BTreeSet<StorePath>, out: &mut Out) -> Sent {
+        self.counts.expected = counted.len() as u64;
+        self.counted = counted;
+        self.update(out)
+    }
+
+    /// `Worker::updateProgress`: builds, substitutions, expected downloads and
+    /// copies.
+    pub(crate) fn update(&self, out: &mut Out) -> Sent {
         out.result(self.builds, ResultType::PROGRESS, self.counts.fields())?;
+        let c = &self.subst;
         out.result(
             self.copy_paths,
             ResultType::PROGRESS,
-            vec![Field::Int(0), Field::Int(0), Field::Int(0), Field::Int(0)],
+            vec![
+                Field::Int(c.done),
+                Field::Int(c.done + c.expected),
+                Field::Int(c.running),
+                Field::Int(c.failed),
+            ],
         )?;
-        for kind in [ActivityType::FILE_TRANSFER, ActivityType::COPY_PATH] {
+        for (kind, n) in [
+            (
+                ActivityType::FILE_TRANSFER,
+                c.expected_download + c.done_download,
+            ),
+            (ActivityType::COPY_PATH, c.expected_nar + c.done_nar),
+        ] {
             out.result(
                 self.realise,
                 ResultType::SET_EXPECTED,
-                vec![Field::Int(kind.0), Field::Int(0)],
+                vec![Field::Int(kind.0), Field::Int(n)],
             )?;
         }
         Ok(())
     }
 
-    pub(super) fn started(
+    /// A path will be substituted (Nix's substitution goal got its info):
+    /// `download` compressed bytes (0: unknown) and `nar` bytes.
+    pub(crate) fn substitution_expected(
+        &mut self,
+        path: &StorePath,
+        download: u64,
+        nar: u64,
+        out: &mut Out,
+    ) -> Sent {
+        if self.sizes.insert(path.clone(), (download, nar)).is_some() {
+            return Ok(());
+        }
+        let c = &mut self.subst;
+        c.expected += 1;
+        c.expected_download += download;
+        c.expected_nar += nar;
+        self.update(out)
+    }
+
+    /// The substitution of `path` starts running.
+    pub(crate) fn substitution_started(&mut self, path: &StorePath, out: &mut Out) -> Sent {
+        if !self.sizes.contains_key(path) {
+            return Ok(());
+        }
+        self.subst.running += 1;
+        self.update(out)
+    }
+
+    /// The substitution of `path` ended, successfully (`ok`) or not.
+    pub(crate) fn substitution_finished(
+        &mut self,
+        path: &StorePath,
+        ok: bool,
+        out: &mut Out,
+    ) -> Sent {
+        let Some((download, nar)) = self.sizes.remove(path) else {
+            return Ok(());
+        };
+        let c = &mut self.subst;
+        c.running = c.running.saturating_sub(1);
+        c.expected = c.expected.saturating_sub(1);
+        c.expected_download = c.expected_download.saturating_sub(download);
+        c.expected_nar = c.expected_nar.saturating_sub(nar);
+        if ok {
+            c.done += 1;
+            c.done_download += download;
+            c.done_nar += nar;
+        } else {
+            c.failed += 1;
+        }
+        self.update(out)
+    }
+
+    pub(crate) fn started(
         &mut self,
         drv: &StorePath,
         out: &mut Out,
@@ -127,7 +221,7 @@ impl WorkerProgress {
         Ok(())
     }
 
-    pub(super) fn finished(
+    pub(crate) fn finished(
         &mut self,
         drv: &StorePath,
         status: Status,
@@ -142,7 +236,7 @@ impl WorkerProgress {
     }
 
     /// Stops the activities in the order Nix's `Worker` destructor does.
-    pub(super) fn stop(
+    pub(crate) fn stop(
         self,
         out: &mut Out,
     ) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
@@ -152,18 +246,18 @@ impl WorkerProgress {
     }
 }
 
-/// The debug-level activity Nix's `queryMissing` runs in, started and stopped.
-pub(super) fn query_missing_activity(
+/// Starts the debug-level activity Nix's `queryMissing` runs in (stopped by the
+/// caller once the caches were asked).
+pub(crate) fn start_query_missing(
     out: &mut Out,
-) -> std::result::Result<(), unrooted_protocol::ProtocolError> {
-    let id = out.start_activity(
+) -> std::result::Result<ActivityId, unrooted_protocol::ProtocolError> {
+    out.start_activity(
         Verbosity::Debug,
         ActivityType::UNKNOWN,
         "querying info about missing paths",
         Vec::new(),
         None,
-    )?;
-    out.stop_activity(id)
+    )
 }
 
 /// The text of a derivation's `build` activity, as Nix's `DerivationGoal` words it:

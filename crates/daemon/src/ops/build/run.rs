@@ -17,7 +17,7 @@ use unrooted_protocol::{
 };
 
 use super::observer::ClientObserver;
-use super::progress::{query_missing_activity, WorkerProgress};
+use super::progress::WorkerProgress;
 use crate::ops::Out;
 use crate::session::Session;
 
@@ -131,8 +131,15 @@ fn root_build_closure(s: &Session<'_>, targets: &[Target]) {
     }
 }
 
-/// Runs the scheduler for `paths` with activities on `out`.
-fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -> Vec<Result_> {
+/// Runs the scheduler for `paths` with activities on `out`, counting its builds in
+/// the request's `progress` (stopped at the end).
+fn run(
+    s: &Session<'_>,
+    paths: &[DerivedPath],
+    mode: BuildMode,
+    out: &mut Out,
+    mut progress: Option<WorkerProgress>,
+) -> Vec<Result_> {
     let targets: Vec<Target> = paths.iter().map(target).collect();
     let top = targets
         .iter()
@@ -153,11 +160,10 @@ fn run(s: &Session<'_>, paths: &[DerivedPath], mode: BuildMode, out: &mut Out) -
         .will_build(&s.state.store, &targets)
         .map(|(will, _)| will)
         .unwrap_or_default();
-    // A client that went away is noticed by the scheduler through `connected`.
-    let progress = WorkerProgress::start(out, counted).ok();
-    if progress.is_some() {
-        let _ = query_missing_activity(out);
+    if let Some(p) = progress.as_mut() {
+        let _ = p.plan_builds(counted, out);
     }
+    // A client that went away is noticed by the scheduler through `connected`.
     let mut observer = ClientObserver {
         s,
         out,
@@ -188,8 +194,9 @@ pub(super) fn build_paths(
     paths: &[DerivedPath],
     mode: BuildMode,
     out: &mut Out,
+    progress: Option<WorkerProgress>,
 ) -> std::result::Result<(), String> {
-    let results = run(s, paths, mode, out);
+    let results = run(s, paths, mode, out, progress);
     let failed: Vec<(usize, &Result_)> = results
         .iter()
         .enumerate()
@@ -234,8 +241,9 @@ pub(super) fn build_paths_with_results(
     paths: &[DerivedPath],
     mode: BuildMode,
     out: &mut Out,
+    progress: Option<WorkerProgress>,
 ) -> Vec<BuildResult> {
-    let results = run(s, paths, mode, out);
+    let results = run(s, paths, mode, out, progress);
     paths
         .iter()
         .zip(results)

@@ -23,6 +23,7 @@ use unrooted_substitute::{error_chain, SubstituteError};
 use self::progress::ClientObserver;
 use self::substituter::{flag, substituter};
 use self::walk::{invalid_outputs, walk};
+use super::build::{start_query_missing, WorkerProgress};
 use super::{client, misrouted, reply, reply_u64, Out, Result};
 use crate::session::Session;
 
@@ -61,7 +62,12 @@ fn ensure_path(s: &Session<'_>, p: &StorePath, out: &mut Out) -> Result {
         return Ok(());
     }
     let target = [DerivedPath::Opaque(p.clone())];
-    let outcome = substitute_targets(s, &target, out);
+    // Nix's `ensurePath` runs a `Worker` for the path's substitution goal.
+    let mut worker = WorkerProgress::start(out, 0).ok();
+    let outcome = substitute_targets(s, &target, out, worker.as_mut());
+    if let Some(w) = worker {
+        w.stop(out)?;
+    }
     if let Some(Outcome::Failed(why)) = outcome.first() {
         return Err(client(why.clone()));
     }
@@ -135,21 +141,39 @@ fn needs_work(s: &Session<'_>, p: &DerivedPath) -> bool {
 /// Substitutes what `paths` need from the caches, before building: their wanted
 /// paths when the caches have them, and otherwise (see [`walk::Walk`]) what the
 /// derivations to build need, so that only what no cache has is built.
+///
+/// Inside a request's `worker` (Nix's `Worker::run`), the caches are asked under
+/// the "querying info about missing paths" activity of Nix's `queryMissing`, and
+/// each path to fetch is counted in the worker's progress before any is fetched.
 pub(crate) fn substitute_targets(
     s: &Session<'_>,
     paths: &[DerivedPath],
     out: &mut Out,
+    worker: Option<&mut WorkerProgress>,
 ) -> Vec<Outcome> {
     let none = || paths.iter().map(|_| Outcome::NotSubstituted).collect();
+    let querying = match worker {
+        Some(_) => start_query_missing(out).ok(),
+        None => None,
+    };
+    let end_query = |out: &mut Out| {
+        if let Some(id) = querying {
+            let _ = out.stop_activity(id);
+        }
+    };
     if !paths.iter().any(|p| needs_work(s, p)) {
+        end_query(out);
         return none();
     }
     let Some(sub) = substituter(s, out) else {
+        end_query(out);
         return none();
     };
     s.state.auto_gc.poke();
-    let observer = ClientObserver::new(s, out);
-    let w = match walk(s, &sub, paths, &observer) {
+    let observer = ClientObserver::with_worker(s, out, worker);
+    let w = walk(s, &sub, paths, &observer);
+    observer.with(|sink| end_query(sink.out));
+    let w = match w {
         Ok(w) => w,
         Err(e) => {
             let msg = error_chain(&e);
@@ -160,6 +184,14 @@ pub(crate) fn substitute_targets(
     for p in w.plan.fetch.keys() {
         s.add_temp_root(p);
     }
+    observer.with(|sink| {
+        if let Some(worker) = sink.worker.as_deref_mut() {
+            for p in announce_order(&w) {
+                let info = &w.plan.fetch[&p].info;
+                let _ = worker.substitution_expected(&p, info.file_size, info.nar_size, sink.out);
+            }
+        }
+    });
     let report = sub.execute(&s.state.store, w.plan, &observer);
     observer.flush();
     let store = &s.state.store;
@@ -184,6 +216,36 @@ pub(crate) fn substitute_targets(
             }
         })
         .collect()
+}
+
+/// The paths to fetch in the order Nix's substitution goals learn of them: what
+/// the targets want first, then the references of each path found, breadth first.
+fn announce_order(w: &walk::Walk) -> Vec<StorePath> {
+    let fetch = &w.plan.fetch;
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut queue: std::collections::VecDeque<&StorePath> = w
+        .own
+        .iter()
+        .zip(&w.inputs)
+        .flat_map(|(own, inputs)| own.iter().chain(inputs))
+        .filter(|p| fetch.contains_key(*p))
+        .collect();
+    while let Some(p) = queue.pop_front() {
+        if !seen.insert(p) {
+            continue;
+        }
+        order.push(p.clone());
+        queue.extend(
+            fetch[p]
+                .info
+                .references
+                .iter()
+                .filter(|r| *r != p && fetch.contains_key(*r) && !seen.contains(*r)),
+        );
+    }
+    order.extend(fetch.keys().filter(|p| !seen.contains(*p)).cloned());
+    order
 }
 
 /// The message of the failure behind `e` (following "its reference failed").

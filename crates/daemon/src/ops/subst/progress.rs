@@ -1,4 +1,9 @@
-//! Substitution's events relayed to the client as Nix 2.8 shows them.
+//! Substitution's events relayed to the client as Nix shows them. Inside a request's
+//! `Worker` (BuildPaths, BuildPathsWithResults, EnsurePath; see
+//! [`WorkerProgress`]), each path is counted as Nix 2.26's substitution goals count
+//! it (the `copyPaths` progress and the `realise` activity's expected download and
+//! NAR sizes) and fetched under a `substitute` activity (108, level 0, no text,
+//! fields path and cache), as `PathSubstitutionGoal::tryToRun` runs it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -7,48 +12,143 @@ use unrooted_format::{StoreDir, StorePath};
 use unrooted_protocol::stderr::{ActivityId, ActivityType, Field, ResultType, Verbosity};
 use unrooted_substitute::Observer;
 
+use crate::ops::build::WorkerProgress;
 use crate::ops::Out;
 use crate::session::Session;
 
-/// Relays substitution events as Nix 2.8 shows them: a `copyPath` activity
-/// (`copying path '<p>' from '<cache>'`) with a `fileTransfer` child whose progress
-/// results carry bytes done and expected; warnings as log lines.
+/// Where events go: the client, and the request's worker counts when there are.
+pub(super) struct Sink<'o> {
+    pub(super) out: &'o mut Out,
+    pub(super) worker: Option<&'o mut WorkerProgress>,
+}
+
+/// The activities of one download.
+struct Download {
+    path: StorePath,
+    substitute: Option<ActivityId>,
+    copy: ActivityId,
+    transfer: Option<ActivityId>,
+}
+
+/// Relays substitution events: a `copyPath` activity (`copying path '<p>' from
+/// '<cache>'`, inside a `substitute` activity when counted by a worker) with, for a
+/// cache reached over the network, a `fileTransfer` child whose progress results
+/// carry bytes done and expected (Nix reads a `file://` cache without one); a
+/// `queryPathInfo` activity (109) for each narinfo asked of a cache; warnings as log
+/// lines.
 pub(super) struct ClientObserver<'o> {
     store_dir: StoreDir,
-    out: Mutex<&'o mut Out>,
-    activities: Mutex<HashMap<u64, (ActivityId, ActivityId)>>,
+    sink: Mutex<Sink<'o>>,
+    activities: Mutex<HashMap<u64, Download>>,
+    queries: Mutex<HashMap<u64, ActivityId>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl<'o> ClientObserver<'o> {
     pub(super) fn new(s: &Session<'_>, out: &'o mut Out) -> Self {
+        Self::with_worker(s, out, None)
+    }
+
+    /// An observer counting in `worker` too.
+    pub(super) fn with_worker(
+        s: &Session<'_>,
+        out: &'o mut Out,
+        worker: Option<&'o mut WorkerProgress>,
+    ) -> Self {
         Self {
             store_dir: s.cx.store_dir.clone(),
-            out: Mutex::new(out),
+            sink: Mutex::new(Sink { out, worker }),
             activities: Mutex::new(HashMap::new()),
+            queries: Mutex::new(HashMap::new()),
             next: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
-    fn out(&self) -> std::sync::MutexGuard<'_, &'o mut Out> {
-        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    fn sink(&self) -> std::sync::MutexGuard<'_, Sink<'o>> {
+        self.sink.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` with the client's stream and the worker counts.
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Sink<'o>) -> T) -> T {
+        f(&mut self.sink())
     }
 
     pub(super) fn flush(&self) {
-        let _ = self.out().flush();
+        let _ = self.sink().out.flush();
     }
 }
 
 impl Observer for ClientObserver<'_> {
     fn warn(&self, message: &str) {
-        let _ = self.out().log(Verbosity::Warn, message);
+        let _ = self.sink().out.log(Verbosity::Warn, message);
         self.flush();
     }
 
+    fn query_started(&self, path: &str, cache: &str) -> u64 {
+        let id = self.next_id();
+        let mut sink = self.sink();
+        let act = sink.out.start_activity(
+            Verbosity::Talkative,
+            ActivityType::QUERY_PATH_INFO,
+            &format!("querying info about '{path}' on '{cache}'"),
+            vec![
+                Field::String(path.as_bytes().to_vec()),
+                Field::String(cache.as_bytes().to_vec()),
+            ],
+            None,
+        );
+        if let Ok(a) = act {
+            self.queries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, a);
+        }
+        id
+    }
+
+    fn query_finished(&self, id: u64) {
+        let act = self
+            .queries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(a) = act {
+            let mut sink = self.sink();
+            let _ = sink.out.stop_activity(a);
+            let _ = sink.out.flush();
+        }
+    }
+
     fn download_started(&self, path: &StorePath, cache: &str, nar_url: &str, expected: u64) -> u64 {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut out = self.out();
+        let id = self.next_id();
+        let mut guard = self.sink();
+        let sink = &mut *guard;
         let shown = self.store_dir.display(path);
+        // Nix's goal: counted as running, then the `substitute` activity the copy
+        // runs in.
+        let substitute = match sink.worker.as_deref_mut() {
+            Some(w) => {
+                let _ = w.substitution_started(path, sink.out);
+                sink.out
+                    .start_activity(
+                        Verbosity::Error,
+                        ActivityType::SUBSTITUTE,
+                        "",
+                        vec![
+                            Field::String(shown.clone().into_bytes()),
+                            Field::String(cache.as_bytes().to_vec()),
+                        ],
+                        None,
+                    )
+                    .ok()
+            }
+            None => None,
+        };
+        let out = &mut *sink.out;
         let copy = out.start_activity(
             Verbosity::Info,
             ActivityType::COPY_PATH,
@@ -58,19 +158,22 @@ impl Observer for ClientObserver<'_> {
                 Field::String(cache.as_bytes().to_vec()),
                 Field::String(b"local".to_vec()),
             ],
-            None,
+            substitute,
         );
-        let transfer = copy.as_ref().ok().and_then(|c| {
-            out.start_activity(
-                Verbosity::Talkative,
-                ActivityType::FILE_TRANSFER,
-                &format!("downloading '{nar_url}'"),
-                vec![Field::String(nar_url.as_bytes().to_vec())],
-                Some(*c),
-            )
-            .ok()
-        });
-        if let (Ok(c), Some(t)) = (copy, transfer) {
+        let network = !cache.starts_with("file://");
+        let transfer = match (&copy, network) {
+            (Ok(c), true) => out
+                .start_activity(
+                    Verbosity::Talkative,
+                    ActivityType::FILE_TRANSFER,
+                    &format!("downloading '{nar_url}'"),
+                    vec![Field::String(nar_url.as_bytes().to_vec())],
+                    Some(*c),
+                )
+                .ok(),
+            _ => None,
+        };
+        if let Some(t) = transfer {
             let _ = out.result(
                 t,
                 ResultType::PROGRESS,
@@ -81,27 +184,37 @@ impl Observer for ClientObserver<'_> {
                     Field::Int(0),
                 ],
             );
+        }
+        if let Ok(copy) = copy {
             self.activities
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, (c, t));
+                .insert(
+                    id,
+                    Download {
+                        path: path.clone(),
+                        substitute,
+                        copy,
+                        transfer,
+                    },
+                );
         }
         let _ = out.flush();
         id
     }
 
     fn download_progress(&self, id: u64, done: u64, expected: u64) {
-        let Some((_, t)) = self
+        let Some(t) = self
             .activities
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
-            .copied()
+            .and_then(|d| d.transfer)
         else {
             return;
         };
-        let mut out = self.out();
-        let _ = out.result(
+        let mut sink = self.sink();
+        let _ = sink.out.result(
             t,
             ResultType::PROGRESS,
             vec![
@@ -111,11 +224,11 @@ impl Observer for ClientObserver<'_> {
                 Field::Int(0),
             ],
         );
-        let _ = out.flush();
+        let _ = sink.out.flush();
     }
 
-    fn download_finished(&self, id: u64, _ok: bool) {
-        let Some((c, t)) = self
+    fn download_finished(&self, id: u64, ok: bool) {
+        let Some(d) = self
             .activities
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -123,9 +236,18 @@ impl Observer for ClientObserver<'_> {
         else {
             return;
         };
-        let mut out = self.out();
-        let _ = out.stop_activity(t);
-        let _ = out.stop_activity(c);
-        let _ = out.flush();
+        let mut guard = self.sink();
+        let sink = &mut *guard;
+        if let Some(t) = d.transfer {
+            let _ = sink.out.stop_activity(t);
+        }
+        let _ = sink.out.stop_activity(d.copy);
+        if let Some(a) = d.substitute {
+            let _ = sink.out.stop_activity(a);
+        }
+        if let Some(w) = sink.worker.as_deref_mut() {
+            let _ = w.substitution_finished(&d.path, ok, sink.out);
+        }
+        let _ = sink.out.flush();
     }
 }

@@ -120,14 +120,11 @@ impl BinaryCache {
             open_transport(if base.starts_with("s3://") { url } else { base }, options)?;
         // A `file://` cache's `nix-cache-info` is read afresh each time, never from
         // the lookup cache, as Nix reads a local binary cache's at each opening: it
-        // is a file on this machine that may change between two requests (its
-        // narinfos are still remembered, as Nix does).
-        let info_from = if base.starts_with("file://") {
-            None
-        } else {
-            disk
-        };
-        Self::with_transport(transport, store_dir, priority_override, retry, info_from)
+        // is a file on this machine that may change between two requests. It is
+        // still recorded there, since the cache's narinfos are remembered (as Nix
+        // does) only for a cache the lookup cache knows.
+        let reread = base.starts_with("file://");
+        Self::open_transport(transport, store_dir, priority_override, retry, disk, reread)
     }
 
     /// Opens a cache through any transport (an S3 one, or a test's).
@@ -138,9 +135,22 @@ impl BinaryCache {
         retry: RetryPolicy,
         disk: Option<&NarInfoCache>,
     ) -> Result<Self, SubstituteError> {
+        Self::open_transport(transport, store_dir, priority_override, retry, disk, false)
+    }
+
+    /// [`BinaryCache::with_transport`]; with `reread`, the `nix-cache-info` is fetched
+    /// even when `disk` remembers it (and recorded there again).
+    fn open_transport(
+        transport: Box<dyn Transport>,
+        store_dir: &StoreDir,
+        priority_override: Option<i32>,
+        retry: RetryPolicy,
+        disk: Option<&NarInfoCache>,
+        reread: bool,
+    ) -> Result<Self, SubstituteError> {
         let url = transport.base_url().to_owned();
         let now = unix_now();
-        let cached = disk.and_then(|d| {
+        let cached = disk.filter(|_| !reread).and_then(|d| {
             d.cache_info(&url, now)
                 .inspect_err(|e| tracing::warn!(error = %e, "narinfo lookup cache"))
                 .ok()

@@ -537,13 +537,15 @@ fn the_lookup_cache_answers_until_its_entries_expire() {
     )
     .unwrap();
     plain_cache(tmp.path(), &a, &paths[2..], &k);
-    fs::remove_file(tmp.path().join("nix-cache-info")).unwrap();
+    // A file:// cache's nix-cache-info is read afresh at each opening, as Nix reads a
+    // local binary cache's (a changed priority shows), while its narinfos are
+    // remembered.
+    let mut ci = CacheInfo::new(sd.clone());
+    ci.priority = Some(7);
+    fs::write(tmp.path().join("nix-cache-info"), ci.to_text()).unwrap();
     let s = new();
-    assert_eq!(
-        s.caches().len(),
-        1,
-        "nix-cache-info comes from the lookup cache"
-    );
+    assert_eq!(s.caches().len(), 1);
+    assert_eq!(s.caches()[0].priority(), 7, "nix-cache-info is read afresh");
     assert!(s.query(&paths[0].0, &q).is_some());
     assert!(s.query(&paths[2].0, &q).is_none());
     // Without the lookup cache the cache itself answers.

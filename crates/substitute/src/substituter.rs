@@ -80,6 +80,16 @@ pub trait Observer: Sync {
     }
     /// The cache answered (or failed) the query `id`.
     fn query_finished(&self, _id: u64) {}
+    /// A small file of a cache (its `nix-cache-info`, a narinfo) is fetched over the
+    /// network from `url`, within the query `parent` (an id from
+    /// [`Observer::query_started`], or 0). Returns an id for
+    /// [`Observer::transfer_finished`].
+    fn transfer_started(&self, _url: &str, _parent: u64) -> u64 {
+        0
+    }
+    /// The transfer `id` ended: with the size of what arrived, or `None` when the
+    /// file was not there or could not be fetched.
+    fn transfer_finished(&self, _id: u64, _size: Option<u64>) {}
 }
 
 /// An [`Observer`] that ignores everything.
@@ -208,6 +218,7 @@ impl Substituter {
                 &config.transport,
                 config.retry,
                 disk.as_deref(),
+                observer,
             )
         });
         let mut caches = Vec::new();
@@ -227,6 +238,7 @@ impl Substituter {
                         &config.transport,
                         config.retry,
                         disk.as_deref(),
+                        observer,
                     ),
                     Err(_) => Err(SubstituteError::StoreDirMismatch {
                         url: u,
@@ -297,16 +309,7 @@ impl Substituter {
                     }
                 }
             };
-            let shown = cache.store_dir().display(&asked);
-            let mut id = 0;
-            let mut asking = |started: bool| {
-                if started {
-                    id = observer.query_started(&shown, cache.url());
-                } else {
-                    observer.query_finished(id);
-                }
-            };
-            match cache.query_narinfo_noting(&asked, self.disk.as_deref(), &mut asking) {
+            match cache.query_narinfo_observed(&asked, self.disk.as_deref(), observer) {
                 Ok(Some(mut info)) => {
                     if foreign {
                         if !info.references.is_empty() || info.ca.as_ref() != ca.as_ref() {
@@ -666,7 +669,8 @@ impl Substituter {
                     // been checked already, so what this finds does not matter.
                     let _ = io::copy(&mut nar, &mut io::sink());
                     let n = done.load(Ordering::Relaxed);
-                    observer.download_progress(id, n, n.max(expected));
+                    // As Nix's last word on a transfer: its body's size, done of expected.
+                    observer.download_progress(id, n, n);
                 }
                 imported.map_err(|source| {
                     let transport = failure

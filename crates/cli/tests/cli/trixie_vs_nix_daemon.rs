@@ -365,6 +365,40 @@ fn compare_every_workflow(root_daemon: bool) {
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn substitution_activity_stream_as_with_nix_daemon() {
+    substitution_activity_stream(false);
+}
+
+/// Issue 19, item 3: the same from the same cache served over HTTP (Python's
+/// `http.server` on loopback), where both daemons also report each download as a
+/// `file-transfer` activity (101).
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn http_substitution_activity_stream_as_with_nix_daemon() {
+    substitution_activity_stream(true);
+}
+
+/// An activity stream with its stops taken out of the order and listed at the end:
+/// nix-daemon stops a download's activities from curl's thread, so where they land
+/// among the other lines (even after the reply that ends the request, once its
+/// logger buffers them) depends on timing. Every other line keeps its place.
+fn stops_apart(stream: &str) -> String {
+    let mut kept = Vec::new();
+    let mut stopped = Vec::new();
+    for l in stream.lines() {
+        let v: Option<serde_json::Value> = l
+            .strip_prefix("@nix ")
+            .and_then(|j| serde_json::from_str(j).ok());
+        match v {
+            Some(v) if v["action"] == "stop" => stopped.push(v["id"].as_u64().unwrap_or(0)),
+            _ => kept.push(l.to_owned()),
+        }
+    }
+    stopped.sort_unstable();
+    kept.push(format!("stopped: {stopped:?}"));
+    kept.join("\n")
+}
+
+fn substitution_activity_stream(http: bool) {
     if !can_run_sandboxed_builds() {
         return;
     }
@@ -394,9 +428,13 @@ fn substitution_activity_stream_as_with_nix_daemon() {
         "nix key generate-secret --key-name cache-1 > ~/sk && nix key convert-secret-to-public < ~/sk > ~/pk",
     );
     let pk = fs::read_to_string(d.client_home().join("pk")).unwrap();
+    let server = http.then(|| unrooted_testkit::http::PythonServer::start(&cache, None));
+    let url = match &server {
+        Some(server) => server.url(),
+        None => format!("file://{}", cache.display()),
+    };
     d.set_conf(&format!(
-        "{conf}substituters = file://{}\ntrusted-public-keys = {}\n",
-        cache.display(),
+        "{conf}substituters = {url}\ntrusted-public-keys = {}\n",
         pk.trim()
     ));
     d.start();
@@ -408,19 +446,24 @@ fn substitution_activity_stream_as_with_nix_daemon() {
     d.reset_store();
     d.start();
     let (_, ours) = client(&d, step);
-    let ours = outcome(&ours);
+    let mut ours = outcome(&ours);
     d.reset_store();
     let nd = TrixieNixDaemon::start(&d, &root);
     let (_, theirs) = client(&d, step);
-    let theirs = outcome(&theirs);
+    let mut theirs = outcome(&theirs);
+    if http {
+        ours.stdout = stops_apart(&ours.stdout);
+        theirs.stdout = stops_apart(&theirs.stdout);
+    }
     let their_log = nd.log();
     drop(nd);
     // The same stream: the caches' query-path-info activities (109) inside the
     // client's QueryMissing; then the worker's realise, builds and copyPaths
     // activities, its queryMissing, the expected download and NAR sizes as each
     // path is announced, and per path the copyPaths count running, a `substitute`
-    // activity (108) with its `copy-path` child (100, no file transfer from a
-    // `file://` cache), and the count done.
+    // activity (108) with its `copy-path` child (100), and the count done. Over
+    // HTTP, each narinfo and NAR download is a `file-transfer` activity (101) too;
+    // Nix reads a `file://` cache without one.
     let copies = |s: &str| -> Vec<String> {
         let mut v: Vec<String> = s
             .lines()
@@ -449,6 +492,12 @@ fn substitution_activity_stream_as_with_nix_daemon() {
     assert!(last_copy_paths.is_some(), "{}", theirs.stdout);
     assert!(ours.stdout.contains("\"type\":108"), "{}", ours.stdout);
     assert!(ours.stdout.contains("\"type\":109"), "{}", ours.stdout);
+    assert_eq!(
+        ours.stdout.contains("\"type\":101"),
+        http,
+        "{}",
+        ours.stdout
+    );
 }
 
 /// The flake of [`flake_develop_and_shell_as_with_nix_daemon`]: its only input a

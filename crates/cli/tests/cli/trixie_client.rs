@@ -649,17 +649,17 @@ impl Drop for Sshd {
 /// Issue 19, item 2: `nix copy --to ssh-ng://` with the 2.26 client, as an
 /// unprivileged user, from a store of its own to a second store served by `unrooted
 /// daemon --stdio` (the SSH user's remote program, relaying to the test daemon) over
-/// a private sshd; and back with `--from`. The trixie root has no `ssh` (minbase
-/// with `nix-bin` only), so the host's OpenSSH client is bound in beside it: the
-/// transport only, Nix's side of the protocol is 2.26's.
+/// a private sshd; and back with `--from`. The client side is all Debian 13: Nix
+/// 2.26 runs the trixie root's own `ssh` (`openssh-client`, which
+/// `scripts/trixie-root.sh` installs there); the sshd is the host's.
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
     use std::os::unix::fs::{chown, PermissionsExt};
     const SSH_USER: &str = "unrooted-test-ssh";
     if !unrooted_testkit::require(
-        Path::new("/usr/sbin/sshd").exists() && Path::new("/usr/bin/ssh").exists(),
-        "sshd or ssh is not installed (apt-get install openssh-server, scripts/setup.sh)",
+        Path::new("/usr/sbin/sshd").exists() && Path::new("/usr/bin/ssh-keygen").exists(),
+        "sshd is not installed (apt-get install openssh-server, scripts/setup.sh)",
     ) {
         return;
     }
@@ -670,6 +670,12 @@ fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
         return;
     }
     let Some(f) = prepared() else { return };
+    if !unrooted_testkit::require(
+        f.root.join("usr/bin/ssh").is_file(),
+        "the Debian 13 root has no ssh (scripts/trixie-root.sh installs openssh-client)",
+    ) {
+        return;
+    }
     let d = &f.d;
     let home = d.client_home();
     let (uid, gid) = d.client_ids();
@@ -692,9 +698,6 @@ fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
     for p in [&ssh_dir, &key, &known, &ssh_dir.join("id_ed25519.pub")] {
         chown(p, Some(uid), Some(gid)).unwrap();
     }
-    let bin = d.root().join("bin");
-    fs::create_dir(&bin).unwrap();
-    fs::copy("/usr/bin/ssh", bin.join("ssh")).unwrap();
     let program = d.root().join("remote-program");
     fs::write(
         &program,
@@ -724,7 +727,6 @@ fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
     let run = |args: &[&str]| {
         let out = d
             .trixie_client(&f.root, "nix")
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .env("NIX_SSHOPTS", &sshopts)
             .args(args)
             .output()

@@ -526,7 +526,10 @@ fn local_flake_build_shell_and_profile_upgrade() {
 
 /// Issue 19, item 5: a temporary root a connection added (twice, as a client that
 /// does not skip repeats would) keeps its path alive against another user's
-/// `nix store delete` until that connection closes, and not after.
+/// `nix store delete` until that connection closes, and not after; and nothing of
+/// it is left in `<state>/temproots` (nix-daemon's connection keeps its roots in
+/// `temproots/<pid>` and removes the file as it exits; unrooted keeps a
+/// connection's roots in memory and writes no file).
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn temp_roots_last_for_the_connections_life() {
@@ -551,6 +554,10 @@ fn temp_roots_last_for_the_connections_life() {
     holder.add_temp_root(&path).unwrap();
     let err = f.err("nix", &["store", "delete", &p]);
     assert!(err.contains("since it is still alive"), "{err}");
+    // Still alive after the other user's attempt: the root is the holder's, for its
+    // connection's whole life.
+    let err = f.err("nix", &["store", "delete", &p]);
+    assert!(err.contains("since it is still alive"), "{err}");
     drop(holder);
     // The daemon notices the closed connection and drops its roots.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -571,6 +578,12 @@ fn temp_roots_last_for_the_connections_life() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(!Path::new(&p).exists());
+    let temproots = f.d.state_dir().join("temproots");
+    let left: Vec<_> = fs::read_dir(&temproots)
+        .unwrap_or_else(|e| panic!("{}: {e}", temproots.display()))
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", temproots.display());
 }
 
 /// A private sshd on 127.0.0.1 letting `unrooted-test-ssh` in with one key (the

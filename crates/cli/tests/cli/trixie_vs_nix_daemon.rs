@@ -518,7 +518,8 @@ const FLAKE: &str = r#"{
 "#;
 
 /// Issue 19, item 2: `nix develop` and `nix shell` (and `nix print-dev-env`, `nix
-/// flake update`) on a local flake whose only input is a path, with the 2.26 client
+/// flake update`, `nix profile install` and `upgrade` of the flake's package) on a
+/// local flake whose only input is a path, with the 2.26 client
 /// as an unprivileged user other than the store owner: each step's status and output
 /// equal against unrooted and against nix-daemon 2.26 (ordinary user), on identical
 /// stores. `nix develop` builds the flake's environment derivation (Nix's
@@ -588,8 +589,11 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
         "nix develop path:$F -c sh -c 'echo \"$GREETING\"; echo \"$IN_NIX_SHELL\"; echo \"$name\"'",
         "nix print-dev-env path:$F | grep -E '^(GREETING|name)='",
         "nix develop -L path:$F -c true",
+        "nix profile install path:$F && ~/.nix-profile/bin/tool",
         "printf 2.0 > $S/version; touch -d @1700000100 $S/version $S; nix flake update --flake path:$F && nix shell path:$F -c tool",
         "nix develop path:$F -c sh -c 'echo \"$name\"'",
+        "nix profile upgrade --all && ~/.nix-profile/bin/tool",
+        "nix profile list",
     ];
     let run = |d: &TestDaemon| -> Vec<Outcome> {
         FLAKE_STEPS
@@ -651,6 +655,9 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
         "{:?}",
         ours[3]
     );
-    assert_eq!(ours[5].stdout, "tool 2.0");
-    assert_eq!(ours[6].stdout, "tool-2.0-env");
+    assert_eq!(ours[5].stdout, "tool 1.0");
+    assert_eq!(ours[6].stdout, "tool 2.0");
+    assert_eq!(ours[7].stdout, "tool-2.0-env");
+    assert_eq!(ours[8].stdout, "tool 2.0");
+    assert!(ours[9].stdout.contains("-tool-2.0"), "{:?}", ours[9]);
 }

@@ -320,6 +320,13 @@ fn nix_env_with_client_side_profiles() {
     assert_eq!(f.ok("nix-env", &["-q"]).trim(), "pkg-1.0");
     f.ok("nix-collect-garbage", &["-d"]);
     assert_eq!(f.ok("nix-env", &["--list-generations"]).lines().count(), 1);
+    assert_eq!(f.ok("nix-env", &["-q"]).trim(), "pkg-1.0");
+    // The daemon's per-user profile directory was never needed.
+    let per_user =
+        f.d.state_dir()
+            .join("profiles/per-user/unrooted-test-client");
+    let entries = fs::read_dir(&per_user).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(entries, 0, "{}", per_user.display());
 }
 
 #[test]

@@ -18,6 +18,8 @@ const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=@BUSYBOX@\nmax-jobs 
 
 /// What this test adds to the derivations of [`workflow_expr`].
 const EXTRA: &str = r#"  progress = mk "progress" "echo one; echo two; echo ${dep} > $out" {};
+  slow1 = mk "slow1" "echo first; sleep 2; echo 1 > $out" {};
+  slow2 = mk "slow2" "echo second; sleep 2; echo ${slow1} > $out" {};
 "#;
 
 /// How a step's outcomes are compared.
@@ -660,4 +662,86 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
     assert_eq!(ours[7].stdout, "tool-2.0-env");
     assert_eq!(ours[8].stdout, "tool 2.0");
     assert!(ours[9].stdout.contains("-tool-2.0"), "{:?}", ours[9]);
+}
+
+/// The progress bar's lines in what a terminal got: escape sequences out, each
+/// redraw (after a carriage return) a line of its own, those that begin with the
+/// bar's `[`, in order, repeats out.
+fn bar_lines(typescript: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = typescript.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for l in plain.split(['\r', '\n']) {
+        let l = l.trim_end();
+        if l.starts_with('[') && out.last().map(String::as_str) != Some(l) {
+            out.push(l.to_owned());
+        }
+    }
+    out
+}
+
+/// Issue 19, item 3: the 2.26 client's progress bar itself (`nix build` without
+/// `-L`, on a terminal: `script` gives it one), drawn from each daemon's activities
+/// while two builds of two seconds each run one after the other. Redraws are timed
+/// by the client, so the comparison is of the states each build holds for its two
+/// seconds once it has logged its first line (drawn whatever the timing): the
+/// counts of builds running, done and expected, and the build shown with its last
+/// line, e.g. `[1/0/2 built] building slow1: first`. (Passing states, such as
+/// `[0/2 built]` before the first build starts or `[1/2 built]` between the two,
+/// are drawn or not depending on when the client redraws.)
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn progress_bar_as_with_nix_daemon() {
+    if !can_run_sandboxed_builds() {
+        return;
+    }
+    let Some(root) = trixie_root() else { return };
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let busybox = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &busybox).unwrap();
+    d.set_conf(&CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()));
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
+    let bar = |d: &TestDaemon| -> Vec<String> {
+        let o = d
+            .trixie_client(&root, "script")
+            .args(["-qec", "nix build -f \"$E\" slow2 --no-link", "/dev/null"])
+            .env("E", d.inputs().join("pkgs.nix"))
+            .env("TERM", "xterm")
+            .output()
+            .unwrap();
+        d.expect_ok("script -qec 'nix build -f $E slow2 --no-link'", &o);
+        bar_lines(&String::from_utf8_lossy(&o.stdout))
+    };
+    d.start();
+    let ours = bar(&d);
+    d.reset_store();
+    let nd = TrixieNixDaemon::start(&d, &root);
+    let theirs = bar(&d);
+    drop(nd);
+    eprintln!("unrooted's bar: {ours:#?}\nnix-daemon's bar: {theirs:#?}");
+    let held = |lines: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = lines
+            .iter()
+            .filter(|l| {
+                l.split_once("] building ")
+                    .is_some_and(|(_, shown)| shown.contains(": "))
+            })
+            .cloned()
+            .collect();
+        v.dedup();
+        v
+    };
+    assert!(!held(&theirs).is_empty(), "{theirs:#?}");
+    assert_eq!(held(&ours), held(&theirs));
 }

@@ -221,6 +221,33 @@ fn outcome(o: &Output) -> Outcome {
     }
 }
 
+/// `o` without the lines of lock files a collection deleted (`deleting '….lock'`),
+/// and with its count of deleted store paths lowered by as many.
+fn without_lock_files(o: &Outcome) -> Outcome {
+    let is_lock = |l: &str| l.starts_with("deleting '") && l.ends_with(".lock'");
+    let locks = o.stderr.lines().filter(|l| is_lock(l)).count();
+    let count = |l: &str| -> String {
+        match l.split_once(" store paths deleted, ") {
+            Some((n, rest)) if locks > 0 => match n.trim().parse::<usize>() {
+                Ok(n) => format!("{} store paths deleted, {rest}", n - locks.min(n)),
+                Err(_) => l.to_owned(),
+            },
+            _ => l.to_owned(),
+        }
+    };
+    Outcome {
+        success: o.success,
+        stdout: o.stdout.lines().map(count).collect::<Vec<_>>().join("\n"),
+        stderr: o
+            .stderr
+            .lines()
+            .filter(|l| !is_lock(l))
+            .map(count)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
 /// The paths a collection's output says it deleted.
 fn deleted(o: &Outcome) -> std::collections::BTreeSet<String> {
     o.stderr
@@ -328,8 +355,20 @@ fn compare_every_workflow(root_daemon: bool) {
             .join("\n"),
     };
     let theirs: Vec<Outcome> = theirs.iter().map(stale).collect();
+    // And one more, in what collections delete: nix-daemon leaves the lock file of
+    // each output whose build failed (`fails.lock`, `fails2.lock`: Nix 2.26 deletes
+    // a lock file only after a build that succeeded, `PathLocks::setDeletion`), and
+    // its next collection deletes and counts them; unrooted removes every lock file
+    // as it releases it, so there is nothing left to collect. Taken out of the
+    // collection's lines and its count, for both.
+    let theirs: Vec<Outcome> = theirs.iter().map(without_lock_files).collect();
+    let ours: Vec<Outcome> = ours.iter().map(without_lock_files).collect();
     let mut diffs = Vec::new();
     for (((expect, step), a), b) in STEPS.iter().zip(&ours).zip(&theirs) {
+        // A root nix-daemon reads every root, as unrooted does with its roots
+        // helper: its collections must delete exactly what unrooted's do, and the
+        // profiles must show the same afterwards.
+        let expect = if root_daemon { &Same } else { expect };
         let ok = match expect {
             Same => a == b,
             AtLeast => {

@@ -595,14 +595,14 @@ fn temp_roots_last_for_the_connections_life() {
 
 /// A private sshd on 127.0.0.1 letting `unrooted-test-ssh` in with one key (the
 /// set-up of `remote_ssh.rs`), killed on drop.
-struct Sshd {
-    dir: tempfile::TempDir,
+pub(crate) struct Sshd {
+    pub(crate) dir: tempfile::TempDir,
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Sshd {
-    fn start(user: &str, client_pub: &str) -> Self {
+    pub(crate) fn start(user: &str, client_pub: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("unrooted-sshd-")
@@ -654,7 +654,7 @@ impl Sshd {
         Self { dir, child, port }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 }

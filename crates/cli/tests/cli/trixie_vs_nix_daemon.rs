@@ -784,3 +784,187 @@ fn progress_bar_as_with_nix_daemon() {
     assert!(!held(&theirs).is_empty(), "{theirs:#?}");
     assert_eq!(held(&ours), held(&theirs));
 }
+
+/// Issue 19, item 2: `nix copy --to` and `--from ssh-ng://` with the 2.26 client (and
+/// its own `ssh`, from the Debian 13 root), as the client user, to the test store
+/// served over a private sshd to `unrooted-test-ssh`: by `unrooted daemon --stdio`,
+/// then, on an identical store, by Debian 13's `nix-daemon --stdio` (run from the
+/// trixie root's files by its loader, as the SSH user), each relaying to its
+/// daemon's socket, nix-daemon's run as root. Every step's status and output equal.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn ssh_ng_copy_as_with_root_nix_daemon() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    const SSH_USER: &str = "unrooted-test-ssh";
+    if !can_run_sandboxed_builds() {
+        return;
+    }
+    let Some(root) = trixie_root() else { return };
+    if !unrooted_testkit::require(
+        std::path::Path::new("/usr/sbin/sshd").exists()
+            && unrooted_testkit::daemon::test_user(SSH_USER).is_some()
+            && root.join("usr/bin/ssh").is_file(),
+        "sshd, the SSH test user (remote_ssh.rs makes it) or the Debian 13 root's ssh \
+         (scripts/trixie-root.sh) is missing",
+    ) {
+        return;
+    }
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let busybox = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &busybox).unwrap();
+    d.set_conf(&format!(
+        "{}build-users-group =\n",
+        CONF.replace("@BUSYBOX@", busybox.to_str().unwrap())
+    ));
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
+    let (uid, gid) = d.client_ids();
+    // The client's key and known hosts, outside its home (which is cleared between
+    // the two daemons).
+    let ssh_dir = d.root().join("client-ssh");
+    fs::create_dir(&ssh_dir).unwrap();
+    let key = ssh_dir.join("id_ed25519");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let sshd = crate::trixie_client::Sshd::start(
+        SSH_USER,
+        &fs::read_to_string(ssh_dir.join("id_ed25519.pub")).unwrap(),
+    );
+    let host_key = fs::read_to_string(sshd.dir.path().join("host_ed25519.pub")).unwrap();
+    let known = ssh_dir.join("known_hosts");
+    fs::write(&known, format!("[127.0.0.1]:{} {host_key}", sshd.port)).unwrap();
+    for p in [&ssh_dir, &key, &known, &ssh_dir.join("id_ed25519.pub")] {
+        chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let env = format!(
+        "export NIX_DAEMON_SOCKET_PATH={} NIX_STORE_DIR={} NIX_STATE_DIR={} NIX_CONF_DIR={} NIX_REMOTE=daemon\n",
+        d.socket().display(),
+        d.store_dir().display(),
+        d.state_dir().display(),
+        d.root().join("conf").display()
+    );
+    let program = |name: &str, exec: String| {
+        let p = d.root().join(name);
+        fs::write(&p, format!("#!/bin/sh\n{env}exec {exec} \"$@\"\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let ours_program = program(
+        "remote-unrooted",
+        format!("{} daemon", env!("CARGO_BIN_EXE_unrooted")),
+    );
+    let r = root.display();
+    let theirs_program = program(
+        "remote-nix-daemon",
+        format!(
+            "{r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu:{r}/lib/x86_64-linux-gnu {r}/usr/bin/nix-daemon"
+        ),
+    );
+    let sshopts = format!(
+        "-p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        sshd.port,
+        known.display()
+    );
+    // $U the remote store, $L and $L2 two local stores of the client's at the test
+    // store's path (their files under its home).
+    const SSH_STEPS: &[&str] = &[
+        "nix store info --json --store \"$U\"",
+        "printf 'over ssh-ng\\n' > ~/hello.txt; nix store add-file --store \"$L\" ~/hello.txt",
+        "P=$(nix store add-file --store \"$L\" ~/hello.txt); nix copy --from \"$L\" --to \"$U\" $P && cat $P",
+        "nix path-info --json --store \"$U\" $(nix store add-file --store \"$L\" ~/hello.txt) | sed 's/\"registrationTime\":[0-9]*,\\?//'",
+        "nix store cat --store \"$U\" $(nix store add-file --store \"$L\" ~/hello.txt)",
+        "P=$(nix store add-file --store \"$L\" ~/hello.txt); nix copy --from \"$U\" --to \"$L2\" $P && cat ~/real2/$(basename $P)",
+        "P=$(nix build --store \"$L\" --option sandbox false -f $E hello --print-out-paths --no-link) && nix copy --from \"$L\" --to \"$U\" $P",
+        "P=$(nix build --store \"$L\" --option sandbox false -f $E hello --print-out-paths --no-link) && nix copy --no-check-sigs --from \"$L\" --to \"$U\" $P",
+    ];
+    // The steps, and the daemon's version string `nix store info` shows (which the
+    // comparison evens out): who served the remote store.
+    let run = |d: &TestDaemon, program: &std::path::Path| -> (Vec<Outcome>, String) {
+        let home = d.client_home();
+        let uri = format!(
+            "ssh-ng://{SSH_USER}@127.0.0.1?remote-program={}&ssh-key={}",
+            program.display(),
+            key.display()
+        );
+        let info = d
+            .trixie_client(&root, "nix")
+            .args(["store", "info", "--json", "--store", &uri])
+            .env("NIX_SSHOPTS", &sshopts)
+            .output()
+            .expect("spawning");
+        let info = d.expect_ok("nix store info --store ssh-ng://…", &info);
+        let info: serde_json::Value = serde_json::from_str(&info).expect(&info);
+        let version = info["version"].as_str().unwrap_or_default().to_owned();
+        let local = |n: &str| {
+            format!(
+                "local?store={}&real={h}/real{n}&state={h}/state{n}&log={h}/log{n}",
+                d.store_dir().display(),
+                h = home.display()
+            )
+        };
+        let outcomes = SSH_STEPS
+            .iter()
+            .map(|step| {
+                let o = d
+                    .trixie_client(&root, "sh")
+                    .args(["-c", step])
+                    .env("U", &uri)
+                    .env("L", local(""))
+                    .env("L2", local("2"))
+                    .env("E", d.inputs().join("pkgs.nix"))
+                    .env("NIX_SSHOPTS", &sshopts)
+                    .output()
+                    .expect("spawning");
+                outcome(&o)
+            })
+            .collect();
+        (outcomes, version)
+    };
+    d.start();
+    let (ours, our_version) = run(&d, &ours_program);
+    let our_log = d.log();
+    d.reset_store();
+    clear_home(&d);
+    let nd = TrixieNixDaemon::start_as_root(&d, &root);
+    let (theirs, their_version) = run(&d, &theirs_program);
+    let their_log = nd.log();
+    drop(nd);
+    assert!(our_version.contains("unrooted"), "{our_version}");
+    assert!(their_version.starts_with("2.26."), "{their_version}");
+    let mut diffs = Vec::new();
+    for ((step, a), b) in SSH_STEPS.iter().zip(&ours).zip(&theirs) {
+        eprintln!("`{step}`: unrooted {a:?}");
+        if a != b {
+            diffs.push(format!(
+                "step `{step}`:\n  unrooted:   {a:?}\n  nix-daemon: {b:?}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} steps differ:\n{}\n--- sshd ---\n{}\n--- unrooted log ---\n{our_log}\n--- nix-daemon log ---\n{their_log}",
+        diffs.len(),
+        SSH_STEPS.len(),
+        diffs.join("\n"),
+        sshd.log()
+    );
+    // What the steps show, through unrooted: the content-addressed path went there
+    // and back, the unsigned input-addressed one is refused from the untrusted SSH
+    // user, even with --no-check-sigs.
+    assert_eq!(
+        ours[0].stdout,
+        "{\"trusted\":0,\"url\":\"ssh-ng://\",\"version\":V}"
+    );
+    assert_eq!(ours[2].stdout, "over ssh-ng");
+    assert!(ours[3].stdout.contains("\"ca\":\"fixed:"), "{:?}", ours[3]);
+    assert_eq!(ours[5].stdout, "over ssh-ng");
+    for o in &ours[6..] {
+        assert!(
+            !o.success && o.stderr.contains("lacks a signature by a trusted key"),
+            "{o:?}"
+        );
+    }
+}

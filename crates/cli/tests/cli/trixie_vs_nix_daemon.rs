@@ -111,7 +111,9 @@ struct Outcome {
 /// "cannot read potential root" warnings (counted in the test, they are its GC
 /// weakness as an ordinary user); and two messages whose wording changed between Nix
 /// releases (2.8's, which unrooted sends, and 2.26's): the "For full logs" hint and
-/// the "To find out why" hint.
+/// the "To find out why" hint. Also the wall clock in a local flake's locked URL
+/// (`lastModified=`, the newest modification time of the flake's files, which the
+/// steps rewrite as they run: the flake's content is in its `narHash`).
 fn normalize(text: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut activities = Activities::default();
@@ -143,6 +145,16 @@ fn normalize(text: &str) -> String {
             l = format!("{}\"registrationtime\":T{}", &l[..i], &rest[end..]);
         }
         l = l.replace("-0.00 MiB", "0.00 MiB");
+        let mut rest = l.as_str();
+        let mut timeless = String::new();
+        while let Some(i) = rest.find("lastModified=") {
+            let (head, tail) = rest.split_at(i + "lastModified=".len());
+            timeless.push_str(head);
+            timeless.push('T');
+            rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        timeless.push_str(rest);
+        l = timeless;
         l = l.replace(" and nix-store --query --referrers", "");
         if l.trim() == "For full logs, run:" {
             if let Some(next) = lines.next() {
@@ -275,6 +287,27 @@ fn run_all(d: &TestDaemon, root: &std::path::Path) -> Vec<Outcome> {
         .collect()
 }
 
+/// Debian 13's nix-daemon on `d`'s store, as root or as the daemon's (ordinary)
+/// user.
+fn nix_daemon(d: &TestDaemon, root: &std::path::Path, as_root: bool) -> TrixieNixDaemon {
+    if as_root {
+        TrixieNixDaemon::start_as_root(d, root)
+    } else {
+        TrixieNixDaemon::start(d, root)
+    }
+}
+
+/// What a root nix-daemon needs in the shared configuration: no build users group
+/// (the test machine has no `nixbld`; its builds then run as root in its sandbox).
+/// Harmless to unrooted, which has no build users.
+fn for_root(as_root: bool) -> &'static str {
+    if as_root {
+        "build-users-group =\n"
+    } else {
+        ""
+    }
+}
+
 fn clear_home(d: &TestDaemon) {
     for e in fs::read_dir(d.client_home()).unwrap() {
         let p = e.unwrap().path();
@@ -315,7 +348,7 @@ fn compare_every_workflow(root_daemon: bool) {
     fs::copy("/bin/busybox", &busybox).unwrap();
     let mut conf = CONF.replace("@BUSYBOX@", busybox.to_str().unwrap());
     if root_daemon {
-        conf.push_str("build-users-group =\n");
+        conf.push_str(for_root(true));
     }
     d.set_conf(&conf);
     fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
@@ -330,11 +363,7 @@ fn compare_every_workflow(root_daemon: bool) {
     let our_log = d.log();
     d.reset_store();
     clear_home(&d);
-    let nd = if root_daemon {
-        TrixieNixDaemon::start_as_root(&d, &root)
-    } else {
-        TrixieNixDaemon::start(&d, &root)
-    };
+    let nd = nix_daemon(&d, &root, root_daemon);
     let theirs = run_all(&d, &root);
     let their_log = nd.log();
     drop(nd);
@@ -406,7 +435,14 @@ fn compare_every_workflow(root_daemon: bool) {
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn substitution_activity_stream_as_with_nix_daemon() {
-    substitution_activity_stream(false);
+    substitution_activity_stream(false, false);
+}
+
+/// The same, against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn substitution_activity_stream_as_with_root_nix_daemon() {
+    substitution_activity_stream(false, true);
 }
 
 /// Issue 19, item 3: the same from the same cache served over HTTP (Python's
@@ -415,7 +451,14 @@ fn substitution_activity_stream_as_with_nix_daemon() {
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn http_substitution_activity_stream_as_with_nix_daemon() {
-    substitution_activity_stream(true);
+    substitution_activity_stream(true, false);
+}
+
+/// The same, against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn http_substitution_activity_stream_as_with_root_nix_daemon() {
+    substitution_activity_stream(true, true);
 }
 
 /// An activity stream with its stops taken out of the order and listed at the end:
@@ -439,7 +482,7 @@ fn stops_apart(stream: &str) -> String {
     kept.join("\n")
 }
 
-fn substitution_activity_stream(http: bool) {
+fn substitution_activity_stream(http: bool, as_root: bool) {
     if !can_run_sandboxed_builds() {
         return;
     }
@@ -475,7 +518,8 @@ fn substitution_activity_stream(http: bool) {
         None => format!("file://{}", cache.display()),
     };
     d.set_conf(&format!(
-        "{conf}substituters = {url}\ntrusted-public-keys = {}\n",
+        "{conf}{}substituters = {url}\ntrusted-public-keys = {}\n",
+        for_root(as_root),
         pk.trim()
     ));
     d.start();
@@ -489,7 +533,7 @@ fn substitution_activity_stream(http: bool) {
     let (_, ours) = client(&d, step);
     let mut ours = outcome(&ours);
     d.reset_store();
-    let nd = TrixieNixDaemon::start(&d, &root);
+    let nd = nix_daemon(&d, &root, as_root);
     let (_, theirs) = client(&d, step);
     let mut theirs = outcome(&theirs);
     if http {
@@ -562,7 +606,8 @@ const FLAKE: &str = r#"{
 /// flake update`, `nix profile install` and `upgrade` of the flake's package) on a
 /// local flake whose only input is a path, with the 2.26 client
 /// as an unprivileged user other than the store owner: each step's status and output
-/// equal against unrooted and against nix-daemon 2.26 (ordinary user), on identical
+/// equal against unrooted and against nix-daemon 2.26 (as an ordinary user, and in
+/// [`flake_develop_and_shell_as_with_root_nix_daemon`] as root), on identical
 /// stores. `nix develop` builds the flake's environment derivation (Nix's
 /// `get-env.sh`, a bash script) in the daemon's sandbox, with Debian's static bash
 /// bound at `/bin/bash`; its own interactive bash comes from the client's `PATH`
@@ -570,6 +615,17 @@ const FLAKE: &str = r#"{
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn flake_develop_and_shell_as_with_nix_daemon() {
+    flake_develop_and_shell(false);
+}
+
+/// [`flake_develop_and_shell_as_with_nix_daemon`] against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn flake_develop_and_shell_as_with_root_nix_daemon() {
+    flake_develop_and_shell(true);
+}
+
+fn flake_develop_and_shell(as_root: bool) {
     if !can_run_sandboxed_builds() {
         return;
     }
@@ -594,7 +650,8 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
     .unwrap();
     d.set_conf(&format!(
         "sandbox = true\nsandbox-paths = /bin/sh={i}/busybox /bin/bash={i}/bash\nmax-jobs = 2\n\
-         extra-experimental-features = flakes\nflake-registry = {i}/registry.json\n",
+         extra-experimental-features = flakes\nflake-registry = {i}/registry.json\n{}",
+        for_root(as_root),
         i = inputs.display()
     ));
     let src = inputs.join("src");
@@ -662,7 +719,7 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
     d.reset_store();
     clear_home(&d);
     make_flake();
-    let nd = TrixieNixDaemon::start(&d, &root);
+    let nd = nix_daemon(&d, &root, as_root);
     let theirs = run(&d);
     let their_log = nd.log();
     drop(nd);
@@ -742,6 +799,17 @@ fn bar_lines(typescript: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn progress_bar_as_with_nix_daemon() {
+    progress_bar(false);
+}
+
+/// [`progress_bar_as_with_nix_daemon`] against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn progress_bar_as_with_root_nix_daemon() {
+    progress_bar(true);
+}
+
+fn progress_bar(as_root: bool) {
     if !can_run_sandboxed_builds() {
         return;
     }
@@ -749,7 +817,11 @@ fn progress_bar_as_with_nix_daemon() {
     let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
     let busybox = d.inputs().join("busybox");
     fs::copy("/bin/busybox", &busybox).unwrap();
-    d.set_conf(&CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()));
+    d.set_conf(&format!(
+        "{}{}",
+        CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()),
+        for_root(as_root)
+    ));
     fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
     let bar = |d: &TestDaemon| -> Vec<String> {
         let o = d
@@ -765,7 +837,7 @@ fn progress_bar_as_with_nix_daemon() {
     d.start();
     let ours = bar(&d);
     d.reset_store();
-    let nd = TrixieNixDaemon::start(&d, &root);
+    let nd = nix_daemon(&d, &root, as_root);
     let theirs = bar(&d);
     drop(nd);
     eprintln!("unrooted's bar: {ours:#?}\nnix-daemon's bar: {theirs:#?}");
@@ -790,10 +862,21 @@ fn progress_bar_as_with_nix_daemon() {
 /// served over a private sshd to `unrooted-test-ssh`: by `unrooted daemon --stdio`,
 /// then, on an identical store, by Debian 13's `nix-daemon --stdio` (run from the
 /// trixie root's files by its loader, as the SSH user), each relaying to its
-/// daemon's socket, nix-daemon's run as root. Every step's status and output equal.
+/// daemon's socket, nix-daemon run as root. Every step's status and output equal.
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn ssh_ng_copy_as_with_root_nix_daemon() {
+    ssh_ng_copy(true);
+}
+
+/// [`ssh_ng_copy_as_with_root_nix_daemon`] with nix-daemon run as an ordinary user.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn ssh_ng_copy_as_with_nix_daemon() {
+    ssh_ng_copy(false);
+}
+
+fn ssh_ng_copy(as_root: bool) {
     use std::os::unix::fs::{chown, PermissionsExt};
     const SSH_USER: &str = "unrooted-test-ssh";
     if !can_run_sandboxed_builds() {
@@ -813,8 +896,9 @@ fn ssh_ng_copy_as_with_root_nix_daemon() {
     let busybox = d.inputs().join("busybox");
     fs::copy("/bin/busybox", &busybox).unwrap();
     d.set_conf(&format!(
-        "{}build-users-group =\n",
-        CONF.replace("@BUSYBOX@", busybox.to_str().unwrap())
+        "{}{}",
+        CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()),
+        for_root(as_root)
     ));
     fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
     let (uid, gid) = d.client_ids();
@@ -928,7 +1012,7 @@ fn ssh_ng_copy_as_with_root_nix_daemon() {
     let our_log = d.log();
     d.reset_store();
     clear_home(&d);
-    let nd = TrixieNixDaemon::start_as_root(&d, &root);
+    let nd = nix_daemon(&d, &root, as_root);
     let (theirs, their_version) = run(&d, &theirs_program);
     let their_log = nd.log();
     drop(nd);

@@ -684,8 +684,8 @@ fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
         return;
     }
     if !unrooted_testkit::require(
-        unrooted_testkit::daemon::test_user(SSH_USER).is_some(),
-        "the SSH test user is missing (remote_ssh.rs makes it)",
+        crate::remote_ssh::ssh_user().is_some(),
+        "the SSH test user could not be made",
     ) {
         return;
     }

@@ -885,10 +885,10 @@ fn ssh_ng_copy(as_root: bool) {
     let Some(root) = trixie_root() else { return };
     if !unrooted_testkit::require(
         std::path::Path::new("/usr/sbin/sshd").exists()
-            && unrooted_testkit::daemon::test_user(SSH_USER).is_some()
+            && crate::remote_ssh::ssh_user().is_some()
             && root.join("usr/bin/ssh").is_file(),
-        "sshd, the SSH test user (remote_ssh.rs makes it) or the Debian 13 root's ssh \
-         (scripts/trixie-root.sh) is missing",
+        "sshd, the SSH test user or the Debian 13 root's ssh (scripts/trixie-root.sh) \
+         is missing",
     ) {
         return;
     }

@@ -20,6 +20,7 @@ const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=@BUSYBOX@\nmax-jobs 
 const EXTRA: &str = r#"  progress = mk "progress" "echo one; echo two; echo ${dep} > $out" {};
   slow1 = mk "slow1" "echo first; sleep 2; echo 1 > $out" {};
   slow2 = mk "slow2" "echo second; sleep 2; echo ${slow1} > $out" {};
+  phased = mk "phased" "echo '@nix { \"action\": \"setPhase\", \"phase\": \"buildPhase\" }' >&$NIX_LOG_FD; echo in the build phase; echo '@nix {\"action\":\"msg\",\"level\":0,\"msg\":\"said by the builder\"}' >&2; echo '@nix {\"phase\":\"none\"}' >&2; echo ${hello} > $out" {};
 "#;
 
 /// How a step's outcomes are compared.
@@ -57,6 +58,12 @@ const STEPS: &[(Expect, &str)] = &[
     // start (type, text), result (type) and stop, in order, ids left out.
     (Same, "nix build --log-format internal-json -v -f $E progress --no-link 2>&1 | grep '^@nix'"),
     (Same, "nix log -f $E hello"),
+    // A builder's JSON log messages (stdenv announces its phases so): the phase a
+    // result of the build (what the bar shows beside the build's name), the message
+    // a message, neither a log line; one without an action stays a log line.
+    (Same, "nix build --log-format internal-json -v -f $E phased --no-link 2>&1 | grep '^@nix'"),
+    (Same, "nix build -L --rebuild -f $E phased --no-link"),
+    (Same, "nix log -f $E phased"),
     (Same, "nix build --keep-going -f $E fails fails2 pkg --no-link"),
     (Same, "nix build -f $E hello --rebuild --no-link"),
     (Same, "nix path-info -rsS --json $(nix build -f $E dep --print-out-paths --no-link)"),

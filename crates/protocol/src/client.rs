@@ -36,13 +36,26 @@ impl<R: Read, W: Write> Client<R, W> {
     /// Runs the handshake announcing `version` and no features, and reads the startup
     /// log up to `STDERR_LAST`.
     pub fn handshake(
+        reader: R,
+        writer: W,
+        store_dir: StoreDir,
+        version: ProtocolVersion,
+    ) -> Result<Self> {
+        Self::handshake_with_features(reader, writer, store_dir, version, &BTreeSet::new())
+    }
+
+    /// [`Client::handshake`] announcing `features` too (from 1.38, as Nix 2.35 does);
+    /// the connection then uses those the server names as well
+    /// ([`Client::context`]'s `features`).
+    pub fn handshake_with_features(
         mut reader: R,
         mut writer: W,
         store_dir: StoreDir,
         version: ProtocolVersion,
+        features: &BTreeSet<String>,
     ) -> Result<Self> {
         let limits = Limits::default();
-        let info = client_handshake(&mut reader, &mut writer, version, &BTreeSet::new(), &limits)?;
+        let info = client_handshake(&mut reader, &mut writer, version, features, &limits)?;
         let cx = WireContext {
             version: info.version,
             store_dir,

@@ -16,6 +16,7 @@ pub mod derived_path;
 pub mod error;
 pub mod features;
 pub mod handshake;
+pub mod json_log;
 pub mod path_info;
 pub mod reply;
 pub mod request;

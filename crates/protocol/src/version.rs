@@ -42,9 +42,11 @@ impl ProtocolVersion {
     pub const MIN_SUPPORTED: Self = Self::new(1, 21);
     /// The version a Nix 2.8 client announces.
     pub const NIX_2_8: Self = Self::new(1, 34);
-    /// The version we recommend a server announce: ≥ 1.35 for Lix clients, and below
-    /// the feature exchange.
-    pub const RECOMMENDED: Self = Self::new(1, 37);
+    /// The version a server announces (unrooted's daemon does): the newest, so that
+    /// a Nix 2.35 client reaches the feature exchange (1.38) and the features the
+    /// server honours; a client announcing less (Lix at 1.35, Nix 2.8 at 1.34,
+    /// 2.26 at 1.37) negotiates down to its own.
+    pub const RECOMMENDED: Self = Self::new(1, 38);
     /// The newest version this crate knows.
     pub const LATEST: Self = Self::new(1, 38);
 
@@ -202,7 +204,7 @@ mod tests {
     fn wire_words() {
         assert_eq!(ProtocolVersion::NIX_2_8.to_wire(), 0x122);
         assert_eq!(
-            ProtocolVersion::from_wire(0x125),
+            ProtocolVersion::from_wire(0x126),
             ProtocolVersion::RECOMMENDED
         );
         assert!(ProtocolVersion::from_wire(0x115).is_supported());

@@ -10,6 +10,7 @@ use unrooted_format::{StoreDir, StorePath};
 
 use crate::disk_cache::{unix_now, CachedInfo, Lookup, NarInfoCache};
 use crate::error::{SubstituteError, TransportError};
+use crate::substituter::Observer;
 use crate::transport::{open_transport, Body, Transport, TransportOptions};
 
 /// Nix's default priority of a cache that states none (`BinaryCacheStore::priority`).
@@ -113,6 +114,7 @@ impl BinaryCache {
         options: &TransportOptions,
         retry: RetryPolicy,
         disk: Option<&NarInfoCache>,
+        observer: &dyn Observer,
     ) -> Result<Self, SubstituteError> {
         let (base, priority_override) = split_params(url);
         // An s3:// cache's parameters (endpoint, region, profile) are its address.
@@ -120,17 +122,18 @@ impl BinaryCache {
             open_transport(if base.starts_with("s3://") { url } else { base }, options)?;
         // A `file://` cache's `nix-cache-info` is read afresh each time, never from
         // the lookup cache, as Nix reads a local binary cache's at each opening: it
-        // is a file on this machine that may change between two requests. What was
-        // read is still written to the lookup cache, whose row for the cache its
-        // remembered narinfos hang on (they are remembered, as Nix does).
-        let reuse_info = !base.starts_with("file://");
-        Self::from_transport(
+        // is a file on this machine that may change between two requests. It is
+        // still recorded there, since the cache's narinfos are remembered (as Nix
+        // does) only for a cache the lookup cache knows.
+        let reread = base.starts_with("file://");
+        Self::open_transport(
             transport,
             store_dir,
             priority_override,
             retry,
             disk,
-            reuse_info,
+            reread,
+            observer,
         )
     }
 
@@ -142,22 +145,32 @@ impl BinaryCache {
         retry: RetryPolicy,
         disk: Option<&NarInfoCache>,
     ) -> Result<Self, SubstituteError> {
-        Self::from_transport(transport, store_dir, priority_override, retry, disk, true)
+        Self::open_transport(
+            transport,
+            store_dir,
+            priority_override,
+            retry,
+            disk,
+            false,
+            &crate::Quiet,
+        )
     }
 
-    /// [`BinaryCache::with_transport`]; `reuse_info` says whether a `nix-cache-info`
-    /// remembered in `disk` may stand in for the cache's own.
-    fn from_transport(
+    /// [`BinaryCache::with_transport`]; with `reread`, the `nix-cache-info` is fetched
+    /// even when `disk` remembers it (and recorded there again). A fetch over the
+    /// network is reported to `observer`.
+    fn open_transport(
         transport: Box<dyn Transport>,
         store_dir: &StoreDir,
         priority_override: Option<i32>,
         retry: RetryPolicy,
         disk: Option<&NarInfoCache>,
-        reuse_info: bool,
+        reread: bool,
+        observer: &dyn Observer,
     ) -> Result<Self, SubstituteError> {
         let url = transport.base_url().to_owned();
         let now = unix_now();
-        let cached = disk.filter(|_| reuse_info).and_then(|d| {
+        let cached = disk.filter(|_| !reread).and_then(|d| {
             d.cache_info(&url, now)
                 .inspect_err(|e| tracing::warn!(error = %e, "narinfo lookup cache"))
                 .ok()
@@ -166,7 +179,7 @@ impl BinaryCache {
         let info = match cached {
             Some(c) => c,
             None => {
-                let info = Self::fetch_cache_info(&*transport, retry)?;
+                let info = Self::fetch_cache_info(&*transport, retry, observer)?;
                 let theirs = info.store_dir.as_ref().map(|d| d.as_str().to_owned());
                 let c = CachedInfo {
                     store_dir: theirs.unwrap_or_else(|| store_dir.as_str().to_owned()),
@@ -201,24 +214,51 @@ impl BinaryCache {
     fn fetch_cache_info(
         transport: &dyn Transport,
         retry: RetryPolicy,
+        observer: &dyn Observer,
     ) -> Result<CacheInfo, SubstituteError> {
         let rel = "nix-cache-info";
         let full = transport.url_of(rel);
-        let text =
-            Self::fetch_text(transport, retry, rel)?.ok_or_else(|| SubstituteError::NotACache {
+        let text = Self::fetch_text(transport, retry, rel, observer, 0)?.ok_or_else(|| {
+            SubstituteError::NotACache {
                 url: transport.base_url().to_owned(),
-            })?;
+            }
+        })?;
         CacheInfo::parse(&text).map_err(|source| SubstituteError::CacheInfo { url: full, source })
     }
 
     /// Fetches a small text file (bounded by [`MAX_NARINFO_SIZE`]), retrying
-    /// transient failures.
+    /// transient failures. Unless the cache is a `file://` one (which Nix reads
+    /// without a transfer), the fetch is reported to `observer` as a transfer within
+    /// the query `parent` (0: none), as Nix's `file-transfer` activity.
     fn fetch_text(
         transport: &dyn Transport,
         retry: RetryPolicy,
         rel: &str,
+        observer: &dyn Observer,
+        parent: u64,
     ) -> Result<Option<String>, SubstituteError> {
         let full = transport.url_of(rel);
+        let network = !transport.base_url().starts_with("file://");
+        let transfer = network.then(|| observer.transfer_started(&full, parent));
+        let result = Self::fetch_text_quietly(transport, retry, rel, &full);
+        if let Some(id) = transfer {
+            let size = match &result {
+                Ok(Some(text)) => Some(text.len() as u64),
+                _ => None,
+            };
+            observer.transfer_finished(id, size);
+        }
+        result
+    }
+
+    /// [`BinaryCache::fetch_text`] without telling anyone; `full` is its URL.
+    fn fetch_text_quietly(
+        transport: &dyn Transport,
+        retry: RetryPolicy,
+        rel: &str,
+        full: &str,
+    ) -> Result<Option<String>, SubstituteError> {
+        let full = full.to_owned();
         let mut last = None;
         let result = retry.run(|| {
             let Some(body) = transport.get(rel)? else {
@@ -272,17 +312,18 @@ impl BinaryCache {
         path: &StorePath,
         disk: Option<&NarInfoCache>,
     ) -> Result<Option<NarInfo>, SubstituteError> {
-        self.query_narinfo_noting(path, disk, &mut |_| {})
+        self.query_narinfo_observed(path, disk, &crate::Quiet)
     }
 
-    /// [`BinaryCache::query_narinfo`], calling `asking(true)` before the cache itself
-    /// is asked (`disk` remembers nothing fresh of `path`) and `asking(false)` after,
-    /// as Nix's `queryPathInfoUncached` runs its `query-path-info` activity.
-    pub fn query_narinfo_noting(
+    /// [`BinaryCache::query_narinfo`], telling `observer` when the cache itself is
+    /// asked (`disk` remembers nothing fresh of `path`), as Nix's
+    /// `queryPathInfoUncached` runs its `query-path-info` activity, and of the
+    /// narinfo's transfer within it.
+    pub fn query_narinfo_observed(
         &self,
         path: &StorePath,
         disk: Option<&NarInfoCache>,
-        asking: &mut dyn FnMut(bool),
+        observer: &dyn Observer,
     ) -> Result<Option<NarInfo>, SubstituteError> {
         let hash_part = path.hash_part();
         let rel = format!("{hash_part}.narinfo");
@@ -298,9 +339,9 @@ impl BinaryCache {
             Lookup::Absent => return Ok(None),
             Lookup::Present(text) => (Some(text), false),
             Lookup::Unknown => {
-                asking(true);
-                let text = Self::fetch_text(&*self.transport, self.retry, &rel);
-                asking(false);
+                let query = observer.query_started(&self.store_dir.display(path), &self.url);
+                let text = Self::fetch_text(&*self.transport, self.retry, &rel, observer, query);
+                observer.query_finished(query);
                 (text?, true)
             }
         };

@@ -31,6 +31,16 @@ pub trait Observer: Sync {
     }
     /// The cache answered (or failed) the query `id`.
     fn query_finished(&self, _id: u64) {}
+    /// A small file of a cache (its `nix-cache-info`, a narinfo) is fetched over the
+    /// network from `url`, within the query `parent` (an id from
+    /// [`Observer::query_started`], or 0). Returns an id for
+    /// [`Observer::transfer_finished`].
+    fn transfer_started(&self, _url: &str, _parent: u64) -> u64 {
+        0
+    }
+    /// The transfer `id` ended: with the size of what arrived, or `None` when the
+    /// file was not there or could not be fetched.
+    fn transfer_finished(&self, _id: u64, _size: Option<u64>) {}
 }
 
 /// An [`Observer`] that ignores everything.

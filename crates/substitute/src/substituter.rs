@@ -172,6 +172,7 @@ impl Substituter {
                 &config.transport,
                 config.retry,
                 disk.as_deref(),
+                observer,
             )
         });
         let mut caches = Vec::new();
@@ -191,6 +192,7 @@ impl Substituter {
                         &config.transport,
                         config.retry,
                         disk.as_deref(),
+                        observer,
                     ),
                     Err(_) => Err(SubstituteError::StoreDirMismatch {
                         url: u,
@@ -261,16 +263,7 @@ impl Substituter {
                     }
                 }
             };
-            let shown = cache.store_dir().display(&asked);
-            let mut id = 0;
-            let mut asking = |started: bool| {
-                if started {
-                    id = observer.query_started(&shown, cache.url());
-                } else {
-                    observer.query_finished(id);
-                }
-            };
-            match cache.query_narinfo_noting(&asked, self.disk.as_deref(), &mut asking) {
+            match cache.query_narinfo_observed(&asked, self.disk.as_deref(), observer) {
                 Ok(Some(mut info)) => {
                     if foreign {
                         if !info.references.is_empty() || info.ca.as_ref() != ca.as_ref() {
@@ -630,7 +623,8 @@ impl Substituter {
                     // been checked already, so what this finds does not matter.
                     let _ = io::copy(&mut nar, &mut io::sink());
                     let n = done.load(Ordering::Relaxed);
-                    observer.download_progress(id, n, n.max(expected));
+                    // As Nix's last word on a transfer: its body's size, done of expected.
+                    observer.download_progress(id, n, n);
                 }
                 imported.map_err(|source| {
                     let transport = failure

@@ -537,18 +537,17 @@ fn the_lookup_cache_answers_until_its_entries_expire() {
     )
     .unwrap();
     plain_cache(tmp.path(), &a, &paths[2..], &k);
+    // A file:// cache's nix-cache-info is read afresh at each opening, as Nix reads a
+    // local binary cache's (a changed priority shows), while its narinfos are
+    // remembered.
+    let mut ci = CacheInfo::new(sd.clone());
+    ci.priority = Some(7);
+    fs::write(tmp.path().join("nix-cache-info"), ci.to_text()).unwrap();
     let s = new();
+    assert_eq!(s.caches().len(), 1);
+    assert_eq!(s.caches()[0].priority(), 7, "nix-cache-info is read afresh");
     assert!(s.query(&paths[0].0, &q).is_some());
     assert!(s.query(&paths[2].0, &q).is_none());
-    // A file:// cache's nix-cache-info is read afresh at each opening, as Nix's
-    // LocalBinaryCacheStore reads it, never from the lookup cache.
-    fs::remove_file(tmp.path().join("nix-cache-info")).unwrap();
-    let s = new();
-    assert_eq!(
-        s.caches().len(),
-        0,
-        "a file:// cache without nix-cache-info is not used"
-    );
     // Without the lookup cache the cache itself answers.
     plain_cache(tmp.path(), &a, &paths[..0], &k);
     let s = substituter(vec![url.clone()], &[&k], &q);

@@ -93,25 +93,29 @@ impl Drop for Sshd {
     }
 }
 
-/// The SSH user, created (with a login shell and an unlocked, password-less
-/// account, which `UsePAM no` requires) when missing.
-fn ssh_user() -> Option<(u32, u32)> {
-    if Command::new("id")
-        .arg(SSH_USER)
-        .output()
-        .ok()?
-        .status
-        .success()
-    {
-        return unrooted_testkit::daemon::test_user(SSH_USER);
+/// The SSH user `unrooted-test-ssh`, created (with a login shell and an unlocked,
+/// password-less account, which `UsePAM no` requires) when missing; the trixie
+/// tests' `ssh-ng://` use it too (never `test_user`, which would make it with no
+/// login shell). Another test may be creating it at the same moment: a `useradd`
+/// that fails is followed by a second look.
+pub(crate) fn ssh_user() -> Option<(u32, u32)> {
+    let exists = || {
+        Command::new("id")
+            .arg(SSH_USER)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !exists() {
+        let _ = Command::new("useradd")
+            .args(["--system", "--create-home", "--shell", "/bin/sh"])
+            .args(["--password", "*", SSH_USER])
+            .status();
     }
-    let status = Command::new("useradd")
-        .args(["--system", "--create-home", "--shell", "/bin/sh"])
-        .args(["--password", "*", SSH_USER])
-        .status()
-        .ok()?;
-    status.success().then_some(())?;
-    unrooted_testkit::daemon::test_user(SSH_USER)
+    if exists() {
+        unrooted_testkit::daemon::test_user(SSH_USER)
+    } else {
+        None
+    }
 }
 
 /// What the client needs to reach the store over SSH.

@@ -320,6 +320,13 @@ fn nix_env_with_client_side_profiles() {
     assert_eq!(f.ok("nix-env", &["-q"]).trim(), "pkg-1.0");
     f.ok("nix-collect-garbage", &["-d"]);
     assert_eq!(f.ok("nix-env", &["--list-generations"]).lines().count(), 1);
+    assert_eq!(f.ok("nix-env", &["-q"]).trim(), "pkg-1.0");
+    // The daemon's per-user profile directory was never needed.
+    let per_user =
+        f.d.state_dir()
+            .join("profiles/per-user/unrooted-test-client");
+    let entries = fs::read_dir(&per_user).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(entries, 0, "{}", per_user.display());
 }
 
 #[test]
@@ -526,7 +533,10 @@ fn local_flake_build_shell_and_profile_upgrade() {
 
 /// Issue 19, item 5: a temporary root a connection added (twice, as a client that
 /// does not skip repeats would) keeps its path alive against another user's
-/// `nix store delete` until that connection closes, and not after.
+/// `nix store delete` until that connection closes, and not after; and nothing of
+/// it is left in `<state>/temproots` (nix-daemon's connection keeps its roots in
+/// `temproots/<pid>` and removes the file as it exits; unrooted keeps a
+/// connection's roots in memory and writes no file).
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn temp_roots_last_for_the_connections_life() {
@@ -551,6 +561,10 @@ fn temp_roots_last_for_the_connections_life() {
     holder.add_temp_root(&path).unwrap();
     let err = f.err("nix", &["store", "delete", &p]);
     assert!(err.contains("since it is still alive"), "{err}");
+    // Still alive after the other user's attempt: the root is the holder's, for its
+    // connection's whole life.
+    let err = f.err("nix", &["store", "delete", &p]);
+    assert!(err.contains("since it is still alive"), "{err}");
     drop(holder);
     // The daemon notices the closed connection and drops its roots.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -571,18 +585,24 @@ fn temp_roots_last_for_the_connections_life() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(!Path::new(&p).exists());
+    let temproots = f.d.state_dir().join("temproots");
+    let left: Vec<_> = fs::read_dir(&temproots)
+        .unwrap_or_else(|e| panic!("{}: {e}", temproots.display()))
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", temproots.display());
 }
 
 /// A private sshd on 127.0.0.1 letting `unrooted-test-ssh` in with one key (the
 /// set-up of `remote_ssh.rs`), killed on drop.
-struct Sshd {
-    dir: tempfile::TempDir,
+pub(crate) struct Sshd {
+    pub(crate) dir: tempfile::TempDir,
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Sshd {
-    fn start(user: &str, client_pub: &str) -> Self {
+    pub(crate) fn start(user: &str, client_pub: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("unrooted-sshd-")
@@ -634,7 +654,7 @@ impl Sshd {
         Self { dir, child, port }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 }
@@ -649,27 +669,33 @@ impl Drop for Sshd {
 /// Issue 19, item 2: `nix copy --to ssh-ng://` with the 2.26 client, as an
 /// unprivileged user, from a store of its own to a second store served by `unrooted
 /// daemon --stdio` (the SSH user's remote program, relaying to the test daemon) over
-/// a private sshd; and back with `--from`. The trixie root has no `ssh` (minbase
-/// with `nix-bin` only), so the host's OpenSSH client is bound in beside it: the
-/// transport only, Nix's side of the protocol is 2.26's.
+/// a private sshd; and back with `--from`. The client side is all Debian 13: Nix
+/// 2.26 runs the trixie root's own `ssh` (`openssh-client`, which
+/// `scripts/trixie-root.sh` installs there); the sshd is the host's.
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
     use std::os::unix::fs::{chown, PermissionsExt};
     const SSH_USER: &str = "unrooted-test-ssh";
     if !unrooted_testkit::require(
-        Path::new("/usr/sbin/sshd").exists() && Path::new("/usr/bin/ssh").exists(),
-        "sshd or ssh is not installed (apt-get install openssh-server, scripts/setup.sh)",
+        Path::new("/usr/sbin/sshd").exists() && Path::new("/usr/bin/ssh-keygen").exists(),
+        "sshd is not installed (apt-get install openssh-server, scripts/setup.sh)",
     ) {
         return;
     }
     if !unrooted_testkit::require(
-        unrooted_testkit::daemon::test_user(SSH_USER).is_some(),
-        "the SSH test user is missing (remote_ssh.rs makes it)",
+        crate::remote_ssh::ssh_user().is_some(),
+        "the SSH test user could not be made",
     ) {
         return;
     }
     let Some(f) = prepared() else { return };
+    if !unrooted_testkit::require(
+        f.root.join("usr/bin/ssh").is_file(),
+        "the Debian 13 root has no ssh (scripts/trixie-root.sh installs openssh-client)",
+    ) {
+        return;
+    }
     let d = &f.d;
     let home = d.client_home();
     let (uid, gid) = d.client_ids();
@@ -692,9 +718,6 @@ fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
     for p in [&ssh_dir, &key, &known, &ssh_dir.join("id_ed25519.pub")] {
         chown(p, Some(uid), Some(gid)).unwrap();
     }
-    let bin = d.root().join("bin");
-    fs::create_dir(&bin).unwrap();
-    fs::copy("/usr/bin/ssh", bin.join("ssh")).unwrap();
     let program = d.root().join("remote-program");
     fs::write(
         &program,
@@ -724,7 +747,6 @@ fn copy_to_ssh_ng_store_served_by_unrooted_stdio() {
     let run = |args: &[&str]| {
         let out = d
             .trixie_client(&f.root, "nix")
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .env("NIX_SSHOPTS", &sshopts)
             .args(args)
             .output()

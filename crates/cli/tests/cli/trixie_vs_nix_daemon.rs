@@ -18,6 +18,9 @@ const CONF: &str = "sandbox = true\nsandbox-paths = /bin/sh=@BUSYBOX@\nmax-jobs 
 
 /// What this test adds to the derivations of [`workflow_expr`].
 const EXTRA: &str = r#"  progress = mk "progress" "echo one; echo two; echo ${dep} > $out" {};
+  slow1 = mk "slow1" "echo first; sleep 2; echo 1 > $out" {};
+  slow2 = mk "slow2" "echo second; sleep 2; echo ${slow1} > $out" {};
+  phased = mk "phased" "echo '@nix { \"action\": \"setPhase\", \"phase\": \"buildPhase\" }' >&$NIX_LOG_FD; echo in the build phase; echo '@nix {\"action\":\"msg\",\"level\":0,\"msg\":\"said by the builder\"}' >&2; echo '@nix {\"phase\":\"none\"}' >&2; echo ${hello} > $out" {};
 "#;
 
 /// How a step's outcomes are compared.
@@ -55,6 +58,12 @@ const STEPS: &[(Expect, &str)] = &[
     // start (type, text), result (type) and stop, in order, ids left out.
     (Same, "nix build --log-format internal-json -v -f $E progress --no-link 2>&1 | grep '^@nix'"),
     (Same, "nix log -f $E hello"),
+    // A builder's JSON log messages (stdenv announces its phases so): the phase a
+    // result of the build (what the bar shows beside the build's name), the message
+    // a message, neither a log line; one without an action stays a log line.
+    (Same, "nix build --log-format internal-json -v -f $E phased --no-link 2>&1 | grep '^@nix'"),
+    (Same, "nix build -L --rebuild -f $E phased --no-link"),
+    (Same, "nix log -f $E phased"),
     (Same, "nix build --keep-going -f $E fails fails2 pkg --no-link"),
     (Same, "nix build -f $E hello --rebuild --no-link"),
     (Same, "nix path-info -rsS --json $(nix build -f $E dep --print-out-paths --no-link)"),
@@ -109,7 +118,9 @@ struct Outcome {
 /// "cannot read potential root" warnings (counted in the test, they are its GC
 /// weakness as an ordinary user); and two messages whose wording changed between Nix
 /// releases (2.8's, which unrooted sends, and 2.26's): the "For full logs" hint and
-/// the "To find out why" hint.
+/// the "To find out why" hint. Also the wall clock in a local flake's locked URL
+/// (`lastModified=`, the newest modification time of the flake's files, which the
+/// steps rewrite as they run: the flake's content is in its `narHash`).
 fn normalize(text: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut activities = Activities::default();
@@ -141,6 +152,16 @@ fn normalize(text: &str) -> String {
             l = format!("{}\"registrationtime\":T{}", &l[..i], &rest[end..]);
         }
         l = l.replace("-0.00 MiB", "0.00 MiB");
+        let mut rest = l.as_str();
+        let mut timeless = String::new();
+        while let Some(i) = rest.find("lastModified=") {
+            let (head, tail) = rest.split_at(i + "lastModified=".len());
+            timeless.push_str(head);
+            timeless.push('T');
+            rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        timeless.push_str(rest);
+        l = timeless;
         l = l.replace(" and nix-store --query --referrers", "");
         if l.trim() == "For full logs, run:" {
             if let Some(next) = lines.next() {
@@ -219,6 +240,33 @@ fn outcome(o: &Output) -> Outcome {
     }
 }
 
+/// `o` without the lines of lock files a collection deleted (`deleting '….lock'`),
+/// and with its count of deleted store paths lowered by as many.
+fn without_lock_files(o: &Outcome) -> Outcome {
+    let is_lock = |l: &str| l.starts_with("deleting '") && l.ends_with(".lock'");
+    let locks = o.stderr.lines().filter(|l| is_lock(l)).count();
+    let count = |l: &str| -> String {
+        match l.split_once(" store paths deleted, ") {
+            Some((n, rest)) if locks > 0 => match n.trim().parse::<usize>() {
+                Ok(n) => format!("{} store paths deleted, {rest}", n - locks.min(n)),
+                Err(_) => l.to_owned(),
+            },
+            _ => l.to_owned(),
+        }
+    };
+    Outcome {
+        success: o.success,
+        stdout: o.stdout.lines().map(count).collect::<Vec<_>>().join("\n"),
+        stderr: o
+            .stderr
+            .lines()
+            .filter(|l| !is_lock(l))
+            .map(count)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
 /// The paths a collection's output says it deleted.
 fn deleted(o: &Outcome) -> std::collections::BTreeSet<String> {
     o.stderr
@@ -244,6 +292,27 @@ fn run_all(d: &TestDaemon, root: &std::path::Path) -> Vec<Outcome> {
             outcome(&o)
         })
         .collect()
+}
+
+/// Debian 13's nix-daemon on `d`'s store, as root or as the daemon's (ordinary)
+/// user.
+fn nix_daemon(d: &TestDaemon, root: &std::path::Path, as_root: bool) -> TrixieNixDaemon {
+    if as_root {
+        TrixieNixDaemon::start_as_root(d, root)
+    } else {
+        TrixieNixDaemon::start(d, root)
+    }
+}
+
+/// What a root nix-daemon needs in the shared configuration: no build users group
+/// (the test machine has no `nixbld`; its builds then run as root in its sandbox).
+/// Harmless to unrooted, which has no build users.
+fn for_root(as_root: bool) -> &'static str {
+    if as_root {
+        "build-users-group =\n"
+    } else {
+        ""
+    }
 }
 
 fn clear_home(d: &TestDaemon) {
@@ -286,7 +355,7 @@ fn compare_every_workflow(root_daemon: bool) {
     fs::copy("/bin/busybox", &busybox).unwrap();
     let mut conf = CONF.replace("@BUSYBOX@", busybox.to_str().unwrap());
     if root_daemon {
-        conf.push_str("build-users-group =\n");
+        conf.push_str(for_root(true));
     }
     d.set_conf(&conf);
     fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
@@ -301,11 +370,7 @@ fn compare_every_workflow(root_daemon: bool) {
     let our_log = d.log();
     d.reset_store();
     clear_home(&d);
-    let nd = if root_daemon {
-        TrixieNixDaemon::start_as_root(&d, &root)
-    } else {
-        TrixieNixDaemon::start(&d, &root)
-    };
+    let nd = nix_daemon(&d, &root, root_daemon);
     let theirs = run_all(&d, &root);
     let their_log = nd.log();
     drop(nd);
@@ -326,8 +391,20 @@ fn compare_every_workflow(root_daemon: bool) {
             .join("\n"),
     };
     let theirs: Vec<Outcome> = theirs.iter().map(stale).collect();
+    // And one more, in what collections delete: nix-daemon leaves the lock file of
+    // each output whose build failed (`fails.lock`, `fails2.lock`: Nix 2.26 deletes
+    // a lock file only after a build that succeeded, `PathLocks::setDeletion`), and
+    // its next collection deletes and counts them; unrooted removes every lock file
+    // as it releases it, so there is nothing left to collect. Taken out of the
+    // collection's lines and its count, for both.
+    let theirs: Vec<Outcome> = theirs.iter().map(without_lock_files).collect();
+    let ours: Vec<Outcome> = ours.iter().map(without_lock_files).collect();
     let mut diffs = Vec::new();
     for (((expect, step), a), b) in STEPS.iter().zip(&ours).zip(&theirs) {
+        // A root nix-daemon reads every root, as unrooted does with its roots
+        // helper: its collections must delete exactly what unrooted's do, and the
+        // profiles must show the same afterwards.
+        let expect = if root_daemon { &Same } else { expect };
         let ok = match expect {
             Same => a == b,
             AtLeast => {
@@ -365,6 +442,54 @@ fn compare_every_workflow(root_daemon: bool) {
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn substitution_activity_stream_as_with_nix_daemon() {
+    substitution_activity_stream(false, false);
+}
+
+/// The same, against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn substitution_activity_stream_as_with_root_nix_daemon() {
+    substitution_activity_stream(false, true);
+}
+
+/// Issue 19, item 3: the same from the same cache served over HTTP (Python's
+/// `http.server` on loopback), where both daemons also report each download as a
+/// `file-transfer` activity (101).
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn http_substitution_activity_stream_as_with_nix_daemon() {
+    substitution_activity_stream(true, false);
+}
+
+/// The same, against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn http_substitution_activity_stream_as_with_root_nix_daemon() {
+    substitution_activity_stream(true, true);
+}
+
+/// An activity stream with its stops taken out of the order and listed at the end:
+/// nix-daemon stops a download's activities from curl's thread, so where they land
+/// among the other lines (even after the reply that ends the request, once its
+/// logger buffers them) depends on timing. Every other line keeps its place.
+fn stops_apart(stream: &str) -> String {
+    let mut kept = Vec::new();
+    let mut stopped = Vec::new();
+    for l in stream.lines() {
+        let v: Option<serde_json::Value> = l
+            .strip_prefix("@nix ")
+            .and_then(|j| serde_json::from_str(j).ok());
+        match v {
+            Some(v) if v["action"] == "stop" => stopped.push(v["id"].as_u64().unwrap_or(0)),
+            _ => kept.push(l.to_owned()),
+        }
+    }
+    stopped.sort_unstable();
+    kept.push(format!("stopped: {stopped:?}"));
+    kept.join("\n")
+}
+
+fn substitution_activity_stream(http: bool, as_root: bool) {
     if !can_run_sandboxed_builds() {
         return;
     }
@@ -394,9 +519,14 @@ fn substitution_activity_stream_as_with_nix_daemon() {
         "nix key generate-secret --key-name cache-1 > ~/sk && nix key convert-secret-to-public < ~/sk > ~/pk",
     );
     let pk = fs::read_to_string(d.client_home().join("pk")).unwrap();
+    let server = http.then(|| unrooted_testkit::http::PythonServer::start(&cache, None));
+    let url = match &server {
+        Some(server) => server.url(),
+        None => format!("file://{}", cache.display()),
+    };
     d.set_conf(&format!(
-        "{conf}substituters = file://{}\ntrusted-public-keys = {}\n",
-        cache.display(),
+        "{conf}{}substituters = {url}\ntrusted-public-keys = {}\n",
+        for_root(as_root),
         pk.trim()
     ));
     d.start();
@@ -408,19 +538,24 @@ fn substitution_activity_stream_as_with_nix_daemon() {
     d.reset_store();
     d.start();
     let (_, ours) = client(&d, step);
-    let ours = outcome(&ours);
+    let mut ours = outcome(&ours);
     d.reset_store();
-    let nd = TrixieNixDaemon::start(&d, &root);
+    let nd = nix_daemon(&d, &root, as_root);
     let (_, theirs) = client(&d, step);
-    let theirs = outcome(&theirs);
+    let mut theirs = outcome(&theirs);
+    if http {
+        ours.stdout = stops_apart(&ours.stdout);
+        theirs.stdout = stops_apart(&theirs.stdout);
+    }
     let their_log = nd.log();
     drop(nd);
     // The same stream: the caches' query-path-info activities (109) inside the
     // client's QueryMissing; then the worker's realise, builds and copyPaths
     // activities, its queryMissing, the expected download and NAR sizes as each
     // path is announced, and per path the copyPaths count running, a `substitute`
-    // activity (108) with its `copy-path` child (100, no file transfer from a
-    // `file://` cache), and the count done.
+    // activity (108) with its `copy-path` child (100), and the count done. Over
+    // HTTP, each narinfo and NAR download is a `file-transfer` activity (101) too;
+    // Nix reads a `file://` cache without one.
     let copies = |s: &str| -> Vec<String> {
         let mut v: Vec<String> = s
             .lines()
@@ -449,6 +584,12 @@ fn substitution_activity_stream_as_with_nix_daemon() {
     assert!(last_copy_paths.is_some(), "{}", theirs.stdout);
     assert!(ours.stdout.contains("\"type\":108"), "{}", ours.stdout);
     assert!(ours.stdout.contains("\"type\":109"), "{}", ours.stdout);
+    assert_eq!(
+        ours.stdout.contains("\"type\":101"),
+        http,
+        "{}",
+        ours.stdout
+    );
 }
 
 /// The flake of [`flake_develop_and_shell_as_with_nix_daemon`]: its only input a
@@ -469,9 +610,11 @@ const FLAKE: &str = r#"{
 "#;
 
 /// Issue 19, item 2: `nix develop` and `nix shell` (and `nix print-dev-env`, `nix
-/// flake update`) on a local flake whose only input is a path, with the 2.26 client
+/// flake update`, `nix profile install` and `upgrade` of the flake's package) on a
+/// local flake whose only input is a path, with the 2.26 client
 /// as an unprivileged user other than the store owner: each step's status and output
-/// equal against unrooted and against nix-daemon 2.26 (ordinary user), on identical
+/// equal against unrooted and against nix-daemon 2.26 (as an ordinary user, and in
+/// [`flake_develop_and_shell_as_with_root_nix_daemon`] as root), on identical
 /// stores. `nix develop` builds the flake's environment derivation (Nix's
 /// `get-env.sh`, a bash script) in the daemon's sandbox, with Debian's static bash
 /// bound at `/bin/bash`; its own interactive bash comes from the client's `PATH`
@@ -479,6 +622,17 @@ const FLAKE: &str = r#"{
 #[test]
 #[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
 fn flake_develop_and_shell_as_with_nix_daemon() {
+    flake_develop_and_shell(false);
+}
+
+/// [`flake_develop_and_shell_as_with_nix_daemon`] against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn flake_develop_and_shell_as_with_root_nix_daemon() {
+    flake_develop_and_shell(true);
+}
+
+fn flake_develop_and_shell(as_root: bool) {
     if !can_run_sandboxed_builds() {
         return;
     }
@@ -503,7 +657,8 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
     .unwrap();
     d.set_conf(&format!(
         "sandbox = true\nsandbox-paths = /bin/sh={i}/busybox /bin/bash={i}/bash\nmax-jobs = 2\n\
-         extra-experimental-features = flakes\nflake-registry = {i}/registry.json\n",
+         extra-experimental-features = flakes\nflake-registry = {i}/registry.json\n{}",
+        for_root(as_root),
         i = inputs.display()
     ));
     let src = inputs.join("src");
@@ -539,8 +694,11 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
         "nix develop path:$F -c sh -c 'echo \"$GREETING\"; echo \"$IN_NIX_SHELL\"; echo \"$name\"'",
         "nix print-dev-env path:$F | grep -E '^(GREETING|name)='",
         "nix develop -L path:$F -c true",
+        "nix profile install path:$F && ~/.nix-profile/bin/tool",
         "printf 2.0 > $S/version; touch -d @1700000100 $S/version $S; nix flake update --flake path:$F && nix shell path:$F -c tool",
         "nix develop path:$F -c sh -c 'echo \"$name\"'",
+        "nix profile upgrade --all && ~/.nix-profile/bin/tool",
+        "nix profile list",
     ];
     let run = |d: &TestDaemon| -> Vec<Outcome> {
         FLAKE_STEPS
@@ -568,7 +726,7 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
     d.reset_store();
     clear_home(&d);
     make_flake();
-    let nd = TrixieNixDaemon::start(&d, &root);
+    let nd = nix_daemon(&d, &root, as_root);
     let theirs = run(&d);
     let their_log = nd.log();
     drop(nd);
@@ -602,6 +760,302 @@ fn flake_develop_and_shell_as_with_nix_daemon() {
         "{:?}",
         ours[3]
     );
-    assert_eq!(ours[5].stdout, "tool 2.0");
-    assert_eq!(ours[6].stdout, "tool-2.0-env");
+    assert_eq!(ours[5].stdout, "tool 1.0");
+    assert_eq!(ours[6].stdout, "tool 2.0");
+    assert_eq!(ours[7].stdout, "tool-2.0-env");
+    assert_eq!(ours[8].stdout, "tool 2.0");
+    assert!(ours[9].stdout.contains("-tool-2.0"), "{:?}", ours[9]);
+}
+
+/// The progress bar's lines in what a terminal got: escape sequences out, each
+/// redraw (after a carriage return) a line of its own, those that begin with the
+/// bar's `[`, in order, repeats out.
+fn bar_lines(typescript: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = typescript.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for l in plain.split(['\r', '\n']) {
+        let l = l.trim_end();
+        if l.starts_with('[') && out.last().map(String::as_str) != Some(l) {
+            out.push(l.to_owned());
+        }
+    }
+    out
+}
+
+/// Issue 19, item 3: the 2.26 client's progress bar itself (`nix build` without
+/// `-L`, on a terminal: `script` gives it one), drawn from each daemon's activities
+/// while two builds of two seconds each run one after the other. Redraws are timed
+/// by the client, so the comparison is of the states each build holds for its two
+/// seconds once it has logged its first line (drawn whatever the timing): the
+/// counts of builds running, done and expected, and the build shown with its last
+/// line, e.g. `[1/0/2 built] building slow1: first`. (Passing states, such as
+/// `[0/2 built]` before the first build starts or `[1/2 built]` between the two,
+/// are drawn or not depending on when the client redraws.)
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn progress_bar_as_with_nix_daemon() {
+    progress_bar(false);
+}
+
+/// [`progress_bar_as_with_nix_daemon`] against nix-daemon 2.26 run as root.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn progress_bar_as_with_root_nix_daemon() {
+    progress_bar(true);
+}
+
+fn progress_bar(as_root: bool) {
+    if !can_run_sandboxed_builds() {
+        return;
+    }
+    let Some(root) = trixie_root() else { return };
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let busybox = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &busybox).unwrap();
+    d.set_conf(&format!(
+        "{}{}",
+        CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()),
+        for_root(as_root)
+    ));
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
+    let bar = |d: &TestDaemon| -> Vec<String> {
+        let o = d
+            .trixie_client(&root, "script")
+            .args(["-qec", "nix build -f \"$E\" slow2 --no-link", "/dev/null"])
+            .env("E", d.inputs().join("pkgs.nix"))
+            .env("TERM", "xterm")
+            .output()
+            .unwrap();
+        d.expect_ok("script -qec 'nix build -f $E slow2 --no-link'", &o);
+        bar_lines(&String::from_utf8_lossy(&o.stdout))
+    };
+    d.start();
+    let ours = bar(&d);
+    d.reset_store();
+    let nd = nix_daemon(&d, &root, as_root);
+    let theirs = bar(&d);
+    drop(nd);
+    eprintln!("unrooted's bar: {ours:#?}\nnix-daemon's bar: {theirs:#?}");
+    let held = |lines: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = lines
+            .iter()
+            .filter(|l| {
+                l.split_once("] building ")
+                    .is_some_and(|(_, shown)| shown.contains(": "))
+            })
+            .cloned()
+            .collect();
+        v.dedup();
+        v
+    };
+    assert!(!held(&theirs).is_empty(), "{theirs:#?}");
+    assert_eq!(held(&ours), held(&theirs));
+}
+
+/// Issue 19, item 2: `nix copy --to` and `--from ssh-ng://` with the 2.26 client (and
+/// its own `ssh`, from the Debian 13 root), as the client user, to the test store
+/// served over a private sshd to `unrooted-test-ssh`: by `unrooted daemon --stdio`,
+/// then, on an identical store, by Debian 13's `nix-daemon --stdio` (run from the
+/// trixie root's files by its loader, as the SSH user), each relaying to its
+/// daemon's socket, nix-daemon run as root. Every step's status and output equal.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn ssh_ng_copy_as_with_root_nix_daemon() {
+    ssh_ng_copy(true);
+}
+
+/// [`ssh_ng_copy_as_with_root_nix_daemon`] with nix-daemon run as an ordinary user.
+#[test]
+#[ignore = "needs root, the test users and the Debian 13 root; CI runs it with --include-ignored"]
+fn ssh_ng_copy_as_with_nix_daemon() {
+    ssh_ng_copy(false);
+}
+
+fn ssh_ng_copy(as_root: bool) {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    const SSH_USER: &str = "unrooted-test-ssh";
+    if !can_run_sandboxed_builds() {
+        return;
+    }
+    let Some(root) = trixie_root() else { return };
+    if !unrooted_testkit::require(
+        std::path::Path::new("/usr/sbin/sshd").exists()
+            && crate::remote_ssh::ssh_user().is_some()
+            && root.join("usr/bin/ssh").is_file(),
+        "sshd, the SSH test user or the Debian 13 root's ssh (scripts/trixie-root.sh) \
+         is missing",
+    ) {
+        return;
+    }
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
+    let busybox = d.inputs().join("busybox");
+    fs::copy("/bin/busybox", &busybox).unwrap();
+    d.set_conf(&format!(
+        "{}{}",
+        CONF.replace("@BUSYBOX@", busybox.to_str().unwrap()),
+        for_root(as_root)
+    ));
+    fs::write(d.inputs().join("pkgs.nix"), workflow_expr(EXTRA)).unwrap();
+    let (uid, gid) = d.client_ids();
+    // The client's key and known hosts, outside its home (which is cleared between
+    // the two daemons).
+    let ssh_dir = d.root().join("client-ssh");
+    fs::create_dir(&ssh_dir).unwrap();
+    let key = ssh_dir.join("id_ed25519");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let sshd = crate::trixie_client::Sshd::start(
+        SSH_USER,
+        &fs::read_to_string(ssh_dir.join("id_ed25519.pub")).unwrap(),
+    );
+    let host_key = fs::read_to_string(sshd.dir.path().join("host_ed25519.pub")).unwrap();
+    let known = ssh_dir.join("known_hosts");
+    fs::write(&known, format!("[127.0.0.1]:{} {host_key}", sshd.port)).unwrap();
+    for p in [&ssh_dir, &key, &known, &ssh_dir.join("id_ed25519.pub")] {
+        chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let env = format!(
+        "export NIX_DAEMON_SOCKET_PATH={} NIX_STORE_DIR={} NIX_STATE_DIR={} NIX_CONF_DIR={} NIX_REMOTE=daemon\n",
+        d.socket().display(),
+        d.store_dir().display(),
+        d.state_dir().display(),
+        d.root().join("conf").display()
+    );
+    let program = |name: &str, exec: String| {
+        let p = d.root().join(name);
+        fs::write(&p, format!("#!/bin/sh\n{env}exec {exec} \"$@\"\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let ours_program = program(
+        "remote-unrooted",
+        format!("{} daemon", env!("CARGO_BIN_EXE_unrooted")),
+    );
+    let r = root.display();
+    let theirs_program = program(
+        "remote-nix-daemon",
+        format!(
+            "{r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu:{r}/lib/x86_64-linux-gnu {r}/usr/bin/nix-daemon"
+        ),
+    );
+    let sshopts = format!(
+        "-p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        sshd.port,
+        known.display()
+    );
+    // $U the remote store, $L and $L2 two local stores of the client's at the test
+    // store's path (their files under its home).
+    const SSH_STEPS: &[&str] = &[
+        "nix store info --json --store \"$U\"",
+        "printf 'over ssh-ng\\n' > ~/hello.txt; nix store add-file --store \"$L\" ~/hello.txt",
+        "P=$(nix store add-file --store \"$L\" ~/hello.txt); nix copy --from \"$L\" --to \"$U\" $P && cat $P",
+        "nix path-info --json --store \"$U\" $(nix store add-file --store \"$L\" ~/hello.txt) | sed 's/\"registrationTime\":[0-9]*,\\?//'",
+        "nix store cat --store \"$U\" $(nix store add-file --store \"$L\" ~/hello.txt)",
+        "P=$(nix store add-file --store \"$L\" ~/hello.txt); nix copy --from \"$U\" --to \"$L2\" $P && cat ~/real2/$(basename $P)",
+        "P=$(nix build --store \"$L\" --option sandbox false -f $E hello --print-out-paths --no-link) && nix copy --from \"$L\" --to \"$U\" $P",
+        "P=$(nix build --store \"$L\" --option sandbox false -f $E hello --print-out-paths --no-link) && nix copy --no-check-sigs --from \"$L\" --to \"$U\" $P",
+    ];
+    // The steps, and the daemon's version string `nix store info` shows (which the
+    // comparison evens out): who served the remote store.
+    let run = |d: &TestDaemon, program: &std::path::Path| -> (Vec<Outcome>, String) {
+        let home = d.client_home();
+        let uri = format!(
+            "ssh-ng://{SSH_USER}@127.0.0.1?remote-program={}&ssh-key={}",
+            program.display(),
+            key.display()
+        );
+        let info = d
+            .trixie_client(&root, "nix")
+            .args(["store", "info", "--json", "--store", &uri])
+            .env("NIX_SSHOPTS", &sshopts)
+            .output()
+            .expect("spawning");
+        let info = d.expect_ok("nix store info --store ssh-ng://…", &info);
+        let info: serde_json::Value = serde_json::from_str(&info).expect(&info);
+        let version = info["version"].as_str().unwrap_or_default().to_owned();
+        let local = |n: &str| {
+            format!(
+                "local?store={}&real={h}/real{n}&state={h}/state{n}&log={h}/log{n}",
+                d.store_dir().display(),
+                h = home.display()
+            )
+        };
+        let outcomes = SSH_STEPS
+            .iter()
+            .map(|step| {
+                let o = d
+                    .trixie_client(&root, "sh")
+                    .args(["-c", step])
+                    .env("U", &uri)
+                    .env("L", local(""))
+                    .env("L2", local("2"))
+                    .env("E", d.inputs().join("pkgs.nix"))
+                    .env("NIX_SSHOPTS", &sshopts)
+                    .output()
+                    .expect("spawning");
+                outcome(&o)
+            })
+            .collect();
+        (outcomes, version)
+    };
+    d.start();
+    let (ours, our_version) = run(&d, &ours_program);
+    let our_log = d.log();
+    d.reset_store();
+    clear_home(&d);
+    let nd = nix_daemon(&d, &root, as_root);
+    let (theirs, their_version) = run(&d, &theirs_program);
+    let their_log = nd.log();
+    drop(nd);
+    assert!(our_version.contains("unrooted"), "{our_version}");
+    assert!(their_version.starts_with("2.26."), "{their_version}");
+    let mut diffs = Vec::new();
+    for ((step, a), b) in SSH_STEPS.iter().zip(&ours).zip(&theirs) {
+        eprintln!("`{step}`: unrooted {a:?}");
+        if a != b {
+            diffs.push(format!(
+                "step `{step}`:\n  unrooted:   {a:?}\n  nix-daemon: {b:?}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} steps differ:\n{}\n--- sshd ---\n{}\n--- unrooted log ---\n{our_log}\n--- nix-daemon log ---\n{their_log}",
+        diffs.len(),
+        SSH_STEPS.len(),
+        diffs.join("\n"),
+        sshd.log()
+    );
+    // What the steps show, through unrooted: the content-addressed path went there
+    // and back, the unsigned input-addressed one is refused from the untrusted SSH
+    // user, even with --no-check-sigs.
+    assert_eq!(
+        ours[0].stdout,
+        "{\"trusted\":0,\"url\":\"ssh-ng://\",\"version\":V}"
+    );
+    assert_eq!(ours[2].stdout, "over ssh-ng");
+    assert!(ours[3].stdout.contains("\"ca\":\"fixed:"), "{:?}", ours[3]);
+    assert_eq!(ours[5].stdout, "over ssh-ng");
+    for o in &ours[6..] {
+        assert!(
+            !o.success && o.stderr.contains("lacks a signature by a trusted key"),
+            "{o:?}"
+        );
+    }
 }

@@ -199,6 +199,25 @@ impl Harness {
         self.handshake(s)
     }
 
+    /// A protocol client at protocol 1.38 announcing `features` (Nix 2.35 names
+    /// two), connected as the current user, with its socket to write raw requests
+    /// on.
+    pub fn client_with_features(&self, features: &[&str]) -> (SocketClient, UnixStream) {
+        let s = UnixStream::connect(self.socket()).expect("connecting");
+        let r = s.try_clone().expect("clone");
+        let raw = s.try_clone().expect("clone");
+        let features = features.iter().map(|f| (*f).to_owned()).collect();
+        let c = Client::handshake_with_features(
+            r,
+            s,
+            self.store_dir(),
+            ProtocolVersion::new(1, 38),
+            &features,
+        )
+        .expect("handshake");
+        (c, raw)
+    }
+
     fn handshake(&self, s: UnixStream) -> Result<SocketClient, ProtocolError> {
         let r = s.try_clone().expect("clone");
         Client::handshake(r, s, self.store_dir(), ProtocolVersion::RECOMMENDED)

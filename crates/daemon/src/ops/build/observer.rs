@@ -1,12 +1,15 @@
 //! The scheduler's events relayed to the client as Nix 2.8 shows them: one `build`
 //! activity (type 105, `building '<drv>'`, fields drvPath, machine "", curRound 1,
-//! nrRounds 1) per derivation, a `buildLogLine` result (101) per line of its log, its
-//! post-build hook's activity and lines, and its stop.
+//! nrRounds 1) per derivation, a `buildLogLine` result (101) per line of its log
+//! (except the builder's JSON log messages, `@nix {…}`, which are acted on as Nix's
+//! `handleJSONLogMessage` does: stdenv's `setPhase` becomes a `setPhase` result
+//! (104) of the build), its post-build hook's activity and lines, and its stop.
 
 use std::collections::{BTreeSet, HashMap};
 
 use unrooted_builder::{BuildMode as Mode, BuildObserver, BuildResult as Result_, Status};
 use unrooted_format::StorePath;
+use unrooted_protocol::json_log::{parse_json_log_line, JsonLogError, JsonLogMessage};
 use unrooted_protocol::stderr::{ActivityId, ActivityType, Field, ResultType, Verbosity};
 
 use super::progress::{build_activity_text, WorkerProgress};
@@ -20,6 +23,9 @@ pub(super) struct ClientObserver<'s, 'o> {
     pub(super) activities: HashMap<StorePath, ActivityId>,
     /// The running post-build hooks' activities.
     pub(super) hooks: HashMap<StorePath, ActivityId>,
+    /// Activities a builder started in its JSON log messages, by derivation and the
+    /// builder's id for them.
+    pub(super) builder_activities: HashMap<(StorePath, u64), ActivityId>,
     pub(super) top: BTreeSet<StorePath>,
     pub(super) mode: Mode,
     pub(super) progress: Option<WorkerProgress>,
@@ -28,6 +34,58 @@ pub(super) struct ClientObserver<'s, 'o> {
 impl ClientObserver<'_, '_> {
     fn sent(&mut self, r: Result<(), unrooted_protocol::ProtocolError>) -> bool {
         r.is_ok()
+    }
+
+    /// Acts on a builder's JSON log message of the build `id` of `drv`, as Nix 2.26
+    /// does for an untrusted builder: only file transfers among the activities it
+    /// starts are relayed (as children of the build), with their results and stops.
+    fn json_message(&mut self, drv: &StorePath, id: ActivityId, m: JsonLogMessage) -> bool {
+        let r = match m {
+            JsonLogMessage::SetPhase(phase) => self.out.result(
+                id,
+                ResultType::SET_PHASE,
+                vec![Field::String(phase.into_bytes())],
+            ),
+            JsonLogMessage::Msg { level, msg } => self.out.log(level, &msg).map(|_| ()),
+            JsonLogMessage::Start {
+                id: theirs,
+                level,
+                kind,
+                text,
+                fields,
+            } if kind == ActivityType::FILE_TRANSFER => {
+                match self
+                    .out
+                    .start_activity(level, kind, &text, fields, Some(id))
+                {
+                    Ok(ours) => {
+                        if let Some(old) =
+                            self.builder_activities.insert((drv.clone(), theirs), ours)
+                        {
+                            let _ = self.out.stop_activity(old);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            JsonLogMessage::Stop { id: theirs } => {
+                match self.builder_activities.remove(&(drv.clone(), theirs)) {
+                    Some(ours) => self.out.stop_activity(ours),
+                    None => Ok(()),
+                }
+            }
+            JsonLogMessage::Result {
+                id: theirs,
+                kind,
+                fields,
+            } => match self.builder_activities.get(&(drv.clone(), theirs)) {
+                Some(&ours) => self.out.result(ours, kind, fields),
+                None => Ok(()),
+            },
+            JsonLogMessage::Start { .. } | JsonLogMessage::Ignored => Ok(()),
+        };
+        self.sent(r)
     }
 }
 
@@ -73,6 +131,27 @@ impl BuildObserver for ClientObserver<'_, '_> {
         let Some(&id) = self.activities.get(drv) else {
             return true;
         };
+        match parse_json_log_line(line) {
+            Some(Ok(m)) => return self.json_message(drv, id, m),
+            // Nix 2.26's words and colours (`printError`, `warn`, the source
+            // `Uncolored`); the JSON parser's own words for a line that is not JSON
+            // are serde_json's, not nlohmann's.
+            Some(Err(JsonLogError::NotJson(e))) => {
+                let m = format!("bad JSON log message from \x1b[0mthe derivation builder: {e}");
+                if self.out.log(Verbosity::Error, &m).is_err() {
+                    return false;
+                }
+            }
+            Some(Err(JsonLogError::Unhandled(e))) => {
+                let m = format!(
+                    "\x1b[35;1mwarning:\x1b[0m Unable to handle a JSON message from \x1b[0mthe derivation builder: {e}"
+                );
+                if self.out.log(Verbosity::Warn, &m).is_err() {
+                    return false;
+                }
+            }
+            None => {}
+        }
         let r = self.out.result(
             id,
             ResultType::BUILD_LOG_LINE,
@@ -118,6 +197,20 @@ impl BuildObserver for ClientObserver<'_, '_> {
     }
 
     fn finished(&mut self, drv: &StorePath, result: &Result_) -> bool {
+        // What the builder left running ends with its build.
+        let left: Vec<(StorePath, u64)> = self
+            .builder_activities
+            .keys()
+            .filter(|(d, _)| d == drv)
+            .cloned()
+            .collect();
+        for key in left {
+            if let Some(id) = self.builder_activities.remove(&key) {
+                if self.out.stop_activity(id).is_err() {
+                    return false;
+                }
+            }
+        }
         if let Some(id) = self.hooks.remove(drv) {
             if self.out.stop_activity(id).is_err() {
                 return false;

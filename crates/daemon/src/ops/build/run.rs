@@ -169,6 +169,7 @@ fn run(
         out,
         activities: HashMap::new(),
         hooks: HashMap::new(),
+        builder_activities: HashMap::new(),
         top,
         mode: opts.mode,
         progress,

@@ -41,7 +41,19 @@ pub(super) struct ClientObserver<'o> {
     sink: Mutex<Sink<'o>>,
     activities: Mutex<HashMap<u64, Download>>,
     queries: Mutex<HashMap<u64, ActivityId>>,
+    transfers: Mutex<HashMap<u64, ActivityId>>,
     next: std::sync::atomic::AtomicU64,
+}
+
+/// A `file-transfer` result as Nix's curl progress callback sends it: bytes done
+/// and expected, nothing running or failed.
+fn transfer_progress(done: u64, expected: u64) -> Vec<Field> {
+    vec![
+        Field::Int(done),
+        Field::Int(expected),
+        Field::Int(0),
+        Field::Int(0),
+    ]
 }
 
 impl<'o> ClientObserver<'o> {
@@ -60,6 +72,7 @@ impl<'o> ClientObserver<'o> {
             sink: Mutex::new(Sink { out, worker }),
             activities: Mutex::new(HashMap::new()),
             queries: Mutex::new(HashMap::new()),
+            transfers: Mutex::new(HashMap::new()),
             next: std::sync::atomic::AtomicU64::new(1),
         }
     }
@@ -123,7 +136,61 @@ impl Observer for ClientObserver<'_> {
         }
     }
 
-    fn download_started(&self, path: &StorePath, cache: &str, nar_url: &str, expected: u64) -> u64 {
+    fn transfer_started(&self, url: &str, parent: u64) -> u64 {
+        let id = self.next_id();
+        let parent = self
+            .queries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&parent)
+            .copied();
+        let mut sink = self.sink();
+        let act = sink.out.start_activity(
+            Verbosity::Talkative,
+            ActivityType::FILE_TRANSFER,
+            &format!("downloading '{url}'"),
+            vec![Field::String(url.as_bytes().to_vec())],
+            parent,
+        );
+        if let Ok(a) = act {
+            let _ = sink
+                .out
+                .result(a, ResultType::PROGRESS, transfer_progress(0, 0));
+            self.transfers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, a);
+        }
+        id
+    }
+
+    fn transfer_finished(&self, id: u64, size: Option<u64>) {
+        let act = self
+            .transfers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(a) = act {
+            let mut sink = self.sink();
+            // Nix's last word on a transfer that succeeded: its body's size, done of
+            // expected.
+            if let Some(n) = size {
+                let _ = sink
+                    .out
+                    .result(a, ResultType::PROGRESS, transfer_progress(n, n));
+            }
+            let _ = sink.out.stop_activity(a);
+            let _ = sink.out.flush();
+        }
+    }
+
+    fn download_started(
+        &self,
+        path: &StorePath,
+        cache: &str,
+        nar_url: &str,
+        _expected: u64,
+    ) -> u64 {
         let id = self.next_id();
         let mut guard = self.sink();
         let sink = &mut *guard;
@@ -173,17 +240,9 @@ impl Observer for ClientObserver<'_> {
                 .ok(),
             _ => None,
         };
+        // Before its first byte, curl knows no size.
         if let Some(t) = transfer {
-            let _ = out.result(
-                t,
-                ResultType::PROGRESS,
-                vec![
-                    Field::Int(0),
-                    Field::Int(expected),
-                    Field::Int(1),
-                    Field::Int(0),
-                ],
-            );
+            let _ = out.result(t, ResultType::PROGRESS, transfer_progress(0, 0));
         }
         if let Ok(copy) = copy {
             self.activities
@@ -214,16 +273,9 @@ impl Observer for ClientObserver<'_> {
             return;
         };
         let mut sink = self.sink();
-        let _ = sink.out.result(
-            t,
-            ResultType::PROGRESS,
-            vec![
-                Field::Int(done),
-                Field::Int(expected),
-                Field::Int(1),
-                Field::Int(0),
-            ],
-        );
+        let _ = sink
+            .out
+            .result(t, ResultType::PROGRESS, transfer_progress(done, expected));
         let _ = sink.out.flush();
     }
 

@@ -84,6 +84,11 @@ impl DaemonState {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),
         })?;
+        // Nothing of the daemon's stays in the store directory until a connection
+        // needs it, as with nix-daemon, which opens the store for each connection:
+        // the temporary area the open made goes now (it is made again at the first
+        // new name), so the store directory is as its administrator left it.
+        drop(store.in_use());
         let gc_config = config.gc_config()?;
         let s = &config.settings;
         let auto_gc =

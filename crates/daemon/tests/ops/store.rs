@@ -178,13 +178,17 @@ fn export_import_round_trip_between_stores() {
 
 /// As with nix-daemon, which opens the store only for a connection, a started daemon
 /// leaves nothing of its own in the store directory before a connection needs it:
-/// its temporary area is made at the first add and goes when the connection ends.
+/// its temporary area is made at the first add and goes when the connection ends;
+/// and its narinfo cache is made in the state directory only by a substitution.
 /// (Nix's test suite, run as a user other than the daemon's, changes the mode of
-/// every entry of the store directory while the daemon waits for its first client.)
+/// every entry of the store directory and removes the state directory while the
+/// daemon waits for its first client.)
 #[test]
-fn a_started_daemon_has_no_temporary_area_until_a_connection_needs_one() {
+fn a_started_daemon_makes_no_temporary_area_or_cache_until_needed() {
     let h = Harness::new(Mode::Unsandboxed).unwrap();
     let store = h.root().join("store");
+    let cache = h.root().join("state/binary-cache");
+    assert!(!cache.exists(), "no narinfo cache before a substitution");
     let names = || {
         let mut v: Vec<String> = fs::read_dir(&store)
             .unwrap()
@@ -211,4 +215,5 @@ fn a_started_daemon_has_no_temporary_area_until_a_connection_needs_one() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(names().len(), 2, "{:?}", names());
+    assert!(!cache.exists(), "no substituter is configured");
 }

@@ -188,7 +188,8 @@ if [ -n "$clients" ]; then
             kill -TERM "${pids[$dir]}" 2>/dev/null || true
             wait "${pids[$dir]}" 2>/dev/null || true
             unset "pids[$dir]"
-          fi ;;
+          fi
+          rm -rf "$dir" ;;
       esac
     done
   ) &

@@ -260,6 +260,13 @@ fn workloads(
     owner: Option<(u32, u32)>,
 ) -> anyhow::Result<()> {
     header();
+    one_build(opts, daemons, expr)?;
+    many_builds(opts, daemons, expr)?;
+    sandbox_floor(opts, daemons, owner)
+}
+
+/// One trivial build and one trivial fixed-output build, timed in turns.
+fn one_build(opts: &Options, daemons: &[Daemon], expr: &Path) -> anyhow::Result<()> {
     // One trivial build, unique per run; one warm-up, then the daemons take turns,
     // often enough for the median to hold on a shared machine (a build is ~50 ms).
     let mut one = vec![Vec::new(); daemons.len()];
@@ -305,7 +312,12 @@ fn workloads(
         None,
     );
 
-    // Many independent derivations in one nix-build, max-jobs = 2.
+    Ok(())
+}
+
+/// Many independent derivations in one `nix-build`.
+fn many_builds(opts: &Options, daemons: &[Daemon], expr: &Path) -> anyhow::Result<()> {
+    // max-jobs = 2.
     let mut many = vec![0.0; daemons.len()];
     for i in turns(daemons.len(), 0) {
         let (t, paths) = nix_build(&daemons[i], expr, "many", opts.many)?;
@@ -331,7 +343,15 @@ fn workloads(
         opts.many as f64 / many[1]
     );
 
-    // The sandbox alone, against the bare unshare floor, as the daemon's user.
+    Ok(())
+}
+
+/// The sandbox's set-up alone, against the bare `unshare` floor, as the daemon's user.
+fn sandbox_floor(
+    opts: &Options,
+    daemons: &[Daemon],
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     let work = daemons[0].root.join("sandbox-bench");
     fs::create_dir_all(work.join("store"))?;
     if let Some((uid, gid)) = owner {

@@ -99,20 +99,7 @@ pub fn cross_process(conns: usize, dur: Duration, trials: usize) -> anyhow::Resu
                 .iter_mut()
                 .map(|client| {
                     let barrier = &barrier;
-                    s.spawn(move || -> std::io::Result<(u64, Duration)> {
-                        barrier.wait();
-                        let start = Instant::now();
-                        let mut ops = 0u64;
-                        let mut buf = [0u8; 8];
-                        while start.elapsed() < dur {
-                            for _ in 0..16 {
-                                client.write_all(&buf)?;
-                                client.read_exact(&mut buf)?;
-                            }
-                            ops += 16;
-                        }
-                        Ok((ops, start.elapsed()))
-                    })
+                    s.spawn(move || ping_pong(client, barrier, dur))
                 })
                 .collect();
             handles
@@ -128,4 +115,25 @@ pub fn cross_process(conns: usize, dur: Duration, trials: usize) -> anyhow::Resu
     }
     rates.sort_by(f64::total_cmp);
     Ok((rates[rates.len() / 2], cpu * 1e6 / ops_total.max(1) as f64))
+}
+
+/// 8-byte round trips on `client` for `dur`, started when every client of `barrier`
+/// is ready: the round trips made and the time they took.
+pub fn ping_pong(
+    client: &mut UnixStream,
+    barrier: &Barrier,
+    dur: Duration,
+) -> std::io::Result<(u64, Duration)> {
+    barrier.wait();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    let mut buf = [0u8; 8];
+    while start.elapsed() < dur {
+        for _ in 0..16 {
+            client.write_all(&buf)?;
+            client.read_exact(&mut buf)?;
+        }
+        ops += 16;
+    }
+    Ok((ops, start.elapsed()))
 }

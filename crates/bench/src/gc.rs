@@ -223,6 +223,14 @@ fn workloads(
     daemons: &[Daemon],
     owners: [Option<(u32, u32)>; 2],
 ) -> anyhow::Result<()> {
+    let live = populate_all(opts, daemons)?;
+    make_roots(daemons, &live, owners)?;
+    print_roots(opts, daemons)?;
+    collect(opts, daemons, &live)
+}
+
+/// Adds the live and the dead paths to each store; the live ones, per daemon.
+fn populate_all(opts: &Options, daemons: &[Daemon]) -> anyhow::Result<Vec<Vec<StorePath>>> {
     let n = opts.paths;
     let mut live = Vec::new();
     let mut rates = Vec::new();
@@ -249,8 +257,16 @@ fn workloads(
         rates[1],
         Some(GOAL_POPULATE),
     );
-    // The roots, as the store owner would make them.
-    for ((d, paths), owner) in daemons.iter().zip(&live).zip(owners) {
+    Ok(live)
+}
+
+/// The roots of the live paths, as the store owner would make them.
+fn make_roots(
+    daemons: &[Daemon],
+    live: &[Vec<StorePath>],
+    owners: [Option<(u32, u32)>; 2],
+) -> anyhow::Result<()> {
+    for ((d, paths), owner) in daemons.iter().zip(live).zip(owners) {
         let dir = d.root.join("state/gcroots/bench");
         fs::create_dir_all(&dir)?;
         for (i, p) in paths.iter().enumerate() {
@@ -265,7 +281,13 @@ fn workloads(
         }
     }
 
-    // Root discovery: one warm-up, then the daemons take turns.
+    Ok(())
+}
+
+/// Root discovery (`nix-store --gc --print-roots`): one warm-up, then the daemons
+/// take turns.
+fn print_roots(opts: &Options, daemons: &[Daemon]) -> anyhow::Result<()> {
+    let n = opts.paths;
     let mut times = vec![Vec::new(); daemons.len()];
     let mut counts = vec![(0, 0); daemons.len()];
     let mut samples = vec![String::new(); daemons.len()];
@@ -321,7 +343,12 @@ fn workloads(
         println!("  {} prints root r1 (and others) as: {s}", d.label);
     }
 
-    // The collection itself, once per daemon.
+    Ok(())
+}
+
+/// The collection itself, once per daemon; nothing rooted may be lost.
+fn collect(opts: &Options, daemons: &[Daemon], live: &[Vec<StorePath>]) -> anyhow::Result<()> {
+    let n = opts.paths;
     let mut deleted = Vec::new();
     let mut secs = Vec::new();
     for i in turns(daemons.len(), 0) {
@@ -357,7 +384,7 @@ fn workloads(
         "  nix-store --gc wall time", "s", secs[0].1, secs[1].1
     );
     // Nothing rooted may be lost.
-    for (d, paths) in daemons.iter().zip(&live) {
+    for (d, paths) in daemons.iter().zip(live) {
         let mut c = d.connect()?;
         let valid = c.query_valid_paths(paths.iter().cloned().collect(), false)?;
         ensure!(

@@ -166,29 +166,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
     let serve = serve_figures(opts, src, &all, &big);
 
-    let t = Instant::now();
-    let out = src
-        .nix_client("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--to",
-        ])
-        .arg(format!("file://{}?compression=none", cache.display()))
-        .arg(&top_s)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "nix copy --to file:// failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!(
-        "cache: nix copy --to file://…?compression=none in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    fill_cache(src, &cache, &top_s)?;
     daemons.list[0].kill();
     daemons.list.clear();
     wipe(&root)?;
@@ -201,16 +179,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "substituters = http://127.0.0.1:{port}\nrequire-sigs = false\nmax-jobs = {}\n",
         opts.max_jobs
     );
-    println!(
-        "both daemons: {}; unrooted as {}, nix-daemon as root; client: nix-store -r (root, NIX_REMOTE=daemon)",
-        conf.trim().replace('\n', ", "),
-        if owner.is_some() {
-            DAEMON_USER
-        } else {
-            "the current user"
-        }
-    );
-    println!();
+    print_setup(&conf, owner);
 
     let mut secs = Vec::new();
     for (label, program, who, extra) in [
@@ -237,31 +206,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         )?;
         daemons.list.push(d);
         let d = &daemons.list[daemons.list.len() - 1];
-        let t = Instant::now();
-        let out = d
-            .nix_client("nix-store")
-            .arg("-r")
-            .arg(&top_s)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()?;
-        let elapsed = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            daemons.print_log_tails();
-            bail!(
-                "nix-store -r through {label} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let valid = d
-            .connect()?
-            .query_valid_paths(all.iter().cloned().collect(), false)?;
-        ensure!(
-            valid.len() == all.len(),
-            "{label} has {} of the {} paths after nix-store -r",
-            valid.len(),
-            all.len()
-        );
+        let elapsed = match time_substitution(d, label, &top_s, &all) {
+            Ok(t) => t,
+            Err(e) => {
+                daemons.print_log_tails();
+                return Err(e);
+            }
+        };
         fs::create_dir_all(&opts.logs)?;
         let _ = fs::copy(
             root.join("daemon.log"),
@@ -273,9 +224,92 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         wipe(&root)?;
     }
 
+    print_results(opts, &secs, all.len(), serve);
+    Ok(())
+}
+
+/// What both daemons are given, and as which users they run.
+fn print_setup(conf: &str, owner: Option<(u32, u32)>) {
+    println!(
+        "both daemons: {}; unrooted as {}, nix-daemon as root; client: nix-store -r (root, NIX_REMOTE=daemon)",
+        conf.trim().replace('\n', ", "),
+        if owner.is_some() {
+            DAEMON_USER
+        } else {
+            "the current user"
+        }
+    );
+    println!();
+}
+
+/// Fills the cache at `cache` from the source store with `nix copy --to file://`.
+fn fill_cache(src: &Daemon, cache: &Path, top_s: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let out = src
+        .nix_client("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+        ])
+        .arg(format!("file://{}?compression=none", cache.display()))
+        .arg(top_s)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "nix copy --to file:// failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "cache: nix copy --to file://…?compression=none in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Times `nix-store -r` of the closure through `d` and checks every path arrived;
+/// seconds.
+fn time_substitution(
+    d: &Daemon,
+    label: &str,
+    top_s: &str,
+    all: &[StorePath],
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = d
+        .nix_client("nix-store")
+        .arg("-r")
+        .arg(top_s)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let elapsed = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "nix-store -r through {label} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let valid = d
+        .connect()?
+        .query_valid_paths(all.iter().cloned().collect(), false)?;
+    ensure!(
+        valid.len() == all.len(),
+        "{label} has {} of the {} paths after nix-store -r",
+        valid.len(),
+        all.len()
+    );
+    Ok(elapsed)
+}
+
+/// The substitution row and `unrooted serve`'s figures.
+fn print_results(opts: &Options, secs: &[f64], paths: usize, serve: anyhow::Result<ServeFigures>) {
     header();
     time_row(
-        &format!("nix-store -r, {} paths, {} MiB", all.len(), opts.size_mib),
+        &format!("nix-store -r, {} paths, {} MiB", paths, opts.size_mib),
         secs[0],
         secs[1],
         Some(format!(
@@ -312,7 +346,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
         Err(e) => println!("unrooted serve: FAILED: {e:#}"),
     }
-    Ok(())
 }
 
 /// Serves `cache` on loopback `port` with nginx when it is installed (a static server

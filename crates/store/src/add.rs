@@ -226,26 +226,7 @@ impl LocalStore {
             });
         }
         if let Some(ca) = &info.ca {
-            let (expected, actual) = match ca {
-                ContentAddress::Fixed {
-                    method: FileIngestionMethod::Recursive,
-                    hash,
-                } => match extra {
-                    Extra::Modulo(m) => (*hash, Some((*m).finish().hash)),
-                    _ => (*hash, None),
-                },
-                ContentAddress::Fixed { hash, .. } | ContentAddress::Text(hash) => (
-                    *hash,
-                    Some(hash_file_modulo(&received.tmp, hash.algo(), &info.path)?),
-                ),
-            };
-            if actual != Some(expected) {
-                return Err(StoreError::CaHashMismatch {
-                    path: path_text,
-                    expected: Box::new(expected),
-                    actual: Box::new(actual.unwrap_or(Hash::zero(expected.algo()))),
-                });
-            }
+            check_received_ca(ca, extra, &received.tmp, &info.path, &path_text)?;
         }
         let info = info.clone();
         if info.path.is_derivation() {
@@ -727,4 +708,36 @@ impl LocalStore {
         let store = File::open(dir).map_err(err)?;
         rustix::fs::syncfs(&store).map_err(|e| err(e.into()))
     }
+}
+
+/// Checks that a received path's content gives the content address `ca` claims for
+/// `path` (`extra` holds the modulo hash computed while the NAR streamed in, for
+/// recursive fixed-output addresses; other forms hash the restored file at `tmp`).
+fn check_received_ca(
+    ca: &ContentAddress,
+    extra: Extra,
+    tmp: &Path,
+    path: &StorePath,
+    path_text: &str,
+) -> Result<(), StoreError> {
+    let (expected, actual) = match ca {
+        ContentAddress::Fixed {
+            method: FileIngestionMethod::Recursive,
+            hash,
+        } => match extra {
+            Extra::Modulo(m) => (*hash, Some((*m).finish().hash)),
+            _ => (*hash, None),
+        },
+        ContentAddress::Fixed { hash, .. } | ContentAddress::Text(hash) => {
+            (*hash, Some(hash_file_modulo(tmp, hash.algo(), path)?))
+        }
+    };
+    if actual != Some(expected) {
+        return Err(StoreError::CaHashMismatch {
+            path: path_text.to_owned(),
+            expected: Box::new(expected),
+            actual: Box::new(actual.unwrap_or(Hash::zero(expected.algo()))),
+        });
+    }
+    Ok(())
 }

@@ -120,14 +120,18 @@ impl BinaryCache {
             open_transport(if base.starts_with("s3://") { url } else { base }, options)?;
         // A `file://` cache's `nix-cache-info` is read afresh each time, never from
         // the lookup cache, as Nix reads a local binary cache's at each opening: it
-        // is a file on this machine that may change between two requests (its
-        // narinfos are still remembered, as Nix does).
-        let info_from = if base.starts_with("file://") {
-            None
-        } else {
-            disk
-        };
-        Self::with_transport(transport, store_dir, priority_override, retry, info_from)
+        // is a file on this machine that may change between two requests. What was
+        // read is still written to the lookup cache, whose row for the cache its
+        // remembered narinfos hang on (they are remembered, as Nix does).
+        let reuse_info = !base.starts_with("file://");
+        Self::from_transport(
+            transport,
+            store_dir,
+            priority_override,
+            retry,
+            disk,
+            reuse_info,
+        )
     }
 
     /// Opens a cache through any transport (an S3 one, or a test's).
@@ -138,9 +142,22 @@ impl BinaryCache {
         retry: RetryPolicy,
         disk: Option<&NarInfoCache>,
     ) -> Result<Self, SubstituteError> {
+        Self::from_transport(transport, store_dir, priority_override, retry, disk, true)
+    }
+
+    /// [`BinaryCache::with_transport`]; `reuse_info` says whether a `nix-cache-info`
+    /// remembered in `disk` may stand in for the cache's own.
+    fn from_transport(
+        transport: Box<dyn Transport>,
+        store_dir: &StoreDir,
+        priority_override: Option<i32>,
+        retry: RetryPolicy,
+        disk: Option<&NarInfoCache>,
+        reuse_info: bool,
+    ) -> Result<Self, SubstituteError> {
         let url = transport.base_url().to_owned();
         let now = unix_now();
-        let cached = disk.and_then(|d| {
+        let cached = disk.filter(|_| reuse_info).and_then(|d| {
             d.cache_info(&url, now)
                 .inspect_err(|e| tracing::warn!(error = %e, "narinfo lookup cache"))
                 .ok()

@@ -20,6 +20,7 @@ mod binary_cache;
 pub mod compression;
 mod disk_cache;
 mod error;
+mod observer;
 pub mod s3;
 pub mod server;
 mod substituter;

@@ -128,20 +128,7 @@ pub(super) fn pingpong_rate(conns: usize, dur: Duration) -> anyhow::Result<f64> 
                         }
                     });
                     let barrier = &barrier;
-                    s.spawn(move || -> std::io::Result<(u64, Duration)> {
-                        barrier.wait();
-                        let start = Instant::now();
-                        let mut ops = 0u64;
-                        let mut buf = [0u8; 8];
-                        while start.elapsed() < dur {
-                            for _ in 0..16 {
-                                client.write_all(&buf)?;
-                                client.read_exact(&mut buf)?;
-                            }
-                            ops += 16;
-                        }
-                        Ok((ops, start.elapsed()))
-                    })
+                    s.spawn(move || crate::floor::ping_pong(&mut client, barrier, dur))
                 })
                 .collect();
             handles

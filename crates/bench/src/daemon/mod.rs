@@ -102,29 +102,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     )?;
     daemons.list.push(nix);
 
-    let version = Command::new(&opts.nix_daemon)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    println!("## Daemons: unrooted daemon vs {version}, same machine, same run");
-    if root_user {
-        println!(
-            "unrooted runs as {DAEMON_USER} (setpriv, no capabilities); nix-daemon runs as root"
-        );
-    } else {
-        println!(
-            "NOT ROOT: both daemons run as the current user (uid {}), unlike a real deployment",
-            rustix::process::geteuid().as_raw()
-        );
-    }
-    println!(
-        "queries through unrooted-protocol's client at protocol {} for both; stores under {}",
-        ProtocolVersion::NIX_2_8,
-        daemons.tmp.path().display()
-    );
-    println!();
-
+    print_preamble(opts, &daemons, root_user);
     let sampler = Sampler::start(daemons.list.iter().map(Daemon::pid).collect(), "idle");
     std::thread::sleep(Duration::from_millis(100));
     let result = workloads(opts, &daemons.list, &sampler, &tree, &concat);
@@ -155,7 +133,39 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         return Err(e);
     }
     print_memory(&daemons.list, &phases, &peaks, &hwm);
-    for d in &daemons.list {
+    print_log_notes(&daemons.list, &logs);
+    Ok(())
+}
+
+/// What the daemon table compares, and as which users.
+fn print_preamble(opts: &Options, daemons: &Daemons, root_user: bool) {
+    let version = Command::new(&opts.nix_daemon)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("## Daemons: unrooted daemon vs {version}, same machine, same run");
+    if root_user {
+        println!(
+            "unrooted runs as {DAEMON_USER} (setpriv, no capabilities); nix-daemon runs as root"
+        );
+    } else {
+        println!(
+            "NOT ROOT: both daemons run as the current user (uid {}), unlike a real deployment",
+            rustix::process::geteuid().as_raw()
+        );
+    }
+    println!(
+        "queries through unrooted-protocol's client at protocol {} for both; stores under {}",
+        ProtocolVersion::NIX_2_8,
+        daemons.tmp.path().display()
+    );
+    println!();
+}
+
+/// Points at daemon logs that hold errors or warnings.
+fn print_log_notes(daemons: &[Daemon], logs: &Path) {
+    for d in daemons {
         let errors = d.log().lines().filter(|l| is_error_line(l)).count();
         if errors > 0 {
             println!(
@@ -168,7 +178,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 /// Whether a daemon log line reports an error or a warning.

@@ -50,7 +50,11 @@ if [ -d "${TEST_HOME:-}" ]; then setfacl -m "u:$uid:rwx" "$TEST_HOME"; fi
 inotifywait -q -m -e create -e moved_to --format '%w%f' "$test_root" "$NIX_LOCALSTATE_DIR" |
   while read -r made; do
     case "$made" in
-      "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR") grant "$made" ;;
+      # The directory itself first, with one command: the suite's next client
+      # may connect at once, and the daemon then re-makes its layout inside.
+      "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR")
+        setfacl -m "u:$uid:rwx" "$made" 2>/dev/null || true
+        grant "$made" ;;
       "$test_root"/sk[0-9]*) [ -f "$made" ] && setfacl -m "u:$uid:r" "$made" ;;
       *) [ -p "$made" ] && setfacl -m "u:$uid:rw" "$made" ;;
     esac

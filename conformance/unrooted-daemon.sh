@@ -18,16 +18,23 @@ uid=$(id -u "$user")
 gid=$(id -g "$user")
 test_root=$(dirname "$NIX_STORE_DIR")
 
-# The suite made the store and state as root; they become the daemon user's. The
-# suite also removes and re-makes the store and state directories while the daemon
-# runs (clearStore): a watcher gives each re-made one to the daemon's user at once,
-# as a root nix-daemon would own what it finds. (An inherited ACL would do it too,
-# but shows as group write permission on every new file, which output checks
-# rightly reject.)
+# What the suite made of the store and state (as root, or as the clients' user in
+# the second mode: init.sh's `nix-store --init`) stays its maker's, and the daemon's
+# user gets access to it (an ACL entry on each, not inherited), as a root nix-daemon
+# reaches whatever it finds without owning it; what the daemon makes is its own. So
+# the suite's clients may change (`chmod -R +w`) and remove (`rm -rf`) what they
+# made, as with nix-daemon, and no more. The suite also removes and re-makes the
+# store and state directories while the daemon runs (clearStore): a watcher gives
+# the daemon's user the same access to each re-made one at once. (A default ACL,
+# inherited by what is made inside, would show as group write permission on every
+# new file, which output checks rightly reject.)
+grant() {
+  find "$@" ! -user "$uid" ! -type l -exec setfacl -m "u:$uid:rwX" {} + 2>/dev/null || true
+}
 for d in "$NIX_STORE_DIR" "$NIX_LOCALSTATE_DIR"; do
   mkdir -p "$d"
-  chown -R "$uid:$gid" "$d"
 done
+grant "$NIX_STORE_DIR" "$NIX_LOCALSTATE_DIR"
 # The daemon makes its socket in the test's root.
 setfacl -m "u:$uid:rwx" "$test_root"
 # A post-build hook runs as the daemon's user (root with nix-daemon): the suite's
@@ -43,7 +50,11 @@ if [ -d "${TEST_HOME:-}" ]; then setfacl -m "u:$uid:rwx" "$TEST_HOME"; fi
 inotifywait -q -m -e create -e moved_to --format '%w%f' "$test_root" "$NIX_LOCALSTATE_DIR" |
   while read -r made; do
     case "$made" in
-      "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR") chown -R "$uid:$gid" "$made" ;;
+      # The directory itself first, with one command: the suite's next client
+      # may connect at once, and the daemon then re-makes its layout inside.
+      "$NIX_STORE_DIR" | "$NIX_STATE_DIR" | "$NIX_LOG_DIR")
+        setfacl -m "u:$uid:rwx" "$made" 2>/dev/null || true
+        grant "$made" ;;
       "$test_root"/sk[0-9]*) [ -f "$made" ] && setfacl -m "u:$uid:r" "$made" ;;
       *) [ -p "$made" ] && setfacl -m "u:$uid:rw" "$made" ;;
     esac

@@ -68,8 +68,10 @@ command -v inotifywait >/dev/null || apt-get -o DPkg::Lock::Timeout=600 install 
 # another test (scripts/systemd-test.sh) can use up root's default 128 instances.
 [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -ge 1024 ] ||
   sysctl -q -w fs.inotify.max_user_instances=1024
+# (Another run may make the same user at the same moment: then it exists.)
 id "$daemon_user" >/dev/null 2>&1 ||
-  useradd --system --no-create-home --shell /usr/sbin/nologin "$daemon_user"
+  useradd --system --no-create-home --shell /usr/sbin/nologin "$daemon_user" ||
+  id "$daemon_user" >/dev/null
 if [ "$daemon" = unrooted ]; then
   cargo build --release --locked -q -p unrooted-cli -p unrooted-roots
   bin_dir=$work/bin
@@ -129,7 +131,8 @@ if [ -n "$force" ]; then
 fi
 if [ -n "$clients" ]; then
   id "$clients" >/dev/null 2>&1 ||
-    useradd --system --no-create-home --shell /usr/sbin/nologin "$clients"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$clients" ||
+    id "$clients" >/dev/null
   chown -R "$clients:" "$tests_dir"
 fi
 mapfile -t all < <(sed -n '/^nix_tests = /,/^$/p' "$tests_dir/local.mk" | tr -d '\\' | tr ' ' '\n' | grep '\.sh$')
@@ -185,7 +188,8 @@ if [ -n "$clients" ]; then
             kill -TERM "${pids[$dir]}" 2>/dev/null || true
             wait "${pids[$dir]}" 2>/dev/null || true
             unset "pids[$dir]"
-          fi ;;
+          fi
+          rm -rf "$dir" ;;
       esac
     done
   ) &
@@ -194,6 +198,21 @@ if [ -n "$clients" ]; then
 fi
 
 # --- the run -----------------------------------------------------------------------
+# What is left of a test's daemon when the test is over: the processes of the daemon's
+# user that belong to this run, not all of that user's (another run, in another work
+# directory, may use the same user at the same time, as scripts/test.sh's does). The
+# daemon has the test's NIX_STORE_DIR in its environment and every builder has it as
+# NIX_STORE (Nix's builder environment; builders make sessions of their own, so no
+# process group or session covers them), both below this run's $tmp/nix-test.
+reap_daemon_user() {
+  local p mine
+  mine="=$(realpath -m "$tmp/nix-test")/"
+  for p in $(pgrep -u "$daemon_user" || true); do
+    if grep -qzF -- "$mine" "/proc/$p/environ" 2>/dev/null; then
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+  done
+}
 declare -A want=()
 if [ -n "$expected" ]; then
   while read -r name; do want[$name]=1; done < <(sed -e 's/#.*//' -e '/^ *$/d' "$expected")
@@ -239,8 +258,8 @@ for t in "${selected[@]}"; do
   esac
   echo "$verdict $name (${took}s)"
   if [ -n "${want[$name]:-}" ] && [ $verdict != PASS ]; then unexpected+=("$name"); fi
-  # The daemon (and the roots helper) of a test never outlive it.
-  if [ "$daemon" = unrooted ]; then pkill -u "$daemon_user" >/dev/null 2>&1 || true; fi
+  # The daemon (and its builders) of a test never outlive it.
+  if [ "$daemon" = unrooted ]; then reap_daemon_user; fi
   rm -rf "$tmp/nix-test"
 done
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -2,7 +2,7 @@
 //! build scheduler, the collector's settings and the registry of temporary roots.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use unrooted_format::signature::TrustedKeys;
@@ -33,8 +33,9 @@ pub(crate) struct DaemonState {
     pub gc_barrier: crate::gc_barrier::GcBarrier,
     /// Automatic collection from `min-free`/`max-free`.
     pub auto_gc: crate::auto_gc::AutoGc,
-    /// What binary caches answered lately (shared by all connections).
-    pub narinfo_cache: Option<Arc<NarInfoCache>>,
+    /// What binary caches answered lately (shared by all connections): opened at
+    /// the first substitution (see [`DaemonState::narinfo_cache`]).
+    narinfo_cache: OnceLock<Option<Arc<NarInfoCache>>>,
     /// `post-build-upload`: outputs built here go to these caches afterwards.
     pub uploader: Option<crate::post_build::Uploader>,
     /// The id the next connection gets.
@@ -84,15 +85,19 @@ impl DaemonState {
             store_dir: l.store_dir.to_string(),
             source: Box::new(source),
         })?;
+        // Nothing of the daemon's stays in the store directory until a connection
+        // needs it, as with nix-daemon, which opens the store for each connection:
+        // the temporary area the open made goes now (it is made again at the first
+        // new name), so the store directory is as its administrator left it.
+        drop(store.in_use());
         let gc_config = config.gc_config()?;
         let s = &config.settings;
         let auto_gc =
             crate::auto_gc::AutoGc::new(s.min_free, s.max_free, s.min_free_check_interval);
-        let narinfo_cache = open_narinfo_cache(&config);
         let uploader = crate::post_build::Uploader::start(&config);
         Ok(Self {
             uploader,
-            narinfo_cache,
+            narinfo_cache: OnceLock::new(),
             config,
             store,
             own_uid,
@@ -110,6 +115,15 @@ impl DaemonState {
     /// A new connection's id in [`DaemonState::temp_roots`].
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The lookup cache of narinfos, opened (made, the first time) when a
+    /// substitution first needs it: a daemon that never substitutes makes nothing in
+    /// the state directory for it, as nix-daemon makes its cache only when used.
+    pub fn narinfo_cache(&self) -> Option<Arc<NarInfoCache>> {
+        self.narinfo_cache
+            .get_or_init(|| open_narinfo_cache(&self.config))
+            .clone()
     }
 }
 

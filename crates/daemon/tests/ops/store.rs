@@ -175,3 +175,45 @@ fn export_import_round_trip_between_stores() {
     assert_eq!(a.valid_paths_local(), vec![p]);
     a.assert_store_clean();
 }
+
+/// As with nix-daemon, which opens the store only for a connection, a started daemon
+/// leaves nothing of its own in the store directory before a connection needs it:
+/// its temporary area is made at the first add and goes when the connection ends;
+/// and its narinfo cache is made in the state directory only by a substitution.
+/// (Nix's test suite, run as a user other than the daemon's, changes the mode of
+/// every entry of the store directory and removes the state directory while the
+/// daemon waits for its first client.)
+#[test]
+fn a_started_daemon_makes_no_temporary_area_or_cache_until_needed() {
+    let h = Harness::new(Mode::Unsandboxed).unwrap();
+    let store = h.root().join("store");
+    let cache = h.root().join("state/binary-cache");
+    assert!(!cache.exists(), "no narinfo cache before a substitution");
+    let names = || {
+        let mut v: Vec<String> = fs::read_dir(&store)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), [".links"], "before any connection");
+    {
+        let mut c = h.client();
+        c.add_to_store(
+            StorePathName::new("t").unwrap(),
+            ContentAddressMethod::Text,
+            BTreeSet::new(),
+            &mut &b"t"[..],
+        )
+        .unwrap();
+    }
+    // The connection's end (served on the daemon's thread) removes the area.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while names().iter().any(|n| n.starts_with(".unrooted-tmp-")) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", names());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(names().len(), 2, "{:?}", names());
+    assert!(!cache.exists(), "no substituter is configured");
+}

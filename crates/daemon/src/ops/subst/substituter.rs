@@ -75,7 +75,7 @@ pub(super) fn substituter(s: &Session<'_>, out: &mut Out) -> Option<Substituter>
     let sub = Substituter::new(
         s.cx.store_dir.clone(),
         config,
-        s.state.narinfo_cache.clone(),
+        s.state.narinfo_cache(),
         &observer,
     );
     observer.flush();

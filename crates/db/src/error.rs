@@ -181,7 +181,9 @@ pub enum DbError {
         new: String,
     },
     /// A realisation depends on one that is not recorded.
-    #[error("unable to register the derivation '{id}' as it depends on the non existent '{dependency}'")]
+    #[error(
+        "unable to register the derivation '{id}' as it depends on the non existent '{dependency}'"
+    )]
     MissingDependentRealisation {
         /// The realisation's id.
         id: String,

@@ -169,14 +169,21 @@ impl Database {
                 let sigs: BTreeSet<&String> = old.signatures.iter().chain(&r.signatures).collect();
                 let sigs: Vec<&str> = sigs.into_iter().map(String::as_str).collect();
                 tx.prepare_cached(UPDATE_REALISED_OUTPUT)
-                    .and_then(|mut s| s.execute(params![sigs.join(" "), r.id.drv_hash, r.id.output_name]))
+                    .and_then(|mut s| {
+                        s.execute(params![sigs.join(" "), r.id.drv_hash, r.id.output_name])
+                    })
                     .map_err(w)?;
             }
             None => {
                 let sigs: Vec<&str> = r.signatures.iter().map(String::as_str).collect();
                 tx.prepare_cached(REGISTER_REALISED_OUTPUT)
                     .and_then(|mut s| {
-                        s.execute(params![r.id.drv_hash, r.id.output_name, out, sigs.join(" ")])
+                        s.execute(params![
+                            r.id.drv_hash,
+                            r.id.output_name,
+                            out,
+                            sigs.join(" ")
+                        ])
                     })
                     .map_err(w)?;
             }

@@ -104,7 +104,10 @@ fn ca_schema_newer_than_nix_2_8_is_refused() {
     drop(Database::open(tmp.path(), dir(), DbOptions::default()).unwrap());
     std::fs::write(tmp.path().join("ca-schema"), "4").unwrap();
     let err = Database::open(tmp.path(), dir(), ca()).unwrap_err();
-    assert!(matches!(err, DbError::UnsupportedCaSchema { found: 4, .. }), "{err}");
+    assert!(
+        matches!(err, DbError::UnsupportedCaSchema { found: 4, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -193,13 +196,19 @@ fn dependent_realisations_must_be_known_and_match() {
     let mut r = realisation(id("out", 'a'), A);
     r.dependent_realisations.insert(dep.id.clone(), sp(B));
     let err = db.register_realisation(&r).unwrap_err();
-    assert!(matches!(err, DbError::MissingDependentRealisation { .. }), "{err}");
+    assert!(
+        matches!(err, DbError::MissingDependentRealisation { .. }),
+        "{err}"
+    );
     assert_eq!(db.query_realisation(&r.id).unwrap(), None);
     db.register_realisation(&dep).unwrap();
     let mut wrong = r.clone();
     wrong.dependent_realisations.insert(dep.id.clone(), sp(A));
     let err = db.register_realisation(&wrong).unwrap_err();
-    assert!(matches!(err, DbError::MismatchedDependentRealisation { .. }), "{err}");
+    assert!(
+        matches!(err, DbError::MismatchedDependentRealisation { .. }),
+        "{err}"
+    );
     db.register_realisation(&r).unwrap();
     assert_eq!(db.query_realisation(&r.id).unwrap(), Some(r));
 }

@@ -18,7 +18,9 @@
 //! builder and waiting for it), [`scratch`] (unsandboxed rebuilds of valid outputs)
 //! and [`outputs`] (finishing outputs: copy, hash, scan, register).
 
+mod floating;
 mod outputs;
+mod resolve;
 mod scratch;
 mod spares;
 mod start;
@@ -41,6 +43,7 @@ use crate::idpool::{IdLease, IdMode, IdPool};
 use crate::keep;
 use crate::{BuildMode, BuildOptions, BuildResult, Status};
 
+pub use resolve::partial_output_paths;
 pub(crate) use spares::BuildDirs;
 use start::{BuildIds, BuildJob};
 
@@ -95,17 +98,32 @@ pub fn load_derivation(store: &LocalStore, drv_path: &StorePath) -> Result<Deriv
 /// The largest `.drv` file read.
 const MAX_DRV_SIZE: u64 = 64 << 20;
 
-/// The output paths of a derivation this daemon can build (input-addressed or fixed).
+/// The output paths of a derivation this daemon can build (input-addressed or
+/// fixed; with `ca-derivations`, content-addressed and deferred ones once realised).
 pub fn output_paths(
     store: &LocalStore,
     drv_path: &StorePath,
     drv: &Derivation,
 ) -> Result<BTreeMap<String, StorePath>, BuildError> {
+    let known = if store.ca_derivations() {
+        partial_output_paths(store, drv)?
+    } else {
+        drv.outputs
+            .iter()
+            .map(|(name, o)| (name.clone(), o.path().cloned()))
+            .collect()
+    };
     let mut out = BTreeMap::new();
-    for (name, o) in &drv.outputs {
-        match o.path() {
+    for (name, path) in known {
+        match path {
             Some(p) => {
-                out.insert(name.clone(), p.clone());
+                out.insert(name, p);
+            }
+            None if store.ca_derivations() => {
+                return Err(BuildError::Unsupported {
+                    drv: store.print_path(drv_path),
+                    reason: format!("output '{name}' is not realised yet"),
+                })
             }
             None => {
                 return Err(BuildError::Unsupported {
@@ -225,7 +243,21 @@ fn build_inner(
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let shown = store.print_path(drv_path);
-    let outputs = output_paths(store, drv_path, drv)?;
+    if resolve::needs_resolving(store, drv) {
+        return build_resolved(cx, drv, &shown);
+    }
+    let floating = store.ca_derivations() && floating::is_floating(drv);
+    let outputs = if floating {
+        if cx.mode == BuildMode::Check {
+            return Err(fail(
+                Status::MiscFailure,
+                format!("checking the content-addressed derivation '{shown}' is not supported by unrooted yet"),
+            ));
+        }
+        floating::scratch_paths(store, drv_path, drv)?
+    } else {
+        output_paths(store, drv_path, drv)?
+    };
     let fixed_output = matches!(drv.outputs.get("out"), Some(DerivationOutput::Fixed { .. }))
         && drv.outputs.len() == 1;
     let closure = input_closure(store, drv, &shown)?;
@@ -268,7 +300,45 @@ fn build_inner(
         reclaim_build_dir(cx, pool, lease, &host_build_dir);
     }
     keep_or_release_build_dir(cx, &host_build_dir, result.is_err());
-    result
+    let built = result?;
+    if cx.mode != BuildMode::Check {
+        resolve::register_realisations(store, drv, &built)?;
+    }
+    Ok(built)
+}
+
+/// Builds a derivation through its resolved form (`ca-derivations`): the resolved
+/// derivation is built unless its outputs are realised already (so an input rebuilt
+/// to the same content rebuilds nothing), and its outputs are recorded as this
+/// derivation's realisations too.
+fn build_resolved(
+    cx: &GoalCx<'_>,
+    drv: &Derivation,
+    shown: &str,
+) -> Result<BTreeMap<String, StorePath>, Failure> {
+    let store = cx.store;
+    let (resolved_path, resolved) = resolve::resolve(store, drv, shown)?;
+    (cx.events)(GoalEvent::Note(&format!(
+        "resolved derivation: '{shown}' -> '{}'",
+        store.print_path(&resolved_path)
+    )));
+    let mut valid = BTreeMap::new();
+    for (name, path) in partial_output_paths(store, &resolved)? {
+        if let Some(p) = path {
+            if store.is_valid_path(&p).map_err(BuildError::from)? {
+                valid.insert(name, p);
+            }
+        }
+    }
+    let outputs = if cx.mode == BuildMode::Normal && valid.len() == resolved.outputs.len() {
+        valid
+    } else {
+        build_inner(cx, &resolved_path, &resolved)?
+    };
+    if cx.mode != BuildMode::Check {
+        resolve::register_realisations(store, drv, &outputs)?;
+    }
+    Ok(outputs)
 }
 
 /// The closure of the derivation's inputs: every used output of every input

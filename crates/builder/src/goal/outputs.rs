@@ -110,12 +110,22 @@ pub(super) fn finish_outputs(
     }
     check_reference_constraints(store, job.drv, outputs, &infos, &shown)?;
     remove_unsandboxed_originals(store, outputs, locations)?;
+    if super::floating::is_floating(job.drv) {
+        let names: Vec<String> = outputs.keys().cloned().collect();
+        super::floating::make_content_addressed(store, job.drv, &names, &mut infos, &shown)?;
+    }
+    // Each output's registered path, by name (a floating output's is only known now).
+    let registered: BTreeMap<String, StorePath> = outputs
+        .keys()
+        .cloned()
+        .zip(infos.iter().map(|(_, info)| info.path.clone()))
+        .collect();
     if cx.mode == BuildMode::Check {
         compare_with_valid(store, &infos, &shown)?;
-        return Ok(outputs.clone());
+        return Ok(registered);
     }
     register(cx, job, &mut infos)?;
-    Ok(outputs.clone())
+    Ok(registered)
 }
 
 /// An output where the builder left it.

@@ -79,9 +79,7 @@ pub(super) fn perform(
             reply_u64(out, 1)
         }
         Request::AddBuildLog(drv) => add_build_log(s, &drv, reader, out),
-        Request::RegisterDrvOutput(_) => Err(client(
-            "content-addressed derivations (ca-derivations) are not supported by unrooted yet",
-        )),
+        Request::RegisterDrvOutput(r) => super::realisations::register_drv_output(s, &r, out),
         other => Err(misrouted("add", &other)),
     }
 }

@@ -50,13 +50,16 @@ pub fn partial_output_paths(
 }
 
 /// Whether `drv` is built through its resolved form: with `ca-derivations`, a
-/// deferred derivation, or a floating one with input derivations.
+/// deferred, floating or fixed-output derivation with input derivations (Nix 2.8
+/// resolves fixed-output ones too when the feature is on).
 pub(super) fn needs_resolving(store: &LocalStore, drv: &Derivation) -> bool {
     store.ca_derivations()
         && !drv.input_drvs.is_empty()
         && matches!(
             drv.derivation_type(),
-            Ok(DerivationType::DeferredInputAddressed | DerivationType::Floating)
+            Ok(DerivationType::DeferredInputAddressed
+                | DerivationType::Floating
+                | DerivationType::Fixed)
         )
 }
 

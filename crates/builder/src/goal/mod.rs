@@ -302,7 +302,13 @@ fn build_inner(
     keep_or_release_build_dir(cx, &host_build_dir, result.is_err());
     let built = result?;
     if cx.mode != BuildMode::Check {
-        resolve::register_realisations(store, drv, &built)?;
+        resolve::register_realisations(
+            store,
+            drv,
+            &built,
+            &cx.opts.secret_key_files,
+            resolve::Dependents::None,
+        )?;
     }
     Ok(built)
 }
@@ -336,7 +342,13 @@ fn build_resolved(
         build_inner(cx, &resolved_path, &resolved)?
     };
     if cx.mode != BuildMode::Check {
-        resolve::register_realisations(store, drv, &outputs)?;
+        resolve::register_realisations(
+            store,
+            drv,
+            &outputs,
+            &cx.opts.secret_key_files,
+            resolve::Dependents::FromInputs,
+        )?;
     }
     Ok(outputs)
 }

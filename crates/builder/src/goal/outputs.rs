@@ -390,20 +390,7 @@ fn sign_outputs(
     if key_files.is_empty() {
         return Ok(());
     }
-    let mut keys = Vec::with_capacity(key_files.len());
-    for file in key_files {
-        let mut text = String::new();
-        fs::File::open(file)
-            .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
-            .map_err(BuildError::io("reading the secret key file", file))?;
-        let key = unrooted_format::signature::SecretKey::parse(text.trim()).map_err(|e| {
-            fail(
-                Status::MiscFailure,
-                format!("secret key file '{}': {}", file.display(), error_chain(&e)),
-            )
-        })?;
-        keys.push(key);
-    }
+    let keys = read_secret_keys(key_files)?;
     for (_, info) in infos.iter_mut() {
         let fingerprint = info.fingerprint(store.store_dir()).map_err(|e| {
             fail(
@@ -420,6 +407,27 @@ fn sign_outputs(
         }
     }
     Ok(())
+}
+
+/// The keys of `secret-key-files`; a key that cannot be read or parsed is an error.
+pub(super) fn read_secret_keys(
+    key_files: &[PathBuf],
+) -> Result<Vec<unrooted_format::signature::SecretKey>, Failure> {
+    let mut keys = Vec::with_capacity(key_files.len());
+    for file in key_files {
+        let mut text = String::new();
+        fs::File::open(file)
+            .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
+            .map_err(BuildError::io("reading the secret key file", file))?;
+        let key = unrooted_format::signature::SecretKey::parse(text.trim()).map_err(|e| {
+            fail(
+                Status::MiscFailure,
+                format!("secret key file '{}': {}", file.display(), error_chain(&e)),
+            )
+        })?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// After a fixed-output hash mismatch, registers the checked copy at `copy` under the

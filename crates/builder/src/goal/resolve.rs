@@ -118,27 +118,171 @@ pub(super) fn resolve(
     Ok((info.path, resolved))
 }
 
-/// Records that each of `outputs` of `drv` was realised at its path (with
-/// `ca-derivations` only; Nix records realisations of every pure derivation).
+/// Which realisations a realisation's dependencies are recorded with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dependents {
+    /// None (what was built itself, `registerOutputs`).
+    None,
+    /// The realisations of the inputs' outputs the path refers to (a resolved
+    /// derivation's outputs mapped back, `resolvedFinished`).
+    FromInputs,
+}
+
+/// Records that each of `outputs` of `drv` was realised at its path, signed with
+/// every key of `secret-key-files` (with `ca-derivations` only; Nix records
+/// realisations of every pure derivation and signs them, `signRealisation`).
 pub(super) fn register_realisations(
     store: &LocalStore,
     drv: &Derivation,
     outputs: &BTreeMap<String, StorePath>,
-) -> Result<(), BuildError> {
+    key_files: &[std::path::PathBuf],
+    dependents: Dependents,
+) -> Result<(), Failure> {
     if !store.ca_derivations() {
         return Ok(());
     }
+    let keys = super::outputs::read_secret_keys(key_files)?;
     let hashes = output_hashes(store, drv)?;
+    let fixed = matches!(drv.derivation_type(), Ok(DerivationType::Fixed));
     for (name, path) in outputs {
         let Some(hash) = hashes.get(name) else {
             continue;
         };
-        store.register_realisation(&Realisation {
+        let mut r = Realisation {
             id: drv_output_id(hash, name),
             out_path: path.clone(),
             signatures: Default::default(),
             dependent_realisations: BTreeMap::new(),
-        })?;
+        };
+        if dependents == Dependents::FromInputs && !fixed {
+            r.dependent_realisations = drv_output_references(store, drv, path)?;
+        }
+        let fingerprint = realisation_fingerprint(&r);
+        r.signatures = keys
+            .iter()
+            .map(|k| k.sign(&fingerprint).to_string())
+            .collect();
+        store.register_realisation(&r).map_err(BuildError::from)?;
     }
     Ok(())
+}
+
+/// The most realisations walked for one output's dependencies.
+const MAX_DEPENDENT_WALK: usize = 1 << 20;
+
+/// Nix's `drvOutputReferences`: among the realisations of `drv`'s inputs and,
+/// transitively, of their dependencies, those whose path `out_path` refers to. An
+/// input output with a valid path but no realisation (built before the feature was
+/// on) gets one first, as Nix's `checkPathValidity` records it.
+fn drv_output_references(
+    store: &LocalStore,
+    drv: &Derivation,
+    out_path: &StorePath,
+) -> Result<BTreeMap<DrvOutputId, StorePath>, Failure> {
+    let mut todo: Vec<Realisation> = Vec::new();
+    for (input, names) in &drv.input_drvs {
+        let input_drv = load_derivation(store, input)?;
+        let hashes = output_hashes(store, &input_drv)?;
+        for name in names {
+            let id = hashes.get(name).map(|h| drv_output_id(h, name));
+            let found = match &id {
+                Some(id) => input_realisation(store, &input_drv, id)?,
+                None => None,
+            };
+            let Some(r) = found else {
+                return Err(fail(
+                    Status::DependencyFailed,
+                    format!(
+                        "output '{name}' of derivation '{}' isn't built",
+                        store.print_path(input)
+                    ),
+                ));
+            };
+            todo.push(r);
+        }
+    }
+    let refs = store
+        .query_path_info(out_path)
+        .map_err(BuildError::from)?
+        .map(|i| i.references)
+        .unwrap_or_default();
+    let mut seen: BTreeMap<DrvOutputId, StorePath> = BTreeMap::new();
+    while let Some(r) = todo.pop() {
+        if seen.len() >= MAX_DEPENDENT_WALK || seen.contains_key(&r.id) {
+            continue;
+        }
+        for dep in r.dependent_realisations.keys() {
+            match store.query_realisation(dep).map_err(BuildError::from)? {
+                Some(d) => todo.push(d),
+                None => {
+                    return Err(fail(
+                        Status::MiscFailure,
+                        format!(
+                            "Unrealised derivation '{}!{}'",
+                            dep.drv_hash, dep.output_name
+                        ),
+                    ))
+                }
+            }
+        }
+        seen.insert(r.id, r.out_path);
+    }
+    seen.retain(|_, p| refs.contains(p));
+    Ok(seen)
+}
+
+/// The realisation `id` of an input's output, recorded now from its static path
+/// when that path is valid and none is recorded.
+fn input_realisation(
+    store: &LocalStore,
+    input_drv: &Derivation,
+    id: &DrvOutputId,
+) -> Result<Option<Realisation>, Failure> {
+    if let Some(r) = store.query_realisation(id).map_err(BuildError::from)? {
+        return Ok(Some(r));
+    }
+    let Some(path) = input_drv
+        .outputs
+        .get(&id.output_name)
+        .and_then(|o| o.path())
+    else {
+        return Ok(None);
+    };
+    if !store.is_valid_path(path).map_err(BuildError::from)? {
+        return Ok(None);
+    }
+    let r = Realisation {
+        id: id.clone(),
+        out_path: path.clone(),
+        signatures: Default::default(),
+        dependent_realisations: BTreeMap::new(),
+    };
+    store.register_realisation(&r).map_err(BuildError::from)?;
+    Ok(Some(r))
+}
+
+/// What a realisation's signatures sign (`Realisation::fingerprint`): its JSON
+/// without signatures as nlohmann dumps it, keys sorted.
+fn realisation_fingerprint(r: &Realisation) -> String {
+    let text = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let deps: BTreeMap<String, String> = r
+        .dependent_realisations
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("{}!{}", k.drv_hash, k.output_name),
+                v.to_base_name(),
+            )
+        })
+        .collect();
+    let deps: Vec<String> = deps
+        .iter()
+        .map(|(k, v)| format!("{}:{}", text(k), text(v)))
+        .collect();
+    format!(
+        "{{\"dependentRealisations\":{{{}}},\"id\":{},\"outPath\":{}}}",
+        deps.join(","),
+        text(&format!("{}!{}", r.id.drv_hash, r.id.output_name)),
+        text(&r.out_path.to_base_name())
+    )
 }

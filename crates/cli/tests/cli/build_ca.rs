@@ -6,6 +6,7 @@
 //! depends on it, which is resolved before it is built.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -45,13 +46,46 @@ in { inherit a b c; }
 "#;
 
 fn prepared() -> Option<TestDaemon> {
+    prepared_with("")
+}
+
+/// A daemon with `extra` appended to [`CONF`], started after `ca.nix` and a signing
+/// key pair (`inputs/sk`, `inputs/pk`, readable by all) were made.
+fn prepared_with(extra: &str) -> Option<TestDaemon> {
     if !can_run_sandboxed_builds() {
         return None;
     }
-    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), CONF);
+    let mut d = TestDaemon::new(env!("CARGO_BIN_EXE_unrooted").as_ref(), "");
     fs::write(d.inputs().join("ca.nix"), EXPR).unwrap();
+    let (sk, pk) = (d.inputs().join("sk"), d.inputs().join("pk"));
+    let made = Command::new("nix-store")
+        .args(["--generate-binary-cache-key", "ca-test-1"])
+        .args([&sk, &pk])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    fs::set_permissions(&sk, fs::Permissions::from_mode(0o644)).unwrap();
+    d.set_conf(&format!(
+        "{CONF}{}",
+        extra.replace("@SK@", sk.to_str().unwrap())
+    ));
     d.start();
     Some(d)
+}
+
+/// Every realisation in the database at `db`: id, output path and signatures.
+fn realisations(db: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("select r.drvPath, r.outputName, v.path, r.signatures from Realisations r join ValidPaths v on v.id = r.outputPath order by 1, 2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn build(d: &TestDaemon, attr: &str, salt: &str) -> String {
@@ -68,9 +102,20 @@ fn build(d: &TestDaemon, attr: &str, salt: &str) -> String {
 /// What Nix 2.8 itself builds `attr` to, in a local store with the same logical
 /// store directory as `d`'s.
 fn nix_builds(d: &TestDaemon, attr: &str, work: &Path) -> String {
+    nix_builds_with(d, attr, work, "")
+}
+
+/// [`nix_builds`] with `extra` in Nix's `nix.conf`.
+fn nix_builds_with(d: &TestDaemon, attr: &str, work: &Path, extra: &str) -> String {
     let conf = work.join("conf");
     fs::create_dir_all(&conf).unwrap();
-    fs::write(conf.join("nix.conf"), format!("{CONF}substituters =\n")).unwrap();
+    let sk = d.inputs().join("sk");
+    let extra = extra.replace("@SK@", sk.to_str().unwrap());
+    fs::write(
+        conf.join("nix.conf"),
+        format!("{CONF}substituters =\n{extra}"),
+    )
+    .unwrap();
     let store = format!(
         "local?store={}&real={}&state={}&log={}",
         d.store_dir().display(),
@@ -110,11 +155,12 @@ fn ca_derivation_outputs_are_the_paths_nix_2_8_gives() {
     let info = d.client_ok("nix-store", &["-q", "--hash", &a]);
     assert!(info.starts_with("sha256:"), "{info}");
     let b = build(&d, "b", "");
-    let refs: Vec<String> = d
+    let mut refs: Vec<String> = d
         .client_ok("nix-store", &["-q", "--references", &b])
         .lines()
         .map(str::to_owned)
         .collect();
+    refs.sort();
     assert_eq!(refs, {
         let mut v = vec![a.clone(), b.clone()];
         v.sort();
@@ -135,4 +181,19 @@ fn rebuilt_input_with_the_same_content_does_not_rebuild_dependents() {
     let c2 = build(&d, "c", "other");
     assert_eq!(c2, c);
     assert_eq!(fs::read_to_string(Path::new(&c2).join("t")).unwrap(), t);
+}
+
+#[test]
+#[ignore = "needs root and the test users; CI runs it with --include-ignored"]
+fn realisations_and_their_signatures_are_the_ones_nix_2_8_records() {
+    const SIGN: &str = "secret-key-files = @SK@\n";
+    let Some(d) = prepared_with(SIGN) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let ours = build(&d, "c", "");
+    assert_eq!(ours, nix_builds_with(&d, "c", work.path(), SIGN));
+    let nix = realisations(&work.path().join("state/db/db.sqlite"));
+    // a, b (original and resolved), c (original and resolved): five realisations.
+    assert_eq!(nix.lines().count(), 5, "{nix}");
+    assert!(nix.lines().all(|l| l.contains("ca-test-1:")), "{nix}");
+    assert_eq!(realisations(&d.state_dir().join("db/db.sqlite")), nix);
 }

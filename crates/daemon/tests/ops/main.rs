@@ -10,6 +10,7 @@ mod clients;
 mod gc;
 mod harness;
 mod protocol;
+mod realisations;
 mod store;
 mod subst;
 mod trust;

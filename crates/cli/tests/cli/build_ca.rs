@@ -42,7 +42,19 @@ let
     builder = "/bin/sh";
     args = [ "-c" "mkdir $out; cat ${b}/a > $out/a; echo ${b} > $out/b; date +%s%N > $out/t" ];
   };
-in { inherit a b c; }
+  # Two outputs referring to each other one way, and each to itself.
+  multi = mk {
+    name = "ca-multi";
+    outputs = [ "out" "dev" ];
+    args = [ "-c" "mkdir $out $dev; echo $dev > $out/dev; echo $out > $out/self; echo $dev > $dev/self; echo ${a} > $dev/a" ];
+  };
+  # A flat floating output.
+  flat = mk {
+    name = "ca-flat";
+    outputHashMode = "flat";
+    args = [ "-c" "echo flat > $out" ];
+  };
+in { inherit a b c multi flat; }
 "#;
 
 fn prepared() -> Option<TestDaemon> {
@@ -143,7 +155,7 @@ fn nix_builds_with(d: &TestDaemon, attr: &str, work: &Path, extra: &str) -> Stri
 fn ca_derivation_outputs_are_the_paths_nix_2_8_gives() {
     let Some(d) = prepared() else { return };
     let work = tempfile::tempdir().unwrap();
-    for attr in ["a", "b", "c"] {
+    for attr in ["a", "b", "c", "multi.out", "multi.dev", "flat"] {
         let ours = build(&d, attr, "");
         assert_eq!(ours, nix_builds(&d, attr, work.path()), "output of {attr}");
     }

@@ -6,6 +6,7 @@
 //! in `crates/cli/tests`, ignored outside CI.
 
 mod build;
+mod build_ca;
 mod clients;
 mod gc;
 mod harness;

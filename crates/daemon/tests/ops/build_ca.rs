@@ -1,0 +1,120 @@
+//! Floating content-addressed derivations (issue 18, `ca-derivations`) built by the
+//! in-process daemon, unsandboxed and in the single-id sandbox: BuildPathsWithResults'
+//! `builtOutputs`, QueryDerivationOutputMap before and after (from the
+//! realisation), QueryRealisation of the built output, and a deferred derivation
+//! on top, through the real Nix 2.8 client. The paths themselves are compared with
+//! Nix's own build in `crates/cli/tests/cli/build_ca.rs`.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use unrooted_format::StorePath;
+use unrooted_protocol::reply::{read_output_map, read_realisations, RealisationReply};
+use unrooted_protocol::request::BuildMode;
+use unrooted_protocol::{BuildStatus, DerivedPath, OutputsSpec, Request};
+
+use crate::harness::{Harness, Mode, SocketClient};
+
+const CA: &str = "experimental-features = nix-command ca-derivations";
+
+const EXPR: &str = r#"
+let
+  a = derivation {
+    name = "ca-a"; system = builtins.currentSystem; builder = "/bin/sh";
+    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";
+    args = [ "-c" "echo hello > $out; echo $out >> $out" ];
+  };
+in {
+  inherit a;
+  c = derivation {
+    name = "ia-c"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${a} > $out" ];
+  };
+}
+"#;
+
+fn output_map(c: &mut SocketClient, drv: &StorePath) -> BTreeMap<String, Option<StorePath>> {
+    c.call(&Request::QueryDerivationOutputMap(drv.clone()))
+        .expect("QueryDerivationOutputMap");
+    let cx = c.context().clone();
+    read_output_map(c.reader(), &cx).expect("reply")
+}
+
+fn ca_build(mode: Mode) {
+    let Some(h) = Harness::with_conf(mode, CA) else {
+        return;
+    };
+    if h.nix("nix-build").is_none() {
+        return;
+    }
+    let expr = h.input("ca.nix", EXPR);
+    let ca = ["--extra-experimental-features", "ca-derivations"];
+    let drv = h.nix_ok("nix-instantiate", &[&expr, "-A", "a", ca[0], ca[1]]);
+    let drv = h.path(drv.trim());
+    let mut c = h.client();
+    assert_eq!(
+        output_map(&mut c, &drv),
+        BTreeMap::from([("out".to_owned(), None)])
+    );
+    let target = DerivedPath::Built {
+        drv_path: drv.clone(),
+        outputs: OutputsSpec::All,
+    };
+    let results = c
+        .build_paths_with_results(vec![target.clone()], BuildMode::Normal)
+        .unwrap();
+    let r = &results[0].result;
+    assert_eq!(r.status, BuildStatus::Built, "{results:?}");
+    let (id, realisation) = r.built_outputs.iter().next().expect("a built output");
+    assert_eq!((r.built_outputs.len(), id.output_name.as_str()), (1, "out"));
+    let out = realisation.out_path.clone();
+    let printed = h.store_dir().display(&out);
+    assert_eq!(
+        fs::read_to_string(&printed).unwrap(),
+        format!("hello\n{printed}\n")
+    );
+    assert_eq!(
+        output_map(&mut c, &drv),
+        BTreeMap::from([("out".to_owned(), Some(out.clone()))])
+    );
+    c.call(&Request::QueryRealisation(id.clone())).unwrap();
+    let cx = c.context().clone();
+    match read_realisations(c.reader(), &cx).unwrap() {
+        RealisationReply::Realisations(found) => assert_eq!(found, vec![realisation.clone()]),
+        RealisationReply::OutPaths(p) => panic!("{p:?}"),
+    }
+    let info = h.nix_ok("nix-store", &["-q", "--references", &printed]);
+    assert_eq!(info.trim(), printed, "refers to itself only");
+    let results = c
+        .build_paths_with_results(vec![target], BuildMode::Normal)
+        .unwrap();
+    assert_eq!(results[0].result.status, BuildStatus::AlreadyValid);
+    assert_eq!(
+        results[0]
+            .result
+            .built_outputs
+            .values()
+            .next()
+            .map(|r| &r.out_path),
+        Some(&out)
+    );
+    let dependent = h.nix_ok(
+        "nix-build",
+        &[&expr, "-A", "c", "--no-out-link", ca[0], ca[1]],
+    );
+    assert_eq!(
+        fs::read_to_string(dependent.trim()).unwrap(),
+        format!("{printed}\n")
+    );
+    h.assert_store_clean();
+}
+
+#[test]
+fn unsandboxed_ca_derivation_reports_and_records_its_realisation() {
+    ca_build(Mode::Unsandboxed);
+}
+
+#[test]
+fn single_id_sandbox_ca_derivation_reports_and_records_its_realisation() {
+    ca_build(Mode::SingleId);
+}

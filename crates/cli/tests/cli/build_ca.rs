@@ -199,7 +199,9 @@ fn rebuilt_input_with_the_same_content_does_not_rebuild_dependents() {
 #[ignore = "needs root and the test users; CI runs it with --include-ignored"]
 fn realisations_and_their_signatures_are_the_ones_nix_2_8_records() {
     const SIGN: &str = "secret-key-files = @SK@\n";
-    let Some(d) = prepared_with(SIGN) else { return };
+    let Some(mut d) = prepared_with(SIGN) else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let ours = build(&d, "c", "");
     assert_eq!(ours, nix_builds_with(&d, "c", work.path(), SIGN));
@@ -208,4 +210,22 @@ fn realisations_and_their_signatures_are_the_ones_nix_2_8_records() {
     assert_eq!(nix.lines().count(), 5, "{nix}");
     assert!(nix.lines().all(|l| l.contains("ca-test-1:")), "{nix}");
     assert_eq!(realisations(&d.state_dir().join("db/db.sqlite")), nix);
+    // Nix 2.8 in local mode reads our realisations (as the store owner).
+    let e = d.inputs().join("ca.nix");
+    let drv = d.client_ok("nix-instantiate", &[e.to_str().unwrap(), "-A", "c"]);
+    let drv = drv.trim();
+    d.kill();
+    let json = d.owner_ok(
+        "nix",
+        &[
+            "--extra-experimental-features",
+            "nix-command ca-derivations",
+            "realisation",
+            "info",
+            "--json",
+            drv,
+        ],
+    );
+    assert!(json.contains(ours.rsplit('/').next().unwrap()), "{json}");
+    assert!(json.contains("ca-test-1:"), "{json}");
 }

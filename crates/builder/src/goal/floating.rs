@@ -27,6 +27,12 @@ pub(crate) fn is_floating(drv: &Derivation) -> bool {
     matches!(drv.derivation_type(), Ok(DerivationType::Floating))
 }
 
+/// Whether `drv` is impure (`__impure`): its outputs are content-addressed after the
+/// build as floating ones are, and it is built afresh every time.
+pub(crate) fn is_impure(drv: &Derivation) -> bool {
+    matches!(drv.derivation_type(), Ok(DerivationType::Impure))
+}
+
 /// Where the builder writes each output of the floating derivation `drv_path`: the
 /// path of `rewrite:<drv base name>:name:<output>` with an all-zero hash.
 pub(super) fn scratch_paths(
@@ -73,7 +79,10 @@ pub(super) fn make_content_addressed(
     let mut finals: BTreeMap<StorePath, StorePath> = BTreeMap::new();
     for i in order {
         let (method, algo) = match drv.outputs.get(&names[i]) {
-            Some(DerivationOutput::Floating { method, algo }) => (*method, *algo),
+            Some(
+                DerivationOutput::Floating { method, algo }
+                | DerivationOutput::Impure { method, algo },
+            ) => (*method, *algo),
             _ => {
                 return Err(fail(
                     Status::MiscFailure,

@@ -67,7 +67,30 @@ pub(crate) struct GoalCx<'a> {
     pub opts: &'a BuildOptions,
     pub mode: BuildMode,
     pub events: &'a (dyn Fn(GoalEvent<'_>) + Sync),
+    /// The outputs of the impure derivations built last, by `.drv`: what their
+    /// dependents are resolved against (impure outputs have no realisations).
+    pub impure_outputs: &'a ImpureOutputs,
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// The outputs of the impure derivations built last, by `.drv` (at most
+/// [`MAX_IMPURE_OUTPUTS`] derivations; the map starts afresh beyond).
+pub(crate) type ImpureOutputs =
+    std::sync::Mutex<std::collections::HashMap<StorePath, BTreeMap<String, StorePath>>>;
+
+/// The most impure derivations whose outputs are remembered.
+const MAX_IMPURE_OUTPUTS: usize = 4096;
+
+/// Remembers the outputs an impure derivation was just built to.
+fn remember_impure(cx: &GoalCx<'_>, drv_path: &StorePath, outputs: &BTreeMap<String, StorePath>) {
+    let mut map = cx
+        .impure_outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if map.len() >= MAX_IMPURE_OUTPUTS {
+        map.clear();
+    }
+    map.insert(drv_path.clone(), outputs.clone());
 }
 
 /// Reads and parses a `.drv` from the store.
@@ -192,6 +215,9 @@ fn now() -> i64 {
 pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> BuildResult {
     let start = now();
     let built = build_inner(cx, drv_path, drv).and_then(|outputs| {
+        if floating::is_impure(drv) {
+            remember_impure(cx, drv_path, &outputs);
+        }
         post_build_hook(cx, drv_path, &outputs)?;
         Ok(outputs)
     });
@@ -252,10 +278,18 @@ fn build_inner(
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let shown = store.print_path(drv_path);
+    // Without ca-derivations an impure derivation fails in output_paths, as before.
+    if floating::is_impure(drv) && store.ca_derivations() && !cx.cfg.impure_derivations {
+        return Err(fail(
+            Status::MiscFailure,
+            format!("cannot build '{shown}': impure derivations need the experimental features 'impure-derivations' and 'ca-derivations' in the daemon's experimental-features"),
+        ));
+    }
     if resolve::needs_resolving(store, drv) {
         return build_resolved(cx, drv, &shown);
     }
-    let floating = store.ca_derivations() && floating::is_floating(drv);
+    let impure = impure_enabled(cx) && floating::is_impure(drv);
+    let floating = impure || (store.ca_derivations() && floating::is_floating(drv));
     let outputs = if floating {
         if cx.mode == BuildMode::Check {
             return Err(fail(
@@ -269,6 +303,8 @@ fn build_inner(
     };
     let fixed_output = matches!(drv.outputs.get("out"), Some(DerivationOutput::Fixed { .. }))
         && drv.outputs.len() == 1;
+    // Impure derivations are not sandboxed either: the network of fixed outputs.
+    let networked = fixed_output || impure;
     let closure = input_closure(store, drv, &shown)?;
     if cx.mode == BuildMode::Check {
         check_outputs_valid(store, &outputs, &shown)?;
@@ -297,7 +333,7 @@ fn build_inner(
             drv,
             outputs: &outputs,
             closure: &closure,
-            fixed_output,
+            fixed_output: networked,
             builtin,
             host_build_dir: &host_build_dir,
             ids,
@@ -310,7 +346,8 @@ fn build_inner(
     }
     keep_or_release_build_dir(cx, &host_build_dir, result.is_err());
     let built = result?;
-    if cx.mode != BuildMode::Check {
+    // Impure outputs are never recorded as realisations (Nix 2.8: pure ones only).
+    if cx.mode != BuildMode::Check && !impure {
         resolve::register_realisations(
             store,
             drv,
@@ -320,6 +357,40 @@ fn build_inner(
         )?;
     }
     Ok(built)
+}
+
+/// Why `drv` may not be built: a pure derivation other than a fixed-output one that
+/// depends on an impure derivation (Nix 2.8's "pure derivation '…' depends on impure
+/// derivation '…'"); `None` when it may, and always without `ca-derivations`.
+pub(crate) fn impure_input_refusal(
+    store: &LocalStore,
+    drv_path: &StorePath,
+    drv: &Derivation,
+) -> Option<String> {
+    if !store.ca_derivations()
+        || floating::is_impure(drv)
+        || matches!(
+            drv.derivation_type(),
+            Ok(unrooted_format::derivation::DerivationType::Fixed)
+        )
+    {
+        return None;
+    }
+    drv.input_drvs.keys().find_map(|input| {
+        let input_drv = load_derivation(store, input).ok()?;
+        floating::is_impure(&input_drv).then(|| {
+            format!(
+                "pure derivation '{}' depends on impure derivation '{}'",
+                store.print_path(drv_path),
+                store.print_path(input)
+            )
+        })
+    })
+}
+
+/// Whether impure derivations are built: `impure-derivations` and `ca-derivations`.
+fn impure_enabled(cx: &GoalCx<'_>) -> bool {
+    cx.cfg.impure_derivations && cx.store.ca_derivations()
 }
 
 /// Builds a derivation through its resolved form (`ca-derivations`): the resolved
@@ -332,7 +403,7 @@ fn build_resolved(
     shown: &str,
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
-    let (resolved_path, resolved) = resolve::resolve(store, drv, shown)?;
+    let (resolved_path, resolved) = resolve::resolve(store, drv, shown, cx.impure_outputs)?;
     (cx.events)(GoalEvent::Note(&format!(
         "resolved derivation: '{shown}' -> '{}'",
         store.print_path(&resolved_path)
@@ -345,12 +416,14 @@ fn build_resolved(
             }
         }
     }
-    let outputs = if cx.mode == BuildMode::Normal && valid.len() == resolved.outputs.len() {
-        valid
-    } else {
-        build_inner(cx, &resolved_path, &resolved)?
-    };
-    if cx.mode != BuildMode::Check {
+    let impure = floating::is_impure(&resolved);
+    let outputs =
+        if cx.mode == BuildMode::Normal && !impure && valid.len() == resolved.outputs.len() {
+            valid
+        } else {
+            build_inner(cx, &resolved_path, &resolved)?
+        };
+    if cx.mode != BuildMode::Check && !impure {
         resolve::register_realisations(
             store,
             drv,

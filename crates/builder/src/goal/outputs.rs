@@ -110,7 +110,7 @@ pub(super) fn finish_outputs(
     }
     check_reference_constraints(store, job.drv, outputs, &infos, &shown)?;
     remove_unsandboxed_originals(store, outputs, locations)?;
-    if super::floating::is_floating(job.drv) {
+    if super::floating::is_floating(job.drv) || super::floating::is_impure(job.drv) {
         let names: Vec<String> = outputs.keys().cloned().collect();
         super::floating::make_content_addressed(store, job.drv, &names, &mut infos, &shown)?;
     }

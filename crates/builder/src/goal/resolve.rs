@@ -59,7 +59,8 @@ pub(super) fn needs_resolving(store: &LocalStore, drv: &Derivation) -> bool {
             drv.derivation_type(),
             Ok(DerivationType::DeferredInputAddressed
                 | DerivationType::Floating
-                | DerivationType::Fixed)
+                | DerivationType::Fixed
+                | DerivationType::Impure)
         )
 }
 
@@ -70,13 +71,14 @@ pub(super) fn resolve(
     store: &LocalStore,
     drv: &Derivation,
     shown: &str,
+    impure_outputs: &super::ImpureOutputs,
 ) -> Result<(StorePath, Derivation), Failure> {
     let mut resolved = drv.clone();
     resolved.input_drvs.clear();
     let mut rewrites: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (input, wanted) in &drv.input_drvs {
         let input_drv = load_derivation(store, input)?;
-        let known = partial_output_paths(store, &input_drv)?;
+        let known = input_outputs(store, drv, input, &input_drv, impure_outputs, shown)?;
         for name in wanted {
             let Some(Some(path)) = known.get(name) else {
                 return Err(fail(
@@ -126,6 +128,45 @@ pub(super) enum Dependents {
     /// The realisations of the inputs' outputs the path refers to (a resolved
     /// derivation's outputs mapped back, `resolvedFinished`).
     FromInputs,
+}
+
+/// The outputs of input `input` (`input_drv`) of `drv`: an impure one's from its
+/// build just before (a pure derivation other than a fixed-output one may not
+/// depend on it), any other's from its `.drv` and realisations.
+fn input_outputs(
+    store: &LocalStore,
+    drv: &Derivation,
+    input: &StorePath,
+    input_drv: &Derivation,
+    impure_outputs: &super::ImpureOutputs,
+    shown: &str,
+) -> Result<BTreeMap<String, Option<StorePath>>, Failure> {
+    if !matches!(input_drv.derivation_type(), Ok(DerivationType::Impure)) {
+        return Ok(partial_output_paths(store, input_drv)?);
+    }
+    if !matches!(
+        drv.derivation_type(),
+        Ok(DerivationType::Impure | DerivationType::Fixed)
+    ) {
+        return Err(fail(
+            Status::MiscFailure,
+            format!(
+                "pure derivation '{shown}' depends on impure derivation '{}'",
+                store.print_path(input)
+            ),
+        ));
+    }
+    let map = impure_outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(map
+        .get(input)
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Records that each of `outputs` of `drv` was realised at its path, signed with

@@ -191,6 +191,7 @@ pub struct Scheduler {
     jobs: Jobs,
     next_request: AtomicU64,
     builds_started: AtomicU64,
+    impure_outputs: goal::ImpureOutputs,
 }
 
 enum NodeState {
@@ -224,6 +225,7 @@ impl Scheduler {
             },
             next_request: AtomicU64::new(1),
             builds_started: AtomicU64::new(0),
+            impure_outputs: Default::default(),
         })
     }
 
@@ -396,6 +398,7 @@ impl Scheduler {
             opts,
             mode,
             events: &events,
+            impure_outputs: &self.impure_outputs,
             cancelled: &cancelled,
         };
         goal::build(&cx, &g.drv, drv)

@@ -118,3 +118,106 @@ fn unsandboxed_ca_derivation_reports_and_records_its_realisation() {
 fn single_id_sandbox_ca_derivation_reports_and_records_its_realisation() {
     ca_build(Mode::SingleId);
 }
+
+const IMPURE: &str = "experimental-features = nix-command ca-derivations impure-derivations";
+
+/// `impure` writes the time (a new output every build); `pure` may not use it.
+const IMPURE_EXPR: &str = r#"
+let
+  impure = derivation {
+    name = "impure"; system = builtins.currentSystem; builder = "/bin/sh";
+    __impure = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";
+    args = [ "-c" "read t < /proc/uptime; echo $t $$ > $out" ];
+  };
+in {
+  inherit impure;
+  impureOnImpure = derivation {
+    name = "impure-on-impure"; system = builtins.currentSystem; builder = "/bin/sh";
+    __impure = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";
+    args = [ "-c" "read x < ${impure}; echo $x > $out" ];
+  };
+  pure = derivation {
+    name = "pure"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "cat ${impure} > $out" ];
+  };
+}
+"#;
+
+const IMPURE_FLAGS: [&str; 2] = [
+    "--extra-experimental-features",
+    "ca-derivations impure-derivations",
+];
+
+/// `nix build --json` of `attr` (nix-build 2.8 itself aborts on impure outputs,
+/// whose paths it looks up in the output map), its `out` path.
+fn impure_build(h: &Harness, expr: &str, attr: &str) -> String {
+    let args = ["build", "--json", "--no-link", "--file", expr, attr];
+    let json = h.nix_ok("nix", &[&args[..], &IMPURE_FLAGS[..]].concat());
+    let (_, rest) = json.split_once("\"out\":\"").expect("an out path");
+    rest.split('"').next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn impure_derivations_are_built_afresh_content_addressed_and_never_realised() {
+    let Some(h) = Harness::with_conf(Mode::Unsandboxed, IMPURE) else {
+        return;
+    };
+    if h.nix("nix-build").is_none() {
+        return;
+    }
+    let expr = h.input("impure.nix", IMPURE_EXPR);
+    let first = impure_build(&h, &expr, "impure");
+    let second = impure_build(&h, &expr, "impure");
+    assert_ne!(first, second, "built afresh");
+    let on = impure_build(&h, &expr, "impureOnImpure");
+    assert_ne!(on, second, "its input built afresh too");
+    let info = h.nix_ok("nix", &["path-info", "--json", &first]);
+    assert!(info.contains("\"ca\":\"fixed:r:sha256:"), "{info}");
+    // Impure outputs are never realisations (Nix's impureOutputHash, H("impure")).
+    let id = unrooted_protocol::DrvOutput {
+        drv_hash: unrooted_format::Hash::sha256(unrooted_format::hash::sha256(b"impure")),
+        output_name: "out".into(),
+    };
+    let mut c = h.client();
+    c.call(&Request::QueryRealisation(id)).unwrap();
+    let cx = c.context().clone();
+    match read_realisations(c.reader(), &cx).unwrap() {
+        RealisationReply::Realisations(found) => assert!(found.is_empty(), "{found:?}"),
+        RealisationReply::OutPaths(p) => panic!("{p:?}"),
+    }
+    let mut cmd = h.nix("nix").unwrap();
+    let out = cmd
+        .args(["build", "--no-link", "--file", &expr, "pure"])
+        .args(IMPURE_FLAGS)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("-pure.drv' depends on impure derivation '"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building '"), "nothing built: {stderr}");
+}
+
+#[test]
+fn impure_derivations_need_the_daemons_impure_derivations_feature() {
+    let Some(h) = Harness::with_conf(Mode::Unsandboxed, CA) else {
+        return;
+    };
+    if h.nix("nix-build").is_none() {
+        return;
+    }
+    let expr = h.input("impure.nix", IMPURE_EXPR);
+    let mut cmd = h.nix("nix").unwrap();
+    let out = cmd
+        .args(["build", "--no-link", "--file", &expr, "impure"])
+        .args(IMPURE_FLAGS)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("impure derivations need the experimental features 'impure-derivations' and 'ca-derivations'"),
+        "{stderr}"
+    );
+}

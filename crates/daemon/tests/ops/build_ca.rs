@@ -221,3 +221,63 @@ fn impure_derivations_need_the_daemons_impure_derivations_feature() {
         "{stderr}"
     );
 }
+
+/// `a` → `b` (floating) → `c` (deferred): realisations with dependent realisations.
+const CHAIN_EXPR: &str = r#"
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";
+    args = [ "-c" script ];
+  };
+  a = mk "ca-a" "echo a > $out";
+  b = mk "ca-b" "echo ${a} > $out";
+in {
+  c = derivation {
+    name = "ia-c"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${b} > $out" ];
+  };
+}
+"#;
+
+#[test]
+fn collected_outputs_take_their_realisations_with_them() {
+    let Some(h) = Harness::with_conf(Mode::Unsandboxed, CA) else {
+        return;
+    };
+    if h.nix("nix-build").is_none() {
+        return;
+    }
+    let expr = h.input("chain.nix", CHAIN_EXPR);
+    let ca = ["--extra-experimental-features", "ca-derivations"];
+    let drv = h.nix_ok("nix-instantiate", &[&expr, "-A", "c", ca[0], ca[1]]);
+    let drv = h.path(drv.trim());
+    let out = h.nix_ok(
+        "nix-build",
+        &[&expr, "-A", "c", "--no-out-link", ca[0], ca[1]],
+    );
+    let mut c = h.client();
+    let before = output_map(&mut c, &drv);
+    assert_eq!(
+        before["out"].as_ref().map(|p| h.store_dir().display(p)),
+        Some(out.trim().to_owned())
+    );
+    drop(c);
+    // Nothing is a root: every output goes, and with it every realisation (some of
+    // which others depend on), without a constraint getting in the way.
+    h.nix_ok("nix-store", &["--gc"]);
+    assert!(!std::path::Path::new(out.trim()).exists());
+    let mut c = h.client();
+    let drv_still = h.nix_ok("nix-instantiate", &[&expr, "-A", "c", ca[0], ca[1]]);
+    assert_eq!(h.path(drv_still.trim()), drv);
+    assert_eq!(
+        output_map(&mut c, &drv),
+        BTreeMap::from([("out".to_owned(), None)])
+    );
+    // And it builds again to the same path.
+    let again = h.nix_ok(
+        "nix-build",
+        &[&expr, "-A", "c", "--no-out-link", ca[0], ca[1]],
+    );
+    assert_eq!(again, out);
+}

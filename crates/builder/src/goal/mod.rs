@@ -15,8 +15,11 @@
 
 //!
 //! The parts: [`spares`] (the pool of spare directories), [`start`] (starting the
-//! builder and waiting for it), [`scratch`] (unsandboxed rebuilds of valid outputs)
-//! and [`outputs`] (finishing outputs: copy, hash, scan, register).
+//! builder and waiting for it), [`scratch`] (unsandboxed rebuilds of valid outputs),
+//! [`outputs`] (finishing outputs: copy, hash, scan, register), and, with the
+//! experimental `ca-derivations`, [`floating`] (content-addressing floating and
+//! impure outputs after the build) and [`resolve`] (derivations resolved against
+//! their inputs' realisations, and the realisations recorded).
 
 mod floating;
 mod outputs;

@@ -145,7 +145,8 @@ pub fn output_paths(
             Some(p) => {
                 out.insert(name, p);
             }
-            None if store.ca_derivations() && !is_impure(drv) => {
+            // An impure derivation's outputs are never known before it is built.
+            None if store.ca_derivations() && !floating::is_impure(drv) => {
                 return Err(BuildError::Unsupported {
                     drv: store.print_path(drv_path),
                     reason: format!("output '{name}' is not realised yet"),
@@ -160,15 +161,6 @@ pub fn output_paths(
         }
     }
     Ok(out)
-}
-
-/// Whether `drv` is impure (`__impure`, the experimental `impure-derivations`), which
-/// unrooted does not build yet.
-fn is_impure(drv: &Derivation) -> bool {
-    matches!(
-        drv.derivation_type(),
-        Ok(unrooted_format::derivation::DerivationType::Impure)
-    )
 }
 
 /// The derivation's hash modulo its outputs, per output (the `sha256:<hex>` of its

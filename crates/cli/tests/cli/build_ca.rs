@@ -3,7 +3,9 @@
 //! expression built by `nix-build` 2.8 into a local store with the same logical
 //! store directory (`local?store=…&real=…`) gives the paths ours must give, a CA
 //! output (with a self-reference) and the deferred input-addressed derivation that
-//! depends on it, which is resolved before it is built.
+//! depends on it, which is resolved before it is built. The daemon runs as the
+//! unprivileged test user in the id-range sandbox mode (each build its own 65,536
+//! subordinate ids; the default where they exist, as the daemon's log says).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -48,6 +48,9 @@ pub struct BuilderConfig {
     pub system_features: BTreeSet<String>,
     /// How sandboxed fixed-output builds reach the network.
     pub fixed_output_network: FixedOutputNetwork,
+    /// The experimental feature `impure-derivations` (with `ca-derivations`):
+    /// impure derivations are built, afresh every time.
+    pub impure_derivations: bool,
 }
 
 /// Nix 2.8's default `system-features`.
@@ -106,6 +109,7 @@ impl BuilderConfig {
             hashed_mirrors: Vec::new(),
             system_features: default_system_features(),
             fixed_output_network: FixedOutputNetwork::Host,
+            impure_derivations: false,
         }
     }
 

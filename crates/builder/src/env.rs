@@ -121,8 +121,17 @@ pub fn builder_env(drv: &Derivation, p: &EnvParams<'_>) -> Result<BuilderEnv, Bu
             unrooted_format::derivation::DerivationOutput::Fixed { .. }
         )
     });
+    let impure = drv.outputs.values().any(|o| {
+        matches!(
+            o,
+            unrooted_format::derivation::DerivationOutput::Impure { .. }
+        )
+    });
     if fixed {
         env.insert(b"NIX_OUTPUT_CHECKED".to_vec(), b"1".to_vec());
+    }
+    // Derivations that are not sandboxed (fixed-output and impure ones) get these.
+    if fixed || impure {
         for name in impure_env_vars(drv)? {
             let value = (p.impure_env)(&name).unwrap_or_default();
             env.insert(name.into_bytes(), value.into_bytes());

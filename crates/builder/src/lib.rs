@@ -75,7 +75,7 @@ pub use config::{default_system, default_system_features, BuilderConfig, FixedOu
 pub use env::{attrs_sh, builder_env, pass_as_file_name, BuilderEnv, EnvParams};
 pub use error::{error_chain, BuildError};
 pub use export_graph::ExportGraphError;
-pub use goal::{load_derivation, output_hashes, output_paths};
+pub use goal::{load_derivation, output_hashes, output_paths, partial_output_paths};
 pub use idpool::{IdLease, IdMode, IdPool, IdSettings, MIN_IDS_PER_BUILD};
 pub use log::{log_path, BuildLog, MAX_LINE, TAIL_LINES};
 pub use scheduler::{BuildObserver, Scheduler, Target};

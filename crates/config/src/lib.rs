@@ -284,14 +284,14 @@ pub struct Settings {
     /// `unrooted-ids-per-build`: ids in one build's slice (default 65536, Nix's
     /// `maxIdsPerBuild`; the `uid-range` feature needs 65536).
     pub ids_per_build: u32,
+    /// `experimental-features` (with `extra-experimental-features` appended).
+    pub experimental_features: Vec<String>,
     /// Settings set but not known to the daemon, reported once at start-up.
     pub unknown: Vec<String>,
 }
 
 /// Settings whose names the daemon knows but which only the clients act on.
 const CLIENT_SIDE: &[&str] = &[
-    "experimental-features",
-    "extra-experimental-features",
     "store",
     "builders",
     "builders-use-substitutes",
@@ -442,6 +442,7 @@ const KNOWN: &[&str] = &[
     "start-id",
     "id-count",
     "unrooted-ids-per-build",
+    "experimental-features",
     // Read by the builds' configuration (the daemon's `scheduler`).
     "hashed-mirrors",
     "fixed-output-network",
@@ -494,8 +495,14 @@ impl Settings {
             id_count: id_setting(raw, "id-count")?,
             ids_per_build: id_setting(raw, "unrooted-ids-per-build")?
                 .unwrap_or(DEFAULT_IDS_PER_BUILD),
+            experimental_features: words(raw.get("experimental-features"), ""),
             unknown,
         })
+    }
+
+    /// Whether the experimental feature `name` (`ca-derivations`, …) is turned on.
+    pub fn experimental_feature(&self, name: &str) -> bool {
+        self.experimental_features.iter().any(|f| f == name)
     }
 }
 

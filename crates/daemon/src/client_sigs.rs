@@ -11,7 +11,8 @@
 //! functional tests `fetchClosure` and `binary-cache` skip themselves in daemon mode
 //! for that reason alone ("'--no-require-sigs' can't be used with the daemon").
 
-use unrooted_store::CheckSigs;
+use unrooted_format::signature::TrustedKeys;
+use unrooted_store::{CheckSigs, ValidPathInfo};
 
 use crate::session::Session;
 
@@ -19,6 +20,23 @@ use crate::session::Session;
 pub(crate) fn check_sigs(s: &Session<'_>, dont_check_sigs: bool) -> CheckSigs {
     let require_sigs = s.settings.overrides.get("require-sigs").map(String::as_str);
     decide(s.trusted, dont_check_sigs, require_sigs)
+}
+
+/// The check for one path `info` a client adds: a trusted client's own
+/// `trusted-public-keys` (SetOptions) stand in for the daemon's, as they do for a
+/// root `nix-daemon`, whose settings a trusted client's options override; a path
+/// signed by one of them needs no other signature.
+pub(crate) fn check_for(s: &Session<'_>, check: CheckSigs, info: &ValidPathInfo) -> CheckSigs {
+    if check != CheckSigs::Check || !s.trusted {
+        return check;
+    }
+    let Some(keys) = s.settings.overrides.get("trusted-public-keys") else {
+        return check;
+    };
+    match TrustedKeys::parse(keys) {
+        Ok(keys) if info.is_trusted(s.state.store.store_dir(), &keys) => CheckSigs::DontCheck,
+        _ => check,
+    }
 }
 
 fn decide(trusted: bool, dont_check_sigs: bool, require_sigs: Option<&str>) -> CheckSigs {

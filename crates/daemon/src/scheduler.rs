@@ -32,6 +32,7 @@ pub(crate) fn scheduler_for(
     cfg.log_dir = Some(config.locations.log_dir.clone());
     cfg.max_jobs = usize::try_from(s.max_jobs).unwrap_or(usize::MAX);
     cfg.cores = u32::try_from(s.cores).unwrap_or(0);
+    cfg.impure_derivations = s.experimental_feature("impure-derivations");
     let raw = &config.raw;
     apply_raw_settings(&mut cfg, raw);
     if cfg.sandbox {

@@ -76,6 +76,7 @@ impl DaemonState {
         if config.raw.get("fsync-metadata") == Some("false") {
             store_config.db.fsync_metadata = false;
         }
+        store_config.db.ca_derivations = config.settings.experimental_feature("ca-derivations");
         store_config.fsync_paths = config.raw.get("fsync-store-paths") == Some("true");
         // The scheduler first: it gives back what builds of a killed daemon left, which
         // the store's sweep of old temporary areas could not remove otherwise.

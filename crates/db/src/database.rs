@@ -9,7 +9,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use unrooted_format::{StoreDir, StorePath};
 
 use crate::error::{CorruptValue, DbError};
-use crate::schema::{BUSY_TIMEOUT, NIX_SCHEMA_VERSION, SCHEMA_SQL, WAL_AUTOCHECKPOINT};
+use crate::schema::{
+    BUSY_TIMEOUT, CA_SCHEMA_SQL, CA_SCHEMA_UPGRADE_2, CA_SCHEMA_UPGRADE_3, NIX_CA_SCHEMA_VERSION,
+    NIX_SCHEMA_VERSION, SCHEMA_SQL, WAL_AUTOCHECKPOINT,
+};
 
 // Nix 2.8's statements (local-store.cc), so the same indexes serve the same queries.
 const QUERY_VALID_PATH_ID: &str = "select id from ValidPaths where path = ?";
@@ -22,6 +25,9 @@ pub struct DbOptions {
     pub fsync_metadata: bool,
     /// WAL journal (default) or `truncate`.
     pub use_wal: bool,
+    /// The experimental feature `ca-derivations`: the realisation tables are
+    /// created (or upgraded) as Nix 2.8 does and used (default false).
+    pub ca_derivations: bool,
 }
 
 impl Default for DbOptions {
@@ -29,6 +35,7 @@ impl Default for DbOptions {
         Self {
             fsync_metadata: true,
             use_wal: true,
+            ca_derivations: false,
         }
     }
 }
@@ -42,6 +49,8 @@ impl Default for DbOptions {
 pub struct Database {
     pub(crate) conn: Connection,
     pub(crate) store_dir: StoreDir,
+    /// Whether the realisation tables are in use.
+    pub(crate) ca_schema: bool,
 }
 
 impl std::fmt::Debug for Database {
@@ -86,25 +95,79 @@ impl Database {
             path: db_path.clone(),
             source,
         })?;
-        let db = Self { conn, store_dir };
+        let mut db = Self {
+            conn,
+            store_dir,
+            ca_schema: false,
+        };
         db.configure(options, true)?;
         if create {
             db.create_schema()?;
             write_schema_version(&schema_path)?;
+        }
+        if options.ca_derivations {
+            db.migrate_ca_schema(Some(&db_dir.join("ca-schema")))?;
         }
         Ok(db)
     }
 
     /// A new, empty database in memory with schema 10 (for tests and tools).
     pub fn open_in_memory(store_dir: StoreDir) -> Result<Self, DbError> {
+        Self::open_in_memory_with(store_dir, DbOptions::default())
+    }
+
+    /// A new, empty database in memory with schema 10 and, with
+    /// [`DbOptions::ca_derivations`], the realisation tables.
+    pub fn open_in_memory_with(store_dir: StoreDir, options: DbOptions) -> Result<Self, DbError> {
         let conn = Connection::open_in_memory().map_err(|source| DbError::Open {
             path: PathBuf::from(":memory:"),
             source,
         })?;
-        let db = Self { conn, store_dir };
-        db.configure(DbOptions::default(), false)?;
+        let mut db = Self {
+            conn,
+            store_dir,
+            ca_schema: false,
+        };
+        db.configure(options, false)?;
         db.create_schema()?;
+        if options.ca_derivations {
+            db.migrate_ca_schema(None)?;
+        }
         Ok(db)
+    }
+
+    /// Nix 2.8's `migrateCASchema`: creates the realisation tables of a database
+    /// without them, or upgrades them from an older version, and records the
+    /// version in `version_file` (`db/ca-schema`).
+    fn migrate_ca_schema(&mut self, version_file: Option<&Path>) -> Result<(), DbError> {
+        let current = match version_file {
+            Some(f) => read_schema_version(f)?,
+            None => 0,
+        };
+        if current > NIX_CA_SCHEMA_VERSION {
+            return Err(DbError::UnsupportedCaSchema {
+                found: current,
+                supported: NIX_CA_SCHEMA_VERSION,
+            });
+        }
+        if current < NIX_CA_SCHEMA_VERSION {
+            let err = |source| DbError::CreateCaSchema { source };
+            if current == 0 {
+                self.conn.execute_batch(CA_SCHEMA_SQL).map_err(err)?;
+            }
+            for (below, sql) in [(2, CA_SCHEMA_UPGRADE_2), (3, CA_SCHEMA_UPGRADE_3)] {
+                if current != 0 && current < below {
+                    let tx = self.conn.transaction().map_err(err)?;
+                    tx.execute_batch(sql).map_err(err)?;
+                    tx.commit().map_err(err)?;
+                }
+            }
+            if let Some(f) = version_file {
+                write_version(f, NIX_CA_SCHEMA_VERSION)?;
+            }
+        }
+        self.ca_schema = true;
+        Ok(())
     }
 
     /// The store directory the paths in this database live in.
@@ -251,6 +314,10 @@ fn read_schema_version(path: &Path) -> Result<u32, DbError> {
 }
 
 fn write_schema_version(path: &Path) -> Result<(), DbError> {
+    write_version(path, NIX_SCHEMA_VERSION)
+}
+
+fn write_version(path: &Path, version: u32) -> Result<(), DbError> {
     // Written through a temporary file and renamed, so a crash never leaves an empty
     // or partial version file that would make the database unopenable.
     let err = |source| DbError::WriteSchemaVersion {
@@ -259,7 +326,7 @@ fn write_schema_version(path: &Path) -> Result<(), DbError> {
     };
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(err)?;
-    f.write_all(NIX_SCHEMA_VERSION.to_string().as_bytes())
+    f.write_all(version.to_string().as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(err)?;
     fs::rename(&tmp, path).map_err(err)

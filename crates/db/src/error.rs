@@ -163,6 +163,65 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Recording a realisation needs the realisation tables, which only exist with
+    /// the experimental feature `ca-derivations`.
+    #[error("cannot record the realisation '{id}': the experimental feature 'ca-derivations' is not enabled")]
+    NoRealisations {
+        /// The realisation's id.
+        id: String,
+    },
+    /// A realisation of the same derivation output with another path is recorded.
+    #[error("Trying to register a realisation of '{id}', but we already have another one locally.\nLocal:  {old}\nRemote: {new}")]
+    IncompatibleRealisation {
+        /// The realisation's id.
+        id: String,
+        /// The path recorded.
+        old: String,
+        /// The path offered.
+        new: String,
+    },
+    /// A realisation depends on one that is not recorded.
+    #[error(
+        "unable to register the derivation '{id}' as it depends on the non existent '{dependency}'"
+    )]
+    MissingDependentRealisation {
+        /// The realisation's id.
+        id: String,
+        /// The missing dependency's id.
+        dependency: String,
+    },
+    /// A realisation depends on one recorded with another path.
+    #[error("unable to register the derivation '{id}' as it depends on a realisation of '{dependency}' that doesn’tmatch what we have locally")]
+    MismatchedDependentRealisation {
+        /// The realisation's id.
+        id: String,
+        /// The dependency's id.
+        dependency: String,
+    },
+    /// Writing a realisation's rows failed.
+    #[error("recording the realisation '{id}' in the store database")]
+    RegisterRealisation {
+        /// The realisation's id.
+        id: String,
+        /// The SQLite failure.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Creating or upgrading the realisation tables failed.
+    #[error("creating the content-addressed derivations schema of the store database")]
+    CreateCaSchema {
+        /// The SQLite failure.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// `db/ca-schema` names a version newer than Nix 2.8's.
+    #[error("current Nix store ca-schema is version {found}, but I only support {supported}")]
+    UnsupportedCaSchema {
+        /// Its version.
+        found: u32,
+        /// The version supported.
+        supported: u32,
+    },
     /// An operation that needs a valid path was given an invalid one.
     #[error("path '{path}' is not valid")]
     NotValid {

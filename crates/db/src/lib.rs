@@ -15,6 +15,7 @@ mod database;
 mod error;
 mod path_info;
 mod queries;
+mod realisations;
 pub mod schema;
 mod writes;
 
@@ -22,4 +23,5 @@ pub use database::{Database, DbOptions};
 pub use error::{CorruptValue, DbError};
 pub use path_info::ValidPathInfo;
 pub use queries::GraphNode;
+pub use realisations::{DrvOutputId, Realisation, MAX_DEPENDENT_REALISATIONS};
 pub use writes::Registration;

@@ -4,8 +4,9 @@
 //! keeps the text of each `create` statement in `sqlite_master`, and a database we
 //! create should be indistinguishable from one `nix-store --init` creates. The
 //! `Realisations` tables of the experimental `ca-derivations` feature
-//! (`ca-specific-schema.sql`, `db/ca-schema`) are not created: nothing here uses them,
-//! and Nix 2.8 adds them itself on first use if that feature is turned on.
+//! ([`CA_SCHEMA_SQL`], `ca-specific-schema.sql`, version [`NIX_CA_SCHEMA_VERSION`] in
+//! `db/ca-schema`) are created, as Nix 2.8 creates them, only when the store is
+//! opened with that feature turned on ([`crate::DbOptions::ca_derivations`]).
 
 /// The schema version Nix 2.8 writes to `db/schema` (as ASCII, without a newline).
 pub const NIX_SCHEMA_VERSION: u32 = 10;
@@ -53,6 +54,74 @@ create table if not exists DerivationOutputs (
 );
 
 create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
+"#;
+
+/// The version of the content-addressed schema Nix 2.8 writes to `db/ca-schema`
+/// (`local-store.cc`, `migrateCASchema`).
+pub const NIX_CA_SCHEMA_VERSION: u32 = 3;
+
+/// Nix 2.8's `ca-specific-schema.sql`, run when the `ca-derivations` feature first
+/// meets a database without it.
+pub const CA_SCHEMA_SQL: &str = r#"-- Extension of the sql schema for content-addressed derivations.
+-- Won't be loaded unless the experimental feature `ca-derivations`
+-- is enabled
+
+create table if not exists Realisations (
+    id integer primary key autoincrement not null,
+    drvPath text not null,
+    outputName text not null, -- symbolic output id, usually "out"
+    outputPath integer not null,
+    signatures text, -- space-separated list
+    foreign key (outputPath) references ValidPaths(id) on delete cascade
+);
+
+create index if not exists IndexRealisations on Realisations(drvPath, outputName);
+
+create table if not exists RealisationsRefs (
+    referrer integer not null,
+    realisationReference integer,
+    foreign key (referrer) references Realisations(id) on delete cascade,
+    foreign key (realisationReference) references Realisations(id) on delete restrict
+);
+
+-- used by QueryRealisationReferences
+create index if not exists IndexRealisationsRefs on RealisationsRefs(referrer);
+-- used by cascade deletion when ValidPaths is deleted
+create index if not exists IndexRealisationsRefsOnOutputPath on Realisations(outputPath);
+"#;
+
+/// Nix 2.8's upgrade of a version-1 content-addressed schema (`migrateCASchema`):
+/// an `id` column for `Realisations` and the `RealisationsRefs` table.
+pub const CA_SCHEMA_UPGRADE_2: &str = r#"
+                create table Realisations2 (
+                    id integer primary key autoincrement not null,
+                    drvPath text not null,
+                    outputName text not null, -- symbolic output id, usually "out"
+                    outputPath integer not null,
+                    signatures text, -- space-separated list
+                    foreign key (outputPath) references ValidPaths(id) on delete cascade
+                );
+                insert into Realisations2 (drvPath, outputName, outputPath, signatures)
+                    select drvPath, outputName, outputPath, signatures from Realisations;
+                drop table Realisations;
+                alter table Realisations2 rename to Realisations;
+
+                create index if not exists IndexRealisations on Realisations(drvPath, outputName);
+
+                create table if not exists RealisationsRefs (
+                    referrer integer not null,
+                    realisationReference integer,
+                    foreign key (referrer) references Realisations(id) on delete cascade,
+                    foreign key (realisationReference) references Realisations(id) on delete restrict
+                );
+"#;
+
+/// Nix 2.8's upgrade of a version-2 content-addressed schema: two indexes.
+pub const CA_SCHEMA_UPGRADE_3: &str = r#"
+                -- used by QueryRealisationReferences
+                create index if not exists IndexRealisationsRefs on RealisationsRefs(referrer);
+                -- used by cascade deletion when ValidPaths is deleted
+                create index if not exists IndexRealisationsRefsOnOutputPath on Realisations(outputPath);
 "#;
 
 /// How long a statement waits for another process's lock before failing: one hour,

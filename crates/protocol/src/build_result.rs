@@ -91,6 +91,15 @@ impl Realisation {
         )
     }
 
+    /// What a realisation's signatures sign (Nix's `Realisation::fingerprint`): its
+    /// JSON without `signatures`.
+    pub fn fingerprint(&self) -> String {
+        let mut unsigned = self.clone();
+        unsigned.signatures.clear();
+        let json = unsigned.to_json();
+        json.replacen(",\"signatures\":[]}", "}", 1)
+    }
+
     /// Parses Realisation JSON; `dependentRealisations` and `signatures` may be absent.
     pub fn from_json(text: &str) -> Result<Self> {
         let bad = |reason| ProtocolError::InvalidRealisation {

@@ -15,10 +15,15 @@
 
 //!
 //! The parts: [`spares`] (the pool of spare directories), [`start`] (starting the
-//! builder and waiting for it), [`scratch`] (unsandboxed rebuilds of valid outputs)
-//! and [`outputs`] (finishing outputs: copy, hash, scan, register).
+//! builder and waiting for it), [`scratch`] (unsandboxed rebuilds of valid outputs),
+//! [`outputs`] (finishing outputs: copy, hash, scan, register), and, with the
+//! experimental `ca-derivations`, [`floating`] (content-addressing floating and
+//! impure outputs after the build) and [`resolve`] (derivations resolved against
+//! their inputs' realisations, and the realisations recorded).
 
+mod floating;
 mod outputs;
+mod resolve;
 mod scratch;
 mod spares;
 mod start;
@@ -41,6 +46,7 @@ use crate::idpool::{IdLease, IdMode, IdPool};
 use crate::keep;
 use crate::{BuildMode, BuildOptions, BuildResult, Status};
 
+pub use resolve::partial_output_paths;
 pub(crate) use spares::BuildDirs;
 use start::{BuildIds, BuildJob};
 
@@ -64,7 +70,30 @@ pub(crate) struct GoalCx<'a> {
     pub opts: &'a BuildOptions,
     pub mode: BuildMode,
     pub events: &'a (dyn Fn(GoalEvent<'_>) + Sync),
+    /// The outputs of the impure derivations built last, by `.drv`: what their
+    /// dependents are resolved against (impure outputs have no realisations).
+    pub impure_outputs: &'a ImpureOutputs,
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// The outputs of the impure derivations built last, by `.drv` (at most
+/// [`MAX_IMPURE_OUTPUTS`] derivations; the map starts afresh beyond).
+pub(crate) type ImpureOutputs =
+    std::sync::Mutex<std::collections::HashMap<StorePath, BTreeMap<String, StorePath>>>;
+
+/// The most impure derivations whose outputs are remembered.
+const MAX_IMPURE_OUTPUTS: usize = 4096;
+
+/// Remembers the outputs an impure derivation was just built to.
+fn remember_impure(cx: &GoalCx<'_>, drv_path: &StorePath, outputs: &BTreeMap<String, StorePath>) {
+    let mut map = cx
+        .impure_outputs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if map.len() >= MAX_IMPURE_OUTPUTS {
+        map.clear();
+    }
+    map.insert(drv_path.clone(), outputs.clone());
 }
 
 /// Reads and parses a `.drv` from the store.
@@ -95,17 +124,33 @@ pub fn load_derivation(store: &LocalStore, drv_path: &StorePath) -> Result<Deriv
 /// The largest `.drv` file read.
 const MAX_DRV_SIZE: u64 = 64 << 20;
 
-/// The output paths of a derivation this daemon can build (input-addressed or fixed).
+/// The output paths of a derivation this daemon can build (input-addressed or
+/// fixed; with `ca-derivations`, content-addressed and deferred ones once realised).
 pub fn output_paths(
     store: &LocalStore,
     drv_path: &StorePath,
     drv: &Derivation,
 ) -> Result<BTreeMap<String, StorePath>, BuildError> {
+    let known = if store.ca_derivations() {
+        partial_output_paths(store, drv)?
+    } else {
+        drv.outputs
+            .iter()
+            .map(|(name, o)| (name.clone(), o.path().cloned()))
+            .collect()
+    };
     let mut out = BTreeMap::new();
-    for (name, o) in &drv.outputs {
-        match o.path() {
+    for (name, path) in known {
+        match path {
             Some(p) => {
-                out.insert(name.clone(), p.clone());
+                out.insert(name, p);
+            }
+            // An impure derivation's outputs are never known before it is built.
+            None if store.ca_derivations() && !floating::is_impure(drv) => {
+                return Err(BuildError::Unsupported {
+                    drv: store.print_path(drv_path),
+                    reason: format!("output '{name}' is not realised yet"),
+                })
             }
             None => {
                 return Err(BuildError::Unsupported {
@@ -165,6 +210,9 @@ fn now() -> i64 {
 pub(crate) fn build(cx: &GoalCx<'_>, drv_path: &StorePath, drv: &Derivation) -> BuildResult {
     let start = now();
     let built = build_inner(cx, drv_path, drv).and_then(|outputs| {
+        if floating::is_impure(drv) {
+            remember_impure(cx, drv_path, &outputs);
+        }
         post_build_hook(cx, drv_path, &outputs)?;
         Ok(outputs)
     });
@@ -225,9 +273,33 @@ fn build_inner(
 ) -> Result<BTreeMap<String, StorePath>, Failure> {
     let store = cx.store;
     let shown = store.print_path(drv_path);
-    let outputs = output_paths(store, drv_path, drv)?;
+    // Without ca-derivations an impure derivation fails in output_paths, as before.
+    if floating::is_impure(drv) && store.ca_derivations() && !cx.cfg.impure_derivations {
+        return Err(fail(
+            Status::MiscFailure,
+            format!("cannot build '{shown}': impure derivations need the experimental features 'impure-derivations' and 'ca-derivations' in the daemon's experimental-features"),
+        ));
+    }
+    if resolve::needs_resolving(store, drv) {
+        return build_resolved(cx, drv, &shown);
+    }
+    let impure = impure_enabled(cx) && floating::is_impure(drv);
+    let floating = impure || (store.ca_derivations() && floating::is_floating(drv));
+    let outputs = if floating {
+        if cx.mode == BuildMode::Check {
+            return Err(fail(
+                Status::MiscFailure,
+                format!("checking the content-addressed derivation '{shown}' is not supported by unrooted yet"),
+            ));
+        }
+        floating::scratch_paths(store, drv_path, drv)?
+    } else {
+        output_paths(store, drv_path, drv)?
+    };
     let fixed_output = matches!(drv.outputs.get("out"), Some(DerivationOutput::Fixed { .. }))
         && drv.outputs.len() == 1;
+    // Impure derivations are not sandboxed either: the network of fixed outputs.
+    let networked = fixed_output || impure;
     let closure = input_closure(store, drv, &shown)?;
     if cx.mode == BuildMode::Check {
         check_outputs_valid(store, &outputs, &shown)?;
@@ -256,7 +328,7 @@ fn build_inner(
             drv,
             outputs: &outputs,
             closure: &closure,
-            fixed_output,
+            fixed_output: networked,
             builtin,
             host_build_dir: &host_build_dir,
             ids,
@@ -268,7 +340,94 @@ fn build_inner(
         reclaim_build_dir(cx, pool, lease, &host_build_dir);
     }
     keep_or_release_build_dir(cx, &host_build_dir, result.is_err());
-    result
+    let built = result?;
+    // Impure outputs are never recorded as realisations (Nix 2.8: pure ones only).
+    if cx.mode != BuildMode::Check && !impure {
+        resolve::register_realisations(
+            store,
+            drv,
+            &built,
+            &cx.opts.secret_key_files,
+            resolve::Dependents::None,
+        )?;
+    }
+    Ok(built)
+}
+
+/// Why `drv` may not be built: a pure derivation other than a fixed-output one that
+/// depends on an impure derivation (Nix 2.8's "pure derivation '…' depends on impure
+/// derivation '…'"); `None` when it may, and always without `ca-derivations`.
+pub(crate) fn impure_input_refusal(
+    store: &LocalStore,
+    drv_path: &StorePath,
+    drv: &Derivation,
+) -> Option<String> {
+    if !store.ca_derivations()
+        || floating::is_impure(drv)
+        || matches!(
+            drv.derivation_type(),
+            Ok(unrooted_format::derivation::DerivationType::Fixed)
+        )
+    {
+        return None;
+    }
+    drv.input_drvs.keys().find_map(|input| {
+        let input_drv = load_derivation(store, input).ok()?;
+        floating::is_impure(&input_drv).then(|| {
+            format!(
+                "pure derivation '{}' depends on impure derivation '{}'",
+                store.print_path(drv_path),
+                store.print_path(input)
+            )
+        })
+    })
+}
+
+/// Whether impure derivations are built: `impure-derivations` and `ca-derivations`.
+fn impure_enabled(cx: &GoalCx<'_>) -> bool {
+    cx.cfg.impure_derivations && cx.store.ca_derivations()
+}
+
+/// Builds a derivation through its resolved form (`ca-derivations`): the resolved
+/// derivation is built unless its outputs are realised already (so an input rebuilt
+/// to the same content rebuilds nothing), and its outputs are recorded as this
+/// derivation's realisations too.
+fn build_resolved(
+    cx: &GoalCx<'_>,
+    drv: &Derivation,
+    shown: &str,
+) -> Result<BTreeMap<String, StorePath>, Failure> {
+    let store = cx.store;
+    let (resolved_path, resolved) = resolve::resolve(store, drv, shown, cx.impure_outputs)?;
+    (cx.events)(GoalEvent::Note(&format!(
+        "resolved derivation: '{shown}' -> '{}'",
+        store.print_path(&resolved_path)
+    )));
+    let mut valid = BTreeMap::new();
+    for (name, path) in partial_output_paths(store, &resolved)? {
+        if let Some(p) = path {
+            if store.is_valid_path(&p).map_err(BuildError::from)? {
+                valid.insert(name, p);
+            }
+        }
+    }
+    let impure = floating::is_impure(&resolved);
+    let outputs =
+        if cx.mode == BuildMode::Normal && !impure && valid.len() == resolved.outputs.len() {
+            valid
+        } else {
+            build_inner(cx, &resolved_path, &resolved)?
+        };
+    if cx.mode != BuildMode::Check && !impure {
+        resolve::register_realisations(
+            store,
+            drv,
+            &outputs,
+            &cx.opts.secret_key_files,
+            resolve::Dependents::FromInputs,
+        )?;
+    }
+    Ok(outputs)
 }
 
 /// The closure of the derivation's inputs: every used output of every input

@@ -110,12 +110,22 @@ pub(super) fn finish_outputs(
     }
     check_reference_constraints(store, job.drv, outputs, &infos, &shown)?;
     remove_unsandboxed_originals(store, outputs, locations)?;
+    if super::floating::is_floating(job.drv) || super::floating::is_impure(job.drv) {
+        let names: Vec<String> = outputs.keys().cloned().collect();
+        super::floating::make_content_addressed(store, job.drv, &names, &mut infos, &shown)?;
+    }
+    // Each output's registered path, by name (a floating output's is only known now).
+    let registered: BTreeMap<String, StorePath> = outputs
+        .keys()
+        .cloned()
+        .zip(infos.iter().map(|(_, info)| info.path.clone()))
+        .collect();
     if cx.mode == BuildMode::Check {
         compare_with_valid(store, &infos, &shown)?;
-        return Ok(outputs.clone());
+        return Ok(registered);
     }
     register(cx, job, &mut infos)?;
-    Ok(outputs.clone())
+    Ok(registered)
 }
 
 /// An output where the builder left it.
@@ -380,20 +390,7 @@ fn sign_outputs(
     if key_files.is_empty() {
         return Ok(());
     }
-    let mut keys = Vec::with_capacity(key_files.len());
-    for file in key_files {
-        let mut text = String::new();
-        fs::File::open(file)
-            .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
-            .map_err(BuildError::io("reading the secret key file", file))?;
-        let key = unrooted_format::signature::SecretKey::parse(text.trim()).map_err(|e| {
-            fail(
-                Status::MiscFailure,
-                format!("secret key file '{}': {}", file.display(), error_chain(&e)),
-            )
-        })?;
-        keys.push(key);
-    }
+    let keys = read_secret_keys(key_files)?;
     for (_, info) in infos.iter_mut() {
         let fingerprint = info.fingerprint(store.store_dir()).map_err(|e| {
             fail(
@@ -410,6 +407,27 @@ fn sign_outputs(
         }
     }
     Ok(())
+}
+
+/// The keys of `secret-key-files`; a key that cannot be read or parsed is an error.
+pub(super) fn read_secret_keys(
+    key_files: &[PathBuf],
+) -> Result<Vec<unrooted_format::signature::SecretKey>, Failure> {
+    let mut keys = Vec::with_capacity(key_files.len());
+    for file in key_files {
+        let mut text = String::new();
+        fs::File::open(file)
+            .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
+            .map_err(BuildError::io("reading the secret key file", file))?;
+        let key = unrooted_format::signature::SecretKey::parse(text.trim()).map_err(|e| {
+            fail(
+                Status::MiscFailure,
+                format!("secret key file '{}': {}", file.display(), error_chain(&e)),
+            )
+        })?;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// After a fixed-output hash mismatch, registers the checked copy at `copy` under the

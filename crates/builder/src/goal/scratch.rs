@@ -161,7 +161,7 @@ const MAX_REWRITE: u64 = 1 << 30;
 
 /// Why an output's hashes could not be rewritten.
 #[derive(Debug, thiserror::Error)]
-enum RewriteError {
+pub(super) enum RewriteError {
     #[error("serialising")]
     Dump(#[source] nar::NarError),
     #[error("the output is larger than {MAX_REWRITE} bytes")]
@@ -174,7 +174,7 @@ enum RewriteError {
 
 /// Replaces hash parts in the tree at `at` (names, contents and link targets: its
 /// NAR), in place.
-fn rewrite_tree(at: &Path, rewrites: &[(Vec<u8>, Vec<u8>)]) -> Result<(), RewriteError> {
+pub(super) fn rewrite_tree(at: &Path, rewrites: &[(Vec<u8>, Vec<u8>)]) -> Result<(), RewriteError> {
     struct Bounded(Vec<u8>);
     impl Write for Bounded {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

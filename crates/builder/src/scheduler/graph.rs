@@ -173,6 +173,11 @@ fn new_node(
     };
     match goal::load_derivation(store, &node.drv_path) {
         Ok(d) => {
+            // Checked before any input is built, as Nix does (`gaveUpOnSubstitution`).
+            if let Some(msg) = goal::impure_input_refusal(store, &node.drv_path, &d) {
+                node.state = NodeState::Done(Arc::new(BuildResult::new(Status::MiscFailure, msg)));
+                return node;
+            }
             for (input, outs) in &d.input_drvs {
                 let needed = store
                     .is_valid_path(input)

@@ -17,7 +17,7 @@
 mod graph;
 mod request;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -191,6 +191,7 @@ pub struct Scheduler {
     jobs: Jobs,
     next_request: AtomicU64,
     builds_started: AtomicU64,
+    impure_outputs: goal::ImpureOutputs,
 }
 
 enum NodeState {
@@ -224,6 +225,7 @@ impl Scheduler {
             },
             next_request: AtomicU64::new(1),
             builds_started: AtomicU64::new(0),
+            impure_outputs: Default::default(),
         })
     }
 
@@ -396,6 +398,7 @@ impl Scheduler {
             opts,
             mode,
             events: &events,
+            impure_outputs: &self.impure_outputs,
             cancelled: &cancelled,
         };
         goal::build(&cx, &g.drv, drv)
@@ -408,16 +411,14 @@ fn missing_outputs(
     drv: &Derivation,
     wanted: Option<&BTreeSet<String>>,
 ) -> Result<bool, BuildError> {
-    let mut by_name: BTreeMap<&String, Option<&StorePath>> = BTreeMap::new();
-    for (name, o) in &drv.outputs {
-        by_name.insert(name, o.path());
-    }
+    // With `ca-derivations`, outputs without a path in the `.drv` may be realised.
+    let by_name = goal::partial_output_paths(store, drv)?;
     for (name, path) in by_name {
-        if wanted.is_some_and(|w| !w.contains(name)) {
+        if wanted.is_some_and(|w| !w.contains(&name)) {
             continue;
         }
         match path {
-            Some(p) if store.is_valid_path(p)? => {}
+            Some(p) if store.is_valid_path(&p)? => {}
             _ => return Ok(true),
         }
     }

@@ -7,6 +7,7 @@ mod authz_untrusted;
 mod bounds_connections;
 mod bounds_input;
 mod build_builtins;
+mod build_ca;
 mod build_fod_network;
 mod build_idrange;
 mod build_outputs;

@@ -79,9 +79,7 @@ pub(super) fn perform(
             reply_u64(out, 1)
         }
         Request::AddBuildLog(drv) => add_build_log(s, &drv, reader, out),
-        Request::RegisterDrvOutput(_) => Err(client(
-            "content-addressed derivations (ca-derivations) are not supported by unrooted yet",
-        )),
+        Request::RegisterDrvOutput(r) => super::realisations::register_drv_output(s, &r, out),
         other => Err(misrouted("add", &other)),
     }
 }
@@ -288,6 +286,7 @@ fn add_to_store_nar(
             Err(client(REPAIR_UNTRUSTED))
         } else {
             hold_for_add(s, Some(&info.path), &info.references).and_then(|_hold| {
+                let check = crate::client_sigs::check_for(s, check, &info);
                 store.add_to_store_nar(&info, &mut body, req.repair, check)?;
                 s.add_temp_root(&info.path);
                 Ok(())
@@ -302,6 +301,7 @@ fn add_to_store_nar(
         let _hold = hold_for_add(s, Some(&info.path), &info.references)?;
         let max = s.cx.limits.max_frame;
         let mut pulled = StderrReadReader::new(&mut *reader, out.get_mut(), max);
+        let check = crate::client_sigs::check_for(s, check, &info);
         store.add_to_store_nar(&info, &mut pulled, req.repair, check)?;
         s.add_temp_root(&info.path);
     }
@@ -338,9 +338,10 @@ fn add_multiple_items<R: BufRead>(
         info.ultimate = false;
         let _hold = hold_for_add(s, Some(&info.path), &info.references)?;
         let mut nar = (&mut *body).take(info.nar_size);
+        let check_this = crate::client_sigs::check_for(s, check, &info);
         s.state
             .store
-            .add_to_store_nar(&info, &mut nar, repair, check)?;
+            .add_to_store_nar(&info, &mut nar, repair, check_this)?;
         // A store that skipped reading an already-valid path's NAR must not leave
         // its bytes to be read as the next item.
         io::copy(&mut nar, &mut io::sink())?;

@@ -16,6 +16,7 @@ mod gc;
 mod maintain;
 mod options;
 mod query;
+pub(crate) mod realisations;
 mod subst;
 
 use std::io::{self, BufWriter};

@@ -1,13 +1,13 @@
 //! The queries of the store: validity, path infos, references and referrers,
 //! derivers and derivation outputs, hash parts, NARs and exports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 
 use unrooted_format::export::{ExportRecord, ExportWriter};
 use unrooted_format::StorePath;
 use unrooted_protocol::path_info::write_query_path_info_reply;
-use unrooted_protocol::reply::{write_output_map, write_realisations};
+use unrooted_protocol::reply::write_output_map;
 use unrooted_protocol::stderr::{StderrMessage, Verbosity};
 use unrooted_protocol::{wire, DerivedPath, Request};
 
@@ -58,10 +58,7 @@ pub(super) fn perform(s: &mut Session<'_>, request: Request, out: &mut Out) -> R
         Request::QueryDerivationOutputMap(drv) => derivation_output_map(s, &drv, out),
         Request::QueryDerivationOutputs(drv) => derivation_outputs(s, &drv, out),
         Request::QueryDerivationOutputNames(drv) => derivation_output_names(s, &drv, out),
-        Request::QueryRealisation(_) => {
-            // Unknown realisation: an empty set, as for a store without CA derivations.
-            reply(out, |w| write_realisations(w, &s.cx, None))
-        }
+        Request::QueryRealisation(id) => super::realisations::query_realisation(s, &id, out),
         Request::NarFromPath(p) => nar_from_path(s, &p, out),
         Request::ExportPath { path, .. } => {
             export_path(s, &path, out)?;
@@ -130,33 +127,22 @@ fn substitute_invalid(s: &Session<'_>, paths: &BTreeSet<StorePath>, out: &mut Ou
 
 /// QueryDerivationOutputMap: every output of `drv` with its path.
 fn derivation_output_map(s: &Session<'_>, drv: &StorePath, out: &mut Out) -> Result {
-    let map: BTreeMap<String, Option<StorePath>> = s
-        .state
-        .store
-        .query_derivation_output_map(drv)?
-        .into_iter()
-        .map(|(k, v)| (k, Some(v)))
-        .collect();
+    let map = super::realisations::partial_output_map(&s.state.store, drv)?;
     reply(out, |w| write_output_map(w, &s.cx, &map))
 }
 
 /// QueryDerivationOutputs: the output paths of `drv`.
 fn derivation_outputs(s: &Session<'_>, drv: &StorePath, out: &mut Out) -> Result {
-    let paths: BTreeSet<StorePath> = s
-        .state
-        .store
-        .query_derivation_output_map(drv)?
+    let paths: BTreeSet<StorePath> = super::realisations::partial_output_map(&s.state.store, drv)?
         .into_values()
+        .flatten()
         .collect();
     reply(out, |w| Ok(wire::write_paths(w, &s.cx.store_dir, &paths)?))
 }
 
 /// QueryDerivationOutputNames: the output names of `drv`.
 fn derivation_output_names(s: &Session<'_>, drv: &StorePath, out: &mut Out) -> Result {
-    let names: Vec<String> = s
-        .state
-        .store
-        .query_derivation_output_map(drv)?
+    let names: Vec<String> = super::realisations::partial_output_map(&s.state.store, drv)?
         .into_keys()
         .collect();
     reply(out, |w| Ok(wire::write_strings(w, &names)?))

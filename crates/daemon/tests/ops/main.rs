@@ -6,10 +6,12 @@
 //! in `crates/cli/tests`, ignored outside CI.
 
 mod build;
+mod build_ca;
 mod clients;
 mod gc;
 mod harness;
 mod protocol;
+mod realisations;
 mod store;
 mod subst;
 mod trust;

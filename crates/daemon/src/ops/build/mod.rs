@@ -203,7 +203,7 @@ fn unsatisfied(s: &Session<'_>, paths: &[DerivedPath]) -> Result<Vec<String>> {
                     missing.push(dir.display(drv_path));
                     continue;
                 }
-                let map = store.query_derivation_output_map(drv_path)?;
+                let map = crate::ops::realisations::partial_output_map(store, drv_path)?;
                 for (name, out_path) in &map {
                     let wanted = match outputs {
                         OutputsSpec::All => true,
@@ -212,6 +212,10 @@ fn unsatisfied(s: &Session<'_>, paths: &[DerivedPath]) -> Result<Vec<String>> {
                     if !wanted {
                         continue;
                     }
+                    let Some(out_path) = out_path else {
+                        missing.push(dir.display(drv_path));
+                        break;
+                    };
                     s.add_temp_root(out_path);
                     if !store.is_valid_path(out_path)? {
                         missing.push(dir.display(drv_path));

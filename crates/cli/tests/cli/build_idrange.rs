@@ -775,7 +775,10 @@ fn the_builder_cannot_write_the_store_through_any_path() {
                 // directories (where a builder may write), emptied in the background
                 // after the build: a probe the builder left in its own /tmp may still
                 // be there.
-                if e.file_name().to_string_lossy().starts_with(".unrooted-tmp-") {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".unrooted-tmp-")
+                {
                     continue;
                 }
                 // Only the test's own tree is walked deep; /tmp one level.
